@@ -1,0 +1,401 @@
+"""`python -m serving.model_server`: an embedded, TF-Serving-compatible model server.
+
+Production runs the official `tensorflow/serving` container. Where its binary cannot run (CI, a
+laptop without Docker, these machines), this server speaks the same gRPC API from
+`tensorflow-serving-api` (PredictionService: Predict, GetModelMetadata, Classify, Regress,
+MultiInference; ModelService: GetModelStatus, HandleReloadConfigRequest) and the same REST API,
+over the same SavedModel layout and the same `models.config`, started with the same flags as
+`tensorflow_model_server` for what it supports. A client cannot tell the two apart.
+
+    python -m serving.model_server --port=8500 --rest_api_port=8501 \\
+        --model_config_file=victims/models.config
+
+Flags it accepts and ignores (with a warning), so that a container's command line starts it
+unchanged: `--enable_batching`, `--batching_parameters_file` (parsed and checked),
+`--monitoring_config_file` (parsed and checked), `--tensorflow_session_parallelism`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from common.errors import UsageError, invalid
+from serving import status
+
+__all__ = ["ModelServer", "ServerOptions", "main", "MAX_MESSAGE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving sets INT_MAX both ways
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The `tensorflow_model_server` flags the embedded server honours (same names)."""
+
+    port: int = 8500
+    grpc_socket_path: str = ""
+    rest_api_port: int | None = None  # None (flag 0): REST off; 0 in the Python API: any free port
+    rest_api_num_threads: int = 16
+    rest_api_timeout_in_ms: int = 30000
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
+    model_name: str = "default"
+    model_base_path: str = ""
+    file_system_poll_wait_seconds: float = 1.0
+    allow_version_labels_for_unavailable_models: bool = False
+    grpc_max_threads: int = 16
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    monitoring_config_file: str = ""
+    host: str = "0.0.0.0"  # embedded-server extension: the address to bind
+
+    def __post_init__(self) -> None:
+        if not self.model_config_file and not self.model_base_path:
+            raise UsageError(
+                "Invalid value for argument `model_base_path`. Received: model_base_path=''. "
+                "Expected a SavedModel base folder (<base>/<version>/saved_model.pb), or pass "
+                "--model_config_file=FILE instead."
+            )
+        if self.model_config_file and self.model_base_path:
+            raise UsageError(
+                "Invalid value for argument `model_base_path`. Received: model_base_path="
+                f"{self.model_base_path!r} together with model_config_file="
+                f"{self.model_config_file!r}. Expected one of the two, not both."
+            )
+        for name in ("model_config_file", "batching_parameters_file", "monitoring_config_file"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise invalid(name, value, "an existing text-format protobuf file")
+        if self.model_base_path and not Path(self.model_base_path).is_dir():
+            raise invalid("model_base_path", self.model_base_path,
+                          "an existing folder holding integer version sub-folders")
+        if not 0 <= self.port <= 65535:
+            raise invalid("port", self.port, "an integer in [0, 65535]")
+        if self.rest_api_port is not None and not 0 <= self.rest_api_port <= 65535:
+            raise invalid("rest_api_port", self.rest_api_port, "an integer in [0, 65535]")
+        if self.grpc_max_threads < 1:
+            raise invalid("grpc_max_threads", self.grpc_max_threads, "a positive integer")
+
+
+def load_model_server_config(path: str | Path):
+    """Parse a text `ModelServerConfig` (the `models.config` both servers read)."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(Path(path).read_text(), config)
+    except text_format.ParseError as err:
+        raise invalid("model_config_file", str(path),
+                      f"a text-format ModelServerConfig (parse error: {err})") from None
+    return config
+
+
+def _check_side_file(path: str, module: str, message: str, argument: str) -> None:
+    """Parse a side file the container reads, when this install has its proto (else say so)."""
+    import importlib
+
+    from google.protobuf import text_format
+
+    try:
+        proto_cls = getattr(importlib.import_module(module), message)
+    except ImportError:
+        log.warning("--%s=%s accepted but not checked: %s is not installed", argument, path,
+                    module)
+        return
+    try:
+        text_format.Parse(Path(path).read_text(), proto_cls())
+    except text_format.ParseError as err:
+        raise invalid(argument, path, f"a text-format {message} ({err})") from None
+
+
+def _grpc_handler(method):
+    """Run one core method; answer ServingStatus with its code and message, as TF Serving does."""
+
+    def handler(request, context):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        try:
+            return method(request)
+        except status.ServingStatus as err:
+            failure = err
+        except Exception as err:  # never let a request take the server down
+            log.exception("internal error in %s", getattr(method, "__name__", method))
+            failure = status.ServingStatus(grpc.StatusCode.INTERNAL, str(err))
+        context.abort(failure.code, failure.message)
+
+    return handler
+
+
+class ModelServer:
+    """The embedded server: start it, query it with any TF Serving client, stop it.
+
+    >>> with ModelServer(ServerOptions(model_name="cnn", model_base_path="victims/cnn",
+    ...                                port=0, host="127.0.0.1")) as server:
+    ...     target = f"127.0.0.1:{server.port}"
+    """
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.port: int | None = None
+        self.rest_port: int | None = None
+        self._grpc: grpc.Server | None = None
+        self._rest = None
+        self._config_poller: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> "ModelServer":
+        from tensorflow_serving.apis import (
+            model_service_pb2_grpc,
+            prediction_service_pb2_grpc,
+        )
+        from tensorflow_serving.config import model_server_config_pb2
+
+        from serving.core import ServingCore
+        from serving.manager import ModelManager
+
+        opts = self.options
+        self._configure_tensorflow()
+        if opts.batching_parameters_file:
+            _check_side_file(opts.batching_parameters_file,
+                             "tensorflow_serving.servables.tensorflow.session_bundle_config_pb2",
+                             "BatchingParameters", "batching_parameters_file")
+        if opts.monitoring_config_file:
+            _check_side_file(opts.monitoring_config_file,
+                             "tensorflow_serving.config.monitoring_config_pb2",
+                             "MonitoringConfig", "monitoring_config_file")
+        if opts.enable_batching:
+            log.warning("--enable_batching is accepted but the embedded server runs each request "
+                        "as its own batch")
+        if opts.model_config_file:
+            config = load_model_server_config(opts.model_config_file)
+            config_dir = Path(opts.model_config_file).resolve().parent
+        else:
+            config = model_server_config_pb2.ModelServerConfig()
+            entry = config.model_config_list.config.add()
+            entry.name = opts.model_name
+            entry.base_path = str(Path(opts.model_base_path).resolve())
+            entry.model_platform = "tensorflow"
+            config_dir = None
+        self.manager = ModelManager(
+            config_dir=config_dir,
+            allow_version_labels_for_unavailable_models=opts.allow_version_labels_for_unavailable_models,
+        )
+        try:
+            self.manager.reload(config)
+        except status.ServingStatus as err:
+            raise UsageError(f"model_config_file: {err.message}") from None
+        self.core = ServingCore(self.manager)
+
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=opts.grpc_max_threads,
+                                       thread_name_prefix="grpc"),
+            options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)],
+            maximum_concurrent_rpcs=None,
+        )
+        core = self.core
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            _PredictionServicer(core), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(core), server)
+        self._add_health(server)
+        self.port = server.add_insecure_port(f"{_bracket(opts.host)}:{opts.port}")
+        if self.port == 0:
+            raise UsageError(f"Invalid value for argument `port`. Received: port={opts.port}. "
+                             "Expected a free port (binding it failed).")
+        if opts.grpc_socket_path:
+            server.add_insecure_port(f"unix:{opts.grpc_socket_path}")
+        server.start()
+        self._grpc = server
+        log.info("Running gRPC ModelServer at %s:%d ...", opts.host, self.port)
+        if opts.rest_api_port is not None:
+            from serving.rest import RestServer
+
+            self._rest = RestServer(core, host=opts.host, port=opts.rest_api_port,
+                                    num_threads=opts.rest_api_num_threads,
+                                    timeout_s=opts.rest_api_timeout_in_ms / 1000.0)
+            self.rest_port = self._rest.start()
+            log.info("Exporting HTTP/REST API at:%s:%d ...", opts.host, self.rest_port)
+        self.manager.start_polling(opts.file_system_poll_wait_seconds)
+        if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
+            self._start_config_polling()
+        return self
+
+    def _configure_tensorflow(self) -> None:
+        import tensorflow as tf
+
+        opts = self.options
+        try:
+            if opts.tensorflow_intra_op_parallelism:
+                tf.config.threading.set_intra_op_parallelism_threads(
+                    opts.tensorflow_intra_op_parallelism)
+            if opts.tensorflow_inter_op_parallelism:
+                tf.config.threading.set_inter_op_parallelism_threads(
+                    opts.tensorflow_inter_op_parallelism)
+        except RuntimeError:  # TF already initialised in this process (tests): keep its pools
+            log.warning("TensorFlow already initialised; thread-pool flags ignored")
+
+    def _add_health(self, server: grpc.Server) -> None:
+        try:
+            from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        except ImportError:  # grpcio-health-checking is optional for the embedded server
+            return
+        servicer = health.HealthServicer()
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+
+    def _start_config_polling(self) -> None:
+        path = self.options.model_config_file
+        interval = self.options.model_config_file_poll_wait_seconds
+
+        def loop() -> None:
+            last = self.manager.config
+            while not self._stopped.wait(interval):
+                try:
+                    config = load_model_server_config(path)
+                    if config != last:
+                        self.manager.reload(config)
+                        last = config
+                        log.info("reloaded %s", path)
+                except (UsageError, status.ServingStatus, OSError) as err:
+                    log.error("could not reload %s: %s", path, err)
+
+        self._config_poller = threading.Thread(target=loop, name="config-poller", daemon=True)
+        self._config_poller.start()
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self._stopped.set()
+        if self._rest is not None:
+            self._rest.stop()
+            self._rest = None
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait()
+            self._grpc = None
+        if hasattr(self, "manager"):
+            self.manager.stop()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class _PredictionServicer:
+    def __init__(self, core) -> None:
+        self.Predict = _grpc_handler(core.predict)
+        self.GetModelMetadata = _grpc_handler(core.get_model_metadata)
+        self.Classify = _grpc_handler(core.classify)
+        self.Regress = _grpc_handler(core.regress)
+        self.MultiInference = _grpc_handler(core.multi_inference)
+
+
+class _ModelServicer:
+    def __init__(self, core) -> None:
+        self.GetModelStatus = _grpc_handler(core.get_model_status)
+        self.HandleReloadConfigRequest = _grpc_handler(core.handle_reload_config)
+
+
+# -- command line ----------------------------------------------------------------------------------
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "t", "y"):
+        return True
+    if lowered in ("0", "false", "no", "f", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, received {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.model_server",
+        description=__doc__.split("\n\n")[0],
+        epilog=(
+            "Examples:\n"
+            "  python -m serving.model_server --port=8500 --rest_api_port=8501 \\\n"
+            "      --model_config_file=victims/models.config\n"
+            "  python -m serving.model_server --port=8500 --model_name=cifar10_cnn \\\n"
+            "      --model_base_path=victims/cifar10_cnn"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d = ServerOptions.__dataclass_fields__
+    add = parser.add_argument
+    add("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    add("--grpc_socket_path", default="", help="also listen for gRPC on this UNIX socket")
+    add("--rest_api_port", type=int, default=0, help="HTTP/REST port; 0 disables REST")
+    add("--rest_api_num_threads", type=int, default=d["rest_api_num_threads"].default)
+    add("--rest_api_timeout_in_ms", type=int, default=d["rest_api_timeout_in_ms"].default)
+    add("--model_config_file", default="", help="text ModelServerConfig (models.config)")
+    add("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+        help="re-read --model_config_file this often (0: never)")
+    add("--model_name", default="default", help="name of the model (with --model_base_path)")
+    add("--model_base_path", default="", help="folder of integer version sub-folders")
+    add("--file_system_poll_wait_seconds", type=float, default=1.0,
+        help="poll for new versions this often (0: once at start)")
+    for flag in ("allow_version_labels_for_unavailable_models", "enable_batching"):
+        add(f"--{flag}", type=_bool, nargs="?", const=True, default=False)
+    add("--grpc_max_threads", type=int, default=d["grpc_max_threads"].default)
+    add("--tensorflow_intra_op_parallelism", type=int, default=0)
+    add("--tensorflow_inter_op_parallelism", type=int, default=0)
+    add("--tensorflow_session_parallelism", type=int, default=0, help="accepted, ignored")
+    add("--batching_parameters_file", default="")
+    add("--monitoring_config_file", default="")
+    add("--host", default="0.0.0.0", help="address to bind (embedded-server extension)")
+    return parser
+
+
+def options_from_args(ns: argparse.Namespace) -> ServerOptions:
+    values = {k: v for k, v in vars(ns).items() if k in ServerOptions.__dataclass_fields__}
+    values["rest_api_port"] = ns.rest_api_port or None  # TF Serving: 0 means no REST
+    return ServerOptions(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        server = ModelServer(options_from_args(ns)).start()
+    except UsageError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"Running gRPC ModelServer at {ns.host}:{server.port} ...", file=sys.stderr, flush=True)
+    if server.rest_port:
+        print(f"Exporting HTTP/REST API at:{ns.host}:{server.rest_port} ...", file=sys.stderr,
+              flush=True)
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
