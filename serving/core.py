@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, text_format
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 
 from serving import codec, status
 from serving.manager import ModelManager
-from serving.savedmodel import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, LoadedVersion
+from serving.savedmodel import CLASSIFY_METHOD, INIT_OP_KEY, REGRESS_METHOD, LoadedVersion
 
 __all__ = ["ServingCore"]
 
@@ -81,29 +81,21 @@ class ServingCore:
         servable = self.manager.resolve(request.model_spec)
         key = request.model_spec.signature_name or DEFAULT_SIGNATURE
         signature = servable.signature(key)
-        if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
-            raise status.wrong_method_name("prediction", PREDICT_METHOD, signature.method_name)
-        inputs, outputs = servable.io_specs(key)
-        sent = set(request.inputs)
-        if sent != set(inputs):
-            raise status.inputs_mismatch(sorted(sent - set(inputs)), sorted(set(inputs) - sent),
-                                         len(sent), len(inputs))
+        # TF Serving checks method_name only under --enable_signature_method_name_check (off).
+        status.check_predict_inputs(request.inputs,
+                                    {a: t.name for a, t in signature.inputs.items()},
+                                    signature.defaults)
+        _, outputs = servable.io_specs(key)
+        wanted = status.check_output_filter(request.output_filter, outputs)
         arrays = {}
-        for alias, proto in request.inputs.items():
+        for alias in signature.inputs:
+            proto = request.inputs[alias] if alias in request.inputs else signature.defaults[alias]
             try:
                 arrays[alias] = codec.to_ndarray(proto)
             except codec.TensorDecodeError:
                 raise status.tensor_parsing_error(alias) from None
-        wanted = list(request.output_filter)
-        seen: set[str] = set()
-        for alias in wanted:
-            if alias not in outputs:
-                raise status.output_alias_not_found(alias)
-            if alias in seen:
-                raise status.duplicate_output_alias(alias)
-            seen.add(alias)
         servable.check_inputs(key, arrays)
-        results = servable.run(key, arrays, wanted or None)
+        results = servable.run(key, arrays, wanted)
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, servable, key)
         for alias, array in results.items():
@@ -113,6 +105,8 @@ class ServingCore:
     # -- GetModelMetadata ------------------------------------------------------------------------
     def get_model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
                            ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.HasField("model_spec"):
+            raise status.missing_model_spec()
         if not request.metadata_field:
             raise status.metadata_field_missing()
         for name in request.metadata_field:
@@ -130,16 +124,40 @@ class ServingCore:
         return response
 
     # -- Classify / Regress / MultiInference -----------------------------------------------------
-    def _run_example_signature(self, servable: LoadedVersion, key: str, method: str,
-                               examples: np.ndarray) -> dict[str, np.ndarray]:
-        signature = servable.signature(key)
-        kind = "classification" if method == CLASSIFY_METHOD else "regression"
+    @staticmethod
+    def _example_signature(servable: LoadedVersion, key: str, method: str, *,
+                           multi: bool = False):
+        """Classify/Regress signature checks, in classifier.cc / regressor.cc order."""
+        if key not in servable.signature_defs or key == INIT_OP_KEY:
+            raise (status.multi_inference_signature_not_found(key) if multi
+                   else status.no_signature_with_name(key))
+        signature = servable.signature_defs[key]
+        classify = method == CLASSIFY_METHOD
         if signature.method_name != method:
+            kind = "classification" if classify else "regression"
             raise status.wrong_method_name(kind, method, signature.method_name)
         if len(signature.inputs) != 1:
             raise status.expected_one_input()
-        alias = next(iter(signature.inputs))
-        arrays = {alias: examples}
+        text = text_format.MessageToString(signature)
+        if classify:
+            if len(signature.outputs) not in (1, 2):
+                raise status.classify_expected_outputs(len(signature.outputs))
+            if "inputs" not in signature.inputs:
+                raise status.classify_inputs_missing(text)
+            if "classes" not in signature.outputs and "scores" not in signature.outputs:
+                raise status.classify_outputs_missing(text)
+        else:
+            if len(signature.outputs) != 1:
+                raise status.regress_expected_one_output()
+            if "inputs" not in signature.inputs:
+                raise status.regress_input_missing(text)
+            if "outputs" not in signature.outputs:
+                raise status.regress_output_missing(text)
+        return signature
+
+    def _run_examples(self, servable: LoadedVersion, key: str,
+                      examples: np.ndarray) -> dict[str, np.ndarray]:
+        arrays = {"inputs": examples}
         servable.check_inputs(key, arrays)
         return servable.run(key, arrays)
 
@@ -147,13 +165,17 @@ class ServingCore:
                                ) -> classification_pb2.ClassificationResult:
         classes = outputs.get("classes")
         scores = outputs.get("scores")
-        if classes is None and scores is None:
-            raise status.classify_outputs_missing()
         for name, arr in (("classes", classes), ("scores", scores)):
-            if arr is not None and (arr.ndim != 2 or arr.shape[0] != batch):
-                raise status.classify_bad_output_shape(name, list(arr.shape), batch)
-        if classes is not None and scores is not None and classes.shape != scores.shape:
-            raise status.classify_bad_output_shape("classes", list(classes.shape), batch)
+            if arr is None:
+                continue
+            if arr.ndim != 2 or arr.shape[0] != batch:
+                raise status.classify_bad_output_shape(name, arr.shape, batch)
+            if name == "classes" and arr.dtype != object:
+                raise status.classify_bad_output_dtype(name, arr.dtype)
+            if name == "scores" and arr.dtype != np.float32:
+                raise status.classify_bad_output_dtype(name, arr.dtype)
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+            raise status.classify_outputs_disagree(classes.shape[1], scores.shape[1])
         result = classification_pb2.ClassificationResult()
         width = (classes if classes is not None else scores).shape[1]
         for i in range(batch):
@@ -169,15 +191,14 @@ class ServingCore:
 
     def _regression_result(self, outputs: dict[str, np.ndarray], batch: int
                            ) -> regression_pb2.RegressionResult:
-        values = outputs.get("outputs")
-        if values is None:
-            raise status.regress_output_missing()
-        if values.ndim == 2 and values.shape[1] == 1:
-            values = values[:, 0]
-        if values.ndim != 1 or values.shape[0] != batch:
-            raise status.regress_bad_output_shape(list(values.shape), batch)
+        values = outputs["outputs"]
+        if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)) or \
+                values.shape[0] != batch:
+            raise status.regress_bad_output_shape(values.shape, batch)
+        if values.dtype != np.float32:
+            raise status.regress_bad_output_dtype(values.dtype)
         result = regression_pb2.RegressionResult()
-        for v in values:
+        for v in values.reshape(batch):
             result.regressions.add().value = float(v)
         return result
 
@@ -185,9 +206,9 @@ class ServingCore:
                  ) -> classification_pb2.ClassificationResponse:
         servable = self.manager.resolve(request.model_spec)
         key = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        servable.signature(key)
+        self._example_signature(servable, key, CLASSIFY_METHOD)
         examples = serialize_examples(request.input)
-        outputs = self._run_example_signature(servable, key, CLASSIFY_METHOD, examples)
+        outputs = self._run_examples(servable, key, examples)
         response = classification_pb2.ClassificationResponse()
         _fill_spec(response.model_spec, servable, key)
         response.result.CopyFrom(self._classification_result(outputs, len(examples)))
@@ -197,9 +218,9 @@ class ServingCore:
                 ) -> regression_pb2.RegressionResponse:
         servable = self.manager.resolve(request.model_spec)
         key = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        servable.signature(key)
+        self._example_signature(servable, key, REGRESS_METHOD)
         examples = serialize_examples(request.input)
-        outputs = self._run_example_signature(servable, key, REGRESS_METHOD, examples)
+        outputs = self._run_examples(servable, key, examples)
         response = regression_pb2.RegressionResponse()
         _fill_spec(response.model_spec, servable, key)
         response.result.CopyFrom(self._regression_result(outputs, len(examples)))
@@ -208,30 +229,31 @@ class ServingCore:
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
         if not request.tasks:
-            raise status.multi_inference_no_tasks()
+            raise status.model_spec_missing_name()
         first = request.tasks[0].model_spec
-        names: set[str] = set()
+        servable = self.manager.resolve(first)  # other tasks' versions are ignored, as in TF
+        keys: list[str] = []
+        input_names = set()
         for task in request.tasks:
             spec = task.model_spec
+            if not spec.name:
+                raise status.multi_inference_empty_model_name()
             if spec.name != first.name:
                 raise status.multi_inference_different_models()
-            if (spec.WhichOneof("version_choice") != first.WhichOneof("version_choice")
-                    or spec.version.value != first.version.value
-                    or spec.version_label != first.version_label):
-                raise status.multi_inference_different_versions()
+            key = spec.signature_name or DEFAULT_SIGNATURE
+            if key in keys:
+                raise status.multi_inference_duplicate_signature(key)
             if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
                 raise status.multi_inference_unsupported_method(task.method_name)
-            key = spec.signature_name or DEFAULT_SIGNATURE
-            if key in names:
-                raise status.multi_inference_duplicate_signature(key)
-            names.add(key)
-        servable = self.manager.resolve(first)
+            signature = self._example_signature(servable, key, task.method_name, multi=True)
+            input_names.add(signature.inputs["inputs"].name)
+            keys.append(key)
+        if len(input_names) > 1:
+            raise status.multi_inference_input_mismatch()
         examples = serialize_examples(request.input)
         response = inference_pb2.MultiInferenceResponse()
-        for task in request.tasks:
-            key = task.model_spec.signature_name or DEFAULT_SIGNATURE
-            servable.signature(key)
-            outputs = self._run_example_signature(servable, key, task.method_name, examples)
+        for task, key in zip(request.tasks, keys):
+            outputs = self._run_examples(servable, key, examples)
             result = response.results.add()
             _fill_spec(result.model_spec, servable, key)
             if task.method_name == CLASSIFY_METHOD:

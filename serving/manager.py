@@ -91,25 +91,20 @@ def _version_dirs(base: Path) -> dict[int, Path]:
     except OSError:
         return found
     for entry in entries:
-        name = entry.name
-        if name.isdigit() and entry.is_dir():  # TF Serving: non-negative int64 folder names
-            try:
-                found[int(name)] = entry
-            except ValueError:
-                continue
+        version = status.parse_version(entry.name)
+        if version is not None and version >= 0 and entry.is_dir():
+            found[version] = entry
     return found
 
 
 def _aspired(config: model_server_config_pb2.ModelConfig, on_disk: dict[int, Path]) -> list[int]:
+    """The versions the model's policy serves, among the folders that are whole on disk."""
     policy = config.model_version_policy
-    complete = sorted(v for v, p in on_disk.items() if is_complete_version_dir(p))
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return complete
-    if choice == "specific":
-        return [v for v in complete if v in set(policy.specific.versions)]
-    n = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions else 1
-    return complete[-n:]
+    complete = [v for v, p in on_disk.items() if is_complete_version_dir(p)]
+    choice = policy.WhichOneof("policy_choice") or "latest"
+    return status.aspired_versions(complete, choice,
+                                   num_versions=policy.latest.num_versions,
+                                   versions=policy.specific.versions)
 
 
 class ModelManager:
@@ -167,17 +162,15 @@ class ModelManager:
             raise status.custom_model_config_unsupported()
         seen: set[str] = set()
         for mc in config.model_config_list.config:
-            if not mc.name:
-                raise status.ServingStatus(status.StatusCode.INVALID_ARGUMENT,
-                                           "Model name must not be empty")
             if mc.name in seen:
                 raise status.duplicate_model_in_config(mc.name)
             seen.add(mc.name)
-            if mc.model_platform and mc.model_platform != "tensorflow":
-                raise status.unsupported_platform(mc.model_platform)
-            if not mc.base_path:
-                raise status.ServingStatus(status.StatusCode.INVALID_ARGUMENT,
-                                           f"Missing base_path for model {mc.name}")
+            if not mc.base_path.startswith("/") and "://" not in mc.base_path:
+                raise status.relative_base_path(mc.name, mc.base_path)
+            if not mc.model_platform:
+                raise status.missing_platform()
+            if mc.model_platform != "tensorflow":
+                raise status.unsupported_platform(mc.name, mc.model_platform)
 
     def _apply_labels(self, config, *, strict: bool) -> None:
         with self._lock:
@@ -236,7 +229,7 @@ class ModelManager:
                       path, err)
             with self._lock:
                 state.state = State.END
-                state.error = status.load_failed(model.config.name, version, str(err))
+                state.error = status.load_failed(err)
             return
         with self._lock:
             state.loaded = loaded
@@ -291,7 +284,7 @@ class ModelManager:
         """The servable a request's ModelSpec names, with TF Serving's errors when there is none."""
         name = model_spec.name
         if not name:
-            raise status.missing_model_name()
+            raise status.model_spec_missing_name()
         choice = model_spec.WhichOneof("version_choice")
         with self._lock:
             model = self._models.get(name)
@@ -314,26 +307,19 @@ class ModelManager:
             return available[max(available)]
 
     def version_statuses(self, model_spec) -> list[get_model_status_pb2.ModelVersionStatus]:
-        """GetModelStatus: every version TF Serving would report, newest first."""
+        """GetModelStatus: one version, or every version ever seen, newest first.
+
+        As in TF Serving's get_model_status_impl.cc, a version label is not consulted.
+        """
         name = model_spec.name
-        if not name:
-            raise status.missing_model_name()
-        choice = model_spec.WhichOneof("version_choice")
         with self._lock:
             model = self._models.get(name)
-            if model is None or not model.versions:
-                raise status.model_not_found_in_status(name)
-            if choice == "version_label":
-                label = model_spec.version_label
-                if label not in model.labels:
-                    raise status.unknown_version_label(label)
-                version = model.labels[label]
-                choice = "version"
-            elif choice == "version":
+            versions = model.versions if model is not None else {}
+            if model_spec.WhichOneof("version_choice") == "version":
                 version = model_spec.version.value
-            if choice == "version":
-                state = model.versions.get(version)
-                if state is None:
+                if version not in versions:
                     raise status.version_not_found_in_status(name, version)
-                return [state.to_proto()]
-            return [model.versions[v].to_proto() for v in sorted(model.versions, reverse=True)]
+                return [versions[version].to_proto()]
+            if not versions:
+                raise status.model_not_found_in_status(name)
+            return [versions[v].to_proto() for v in sorted(versions, reverse=True)]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving import status
@@ -27,9 +26,8 @@ __all__ = ["LoadedVersion", "is_complete_version_dir", "read_signature_defs"]
 
 log = logging.getLogger(__name__)
 
-PREDICT_METHOD = "tensorflow/serving/predict"
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
+CLASSIFY_METHOD = status.CLASSIFY_METHOD
+REGRESS_METHOD = status.REGRESS_METHOD
 SERVE_TAG = "serve"
 INIT_OP_KEY = "__saved_model_init_op"
 
@@ -82,20 +80,6 @@ class TensorSpecInfo:
             return cls(info.dtype, None)
         dims = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
         return cls(info.dtype, dims)
-
-
-def _shape_str(shape) -> str:
-    return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def dtype_name(enum: int) -> str:
-    """TF's short name of a DataType enum (`float`, `uint8`, ...), as its errors print it."""
-    from tensorflow.python.framework import dtypes
-
-    try:
-        return dtypes.as_dtype(enum).name.replace("float32", "float").replace("float64", "double")
-    except TypeError:
-        return types_pb2.DataType.Name(enum)
 
 
 @dataclass
@@ -155,14 +139,13 @@ class LoadedVersion:
             spec = inputs[alias]
             got = numpy_to_tf_dtype(array.dtype)
             if got != spec.dtype:
-                raise status.dtype_mismatch(alias, dtype_name(spec.dtype), dtype_name(got),
-                                            list(inputs).index(alias))
+                raise status.dtype_mismatch(spec.dtype, got, sorted(inputs).index(alias))
             if spec.shape is None:
                 continue
             if array.ndim != len(spec.shape) or any(
                 want is not None and want != have for want, have in zip(spec.shape, array.shape)
             ):
-                raise status.shape_mismatch(alias, _shape_str(array.shape), _shape_str(spec.shape))
+                raise status.shape_mismatch(alias, array.shape, spec.shape)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, key: str, arrays: dict[str, np.ndarray],
