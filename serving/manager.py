@@ -66,6 +66,7 @@ class VersionState:
 
     def to_proto(self) -> get_model_status_pb2.ModelVersionStatus:
         proto = get_model_status_pb2.ModelVersionStatus(version=self.version, state=self.state)
+        proto.status.SetInParent()  # TF Serving always sets it (error_code OK when fine)
         if self.error is not None:
             proto.status.error_code = self.error.code.value[0]
             proto.status.error_message = self.error.message
@@ -218,7 +219,8 @@ class ModelManager:
             current = model.versions.get(version)
             if current is not None and current.state == State.AVAILABLE:
                 return
-            if current is not None and current.state == State.END and current.stamp == stamp:
+            if (current is not None and current.state == State.END
+                    and current.error is not None and current.stamp == stamp):
                 return  # failed before and unchanged on disk: do not hammer it
             state = VersionState(version, State.LOADING, stamp=stamp)
             model.versions[version] = state

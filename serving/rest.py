@@ -168,8 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args) -> None:  # route http.server's logging to `logging`
         log.debug("%s %s", self.address_string(), fmt % args)
 
-    def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body, indent=4).encode()
+    def _send(self, code: int, body: dict | str) -> None:
+        data = (body if isinstance(body, str) else json.dumps(body, indent=4)).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -177,23 +177,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _error(self, code: grpc.StatusCode, message: str) -> None:
-        self._send(status.http_status(code), {"error": message})
+        self._send(status.http_status(code), status.rest_error_body(message))
 
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         match = _PATH.match(path)
         try:
             if match is None:
-                raise status.ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                                           f"Malformed request: {method} {path}")
+                raise status.malformed_request(method, path)
             if method == "GET" and match["verb"] is None:
                 body = self._metadata(match) if match["metadata"] else self._status(match)
             elif method == "POST" and match["verb"] is not None:
                 request = self._read_json()
                 body = getattr(self, "_" + match["verb"])(match, request)
             else:
-                raise status.ServingStatus(grpc.StatusCode.INVALID_ARGUMENT,
-                                           f"Malformed request: {method} {path}")
+                raise status.malformed_request(method, path)
         except status.ServingStatus as err:
             self._error(err.code, err.message)
             return
@@ -217,12 +215,20 @@ class _Handler(BaseHTTPRequestHandler):
         if length is None or not length.isdigit() or int(length) > _MAX_BODY:
             raise _BadRequest("Missing or invalid Content-Length")
         raw = self.rfile.read(int(length))
+        if not raw.strip():
+            raise status.json_document_empty()
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as err:
-            raise _BadRequest(f"JSON Parse error: {err}") from None
+        except json.JSONDecodeError as err:
+            raise status.json_parse_error(status.RAPIDJSON_PARSE_ERRORS["value_invalid"],
+                                          err.pos) from None
+        except (ValueError, UnicodeDecodeError):
+            raise status.json_parse_error(
+                status.RAPIDJSON_PARSE_ERRORS["string_invalid_encoding"], 0) from None
         if not isinstance(body, dict):
-            raise _BadRequest("JSON Parse error: request body must be a JSON object")
+            raise status.json_not_object(body)
+        if "signature_name" in body and not isinstance(body["signature_name"], str):
+            raise status.signature_name_not_string(body)
         return body
 
     # -- endpoints ---------------------------------------------------------------------------------
@@ -248,18 +254,25 @@ class _Handler(BaseHTTPRequestHandler):
         spec = _model_spec(match)
         spec.signature_name = body.get("signature_name", "") or ""
         has_rows, has_cols = "instances" in body, "inputs" in body
-        if has_rows == has_cols:
-            raise _BadRequest("Missing 'inputs' or 'instances' key" if not has_rows else
-                              "Not allowed to mix 'inputs' and 'instances' keys")
         servable = self.core.manager.resolve(spec)
         key = spec.signature_name or "serving_default"
+        if key not in servable.signature_defs:
+            raise status.rest_signature_not_found(key)
         inputs, _ = servable.io_specs(key)
+        if not inputs:
+            raise status.no_input_map(spec.signature_name)
+        if has_rows and has_cols:
+            raise status.both_inputs_and_instances(body)
+        if not has_rows and not has_cols:
+            raise status.missing_inputs_or_instances()
         dtypes = {a: codec.tf_dtype_to_numpy(s.dtype) for a, s in inputs.items()}
         request = predict_pb2.PredictRequest(model_spec=spec)
         if has_rows:
             rows = body["instances"]
             if not isinstance(rows, list):
-                raise _BadRequest("'instances' must be a JSON array")
+                raise status.instances_not_list(body)
+            if not rows:
+                raise status.instances_empty(body)
             named = bool(rows) and all(isinstance(r, dict) and "b64" not in r for r in rows)
             if named:
                 columns = {a: [r.get(a) for r in rows] for a in rows[0]}
@@ -274,6 +287,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             cols = body["inputs"]
             if isinstance(cols, dict) and not (set(cols) == {"b64"}):
+                for alias in inputs:
+                    if alias not in cols:
+                        raise status.missing_named_input(alias)
                 columns = cols
             else:
                 if len(inputs) != 1:

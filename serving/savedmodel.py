@@ -42,11 +42,11 @@ def is_complete_version_dir(path: Path) -> bool:
         return False
     variables = path / "variables"
     if variables.is_dir():
-        index = variables / "variables.index"
-        if not index.is_file():
-            return False
-        if not any(p.name.startswith("variables.data-") for p in variables.iterdir()):
-            return False
+        names = [p.name for p in variables.iterdir()]
+        has_index = "variables.index" in names
+        has_data = any(n.startswith("variables.data-") for n in names)
+        if has_index != has_data:  # a checkpoint half written (a model without variables has
+            return False           # an empty folder, or none)
     return True
 
 
@@ -154,6 +154,9 @@ class LoadedVersion:
         import tensorflow as tf
 
         key = key or "serving_default"
+        empty = self._empty_batch_outputs(key, arrays, output_filter)
+        if empty is not None:
+            return empty
         fn = self._loaded.signatures[key]
         feeds = {alias: tf.convert_to_tensor(a) for alias, a in arrays.items()}
         try:
@@ -164,6 +167,28 @@ class LoadedVersion:
             raise status.ServingStatus(status.StatusCode.INVALID_ARGUMENT, str(err)) from None
         wanted = output_filter or list(result)
         return {alias: result[alias].numpy() for alias in wanted}
+
+    def _empty_batch_outputs(self, key: str, arrays: dict[str, np.ndarray],
+                             output_filter: list[str] | None) -> dict[str, np.ndarray] | None:
+        """Answer a batch of zero rows without the graph, when the signature fixes the shapes.
+
+        TensorFlow 2.21's oneDNN Conv2D returns its *input* shape for a zero-row batch, so the
+        next layer fails ("Matrix size-incompatible"). Every output of a batch signature with
+        zero input rows has zero rows, so we build them from the SignatureDef instead.
+        """
+        if not arrays or any(a.ndim == 0 or a.shape[0] != 0 for a in arrays.values()):
+            return None
+        from serving.codec import tf_dtype_to_numpy
+
+        _, outputs = self._specs[key]
+        result = {}
+        for alias in output_filter or list(outputs):
+            spec = outputs[alias]
+            if spec.shape is None or not spec.shape or spec.shape[0] is not None \
+                    or any(d is None for d in spec.shape[1:]):
+                return None
+            result[alias] = np.zeros((0, *spec.shape[1:]), dtype=tf_dtype_to_numpy(spec.dtype))
+        return result
 
     def close(self) -> None:
         self._loaded = None

@@ -1,0 +1,964 @@
+"""The one TensorFlow Serving gRPC client every part of the toolkit queries a victim through.
+
+An extraction attack (Knockoff Nets, Orekondy et al. 2019; the defence of Atli et al. 2020) sees
+the victim only through TF Serving's gRPC API: `PredictionService.Predict` for answers,
+`GetModelMetadata` for the signature and `ModelService.GetModelStatus` for readiness.
+`ServingClient` discovers the serving signature (input and output names, dtypes, shapes) instead
+of hard-coding them, adapts images to it (size, channels, dtype), sends exactly the rows asked for
+in batches with a bounded number of requests in flight, retries only what is safe to retry
+(UNAVAILABLE, optionally RESOURCE_EXHAUSTED) with exponential backoff and jitter, and turns every
+`grpc.RpcError` into one exception type, `ServingError`, naming the target, the model and the
+status code. It works unchanged against the official TF Serving, the embedded model server and the
+serving gateway, which all speak the same API.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import random
+import re
+import threading
+import time
+import types
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from common.errors import UsageError, invalid
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "ServingClient",
+    "ServingError",
+    "Signature",
+    "SignatureInfo",
+    "TensorInfo",
+    "VersionStatus",
+    "adapt_images",
+    "parse_target",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+"""Images per Predict request when `batch_size` is not given."""
+
+_MAX_MESSAGE_BYTES = 2**31 - 1
+_MAX_BACKOFF_S = 30.0
+_PROBABILITIES = "probabilities"
+_INIT_OP_SIGNATURE = "__saved_model_init_op"
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_HEADER_RE = re.compile(r"^[a-z0-9_.-]+$")
+_TARGET_EXPECTED = "'host:port', '[ipv6]:port' or 'unix:/path/to/socket' with a port in 1..65535"
+
+
+class ServingError(Exception):
+    """A failed RPC to a TF Serving endpoint (every `grpc.RpcError` the client sees becomes one).
+
+    Attributes: `target` (the address), `model` (the model name), `rpc` (Predict,
+    GetModelMetadata, ...), `code` (a `grpc.StatusCode`) and `details` (the server's message).
+    """
+
+    def __init__(
+        self, *, target: str, model: str, rpc: str, code: grpc.StatusCode, details: str
+    ) -> None:
+        self.target = target
+        self.model = model
+        self.rpc = rpc
+        self.code = code
+        self.details = details
+        super().__init__(f"{rpc} on model '{model}' at {target} failed: {code.name}: {details}")
+
+    def __reduce__(self):  # keep the keyword-only constructor picklable (multiprocessing, logs)
+        return (
+            _rebuild_serving_error,
+            (self.target, self.model, self.rpc, self.code, self.details),
+        )
+
+
+def _rebuild_serving_error(target, model, rpc, code, details) -> ServingError:
+    return ServingError(target=target, model=model, rpc=rpc, code=code, details=details)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One input or output of a signature: its key, numpy dtype and shape.
+
+    `shape` is a tuple with None for a dimension of unknown size (-1 on the wire), or None when
+    the rank itself is unknown.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...] | None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+    """A serving signature as GetModelMetadata describes it, for any kind of model."""
+
+    name: str
+    method_name: str
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+    defaults: frozenset[str] = frozenset()
+    """Inputs that have a default value in the SavedModel and may be left out of a request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureInfo:
+    """The image-classifier view of a signature: which input takes images, which output answers.
+
+    `image_size` is (H, W) when both are fixed by the signature, else None (any size is sent
+    as given); `channels` is None when the signature leaves it open.
+    """
+
+    name: str
+    method_name: str
+    input_name: str
+    input_dtype: np.dtype
+    input_shape: tuple[int | None, ...]
+    output_names: tuple[str, ...]
+    output_dtypes: tuple[np.dtype, ...]
+    output_shapes: tuple[tuple[int | None, ...] | None, ...]
+    probabilities: str
+    """The output holding class probabilities (`probabilities`, or the single rank-2 output)."""
+    image_size: tuple[int, int] | None
+    channels: int | None
+
+    @property
+    def num_classes(self) -> int | None:
+        shape = self.output_shapes[self.output_names.index(self.probabilities)]
+        return None if shape is None else shape[-1]
+
+    def output(self, name: str) -> TensorInfo:
+        index = self.output_names.index(name)
+        return TensorInfo(name, self.output_dtypes[index], self.output_shapes[index])
+
+
+class VersionStatus(NamedTuple):
+    """One version as GetModelStatus reports it; `error_code` is a name such as 'OK'."""
+
+    version: int
+    state: str
+    error_code: str
+    message: str
+
+
+class _Stopped(Exception):
+    """Raised inside a worker when the predict call it belongs to has already failed."""
+
+
+def parse_target(target: object) -> str:
+    """Check a gRPC target string and return the form given to grpc, without connecting.
+
+    Accepts `host:port`, `[ipv6]:port`, `dns:///host:port` and `unix:/path` (or
+    `unix:///path`, `unix-abstract:name`). Raises `UsageError` naming `target` otherwise.
+    """
+    if not isinstance(target, str) or not target or target != target.strip():
+        raise invalid("target", target, _TARGET_EXPECTED)
+    for prefix in ("unix:", "unix-abstract:"):
+        if target.startswith(prefix):
+            path = target[len(prefix) :]
+            if not path.strip("/") or any(c.isspace() for c in path):
+                raise invalid("target", target, _TARGET_EXPECTED)
+            return target
+    address = target[len("dns:///") :] if target.startswith("dns:///") else target
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+        if not sep or not host or not re.fullmatch(r"[0-9A-Fa-f:.%a-z]+", host) or ":" not in host:
+            raise invalid("target", target, _TARGET_EXPECTED)
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep or not _HOST_RE.match(host):
+            raise invalid("target", target, _TARGET_EXPECTED)
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise invalid("target", target, _TARGET_EXPECTED)
+    return target
+
+
+def _np_dtype(dtype: int) -> np.dtype:
+    import tensorflow as tf  # already loaded by the protos above; kept local to the one use
+
+    if dtype == types_pb2.DT_INVALID:
+        raise ValueError("DT_INVALID")
+    return np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
+
+
+def _tensor_info(name: str, info: meta_graph_pb2.TensorInfo) -> TensorInfo:
+    shape = None
+    if not info.tensor_shape.unknown_rank:
+        shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
+    try:
+        dtype = _np_dtype(info.dtype)
+    except (TypeError, ValueError):
+        dtype = np.dtype(object)
+    return TensorInfo(name, dtype, shape)
+
+
+def _describe(tensors: Mapping[str, TensorInfo]) -> str:
+    def fmt(t: TensorInfo) -> str:
+        shape = "?" if t.shape is None else "[" + ",".join("-1" if d is None else str(d)
+                                                           for d in t.shape) + "]"
+        return f"{t.name}: {t.dtype.name}{shape}"
+
+    return "{" + ", ".join(fmt(t) for t in tensors.values()) + "}"
+
+
+class ServingClient:
+    """A TF Serving gRPC client for one model (thread-safe; one channel, reused).
+
+    Example::
+
+        with ServingClient("localhost:8500", "cifar10_cnn") as client:
+            info = client.metadata()               # discovered signature
+            probs = client.predict(images)         # [N, K] float32, rows in order
+
+    Args:
+        target: `host:port`, `[::1]:port` or `unix:/path`.
+        model: the model name in the server's model config.
+        version, version_label: pin a version (at most one of them); latest otherwise.
+        signature: the signature to call.
+        output: the output holding probabilities when the signature has several rank-2 outputs
+            and none named `probabilities`.
+        api_key: sent with every RPC in `api_key_header` (`authorization` sends `Bearer <key>`).
+        timeout: the deadline of each RPC, in seconds.
+        max_in_flight: Predict requests outstanding at once.
+        batch_size: images per Predict request (default `DEFAULT_BATCH_SIZE`).
+        retries: retries of an RPC that failed with a retryable code (UNAVAILABLE, plus
+            RESOURCE_EXHAUSTED when `retry_resource_exhausted`).
+        backoff: first backoff delay in seconds; doubles each retry, with jitter.
+        max_message_bytes: largest gRPC message sent or received.
+        credentials: TLS channel credentials; plaintext when None.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        model: str,
+        *,
+        version: int | None = None,
+        version_label: str | None = None,
+        signature: str = "serving_default",
+        output: str | None = None,
+        api_key: str | None = None,
+        api_key_header: str = "x-api-key",
+        timeout: float = 30.0,
+        max_in_flight: int = 4,
+        batch_size: int | None = None,
+        retries: int = 5,
+        backoff: float = 0.2,
+        retry_resource_exhausted: bool = False,
+        max_message_bytes: int = _MAX_MESSAGE_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.target = parse_target(target)
+        if not isinstance(model, str) or not model or model != model.strip():
+            raise invalid("model", model, "a non-empty model name")
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int) or version < 0
+        ):
+            raise invalid("version", version, "a non-negative integer or None")
+        if version_label is not None and (not isinstance(version_label, str) or not version_label):
+            raise invalid("version_label", version_label, "a non-empty string or None")
+        if version is not None and version_label is not None:
+            raise invalid("version_label", version_label, "None when `version` is given")
+        if not isinstance(signature, str) or not signature:
+            raise invalid("signature", signature, "a non-empty signature name")
+        if output is not None and (not isinstance(output, str) or not output):
+            raise invalid("output", output, "a non-empty output name or None")
+        if api_key is not None and (
+            not isinstance(api_key, str) or not api_key or not api_key.isascii()
+            or not api_key.isprintable() or api_key != api_key.strip()
+        ):
+            raise invalid("api_key", "<hidden>", "a non-empty printable ASCII string or None")
+        if (
+            not isinstance(api_key_header, str) or not _HEADER_RE.match(api_key_header)
+            or api_key_header.endswith("-bin") or api_key_header.startswith("grpc-")
+        ):
+            raise invalid(
+                "api_key_header", api_key_header,
+                "a lower-case gRPC metadata key such as 'x-api-key' or 'authorization'",
+            )
+        if not _positive_number(timeout):
+            raise invalid("timeout", timeout, "a positive number of seconds")
+        if not _int_at_least(max_in_flight, 1):
+            raise invalid("max_in_flight", max_in_flight, "an integer >= 1")
+        if batch_size is not None and not _int_at_least(batch_size, 1):
+            raise invalid("batch_size", batch_size, "an integer >= 1 or None")
+        if not _int_at_least(retries, 0):
+            raise invalid("retries", retries, "an integer >= 0")
+        if not (_positive_number(backoff) or backoff == 0) or isinstance(backoff, bool):
+            raise invalid("backoff", backoff, "a number of seconds >= 0")
+        if not _int_at_least(max_message_bytes, 1) or max_message_bytes > _MAX_MESSAGE_BYTES:
+            raise invalid("max_message_bytes", max_message_bytes, f"an integer in 1..{2**31 - 1}")
+        if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+            raise invalid("credentials", credentials, "grpc.ChannelCredentials or None")
+
+        self.model = model
+        self.version = version
+        self.version_label = version_label
+        self.signature_name = signature
+        self.output = output
+        self.timeout = float(timeout)
+        self.max_in_flight = max_in_flight
+        self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        self.retries = retries
+        self.backoff = float(backoff)
+        self.max_message_bytes = max_message_bytes
+        self.retry_codes = frozenset(
+            {grpc.StatusCode.UNAVAILABLE}
+            | ({grpc.StatusCode.RESOURCE_EXHAUSTED} if retry_resource_exhausted else set())
+        )
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if api_key is not None:
+            value = f"Bearer {api_key}" if api_key_header == "authorization" else api_key
+            self._metadata = ((api_key_header, value),)
+
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            # Pings no more often than TF Serving's default minimum interval, so a long Predict
+            # is never cut with GOAWAY "too_many_pings"; a dead peer is noticed within minutes.
+            ("grpc.keepalive_time_ms", 300_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 0),
+        ]
+        if credentials is None:
+            self._channel = grpc.insecure_channel(self.target, options=options)
+        else:
+            self._channel = grpc.secure_channel(self.target, credentials, options=options)
+        self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._signature: Signature | None = None
+        self._info: SignatureInfo | None = None
+        self._queries = 0
+        self._requests = 0
+        self._retries_done = 0
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> ServingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel; further calls raise RuntimeError. Idempotent."""
+        if not self._closed.is_set():
+            self._closed.set()
+            self._channel.close()
+
+    def __repr__(self) -> str:
+        return f"ServingClient(target={self.target!r}, model={self.model!r})"
+
+    # ------------------------------------------------------------------------------ counters
+
+    @property
+    def queries(self) -> int:
+        """Images (rows) answered by successful Predict requests."""
+        with self._lock:
+            return self._queries
+
+    @property
+    def requests(self) -> int:
+        """RPCs that succeeded (Predict, metadata and status alike)."""
+        with self._lock:
+            return self._requests
+
+    @property
+    def retries_done(self) -> int:
+        """Retries made after a retryable failure."""
+        with self._lock:
+            return self._retries_done
+
+    # ------------------------------------------------------------------------------ metadata
+
+    def model_spec(self) -> model_pb2.ModelSpec:
+        """The ModelSpec every request of this client carries (a fresh copy)."""
+        spec = model_pb2.ModelSpec(name=self.model, signature_name=self.signature_name)
+        if self.version is not None:
+            spec.version.value = self.version
+        if self.version_label is not None:
+            spec.version_label = self.version_label
+        return spec
+
+    def signature(self, *, refresh: bool = False) -> Signature:
+        """The signature's inputs and outputs as GetModelMetadata reports them.
+
+        Cached after the first call; `refresh=True` asks again (a new version was deployed).
+        """
+        with self._lock:
+            if refresh:
+                self._signature = self._info = None
+            if self._signature is not None:
+                return self._signature
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self.model_spec(), metadata_field=["signature_def"]
+        )
+        response = self._call("GetModelMetadata", self._predict_stub.GetModelMetadata, request)
+        if "signature_def" not in response.metadata:
+            raise self._error(
+                "GetModelMetadata", grpc.StatusCode.INTERNAL,
+                "malformed response: no 'signature_def' metadata",
+            )
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        if not response.metadata["signature_def"].Unpack(signature_map):
+            raise self._error(
+                "GetModelMetadata", grpc.StatusCode.INTERNAL,
+                "malformed response: 'signature_def' is not a SignatureDefMap",
+            )
+        if self.signature_name not in signature_map.signature_def:
+            available = sorted(k for k in signature_map.signature_def if k != _INIT_OP_SIGNATURE)
+            raise invalid(
+                "signature", self.signature_name,
+                f"one of the signatures of model '{self.model}' at {self.target}: {available}",
+            )
+        definition = signature_map.signature_def[self.signature_name]
+        signature = Signature(
+            name=self.signature_name,
+            method_name=definition.method_name,
+            inputs=types.MappingProxyType(
+                {k: _tensor_info(k, v) for k, v in sorted(definition.inputs.items())}
+            ),
+            outputs=types.MappingProxyType(
+                {k: _tensor_info(k, v) for k, v in sorted(definition.outputs.items())}
+            ),
+            defaults=frozenset(definition.defaults),
+        )
+        with self._lock:
+            self._signature = signature
+        return signature
+
+    def metadata(self, *, refresh: bool = False) -> SignatureInfo:
+        """The image-classifier view of the signature (cached; `refresh=True` asks again).
+
+        Raises `UsageError` naming `signature` when it is not an image classifier (no single
+        rank-4 input, no probabilities output) and naming `output` when the probabilities output
+        is ambiguous or the one given does not exist.
+        """
+        with self._lock:
+            if self._info is not None and not refresh:
+                return self._info
+        info = self._image_classifier(self.signature(refresh=refresh))
+        with self._lock:
+            self._info = info
+        return info
+
+    def _image_classifier(self, sig: Signature) -> SignatureInfo:
+        where = f"model '{self.model}' at {self.target}"
+
+        def not_classifier(why: str) -> UsageError:
+            return invalid(
+                "signature", self.signature_name,
+                f"an image classifier signature (one image input of rank 4 [batch, H, W, C] and "
+                f"a class-probabilities output of rank 2) but {why}; {where} has inputs "
+                f"{_describe(sig.inputs)} and outputs {_describe(sig.outputs)} "
+                f"(use predict_raw for other signatures)",
+            )
+
+        images = [t for t in sig.inputs.values() if t.rank == 4]
+        if len(images) != 1:
+            raise not_classifier(f"{len(images)} inputs have rank 4")
+        image = images[0]
+        missing = sorted(k for k in sig.inputs if k != image.name and k not in sig.defaults)
+        if missing:
+            raise not_classifier(f"it also requires the inputs {missing}")
+        if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+            raise not_classifier(f"the image input has dtype {image.dtype.name}")
+        if not sig.outputs:
+            raise not_classifier("it has no outputs")
+
+        if self.output is not None:
+            if self.output not in sig.outputs:
+                raise invalid("output", self.output, f"one of the outputs {sorted(sig.outputs)}")
+            probabilities = self.output
+        elif _PROBABILITIES in sig.outputs:
+            probabilities = _PROBABILITIES
+        else:
+            rank2 = [k for k, t in sig.outputs.items() if t.rank == 2]
+            if not rank2:
+                raise not_classifier("no output has rank 2 [batch, classes]")
+            if len(rank2) > 1:
+                raise invalid(
+                    "output", None,
+                    f"the name of the probabilities output: {where} has several rank-2 outputs "
+                    f"{sorted(rank2)} and none named '{_PROBABILITIES}'",
+                )
+            probabilities = rank2[0]
+        rank = sig.outputs[probabilities].rank
+        if rank not in (None, 2):
+            raise not_classifier(f"the output '{probabilities}' has rank {rank}")
+
+        _, height, width, channels = image.shape
+        return SignatureInfo(
+            name=sig.name,
+            method_name=sig.method_name,
+            input_name=image.name,
+            input_dtype=image.dtype,
+            input_shape=image.shape,
+            output_names=tuple(sig.outputs),
+            output_dtypes=tuple(t.dtype for t in sig.outputs.values()),
+            output_shapes=tuple(t.shape for t in sig.outputs.values()),
+            probabilities=probabilities,
+            image_size=None if height is None or width is None else (height, width),
+            channels=channels,
+        )
+
+    # ---------------------------------------------------------------------------- model status
+
+    def model_status(self) -> list[VersionStatus]:
+        """GetModelStatus: one `VersionStatus(version, state, error_code, message)` per version."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec())
+        response = self._call("GetModelStatus", self._model_stub.GetModelStatus, request)
+        return [_version_status(v) for v in response.model_version_status]
+
+    def wait_until_available(self, timeout: float = 60.0, *, poll: float = 0.5) -> int:
+        """Poll GetModelStatus until a version is AVAILABLE; return that version.
+
+        UNAVAILABLE (server starting) and NOT_FOUND (model not loaded yet) are waited through.
+        Raises `ServingError` with DEADLINE_EXCEEDED when `timeout` passes, and at once with the
+        load error when every version reported has ended with an error.
+        """
+        if not _positive_number(timeout):
+            raise invalid("timeout", timeout, "a positive number of seconds")
+        if not _positive_number(poll):
+            raise invalid("poll", poll, "a positive number of seconds")
+        give_up = time.monotonic() + timeout
+        last = "no answer yet"
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec())
+        while True:
+            self._check_open()
+            remaining = give_up - time.monotonic()
+            try:
+                response = self._model_stub.GetModelStatus(
+                    request, timeout=max(0.01, min(self.timeout, remaining)),
+                    metadata=self._metadata,
+                )
+            except grpc.RpcError as err:
+                code, details = _code_details(err)
+                if code not in (
+                    grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ):
+                    raise self._error("GetModelStatus", code, details) from err
+                last = f"{code.name}: {details}"
+            else:
+                self._count(requests=1)
+                statuses = [_version_status(v) for v in response.model_version_status]
+                available = [s.version for s in statuses if s.state == "AVAILABLE"]
+                if available:
+                    return max(available)
+                failed = [s for s in statuses if s.state == "END" and s.error_code != "OK"]
+                if statuses and len(failed) == len(statuses):
+                    code = getattr(grpc.StatusCode, failed[0].error_code, grpc.StatusCode.UNKNOWN)
+                    raise self._error("GetModelStatus", code, failed[0].message)
+                last = ", ".join(f"version {s.version} {s.state}" for s in statuses) or "none"
+            if time.monotonic() + poll > give_up:
+                raise self._error(
+                    "GetModelStatus", grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no version AVAILABLE after {timeout:g}s (last: {last})",
+                )
+            if self._closed.wait(poll):
+                self._check_open()
+
+    # --------------------------------------------------------------------------------- predict
+
+    def predict(
+        self,
+        images: Any,
+        *,
+        outputs: str | Sequence[str] | None = None,
+        deadline: float | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray | dict[str, np.ndarray]:
+        """Classify `images` ([N, H, W, C], any numeric dtype and size); rows come back in order.
+
+        Images are adapted to the signature: resized (bilinear, antialiased) when it fixes H and
+        W and they differ, channels converted (gray <-> RGB, alpha dropped), cast to the input
+        dtype (integers: rounded and clipped; floats: values kept, 0..255 stays 0..255). Exactly
+        N rows are sent, in batches of `batch_size` with at most `max_in_flight` outstanding.
+
+        Args:
+            outputs: None for the probabilities output as an array; an output name for that
+                output as an array; a sequence of names for a dict of arrays.
+            deadline: overall seconds for the whole call (each RPC still has `timeout`).
+            on_batch: called as `on_batch(n_done, n_total)` (in images) after each batch.
+
+        Raises:
+            UsageError: bad `images`, `outputs` or `deadline` (before anything is sent).
+            ServingError: an RPC failed (after retries) or the overall deadline passed.
+        """
+        self._check_open()
+        if deadline is not None and not _positive_number(deadline):
+            raise invalid("deadline", deadline, "a positive number of seconds or None")
+        deadline_at = None if deadline is None else time.monotonic() + deadline
+        info = self.metadata()
+        names, single = self._output_names(info, outputs)
+        images = self._check_images(images, info)
+
+        total = int(images.shape[0])
+        if total == 0:
+            empty = {n: _empty_output(info.output(n)) for n in names}
+            return empty[names[0]] if single else empty
+
+        starts = list(range(0, total, self.batch_size))
+        stop = threading.Event()
+        results: list[dict[str, np.ndarray] | None] = [None] * len(starts)
+        done = 0
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(self.max_in_flight, len(starts)), thread_name_prefix="serving-predict"
+        )
+        try:
+            futures = {
+                executor.submit(
+                    self._predict_batch, images[s : s + self.batch_size], info, names,
+                    deadline_at, stop,
+                ): i
+                for i, s in enumerate(starts)
+            }
+            for future in concurrent.futures.as_completed(futures):
+                index = futures[future]
+                results[index] = future.result()
+                done += len(results[index][names[0]])
+                if on_batch is not None:
+                    on_batch(done, total)
+        finally:
+            stop.set()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+        merged = {n: np.concatenate([r[n] for r in results], axis=0) for n in names}
+        return merged[names[0]] if single else merged
+
+    def _output_names(
+        self, info: SignatureInfo, outputs: str | Sequence[str] | None
+    ) -> tuple[list[str], bool]:
+        if outputs is None:
+            return [info.probabilities], True
+        single = isinstance(outputs, str)
+        names = [outputs] if single else list(outputs) if _is_str_sequence(outputs) else None
+        if not names or any(n not in info.output_names for n in names) or len(set(names)) != len(
+            names
+        ):
+            raise invalid(
+                "outputs", outputs,
+                f"None, an output name or distinct output names among {list(info.output_names)}",
+            )
+        return names, single
+
+    def _check_images(self, images: Any, info: SignatureInfo) -> np.ndarray:
+        try:
+            array = np.asarray(images)
+        except (TypeError, ValueError) as err:
+            raise invalid("images", type(images).__name__, "a numeric array [N, H, W, C]") from err
+        if array.dtype == bool or not (
+            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+        ):
+            raise invalid("images", f"array of dtype {array.dtype}", "a numeric array [N,H,W,C]")
+        if array.ndim != 4 or min(array.shape[1:]) < 1:
+            raise invalid("images", f"array of shape {array.shape}", "an array [N, H, W, C]")
+        source, target = array.shape[3], info.channels
+        if target is not None and source != target and (source, target) not in _CHANNEL_MAPS:
+            raise invalid(
+                "images", f"array of shape {array.shape}",
+                f"{target} channels (or 1, 3 or 4 channels to convert) for input "
+                f"'{info.input_name}' of model '{self.model}'",
+            )
+        if np.issubdtype(info.input_dtype, np.integer) and np.issubdtype(array.dtype, np.floating):
+            if not np.isfinite(array).all():
+                raise invalid("images", "an array with NaN or infinite values", "finite values")
+            if info.input_dtype == np.uint8 and array.size and float(array.max()) <= 1.0:
+                logger.warning(
+                    "Float images in [0, 1] are sent to uint8 input '%s' of model '%s': values "
+                    "are rounded to 0..1, not scaled; pass pixels in 0..255.",
+                    info.input_name, self.model,
+                )
+        return array
+
+    def _predict_batch(
+        self,
+        batch: np.ndarray,
+        info: SignatureInfo,
+        names: list[str],
+        deadline_at: float | None,
+        stop: threading.Event,
+    ) -> dict[str, np.ndarray]:
+        if stop.is_set():
+            raise _Stopped()
+        request = predict_pb2.PredictRequest(model_spec=self.model_spec())
+        request.inputs[info.input_name].CopyFrom(
+            _encode(adapt_images(batch, info), use_tensor_content=True)
+        )
+        request.output_filter.extend(names)
+        response = self._call(
+            "Predict", self._predict_stub.Predict, request,
+            deadline_at=deadline_at, stop=stop, rows=len(batch),
+        )
+        return self._decode_outputs(response, names, rows=len(batch))
+
+    def _decode_outputs(
+        self, response: predict_pb2.PredictResponse, names: Sequence[str], rows: int | None
+    ) -> dict[str, np.ndarray]:
+        decoded = {}
+        for name in names:
+            if name not in response.outputs:
+                raise self._error(
+                    "Predict", grpc.StatusCode.INTERNAL,
+                    f"malformed response: no output '{name}' (got {sorted(response.outputs)})",
+                )
+            try:
+                array = _decode(response.outputs[name], max_bytes=self.max_message_bytes)
+            except _TensorDecodeError as err:
+                raise self._error(
+                    "Predict", grpc.StatusCode.INTERNAL,
+                    f"malformed response: output '{name}': {err}",
+                ) from err
+            if rows is not None and (array.ndim == 0 or array.shape[0] != rows):
+                raise self._error(
+                    "Predict", grpc.StatusCode.INTERNAL,
+                    f"malformed response: output '{name}' has shape {array.shape} for {rows} "
+                    "rows sent",
+                )
+            decoded[name] = array
+        return decoded
+
+    def predict_raw(
+        self,
+        inputs: Mapping[str, Any],
+        output_filter: Sequence[str] | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One Predict with the inputs exactly as given, for any signature (no adaptation).
+
+        Input names must be the signature's; `output_filter` (output names) restricts the
+        outputs returned, all outputs otherwise. Counts the leading dimension of the first input
+        as queries.
+        """
+        self._check_open()
+        if deadline is not None and not _positive_number(deadline):
+            raise invalid("deadline", deadline, "a positive number of seconds or None")
+        deadline_at = None if deadline is None else time.monotonic() + deadline
+        sig = self.signature()
+        if not isinstance(inputs, Mapping) or not inputs or any(k not in sig.inputs
+                                                                for k in inputs):
+            received = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
+            raise invalid("inputs", received, f"a dict keyed by input names among "
+                                              f"{sorted(sig.inputs)}")
+        missing = sorted(k for k in sig.inputs if k not in inputs and k not in sig.defaults)
+        if missing:
+            raise invalid("inputs", sorted(inputs), f"every required input, missing {missing}")
+        if output_filter is not None and (
+            not _is_str_sequence(output_filter) or not output_filter
+            or any(n not in sig.outputs for n in output_filter)
+        ):
+            raise invalid("output_filter", output_filter,
+                          f"None or output names among {sorted(sig.outputs)}")
+        arrays = {k: np.asarray(v) for k, v in inputs.items()}
+        request = predict_pb2.PredictRequest(model_spec=self.model_spec())
+        for name, array in arrays.items():
+            try:
+                proto = _encode(array, dtype=sig.inputs[name].dtype)
+            except (TypeError, ValueError) as err:
+                raise invalid(f"inputs[{name!r}]", f"array of dtype {array.dtype}",
+                              f"values convertible to {sig.inputs[name].dtype}") from err
+            request.inputs[name].CopyFrom(proto)
+        names = list(output_filter) if output_filter is not None else list(sig.outputs)
+        request.output_filter.extend(output_filter or [])
+        first = next(iter(arrays.values()))
+        rows = int(first.shape[0]) if first.ndim else 1
+        response = self._call("Predict", self._predict_stub.Predict, request,
+                              deadline_at=deadline_at, rows=rows)
+        return self._decode_outputs(response, names, rows=None)
+
+    # ----------------------------------------------------------------------------- plumbing
+
+    def _call(
+        self,
+        rpc: str,
+        method: Callable[..., Any],
+        request: Any,
+        *,
+        deadline_at: float | None = None,
+        stop: threading.Event | None = None,
+        rows: int = 0,
+    ) -> Any:
+        """One unary RPC with the per-RPC timeout, the overall deadline and safe retries."""
+        attempt = 0
+        while True:
+            self._check_open()
+            timeout = self.timeout
+            if deadline_at is not None:
+                remaining = deadline_at - time.monotonic()
+                if remaining <= 0:
+                    raise self._error(rpc, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      "overall deadline of the call exceeded")
+                timeout = min(timeout, remaining)
+            try:
+                response = method(request, timeout=timeout, metadata=self._metadata)
+            except grpc.RpcError as err:
+                code, details = _code_details(err)
+                if code not in self.retry_codes or attempt >= self.retries:
+                    raise self._error(rpc, code, details) from err
+                delay = self._backoff_delay(attempt)
+                if deadline_at is not None and time.monotonic() + delay >= deadline_at:
+                    raise self._error(rpc, code, details) from err
+                attempt += 1
+                self._count(retries=1)
+                logger.info("%s on model '%s' at %s: %s; retry %d/%d in %.2fs", rpc, self.model,
+                            self.target, code.name, attempt, self.retries, delay)
+                if (stop is not None and stop.wait(delay)) or (
+                    stop is None and self._closed.wait(delay)
+                ):
+                    self._check_open()
+                    raise _Stopped() from err
+                continue
+            except ValueError:  # grpc raises it for a channel closed under the call
+                self._check_open()
+                raise
+            self._count(requests=1, queries=rows)
+            return response
+
+    def _backoff_delay(self, attempt: int) -> float:
+        """Exponential backoff with 'equal jitter': half fixed, half random."""
+        base = min(_MAX_BACKOFF_S, self.backoff * 2**attempt)
+        return base / 2 + random.uniform(0, base / 2)
+
+    def _count(self, *, requests: int = 0, queries: int = 0, retries: int = 0) -> None:
+        with self._lock:
+            self._requests += requests
+            self._queries += queries
+            self._retries_done += retries
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise RuntimeError(f"{self!r} is closed")
+
+    def _error(self, rpc: str, code: grpc.StatusCode, details: str) -> ServingError:
+        return ServingError(
+            target=self.target, model=self.model, rpc=rpc, code=code, details=details
+        )
+
+
+# -------------------------------------------------------------------------- image adaptation
+
+_CHANNEL_MAPS = {(1, 3), (1, 4), (3, 1), (4, 1), (4, 3), (3, 4)}
+_LUMA = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # tf.image.rgb_to_grayscale
+
+
+def adapt_images(images: np.ndarray, info: SignatureInfo) -> np.ndarray:
+    """Resize, convert channels and cast a batch [N, H, W, C] to what the signature takes."""
+    target_dtype = info.input_dtype
+    out = images
+    source, target = out.shape[3], info.channels
+    if target is not None and source != target:
+        if source == 1:
+            out = np.repeat(out, 3, axis=3)
+        elif source == 4:
+            out = out[..., :3]
+        if target == 1:
+            out = (out.astype(np.float32) @ _LUMA)[..., None]
+        elif target == 4:
+            alpha = np.full(out.shape[:3] + (1,), _opaque(out.dtype), dtype=out.dtype)
+            out = np.concatenate([out, alpha], axis=3)
+    if info.image_size is not None and tuple(out.shape[1:3]) != info.image_size:
+        import tensorflow as tf  # loaded by the protos already; resize only when sizes differ
+
+        out = tf.image.resize(
+            out.astype(np.float32), info.image_size, method="bilinear", antialias=True
+        ).numpy()
+    if out.dtype == target_dtype:
+        return np.ascontiguousarray(out)
+    if np.issubdtype(target_dtype, np.integer):
+        limits = np.iinfo(target_dtype)
+        if np.issubdtype(out.dtype, np.floating):
+            out = np.rint(out)
+        out = np.clip(out, limits.min, limits.max)
+    return np.ascontiguousarray(out, dtype=target_dtype)
+
+
+def _opaque(dtype: np.dtype) -> int | float:
+    return np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 255.0
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+class _TensorDecodeError(ValueError):
+    pass
+
+
+def _encode(array: np.ndarray, *, dtype=None, use_tensor_content: bool = False
+            ) -> tensor_pb2.TensorProto:
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(array, dtype=dtype)
+
+
+def _decode(proto: tensor_pb2.TensorProto, *, max_bytes: int) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        return tf.make_ndarray(proto)
+    except (TypeError, ValueError) as err:
+        raise _TensorDecodeError(str(err)) from err
+
+
+
+def _empty_output(info: TensorInfo) -> np.ndarray:
+    tail = () if info.shape is None else tuple(d or 0 for d in info.shape[1:])
+    return np.empty((0, *tail), dtype=info.dtype)
+
+
+def _version_status(status: get_model_status_pb2.ModelVersionStatus) -> VersionStatus:
+    state = get_model_status_pb2.ModelVersionStatus.State.Name(status.state)
+    try:
+        error_code = error_codes_pb2.Code.Name(status.status.error_code)
+    except ValueError:
+        error_code = str(status.status.error_code)
+    return VersionStatus(int(status.version), state, error_code, status.status.error_message)
+
+
+def _code_details(err: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    details = err.details() if callable(getattr(err, "details", None)) else None
+    return code or grpc.StatusCode.UNKNOWN, details or str(err)
+
+
+def _positive_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and value > 0 and np.isfinite(value)
+    )
+
+
+def _int_at_least(value: object, low: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+
+
+def _is_str_sequence(value: object) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(
+        isinstance(v, str) for v in value
+    )
+

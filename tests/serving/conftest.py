@@ -1,0 +1,136 @@
+"""Fixtures for the serving tests: tiny SavedModels on disk and an embedded server over them.
+
+Two kinds of model, both as TF Serving loads them:
+- `tiny`: a Keras image classifier (uint8 [batch, 8, 8, 3] -> probabilities, logits), exported
+  by the project's own exporter, in versions 1 and 2 (different weights);
+- `examples`: a TF1-style SavedModel with classify, regress and predict signatures over
+  serialized `tf.Example`s (feature `x`, two floats), for Classify/Regress/MultiInference.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IMAGE_SHAPE = (8, 8, 3)
+CLASS_NAMES = ("ant", "bee", "cat")
+W_EXAMPLES = np.array([[1.0, -1.0, 0.5], [2.0, 0.0, -0.5]], dtype=np.float32)
+
+
+def tiny_keras_classifier(seed: int):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(IMAGE_SHAPE)
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASS_NAMES))(x)
+    return keras.Model(inputs, outputs)
+
+
+def export_tiny(base: Path, name: str, version: int, seed: int):
+    from victim_export import export_classifier
+
+    model = tiny_keras_classifier(seed)
+    export_classifier(model, base, name, version=version, input_shape=IMAGE_SHAPE,
+                      class_names=CLASS_NAMES, export_logits=True)
+    return model
+
+
+def export_examples_model(path: Path) -> None:
+    """A TF1 SavedModel with classification, regression and predict signatures."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        serialized = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
+        features = tf.io.parse_example(serialized,
+                                       {"x": tf.io.FixedLenFeature([2], tf.float32)})
+        x = features["x"]
+        scores = tf.nn.softmax(tf.matmul(x, tf.constant(W_EXAMPLES)))
+        classes = tf.tile(tf.constant([list(CLASS_NAMES)]), [tf.shape(x)[0], 1])
+        total = tf.reduce_sum(x, axis=1, keepdims=True)
+        sig = tf.compat.v1.saved_model
+        with tf.compat.v1.Session(graph=graph) as sess:
+            builder = sig.Builder(str(path))
+            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
+                "classify_x": sig.classification_signature_def(serialized, classes, scores),
+                "scores_only": sig.classification_signature_def(serialized, None, scores),
+                "regress_x": sig.regression_signature_def(serialized, total),
+                "serving_default": sig.predict_signature_def({"x": x}, {"scores": scores}),
+            })
+            builder.save()
+
+
+@pytest.fixture(scope="session")
+def model_base(tmp_path_factory):
+    """A models folder: `tiny` (versions 1, 2) and `examples` (version 1), with Keras models."""
+    base = tmp_path_factory.mktemp("models")
+    models = {1: export_tiny(base, "tiny", 1, seed=1), 2: export_tiny(base, "tiny", 2, seed=2)}
+    export_examples_model(base / "examples" / "1")
+    return base, models
+
+
+def models_config_text(base: Path, *, policy: str = "all {}", labels=None) -> str:
+    labels = labels if labels is not None else {"stable": 1, "canary": 2}
+    label_text = "".join(f'    version_labels {{ key: "{k}" value: {v} }}\n'
+                         for k, v in labels.items())
+    return (
+        "model_config_list {\n"
+        f'  config {{\n    name: "tiny"\n    base_path: "{base / "tiny"}"\n'
+        f'    model_platform: "tensorflow"\n    model_version_policy {{ {policy} }}\n'
+        f"{label_text}  }}\n"
+        f'  config {{\n    name: "examples"\n    base_path: "{base / "examples"}"\n'
+        '    model_platform: "tensorflow"\n  }\n'
+        "}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def server(model_base, tmp_path_factory):
+    """The embedded server on loopback with gRPC and REST, over a copy of `model_base`."""
+    from serving.model_server import ModelServer, ServerOptions
+
+    src, models = model_base
+    base = tmp_path_factory.mktemp("served")
+    shutil.copytree(src, base, dirs_exist_ok=True)
+    config = base / "models.config"
+    config.write_text(models_config_text(base))
+    options = ServerOptions(model_config_file=str(config), port=0, rest_api_port=0,
+                            host="127.0.0.1", file_system_poll_wait_seconds=0.2)
+    with ModelServer(options) as srv:
+        srv.base = base
+        srv.keras_models = models
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    import grpc
+
+    from serving.model_server import MAX_MESSAGE_BYTES
+
+    ch = grpc.insecure_channel(
+        f"127.0.0.1:{server.port}",
+        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    yield ch
+    ch.close()
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def model_stub(channel):
+    from tensorflow_serving.apis import model_service_pb2_grpc
+
+    return model_service_pb2_grpc.ModelServiceStub(channel)
