@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -39,6 +38,7 @@ from tensorflow_serving.apis import (
 )
 
 from common.errors import UsageError, invalid
+from serving import codec
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -195,21 +195,13 @@ def parse_target(target: object) -> str:
     return target
 
 
-def _np_dtype(dtype: int) -> np.dtype:
-    import tensorflow as tf  # already loaded by the protos above; kept local to the one use
-
-    if dtype == types_pb2.DT_INVALID:
-        raise ValueError("DT_INVALID")
-    return np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
-
-
 def _tensor_info(name: str, info: meta_graph_pb2.TensorInfo) -> TensorInfo:
     shape = None
     if not info.tensor_shape.unknown_rank:
         shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
     try:
-        dtype = _np_dtype(info.dtype)
-    except (TypeError, ValueError):
+        dtype = codec.tf_dtype_to_numpy(info.dtype)
+    except codec.TensorDecodeError:  # DT_RESOURCE, DT_VARIANT...: no numpy dtype holds them
         dtype = np.dtype(object)
     return TensorInfo(name, dtype, shape)
 
@@ -709,7 +701,7 @@ class ServingClient:
             raise _Stopped()
         request = predict_pb2.PredictRequest(model_spec=self.model_spec())
         request.inputs[info.input_name].CopyFrom(
-            _encode(adapt_images(batch, info), use_tensor_content=True)
+            codec.from_ndarray(adapt_images(batch, info), use_tensor_content=True)
         )
         request.output_filter.extend(names)
         response = self._call(
@@ -729,8 +721,8 @@ class ServingClient:
                     f"malformed response: no output '{name}' (got {sorted(response.outputs)})",
                 )
             try:
-                array = _decode(response.outputs[name], max_bytes=self.max_message_bytes)
-            except _TensorDecodeError as err:
+                array = codec.to_ndarray(response.outputs[name], max_bytes=self.max_message_bytes)
+            except codec.TensorDecodeError as err:
                 raise self._error(
                     "Predict", grpc.StatusCode.INTERNAL,
                     f"malformed response: output '{name}': {err}",
@@ -780,7 +772,7 @@ class ServingClient:
         request = predict_pb2.PredictRequest(model_spec=self.model_spec())
         for name, array in arrays.items():
             try:
-                proto = _encode(array, dtype=sig.inputs[name].dtype)
+                proto = codec.from_ndarray(array, dtype=sig.inputs[name].dtype)
             except (TypeError, ValueError) as err:
                 raise invalid(f"inputs[{name!r}]", f"array of dtype {array.dtype}",
                               f"values convertible to {sig.inputs[name].dtype}") from err
@@ -791,7 +783,8 @@ class ServingClient:
         rows = int(first.shape[0]) if first.ndim else 1
         response = self._call("Predict", self._predict_stub.Predict, request,
                               deadline_at=deadline_at, rows=rows)
-        return self._decode_outputs(response, names, rows=None)
+        decoded = self._decode_outputs(response, names, rows=None)
+        return {k: v if v.flags.writeable else v.copy() for k, v in decoded.items()}
 
     # ----------------------------------------------------------------------------- plumbing
 
@@ -904,27 +897,6 @@ def _opaque(dtype: np.dtype) -> int | float:
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-class _TensorDecodeError(ValueError):
-    pass
-
-
-def _encode(array: np.ndarray, *, dtype=None, use_tensor_content: bool = False
-            ) -> tensor_pb2.TensorProto:
-    import tensorflow as tf
-
-    return tf.make_tensor_proto(array, dtype=dtype)
-
-
-def _decode(proto: tensor_pb2.TensorProto, *, max_bytes: int) -> np.ndarray:
-    import tensorflow as tf
-
-    try:
-        return tf.make_ndarray(proto)
-    except (TypeError, ValueError) as err:
-        raise _TensorDecodeError(str(err)) from err
-
-
 
 def _empty_output(info: TensorInfo) -> np.ndarray:
     tail = () if info.shape is None else tuple(d or 0 for d in info.shape[1:])
