@@ -8,14 +8,17 @@ when that returns false. `to_ndarray` follows the same rules: the shape must be 
 bytes (strings: TF's varint-prefixed string list, bools: only bytes 0 and 1); otherwise the typed
 field of the dtype is read (`FromProtoField`): no values -> zeros, fewer values than elements ->
 the rest repeat the last value (splat), more -> the first `n` are used, values in the field of
-another dtype are ignored; empty tensors only need a valid dtype. `tf.make_ndarray` is stricter
-than the server (it refuses oversized fields, out-of-range `int_val`/`half_val`, string
-`tensor_content`, garbage behind empty tensors) and looser (it accepts bool bytes other than 0/1);
-this module does what the server does. Encoding writes what TF Serving's Predict sends back
-(`Tensor::AsProtoField`: typed repeated fields), or `tensor_content` on request
-(`AsProtoTensorContent`). Both directions go through the protobuf wire format built with numpy,
-which is several times faster than filling repeated fields from Python lists. The codec assumes a
-little-endian host, as every TF Serving build does.
+another dtype are ignored, integers wrap as C++ casts do; empty tensors only need a valid dtype.
+`tf.make_ndarray` is stricter than the server (it refuses oversized fields, out-of-range
+`int_val`/`half_val`, string `tensor_content`, leftover bytes behind empty tensors) and looser (it
+accepts bool bytes other than 0/1); this module does what the server does. It refuses, where TF
+would not, only what numpy cannot hold (DT_RESOURCE, DT_VARIANT, more than 64 dimensions) and
+tensors above `max_bytes`, before allocating them. Encoding writes what TF Serving's Predict
+sends back (`Tensor::AsProtoField`: typed repeated fields), or `tensor_content` on request
+(`AsProtoTensorContent`); it builds the protobuf wire format with numpy, several times faster than
+filling repeated fields from Python lists. Decoding reads repeated fields through upb's native
+`__array__` and `tensor_content` with `np.frombuffer`. The codec assumes a little-endian host, as
+every TF Serving build does.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from common.errors import invalid
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "TENSOR_PARSING_ERROR",
     "TensorDecodeError",
     "from_ndarray",
