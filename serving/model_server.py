@@ -136,7 +136,7 @@ def _grpc_handler(method):
         except Exception as err:  # never let a request take the server down
             log.exception("internal error in %s", getattr(method, "__name__", method))
             failure = status.ServingStatus(grpc.StatusCode.INTERNAL, str(err))
-        context.abort(failure.code, failure.message)
+        failure.abort(context)  # code + message cut at 1,024 characters, as TF Serving
 
     return handler
 

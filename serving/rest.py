@@ -86,8 +86,8 @@ def _decode_b64(value):
 def _to_array(value, np_dtype: np.dtype, alias: str) -> np.ndarray:
     if np_dtype == np.dtype(object):
         data = _decode_b64(value)
-        arr = np.empty(np.shape(data) if isinstance(data, list) else (), dtype=object)
         try:
+            arr = np.empty(np.shape(data) if isinstance(data, list) else (), dtype=object)
             arr[...] = data
         except ValueError:
             raise _BadRequest(f"Failed to process element: {alias} of 'inputs' field: "
@@ -222,6 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError as err:
             raise status.json_parse_error(status.RAPIDJSON_PARSE_ERRORS["value_invalid"],
                                           err.pos) from None
+        except RecursionError:  # rapidjson's iterative parser has no such limit; we refuse
+            raise status.json_parse_error(status.RAPIDJSON_PARSE_ERRORS["termination"],
+                                          0) from None
         except (ValueError, UnicodeDecodeError):
             raise status.json_parse_error(
                 status.RAPIDJSON_PARSE_ERRORS["string_invalid_encoding"], 0) from None

@@ -1,0 +1,844 @@
+"""Fuzz tests of the embedded model server: malformed requests through the real gRPC stub and HTTP.
+
+Thousands of random or broken PredictRequests (every DataType enum and invalid enum numbers,
+ranks 0..6, zero, negative and huge declared dimensions, truncated or oversized
+`tensor_content`, values in the wrong typed field, NaN/Inf, unknown, extra and missing inputs,
+random `output_filter`, model names, versions, labels and signatures, TensorProtos parsed from
+random bytes, whole requests as mutated wire bytes), plus random GetModelMetadata, Classify,
+Regress and REST `:predict` requests, generated with `hypothesis` (derandomized) and a
+deterministic sweep. Every answer must be OK with outputs of the signature's dtype and shape, or
+one of TF Serving's codes for bad input (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) with
+a non-empty message, within 10 s. TensorFlow 2.21 aborts the whole process on a Conv2D input of
+the wrong rank, so this module finishing at all proves the server refuses such tensors before
+the graph. At the end the server must still answer a valid request as it did at the start,
+without having grown by more than 300 MB. `pytest -s` prints the outcome counts per status code.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import http.client
+import json
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tensorflow.core.example import example_pb2, feature_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+
+from tests.serving.conftest import CLASS_NAMES, IMAGE_SHAPE, W_EXAMPLES
+
+CALL_TIMEOUT = 10.0  # seconds; a call that takes longer counts as a hang
+RSS_GROWTH_LIMIT = 300 * 2**20
+BAD_INPUT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                             grpc.StatusCode.FAILED_PRECONDITION})
+LABELS = {"stable": 1, "canary": 2}  # conftest's models.config, model `tiny`
+INIT_OP_KEY = "__saved_model_init_op"
+PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
+
+DT = types_pb2.DataType
+ALL_DTYPES = tuple(v.number for v in DT.DESCRIPTOR.values)  # 0..33 and the *_REF types
+INVALID_DTYPES = (-1, -(2**31), 34, 99, 100, 134, 1000, 2**31 - 1)
+SMALL_DIMS = (0, 1, 2, 3, 8)
+HUGE_DIMS = (2**31, 2**40, 2**62, 2**63 - 1)  # any of them makes a tensor > 2 GiB
+NEGATIVE_DIMS = (-1, -7, -(2**63))
+CONTENT_CAP = 1 << 20  # fill tensor_content only up to this many bytes
+
+# Bytes per element for the enums TF can hold (DT_STRING: varint-prefixed list, below).
+ITEMSIZE = {DT.DT_FLOAT: 4, DT.DT_DOUBLE: 8, DT.DT_INT32: 4, DT.DT_UINT8: 1, DT.DT_INT16: 2,
+            DT.DT_INT8: 1, DT.DT_COMPLEX64: 8, DT.DT_INT64: 8, DT.DT_BOOL: 1, DT.DT_QINT8: 1,
+            DT.DT_QUINT8: 1, DT.DT_QINT32: 4, DT.DT_BFLOAT16: 2, DT.DT_QINT16: 2,
+            DT.DT_QUINT16: 2, DT.DT_UINT16: 2, DT.DT_COMPLEX128: 16, DT.DT_HALF: 2,
+            DT.DT_UINT32: 4, DT.DT_UINT64: 8, **{e: 1 for e in range(24, 34)}}
+# The typed field TensorFlow reads for each enum (Tensor::FromProto's FromProtoField).
+RIGHT_FIELD = {DT.DT_FLOAT: "float_val", DT.DT_DOUBLE: "double_val", DT.DT_STRING: "string_val",
+               DT.DT_COMPLEX64: "scomplex_val", DT.DT_COMPLEX128: "dcomplex_val",
+               DT.DT_INT64: "int64_val", DT.DT_BOOL: "bool_val", DT.DT_BFLOAT16: "half_val",
+               DT.DT_HALF: "half_val", DT.DT_UINT32: "uint32_val", DT.DT_UINT64: "uint64_val",
+               **{e: "int_val" for e in (3, 4, 5, 6, 11, 12, 13, 15, 16, 17, 29, 30, 31, 32)},
+               **{e: "float8_val" for e in (24, 25, 26, 27, 28, 33)}}
+FIELDS = ("float_val", "double_val", "int_val", "half_val", "int64_val", "uint32_val",
+          "uint64_val", "bool_val", "string_val", "scomplex_val", "dcomplex_val", "float8_val")
+PAYLOADS = ("none", "content", "content", "short", "long", "random_bytes", "field", "field",
+            "wrong_field", "handles")
+
+
+TALLY: collections.Counter = collections.Counter()  # (rpc, outcome) -> count
+SENT: collections.Counter = collections.Counter()  # notable request kinds -> count
+
+FUZZ_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=False,
+                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                            HealthCheck.filter_too_much,
+                                            HealthCheck.large_base_example])
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, size=(4, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    """This process's resident set size (the server runs in-process)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line in /proc/self/status")
+
+
+def call(rpc: str, method, request):
+    """Send one request; return (response, None) or (None, RpcError), counting the outcome."""
+    try:
+        response = method(request, timeout=CALL_TIMEOUT)
+    except grpc.RpcError as err:
+        TALLY[rpc, err.code().name] += 1
+        assert err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED, (
+            f"{rpc} hung for more than {CALL_TIMEOUT} s on {_short(request)}")
+        return None, err
+    TALLY[rpc, "OK"] += 1
+    return response, None
+
+
+def _short(request, limit: int = 600) -> str:
+    text = repr(request) if isinstance(request, bytes) else str(request)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def check_refusal(err: grpc.RpcError, request, allowed=BAD_INPUT_CODES) -> None:
+    assert err.code() in allowed, (
+        f"{err.code().name} ({err.details()!r}) for malformed input; expected one of "
+        f"{sorted(c.name for c in allowed)}. Request: {_short(request)}")
+    assert err.details(), f"{err.code().name} with empty details for {_short(request)}"
+
+
+def make_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)
+
+
+def example(x) -> example_pb2.Example:
+    ex = example_pb2.Example()
+    ex.features.feature["x"].float_list.value.extend(x)
+    return ex
+
+
+def softmax_scores(x: np.ndarray) -> np.ndarray:
+    logits = x.astype(np.float32) @ W_EXAMPLES
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fetch_signatures(stub) -> dict:
+    """(model, version) -> signature key -> (inputs, outputs), each alias -> (dtype, dims),
+    read with GetModelMetadata (the init op excluded)."""
+    table = {}
+    for name, versions in (("tiny", (1, 2)), ("examples", (1,))):
+        for version in versions:
+            request = get_model_metadata_pb2.GetModelMetadataRequest(
+                metadata_field=["signature_def"])
+            request.model_spec.name = name
+            request.model_spec.version.value = version
+            response = stub.GetModelMetadata(request, timeout=CALL_TIMEOUT)
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
+            assert response.metadata["signature_def"].Unpack(sig_map)
+            table[name, version] = {
+                key: tuple({alias: (info.dtype, [d.size for d in info.tensor_shape.dim])
+                            for alias, info in side.items()}
+                           for side in (sig.inputs, sig.outputs))
+                for key, sig in sig_map.signature_def.items() if key != INIT_OP_KEY}
+    return table
+
+
+# -- building tensors ------------------------------------------------------------------------------
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string_items(rng: np.random.Generator, n: int) -> list[bytes]:
+    """Half serialized tf.Examples with a random (sometimes NaN/Inf) `x`, half random bytes."""
+    items = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            x = rng.normal(0, 3, 2).astype(np.float32)
+            if rng.random() < 0.2:
+                x[rng.integers(0, 2)] = rng.choice([np.nan, np.inf, -np.inf])
+            items.append(example(x.tolist()).SerializeToString())
+        else:
+            items.append(rng.bytes(int(rng.integers(0, 13))))
+    return items
+
+
+def _field_values(field: str, k: int, rng: np.random.Generator):
+    if field == "string_val":
+        return _string_items(rng, k)
+    if field == "float8_val":
+        return rng.bytes(k)
+    if field in ("float_val", "scomplex_val", "double_val", "dcomplex_val"):
+        wide = field in ("double_val", "dcomplex_val")
+        values = rng.normal(0, 100, k).astype(np.float64 if wide else np.float32)
+        specials = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e308 if wide else 3.4e38, 1e-45]
+    elif field in ("int_val", "half_val"):
+        values = rng.integers(-(2**31), 2**31, k)
+        specials = [0, -1, 255, 256, -(2**31), 2**31 - 1]
+    elif field == "int64_val":
+        values = rng.integers(-(2**63), 2**63 - 1, k, endpoint=True)
+        specials = [0, -1, 2**63 - 1, -(2**63)]
+    elif field == "uint32_val":
+        values = rng.integers(0, 2**32, k, dtype=np.uint64)
+        specials = [0, 2**32 - 1]
+    elif field == "uint64_val":
+        values = rng.integers(0, 2**64 - 1, k, dtype=np.uint64, endpoint=True)
+        specials = [0, 2**64 - 1]
+    else:  # bool_val
+        values = rng.integers(0, 2, k).astype(bool)
+        specials = [True, False]
+    if k:
+        for i in rng.integers(0, k, size=min(k, 3)):
+            values[i] = specials[int(rng.integers(0, len(specials)))]
+    return values.tolist()
+
+
+def element_count(dims) -> int | None:
+    if any(d < 0 for d in dims):
+        return None
+    return int(np.prod(dims, dtype=object)) if dims else 1
+
+
+def build_tensor(dtype: int, dims, payload: str, seed: int,
+                 unknown_rank: bool = False) -> tensor_pb2.TensorProto:
+    """A TensorProto with this (possibly invalid) dtype and shape and the kind of payload asked."""
+    rng = np.random.default_rng(seed)
+    proto = tensor_pb2.TensorProto()
+    proto.dtype = dtype
+    for d in dims:
+        proto.tensor_shape.dim.add().size = d
+    proto.tensor_shape.unknown_rank = unknown_rank
+    n = element_count(dims)
+    small = n is not None and n <= 4096
+    if payload in ("content", "short", "long"):
+        if dtype == DT.DT_STRING and small and n:
+            items = _string_items(rng, n)
+            data = b"".join(_varint(len(i)) for i in items) + b"".join(items)
+        elif dtype in ITEMSIZE and n is not None and n * ITEMSIZE[dtype] <= CONTENT_CAP:
+            data = rng.bytes(n * ITEMSIZE[dtype])
+        else:
+            data = rng.bytes(int(rng.integers(1, 17)))
+        if payload == "short":
+            data = data[: max(0, len(data) - int(rng.integers(1, 4)))]
+        elif payload == "long":
+            data += rng.bytes(int(rng.integers(1, 9)))
+        proto.tensor_content = data
+    elif payload == "random_bytes":
+        proto.tensor_content = rng.bytes(int(rng.integers(0, 65)))
+    elif payload in ("field", "wrong_field"):
+        right = RIGHT_FIELD.get(dtype)
+        field = right if payload == "field" and right else FIELDS[int(rng.integers(len(FIELDS)))]
+        if small:
+            choices = [k for k in (0, 1, 2, n - 1, n, n + 1) if k >= 0]
+        else:
+            choices = [0, 1, 2, 5]
+        k = choices[int(rng.integers(len(choices)))]
+        values = _field_values(field, k, rng)
+        if field == "float8_val":
+            proto.float8_val = values
+        else:
+            getattr(proto, field).extend(values)
+    elif payload == "handles":
+        proto.resource_handle_val.add(device="/job:x", name=rng.bytes(4).hex())
+        proto.variant_val.add(type_name="fuzz", metadata=rng.bytes(8))
+    return proto
+
+
+def mutate(data: bytes, edits) -> bytes:
+    """Apply (op, position, byte) edits to serialized bytes: flip, set, delete, insert, cut."""
+    raw = bytearray(data)
+    for op, pos, value in edits:
+        if not raw:
+            raw.append(value)
+            continue
+        i = pos % len(raw)
+        if op == "flip":
+            raw[i] ^= 1 << (value % 8)
+        elif op == "set":
+            raw[i] = value
+        elif op == "delete":
+            del raw[i: i + 1 + value % 4]
+        elif op == "insert":
+            raw[i:i] = bytes([value]) * (1 + value % 3)
+        else:  # cut
+            del raw[i:]
+    return bytes(raw)
+
+
+EDITS = st.lists(st.tuples(st.sampled_from(["flip", "flip", "set", "set", "delete", "insert",
+                                            "cut"]),
+                           st.integers(0, 2**16), st.integers(0, 255)), min_size=1, max_size=3)
+NAMES = st.text(max_size=12)
+
+
+# -- strategies ------------------------------------------------------------------------------------
+@st.composite
+def shapes(draw, want_dims):
+    """Mostly the signature's shape with a small batch, else mutated, random, huge or negative."""
+    r = draw(st.integers(0, 9))
+    base = [draw(st.integers(0, 3)) if d == -1 else d for d in want_dims]
+    if r < 5:
+        return base
+    if r < 7:
+        op = draw(st.sampled_from(["drop", "add", "change"]))
+        i = draw(st.integers(0, len(base)))
+        if op == "drop" and base:
+            del base[min(i, len(base) - 1)]
+        elif op == "add":
+            base.insert(i, draw(st.sampled_from(SMALL_DIMS)))
+        elif base:
+            base[min(i, len(base) - 1)] = draw(st.sampled_from(SMALL_DIMS + NEGATIVE_DIMS))
+        return base
+    if r < 9:
+        rank = draw(st.integers(0, 6))
+        return draw(st.lists(st.sampled_from(SMALL_DIMS), min_size=rank, max_size=rank))
+    dims = draw(st.lists(st.sampled_from(SMALL_DIMS), max_size=5))
+    dims.insert(draw(st.integers(0, len(dims))), draw(st.sampled_from(HUGE_DIMS + NEGATIVE_DIMS)))
+    return dims
+
+
+@st.composite
+def tensors(draw, want_dtype: int, want_dims):
+    seed = draw(st.integers(0, 2**32 - 1))
+    if draw(st.integers(0, 9)) == 0:  # random or mutated bytes parsed as a TensorProto
+        data = draw(st.binary(max_size=64))
+        try:
+            proto = tensor_pb2.TensorProto.FromString(data)
+        except DecodeError:
+            valid = build_tensor(want_dtype, [2 if d == -1 else d for d in want_dims],
+                                 "content", seed)
+            try:
+                proto = tensor_pb2.TensorProto.FromString(
+                    mutate(valid.SerializeToString(), draw(EDITS)))
+            except DecodeError:
+                proto = tensor_pb2.TensorProto()
+        SENT["TensorProto parsed from random/mutated bytes"] += 1
+        return proto
+    r = draw(st.integers(0, 9))
+    if r < 5:
+        dtype = want_dtype
+    elif r < 9:
+        dtype = draw(st.sampled_from(ALL_DTYPES))
+    else:
+        dtype = draw(st.sampled_from(INVALID_DTYPES))
+    dims = draw(shapes(want_dims))
+    payload = draw(st.sampled_from(PAYLOADS))
+    unknown_rank = draw(st.integers(0, 9)) == 0
+    return build_tensor(dtype, dims, payload, seed, unknown_rank)
+
+
+@st.composite
+def model_specs(draw, spec, names=("tiny", "examples")):
+    """Fill `spec` (a ModelSpec) with a known or random name, version or label."""
+    r = draw(st.integers(0, 19))
+    spec.name = (names[0] if r < 11 else names[-1] if r < 17
+                 else draw(NAMES | st.sampled_from(["", "TINY", "tiny ", "tiny/1", "../tiny"])))
+    v = draw(st.integers(0, 9))
+    if 6 <= v < 8:
+        spec.version.value = draw(st.sampled_from([0, 1, 2, 3]))
+    elif v == 8:
+        spec.version.value = draw(st.integers(-(2**63), 2**63 - 1))
+    elif v == 9:
+        spec.version_label = draw(st.sampled_from(["stable", "canary", "", "latest"]) | NAMES)
+    return spec
+
+
+@st.composite
+def predict_requests(draw, sigs):
+    """sigs: model -> signature key -> (inputs, outputs) of the latest versions."""
+    request = predict_pb2.PredictRequest()
+    spec = draw(model_specs(request.model_spec))
+    known = sigs.get(spec.name, sigs["tiny"])
+    s = draw(st.integers(0, 9))
+    if s < 4:
+        key = ""
+    elif s < 8:
+        key = draw(st.sampled_from(sorted(known)))
+    else:
+        key = draw(st.sampled_from([INIT_OP_KEY, "nope", "SERVING_DEFAULT"]) | NAMES)
+    spec.signature_name = key
+    inputs, outputs = known.get(key or "serving_default", known["serving_default"])
+    alias, (dtype, dims) = draw(st.sampled_from(sorted(inputs.items())))
+    mode = draw(st.integers(0, 9))
+    names = []
+    if mode < 6:
+        names = [alias]
+    elif mode == 7:
+        names = [alias, *draw(st.lists(NAMES.filter(lambda n: n != alias), min_size=1,
+                                       max_size=2, unique=True))]
+    elif mode == 8:
+        names = [draw(NAMES.filter(lambda n: n != alias))]
+    elif mode == 9:
+        names = draw(st.lists(NAMES, min_size=1, max_size=4, unique=True))
+    for name in names:
+        request.inputs[name].CopyFrom(draw(tensors(dtype, dims)))
+    if draw(st.integers(0, 9)) >= 6:
+        request.output_filter.extend(draw(st.lists(
+            st.sampled_from(sorted(outputs) + ["nope", "", "classes", "outputs"]) | NAMES,
+            max_size=4)))
+    return request
+
+
+# -- the Predict oracle ----------------------------------------------------------------------------
+def check_predict(request: predict_pb2.PredictRequest, response, err, table) -> None:
+    """OK only for a request the signature accepts, with outputs of its dtypes and shapes;
+    otherwise one of TF Serving's codes for bad input."""
+    if err is not None:
+        check_refusal(err, request)
+        return
+    spec = request.model_spec
+    served = response.model_spec
+    key = spec.signature_name or "serving_default"
+    assert served.name == spec.name and served.signature_name == key, _short(request)
+    version = served.version.value
+    if spec.HasField("version"):
+        assert version == spec.version.value
+    if spec.WhichOneof("version_choice") == "version_label":
+        assert spec.name == "tiny" and LABELS.get(spec.version_label) == version, _short(request)
+    assert (spec.name, version) in table, f"OK from an unknown model: {_short(request)}"
+    assert key in table[spec.name, version], f"OK from an unknown signature: {_short(request)}"
+    inputs, outputs = table[spec.name, version][key]
+    assert set(request.inputs) == set(inputs), f"OK with wrong input names: {_short(request)}"
+    batch = None
+    for alias, proto in request.inputs.items():
+        dtype, dims = inputs[alias]
+        sizes = [d.size for d in proto.tensor_shape.dim]
+        assert proto.dtype == dtype, f"OK for a {DT.Name(proto.dtype)} input: {_short(request)}"
+        assert len(sizes) == len(dims) and all(w in (-1, s) for w, s in zip(dims, sizes)), (
+            f"OK for input shape {sizes} against {dims}: {_short(request)}")
+        batch = sizes[0]
+    wanted = list(request.output_filter) or list(outputs)
+    assert sorted(response.outputs) == sorted(wanted)
+    for alias, proto in response.outputs.items():
+        dtype, dims = outputs[alias]
+        assert proto.dtype == dtype
+        array = make_ndarray(proto)
+        assert array.shape == tuple(batch if d == -1 else d for d in dims), (alias, array.shape)
+        if alias in ("probabilities", "scores") and array.size and np.isfinite(array).all():
+            np.testing.assert_allclose(array.sum(axis=1), 1.0, atol=1e-4)
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def signatures(stub):
+    return fetch_signatures(stub)
+
+
+@pytest.fixture(scope="module")
+def latest_signatures(signatures):
+    return {"tiny": signatures["tiny", 2], "examples": signatures["examples", 1]}
+
+
+@pytest.fixture(scope="module")
+def baseline(server, stub):
+    """The first valid answer (tiny, version 1) and the RSS after it, before any fuzzing."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    request.model_spec.version.value = 1
+    proto = request.inputs["images"]
+    proto.dtype = DT.DT_UINT8
+    for d in IMAGES.shape:
+        proto.tensor_shape.dim.add().size = d
+    proto.tensor_content = IMAGES.tobytes()
+    response = stub.Predict(request, timeout=CALL_TIMEOUT)
+    gc.collect()
+    return {"request": request, "probabilities": make_ndarray(response.outputs["probabilities"]),
+            "rss": rss_bytes()}
+
+
+# -- Predict: a deterministic sweep of every DataType enum over a set of shapes --------------------
+SWEEP_SHAPES = ([2, 8, 8, 3], [0, 8, 8, 3], [8, 8, 3], [], [0], [1, 8, 8, 3, 1], [2, 8, 8],
+                [1, 1, 1, 1, 1, 1], [2**40, 8, 8, 3], [-1, 8, 8, 3], [2**31, 2**31, 2**31, 3])
+
+
+def test_predict_sweep_every_dtype_and_rank(baseline, stub):
+    """Every DataType enum (and invalid numbers) x ranks 0..6, zero/huge/negative dims x no data,
+    exact `tensor_content` or the typed field: OK exactly for uint8 [b, 8, 8, 3] with valid data,
+    INVALID_ARGUMENT for all else (never reaching the Conv2D that would abort the process)."""
+    count = 0
+    for dtype in ALL_DTYPES + INVALID_DTYPES:
+        for dims in SWEEP_SHAPES:
+            for payload in ("none", "content", "field"):
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = "tiny"
+                request.inputs["images"].CopyFrom(build_tensor(dtype, dims, payload, seed=count))
+                response, err = call("Predict", stub.Predict, request)
+                count += 1
+                valid = dtype == DT.DT_UINT8 and dims in ([2, 8, 8, 3], [0, 8, 8, 3])
+                where = f"dtype {dtype}, shape {dims}, payload {payload}"
+                if valid:
+                    assert err is None, f"{where}: {err.code().name} {err.details()!r}"
+                    probs = make_ndarray(response.outputs["probabilities"])
+                    assert probs.shape == (dims[0], len(CLASS_NAMES)) and probs.dtype == np.float32
+                    continue
+                assert err is not None, f"{where}: answered OK"
+                assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, (
+                    f"{where}: {err.code().name} {err.details()!r}")
+                assert err.details()
+                if dtype == DT.DT_UINT8 and len(dims) != 4 and all(d >= 0 for d in dims):
+                    SENT["uint8 of wrong rank to the Conv2D model (sweep)"] += 1
+                    assert "images" in err.details()
+    assert count == len(ALL_DTYPES + INVALID_DTYPES) * len(SWEEP_SHAPES) * 3
+    print(f"\nPredict sweep: {count} requests")
+
+
+# -- Predict: hypothesis over whole requests -------------------------------------------------------
+def test_predict_fuzz(baseline, stub, signatures, latest_signatures):
+    before = sum(v for (rpc, _), v in TALLY.items() if rpc == "Predict")
+
+    @settings(max_examples=900, **FUZZ_SETTINGS)
+    @given(predict_requests(latest_signatures))
+    def fuzz(request):
+        for alias, proto in request.inputs.items():
+            SENT[f"dtype {proto.dtype}"] += 1
+            if (request.model_spec.name == "tiny" and proto.dtype == DT.DT_UINT8
+                    and len(proto.tensor_shape.dim) != 4):
+                SENT["uint8 of wrong rank to the Conv2D model (fuzz)"] += 1
+        response, err = call("Predict", stub.Predict, request)
+        check_predict(request, response, err, signatures)
+
+    fuzz()
+    sent = sum(v for (rpc, _), v in TALLY.items() if rpc == "Predict") - before
+    assert sent >= 900
+    assert SENT["uint8 of wrong rank to the Conv2D model (fuzz)"] >= 30
+    assert TALLY["Predict", "OK"] >= 20  # the generator also exercises the graph
+    print(f"\nPredict fuzz: {sent} requests")
+
+
+# -- Predict: whole requests as random or mutated wire bytes ---------------------------------------
+def test_predict_raw_bytes_fuzz(baseline, channel, signatures):
+    """Bytes that do not parse as a PredictRequest get gRPC's own INTERNAL "Exception
+    deserializing request!" (C++ gRPC, hence TF Serving, answers INTERNAL there too: it is the
+    transport, not the server); bytes that parse are judged like any PredictRequest."""
+    raw = channel.unary_unary(PREDICT_PATH, request_serializer=None,
+                              response_deserializer=predict_pb2.PredictResponse.FromString)
+    valid = baseline["request"]
+    int_val = predict_pb2.PredictRequest()
+    int_val.CopyFrom(valid)
+    int_val.inputs["images"].ClearField("tensor_content")
+    int_val.inputs["images"].int_val.extend(IMAGES.ravel().tolist())
+    int_val.output_filter.append("logits")
+    seeds = [valid.SerializeToString(), int_val.SerializeToString()]
+
+    @settings(max_examples=250, **FUZZ_SETTINGS)
+    @given(st.integers(0, 3), st.binary(max_size=256), st.sampled_from(seeds), EDITS)
+    def fuzz(kind, noise, seed, edits):
+        data = noise if kind == 0 else mutate(seed, edits)
+        try:
+            request = predict_pb2.PredictRequest.FromString(data)
+        except DecodeError:
+            request = None
+        response, err = call("Predict (raw bytes)", raw, data)
+        if request is None:
+            assert err is not None and err.code() is grpc.StatusCode.INTERNAL, (
+                f"unparseable bytes {data[:80]!r}: {err and err.code()}")
+            assert err.details() == "Exception deserializing request!"
+            return
+        check_predict(request, response, err, signatures)
+
+    fuzz()
+
+
+# -- GetModelMetadata ------------------------------------------------------------------------------
+def test_get_model_metadata_fuzz(baseline, stub):
+    @settings(max_examples=150, **FUZZ_SETTINGS)
+    @given(st.data())
+    def fuzz(data):
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        if data.draw(st.integers(0, 9)) > 0:
+            data.draw(model_specs(request.model_spec))
+            request.model_spec.signature_name = data.draw(
+                st.sampled_from(["", "serving_default"]) | NAMES)
+        if data.draw(st.integers(0, 9)) < 5:
+            request.metadata_field.append("signature_def")
+        else:
+            request.metadata_field.extend(data.draw(st.lists(
+                st.sampled_from(["signature_def", "", "SIGNATURE_DEF", "signature_defs"])
+                | NAMES, max_size=3)))
+        response, err = call("GetModelMetadata", stub.GetModelMetadata, request)
+        if err is not None:
+            check_refusal(err, request, {grpc.StatusCode.INVALID_ARGUMENT,
+                                         grpc.StatusCode.NOT_FOUND})
+            return
+        spec = request.model_spec
+        assert spec.name in ("tiny", "examples"), _short(request)
+        assert request.metadata_field and set(request.metadata_field) == {"signature_def"}
+        assert response.model_spec.name == spec.name
+        if spec.HasField("version"):
+            assert response.model_spec.version.value == spec.version.value
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        assert response.metadata["signature_def"].Unpack(sig_map)
+        assert "serving_default" in sig_map.signature_def
+
+    fuzz()
+
+
+# -- Classify / Regress ----------------------------------------------------------------------------
+FEATURE_FLOATS = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+@st.composite
+def features(draw):
+    feature = feature_pb2.Feature()
+    kind = draw(st.sampled_from(["float", "float", "float", "int", "bytes", "empty"]))
+    if kind == "float":
+        feature.float_list.value.extend(draw(st.lists(FEATURE_FLOATS, max_size=4)))
+    elif kind == "int":
+        feature.int64_list.value.extend(draw(st.lists(st.integers(-(2**63), 2**63 - 1),
+                                                      max_size=3)))
+    elif kind == "bytes":
+        feature.bytes_list.value.extend(draw(st.lists(st.binary(max_size=8), max_size=3)))
+    return feature
+
+
+@st.composite
+def examples(draw):
+    r = draw(st.integers(0, 9))
+    if r < 6:  # a valid `x`, sometimes NaN/Inf, sometimes beside other features
+        ex = example(draw(st.lists(FEATURE_FLOATS, min_size=2, max_size=2)))
+        if r == 5:
+            ex.features.feature[draw(NAMES)].CopyFrom(draw(features()))
+        return ex
+    if r == 6:
+        try:
+            return example_pb2.Example.FromString(draw(st.binary(max_size=48)))
+        except DecodeError:
+            return example_pb2.Example()
+    ex = example_pb2.Example()
+    for key in draw(st.lists(st.sampled_from(["x", "x", "y"]) | NAMES, max_size=3, unique=True)):
+        ex.features.feature[key].CopyFrom(draw(features()))
+    return ex
+
+
+def effective_x(ex: example_pb2.Example, context: example_pb2.Example | None):
+    """`x` as the graph reads it (the example's entry replaces the context's), or None."""
+    feats = ex.features.feature
+    source = feats if "x" in feats or context is None else context.features.feature
+    if "x" not in source or source["x"].WhichOneof("kind") != "float_list":
+        return None
+    values = list(source["x"].float_list.value)
+    return values if len(values) == 2 else None
+
+
+def test_classify_and_regress_fuzz(baseline, stub):
+    """Random tf.Examples (missing, mistyped, wrong-length or NaN/Inf `x`, random features,
+    contexts, random bytes) to Classify and Regress: OK exactly when every example has two
+    floats `x`, then the scores/values of the known formula."""
+
+    @settings(max_examples=300, **FUZZ_SETTINGS)
+    @given(st.data())
+    def fuzz(data):
+        regress = data.draw(st.booleans())
+        request = (regression_pb2.RegressionRequest() if regress
+                   else classification_pb2.ClassificationRequest())
+        data.draw(model_specs(request.model_spec, names=("examples", "tiny")))
+        fitting = ["regress_x"] if regress else ["classify_x", "scores_only"]
+        others = ["", "classify_x", "scores_only", "regress_x", "serving_default", INIT_OP_KEY]
+        request.model_spec.signature_name = data.draw(
+            st.sampled_from(fitting) if data.draw(st.integers(0, 9)) < 6
+            else st.sampled_from(others) | NAMES)
+        shape = data.draw(st.sampled_from(["list"] * 6 + ["context"] * 3 + ["none"]))
+        context = None
+        if shape != "none":
+            target = (request.input.example_list_with_context if shape == "context"
+                      else request.input.example_list)
+            if shape == "context":
+                context = data.draw(examples())
+                target.context.CopyFrom(context)
+            least = 0 if data.draw(st.integers(0, 9)) == 0 else 1
+            target.examples.extend(data.draw(st.lists(examples(), min_size=least, max_size=3)))
+        rpc = "Regress" if regress else "Classify"
+        response, err = call(rpc, stub.Regress if regress else stub.Classify, request)
+        spec = request.model_spec
+        key = spec.signature_name
+        choice = spec.WhichOneof("version_choice")
+        fits = (spec.name == "examples"
+                and (choice is None or (choice == "version" and spec.version.value == 1))
+                and key in (("regress_x",) if regress else ("classify_x", "scores_only")))
+        rows = list(request.input.example_list.examples) + list(
+            request.input.example_list_with_context.examples)
+        xs = [effective_x(ex, context) for ex in rows]
+        SENT[f"{rpc}: fitting signature {fits}, rows {bool(rows)}, "
+             f"x valid {all(x is not None for x in xs)}"] += 1
+        if not fits or not rows or any(x is None for x in xs):
+            assert err is not None, f"{rpc} answered OK: {_short(request)}"
+            check_refusal(err, request)
+            return
+        assert err is None, f"{rpc}: {err.code().name} {err.details()!r} for {_short(request)}"
+        x = np.array(xs, np.float32)
+        sane = np.isfinite(x).all() and np.abs(x).max() < 1e6
+        if regress:
+            got = [r.value for r in response.result.regressions]
+            assert len(got) == len(rows)
+            if sane:
+                np.testing.assert_allclose(got, x.sum(axis=1), rtol=1e-5, atol=1e-5)
+            return
+        got = response.result.classifications
+        assert len(got) == len(rows)
+        labels = list(CLASS_NAMES) if key == "classify_x" else [""] * len(CLASS_NAMES)
+        assert all([c.label for c in row.classes] == labels for row in got)
+        if sane:
+            np.testing.assert_allclose([[c.score for c in row.classes] for row in got],
+                                       softmax_scores(x), rtol=1e-4, atol=1e-6)
+
+    fuzz()
+
+
+# -- REST :predict ---------------------------------------------------------------------------------
+REST_PATHS = ("/v1/models/tiny:predict", "/v1/models/tiny/versions/1:predict",
+              "/v1/models/tiny/labels/canary:predict", "/v1/models/tiny/labels/nope:predict",
+              "/v1/models/tiny/versions/9:predict", "/v1/models/examples:predict",
+              "/v1/models/nope:predict")
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=3),
+    max_leaves=16)
+BAD_PIXELS = (256, -1, 1.5, "a", None, True, float("nan"), float("inf"), 2**70, [], {"b64": "AA=="})
+
+
+@st.composite
+def image_lists(draw):
+    """Nested lists shaped [b, 8, 8, 3] (b in 0..3), sometimes with one value or row broken."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    images = rng.integers(0, 256, size=(draw(st.integers(0, 3)), *IMAGE_SHAPE)).tolist()
+    how = draw(st.sampled_from(["ok", "ok", "value", "ragged", "nest"]))
+    if images and how == "value":
+        images[0][rng.integers(8)][rng.integers(8)][rng.integers(3)] = draw(
+            st.sampled_from(BAD_PIXELS))
+    elif images and how == "ragged":
+        del images[0][rng.integers(8)]
+    elif how == "nest":
+        images = [images]
+    return images
+
+
+@st.composite
+def x_lists(draw):
+    """[b, 2] float rows for the `examples` model (NaN/Inf travel as JSON NaN/Infinity)."""
+    return draw(st.lists(st.lists(st.floats(width=32), min_size=2, max_size=2), max_size=3))
+
+
+@st.composite
+def rest_bodies(draw) -> bytes:
+    kind = draw(st.integers(0, 9))
+    if kind == 0:
+        return draw(st.binary(max_size=64))
+    if kind == 1:
+        return json.dumps(draw(JSON_VALUES)).encode()
+    body = {}
+    key = draw(st.sampled_from(["instances", "instances", "inputs", "inputs", "both", "neither"]))
+    v = draw(st.integers(0, 9))
+    value = draw(image_lists() if v < 5 else x_lists() if v < 7 else JSON_VALUES if v < 9
+                 else st.lists(st.text(max_size=4) | st.lists(st.text(max_size=4), max_size=2),
+                               max_size=3))
+    if key in ("instances", "both"):
+        body["instances"] = value
+    if key in ("inputs", "both"):
+        body["inputs"] = draw(st.sampled_from([value, value, {"images": value}, {"x": value},
+                                               {"images": value, "extra": 1}]))
+    if draw(st.integers(0, 3)) == 0:
+        body["signature_name"] = draw(st.sampled_from(
+            ["serving_default", "classify_x", "regress_x", "", "nope"]) | JSON_VALUES)
+    text = json.dumps(body).encode()
+    if kind == 2:  # truncated JSON
+        text = text[: draw(st.integers(0, max(0, len(text) - 1)))]
+    return text
+
+
+def post(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    except TimeoutError:
+        pytest.fail(f"REST POST {path} hung for more than {CALL_TIMEOUT} s on {body[:200]!r}")
+    finally:
+        conn.close()
+
+
+def test_rest_predict_fuzz(baseline, server):
+    """Random JSON and malformed bytes to `:predict`: 200 with predictions/outputs, or 4xx with
+    a JSON `{"error": ...}`; never a 5xx (but for the two reported bugs below), never a hang."""
+
+    @settings(max_examples=200, **FUZZ_SETTINGS)
+    @given(st.sampled_from(REST_PATHS[:3] * 2 + REST_PATHS), rest_bodies())
+    def fuzz(path, body):
+        code, raw = post(server.rest_port, path, body)
+        answer = json.loads(raw)
+        assert isinstance(answer, dict), raw[:200]
+        if code == 200:
+            TALLY["REST :predict", "200"] += 1
+            assert set(answer) in ({"predictions"}, {"outputs"}), raw[:200]
+            return
+        error = answer.get("error")
+        assert isinstance(error, str) and error, raw[:200]
+        TALLY["REST :predict", str(code)] += 1
+        assert 400 <= code < 500, f"HTTP {code} {error!r} for POST {path} {body[:300]!r}"
+
+    fuzz()
+
+
+# -- regressions: bugs the fuzzing found, now fixed ---------------------------------------------
+def test_rest_deeply_nested_json_is_a_400(server):
+    body = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    code, raw = post(server.rest_port, "/v1/models/tiny:predict", body)
+    assert code == 400, (code, raw[:200])
+
+
+def test_rest_ragged_string_list_is_a_400(server):
+    body = json.dumps({"signature_name": "classify_x", "instances": [["a"], "b"]}).encode()
+    code, raw = post(server.rest_port, "/v1/models/examples:predict", body)
+    assert code == 400, (code, raw[:200])
+
+
+def test_long_error_details_are_truncated_like_tf_serving(stub):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "n" * 20_000
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=CALL_TIMEOUT)
+    err = info.value
+    assert err.code() is grpc.StatusCode.NOT_FOUND, err.code()
+    assert err.details() == ("Servable not found for request: Latest(" + "n" * 20_000)[:1024] \
+        + "...TRUNCATED"
+
+
+# -- after all of the above ------------------------------------------------------------------------
+def test_server_still_healthy_after_fuzzing(baseline, stub):
+    """Same answer to the first valid request, no big memory growth; prints the outcome table."""
+    response = stub.Predict(baseline["request"], timeout=CALL_TIMEOUT)
+    np.testing.assert_allclose(make_ndarray(response.outputs["probabilities"]),
+                               baseline["probabilities"], rtol=1e-6, atol=1e-7)
+    gc.collect()
+    growth = rss_bytes() - baseline["rss"]
+    lines = [f"  {rpc:<22} {outcome:<22} {count:>6}"
+             for (rpc, outcome), count in sorted(TALLY.items())]
+    lines += [f"  {what:<45} {count:>6}" for what, count in sorted(SENT.items())
+              if not what.startswith("dtype ")]
+    covered = {int(what.split()[1]) for what in SENT if what.startswith("dtype ")}
+    print("\nFuzz outcomes (rpc, status, count):\n" + "\n".join(lines)
+          + f"\n  dtype enums sent by the hypothesis fuzz: {len(covered)}"
+          + f"\n  RSS growth: {growth / 2**20:.1f} MiB")
+    assert growth < RSS_GROWTH_LIMIT, f"RSS grew by {growth / 2**20:.0f} MiB"
