@@ -6,8 +6,9 @@ For each batch size it measures, side by side and interleaved in rounds (these m
 noisy): (a) the SavedModel's `serving_default` called in this process, (b) gRPC Predict to the
 embedded model server started as a separate process with the model (`python -m
 serving.model_server`), requests built from uint8 arrays with `tensor_content` and answers
-decoded from `float_val`, one request in flight, then (c) the same with several in flight.
-It prints images/s, p50 and p99 latency per call and the ratio server/in-process.
+decoded from `float_val`; each with one call at a time, then with several in flight (threads).
+It prints images/s, p50 and p99 latency per call, and the ratio of each gRPC row to the
+in-process row with the same number of calls in flight.
 
 Without `--model-dir` it exports an untrained CIFAR-10 CNN (same graph, so the same cost) to a
 temporary folder.
@@ -81,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import grpc
     import tensorflow as tf
-    from serving.codec import from_ndarray, to_ndarray
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving.codec import from_ndarray, to_ndarray
 
     tmp = tempfile.TemporaryDirectory()
     try:
@@ -126,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
             # warm-up: both paths, and they must agree
             for _ in range(3):
                 np.testing.assert_allclose(local(), remote(), atol=1e-5)
-            stats = {"in-process": ([], 0, 0.0), "gRPC": ([], 0, 0.0),
-                     f"gRPC x{ns.in_flight}": ([], 0, 0.0)}
+            paths = (("in-process", local, 1), ("gRPC", remote, 1),
+                     (f"in-process x{ns.in_flight}", local, ns.in_flight),
+                     (f"gRPC x{ns.in_flight}", remote, ns.in_flight))
+            stats = {name: ([], 0, 0.0) for name, _, _ in paths}
             for _ in range(ns.rounds):
-                for name, call, width in (("in-process", local, 1), ("gRPC", remote, 1),
-                                          (f"gRPC x{ns.in_flight}", remote, ns.in_flight)):
+                for name, call, width in paths:
                     lat, n, spent = stats[name]
                     t_end = time.perf_counter() + ns.seconds
                     start = time.perf_counter()
@@ -147,11 +150,10 @@ def main(argv: list[str] | None = None) -> int:
                     with ThreadPoolExecutor(width) as pool:
                         done = sum(pool.map(lambda _: worker(), range(width)))
                     stats[name] = (lat, n + done * batch, spent + time.perf_counter() - start)
-            base_tp = stats["in-process"][1] / stats["in-process"][2]
             for name, (lat, n, spent) in stats.items():
                 p50, p99 = _percentiles(lat)
-                tp = n / spent
-                rows.append((batch, name, tp, p50, p99, tp / base_tp))
+                base = stats[name.replace("gRPC", "in-process")]
+                rows.append((batch, name, n / spent, p50, p99, (n / spent) / (base[1] / base[2])))
     finally:
         channel.close()
         server.terminate()

@@ -13,7 +13,7 @@ class UsageError(ValueError):
 
 
 def invalid(argument: str, received: object, expected: str) -> UsageError:
-    """Build the standard message: ``Invalid value for argument `x`. Received: x=...; expected ...``."""
+    """The standard message: ``Invalid value for argument `x`. Received: x=.... Expected ...``."""
     return UsageError(
         f"Invalid value for argument `{argument}`. Received: {argument}={received!r}. "
         f"Expected {expected}."
