@@ -39,8 +39,10 @@ def _show(cmd: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m quickstart", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MEXT_SHARED_DATA", "../shared/data"),
+    parser = argparse.ArgumentParser(prog="python -m quickstart",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir",
+                        default=os.environ.get("MEXT_SHARED_DATA", "../shared/data"),
                         help="folder with cifar10_jpeg_q75.zip (default: ../shared/data)")
     parser.add_argument("--out", default="runs/quickstart", help="output folder")
     parser.add_argument("--epochs", type=int, default=3, help="victim training epochs")

@@ -1,0 +1,51 @@
+"""``python -m victim_export``: train a victim classifier and export it for TensorFlow Serving."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from common.cli import configure_logging, parse_config, run_cli
+from victim_export.config import VictimConfig
+from victim_export.train import run_victim_export
+
+PROG = "python -m victim_export"
+
+EPILOG = """\
+example (the small CNN on CIFAR-10, served by the official container):
+  python -m victim_export --dataset ../shared/data/cifar10_jpeg_q75.zip --arch cnn \\
+      --epochs 30 --out victims --name cifar10_cnn
+  # -> victims/cifar10_cnn/1/ (SavedModel), victims/cifar10_cnn/card.json, victims/models.config
+  docker run -p 8500:8500 -v "$PWD/victims:/models" tensorflow/serving \\
+      --model_config_file=/models/models.config
+
+more:
+  traffic signs (no horizontal flip):  --dataset ../shared/data/gtsrb32_uint8_npy.tar.xz \\
+      --arch resnet34 --augment crop
+  fine-tune a pre-trained backbone:    --arch MobileNet --arch-args alpha=0.25 \\
+      --input-size 96 --weights ../shared/data/mobilenet_2_5_224_tf_no_top.h5
+  quick smoke run:                     --limit 5000 --epochs 1
+Each run writes the next free version (1, 2, ...) unless --version is given; an existing
+version is never overwritten.
+"""
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    config = parse_config(VictimConfig, argv, prog=PROG, epilog=EPILOG)
+    configure_logging()
+    path, trained = run_victim_export(config)
+    print(
+        f"{config.model_name} version {path.name}: {config.arch} on {config.dataset}, "
+        f"test accuracy {trained.test_accuracy:.4f} after {trained.epochs_run} epochs "
+        f"({trained.training_seconds:.0f}s) -> {path}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with `argv` (default ``sys.argv[1:]``); return the exit code."""
+    return run_cli(_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

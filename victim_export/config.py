@@ -1,0 +1,210 @@
+"""The one config of `python -m victim_export`: what victim to train and where to export it.
+
+`VictimConfig` is shared by the CLI (flags are derived from its fields by `common.cli`) and the
+Python API (`run_victim_export(VictimConfig(...))`). It validates every field in
+``__post_init__`` and raises `UsageError` before anything is loaded, trained or written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.backbones import get_backbone, resolve_weights
+from common.errors import invalid
+
+__all__ = ["AUGMENTATIONS", "OPTIMIZERS", "SCHEDULES", "VictimConfig", "default_model_name"]
+
+AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "plateau", "constant")
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tar.bz2", ".tgz", ".tar", ".zip", ".npz", ".npy")
+
+
+def default_model_name(dataset: str, arch: str) -> str:
+    """``<dataset stem>_<arch>``, e.g. ``data/cifar10_q75.zip`` + cnn -> ``cifar10_q75_cnn``."""
+    stem = Path(dataset.rstrip("/\\")).name
+    for suffix in _ARCHIVE_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("._-") or "dataset"
+    return f"{stem}_{arch.lower()}"
+
+
+@dataclass(frozen=True)
+class VictimConfig:
+    """Train a Keras image classifier (the victim) and export it as TensorFlow Serving loads it."""
+
+    dataset: str = field(metadata={
+        "help": "dataset spec: a tensorflow-datasets name (cifar10), an image folder or .zip "
+                "(class per sub-folder), a Tiny-ImageNet folder, or .npz/.npy arrays",
+        "metavar": "SPEC"})
+    train_split: str = field(default="train", metadata={"help": "split to train (and validate) on"})
+    test_split: str = field(default="test", metadata={"help": "split to report accuracy on"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "tensorflow-datasets data directory (tfds names only)", "metavar": "DIR"})
+    arch: str = field(default="cnn", metadata={
+        "help": "architecture: cnn, resnet34 or a Keras Applications name (ResNet50, MobileNet, "
+                "EfficientNetB0, ...); case-insensitive"})
+    arch_args: tuple[str, ...] = field(default=(), metadata={
+        "help": "extra constructor arguments of the architecture as KEY=VALUE (values read as "
+                "JSON when they parse, else as text), e.g. alpha=0.25 for MobileNet, "
+                "stem=cifar or width=32 for resnet34", "metavar": "KEY=VALUE"})
+    weights: str = field(default="none", metadata={
+        "help": "initial weights: none, imagenet (needs internet) or a weights file",
+        "metavar": "none|imagenet|PATH"})
+    input_size: int | None = field(default=None, metadata={
+        "help": "square input side the victim is served at; default: the dataset's image size "
+                "for cnn/resnet34, the architecture's default size otherwise", "metavar": "PX"})
+    epochs: int = field(default=30, metadata={"help": "maximum number of training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "training batch size"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "initial learning rate"})
+    optimizer: str = field(default="adam", metadata={
+        "help": "optimizer (sgd: momentum 0.9, Nesterov)", "choices": OPTIMIZERS})
+    weight_decay: float = field(default=0.0, metadata={
+        "help": "decoupled weight decay of the optimizer (0: none)"})
+    schedule: str = field(default="cosine", metadata={
+        "help": "learning-rate schedule: cosine decay over all epochs, reduce on plateau of the "
+                "validation loss, or constant", "choices": SCHEDULES})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing in [0, 1)"})
+    dropout: float = field(default=0.0, metadata={
+        "help": "dropout rate before the final dense layer"})
+    augment: str = field(default="crop+flip", metadata={
+        "help": "training augmentation: random crop after zero padding by 1/8 of the side, "
+                "horizontal flip (use crop or none for traffic signs), both, or none",
+        "choices": AUGMENTATIONS})
+    val_split: float = field(default=0.1, metadata={
+        "help": "fraction of the training split held out for early stopping (0: none)"})
+    patience: int = field(default=5, metadata={
+        "help": "epochs without validation-accuracy gain before stopping (0: never stop early; "
+                "the best epoch's weights are kept either way)"})
+    limit: int | None = field(default=None, metadata={
+        "help": "use at most this many training images (a seeded random subset), for quick runs",
+        "metavar": "N"})
+    seed: int = field(default=0, metadata={"help": "random seed (data split, shuffling, init)"})
+    out: str = field(default="victims", metadata={
+        "help": "model base directory: receives <name>/<version>/, <name>/card.json and "
+                "models.config", "metavar": "DIR"})
+    name: str | None = field(default=None, metadata={
+        "help": "model name (TF Serving's model_spec.name); default <dataset>_<arch>"})
+    version: int | None = field(default=None, metadata={
+        "help": "version number to export; default: the next free integer"})
+    export_logits: bool = field(default=False, metadata={
+        "help": "also export a `logits` output beside `probabilities`"})
+    container_base_path: str = field(default="/models", metadata={
+        "help": "where the out directory is mounted in the TF Serving container; models.config "
+                "gets base_path <this>/<name>. '' or 'local': the local absolute path",
+        "metavar": "PATH"})
+
+    def __post_init__(self) -> None:
+        _check_text("dataset", self.dataset)
+        _check_text("train_split", self.train_split)
+        _check_text("test_split", self.test_split)
+        if self.data_dir is not None:
+            _check_text("data_dir", self.data_dir)
+        backbone = get_backbone(self.arch, argument="arch")
+        object.__setattr__(self, "arch", backbone.name)
+        if not isinstance(self.arch_args, tuple):
+            raise invalid("arch_args", self.arch_args, "a tuple of KEY=VALUE strings")
+        self.arch_kwargs  # validates the KEY=VALUE pairs
+        if not isinstance(self.weights, str):
+            raise invalid("weights", self.weights, "'none', 'imagenet' or a weights file")
+        resolve_weights(self.weights, backbone=backbone)
+        if self.weights.strip().lower() in ("none", "imagenet", ""):
+            object.__setattr__(self, "weights", self.weights.strip().lower() or "none")
+        if self.input_size is not None:
+            _check_int("input_size", self.input_size, backbone.min_size,
+                       f" (the minimum of {backbone.name})")
+        _check_int("epochs", self.epochs, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        _check_float("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_float("weight_decay", self.weight_decay, 0.0, math.inf)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        _check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        _check_choice("augment", self.augment, AUGMENTATIONS)
+        _check_float("val_split", self.val_split, 0.0, 0.5, high_open=True)
+        _check_int("patience", self.patience, 0)
+        if self.limit is not None:
+            _check_int("limit", self.limit, 2)
+        _check_int("seed", self.seed, 0)
+        _check_text("out", self.out)
+        if self.name is not None and (not isinstance(self.name, str)
+                                      or not MODEL_NAME_RE.match(self.name)):
+            raise invalid("name", self.name,
+                          "a model name of letters, digits, '_', '.' or '-' (not starting "
+                          "with '.', '_' or '-')")
+        if self.version is not None:
+            _check_int("version", self.version, 1)
+        if not isinstance(self.export_logits, bool):
+            raise invalid("export_logits", self.export_logits, "true or false")
+        if not isinstance(self.container_base_path, str) or not (
+            self.container_base_path in ("", "local")
+            or self.container_base_path.startswith("/")
+            or "://" in self.container_base_path
+        ):
+            raise invalid("container_base_path", self.container_base_path,
+                          "an absolute path in the container (/models), a URL (gs://...), "
+                          "'' or 'local'")
+
+    @property
+    def model_name(self) -> str:
+        """The TF Serving model name: `name`, or ``<dataset stem>_<arch>``."""
+        return self.name or default_model_name(self.dataset, self.arch)
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]:
+        """`arch_args` as keyword arguments: ``("alpha=0.25",)`` -> ``{"alpha": 0.25}``."""
+        kwargs: dict[str, Any] = {}
+        for item in self.arch_args:
+            key, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+            if not sep or not key.isidentifier():
+                raise invalid("arch_args", item, "KEY=VALUE with a Python identifier as KEY")
+            try:
+                kwargs[key] = json.loads(text)
+            except json.JSONDecodeError:
+                kwargs[key] = text
+        return kwargs
+
+    @property
+    def model_dir(self) -> Path:
+        """``<out>/<model_name>``: holds the integer version folders and card.json."""
+        return Path(self.out) / self.model_name
+
+
+def _check_text(argument: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(argument, value, "a non-empty string")
+
+
+def _check_int(argument: str, value: object, minimum: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise invalid(argument, value, f"an integer of at least {minimum}{why}")
+
+
+def _check_float(argument: str, value: object, low: float, high: float, *,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and \
+             (value < high if high_open else value <= high)
+    if not ok:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        span = f"a number in {left}{low:g}, {high:g}{right}" if math.isfinite(high) \
+            else f"a number {'>' if low_open else '>='} {low:g}"
+        raise invalid(argument, value, span)
+
+
+def _check_choice(argument: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise invalid(argument, value, "one of " + ", ".join(choices))
+

@@ -1,0 +1,242 @@
+"""Export a Keras classifier exactly as TensorFlow Serving loads it (ARCHITECTURE.md contract 1).
+
+`export_classifier` writes ``<base_dir>/<name>/<version>/`` (``saved_model.pb`` + ``variables/``)
+with one ``serving_default`` signature: input ``images`` (uint8, ``[None, H, W, 3]``, raw pixels)
+-> ``probabilities`` (float32 ``[None, K]``, the softmax of the model's logits) and, on request,
+``logits``. The uint8 -> float32 cast happens in the graph; the model's own preprocessing layer
+(`common.backbones.BackbonePreprocess`) does the rest, so clients send raw pixels. The version is
+written into a hidden temp folder beside it (``.tmp-<version>-<pid>``, a name TF Serving skips:
+not an integer) and renamed with `os.replace`, so a server polling the folder never sees a
+half-written version. A per-model card ``<base_dir>/<name>/card.json`` (ignored by TF Serving)
+describes every version: data, architecture, accuracy, signature. Victims and the surrogates of
+later attacks are exported through this one function, in the same layout.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from common.errors import UsageError, invalid
+
+__all__ = ["CARD_NAME", "export_classifier", "next_version", "read_card", "signature_description"]
+
+logger = logging.getLogger(__name__)
+
+CARD_NAME = "card.json"
+SIGNATURE_NAME = "serving_default"
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def next_version(model_dir: str | os.PathLike[str]) -> int:
+    """The next free integer version in `model_dir` (1 when there is none)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return 1
+    versions = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def read_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The model card of `model_dir` (``{"name", "versions": {...}}``); empty when absent.
+
+    Raises `UsageError` when the card exists but is not a JSON object.
+    """
+    path = Path(model_dir) / CARD_NAME
+    if not path.exists():
+        return {}
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(
+            f"Cannot read the model card {str(path)!r} ({err}); fix or remove it."
+        ) from err
+    if not isinstance(card, dict) or not isinstance(card.get("versions", {}), dict):
+        raise UsageError(
+            f"The model card {str(path)!r} is not a JSON object with a `versions` object; "
+            "fix or remove it."
+        )
+    return card
+
+
+def signature_description(
+    input_shape: Sequence[int], num_classes: int, export_logits: bool
+) -> dict[str, Any]:
+    """A JSON description of the exported ``serving_default`` signature (-1: any batch size)."""
+    outputs: dict[str, Any] = {
+        "probabilities": {"dtype": "float32", "shape": [-1, int(num_classes)],
+                          "description": "softmax class probabilities"},
+    }
+    if export_logits:
+        outputs["logits"] = {"dtype": "float32", "shape": [-1, int(num_classes)],
+                             "description": "pre-softmax scores"}
+    return {
+        "name": SIGNATURE_NAME,
+        "method_name": "tensorflow/serving/predict",
+        "inputs": {"images": {"dtype": "uint8", "shape": [-1, *map(int, input_shape)],
+                              "description": "raw RGB pixels, 0..255"}},
+        "outputs": outputs,
+    }
+
+
+def _check_shape(model: keras.Model, input_shape: Sequence[int] | None) -> tuple[int, int, int]:
+    model_shape = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
+    if model_shape is None or len(model_shape) != 3:
+        raise invalid("model", model.name, "a single-input image model [batch, H, W, 3]")
+    shape = tuple(model_shape) if input_shape is None else tuple(input_shape)
+    if len(shape) != 3 or shape[2] != 3 or any(
+        not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in shape
+    ):
+        raise invalid("input_shape", input_shape, "(height, width, 3) with positive integers")
+    for have, want in zip(model_shape, shape):
+        if have is not None and have != want:
+            raise invalid("input_shape", input_shape, f"the model's input shape {model_shape}")
+    return shape  # type: ignore[return-value]
+
+
+def export_classifier(
+    model: keras.Model,
+    base_dir: str | os.PathLike[str],
+    name: str,
+    *,
+    version: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    export_logits: bool = False,
+    card: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export `model` (raw float pixels in, logits out) for TF Serving; return the version dir.
+
+    Args:
+        model: a Keras classifier whose input is float32 pixels in [0, 255] and whose output is
+            logits ``[batch, K]``, as `common.backbones.build_classifier` builds.
+        base_dir: the model base directory (what TF Serving's containers mount as /models).
+        name: the model name, the folder ``<base_dir>/<name>``.
+        version: the integer version folder; default the next free integer. An existing version
+            is never overwritten (`UsageError`).
+        input_shape: (H, W, 3) of the serving input; default the model's input shape.
+        class_names: K names, recorded in the card; default "0".."K-1".
+        export_logits: add a ``logits`` output to the signature.
+        card: extra JSON-serialisable facts for this version's card entry (dataset, accuracy...).
+
+    Raises:
+        UsageError: on bad arguments or an existing version, before anything is written.
+    """
+    if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
+        raise invalid("name", name, "a model name of letters, digits, '_', '.' or '-'")
+    shape = _check_shape(model, input_shape)
+    output_shape = model.output_shape
+    if not isinstance(output_shape, tuple) or len(output_shape) != 2 or not output_shape[1]:
+        raise invalid("model", model.name, "a single-output classifier producing [batch, K] logits")
+    num_classes = int(output_shape[1])
+    if class_names is None:
+        class_names = [str(i) for i in range(num_classes)]
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != num_classes:
+        raise invalid("class_names", f"{len(class_names)} names",
+                      f"{num_classes} names, one per model output")
+    extra = dict(card or {})
+    try:
+        json.dumps(extra)
+    except (TypeError, ValueError) as err:
+        raise invalid("card", type(card).__name__, f"a JSON-serialisable mapping ({err})") from err
+    model_dir = Path(base_dir) / name
+    if model_dir.exists() and not model_dir.is_dir():
+        raise invalid("base_dir", str(base_dir), f"a directory where {name}/ can be created")
+    existing_card = read_card(model_dir)
+    if version is None:
+        version = next_version(model_dir)
+    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise invalid("version", version, "a positive integer")
+    final = model_dir / str(version)
+    if final.exists():
+        raise invalid("version", version,
+                      f"a version not yet in {str(model_dir)!r} (next free: "
+                      f"{next_version(model_dir)}); versions are never overwritten")
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{version}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        _write_saved_model(model, tmp, shape, export_logits)
+        try:
+            os.replace(tmp, final)
+        except OSError as err:
+            raise invalid("version", version,
+                          f"a version not yet in {str(model_dir)!r} (written concurrently: "
+                          f"{err.strerror})") from err
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("exported %s version %d to %s", name, version, final)
+
+    entry = {
+        **extra,
+        "version": version,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "input_shape": list(shape),
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "export_logits": bool(export_logits),
+        "signature": signature_description(shape, num_classes, export_logits),
+    }
+    # Re-read: another export may have added its version since the check above.
+    merged = read_card(model_dir) or existing_card
+    versions = dict(merged.get("versions", {}))
+    versions[str(version)] = entry
+    merged.update({
+        "name": name,
+        "versions": dict(sorted(versions.items(), key=lambda kv: _version_key(kv[0]))),
+    })
+    _write_json_atomic(model_dir / CARD_NAME, merged)
+    return final
+
+
+def _version_key(text: str) -> tuple[int, str]:
+    return (int(text), "") if text.isdigit() else (1 << 62, text)
+
+
+def _write_saved_model(
+    model: keras.Model, path: Path, shape: tuple[int, int, int], export_logits: bool
+) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+        outputs = {"probabilities": tf.nn.softmax(logits, axis=-1)}
+        if export_logits:
+            outputs["logits"] = logits
+        return outputs
+
+    archive.add_endpoint(
+        name=SIGNATURE_NAME,
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="images")],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # readable by a serving container running as another user
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,330 @@
+"""Train the victim classifier of a model-extraction experiment and export it for TF Serving.
+
+The victims of Knockoff Nets (Orekondy et al. 2019) and of Atli et al. 2020 ("Extraction of
+Complex DNN Models: Real Threat or Boogeyman?") are ordinary image classifiers trained on the
+task's own data: a small CNN or ResNet-34 on CIFAR-10 or GTSRB, or a fine-tuned ImageNet
+backbone. `train_victim` trains one from a `VictimConfig` with a seeded `tf.data` pipeline
+(shuffle, on-the-fly random crop / flip, prefetch), early stopping on a held-out validation
+split (best weights restored) and a cosine or reduce-on-plateau learning-rate schedule, then
+measures test accuracy overall and per class. `run_victim_export` checks the output location,
+trains, and exports the model, its card and the ``models.config`` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common.backbones import build_classifier, get_backbone
+from common.cli import config_to_dict
+from common.data import ImageDataset, load_dataset
+from common.errors import UsageError, invalid
+from victim_export.config import VictimConfig
+from victim_export.export import export_classifier, next_version, read_card
+from victim_export.models_config import MODELS_CONFIG_NAME, read_models_config, write_models_config
+
+__all__ = [
+    "TrainedVictim",
+    "evaluate_classifier",
+    "make_dataset",
+    "preflight",
+    "run_victim_export",
+    "save_trained_victim",
+    "train_victim",
+]
+
+logger = logging.getLogger(__name__)
+
+# Resized training images are cached in memory by tf.data only below this many bytes.
+_CACHE_LIMIT_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class TrainedVictim:
+    """A trained victim and what its card reports about it."""
+
+    model: keras.Model
+    class_names: tuple[str, ...]
+    input_size: int
+    test_accuracy: float
+    per_class_accuracy: dict[str, float | None]
+    epochs_run: int
+    best_epoch: int | None
+    training_seconds: float
+    history: dict[str, list[float]]
+    train_examples: int
+    val_examples: int
+    test_examples: int
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    size: int,
+    num_classes: int,
+    batch_size: int,
+    shuffle_seed: int | None = None,
+    augment: str = "none",
+) -> tf.data.Dataset:
+    """Batches of (float32 raw pixels [B, size, size, 3], one-hot labels) from uint8 images.
+
+    Images of another size are resized (bilinear, antialiased) and rounded back to uint8 pixel
+    values, as a client would send them. With `shuffle_seed`, examples are reshuffled every
+    epoch and `augment` ("flip", "crop", "crop+flip": zero-pad by size/8 then random crop) draws
+    its randomness from per-example stateless seeds derived from `shuffle_seed`.
+    """
+    if augment != "none" and shuffle_seed is None:
+        raise invalid("augment", augment, "'none' when not shuffling (evaluation data)")
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if tuple(images.shape[1:3]) != (size, size):
+
+        def resize(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            resized = tf.image.resize(image, (size, size), antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), label
+
+        ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+        if len(images) * size * size * 3 <= _CACHE_LIMIT_BYTES:
+            ds = ds.cache()
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    pad = max(1, size // 8)
+
+    def finish(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor | None = None):
+        if seed is not None:
+            crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            if "crop" in augment:
+                image = tf.image.pad_to_bounding_box(image, pad, pad, size + 2 * pad,
+                                                     size + 2 * pad)
+                image = tf.image.stateless_random_crop(image, (size, size, 3), seed=crop_seed)
+            if "flip" in augment:
+                image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        return tf.cast(image, tf.float32), tf.one_hot(label, num_classes)
+
+    if augment != "none":
+        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
+        seeds = seeds.batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda pair, seed: finish(pair[0], pair[1], seed),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def evaluate_classifier(
+    model: keras.Model, dataset: ImageDataset, *, size: int, batch_size: int = 256
+) -> tuple[float, dict[str, float | None]]:
+    """Accuracy of `model` on `dataset`, overall and per class name (None: no test image)."""
+    ds = make_dataset(dataset.images, dataset.labels, size=size,
+                      num_classes=dataset.num_classes, batch_size=batch_size)
+    logits = model.predict(ds.map(lambda x, y: x), verbose=0)
+    predicted = np.argmax(logits, axis=-1)
+    correct = predicted == dataset.labels
+    per_class: dict[str, float | None] = {}
+    for index, name in enumerate(dataset.class_names):
+        mask = dataset.labels == index
+        per_class[name] = float(correct[mask].mean()) if mask.any() else None
+    return float(correct.mean()) if len(correct) else math.nan, per_class
+
+
+def _split_validation(
+    dataset: ImageDataset, fraction: float, seed: int
+) -> tuple[ImageDataset, ImageDataset | None]:
+    if fraction <= 0:
+        return dataset, None
+    count = int(round(len(dataset) * fraction))
+    if count < 1 or count >= len(dataset):
+        raise invalid("val_split", fraction,
+                      f"a fraction leaving at least one training and one validation image of "
+                      f"{len(dataset)}")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    return dataset.subset(np.sort(order[count:])), dataset.subset(np.sort(order[:count]))
+
+
+def _resolve_input_size(config: VictimConfig, train: ImageDataset) -> int:
+    if config.input_size is not None:
+        return config.input_size
+    backbone = get_backbone(config.arch)
+    if backbone.pretrained:
+        return backbone.default_size
+    height, width = train.image_shape[:2]
+    if height != width:
+        raise invalid("input_size", None,
+                      f"a size for non-square images ({height}x{width}); pass --input-size")
+    if height < backbone.min_size:
+        raise invalid("input_size", None,
+                      f"a size of at least {backbone.min_size} for {backbone.name} (the images "
+                      f"are {height}x{width}); pass --input-size")
+    return height
+
+
+def _optimizer(config: VictimConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    rate: Any = config.learning_rate
+    if config.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch)
+        )
+    decay = config.weight_decay or None
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(rate, weight_decay=decay)
+    if config.optimizer == "adamw":
+        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
+
+
+def load_splits(config: VictimConfig) -> tuple[ImageDataset, ImageDataset]:
+    """Load the training (at most `limit` images) and test splits of `config.dataset` as RGB."""
+    train = load_dataset(config.dataset, config.train_split, channels=3, limit=config.limit,
+                         seed=config.seed, data_dir=config.data_dir)
+    test = load_dataset(config.dataset, config.test_split, channels=3, seed=config.seed,
+                        data_dir=config.data_dir)
+    return train, test
+
+
+def train_victim(
+    config: VictimConfig,
+    *,
+    train: ImageDataset | None = None,
+    test: ImageDataset | None = None,
+) -> TrainedVictim:
+    """Train the victim described by `config`; `train`/`test` replace loading its dataset."""
+    if (train is None) != (test is None):
+        raise UsageError("Pass both `train` and `test` datasets, or neither.")
+    if train is None or test is None:
+        train, test = load_splits(config)
+    if train.image_shape[-1] != 3 or test.image_shape[-1] != 3:
+        raise invalid("dataset", config.dataset, "RGB images (3 channels)")
+    if train.class_names != test.class_names:
+        raise invalid("test_split", config.test_split,
+                      f"a split with the training classes ({train.num_classes} classes)")
+    if train.num_classes < 2:
+        raise invalid("dataset", config.dataset, "at least 2 classes")
+    size = _resolve_input_size(config, train)
+    keras.utils.set_random_seed(config.seed)
+    fit_set, val_set = _split_validation(train, config.val_split, config.seed)
+    logger.info(
+        "training %s on %d images (%d validation, %d test), %d classes, input %dx%d",
+        config.arch, len(fit_set), 0 if val_set is None else len(val_set), len(test),
+        train.num_classes, size, size,
+    )
+    model = build_classifier(config.arch, train.num_classes, input_size=size,
+                             weights=config.weights, dropout=config.dropout,
+                             **config.arch_kwargs)
+    steps = math.ceil(len(fit_set) / config.batch_size)
+    model.compile(
+        optimizer=_optimizer(config, steps),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    fit_ds = make_dataset(fit_set.images, fit_set.labels, size=size,
+                          num_classes=train.num_classes, batch_size=config.batch_size,
+                          shuffle_seed=config.seed, augment=config.augment)
+    val_ds = None
+    callbacks: list[keras.callbacks.Callback] = []
+    early: keras.callbacks.EarlyStopping | None = None
+    if val_set is not None:
+        val_ds = make_dataset(val_set.images, val_set.labels, size=size,
+                              num_classes=train.num_classes, batch_size=config.batch_size)
+        early = keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=config.patience or config.epochs,
+            restore_best_weights=True,
+        )
+        callbacks.append(early)
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss" if val_ds is not None else "loss", factor=0.2,
+            patience=max(1, (config.patience or 4) // 2), min_lr=config.learning_rate * 1e-3,
+        ))
+    started = time.monotonic()
+    history = model.fit(fit_ds, validation_data=val_ds, epochs=config.epochs,
+                        callbacks=callbacks, shuffle=False, verbose="auto")
+    seconds = time.monotonic() - started
+    epochs_run = len(history.epoch)
+    best_epoch = None if early is None or early.best_weights is None else early.best_epoch + 1
+    accuracy, per_class = evaluate_classifier(model, test, size=size)
+    logger.info("trained %d epochs in %.1fs (%.1fs/epoch); test accuracy %.4f",
+                epochs_run, seconds, seconds / max(1, epochs_run), accuracy)
+    return TrainedVictim(
+        model=model,
+        class_names=train.class_names,
+        input_size=size,
+        test_accuracy=accuracy,
+        per_class_accuracy=per_class,
+        epochs_run=epochs_run,
+        best_epoch=best_epoch,
+        training_seconds=seconds,
+        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        train_examples=len(fit_set),
+        val_examples=0 if val_set is None else len(val_set),
+        test_examples=len(test),
+    )
+
+
+def preflight(config: VictimConfig) -> None:
+    """Fail before training when the export could not be written (`UsageError`)."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise invalid("out", config.out, "a directory (or a path where one can be created)")
+    model_dir = config.model_dir
+    if model_dir.exists() and not model_dir.is_dir():
+        raise invalid("name", config.model_name, f"a name that is not a file in {config.out!r}")
+    if config.version is not None and (model_dir / str(config.version)).exists():
+        raise invalid("version", config.version,
+                      f"a version not yet in {str(model_dir)!r} (next free: "
+                      f"{next_version(model_dir)})")
+    read_card(model_dir)
+    read_models_config(out / MODELS_CONFIG_NAME)
+
+
+def save_trained_victim(config: VictimConfig, trained: TrainedVictim) -> Path:
+    """Export `trained` as ``<out>/<name>/<version>/``, its card entry and models.config."""
+    card = {
+        "dataset": config.dataset,
+        "train_split": config.train_split,
+        "test_split": config.test_split,
+        "architecture": config.arch,
+        "weights": config.weights,
+        "test_accuracy": trained.test_accuracy,
+        "per_class_accuracy": trained.per_class_accuracy,
+        "train_examples": trained.train_examples,
+        "val_examples": trained.val_examples,
+        "test_examples": trained.test_examples,
+        "epochs_run": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "training_seconds": round(trained.training_seconds, 2),
+        "seed": config.seed,
+        "history": trained.history,
+        "config": config_to_dict(config),
+    }
+    size = trained.input_size
+    path = export_classifier(
+        trained.model, config.out, config.model_name, version=config.version,
+        input_shape=(size, size, 3), class_names=trained.class_names,
+        export_logits=config.export_logits, card=card,
+    )
+    write_models_config(config.out, config.model_name,
+                        container_base_path=config.container_base_path)
+    return path
+
+
+def run_victim_export(
+    config: VictimConfig,
+    *,
+    train: ImageDataset | None = None,
+    test: ImageDataset | None = None,
+) -> tuple[Path, TrainedVictim]:
+    """Check the output location, train the victim, export it; return (version dir, result)."""
+    preflight(config)
+    trained = train_victim(config, train=train, test=test)
+    return save_trained_victim(config, trained), trained
