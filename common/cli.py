@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from common.errors import UsageError, invalid
+from common.fileio import write_json_atomic
 
 __all__ = [
     "add_dataclass_arguments",
@@ -272,17 +272,7 @@ def save_config(config: Any, path: str | os.PathLike[str]) -> Path:
     """Write `config` as indented JSON to `path` atomically (temp file + `os.replace`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(config_to_dict(config), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # readable by a serving container running as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, config_to_dict(config), sort_keys=True)
 
 
 def load_config(cls: type[T], path: str | os.PathLike[str]) -> T:

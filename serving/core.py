@@ -202,28 +202,27 @@ class ServingCore:
             result.regressions.add().value = float(v)
         return result
 
-    def classify(self, request: classification_pb2.ClassificationRequest
-                 ) -> classification_pb2.ClassificationResponse:
+    def _examples_rpc(self, request, method: str) -> tuple[LoadedVersion, str, dict, int]:
         servable = self.manager.resolve(request.model_spec)
         key = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        self._example_signature(servable, key, CLASSIFY_METHOD)
+        self._example_signature(servable, key, method)
         examples = serialize_examples(request.input)
-        outputs = self._run_examples(servable, key, examples)
+        return servable, key, self._run_examples(servable, key, examples), len(examples)
+
+    def classify(self, request: classification_pb2.ClassificationRequest
+                 ) -> classification_pb2.ClassificationResponse:
+        servable, key, outputs, batch = self._examples_rpc(request, CLASSIFY_METHOD)
         response = classification_pb2.ClassificationResponse()
         _fill_spec(response.model_spec, servable, key)
-        response.result.CopyFrom(self._classification_result(outputs, len(examples)))
+        response.result.CopyFrom(self._classification_result(outputs, batch))
         return response
 
     def regress(self, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
-        servable = self.manager.resolve(request.model_spec)
-        key = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        self._example_signature(servable, key, REGRESS_METHOD)
-        examples = serialize_examples(request.input)
-        outputs = self._run_examples(servable, key, examples)
+        servable, key, outputs, batch = self._examples_rpc(request, REGRESS_METHOD)
         response = regression_pb2.RegressionResponse()
         _fill_spec(response.model_spec, servable, key)
-        response.result.CopyFrom(self._regression_result(outputs, len(examples)))
+        response.result.CopyFrom(self._regression_result(outputs, batch))
         return response
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from common.errors import UsageError, invalid
+from common.fileio import write_json_atomic
 
 __all__ = ["CARD_NAME", "export_classifier", "next_version", "read_card", "signature_description"]
 
@@ -200,7 +200,7 @@ def export_classifier(
         "name": name,
         "versions": dict(sorted(versions.items(), key=lambda kv: _version_key(kv[0]))),
     })
-    _write_json_atomic(model_dir / CARD_NAME, merged)
+    write_json_atomic(model_dir / CARD_NAME, merged)
     return final
 
 
@@ -229,14 +229,3 @@ def _write_saved_model(
     archive.write_out(str(path), verbose=False)
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # readable by a serving container running as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

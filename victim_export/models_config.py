@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from common.errors import UsageError, invalid
+from common.fileio import write_text_atomic
 
 __all__ = ["MODELS_CONFIG_NAME", "model_base_path", "read_models_config", "write_models_config"]
 
@@ -104,17 +104,7 @@ def write_models_config(
     entry.base_path = base_path
     entry.model_platform = "tensorflow"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(path, text_format.MessageToString(config))
+    write_text_atomic(path, text_format.MessageToString(config))
     return path
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # readable by a serving container running as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
