@@ -109,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             accuracy = float((probs.argmax(1) == test.labels).mean())
             print(f"      {client.queries} queries in {spent:.1f} s "
                   f"({client.queries / spent:.0f} images/s)")
-        in_process = entry.get("test_accuracy")
-        print(f"\nvictim {MODEL} version {version}: test accuracy through gRPC "
-              f"{accuracy:.4f}; measured in-process at export {in_process}")
+        print(f"\nvictim {MODEL} version {version}: test accuracy through gRPC {accuracy:.4f} "
+              f"on {len(test)} images; in-process at export {entry.get('test_accuracy')} on "
+              f"{entry.get('test_examples')} images ({entry.get('epochs_run')} epochs, "
+              f"{entry.get('training_seconds')} s)")
     finally:
         server.terminate()
         server.wait(timeout=30)
