@@ -27,6 +27,7 @@ Keras; offline this fails with a message asking for a local file) or a path to a
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -386,6 +387,21 @@ _REGISTRY: dict[str, Backbone] = {entry.key: entry for entry in _ENTRIES}
 def backbone_names() -> list[str]:
     """The canonical names of all registered backbones, in registry order."""
     return [entry.name for entry in _ENTRIES]
+
+
+def parse_arch_args(items: Sequence[str], *, argument: str = "arch_args") -> dict[str, Any]:
+    """``("alpha=0.25", "stem=cifar")`` -> ``{"alpha": 0.25, "stem": "cifar"}`` (JSON values when
+    they parse, text otherwise); a malformed item is a `UsageError` naming `argument`."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
+        if not sep or not key.isidentifier():
+            raise invalid(argument, item, "KEY=VALUE with a Python identifier as KEY")
+        try:
+            kwargs[key] = json.loads(text)
+        except json.JSONDecodeError:
+            kwargs[key] = text
+    return kwargs
 
 
 def get_backbone(name: str, *, argument: str = "backbone") -> Backbone:

@@ -7,14 +7,13 @@ Python API (`run_victim_export(VictimConfig(...))`). It validates every field in
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.backbones import get_backbone, resolve_weights
+from common.backbones import get_backbone, parse_arch_args, resolve_weights
 from common.errors import invalid
 
 __all__ = ["AUGMENTATIONS", "OPTIMIZERS", "SCHEDULES", "VictimConfig", "default_model_name"]
@@ -163,16 +162,7 @@ class VictimConfig:
     @property
     def arch_kwargs(self) -> dict[str, Any]:
         """`arch_args` as keyword arguments: ``("alpha=0.25",)`` -> ``{"alpha": 0.25}``."""
-        kwargs: dict[str, Any] = {}
-        for item in self.arch_args:
-            key, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
-            if not sep or not key.isidentifier():
-                raise invalid("arch_args", item, "KEY=VALUE with a Python identifier as KEY")
-            try:
-                kwargs[key] = json.loads(text)
-            except json.JSONDecodeError:
-                kwargs[key] = text
-        return kwargs
+        return parse_arch_args(self.arch_args)
 
     @property
     def model_dir(self) -> Path:
