@@ -157,7 +157,7 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         journal.close()
 
 
-# -- evaluation --------------------------------------------------------------------------------------
+# -- evaluation ----------------------------------------------------------------------------------
 def _cached_victim_probs(client, run_dir: Path, name: str, images: np.ndarray) -> np.ndarray:
     """The victim's answers on evaluation images, asked once and kept in RUN_DIR/eval/."""
     path = run_dir / "eval" / f"{name}.npy"

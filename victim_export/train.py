@@ -77,6 +77,9 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (float32 raw pixels [B, size, size, 3], one-hot labels) from uint8 images.
 
+    `labels` are class indices ``[N]`` (one-hot encoded here) or soft targets ``[N, num_classes]``
+    (probability rows, passed through as float32: surrogate training on a victim's answers).
+
     Images of another size are resized (bilinear, antialiased) and rounded back to uint8 pixel
     values, as a client would send them. With `shuffle_seed`, examples are reshuffled every
     epoch and `augment` ("flip", "crop", "crop+flip": zero-pad by size/8 then random crop) draws
@@ -84,6 +87,13 @@ def make_dataset(
     """
     if augment != "none" and shuffle_seed is None:
         raise invalid("augment", augment, "'none' when not shuffling (evaluation data)")
+    labels = np.asarray(labels)
+    soft = labels.ndim == 2
+    if soft and labels.shape[1] != num_classes:
+        raise invalid("labels", f"shape {labels.shape}",
+                      f"class indices [N] or soft targets [N, {num_classes}]")
+    if soft:
+        labels = labels.astype(np.float32, copy=False)
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
     if tuple(images.shape[1:3]) != (size, size):
 
@@ -107,7 +117,8 @@ def make_dataset(
                 image = tf.image.stateless_random_crop(image, (size, size, 3), seed=crop_seed)
             if "flip" in augment:
                 image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-        return tf.cast(image, tf.float32), tf.one_hot(label, num_classes)
+        target = label if soft else tf.one_hot(label, num_classes)
+        return tf.cast(image, tf.float32), target
 
     if augment != "none":
         seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
