@@ -193,15 +193,15 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
         raise invalid("budget", config.budget,
                       f"at most {len(pool_idx)} (transfer images not held out for evaluation)")
     pool = transfer.subset(pool_idx)
-    run_dir = prepare_run_dir(config)
     with ServingClient(config.grpc, config.model, version=config.version,
                        api_key=config.api_key, timeout=config.timeout,
                        max_in_flight=config.in_flight, batch_size=config.query_batch) as client:
-        info = client.metadata()
+        info = client.metadata()  # the victim is reachable and an image classifier
         num_classes = info.num_classes
         if not num_classes:
             raise UsageError(f"model {config.model!r} at {config.grpc}: the output "
                              f"{info.probabilities!r} has no fixed number of classes")
+        run_dir = prepare_run_dir(config)  # the first side effect, after every check
         input_size = config.input_size
         trainer_kwargs = dict(backbone=config.backbone, weights=config.weights,
                               input_size=input_size, num_classes=num_classes,

@@ -1,0 +1,119 @@
+"""Knockoff Nets end to end through real gRPC against the embedded server: it learns, it resumes
+without paying twice, and its command line refuses bad input with one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from attack.config import KnockoffConfig
+from attack.knockoff import extract, main, prepare_run_dir, run_knockoff
+from common.errors import UsageError
+
+
+def make_config(target, data_files, out, **overrides) -> KnockoffConfig:
+    transfer, test = data_files
+    values = dict(transfer_set=str(transfer), grpc=target, model="colours", budget=400,
+                  backbone="cnn", weights="none", input_size=16, epochs=8, batch_size=32,
+                  learning_rate=3e-3, query_batch=32, in_flight=2, test_set=str(test),
+                  heldout=100, noise=100, curve_points=2, out=str(out), seed=0)
+    values.update(overrides)
+    return KnockoffConfig(**values)
+
+
+def test_knockoff_learns_the_victim(served_victim, data_files, tmp_path):
+    config = make_config(served_victim, data_files, tmp_path / "run")
+    result = run_knockoff(config)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert result.queries == 400
+    evaluation = report["evaluation"]
+    assert evaluation["fidelity_test"] > 0.8  # chance: 1/3
+    assert evaluation["surrogate_acc"] > 0.8
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert len(report["curve"]) == 2
+    assert any(p.suffix == ".png" for p in (tmp_path / "run").iterdir())
+    exported = list((tmp_path / "run" / "surrogate").rglob("saved_model.pb"))
+    assert exported, "the surrogate is exported in the victim layout"
+
+
+def test_interrupted_query_phase_resumes_without_paying_twice(served_victim, data_files,
+                                                              tmp_path):
+    from attack.journal import QueryJournal
+    from common.data import load_dataset
+    from serving.client import ServingClient
+
+    config = make_config(served_victim, data_files, tmp_path / "run", budget=300)
+    transfer = load_dataset(config.transfer_set, "train")
+    run_dir = prepare_run_dir(config)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(done, total):
+        if done >= 128:
+            raise Stop
+
+    with ServingClient(served_victim, "colours", batch_size=32, max_in_flight=2) as client:
+        with pytest.raises(Stop):
+            extract(client, transfer, config, run_dir, on_progress=interrupt)
+        first = client.queries
+    with QueryJournal.open(run_dir) as journal:
+        answered_before = journal.answered_indices().copy()
+    assert len(answered_before) == first >= 128
+
+    resumed = dataclass_replace(config, resume=True)
+    prepare_run_dir(resumed)
+    with ServingClient(served_victim, "colours", batch_size=32, max_in_flight=2) as client:
+        stats = extract(client, transfer, resumed, run_dir)
+        second = client.queries
+    assert first + second == 300  # the budget, exactly: nothing sent twice, nothing lost
+    assert stats["answered"] == 300
+    with QueryJournal.open(run_dir) as journal:
+        indices = journal.answered_indices()
+    assert len(np.unique(indices)) == 300
+    assert np.array_equal(indices[:len(answered_before)], answered_before)
+
+
+def dataclass_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def test_resume_refuses_another_config(served_victim, data_files, tmp_path):
+    config = make_config(served_victim, data_files, tmp_path / "run")
+    prepare_run_dir(config)
+    with pytest.raises(UsageError, match=r"`resume`.*budget=400 \(now 500\)"):
+        prepare_run_dir(dataclass_replace(config, budget=500, resume=True))
+    with pytest.raises(UsageError, match="`out`.*pass --resume"):
+        prepare_run_dir(config)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--backbone", "nope"], "`backbone`"),
+    (["--budget", "0"], "`budget`"),
+    (["--granularity", "top2"], "`granularity`"),
+    (["--grpc", "no-port"], "`grpc`"),
+])
+def test_cli_bad_input_one_line_exit_2(capsys, data_files, tmp_path, args, fragment):
+    transfer, _ = data_files
+    code = main(["--transfer-set", str(transfer), "--out", str(tmp_path / "r"), *args])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "r").exists()  # nothing written before validation
+
+
+def test_cli_unreachable_host_and_unknown_model(capsys, served_victim, data_files, tmp_path):
+    transfer, _ = data_files
+    base = ["--transfer-set", str(transfer), "--budget", "10", "--backbone", "cnn",
+            "--weights", "none", "--heldout", "0", "--timeout", "2"]
+    assert main([*base, "--grpc", "127.0.0.1:1", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "UNAVAILABLE" in err[0], err
+    assert main([*base, "--grpc", served_victim, "--model", "nope",
+                 "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NOT_FOUND" in err[0], err
