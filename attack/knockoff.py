@@ -111,11 +111,13 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         state_path = run_dir / "strategy.json"
         if config.strategy == "adaptive":
             strategy = AdaptiveStrategy(transfer.labels, hierarchy_for(transfer),
-                                        reward=config.reward, seed=config.seed)
+                                        reward=config.reward, seed=config.seed, exclude=answered)
         else:
             strategy = RandomStrategy(len(transfer), seed=config.seed, exclude=answered)
-        if state_path.is_file():
+        if state_path.is_file():  # the saved state may lag the journal by one batch
             strategy.load_state(json.loads(state_path.read_text()))
+        strategy.exclude(answered)
+        strategy.exclude(pending)  # re-sent below, never selected again as new queries
         resent = 0
         if len(pending):  # in flight at a crash: answer unknown, send again (maybe paid twice)
             resent = len(pending)
