@@ -57,7 +57,7 @@ class KnockoffResult:
 
     run_dir: Path
     queries: int
-    report: dict
+    headline: dict
 
 
 # -- run directory ---------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def _cached_victim_probs(client, run_dir: Path, name: str, images: np.ndarray) -
 
 def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
     """The whole attack: query, train, evaluate, export, report. Resumable at every stage."""
-    from attack.evaluate import evaluate, uniform_noise_images
+    from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
     from attack.report import write_report
     from attack.surrogate import SurrogateTrainer, export_surrogate
     from common.data import load_dataset
@@ -235,56 +235,47 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
         evaluation = None
         curve: list[dict] = []
         if test is not None:
-            victim_test = _cached_victim_probs(client, run_dir, "test", test.images)
             heldout = transfer.subset(heldout_idx)
-            victim_heldout = (_cached_victim_probs(client, run_dir, "heldout", heldout.images)
-                              if len(heldout) else None)
             noise_images = uniform_noise_images(config.noise, test.images.shape[1:],
                                                 seed=config.seed)
-            victim_noise = (_cached_victim_probs(client, run_dir, "noise", noise_images)
-                            if config.noise else None)
+            held = ((heldout.images, _cached_victim_probs(client, run_dir, "heldout",
+                                                          heldout.images))
+                    if len(heldout) else None)
+            noise = ((noise_images, _cached_victim_probs(client, run_dir, "noise", noise_images))
+                     if config.noise else None)
+            common_args = dict(
+                victim_probs_test=_cached_victim_probs(client, run_dir, "test", test.images),
+                test_labels=test.labels, test_images=test.images, transfer_heldout=held,
+                noise=noise)
+            evaluation = evaluate(final.predict_probs, class_names=test.class_names,
+                                  n_queries=len(indices), **common_args)
+            curve_path = run_dir / "curve.json"
+            completed = json.loads(curve_path.read_text()) if curve_path.is_file() else []
+            completed = [p for p in completed if p["queries"] != len(indices)] + [
+                {"queries": len(indices), **evaluation.headline()}]
 
-            def evaluate_trainer(trainer):
-                return evaluate(
-                    lambda x: np.exp(trainer.predict_log_probs(x)), victim_test, test.labels,
-                    transfer_heldout=(heldout.images, victim_heldout)
-                    if victim_heldout is not None else None,
-                    noise=(noise_images, victim_noise) if victim_noise is not None else None,
-                    class_names=test.class_names)
+            def save_point(point: dict) -> None:
+                completed.append(point)
+                write_json_atomic(curve_path, sorted(completed, key=lambda p: p["queries"]))
 
-            evaluation = evaluate_trainer(final)
-            curve = _curve(run_dir, config, len(indices), train, evaluate_trainer, evaluation)
-        exported = export_surrogate(final.model, run_dir, class_names=test.class_names
-                                    if test is not None else None,
-                                    input_shape=tuple(info.input_shape[1:])
-                                    if info.image_size else None)
+            curve = prefix_curve(
+                default_budgets(len(indices), config.curve_points),
+                lambda n: train(n, f"prefix_{n}").predict_probs,
+                completed=completed, on_point=save_point, **common_args)
+            write_json_atomic(curve_path, curve)
+        exported = export_surrogate(
+            final.model, run_dir, class_names=test.class_names if test is not None else None,
+            input_shape=tuple(info.input_shape[1:]) if info.image_size else None)
     extra = {"query_stats": stats, "received_granularity": received,
              "victim": {"target": config.grpc, "model": config.model,
                         "input": [info.input_name, str(info.input_dtype),
                                   list(info.input_shape)],
                         "num_classes": num_classes},
              "surrogate_export": str(exported), "anchors": ATLI_ANCHORS}
-    report = write_report(run_dir, config=config_to_dict(config), evaluation=evaluation,
-                          curve=curve, extra=extra)
-    return KnockoffResult(run_dir, len(indices), report)
-
-
-def _curve(run_dir, config, total, train, evaluate_trainer, final_eval) -> list[dict]:
-    """Accuracy and fidelity against queries: surrogates trained on journal prefixes.
-
-    Each finished point is kept in RUN_DIR/curve.json and not trained again on resume.
-    """
-    path = run_dir / "curve.json"
-    done = {p["queries"]: p for p in json.loads(path.read_text())} if path.is_file() else {}
-    points = sorted({max(1, round(total * (i + 1) / config.curve_points))
-                     for i in range(config.curve_points)})
-    for n in points:
-        if n in done:
-            continue
-        evaluation = final_eval if n == total else evaluate_trainer(train(n, f"prefix_{n}"))
-        done[n] = {"queries": n, **evaluation.to_dict()}
-        write_json_atomic(path, [done[k] for k in sorted(done)])
-    return [done[k] for k in sorted(done)]
+    write_report(run_dir, config=config_to_dict(config), evaluation=evaluation, curve=curve,
+                 extra=extra)
+    headline = evaluation.headline() if evaluation is not None else {}
+    return KnockoffResult(run_dir, len(indices), headline)
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -312,10 +303,11 @@ def _main(argv) -> int:
 
     bar = keras.utils.Progbar(target=config.budget, unit_name="query")
     result = run_knockoff(config, on_progress=lambda done, total: bar.update(done))
-    headline = result.report.get("headline", {})
-    print(f"{result.queries} queries -> {result.run_dir}/report.md  " +
-          "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in headline.items()))
+    shown = ("victim_acc", "surrogate_acc", "ratio", "fidelity_test",
+             "fidelity_transfer_heldout", "fidelity_noise")
+    figures = "  ".join(f"{k}={result.headline[k]:.4f}" for k in shown
+                        if isinstance(result.headline.get(k), float))
+    print(f"{result.queries} queries -> {result.run_dir / 'report.md'}  {figures}")
     return 0
 
 

@@ -117,3 +117,25 @@ def test_cli_unreachable_host_and_unknown_model(capsys, served_victim, data_file
                  "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NOT_FOUND" in err[0], err
+
+
+def test_adaptive_strategy_end_to_end(served_victim, data_files, tmp_path):
+    config = make_config(served_victim, data_files, tmp_path / "run", strategy="adaptive",
+                         budget=256, curve_points=1)
+    run_knockoff(config)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["evaluation"]["fidelity_test"] > 0.6
+    steps = [json.loads(line) for line in (tmp_path / "run" / "policy.jsonl").open()]
+    assert steps and steps[-1]["answered"] == 256
+    assert all(np.isfinite(v) for s in steps for v in _numbers(s))
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj

@@ -1,0 +1,393 @@
+"""The report of an extraction run: ``report.json``, ``report.md`` and PNG plots in RUN_DIR.
+
+What Knockoff Nets (Orekondy et al. 2019) and Atli et al. 2020 report for an attack: the victim's
+and the surrogate's test accuracy and their ratio, fidelity (top-1 agreement) on the test set, on
+held-out transfer images and on uniform noise, the number of queries paid, accuracy and fidelity
+against the number of queries, and per-class accuracy (classes the surrogate copies poorly, below
+50%, are flagged). Reference numbers from the papers, when the caller passes them in
+``extra["anchors"]``, are tabled beside ours. ``report.json`` holds everything; the Markdown
+file is for people; the plots are drawn with matplotlib's Agg canvas (no display, no global
+backend change). Every file is written atomically: a temp file in RUN_DIR, then `os.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attack.evaluate import Evaluation
+from common.errors import invalid
+from common.fileio import write_json_atomic, write_text_atomic
+
+__all__ = [
+    "CURVE_PLOT_NAME",
+    "LOW_ACCURACY",
+    "PER_CLASS_PLOT_NAME",
+    "REPORT_JSON_NAME",
+    "REPORT_MD_NAME",
+    "plot_curve",
+    "plot_per_class",
+    "write_report",
+]
+
+logger = logging.getLogger(__name__)
+
+REPORT_JSON_NAME = "report.json"
+REPORT_MD_NAME = "report.md"
+CURVE_PLOT_NAME = "accuracy_vs_queries.png"
+PER_CLASS_PLOT_NAME = "per_class_accuracy.png"
+LOW_ACCURACY = 0.5  # surrogate per-class accuracy below this is flagged
+
+_CURVE_COLUMNS = (
+    ("queries", "queries"),
+    ("victim_acc", "victim acc"),
+    ("surrogate_acc", "surrogate acc"),
+    ("ratio", "ratio"),
+    ("fidelity_test", "fidelity test"),
+    ("fidelity_transfer_heldout", "fidelity held-out transfer"),
+    ("fidelity_noise", "fidelity noise"),
+    ("seconds", "seconds"),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting.
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON-safe copy: dataclasses and mappings as dicts, paths as text, NaN/inf as None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # numpy scalar
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}%"
+
+
+def _ratio(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}x"
+
+
+def _count(value: Any) -> str:
+    return "n/a" if value is None else f"{int(value):,}"
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _curve_cell(key: str, value: Any) -> str:
+    if key == "queries":
+        return _count(value)
+    if key == "ratio":
+        return _ratio(value)
+    if key == "seconds":
+        return "n/a" if value is None else f"{float(value):.1f}"
+    return _pct(value)
+
+
+def _per_class_rows(
+    evaluation: Evaluation | None,
+) -> list[tuple[str, float | None, float | None]]:
+    """(class, victim, surrogate) sorted by surrogate accuracy, worst first, unknown last."""
+    if evaluation is None:
+        return []
+    names = list(evaluation.per_class_surrogate) or list(evaluation.per_class_victim)
+    rows = [(name, evaluation.per_class_victim.get(name), evaluation.per_class_surrogate.get(name))
+            for name in names]
+    return sorted(rows, key=lambda r: (r[2] is None, r[2] if r[2] is not None else 0.0, r[0]))
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown.
+
+
+def _anchor_table(anchors: Any) -> list[str]:
+    """Reference numbers as a table, values printed as given.
+
+    Accepts a list of row mappings (columns: their keys), a mapping of setting -> row mapping
+    (first column: the setting) or a flat mapping of measure -> value.
+    """
+    if isinstance(anchors, Mapping):
+        if all(isinstance(v, Mapping) for v in anchors.values()):
+            rows = [{"setting": name, **dict(row)} for name, row in anchors.items()]
+        else:
+            return _table(["measure", "value"],
+                          [[str(k), _plain(_jsonable(v))] for k, v in anchors.items()])
+    else:
+        rows = [dict(row) for row in anchors]
+    columns: list[str] = []
+    for row in rows:
+        columns += [str(k) for k in row if str(k) not in columns]
+    return _table(columns, [[_plain(_jsonable(row.get(c))) for c in columns] for row in rows])
+
+
+def _markdown(
+    config: Mapping[str, Any],
+    evaluation: Evaluation | None,
+    curve: Sequence[Mapping[str, Any]],
+    extra: Mapping[str, Any],
+    plots: Mapping[str, str],
+) -> str:
+    e = evaluation
+    lines = ["# Model extraction report", ""]
+    title = extra.get("title")
+    if title:
+        lines += [str(title), ""]
+    lines += ["## Headline", ""]
+    if e is None:
+        lines += ["No test set was given: accuracy and fidelity were not measured.", ""]
+    else:
+        lines += _table(["measure", "value"], [
+            ["victim accuracy (test set)", _pct(e.victim_acc)],
+            ["surrogate accuracy (test set)", _pct(e.surrogate_acc)],
+            ["accuracy ratio (surrogate / victim)", _ratio(e.ratio)],
+            [f"fidelity on the test set ({_count(e.n_test)} images)", _pct(e.fidelity_test)],
+            [f"fidelity on held-out transfer images ({_count(e.n_transfer_heldout)})",
+             _pct(e.fidelity_transfer_heldout)],
+            [f"fidelity on uniform noise ({_count(e.n_noise)})", _pct(e.fidelity_noise)],
+            ["queries used", _count(e.n_queries)],
+        ])
+        lines += ["", "Fidelity is the fraction of images on which the surrogate's top-1 class "
+                  "equals the victim's.", ""]
+
+    anchors = extra.get("anchors")
+    if anchors:
+        source = extra.get("anchors_source", "published results")
+        lines += ["## Reference numbers", "", f"From {source}, for comparison.", ""]
+        lines += _anchor_table(anchors)
+        lines.append("")
+
+    lines += ["## Accuracy and fidelity against queries", ""]
+    if curve:
+        lines += _table([heading for _, heading in _CURVE_COLUMNS],
+                        [[_curve_cell(key, point.get(key)) for key, _ in _CURVE_COLUMNS]
+                         for point in curve])
+        lines += ["", "Each row is a surrogate trained on the first `queries` answered queries."]
+        if "curve" in plots:
+            lines += ["", f"![accuracy and fidelity against queries]({plots['curve']})"]
+    else:
+        lines.append("No curve was computed for this run.")
+    lines.append("")
+
+    rows = _per_class_rows(e)
+    lines += ["## Per-class accuracy", ""]
+    if rows:
+        low = [r for r in rows if r[2] is not None and r[2] < LOW_ACCURACY]
+        lines += [f"Sorted by surrogate accuracy, worst first; {len(low)} of {len(rows)} classes "
+                  f"are below {LOW_ACCURACY:.0%} (flagged).", ""]
+        lines += _table(["class", "victim", "surrogate", "flag"], [
+            [name, _pct(victim), _pct(surrogate),
+             f"below {LOW_ACCURACY:.0%}" if surrogate is not None and surrogate < LOW_ACCURACY
+             else ""]
+            for name, victim, surrogate in rows
+        ])
+        if "per_class" in plots:
+            lines += ["", f"![per-class accuracy]({plots['per_class']})"]
+    else:
+        lines.append("No per-class accuracy was computed.")
+    lines.append("")
+
+    notes = {k: v for k, v in extra.items() if k not in ("anchors", "anchors_source", "title")}
+    if notes:
+        lines += ["## Notes", ""]
+        lines += _table(["fact", "value"], [[str(k), _plain(_jsonable(v))]
+                                            for k, v in notes.items()])
+        lines.append("")
+    if config:
+        lines += ["## Configuration", ""]
+        lines += _table(["setting", "value"], [[str(k), _plain(_jsonable(v))]
+                                              for k, v in config.items()])
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Plots.
+
+
+def _save_figure(figure: Any, path: Path) -> Path:
+    """Render `figure` to PNG at `path` atomically (temp file in the same folder, replace)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=100)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def plot_curve(curve: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Accuracy and fidelity against the number of queries, as lines (PNG)."""
+    from matplotlib.figure import Figure
+
+    points = sorted(curve, key=lambda p: int(p["queries"]))
+    queries = [int(p["queries"]) for p in points]
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    series = (
+        ("surrogate_acc", "surrogate accuracy", "-", "o"),
+        ("fidelity_test", "fidelity (test set)", "--", "s"),
+        ("fidelity_transfer_heldout", "fidelity (held-out transfer)", "--", "^"),
+        ("fidelity_noise", "fidelity (uniform noise)", ":", "v"),
+    )
+    for key, label, style, marker in series:
+        values = [_nan(p.get(key)) for p in points]
+        if not all(math.isnan(v) for v in values):
+            axes.plot(queries, values, linestyle=style, marker=marker, label=label)
+    victim = [float(p["victim_acc"]) for p in points if p.get("victim_acc") is not None]
+    if victim:
+        axes.axhline(sum(victim) / len(victim), color="black", linestyle="-.", linewidth=1,
+                     label="victim accuracy")
+    if len(queries) > 1 and max(queries) >= 10 * min(queries):
+        axes.set_xscale("log")
+    axes.set_xlabel("queries (answered)")
+    axes.set_ylabel("fraction")
+    axes.set_ylim(0, 1.02)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower right", fontsize="small")
+    axes.set_title("Accuracy and fidelity against queries")
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def plot_per_class(evaluation: Evaluation, path: Path) -> Path:
+    """Per-class accuracy of victim and surrogate as horizontal bars, worst surrogate first."""
+    from matplotlib.figure import Figure
+
+    rows = _per_class_rows(evaluation)
+    count = len(rows)
+    figure = Figure(figsize=(7, min(60.0, max(3.0, 0.28 * count + 1.5))), layout="constrained")
+    axes = figure.add_subplot()
+    positions = list(range(count))
+    height = 0.4
+    axes.barh([p - height / 2 for p in positions], [_nan(r[1]) for r in rows], height=height,
+              label="victim", color="tab:gray")
+    axes.barh([p + height / 2 for p in positions], [_nan(r[2]) for r in rows], height=height,
+              label="surrogate", color="tab:blue")
+    axes.axvline(LOW_ACCURACY, color="tab:red", linestyle="--", linewidth=1,
+                 label=f"{LOW_ACCURACY:.0%} (flag)")
+    axes.set_yticks(positions, [r[0] for r in rows], fontsize="small")
+    axes.set_ylim(count - 0.5, -0.5)  # first row (worst surrogate class) on top
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("test accuracy")
+    axes.set_title("Per-class accuracy (worst surrogate classes first)")
+    figure.legend(loc="outside lower center", ncols=3, fontsize="small")
+    return _save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------------------------
+# The report.
+
+
+def write_report(
+    run_dir: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any] | Any,
+    evaluation: Evaluation | None,
+    curve: Sequence[Mapping[str, Any]] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and the PNG plots into `run_dir`.
+
+    Args:
+        run_dir: the attack's run directory (created if missing).
+        config: the run's configuration (a mapping or a dataclass such as the attack config).
+        evaluation: the final surrogate's `Evaluation`; None when there was no test set.
+        curve: the points of `attack.evaluate.prefix_curve` (each with ``"queries"``).
+        extra: more facts for the JSON and the Notes table; ``"anchors"`` (a list of row
+            mappings, or one mapping) and ``"anchors_source"`` give reference numbers from the
+            papers (printed as given), ``"title"`` a line under the heading.
+
+    Returns:
+        The written paths by kind: ``json``, ``markdown``, ``curve_plot`` (when `curve` has
+        points), ``per_class_plot`` (when there are per-class accuracies).
+    """
+    if evaluation is not None and not isinstance(evaluation, Evaluation):
+        raise invalid("evaluation", type(evaluation).__name__,
+                      "an attack.evaluate.Evaluation or None")
+    points = [dict(p) for p in curve]
+    if any("queries" not in p for p in points):
+        raise invalid("curve", "points without 'queries'", "points of prefix_curve")
+    extra = dict(extra or {})
+    config_dict = _jsonable(config) if config is not None else {}
+    if not isinstance(config_dict, dict):
+        raise invalid("config", type(config).__name__, "a mapping or a dataclass")
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise invalid("run_dir", str(run_dir), "a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    paths: dict[str, Path] = {}
+    plots: dict[str, str] = {}
+    if points:
+        paths["curve_plot"] = plot_curve(points, run_dir / CURVE_PLOT_NAME)
+        plots["curve"] = CURVE_PLOT_NAME
+    if _per_class_rows(evaluation):
+        paths["per_class_plot"] = plot_per_class(evaluation, run_dir / PER_CLASS_PLOT_NAME)
+        plots["per_class"] = PER_CLASS_PLOT_NAME
+    paths["markdown"] = write_text_atomic(
+        run_dir / REPORT_MD_NAME, _markdown(config_dict, evaluation, points, extra, plots))
+    report = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "evaluation": None if evaluation is None else _jsonable(evaluation.to_dict()),
+        "curve": _jsonable(points),
+        "config": config_dict,
+        "extra": _jsonable(extra),
+        "files": {**{kind: path.name for kind, path in paths.items()}, "json": REPORT_JSON_NAME},
+    }
+    paths["json"] = write_json_atomic(run_dir / REPORT_JSON_NAME, report)
+    logger.info("report written to %s", paths["markdown"])
+    return paths

@@ -1,0 +1,245 @@
+"""Tests of the surrogate trainer: soft cross-entropy, resume, online updates, export."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from attack.surrogate import (
+    BACKUP_DIR_NAME,
+    FINAL_WEIGHTS_NAME,
+    SurrogateTrainer,
+    export_surrogate,
+    log_softmax,
+)
+from common.errors import UsageError
+from victim_export.train import make_dataset
+
+SHARED_DATA = Path(os.environ.get(
+    "MEXT_SHARED_DATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
+MOBILENET_WEIGHTS = SHARED_DATA / "mobilenet_2_5_224_tf_no_top.h5"
+
+TINY_CNN = {"filters": [8, 16], "block_dropout": [0.0, 0.0], "dense_units": 16,
+            "dense_dropout": 0.0}
+CLASSES = ["red", "green", "blue"]
+
+
+def toy_task(n: int, seed: int, size: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images whose dominant colour channel is the class; soft targets 0.8 / 0.1 / 0.1."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = rng.integers(0, 70, (n, size, size, 3)).astype(np.uint8)
+    for c in range(3):
+        images[labels == c, :, :, c] += 160
+    targets = np.full((n, 3), 0.1, np.float32)
+    targets[np.arange(n), labels] = 0.8
+    return images, targets, labels
+
+
+def trainer(**kwargs) -> SurrogateTrainer:
+    settings = dict(epochs=3, batch_size=32, lr=3e-3, seed=1, augment="flip",
+                    arch_kwargs=TINY_CNN)
+    settings.update(kwargs)
+    return SurrogateTrainer("cnn", "none", 16, 3, **settings)
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.epochs: list[int] = []
+        self.fail_at = fail_at
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.fail_at:
+            raise RuntimeError(f"interrupted before epoch {epoch}")
+        self.epochs.append(epoch)
+
+
+def test_make_dataset_passes_soft_targets_through():
+    images, targets, _ = toy_task(10, seed=0)
+    (x, y), = [(x.numpy(), y.numpy()) for x, y in
+               make_dataset(images, targets, size=16, num_classes=3, batch_size=16)]
+    np.testing.assert_array_equal(y, targets)
+    np.testing.assert_array_equal(x, images.astype(np.float32))
+    with pytest.raises(UsageError, match="labels"):
+        make_dataset(images, targets, size=16, num_classes=4, batch_size=16)
+
+
+def test_log_softmax_is_stable_and_normalised():
+    logits = np.array([[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0]])
+    out = log_softmax(logits)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    np.testing.assert_allclose(np.exp(out).sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(out[1], np.log(np.exp([1, 2, 3]) / np.exp([1, 2, 3]).sum()),
+                               rtol=1e-6)
+
+
+def test_soft_cross_entropy_training_learns_the_victim():
+    images, targets, _ = toy_task(192, seed=0)
+    held_images, held_targets, held_labels = toy_task(60, seed=1)
+    t = trainer(epochs=4)
+    before = (t.predict_log_probs(held_images).argmax(1) == held_labels).mean()
+    model = t.fit(images, targets)
+    assert model is t.model and t.epochs_run == 4 and t.initial_epoch == 0
+    losses = t.history["loss"]
+    assert losses[-1] < losses[0]
+    # The soft targets' entropy (0.64 nats) bounds the loss from below.
+    assert min(losses) > -np.sum([0.8, 0.1, 0.1] * np.log([0.8, 0.1, 0.1])) - 1e-3
+    log_probs = t.predict_log_probs(held_images)
+    assert log_probs.shape == (60, 3) and log_probs.dtype == np.float32
+    assert np.all(log_probs <= 0)
+    np.testing.assert_allclose(np.exp(log_probs).sum(axis=1), 1.0, rtol=1e-5)
+    agreement = (log_probs.argmax(1) == held_targets.argmax(1)).mean()
+    assert agreement > 0.8 > before + 0.2  # chance is 1/3
+    np.testing.assert_allclose(t.predict_probs(held_images), np.exp(log_probs), rtol=1e-6)
+
+
+def test_interrupted_fit_resumes_from_the_last_finished_epoch(tmp_path):
+    images, targets, _ = toy_task(64, seed=0)
+    checkpoints = tmp_path / "checkpoints"
+    first = EpochRecorder(fail_at=1)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer(checkpoint_dir=checkpoints).fit(images, targets, callbacks=[first])
+    assert first.epochs == [0]
+    assert (checkpoints / BACKUP_DIR_NAME).is_dir()
+    assert not (checkpoints / FINAL_WEIGHTS_NAME).exists()
+
+    resumed = trainer(checkpoint_dir=checkpoints)  # a new process: a new trainer
+    second = EpochRecorder()
+    resumed.fit(images, targets, callbacks=[second])
+    assert second.epochs == [1, 2]
+    assert resumed.initial_epoch == 1 and resumed.epochs_run == 2
+    assert not (checkpoints / BACKUP_DIR_NAME).exists()  # done: the backup is gone
+    assert (checkpoints / FINAL_WEIGHTS_NAME).is_file()
+
+    # A finished run on the same data is loaded, not trained again.
+    again = trainer(checkpoint_dir=checkpoints)
+    third = EpochRecorder()
+    again.fit(images, targets, callbacks=[third])
+    assert again.restored_final and third.epochs == [] and again.epochs_run == 0
+    np.testing.assert_allclose(again.predict_logits(images), resumed.predict_logits(images),
+                               rtol=1e-5, atol=1e-5)
+    assert again.history == resumed.history
+
+
+def test_torn_backup_falls_back_to_the_previous_one_or_starts_over(tmp_path):
+    images, targets, _ = toy_task(32, seed=0)
+    checkpoints = tmp_path / "checkpoints"
+    backup = checkpoints / BACKUP_DIR_NAME
+    with pytest.raises(RuntimeError):  # two epochs backed up: latest and previous
+        trainer(checkpoint_dir=checkpoints).fit(images, targets,
+                                                callbacks=[EpochRecorder(fail_at=2)])
+    (backup / "training_metadata.json").write_text("")  # killed while Keras wrote it
+    recorder = EpochRecorder()
+    trainer(checkpoint_dir=checkpoints).fit(images, targets, callbacks=[recorder])
+    assert recorder.epochs == [1, 2]  # the previous backup (after epoch 1)
+
+    other = targets[:, ::-1].copy()
+    with pytest.raises(RuntimeError):  # one epoch backed up: no previous backup
+        trainer(checkpoint_dir=checkpoints).fit(images, other,
+                                                callbacks=[EpochRecorder(fail_at=1)])
+    (backup / "latest.weights.h5").write_bytes(b"torn")
+    with pytest.raises(RuntimeError):
+        trainer(checkpoint_dir=checkpoints).fit(images, other,
+                                                callbacks=[EpochRecorder(fail_at=1)])
+    # The unreadable backup was dropped: training started over and made a new one.
+    assert (backup / "latest.weights.h5").read_bytes() != b"torn"
+
+    # A backup of other data (or settings) is never resumed: `targets` start from epoch 0.
+    recorder = EpochRecorder()
+    trainer(checkpoint_dir=checkpoints).fit(images, targets, callbacks=[recorder])
+    assert recorder.epochs == [0, 1, 2]
+
+
+def test_partial_fit_updates_weights_and_fit_starts_from_initial_weights():
+    images, targets, _ = toy_task(40, seed=0)
+    t = trainer(epochs=1)
+    initial = [w.copy() for w in t.model.get_weights()]
+    loss = t.partial_fit(images[:8], targets[:8])
+    assert np.isfinite(loss) and loss > 0
+    after_one = t.model.get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, after_one))
+    t.partial_fit(images[:8], targets[:8], steps=3)
+    assert any(not np.array_equal(a, b) for a, b in zip(after_one, t.model.get_weights()))
+    # Unnormalised rows (rounded answers) are accepted and renormalised.
+    assert np.isfinite(t.partial_fit(images[:4], targets[:4] * 2))
+
+    # fit starts from the initial weights, not from the online updates: the same model as a
+    # trainer that never saw partial_fit.
+    t.fit(images, targets)
+    fresh = trainer(epochs=1)
+    fresh.fit(images, targets)
+    np.testing.assert_allclose(t.predict_logits(images), fresh.predict_logits(images),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_images_of_another_size_are_resized_like_the_pipeline():
+    images, targets, _ = toy_task(12, seed=3, size=24)
+    t = trainer(epochs=1)
+    t.fit(images, targets)  # 24x24 in, 16x16 model
+    resized = tf.clip_by_value(tf.round(tf.image.resize(images, (16, 16), antialias=True)),
+                               0, 255).numpy()
+    np.testing.assert_allclose(t.predict_logits(images),
+                               t.model.predict_on_batch(resized.astype(np.float32)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_bad_arguments_raise_usage_errors_naming_them():
+    images, targets, _ = toy_task(4, seed=0)
+    for kwargs, argument in [({"epochs": 0}, "epochs"), ({"batch_size": 1.5}, "batch_size"),
+                             ({"lr": -1.0}, "lr"), ({"augment": "rotate"}, "augment"),
+                             ({"seed": -2}, "seed"), ({"online_lr": 0.0}, "online_lr")]:
+        with pytest.raises(UsageError, match=f"`{argument}`"):
+            trainer(**kwargs)
+    with pytest.raises(UsageError, match="backbone"):
+        SurrogateTrainer("nope", "none", 16, 3)
+    t = trainer()
+    with pytest.raises(UsageError, match="`images`.*uint8"):
+        t.predict_log_probs(images.astype(np.float32))
+    with pytest.raises(UsageError, match="`images`"):
+        t.predict_log_probs(images[0])  # one image without the batch axis: never fed to Conv2D
+    with pytest.raises(UsageError, match="`targets`"):
+        t.fit(images, targets[:, :2])
+    for bad in (-targets, targets * np.nan, np.zeros_like(targets)):
+        with pytest.raises(UsageError, match="`targets`"):
+            t.partial_fit(images, bad)
+    with pytest.raises(UsageError, match="`steps`"):
+        t.partial_fit(images, targets, steps=0)
+    assert t.predict_log_probs(images[:0]).shape == (0, 3)
+
+
+def test_export_round_trip_serves_the_same_probabilities(tmp_path):
+    images, targets, _ = toy_task(32, seed=0)
+    t = trainer(epochs=1)
+    t.fit(images, targets)
+    path = export_surrogate(t.model, tmp_path / "run", CLASSES, (16, 16, 3))
+    assert path == tmp_path / "run" / "surrogate" / "surrogate" / "1"
+    assert (path / "saved_model.pb").is_file()
+    assert (tmp_path / "run" / "surrogate" / "models.config").is_file()
+    loaded = tf.saved_model.load(str(path))
+    served = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"]
+    np.testing.assert_allclose(served.numpy(), t.predict_probs(images), rtol=1e-4, atol=1e-5)
+    second = export_surrogate(t.model, tmp_path / "run", CLASSES)
+    assert second.name == "2"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.is_file(),
+                    reason=f"real ImageNet weights not found at {MOBILENET_WEIGHTS}")
+def test_mobilenet_surrogate_on_real_imagenet_weights():
+    t = SurrogateTrainer("MobileNet", MOBILENET_WEIGHTS, 96, 3, epochs=1, batch_size=16,
+                         seed=0, arch_kwargs={"alpha": 0.25})
+    with h5py.File(MOBILENET_WEIGHTS, "r") as weights:
+        reference = weights["conv1"]["conv1"]["kernel:0"][()]
+    backbone = next(layer for layer in t.model.layers if isinstance(layer, keras.Model))
+    np.testing.assert_array_equal(backbone.get_layer("conv1").get_weights()[0], reference)
+    images, targets, _ = toy_task(32, seed=0)
+    t.fit(images, targets)  # 16x16 in, resized to 96x96
+    log_probs = t.predict_log_probs(images)
+    assert log_probs.shape == (32, 3) and np.all(np.isfinite(log_probs))
