@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +124,13 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
             resent = len(pending)
             log.warning("%d queries were in flight when the run stopped; sending them again",
                         resent)
+        # Random sampling sends big chunks (answers are journaled batch by batch as they
+        # arrive, so the pipeline of requests in flight rarely drains); adaptive sampling must
+        # see each answer before choosing the next images.
+        lock = threading.Lock()
         chunk = config.query_batch * config.in_flight
+        if config.strategy == "random":
+            chunk *= 16
         started = time.perf_counter()
         sent_now = 0
         policy_log = (run_dir / "policy.jsonl").open("a") if config.strategy == "adaptive" else None
@@ -135,8 +142,15 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                 else:
                     indices = strategy.select(want)
                 journal.record_sent(indices)
-                probs = client.predict(transfer.images[indices])
-                journal.record_answers(indices, probs)
+
+                def record(first: int, answer: np.ndarray, indices=indices) -> None:
+                    with lock:  # called from the client's worker threads
+                        journal.record_answers(indices[first:first + len(answer)], answer)
+                        done = journal.num_answered
+                    if on_progress is not None:
+                        on_progress(done, config.budget)
+
+                probs = client.predict(transfer.images[indices], on_result=record)
                 sent_now += len(indices)
                 if config.strategy == "adaptive":
                     images = transfer.images[indices]
@@ -146,8 +160,6 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                                                 default=float) + "\n")
                     policy_log.flush()
                 write_json_atomic(state_path, strategy.state())
-                if on_progress is not None:
-                    on_progress(journal.num_answered, config.budget)
         finally:
             if policy_log is not None:
                 policy_log.close()

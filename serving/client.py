@@ -163,6 +163,13 @@ class VersionStatus(NamedTuple):
     message: str
 
 
+def _bind_first_row(on_result, first: int, names: list[str], single: bool):
+    """`on_result(first_row, answer)` as a one-argument callback for the batch at `first`."""
+    if on_result is None:
+        return None
+    return lambda decoded: on_result(first, decoded[names[0]] if single else decoded)
+
+
 class _Stopped(Exception):
     """Raised inside a worker when the predict call it belongs to has already failed."""
 
@@ -585,6 +592,7 @@ class ServingClient:
         outputs: str | Sequence[str] | None = None,
         deadline: float | None = None,
         on_batch: Callable[[int, int], None] | None = None,
+        on_result: Callable[[int, np.ndarray | dict[str, np.ndarray]], None] | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Classify `images` ([N, H, W, C], any numeric dtype and size); rows come back in order.
 
@@ -598,6 +606,10 @@ class ServingClient:
                 output as an array; a sequence of names for a dict of arrays.
             deadline: overall seconds for the whole call (each RPC still has `timeout`).
             on_batch: called as `on_batch(n_done, n_total)` (in images) after each batch.
+            on_result: called as `on_result(first_row, answer)` with each batch's answer (same
+                form as the return value) as soon as it arrives, from the worker thread that
+                received it (make it thread-safe), so a caller can journal every answer even
+                when the call is interrupted (Ctrl-C, a failed batch) before it returns.
 
         Raises:
             UsageError: bad `images`, `outputs` or `deadline` (before anything is sent).
@@ -627,7 +639,7 @@ class ServingClient:
             futures = {
                 executor.submit(
                     self._predict_batch, images[s : s + self.batch_size], info, names,
-                    deadline_at, stop,
+                    deadline_at, stop, _bind_first_row(on_result, s, names, single),
                 ): i
                 for i, s in enumerate(starts)
             }
@@ -696,6 +708,7 @@ class ServingClient:
         names: list[str],
         deadline_at: float | None,
         stop: threading.Event,
+        on_result: Callable[[dict[str, np.ndarray]], None] | None = None,
     ) -> dict[str, np.ndarray]:
         if stop.is_set():
             raise _Stopped()
@@ -708,7 +721,10 @@ class ServingClient:
             "Predict", self._predict_stub.Predict, request,
             deadline_at=deadline_at, stop=stop, rows=len(batch),
         )
-        return self._decode_outputs(response, names, rows=len(batch))
+        decoded = self._decode_outputs(response, names, rows=len(batch))
+        if on_result is not None:
+            on_result(decoded)
+        return decoded
 
     def _decode_outputs(
         self, response: predict_pb2.PredictResponse, names: Sequence[str], rows: int | None
