@@ -1,14 +1,17 @@
-"""`python -m quickstart`: the whole path on the embedded default, one command.
+"""`python -m quickstart`: the whole story on the embedded default, one command.
 
 It runs, and prints before running, the same commands a user types (README "Step by step"):
-train a CIFAR-10 CNN victim and export it for TF Serving (`python -m victim_export`), serve it
-with the embedded model server started with `tensorflow_model_server`'s flags
-(`python -m serving.model_server --model_config_file=...`), then query the whole CIFAR-10 test
-set through the gRPC Predict API with the project's client and compare the accuracy seen through
-the wire with the accuracy the exporter measured in-process. Later stages (the attack, the
-detector) extend this command as they land.
+1. train a CIFAR-10 CNN victim and export it for TF Serving (`python -m victim_export`);
+2. serve it with the embedded model server started with `tensorflow_model_server`'s flags
+   (`python -m serving.model_server --model_config_file=...`);
+3. query the CIFAR-10 test set through the gRPC Predict API with the project's client and
+   compare the accuracy seen through the wire with the one the exporter measured in-process;
+4. steal it with Knockoff Nets through the same API (`python -m attack.knockoff`): Tiny-ImageNet
+   images outside CIFAR-10's classes as the transfer set, the real ImageNet MobileNet (alpha
+   0.25) from the shared data as the surrogate's backbone, and print the report's headline.
 
-A finished stage is not run again: an exported victim in `--out` is reused.
+A finished stage is not run again: an exported victim or a finished attack in `--out` is reused
+(an interrupted attack resumes).
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train on at most this many images (quick look)")
     parser.add_argument("--test-limit", type=int, default=None,
                         help="query at most this many test images")
+    parser.add_argument("--budget", type=int, default=5000, help="attack queries")
+    parser.add_argument("--attack-epochs", type=int, default=5, help="surrogate epochs")
     return parser
 
 
@@ -57,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
-        dataset = Path(ns.data_dir) / "cifar10_jpeg_q75.zip"
-        if not dataset.is_file():
-            raise invalid("data-dir", ns.data_dir, "a folder holding cifar10_jpeg_q75.zip")
+        data = Path(ns.data_dir)
+        dataset = data / "cifar10_jpeg_q75.zip"
+        needed = ("cifar10_jpeg_q75.zip", "tinyimagenet200_val10k_train50pc.zip",
+                  "tinyimagenet_cifar10_overlap_wnids.txt", "mobilenet_2_5_224_tf_no_top.h5")
+        missing = [name for name in needed if not (data / name).is_file()]
+        if missing:
+            raise invalid("data-dir", ns.data_dir, f"a folder holding {', '.join(needed)} "
+                          f"(missing: {', '.join(missing)})")
         if ns.epochs < 1:
             raise invalid("epochs", ns.epochs, "a positive integer")
     except UsageError as err:
@@ -71,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. train and export
     if (victims / MODEL / "card.json").is_file():
-        print(f"[1/3] victim already exported in {victims / MODEL}; reusing it", flush=True)
+        print(f"[1/4] victim already exported in {victims / MODEL}; reusing it", flush=True)
     else:
-        print("[1/3] train the victim and export it for TF Serving", flush=True)
+        print("[1/4] train the victim and export it for TF Serving", flush=True)
         cmd = [sys.executable, "-m", "victim_export", "--dataset", str(dataset), "--arch", "cnn",
                "--epochs", str(ns.epochs), "--out", str(victims), "--name", MODEL]
         if ns.limit:
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     version, entry = max(card["versions"].items(), key=lambda kv: int(kv[0]))
 
     # 2. serve
-    print("[2/3] serve it with the embedded model server (TF Serving's flags)", flush=True)
+    print("[2/4] serve it with the embedded model server (TF Serving's flags)", flush=True)
     port, rest_port = _free_port(), _free_port()
     cmd = [sys.executable, "-m", "serving.model_server", f"--port={port}",
            f"--rest_api_port={rest_port}", f"--model_config_file={victims / 'models.config'}",
@@ -97,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         from serving.client import ServingClient
 
         test = load_dataset(str(dataset), "test", limit=ns.test_limit)
-        print(f"[3/3] query {len(test)} test images through gRPC Predict", flush=True)
+        print(f"[3/4] query {len(test)} test images through gRPC Predict", flush=True)
         with ServingClient(f"127.0.0.1:{port}", MODEL, max_in_flight=4, batch_size=256) as client:
             client.wait_until_available(timeout=120)
             info = client.metadata()
@@ -113,6 +123,36 @@ def main(argv: list[str] | None = None) -> int:
               f"on {len(test)} images; in-process at export {entry.get('test_accuracy')} on "
               f"{entry.get('test_examples')} images ({entry.get('epochs_run')} epochs, "
               f"{entry.get('training_seconds')} s)")
+
+        print("\n[4/4] steal it with Knockoff Nets through the same gRPC API", flush=True)
+        run_dir = out / "knockoff"
+        cmd = [sys.executable, "-m", "attack.knockoff", "--grpc", f"127.0.0.1:{port}",
+               "--model", MODEL,
+               "--transfer-set", str(data / "tinyimagenet200_val10k_train50pc.zip"),
+               "--transfer-split", "train+val",
+               "--exclude-classes", str(data / "tinyimagenet_cifar10_overlap_wnids.txt"),
+               "--budget", str(ns.budget), "--backbone", "mobilenet",
+               "--arch-args", "alpha=0.25", "--input-size", "96",
+               "--weights", str(data / "mobilenet_2_5_224_tf_no_top.h5"),
+               "--epochs", str(ns.attack_epochs), "--test-set", str(dataset),
+               "--curve-points", "3", "--out", str(run_dir)]
+        if ns.test_limit:
+            cmd += ["--test-limit", str(ns.test_limit)]
+        if (run_dir / "report.json").is_file():
+            print(f"      attack already finished in {run_dir}; reusing its report")
+        else:
+            if (run_dir / "config.json").is_file():
+                cmd.append("--resume")
+            _show(cmd)
+            if subprocess.run(cmd, env=env).returncode != 0:
+                return 1
+        report = json.loads((run_dir / "report.json").read_text())
+        e = report["evaluation"]
+        print(f"\nsurrogate after {ns.budget} queries: accuracy {e['surrogate_acc']:.4f} vs "
+              f"victim {e['victim_acc']:.4f} (ratio {e['ratio']:.2f}); fidelity on the test "
+              f"set {e['fidelity_test']:.4f}, on held-out transfer images "
+              f"{e['fidelity_transfer_heldout']:.4f}, on uniform noise "
+              f"{e['fidelity_noise']:.4f}\nreport: {run_dir / 'report.md'}")
     finally:
         server.terminate()
         server.wait(timeout=30)
