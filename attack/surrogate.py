@@ -420,6 +420,26 @@ class SurrogateTrainer:
         return np.exp(self.predict_log_probs(images))
 
 
+class _ResizePixels(keras.layers.Layer):
+    """Resize raw pixels as the training pipeline does (antialiased, rounded to 0..255)."""
+
+    def __init__(self, size: tuple[int, int], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.size = tuple(size)
+
+    def call(self, images):
+        resized = tf.image.resize(images, self.size, antialias=True)
+        return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+def _with_input_resize(model: keras.Model, input_shape: tuple[int, ...]) -> keras.Model:
+    """`model` behind a resize from `input_shape` (the victim's) to its own input size, so the
+    exported surrogate takes the same images as the victim it copies."""
+    inputs = keras.Input(input_shape)
+    resized = _ResizePixels(tuple(model.input_shape[1:3]), name="resize_to_surrogate")(inputs)
+    return keras.Model(inputs, model(resized), name=f"{model.name}_at_{input_shape[0]}px")
+
+
 def export_surrogate(
     model: keras.Model,
     run_dir: str | os.PathLike[str],
@@ -435,9 +455,12 @@ def export_surrogate(
     The same signature as a victim (uint8 ``images`` -> float32 ``probabilities``), a card
     entry and ``RUN_DIR/surrogate/models.config``, so the surrogate can be served by TF Serving
     or the embedded server and attacked in turn. `class_names` default to "0".."K-1";
-    `input_shape` to the model's. Returns the version directory.
+    `input_shape` to the model's; another shape (the victim's) puts a resize to the model's
+    size in front, as in training. Returns the version directory.
     """
     base = Path(run_dir) / "surrogate"
+    if input_shape is not None and tuple(input_shape) != tuple(model.input_shape[1:]):
+        model = _with_input_resize(model, tuple(input_shape))
     path = export_classifier(model, base, name, version=version, input_shape=input_shape,
                              class_names=class_names, card=card)
     write_models_config(base, name)

@@ -243,3 +243,18 @@ def test_mobilenet_surrogate_on_real_imagenet_weights():
     t.fit(images, targets)  # 16x16 in, resized to 96x96
     log_probs = t.predict_log_probs(images)
     assert log_probs.shape == (32, 3) and np.all(np.isfinite(log_probs))
+
+
+def test_export_at_the_victims_input_size_resizes_inside(tmp_path):
+    """A surrogate trained at 24 px exported for 16 px victim images: same answers as
+    resizing the way training does, then the surrogate."""
+    import tensorflow as tf
+
+    from attack.surrogate import SurrogateTrainer, export_surrogate
+
+    trainer = SurrogateTrainer("cnn", "none", 24, 3, epochs=1, batch_size=8, seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    path = export_surrogate(trainer.model, tmp_path, input_shape=(16, 16, 3))
+    served = tf.saved_model.load(str(path)).signatures["serving_default"]
+    got = served(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(got, trainer.predict_probs(images), atol=1e-5)
