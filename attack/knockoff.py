@@ -44,8 +44,8 @@ __all__ = ["KnockoffConfig", "KnockoffResult", "extract", "run_knockoff"]
 
 log = logging.getLogger(__name__)
 
+ATLI_SOURCE = "Atli et al. 2020, Knockoff Nets with 100,000 ImageNet queries"
 ATLI_ANCHORS = {
-    "paper": "Atli et al. 2020, 100,000 ImageNet queries",
     "CIFAR10 (CNN)": {"victim": 0.87, "surrogate": 0.71, "ratio": 0.81},
     "CIFAR10 (ResNet-34)": {"victim": 0.94, "surrogate": 0.73, "ratio": 0.77},
     "GTSRB (ResNet-34)": {"victim": 0.98, "surrogate": 0.61, "ratio": 0.62},
@@ -283,7 +283,8 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
                         "input": [info.input_name, str(info.input_dtype),
                                   list(info.input_shape)],
                         "num_classes": num_classes},
-             "surrogate_export": str(exported), "anchors": ATLI_ANCHORS}
+             "surrogate_export": str(exported), "anchors": ATLI_ANCHORS,
+             "anchors_source": ATLI_SOURCE}
     write_report(run_dir, config=config_to_dict(config), evaluation=evaluation, curve=curve,
                  extra=extra)
     headline = evaluation.headline() if evaluation is not None else {}
