@@ -141,7 +141,9 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                     indices, pending = pending[:want], pending[want:]
                 else:
                     indices = strategy.select(want)
-                journal.record_sent(indices)
+                def intent(first: int, rows: int, indices=indices) -> None:
+                    with lock:  # journaled before the batch goes on the wire
+                        journal.record_sent(indices[first:first + rows])
 
                 def record(first: int, answer: np.ndarray, indices=indices) -> None:
                     with lock:  # called from the client's worker threads
@@ -150,7 +152,8 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                     if on_progress is not None:
                         on_progress(done, config.budget)
 
-                probs = client.predict(transfer.images[indices], on_result=record)
+                probs = client.predict(transfer.images[indices], on_send=intent,
+                                       on_result=record)
                 sent_now += len(indices)
                 if config.strategy == "adaptive":
                     images = transfer.images[indices]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import random
 import re
@@ -593,6 +594,7 @@ class ServingClient:
         deadline: float | None = None,
         on_batch: Callable[[int, int], None] | None = None,
         on_result: Callable[[int, np.ndarray | dict[str, np.ndarray]], None] | None = None,
+        on_send: Callable[[int, int], None] | None = None,
     ) -> np.ndarray | dict[str, np.ndarray]:
         """Classify `images` ([N, H, W, C], any numeric dtype and size); rows come back in order.
 
@@ -610,6 +612,9 @@ class ServingClient:
                 form as the return value) as soon as it arrives, from the worker thread that
                 received it (make it thread-safe), so a caller can journal every answer even
                 when the call is interrupted (Ctrl-C, a failed batch) before it returns.
+            on_send: called as `on_send(first_row, n_rows)` from the worker thread just before
+                a batch is sent (once, not again on retries), so a caller can journal the intent
+                of exactly what goes on the wire.
 
         Raises:
             UsageError: bad `images`, `outputs` or `deadline` (before anything is sent).
@@ -640,6 +645,7 @@ class ServingClient:
                 executor.submit(
                     self._predict_batch, images[s : s + self.batch_size], info, names,
                     deadline_at, stop, _bind_first_row(on_result, s, names, single),
+                    None if on_send is None else functools.partial(on_send, s),
                 ): i
                 for i, s in enumerate(starts)
             }
@@ -709,9 +715,12 @@ class ServingClient:
         deadline_at: float | None,
         stop: threading.Event,
         on_result: Callable[[dict[str, np.ndarray]], None] | None = None,
+        on_send: Callable[[int], None] | None = None,
     ) -> dict[str, np.ndarray]:
         if stop.is_set():
             raise _Stopped()
+        if on_send is not None:
+            on_send(len(batch))
         request = predict_pb2.PredictRequest(model_spec=self.model_spec())
         request.inputs[info.input_name].CopyFrom(
             codec.from_ndarray(adapt_images(batch, info), use_tensor_content=True)
