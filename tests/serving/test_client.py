@@ -317,6 +317,50 @@ def test_batches_in_order_with_bounded_in_flight_and_exact_rows(serve):
     assert progress[-1] == (130, 130) and [d for d, _ in progress] == sorted(d for d, _ in progress)
 
 
+def test_on_send_and_on_result_report_each_batch_once(serve):
+    fake, target = serve()
+    fake.sleep_fn = lambda images: 0.1 - 0.01 * (int(images[0, 0, 0, 0]) % 10)
+    images = random_images(50)
+    images[:, 0, 0, 0] = np.arange(50) // 10
+    sent, answered, lock = [], {}, threading.Lock()
+
+    def on_send(first, rows):
+        with lock:
+            sent.append((first, rows))
+
+    def on_result(first, answer):
+        with lock:
+            assert first not in answered
+            answered[first] = answer
+
+    with ServingClient(target, MODEL, batch_size=10, max_in_flight=2) as client:
+        probabilities = client.predict(images, on_send=on_send, on_result=on_result)
+    assert sorted(sent) == [(i, 10) for i in range(0, 50, 10)]
+    assert sorted(answered) == [0, 10, 20, 30, 40]
+    for first, answer in answered.items():
+        np.testing.assert_array_equal(answer, probabilities[first:first + 10])
+
+
+def test_batches_in_flight_at_an_interruption_still_reach_on_result(serve):
+    fake, target = serve()
+    fake.sleep_fn = lambda images: 0.05 if int(images[0, 0, 0, 0]) == 0 else 0.3
+    images = random_images(40)
+    images[:, 0, 0, 0] = np.arange(40) // 4
+    sent, delivered = [], []
+
+    def interrupt(done, total):  # runs in the caller's thread, like a Ctrl-C there
+        raise KeyboardInterrupt
+
+    with ServingClient(target, MODEL, batch_size=4, max_in_flight=2) as client:
+        with pytest.raises(KeyboardInterrupt):
+            client.predict(images, on_batch=interrupt,
+                           on_send=lambda first, rows: sent.append(first),
+                           on_result=lambda first, answer: delivered.append(first))
+    # every batch that went on the wire was delivered, even those in flight at the interruption;
+    # the rest was never sent
+    assert sorted(delivered) == sorted(sent) and 2 <= len(sent) < 10
+
+
 def test_exact_row_count_and_several_outputs(serve):
     fake, target = serve()
     images = random_images(130)
