@@ -99,7 +99,9 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
     """Spend the query budget on `transfer` through `client`, journaling every answer.
 
     Returns a dict of query statistics. With the adaptive strategy, `surrogate` (a
-    `SurrogateTrainer`) is updated online after each batch and feeds the loss reward.
+    `SurrogateTrainer`) is updated online after each batch and feeds the loss reward; on resume
+    it is first replayed over the answers already in the journal. `on_progress(done, budget)`
+    is called from the client's worker threads as answers are journaled.
     """
     from attack.hierarchy import hierarchy_for
     from attack.journal import QueryJournal
@@ -119,6 +121,13 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
             strategy.load_state(json.loads(state_path.read_text()))
         strategy.exclude(answered)
         strategy.exclude(pending)  # re-sent below, never selected again as new queries
+        if surrogate is not None and len(answered):
+            # resumed adaptive run: bring the online surrogate back to what it had seen
+            responses = journal.responses()
+            for start in range(0, len(answered), config.query_batch):
+                rows = slice(start, start + config.query_batch)
+                surrogate.partial_fit(transfer.images[answered[rows]],
+                                      _targets(responses[rows], config.granularity))
         resent = 0
         if len(pending):  # in flight at a crash: answer unknown, send again (maybe paid twice)
             resent = len(pending)
@@ -141,6 +150,7 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                     indices, pending = pending[:want], pending[want:]
                 else:
                     indices = strategy.select(want)
+
                 def intent(first: int, rows: int, indices=indices) -> None:
                     with lock:  # journaled before the batch goes on the wire
                         journal.record_sent(indices[first:first + rows])
