@@ -38,15 +38,22 @@ def test_knockoff_learns_the_victim(served_victim, data_files, tmp_path):
     assert exported, "the surrogate is exported in the victim layout"
 
 
+@pytest.mark.parametrize("strategy", ["random", "adaptive"])
 def test_interrupted_query_phase_resumes_without_paying_twice(served_victim, data_files,
-                                                              tmp_path):
+                                                              tmp_path, strategy):
     from attack.journal import QueryJournal
+    from attack.surrogate import SurrogateTrainer
     from common.data import load_dataset
     from serving.client import ServingClient
 
-    config = make_config(served_victim, data_files, tmp_path / "run", budget=300)
+    config = make_config(served_victim, data_files, tmp_path / "run", budget=300,
+                         strategy=strategy)
     transfer = load_dataset(config.transfer_set, "train")
     run_dir = prepare_run_dir(config)
+
+    def online():
+        return (SurrogateTrainer("cnn", "none", 16, 3, epochs=1, batch_size=32, seed=0)
+                if strategy == "adaptive" else None)
 
     class Stop(Exception):
         pass
@@ -57,7 +64,8 @@ def test_interrupted_query_phase_resumes_without_paying_twice(served_victim, dat
 
     with ServingClient(served_victim, "colours", batch_size=32, max_in_flight=2) as client:
         with pytest.raises(Stop):
-            extract(client, transfer, config, run_dir, on_progress=interrupt)
+            extract(client, transfer, config, run_dir, surrogate=online(),
+                    on_progress=interrupt)
         first = client.queries
     with QueryJournal.open(run_dir) as journal:
         answered_before = journal.answered_indices().copy()
@@ -66,7 +74,7 @@ def test_interrupted_query_phase_resumes_without_paying_twice(served_victim, dat
     resumed = dataclass_replace(config, resume=True)
     prepare_run_dir(resumed)
     with ServingClient(served_victim, "colours", batch_size=32, max_in_flight=2) as client:
-        stats = extract(client, transfer, resumed, run_dir)
+        stats = extract(client, transfer, resumed, run_dir, surrogate=online())
         second = client.queries
     assert first + second == 300  # the budget, exactly: nothing sent twice, nothing lost
     assert stats["answered"] == 300
