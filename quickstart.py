@@ -20,21 +20,16 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from common.errors import UsageError, invalid
+from serving.model_server import free_port, launch
 
 MODEL = "cifar10_cnn"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _show(cmd: list[str]) -> None:
@@ -96,12 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. serve
     print("[2/4] serve it with the embedded model server (TF Serving's flags)", flush=True)
-    port, rest_port = _free_port(), _free_port()
-    cmd = [sys.executable, "-m", "serving.model_server", f"--port={port}",
-           f"--rest_api_port={rest_port}", f"--model_config_file={victims / 'models.config'}",
-           "--host=127.0.0.1"]
-    _show(cmd)
-    server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    server, port = launch([f"--rest_api_port={free_port()}",
+                           f"--model_config_file={victims / 'models.config'}"])
+    _show(server.args)
     try:
         from common.data import load_dataset
         from serving.client import ServingClient

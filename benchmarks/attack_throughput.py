@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,14 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UsageError, invalid
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.model_server import launch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,13 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from attack.knockoff import extract, prepare_run_dir
     from serving.client import ServingClient
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "serving.model_server", f"--port={port}", "--host=127.0.0.1",
-         "--model_name=victim", f"--model_base_path={model_dir}",
-         "--file_system_poll_wait_seconds=0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), cwd=Path(__file__).resolve().parents[1])
+    server, port = launch(["--model_name=victim", f"--model_base_path={model_dir}",
+                           "--file_system_poll_wait_seconds=0"])
     rng = np.random.default_rng(0)
     results = {"Predict (client)": [0, 0.0], "attack query phase": [0, 0.0]}
     try:

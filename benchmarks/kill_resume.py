@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.model_server import launch
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float) -> bool:
@@ -63,11 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     from attack.journal import QueryJournal
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "serving.model_server", f"--port={port}", "--host=127.0.0.1",
-         f"--model_config_file={config}", "--file_system_poll_wait_seconds=0"],
-        env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    server, port = launch([f"--model_config_file={config}",
+                           "--file_system_poll_wait_seconds=0"])
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "attack.knockoff", "--grpc", f"127.0.0.1:{port}",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,14 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UsageError, invalid
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.model_server import launch
 
 
 def _export_untrained_cnn(base: Path) -> Path:
@@ -51,15 +43,6 @@ def _export_untrained_cnn(base: Path) -> Path:
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     arr = np.array(samples) * 1000.0
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
-
-
-def _start_server(model_dir: Path, port: int, threads: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "serving.model_server", f"--port={port}", "--host=127.0.0.1",
-           "--model_name=victim", f"--model_base_path={model_dir}",
-           "--file_system_poll_wait_seconds=0", f"--grpc_max_threads={threads}"]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                            cwd=Path(__file__).resolve().parents[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     input_name, spec = next(iter(fn.structured_input_signature[1].items()))
     shape = tuple(spec.shape[1:])
 
-    port = _free_port()
-    server = _start_server(model_dir, port, threads=max(8, ns.in_flight * 2))
+    server, port = launch(["--model_name=victim", f"--model_base_path={model_dir}",
+                           "--file_system_poll_wait_seconds=0",
+                           f"--grpc_max_threads={max(8, ns.in_flight * 2)}"])
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.max_receive_message_length", 2**31 - 1)])

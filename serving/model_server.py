@@ -21,6 +21,8 @@ import argparse
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from concurrent import futures
@@ -32,7 +34,7 @@ import grpc
 from common.errors import UsageError, invalid
 from serving import status
 
-__all__ = ["ModelServer", "ServerOptions", "main", "MAX_MESSAGE_BYTES"]
+__all__ = ["MAX_MESSAGE_BYTES", "ModelServer", "ServerOptions", "free_port", "launch", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +319,27 @@ class _ModelServicer:
     def __init__(self, core) -> None:
         self.GetModelStatus = _grpc_handler(core.get_model_status)
         self.HandleReloadConfigRequest = _grpc_handler(core.handle_reload_config)
+
+
+# -- as a separate process (benchmarks, quickstart) ------------------------------------------------
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host` (for loopback test servers)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def launch(args: list[str], *, quiet: bool = True) -> tuple[subprocess.Popen, int]:
+    """Start `python -m serving.model_server --port=P --host=127.0.0.1 *args` as its own
+    process on a free loopback port; returns (process, P). Stop it with `terminate()`."""
+    port = free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.model_server", f"--port={port}", "--host=127.0.0.1",
+         *args],
+        env=env, cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.DEVNULL if quiet else None)
+    return proc, port
 
 
 # -- command line ----------------------------------------------------------------------------------
