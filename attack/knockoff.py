@@ -203,7 +203,9 @@ def _cached_victim_probs(client, run_dir: Path, name: str, images: np.ndarray) -
 def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
     """The whole attack: query, train, evaluate, export, report. Resumable at every stage."""
     from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
+    from attack.journal import QueryJournal
     from attack.report import write_report
+    from attack.responses import detect_granularity
     from attack.surrogate import SurrogateTrainer, export_surrogate
     from common.data import load_dataset
     from serving.client import ServingClient
@@ -228,20 +230,19 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
         if not num_classes:
             raise UsageError(f"model {config.model!r} at {config.grpc}: the output "
                              f"{info.probabilities!r} has no fixed number of classes")
-        run_dir = prepare_run_dir(config)  # the first side effect, after every check
-        input_size = config.input_size
         trainer_kwargs = dict(backbone=config.backbone, weights=config.weights,
-                              input_size=input_size, num_classes=num_classes,
+                              input_size=config.input_size, num_classes=num_classes,
                               epochs=config.epochs, batch_size=config.batch_size,
                               lr=config.learning_rate, seed=config.seed,
                               arch_kwargs=config.arch_kwargs())
-        online = (SurrogateTrainer(**trainer_kwargs, checkpoint_dir=None)
-                  if config.strategy == "adaptive" else None)
-        stats = extract(client, pool, config, run_dir, surrogate=online,
+        # Building the surrogate checks backbone, weights file, size and arch_args; the
+        # adaptive strategy then uses it as its online surrogate.
+        online = SurrogateTrainer(**trainer_kwargs, checkpoint_dir=None)
+        run_dir = prepare_run_dir(config)  # the first side effect, after every check
+        stats = extract(client, pool, config, run_dir,
+                        surrogate=online if config.strategy == "adaptive" else None,
                         on_progress=on_progress)
-
-        from attack.journal import QueryJournal
-        from attack.responses import detect_granularity
+        del online
 
         with QueryJournal.open(run_dir) as journal:
             indices = journal.answered_indices()[:config.budget]

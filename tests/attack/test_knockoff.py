@@ -147,3 +147,10 @@ def _numbers(obj):
             yield from _numbers(v)
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         yield obj
+
+
+def test_bad_arch_args_refused_before_the_run_directory(served_victim, data_files, tmp_path):
+    config = make_config(served_victim, data_files, tmp_path / "run", arch_args=("nope=1",))
+    with pytest.raises(UsageError, match="backbone `cnn`.*nope"):
+        run_knockoff(config)
+    assert not (tmp_path / "run").exists()
