@@ -225,7 +225,7 @@ class ModelServer:
             server.add_insecure_port(f"unix:{opts.grpc_socket_path}")
         server.start()
         self._grpc = server
-        log.info("Running gRPC ModelServer at %s:%d ...", opts.host, self.port)
+        log.debug("Running gRPC ModelServer at %s:%d ...", opts.host, self.port)
         if opts.rest_api_port is not None:
             from serving.rest import RestServer
 
@@ -233,7 +233,7 @@ class ModelServer:
                                     num_threads=opts.rest_api_num_threads,
                                     timeout_s=opts.rest_api_timeout_in_ms / 1000.0)
             self.rest_port = self._rest.start()
-            log.info("Exporting HTTP/REST API at:%s:%d ...", opts.host, self.rest_port)
+            log.debug("Exporting HTTP/REST API at:%s:%d ...", opts.host, self.rest_port)
         self.manager.start_polling(opts.file_system_poll_wait_seconds)
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
             self._start_config_polling()
