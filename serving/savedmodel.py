@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving import status
+from serving.codec import numpy_to_tf_dtype, tf_dtype_to_numpy
 
 __all__ = ["LoadedVersion", "is_complete_version_dir", "read_signature_defs"]
 
@@ -94,7 +94,6 @@ class LoadedVersion:
     _specs: dict[str, tuple[dict[str, TensorSpecInfo], dict[str, TensorSpecInfo]]] = field(
         repr=False, default_factory=dict
     )
-    _lock: threading.Lock = field(repr=False, default_factory=threading.Lock)
 
     @classmethod
     def load(cls, name: str, version: int, path: Path) -> "LoadedVersion":
@@ -132,8 +131,6 @@ class LoadedVersion:
         The key set itself (missing or extra aliases) is checked by the caller with TF Serving's
         own message; this checks each tensor against its TensorInfo.
         """
-        from serving.codec import numpy_to_tf_dtype
-
         inputs, _ = self.io_specs(key)
         for alias, array in arrays.items():
             spec = inputs[alias]
@@ -178,8 +175,6 @@ class LoadedVersion:
         """
         if not arrays or any(a.ndim == 0 or a.shape[0] != 0 for a in arrays.values()):
             return None
-        from serving.codec import tf_dtype_to_numpy
-
         _, outputs = self._specs[key]
         result = {}
         for alias in output_filter or list(outputs):

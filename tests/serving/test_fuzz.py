@@ -36,6 +36,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from serving.codec import _varint  # the wire varint the codec's fast encoder writes
 from tests.serving.conftest import CLASS_NAMES, IMAGE_SHAPE, W_EXAMPLES
 
 CALL_TIMEOUT = 10.0  # seconds; a call that takes longer counts as a hang
@@ -160,15 +161,6 @@ def fetch_signatures(stub) -> dict:
 
 
 # -- building tensors ------------------------------------------------------------------------------
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _string_items(rng: np.random.Generator, n: int) -> list[bytes]:
     """Half serialized tf.Examples with a random (sometimes NaN/Inf) `x`, half random bytes."""
     items = []
