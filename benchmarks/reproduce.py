@@ -1,0 +1,409 @@
+"""`python -m benchmarks.reproduce`: one command that reproduces Atli et al.'s study.
+
+Atli et al. ("Extraction of Complex DNN Models: Real Threat or Boogeyman?", 2020) reproduce
+Knockoff Nets (Orekondy et al., CVPR 2019) against ResNet-34 and CNN victims, find its limits
+(top-1 answers, different architectures, rare classes of GTSRB), propose a detector that tells
+the victim's own distribution from attack queries, and show a realistic adversary who evades it.
+This command runs every experiment of that study, and the surrounding literature the toolkit
+implements (PRADA, output policies, Copycat, JBDA, equation solving, functionally-equivalent
+extraction), through the real gRPC path: victims exported for TF Serving, served by the embedded
+model server, attacked with the project's commands, defended by the gateway where a defence is
+measured. It then writes one results page (Markdown tables, PNG plots, the exact commands, seeds,
+versions and machine) side by side with the papers' figures.
+
+    python -m benchmarks.reproduce --scale cpu --data-dir ../shared/data --out results/cpu
+
+The run is resumable: each experiment is a step that writes `<out>/<step>/` and, when it has
+finished, `<out>/<step>/done.json`; a step with its `done.json` is not run again (delete the file
+to run it again), an interrupted attack resumes from its journal. `--only` runs some steps (and
+the steps they need), `--list` prints the plan without running it.
+
+`--scale cpu` fits a 2-core CPU machine in about two hours with `../shared/data`; `--scale full`
+is the paper's setting (ResNet-34 victims, 100,000 ImageNet queries, ImageNet weights; a GPU
+machine with internet and tensorflow-datasets). `--scale smoke` is a minutes-long run on small
+subsets that checks the whole pipeline (it is what the slow test runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from common.errors import UsageError, invalid
+from common.fileio import write_json_atomic
+
+__all__ = ["SCALES", "Scale", "Step", "build_plan", "main"]
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Atli et al. 2020, Table 2 (Knockoff with 100,000 ImageNet queries, probabilities) and Table 4
+# (the detector: benign / anomalous accuracy).
+PAPER_KNOCKOFF = {
+    "Caltech256 (ResNet-34)": (0.87, 0.75, 0.86),
+    "CUBS200 (ResNet-34)": (0.77, 0.51, 0.66),
+    "CIFAR10 (ResNet-34)": (0.94, 0.73, 0.77),
+    "CIFAR10 (CNN)": (0.87, 0.71, 0.81),
+    "GTSRB (ResNet-34)": (0.98, 0.61, 0.62),
+}
+PAPER_DETECTOR = {
+    "CIFAR10": (0.96, 0.96), "GTSRB": (0.99, 1.00), "CUBS200": (0.93, 0.93),
+    "Diabetic5": (0.99, 0.99), "Caltech256": (0.63, 0.56),
+}
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each experiment is at one scale."""
+
+    name: str
+    victim_epochs: dict[str, int]
+    victim_limit: int | None
+    budget: int
+    heldout: int
+    surrogate_size: int
+    surrogate_epochs: int
+    test_limit: int | None
+    detector_limit: int | None
+    detector_epochs: int
+    policy_budget: int
+    copycat_budget: int
+    jbda_seeds: int
+    jbda_rounds: int
+    fee_hidden: tuple[int, ...]
+    imagenet: bool = False  # full scale: ImageNet weights and transfer set through tfds
+
+
+SCALES = {
+    "smoke": Scale("smoke", {"cifar10_cnn": 1, "cifar10_resnet34": 1, "gtsrb_resnet34": 1},
+                   victim_limit=2000, budget=600, heldout=100, surrogate_size=64,
+                   surrogate_epochs=1, test_limit=500, detector_limit=600, detector_epochs=1,
+                   policy_budget=300, copycat_budget=300, jbda_seeds=20, jbda_rounds=2,
+                   fee_hidden=(8,)),
+    "cpu": Scale("cpu", {"cifar10_cnn": 10, "cifar10_resnet34": 3, "gtsrb_resnet34": 4},
+                 victim_limit=None, budget=8000, heldout=600, surrogate_size=96,
+                 surrogate_epochs=8, test_limit=None, detector_limit=6000, detector_epochs=3,
+                 policy_budget=6000, copycat_budget=8000, jbda_seeds=150, jbda_rounds=4,
+                 fee_hidden=(16, 32, 64)),
+    "full": Scale("full", {"cifar10_cnn": 60, "cifar10_resnet34": 100, "gtsrb_resnet34": 60},
+                  victim_limit=None, budget=100000, heldout=2000, surrogate_size=224,
+                  surrogate_epochs=100, test_limit=None, detector_limit=None, detector_epochs=20,
+                  policy_budget=100000, copycat_budget=100000, jbda_seeds=500, jbda_rounds=6,
+                  fee_hidden=(16, 32, 64, 128), imagenet=True),
+}
+
+
+@dataclass
+class Context:
+    """What the steps share: paths, the scale, the servers started for them."""
+
+    data: Path
+    out: Path
+    scale: Scale
+    seed: int
+    servers: dict[str, tuple[subprocess.Popen, int]] = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def file(self, name: str) -> str:
+        return str(self.data / name)
+
+    # -- the embedded model server over the exported victims ---------------------------------
+    def server(self) -> str:
+        """Start (once) the embedded model server over `<out>/victims/models.config`."""
+        if "victims" not in self.servers:
+            from serving.model_server import launch
+
+            proc, port = launch([f"--model_config_file={self.path('victims', 'models.config')}",
+                                 "--file_system_poll_wait_seconds=0"])
+            self.servers["victims"] = (proc, port)
+            _wait_for_models(f"127.0.0.1:{port}", _served_models(self))
+        return f"127.0.0.1:{self.servers['victims'][1]}"
+
+    def stop(self) -> None:
+        for proc, _ in self.servers.values():
+            proc.terminate()
+        for proc, _ in self.servers.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.servers.clear()
+
+
+def _served_models(ctx: Context) -> list[str]:
+    base = ctx.path("victims")
+    return sorted(p.name for p in base.iterdir() if (p / "card.json").is_file()) if base.is_dir() \
+        else []
+
+
+def _wait_for_models(target: str, models: list[str], timeout: float = 180.0) -> None:
+    from serving.client import ServingClient
+
+    for name in models:
+        with ServingClient(target, name) as client:
+            client.wait_until_available(timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One experiment: the commands it runs and how its figures are read back."""
+
+    name: str
+    title: str
+    needs: tuple[str, ...]
+    commands: Callable[[Context], list[list[str]]]
+    summarize: Callable[[Context], dict[str, Any]]
+    serve: bool = False  # needs the model server over the victims
+
+
+# -- victims -----------------------------------------------------------------------------------
+VICTIMS = {
+    # name: (dataset file, arch, arch args, augment, extra flags)
+    "cifar10_cnn": ("cifar10_jpeg_q75.zip", "cnn", [], "crop+flip", []),
+    "cifar10_resnet34": ("cifar10_jpeg_q75.zip", "resnet34", ["stem=cifar"], "crop+flip", []),
+    "gtsrb_resnet34": ("gtsrb32_uint8_npy.tar.xz", "resnet34", ["stem=imagenet"], "crop", []),
+}
+
+
+def _victim_step(name: str) -> Step:
+    dataset, arch, arch_args, augment, extra = VICTIMS[name]
+
+    def commands(ctx: Context) -> list[list[str]]:
+        cmd = ["-m", "victim_export", "--dataset", ctx.file(dataset), "--arch", arch,
+               "--epochs", str(ctx.scale.victim_epochs[name]), "--augment", augment,
+               "--out", str(ctx.path("victims")), "--name", name, "--seed", str(ctx.seed)]
+        if arch_args:
+            cmd += ["--arch-args", *arch_args]
+        if ctx.scale.victim_limit:
+            cmd += ["--limit", str(ctx.scale.victim_limit)]
+        return [cmd + extra]
+
+    def summarize(ctx: Context) -> dict[str, Any]:
+        card = json.loads(ctx.path("victims", name, "card.json").read_text())
+        _, entry = max(card["versions"].items(), key=lambda kv: int(kv[0]))
+        return {"test_accuracy": entry.get("test_accuracy"),
+                "epochs": entry.get("epochs_run"), "seconds": entry.get("training_seconds"),
+                "architecture": arch, "dataset": dataset}
+
+    return Step(f"victim_{name}", f"victim {name}", (), commands, summarize)
+
+
+# -- Knockoff ------------------------------------------------------------------------------------
+def _knockoff_cmd(ctx: Context, model: str, run: str, *, granularity: str = "probs",
+                  strategy: str = "random", budget: int | None = None,
+                  backbone: tuple[str, ...] | None = None, test_set: str | None = None,
+                  transfer: tuple[str, ...] | None = None, extra: tuple[str, ...] = ()
+                  ) -> list[str]:
+    s = ctx.scale
+    test_set = test_set or ("cifar10_jpeg_q75.zip" if model.startswith("cifar10")
+                            else "gtsrb32_uint8_npy.tar.xz")
+    transfer = transfer or (
+        "--transfer-set", ctx.file("tinyimagenet200_val10k_train50pc.zip"),
+        "--transfer-split", "train+val",
+        *(("--exclude-classes", ctx.file("tinyimagenet_cifar10_overlap_wnids.txt"))
+          if model.startswith("cifar10") else ()))
+    backbone = backbone or ("--backbone", "mobilenet", "--arch-args", "alpha=0.25",
+                            "--weights", ctx.file("mobilenet_2_5_224_tf_no_top.h5"))
+    cmd = ["-m", "attack.knockoff", "--grpc", ctx.server(), "--model", model, *transfer,
+           "--budget", str(budget or s.budget), "--heldout", str(s.heldout),
+           "--strategy", strategy, "--granularity", granularity, *backbone,
+           "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
+           "--test-set", ctx.file(test_set), "--seed", str(ctx.seed),
+           "--curve-points", "4" if granularity == "probs" and model == "cifar10_cnn"
+           and "arch" not in run else "1",
+           "--out", str(ctx.path(run, "run")), *extra]
+    if s.test_limit:
+        cmd += ["--test-limit", str(s.test_limit)]
+    if ctx.path(run, "run", "config.json").is_file():
+        cmd.append("--resume")
+    return cmd
+
+
+def _report(ctx: Context, run: str) -> dict[str, Any]:
+    report = json.loads(ctx.path(run, "run", "report.json").read_text())
+    e = report["evaluation"]
+    out = {k: e.get(k) for k in ("victim_acc", "surrogate_acc", "ratio", "fidelity_test",
+                                 "fidelity_transfer_heldout", "fidelity_noise", "n_queries")}
+    if report.get("curve"):
+        out["curve"] = report["curve"]
+    out["per_class_surrogate"] = e.get("per_class_surrogate")
+    out["per_class_victim"] = e.get("per_class_victim")
+    return out
+
+
+def _knockoff_step(name: str, title: str, model: str, **kwargs: Any) -> Step:
+    return Step(name, title, (f"victim_{model}",),
+                lambda ctx: [_knockoff_cmd(ctx, model, name, **kwargs)],
+                lambda ctx: _report(ctx, name), serve=True)
+
+
+def build_plan(scale: Scale) -> list[Step]:
+    """The experiments in the order they run (each after the steps it needs)."""
+    steps = [_victim_step(name) for name in VICTIMS]
+    steps += [
+        _knockoff_step("knockoff_cifar10_cnn_probs", "Knockoff, CIFAR-10 CNN, probabilities",
+                       "cifar10_cnn"),
+        _knockoff_step("knockoff_cifar10_cnn_top1", "Knockoff, CIFAR-10 CNN, top-1 only",
+                       "cifar10_cnn", granularity="top1"),
+        _knockoff_step("knockoff_cifar10_cnn_adaptive", "Knockoff adaptive, CIFAR-10 CNN",
+                       "cifar10_cnn", strategy="adaptive"),
+        _knockoff_step("knockoff_cifar10_resnet34_probs",
+                       "Knockoff, CIFAR-10 ResNet-34, probabilities", "cifar10_resnet34"),
+        _knockoff_step("knockoff_cifar10_cnn_same_arch",
+                       "Knockoff, CIFAR-10 CNN, surrogate of the victim's architecture (cnn)",
+                       "cifar10_cnn", backbone=("--backbone", "cnn", "--weights", "none")),
+        _knockoff_step("knockoff_gtsrb_resnet34_probs", "Knockoff, GTSRB ResNet-34, probabilities",
+                       "gtsrb_resnet34"),
+    ]
+    return steps
+
+
+# -- running -------------------------------------------------------------------------------------
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "tensorflow-serving-api", "grpcio", "numpy", "scipy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def _machine() -> str:
+    gpus = "no GPU"
+    try:
+        import tensorflow as tf
+
+        found = tf.config.list_physical_devices("GPU")
+        if found:
+            gpus = f"{len(found)} GPU(s)"
+    except Exception:  # noqa: BLE001 - the page says what it could find
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpus}, {platform.platform()}"
+
+
+def _closure(plan: list[Step], only: list[str]) -> list[Step]:
+    by_name = {s.name: s for s in plan}
+    wanted: set[str] = set()
+    stack = list(only)
+    while stack:
+        name = stack.pop()
+        if name in wanted:
+            continue
+        wanted.add(name)
+        stack.extend(by_name[name].needs)
+    return [s for s in plan if s.name in wanted]
+
+
+def run_step(ctx: Context, step: Step) -> dict[str, Any]:
+    """Run one step unless its `done.json` exists; return its recorded result."""
+    folder = ctx.path(step.name)
+    done = folder / "done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    started = time.time()
+    commands = step.commands(ctx)
+    shown = []
+    for cmd in commands:
+        full = [sys.executable, *cmd]
+        shown.append("python " + " ".join(shlex.quote(c) for c in cmd))
+        print(f"[{step.name}] $ {shown[-1]}", flush=True)
+        with open(folder / "log.txt", "a") as logfile:
+            code = subprocess.run(full, env=env, cwd=REPO, stdout=logfile,
+                                  stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise RuntimeError(f"step {step.name} failed (exit {code}); see {folder / 'log.txt'}")
+    result = {"name": step.name, "title": step.title, "commands": shown,
+              "seconds": round(time.time() - started, 1), "figures": step.summarize(ctx)}
+    write_json_atomic(done, result)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.reproduce",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", default="cpu", help="smoke, cpu or full (default: cpu)")
+    parser.add_argument("--data-dir", default=os.environ.get("MEXT_SHARED_DATA",
+                                                             "../shared/data"))
+    parser.add_argument("--out", default=None, help="results folder (default: results/<scale>)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these steps")
+    parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        if ns.scale not in SCALES:
+            raise invalid("scale", ns.scale, "one of " + ", ".join(SCALES))
+        scale = SCALES[ns.scale]
+        plan = build_plan(scale)
+        names = [s.name for s in plan]
+        if ns.only:
+            unknown = [n for n in ns.only if n not in names]
+            if unknown:
+                raise invalid("only", " ".join(unknown), "step names from --list")
+            plan = _closure(plan, ns.only)
+        data = Path(ns.data_dir)
+        if not ns.list and not data.is_dir():
+            raise invalid("data-dir", ns.data_dir, "the folder holding the shared data "
+                          "(cifar10_jpeg_q75.zip, ...)")
+    except UsageError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    if ns.list:
+        for step in plan:
+            needs = f"  (after {', '.join(step.needs)})" if step.needs else ""
+            print(f"{step.name}: {step.title}{needs}")
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    out = Path(ns.out or f"results/{scale.name}")
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(data=data.resolve(), out=out.resolve(), scale=scale, seed=ns.seed)
+    results: dict[str, dict[str, Any]] = {}
+    failures: list[str] = []
+    started = time.time()
+    try:
+        for step in plan:
+            if any(need in failures for need in step.needs):
+                failures.append(step.name)
+                continue
+            try:
+                results[step.name] = run_step(ctx, step)
+                print(f"[{step.name}] done in {results[step.name]['seconds']} s", flush=True)
+            except RuntimeError as err:
+                print(f"[{step.name}] {err}", file=sys.stderr, flush=True)
+                failures.append(step.name)
+    finally:
+        ctx.stop()
+    from benchmarks.results_page import write_results_page
+
+    page = write_results_page(out, scale.name, results, failures,
+                              versions=_versions(), machine=_machine(),
+                              wall_seconds=time.time() - started,
+                              paper_knockoff=PAPER_KNOCKOFF, paper_detector=PAPER_DETECTOR)
+    print(f"results page: {page}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

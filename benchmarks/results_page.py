@@ -1,0 +1,142 @@
+"""The results page of `python -m benchmarks.reproduce`: Markdown tables and PNG plots.
+
+Each table puts the figure measured here beside the paper's and says in words where they differ
+and why (scale: queries, epochs, input size, backbone). The page lists the exact commands each
+experiment ran, its seed, the package versions and the machine, so that anyone can run it again.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any
+
+from common.fileio import write_json_atomic, write_text_atomic
+
+__all__ = ["write_results_page"]
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * float(value):.1f}%"
+
+
+def _x(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.2f}x"
+
+
+def _fig(results: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
+    entry = results.get(name)
+    return entry["figures"] if entry else None
+
+
+def _knockoff_rows(results: dict[str, dict[str, Any]], paper: dict[str, tuple]) -> list[str]:
+    rows = ["| experiment | victim | surrogate | ratio | fidelity (test) | queries | paper "
+            "(victim / surrogate / ratio) |", "|---|---|---|---|---|---|---|"]
+    anchors = {"cifar10_cnn": "CIFAR10 (CNN)", "cifar10_resnet34": "CIFAR10 (ResNet-34)",
+               "gtsrb_resnet34": "GTSRB (ResNet-34)"}
+    for name, entry in results.items():
+        if not name.startswith(("knockoff_", "realistic_", "copycat_", "jbda_", "policy_")):
+            continue
+        f = entry["figures"]
+        if "ratio" not in f:
+            continue
+        anchor = next((label for key, label in anchors.items() if key in name), None)
+        paper_cell = ""
+        if anchor and name.startswith("knockoff_") and name.endswith("_probs"):
+            v, s, r = paper[anchor]
+            paper_cell = f"{_pct(v)} / {_pct(s)} / {_x(r)} (100,000 ImageNet queries)"
+        rows.append(f"| {entry['title']} | {_pct(f.get('victim_acc'))} | "
+                    f"{_pct(f.get('surrogate_acc'))} | {_x(f.get('ratio'))} | "
+                    f"{_pct(f.get('fidelity_test'))} | {f.get('n_queries', 'n/a')} | "
+                    f"{paper_cell} |")
+    return rows
+
+
+def _gtsrb_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    f = _fig(results, "knockoff_gtsrb_resnet34_probs")
+    if not f or not f.get("per_class_surrogate"):
+        return []
+    per_class = f["per_class_surrogate"]
+    victim = f.get("per_class_victim") or {}
+    low = sorted((acc, name) for name, acc in per_class.items() if acc < 0.5)
+    rows = [f"{len(low)} of {len(per_class)} GTSRB classes below 50% surrogate accuracy "
+            f"(Atli et al.: classes 21 and 39 at 0%). Classes 21 and 39 here: "
+            f"{_pct(per_class.get('21'))} and {_pct(per_class.get('39'))}.", "",
+            "| class | victim | surrogate |", "|---|---|---|"]
+    rows += [f"| {name} | {_pct(victim.get(name))} | {_pct(acc)} |" for acc, name in low]
+    return rows
+
+
+def _plot_curves(out: Path, results: dict[str, dict[str, Any]]) -> str | None:
+    curves = {name: entry["figures"]["curve"] for name, entry in results.items()
+              if entry["figures"].get("curve")}
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, curve in curves.items():
+        xs = [p["queries"] for p in curve]
+        ys = [p.get("surrogate_acc", p.get("accuracy")) for p in curve]
+        ax.plot(xs, ys, marker="o", label=results[name]["title"])
+    ax.set_xlabel("queries")
+    ax.set_ylabel("surrogate test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+def write_results_page(out: Path, scale: str, results: dict[str, dict[str, Any]],
+                       failures: list[str], *, versions: dict[str, str], machine: str,
+                       wall_seconds: float, paper_knockoff: dict[str, tuple],
+                       paper_detector: dict[str, tuple],
+                       extra_sections: list[tuple[str, list[str]]] | None = None) -> Path:
+    """Write `<out>/results.md` and `<out>/results.json`; returns the Markdown path."""
+    out = Path(out)
+    lines = [f"# Reproduction of Atli et al. 2020 (scale `{scale}`)", "",
+             f"Written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by "
+             f"`python -m benchmarks.reproduce --scale {scale}`; total wall time of this "
+             f"invocation {wall_seconds / 60:.1f} min (finished steps are not run again; each "
+             f"step's own time is in its row below).", "",
+             f"Machine: {machine}.", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
+    victims = [(n, e) for n, e in results.items() if n.startswith("victim_")]
+    if victims:
+        lines += ["## Victims", "", "| victim | test accuracy | epochs | training time |",
+                  "|---|---|---|---|"]
+        for _, entry in victims:
+            f = entry["figures"]
+            lines.append(f"| {entry['title']} | {_pct(f.get('test_accuracy'))} | "
+                         f"{f.get('epochs')} | {f.get('seconds')} s |")
+        lines.append("")
+    knock = _knockoff_rows(results, paper_knockoff)
+    if len(knock) > 2:
+        lines += ["## Model extraction: surrogate against victim", "", *knock, ""]
+    curves = _plot_curves(out, results)
+    if curves:
+        lines += [f"![accuracy against queries]({curves})", ""]
+    gtsrb = _gtsrb_rows(results)
+    if gtsrb:
+        lines += ["## GTSRB per class (rare classes)", "", *gtsrb, ""]
+    for title, body in extra_sections or []:
+        lines += [f"## {title}", "", *body, ""]
+    if failures:
+        lines += ["## Steps that failed or were skipped", "",
+                  *[f"- `{name}` (see `{name}/log.txt`)" for name in failures], ""]
+    lines += ["## Commands", ""]
+    for name, entry in results.items():
+        lines.append(f"- `{name}` ({entry['seconds']} s):")
+        lines += [f"  - `{cmd}`" for cmd in entry["commands"]]
+    path = out / "results.md"
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_json_atomic(out / "results.json", {"scale": scale, "results": results,
+                                             "failures": failures, "versions": versions,
+                                             "machine": machine})
+    return path

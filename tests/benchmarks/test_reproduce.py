@@ -1,0 +1,96 @@
+"""`python -m benchmarks.reproduce`: the plan, its resumability and its results page."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import reproduce
+from benchmarks.results_page import write_results_page
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def test_list_prints_every_step_in_dependency_order(capsys):
+    assert reproduce.main(["--list", "--scale", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split(":")[0] for line in lines]
+    assert names[0].startswith("victim_")
+    for i, name in enumerate(names):
+        step = next(s for s in reproduce.build_plan(reproduce.SCALES["cpu"]) if s.name == name)
+        assert all(need in names[:i] for need in step.needs), name
+
+
+def test_only_pulls_in_what_a_step_needs(capsys):
+    assert reproduce.main(["--list", "--only", "knockoff_gtsrb_resnet34_probs"]) == 0
+    names = [line.split(":")[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["victim_gtsrb_resnet34", "knockoff_gtsrb_resnet34_probs"]
+
+
+@pytest.mark.parametrize("argv, argument", [
+    (["--scale", "huge", "--list"], "scale"),
+    (["--only", "nope", "--list"], "only"),
+    (["--data-dir", "/no/such/folder"], "data-dir"),
+])
+def test_bad_arguments_exit_2_with_one_line(argv, argument, capsys):
+    assert reproduce.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and argument in err[0]
+
+
+def test_a_finished_step_is_not_run_again(tmp_path):
+    calls = []
+
+    def commands(ctx):
+        calls.append(1)
+        return [["-c", "print('ran')"]]
+
+    step = reproduce.Step("probe", "probe", (), commands, lambda ctx: {"value": 1})
+    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=0)
+    first = reproduce.run_step(ctx, step)
+    second = reproduce.run_step(ctx, step)
+    assert first == second and len(calls) == 1
+    assert json.loads((tmp_path / "probe" / "done.json").read_text())["figures"] == {"value": 1}
+
+
+def test_a_failing_step_raises_and_leaves_no_done_file(tmp_path):
+    step = reproduce.Step("bad", "bad", (), lambda ctx: [["-c", "raise SystemExit(3)"]],
+                          lambda ctx: {})
+    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=0)
+    with pytest.raises(RuntimeError, match="exit 3"):
+        reproduce.run_step(ctx, step)
+    assert not (tmp_path / "bad" / "done.json").exists()
+
+
+def test_results_page_puts_the_paper_beside_the_measurement(tmp_path):
+    results = {
+        "victim_cifar10_cnn": {"title": "victim cifar10_cnn", "seconds": 1, "commands": ["x"],
+                               "figures": {"test_accuracy": 0.8, "epochs": 3, "seconds": 9}},
+        "knockoff_cifar10_cnn_probs": {
+            "title": "Knockoff, CIFAR-10 CNN, probabilities", "seconds": 2, "commands": ["y"],
+            "figures": {"victim_acc": 0.8, "surrogate_acc": 0.6, "ratio": 0.75,
+                        "fidelity_test": 0.7, "n_queries": 100,
+                        "curve": [{"queries": 50, "surrogate_acc": 0.5},
+                                  {"queries": 100, "surrogate_acc": 0.6}]}},
+    }
+    page = write_results_page(tmp_path, "smoke", results, ["knockoff_x"], versions={"a": "1"},
+                              machine="m", wall_seconds=60,
+                              paper_knockoff=reproduce.PAPER_KNOCKOFF,
+                              paper_detector=reproduce.PAPER_DETECTOR)
+    text = page.read_text()
+    assert "| Knockoff, CIFAR-10 CNN, probabilities | 80.0% | 60.0% | 0.75x |" in text
+    assert "0.81x (100,000 ImageNet queries)" in text
+    assert "knockoff_x" in text and (tmp_path / "curves.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
+def test_smoke_scale_runs_end_to_end(tmp_path):
+    code = reproduce.main(["--scale", "smoke", "--data-dir", str(DATA), "--out", str(tmp_path),
+                           "--only", "knockoff_cifar10_cnn_probs"])
+    assert code == 0
+    figures = json.loads((tmp_path / "knockoff_cifar10_cnn_probs" / "done.json").read_text())
+    assert figures["figures"]["n_queries"] == reproduce.SCALES["smoke"].budget
