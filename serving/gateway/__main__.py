@@ -1,0 +1,133 @@
+"""`python -m serving.gateway`: the gateway server, and `python -m serving.gateway keys ...`.
+
+    python -m serving.gateway --upstream 127.0.0.1:8501 --port 8500 --policy policy.json \\
+        --state sqlite:gateway_state.db --metrics-port 9102
+    python -m serving.gateway keys add --state sqlite:gateway_state.db --client alice \\
+        --budget 50000
+    python -m serving.gateway keys list|revoke|rotate --state ... [--client NAME]
+
+`keys add` and `keys rotate` print the new key once on stdout; only its SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from common.cli import build_parser, config_from_args, configure_logging, run_cli
+from common.errors import invalid
+
+__all__ = ["main"]
+
+PROG = "python -m serving.gateway"
+_CLIENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+log = logging.getLogger("serving.gateway")
+
+
+def _keys_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{PROG} keys",
+                                     description="Manage the gateway's API keys.")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{add,list,revoke,rotate}")
+    for name, help_text in (("add", "add a client and print its new key"),
+                            ("list", "list clients (never keys)"),
+                            ("revoke", "revoke a client's key"),
+                            ("rotate", "replace a client's key, keep its usage; print it")):
+        p = sub.add_parser(name, help=help_text, prog=f"{PROG} keys {name}")
+        p.add_argument("--state", default="sqlite:gateway_state.db",
+                       help="sqlite:PATH or redis://HOST:PORT/DB (as the server's --state)")
+        if name != "list":
+            p.add_argument("--client", required=True, help="client name")
+        if name == "add":
+            p.add_argument("--budget", type=int, default=None,
+                           help="queries this client may send (default: the policy's)")
+            p.add_argument("--rate", type=float, default=None,
+                           help="requests per second (default: the policy's)")
+            p.add_argument("--burst", type=float, default=None,
+                           help="token-bucket burst (default: the policy's)")
+    return parser
+
+
+def _keys(argv: Sequence[str]) -> int:
+    from serving.gateway.auth import generate_key, hash_key
+    from serving.gateway.server import ANONYMOUS
+    from serving.gateway.store import new_record, open_store
+
+    ns = _keys_parser().parse_args(list(argv))
+    client = getattr(ns, "client", None)
+    if client is not None and (not _CLIENT_RE.match(client) or client == ANONYMOUS):
+        raise invalid("client", client, "1-64 letters, digits or _ . @ - (not 'anonymous')")
+    if ns.action == "add":
+        if ns.budget is not None and ns.budget < 0:
+            raise invalid("budget", ns.budget, "a non-negative integer")
+        for name in ("rate", "burst"):
+            value = getattr(ns, name)
+            if value is not None and not value > 0:
+                raise invalid(name, value, "a positive number")
+    store = open_store(ns.state)
+    try:
+        if ns.action == "list":
+            for c in store.list_clients():
+                state = "revoked" if c.revoked else "active"
+                print(f"{c.name}\t{state}\tused={store.usage(c.name)}"
+                      f"\tbudget={'policy' if c.budget is None else c.budget}"
+                      f"\trate={'policy' if c.rate is None else c.rate}"
+                      f"\tburst={'policy' if c.burst is None else c.burst}")
+            return 0
+        if ns.action == "revoke":
+            store.revoke(client)
+            print(f"revoked {client}", file=sys.stderr)
+            return 0
+        key = generate_key()
+        if ns.action == "add":
+            store.add_client(new_record(client, hash_key(key), budget=ns.budget, rate=ns.rate,
+                                        burst=ns.burst))
+        else:
+            store.rotate(client, hash_key(key))
+        print(key)
+        print(f"{ns.action}: key for {client} printed once; only its SHA-256 is stored",
+              file=sys.stderr)
+        return 0
+    finally:
+        store.close()
+
+
+def _serve(argv: Sequence[str]) -> int:
+    from serving.gateway.config import GatewayConfig
+    from serving.gateway.server import Gateway
+
+    parser = build_parser(GatewayConfig, prog=PROG, description=__doc__.split("\n\n")[0])
+    config = config_from_args(GatewayConfig, parser.parse_args(list(argv)))
+    configure_logging()
+    gateway = Gateway(config).start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"Running gRPC gateway at {config.host}:{gateway.port} -> {config.upstream}"
+          + (f" (metrics on :{gateway.metrics_port}/metrics)" if gateway.metrics_port else ""),
+          file=sys.stderr, flush=True)
+    stop.wait()
+    gateway.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def body(_argv) -> int:
+        if args and args[0] == "keys":
+            return _keys(args[1:])
+        return _serve(args)
+
+    return run_cli(body, args, prog=PROG)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The gateway's configuration: the policy file (JSON) and the server flags, frozen dataclasses.
+
+The policy says who may query (API keys), how much (a per-client query budget and a token-bucket
+rate limit), which detectors watch each client (Atli et al.'s OOD query classifier aggregated
+over a sliding window, PRADA of Juuti et al.), what happens to a flagged client (refuse with
+PERMISSION_DENIED, or degrade its answers with an output policy such as label-only), which output
+policy every answer gets, and which models the gateway exposes. `load_policy` validates the whole
+file before anything starts and names the offending field, what it expected and what it got.
+
+```json
+{
+  "auth": {"required": true},
+  "limits": {"budget": 100000, "rate_per_second": 100, "burst": 400},
+  "detectors": {
+    "ood": {"path": "detectors/cifar10_ood/1", "upstream_model": null, "threshold": null,
+            "window": 256, "level": 0.5, "min_queries": 64},
+    "prada": {"delta": 0.95, "min_samples": 100, "max_set": 2000}
+  },
+  "on_flag": {"action": "degrade", "policy": "label_only"},
+  "always": "identity",
+  "models": ["cifar10_cnn"]
+}
+```
+
+Every field is optional. Without "detectors" no detector runs; "models" absent or null exposes
+every model of the upstream; `limits.budget` null means no budget (the rate limit still holds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.errors import UsageError, invalid
+
+__all__ = [
+    "GatewayConfig",
+    "GatewayPolicy",
+    "OODConfig",
+    "PradaConfig",
+    "load_policy",
+    "parse_state_url",
+    "policy_from_dict",
+]
+
+_HOST_PORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?):"
+                           r"(\d{1,5})$")
+_POLICY_RE = re.compile(r"^(identity|label_only|top_k:\d+|round:\d+|noise:[0-9.eE+-]+|"
+                        r"reverse_sigmoid:[0-9.eE+-]+,[0-9.eE+-]+)$")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_output_policy(name: str, spec: Any) -> None:
+    expected = ("an output policy: identity, label_only, top_k:K, round:D, noise:SIGMA or "
+                "reverse_sigmoid:BETA,GAMMA")
+    if not isinstance(spec, str) or not _POLICY_RE.match(spec):
+        raise invalid(name, spec, expected)
+    try:
+        from detector.policies import parse_policy
+    except ImportError:  # the detector package is optional for a gateway without policies
+        return
+    try:
+        parse_policy(spec)
+    except UsageError as err:
+        raise invalid(name, spec, f"{expected} ({err})") from None
+
+
+@dataclass(frozen=True)
+class OODConfig:
+    """Atli et al.'s OOD query classifier, per query, aggregated per client over a window.
+
+    `path`: the exported detector (`detectors/<name>/<version>`) loaded in this process, or
+    `upstream_model`: the name of the same SavedModel served by the upstream (then the gateway
+    sends it a Predict per request). `threshold` None: the detector's calibrated threshold.
+    """
+
+    path: str | None = None
+    upstream_model: str | None = None
+    threshold: float | None = None
+    window: int = 256
+    level: float = 0.5
+    min_queries: int = 64
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.upstream_model is None):
+            raise invalid("detectors.ood.path", self.path,
+                          "exactly one of `path` (a detector folder) and `upstream_model` "
+                          f"(received upstream_model={self.upstream_model!r})")
+        if self.path is not None and not isinstance(self.path, str):
+            raise invalid("detectors.ood.path", self.path, "a folder path string")
+        if self.upstream_model is not None and (not isinstance(self.upstream_model, str)
+                                                or not self.upstream_model):
+            raise invalid("detectors.ood.upstream_model", self.upstream_model, "a model name")
+        if self.threshold is not None and not (_is_number(self.threshold)
+                                               and 0.0 <= self.threshold <= 1.0):
+            raise invalid("detectors.ood.threshold", self.threshold, "a number in [0, 1] or null")
+        if not _is_int(self.window) or self.window < 1:
+            raise invalid("detectors.ood.window", self.window, "a positive integer")
+        if not _is_number(self.level) or not 0.0 < self.level <= 1.0:
+            raise invalid("detectors.ood.level", self.level, "a number in (0, 1]")
+        if not _is_int(self.min_queries) or not 1 <= self.min_queries <= self.window:
+            raise invalid("detectors.ood.min_queries", self.min_queries,
+                          f"an integer in [1, window={self.window}]")
+
+
+@dataclass(frozen=True)
+class PradaConfig:
+    """PRADA (Juuti et al. 2019): the Shapiro-Wilk test on each client's minimum query distances."""
+
+    delta: float = 0.95
+    min_samples: int = 100
+    max_set: int = 2000
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.delta) or not 0.0 < self.delta < 1.0:
+            raise invalid("detectors.prada.delta", self.delta, "a number in (0, 1)")
+        if not _is_int(self.min_samples) or self.min_samples < 3:
+            raise invalid("detectors.prada.min_samples", self.min_samples,
+                          "an integer >= 3 (Shapiro-Wilk needs 3 distances)")
+        if not _is_int(self.max_set) or self.max_set < 1:
+            raise invalid("detectors.prada.max_set", self.max_set, "a positive integer")
+
+
+@dataclass(frozen=True)
+class GatewayPolicy:
+    """The policy file, validated. Limits here are the defaults; `keys add` can override them."""
+
+    auth_required: bool = True
+    budget: int | None = 100000
+    rate_per_second: float = 100.0
+    burst: float = 400.0
+    ood: OODConfig | None = None
+    prada: PradaConfig | None = None
+    on_flag_action: str = "degrade"
+    on_flag_policy: str = "label_only"
+    always: str = "identity"
+    models: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.auth_required, bool):
+            raise invalid("auth.required", self.auth_required, "true or false")
+        if self.budget is not None and (not _is_int(self.budget) or self.budget < 0):
+            raise invalid("limits.budget", self.budget, "a non-negative integer or null")
+        if not _is_number(self.rate_per_second) or self.rate_per_second <= 0:
+            raise invalid("limits.rate_per_second", self.rate_per_second, "a positive number")
+        if not _is_number(self.burst) or self.burst < 1:
+            raise invalid("limits.burst", self.burst, "a number >= 1")
+        if self.on_flag_action not in ("refuse", "degrade"):
+            raise invalid("on_flag.action", self.on_flag_action, "'refuse' or 'degrade'")
+        for name, spec in (("on_flag.policy", self.on_flag_policy), ("always", self.always)):
+            _check_output_policy(name, spec)
+        if self.models is not None and (
+                not isinstance(self.models, tuple) or not self.models
+                or not all(isinstance(m, str) and m for m in self.models)):
+            raise invalid("models", self.models, "a non-empty list of model names, or null")
+
+    @property
+    def detectors(self) -> bool:
+        return self.ood is not None or self.prada is not None
+
+
+_SECTIONS = {
+    "auth": {"required"},
+    "limits": {"budget", "rate_per_second", "burst"},
+    "detectors": {"ood", "prada"},
+    "on_flag": {"action", "policy"},
+}
+
+
+def _section(data: dict, name: str, source: str) -> dict:
+    value = data.get(name, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(name, value, f"a JSON object in {source}")
+    unknown = sorted(set(value) - _SECTIONS[name])
+    if unknown:
+        raise invalid(name, f"keys {unknown}",
+                      f"only the keys {sorted(_SECTIONS[name])} in {source}")
+    return value
+
+
+def _sub(cls, data: Any, name: str, source: str):
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise invalid(f"detectors.{name}", data, f"a JSON object in {source}")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise invalid(f"detectors.{name}", f"keys {unknown}",
+                      f"only the keys {sorted(known)} in {source}")
+    return cls(**data)
+
+
+def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
+    """Validate a decoded policy file; raise `UsageError` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise invalid("policy", type(data).__name__, f"a JSON object in {source}")
+    unknown = sorted(set(data) - set(_SECTIONS) - {"always", "models"})
+    if unknown:
+        raise invalid("policy", f"keys {unknown}", "only the keys auth, limits, detectors, "
+                      f"on_flag, always, models in {source}")
+    auth = _section(data, "auth", source)
+    limits = _section(data, "limits", source)
+    detectors = _section(data, "detectors", source)
+    on_flag = _section(data, "on_flag", source)
+    values: dict[str, Any] = {}
+    if "required" in auth:
+        values["auth_required"] = auth["required"]
+    for key in ("budget", "rate_per_second", "burst"):
+        if key in limits:
+            values[key] = limits[key]
+    values["ood"] = _sub(OODConfig, detectors.get("ood"), "ood", source)
+    values["prada"] = _sub(PradaConfig, detectors.get("prada"), "prada", source)
+    if "action" in on_flag:
+        values["on_flag_action"] = on_flag["action"]
+    if "policy" in on_flag:
+        values["on_flag_policy"] = on_flag["policy"]
+    if "always" in data:
+        values["always"] = data["always"]
+    models = data.get("models")
+    if models is not None:
+        values["models"] = tuple(models) if isinstance(models, list) else models
+    return GatewayPolicy(**values)
+
+
+def load_policy(path: str | Path | None) -> GatewayPolicy:
+    """Read and validate a policy file; None gives the default policy (auth on, no detector)."""
+    if path is None or path == "":
+        return GatewayPolicy()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise invalid("policy", str(path), "an existing JSON policy file") from None
+    except OSError as err:
+        raise invalid("policy", str(path), f"a readable JSON file ({err.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise invalid("policy", str(path),
+                      f"valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+    return policy_from_dict(data, source=str(path))
+
+
+def parse_state_url(url: str) -> tuple[str, str]:
+    """`sqlite:PATH` -> ("sqlite", PATH); `redis://...` -> ("redis", url); else UsageError."""
+    if isinstance(url, str) and url.startswith("sqlite:") and len(url) > len("sqlite:"):
+        return "sqlite", url[len("sqlite:"):]
+    if isinstance(url, str) and (url.startswith("redis://") or url.startswith("rediss://")
+                                 or url.startswith("unix://")):
+        return "redis", url
+    raise invalid("state", url, "sqlite:PATH or redis://HOST:PORT/DB")
+
+
+def _check_upstream(target: Any) -> None:
+    if isinstance(target, str) and target.startswith("unix:") and len(target) > 5 \
+            and not any(c.isspace() for c in target):
+        return
+    match = _HOST_PORT_RE.match(target) if isinstance(target, str) else None
+    if match is None or not 1 <= int(match.group(3)) <= 65535:
+        raise invalid("upstream", target, "HOST:PORT (port 1..65535) or unix:/path/to/socket")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The gateway server: where it listens, what it forwards to, where it keeps its state."""
+
+    upstream: str = field(metadata={"help": "the TF Serving gRPC address: HOST:PORT or "
+                                            "unix:/path/to/socket"})
+    port: int = field(default=8500, metadata={"help": "gRPC port (0: any free port)"})
+    host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
+    policy: str | None = field(default=None, metadata={
+        "help": "JSON policy file (none: auth required, default limits, no detector)"})
+    state: str = field(default="sqlite:gateway_state.db", metadata={
+        "help": "per-client state and audit log: sqlite:PATH or redis://HOST:PORT/DB"})
+    metrics_port: int = field(default=9102, metadata={
+        "help": "Prometheus /metrics port (0: off)"})
+    tls_cert: str | None = field(default=None, metadata={"help": "PEM server certificate"})
+    tls_key: str | None = field(default=None, metadata={"help": "PEM server private key"})
+    tls_client_ca: str | None = field(default=None, metadata={
+        "help": "PEM CA bundle: require client certificates signed by it"})
+    upstream_timeout: float = field(default=30.0, metadata={
+        "help": "seconds an upstream call may take when the client sets no shorter deadline"})
+    health_interval: float = field(default=2.0, metadata={
+        "help": "seconds between upstream health probes"})
+    max_workers: int = field(default=16, metadata={"help": "gRPC worker threads"})
+
+    def __post_init__(self) -> None:
+        _check_upstream(self.upstream)
+        if not _is_int(self.port) or not 0 <= self.port <= 65535:
+            raise invalid("port", self.port, "an integer in [0, 65535]")
+        if not _is_int(self.metrics_port) or not 0 <= self.metrics_port <= 65535:
+            raise invalid("metrics_port", self.metrics_port, "an integer in [0, 65535]")
+        parse_state_url(self.state)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise invalid("tls_key" if self.tls_key is None else "tls_cert",
+                          None, "both --tls-cert and --tls-key, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise invalid("tls_client_ca", self.tls_client_ca,
+                          "--tls-cert and --tls-key as well (client certificates need TLS)")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise invalid(name, value, "an existing PEM file")
+        if not _is_number(self.upstream_timeout) or self.upstream_timeout <= 0:
+            raise invalid("upstream_timeout", self.upstream_timeout, "a positive number of seconds")
+        if not _is_number(self.health_interval) or self.health_interval <= 0:
+            raise invalid("health_interval", self.health_interval, "a positive number of seconds")
+        if not _is_int(self.max_workers) or self.max_workers < 1:
+            raise invalid("max_workers", self.max_workers, "a positive integer")
+        if self.policy is not None:
+            load_policy(self.policy)  # validate before anything starts
+

@@ -1,0 +1,712 @@
+"""The serving gateway: a TF-Serving-compatible gRPC front that authenticates, meters, watches
+and degrades, then forwards to the real TF Serving (or the embedded model server).
+
+It registers TF Serving's services by name with byte-level handlers: a request arrives as the
+client's bytes and, unless the policy has to look inside, leaves for the upstream unchanged; the
+upstream's answer bytes come back unchanged unless an output policy rewrites them. Only
+`Predict` requests are decoded further (to count rows, run the detectors, find the
+probabilities). Per request:
+
+1. authenticate the API key (`serving.gateway.auth`): UNAUTHENTICATED when missing or unknown;
+2. rate limit (token bucket, requests/s) and query budget (rows = batch size; a batch that does
+   not fit in what is left is refused whole): RESOURCE_EXHAUSTED naming the limit;
+3. detectors (Predict only): the OOD query classifier of Atli et al. (2020) gives one verdict
+   per image, fed into the client's sliding window (`detector.aggregate`); PRADA (Juuti et al.
+   2019) gets the flattened pixels / 255 and the victim's predicted classes;
+4. a flagged client is refused (PERMISSION_DENIED) or its answers degraded
+   (`detector.policies`); the `always` policy rewrites every answer;
+5. the decision is committed to the store (charge, detector state, audit record) *before* the
+   answer is returned (see `serving.gateway.store` for the exact guarantee).
+
+`HandleReloadConfigRequest` is not registered, so a client gets UNIMPLEMENTED exactly as from a
+server without that method. Upstream down: UNAVAILABLE within the caller's deadline; the gRPC
+channel reconnects by itself (backoff capped at 1 s), so the gateway recovers without a restart.
+Health (`grpc.health.v1`, services "" and "tensorflow.serving.PredictionService") is SERVING
+while the upstream answers a probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+
+from common.errors import UsageError
+from serving import codec, status
+from serving.gateway.auth import digest_matches, extract_key, hash_key
+from serving.gateway.config import GatewayConfig, GatewayPolicy, load_policy
+from serving.gateway.metrics import GatewayMetrics
+from serving.gateway.store import (
+    AuditRecord,
+    ClientRecord,
+    DetectorState,
+    Limits,
+    StateStore,
+    open_store,
+)
+
+__all__ = ["ANONYMOUS", "Gateway", "degrade_predict_response"]
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+MAX_MESSAGE_BYTES = 2**31 - 1
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+_FLOAT_TYPES = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_DOUBLE, types_pb2.DT_BFLOAT16)
+_PROB_WORDS = ("prob", "score", "softmax", "pred", "output", "dense")
+_UNAVAILABLE_MESSAGE = "Upstream model server unavailable"
+
+
+class _Stop(Exception):
+    """End this RPC with `code` and `message`; `action` goes into the audit record."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, action: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.action = action
+
+
+@dataclass
+class _Request:
+    method: str
+    client: ClientRecord | None = None
+    name: str | None = None
+    model: str = ""
+    rows: int = 0
+    admitted: bool = False
+    verdicts: dict | None = None
+
+
+# -- output policies ---------------------------------------------------------------------------
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _is_distribution(arr: np.ndarray) -> bool:
+    if arr.size == 0:
+        return False
+    return bool(np.all(arr >= -1e-6) and np.allclose(arr.sum(axis=1), 1.0, atol=1e-3))
+
+
+def _output_kind(alias: str, arr: np.ndarray) -> str | None:
+    """'probabilities', 'logits' or None (left alone) for a float [N, K] output."""
+    lowered = alias.lower()
+    if "logit" in lowered:
+        return "logits"
+    if _is_distribution(arr):
+        return "probabilities"
+    if any(word in lowered for word in _PROB_WORDS):
+        return "logits"  # class scores that are not a distribution: softmax them first
+    return None
+
+
+def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
+                             policy: Callable[[np.ndarray], np.ndarray]) -> bytes:
+    """Rewrite the class-score outputs of a Predict answer with an output policy.
+
+    Float [N, K] outputs named like probabilities (or whose rows are distributions) go through
+    `policy`; outputs named like logits become log(policy(softmax(logits))) (floored at 1e-30)
+    so they carry no more than the degraded probabilities; other outputs are unchanged. The
+    answer keeps its signature (same aliases, dtypes and shapes).
+    """
+    resp = response if isinstance(response, predict_pb2.PredictResponse) else \
+        predict_pb2.PredictResponse.FromString(response)
+    for alias in list(resp.outputs):
+        proto = resp.outputs[alias]
+        if proto.dtype not in _FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
+            continue
+        arr = codec.to_ndarray(proto)
+        kind = _output_kind(alias, arr.astype(np.float32))
+        if kind is None or arr.shape[0] == 0:
+            continue
+        work = arr.astype(np.float32)
+        if kind == "logits":
+            out = np.log(np.maximum(policy(_softmax(work)), 1e-30))
+        else:
+            out = policy(work)
+        resp.outputs[alias].CopyFrom(codec.from_ndarray(np.asarray(out).astype(arr.dtype)))
+    return resp.SerializeToString()
+
+
+def _class_predictions(resp: predict_pb2.PredictResponse) -> tuple[np.ndarray, int] | None:
+    """The victim's predicted class per row (argmax of its probabilities or logits), and K."""
+    fallback = None
+    for alias, proto in resp.outputs.items():
+        if proto.dtype not in _FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
+            continue
+        arr = codec.to_ndarray(proto)
+        kind = _output_kind(alias, arr.astype(np.float32))
+        if kind == "probabilities":
+            return np.argmax(arr, axis=1), arr.shape[1]
+        if kind == "logits":
+            fallback = np.argmax(arr, axis=1), arr.shape[1]
+    return fallback
+
+
+def _image_input(req: predict_pb2.PredictRequest) -> tuple[str, Any] | None:
+    """The alias and TensorProto of the rank-4 image input, if the request has one."""
+    for alias, proto in req.inputs.items():
+        if len(proto.tensor_shape.dim) == 4 and proto.tensor_shape.dim[3].size in (1, 3):
+            return alias, proto
+    return None
+
+
+def _rows(shape_dims) -> int:
+    return int(shape_dims[0].size) if len(shape_dims) else 1
+
+
+# -- the gateway -------------------------------------------------------------------------------
+
+class Gateway:
+    """The gateway server. `start()` binds and serves; `stop()` ends it; also a context manager.
+
+    >>> with Gateway(GatewayConfig(upstream="127.0.0.1:8500", port=0, metrics_port=0,
+    ...                            state="sqlite:/tmp/gw.db")) as gw:
+    ...     target = f"127.0.0.1:{gw.port}"
+
+    `policy`, `store` and `ood_detector` override what the config would load (tests, embedding).
+    """
+
+    def __init__(self, config: GatewayConfig, *, policy: GatewayPolicy | None = None,
+                 store: StateStore | None = None, ood_detector: Any = None) -> None:
+        self.config = config
+        self.policy = policy if policy is not None else load_policy(config.policy)
+        self.metrics = GatewayMetrics()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: grpc.Server | None = None
+        self._channel: grpc.Channel | None = None
+        self._health = None
+        self._stopped = threading.Event()
+        self._prober: threading.Thread | None = None
+        self._up: bool | None = None
+        self._client_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._flagged: set[str] = set()
+        self._prada_live: dict[str, tuple[bytes, Any]] = {}
+        self._ood = ood_detector
+        self._window = None
+        self._prada = None
+        self._always = None
+        self._on_flag = None
+        self._setup_policy()  # detectors load (and fail) before any state is opened
+        self._store_given = store is not None
+        self.store: StateStore = store if store is not None else open_store(config.state)
+
+    # -- policy objects ------------------------------------------------------------------------
+    def _setup_policy(self) -> None:
+        p = self.policy
+        if p.always != "identity" or p.detectors:
+            from detector.policies import parse_policy
+
+            self._always = None if p.always == "identity" else parse_policy(p.always)
+            self._on_flag = parse_policy(p.on_flag_policy)
+        if p.ood is not None:
+            from detector.aggregate import SlidingWindow
+
+            self._window = SlidingWindow(window=p.ood.window, level=p.ood.level,
+                                         min_queries=p.ood.min_queries)
+            if p.ood.path is not None and self._ood is None:
+                from detector.ood import OODDetector
+
+                if not Path(p.ood.path).exists():
+                    raise UsageError(
+                        f"Invalid value for argument `detectors.ood.path`. Received: "
+                        f"detectors.ood.path={p.ood.path!r}. Expected an exported detector "
+                        "folder (detectors/<name>/<version>).")
+                self._ood = OODDetector.load(p.ood.path, threshold=p.ood.threshold)
+        if p.prada is not None:
+            from detector.prada import Prada
+
+            self._prada = Prada(delta=p.prada.delta, min_samples=p.prada.min_samples,
+                                max_set=p.prada.max_set)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "Gateway":
+        from grpc_health.v1 import health, health_pb2_grpc
+
+        cfg = self.config
+        self._channel = grpc.insecure_channel(cfg.upstream, options=_CHANNEL_OPTIONS)
+        self._upstream = {m: self._channel.unary_unary(f"/{svc}/{m}")
+                          for svc, m in ((PREDICTION_SERVICE, "Predict"),
+                                         (PREDICTION_SERVICE, "GetModelMetadata"),
+                                         (PREDICTION_SERVICE, "Classify"),
+                                         (PREDICTION_SERVICE, "Regress"),
+                                         (PREDICTION_SERVICE, "MultiInference"),
+                                         (MODEL_SERVICE, "GetModelStatus"))}
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="gateway"),
+            options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)])
+        h = grpc.unary_unary_rpc_method_handler
+        server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler(PREDICTION_SERVICE, {
+                "Predict": h(self._wrap("Predict", self._predict)),
+                "GetModelMetadata": h(self._wrap("GetModelMetadata", self._metadata)),
+                "Classify": h(self._wrap("Classify", self._examples)),
+                "Regress": h(self._wrap("Regress", self._examples)),
+                "MultiInference": h(self._wrap("MultiInference", self._examples)),
+            }),
+            grpc.method_handlers_generic_handler(MODEL_SERVICE, {
+                "GetModelStatus": h(self._wrap("GetModelStatus", self._model_status)),
+            }),
+        ))
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = f"{cfg.host}:{cfg.port}" if ":" not in cfg.host else f"[{cfg.host}]:{cfg.port}"
+        if cfg.tls_cert:
+            key = Path(cfg.tls_key).read_bytes()
+            cert = Path(cfg.tls_cert).read_bytes()
+            ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                require_client_auth=ca is not None)
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        if not self.port:
+            raise UsageError(f"Invalid value for argument `port`. Received: port={cfg.port}. "
+                             "Expected a free port (binding it failed).")
+        self._probe()
+        server.start()
+        self._server = server
+        if cfg.metrics_port:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+        self._prober = threading.Thread(target=self._probe_loop, name="gateway-health",
+                                        daemon=True)
+        self._prober.start()
+        log.info("gateway on %s:%d -> %s (auth %s, detectors: %s)", cfg.host, self.port,
+                 cfg.upstream, "required" if self.policy.auth_required else "optional",
+                 ", ".join(n for n, d in (("ood", self.policy.ood), ("prada", self.policy.prada))
+                           if d is not None) or "none")
+        return self
+
+    def stop(self, grace: float | None = 0.5) -> None:
+        self._stopped.set()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+        if self._prober is not None:
+            self._prober.join(timeout=5)
+            self._prober = None
+        self.metrics.stop()
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if not self._store_given:
+            self.store.close()
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- health --------------------------------------------------------------------------------
+    def _set_up(self, up: bool) -> None:
+        if up == self._up:
+            return
+        from grpc_health.v1 import health_pb2
+
+        self._up = up
+        self.metrics.upstream_up.set(1 if up else 0)
+        state = health_pb2.HealthCheckResponse.SERVING if up else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        if self._health is not None:
+            for service in ("", PREDICTION_SERVICE, MODEL_SERVICE):
+                self._health.set(service, state)
+        log.log(logging.INFO if up else logging.WARNING, "upstream %s is %s",
+                self.config.upstream, "up" if up else "DOWN")
+
+    def _probe(self) -> None:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.policy.models[0] if self.policy.models else ""
+        timeout = min(1.0, self.config.health_interval)
+        try:
+            self._upstream["GetModelStatus"](request.SerializeToString(), timeout=timeout)
+            self._set_up(True)
+        except grpc.RpcError as err:
+            # any answer from the server (NOT_FOUND for an unknown model...) means it is up
+            self._set_up(err.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                            grpc.StatusCode.DEADLINE_EXCEEDED))
+
+    def _probe_loop(self) -> None:
+        while not self._stopped.wait(self.config.health_interval):
+            try:
+                self._probe()
+            except Exception:  # noqa: BLE001 - the prober must never die
+                log.exception("health probe failed")
+
+    # -- common request path -------------------------------------------------------------------
+    def _wrap(self, method: str, body: Callable[[_Request, bytes, grpc.ServicerContext], bytes]):
+        metrics = self.metrics
+
+        def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
+            start = time.perf_counter()
+            req = _Request(method)
+            try:
+                answer = body(req, request, context)
+                code = "OK"
+            except _Stop as stop:
+                code = stop.code.name
+                self._refused(req, stop)
+                metrics.requests.labels(method, code).inc()
+                metrics.latency.labels(method).observe(time.perf_counter() - start)
+                context.abort(stop.code, status.truncate_for_grpc(stop.message))
+            except Exception as err:  # never let a request take the gateway down
+                log.exception("internal error in %s", method)
+                stop = _Stop(grpc.StatusCode.INTERNAL, f"gateway error: {type(err).__name__}",
+                             "error")
+                self._refused(req, stop)
+                metrics.requests.labels(method, "INTERNAL").inc()
+                context.abort(stop.code, stop.message)
+            metrics.requests.labels(method, code).inc()
+            metrics.latency.labels(method).observe(time.perf_counter() - start)
+            return answer
+
+        return handler
+
+    def _refused(self, req: _Request, stop: _Stop) -> None:
+        """Release a reservation, count and audit a request that got no answer."""
+        if stop.action == "refuse_committed":  # already charged and audited under the lock
+            return
+        if req.admitted and req.name is not None:
+            self.store.cancel(req.name, req.rows)
+        if stop.action in ("refuse", "rate", "budget", "auth"):
+            self.metrics.refusals.labels(req.name or "-", stop.action).inc()
+        try:
+            self.store.audit(AuditRecord(time.time(), req.name, req.method, req.model,
+                                         req.rows,
+                                         req.verdicts or {}, stop.action, stop.code.name,
+                                         stop.message[:200]))
+        except Exception:  # noqa: BLE001 - an audit failure must not hide the answer's status
+            log.exception("could not write the audit record")
+
+    def _authenticate(self, req: _Request, context: grpc.ServicerContext) -> None:
+        key = extract_key(context.invocation_metadata())
+        if key is None:
+            if self.policy.auth_required:
+                raise _Stop(grpc.StatusCode.UNAUTHENTICATED,
+                            "Missing API key: send it as gRPC metadata `x-api-key: KEY` or "
+                            "`authorization: Bearer KEY`", "auth")
+            req.name = ANONYMOUS
+            return
+        digest = hash_key(key)
+        record = self.store.find_client(digest)
+        if record is None or record.revoked or not digest_matches(record.key_hash, digest):
+            raise _Stop(grpc.StatusCode.UNAUTHENTICATED, "Invalid API key", "auth")
+        req.client = record
+        req.name = record.name
+
+    def _limits(self, req: _Request) -> Limits:
+        p, c = self.policy, req.client
+        if c is None:
+            return Limits(p.budget, p.rate_per_second, p.burst)
+        return Limits(c.budget if c.budget is not None else p.budget,
+                      c.rate if c.rate is not None else p.rate_per_second,
+                      c.burst if c.burst is not None else p.burst)
+
+    def _admit(self, req: _Request, rows: int) -> None:
+        req.rows = rows
+        refusal = self.store.admit(req.name, rows, self._limits(req), time.time())
+        if refusal is not None:
+            raise _Stop(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.limit)
+        req.admitted = True
+
+    def _check_model(self, name: str, *, for_status: bool = False,
+                     version: int | None = None) -> None:
+        models = self.policy.models
+        if models is not None and name not in models:
+            err = status.model_not_found_in_status(name) if for_status else \
+                status.servable_not_found(name, version)
+            raise _Stop(err.code, err.message, "unknown_model")
+
+    def _forward(self, method: str, payload: bytes, context: grpc.ServicerContext) -> bytes:
+        remaining = context.time_remaining()
+        timeout = self.config.upstream_timeout
+        if remaining is not None:
+            if remaining <= 0:
+                raise _Stop(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "error")
+            # answer before the caller's deadline, so it sees our status, not its own timeout
+            timeout = min(timeout, max(remaining - min(0.05, remaining * 0.1), 0.001))
+        start = time.perf_counter()
+        try:
+            answer = self._upstream[method](payload, timeout=timeout)
+        except grpc.RpcError as err:
+            code, details = err.code(), err.details() or ""
+            if code is grpc.StatusCode.UNAVAILABLE or (
+                    code is grpc.StatusCode.DEADLINE_EXCEEDED and not self._up):
+                if "connect" in details.lower() or self.config.upstream in details \
+                        or code is grpc.StatusCode.DEADLINE_EXCEEDED or not details:
+                    self._set_up(False)
+                    details = _UNAVAILABLE_MESSAGE
+                code = grpc.StatusCode.UNAVAILABLE
+            raise _Stop(code, details, "upstream_error") from None
+        finally:
+            self.metrics.upstream_latency.labels(method).observe(time.perf_counter() - start)
+        if not self._up:
+            self._set_up(True)
+        return answer
+
+    def _commit(self, req: _Request, detectors: DetectorState | None, action: str) -> None:
+        self.store.commit(req.name, req.rows, detectors,
+                          AuditRecord(time.time(), req.name, req.method, req.model, req.rows,
+                                      req.verdicts or {}, action, "OK", ""))
+        req.admitted = False  # charged now: nothing left to cancel
+        if req.rows:
+            self.metrics.queries.labels(req.name).inc(req.rows)
+
+    def _client_lock(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            lock = self._client_locks.get(name)
+            if lock is None:
+                lock = self._client_locks[name] = threading.Lock()
+            return lock
+
+    # -- methods -------------------------------------------------------------------------------
+    def _metadata(self, req: _Request, payload: bytes, context) -> bytes:
+        self._authenticate(req, context)
+        msg = _parse(get_model_metadata_pb2.GetModelMetadataRequest, payload)
+        req.model = msg.model_spec.name
+        self._check_model(req.model, version=_version(msg.model_spec))
+        self._admit(req, 0)
+        answer = self._forward("GetModelMetadata", payload, context)
+        self._commit(req, None, "pass")
+        return answer
+
+    def _model_status(self, req: _Request, payload: bytes, context) -> bytes:
+        self._authenticate(req, context)
+        msg = _parse(get_model_status_pb2.GetModelStatusRequest, payload)
+        req.model = msg.model_spec.name
+        self._check_model(req.model, for_status=True)
+        self._admit(req, 0)
+        answer = self._forward("GetModelStatus", payload, context)
+        self._commit(req, None, "pass")
+        return answer
+
+    def _examples(self, req: _Request, payload: bytes, context) -> bytes:
+        """Classify, Regress, MultiInference: forwarded and charged per example (x tasks)."""
+        self._authenticate(req, context)
+        if req.method == "MultiInference":
+            msg = _parse(inference_pb2.MultiInferenceRequest, payload)
+            specs = [t.model_spec for t in msg.tasks]
+            tasks = max(len(specs), 1)
+        else:
+            cls = classification_pb2.ClassificationRequest if req.method == "Classify" else \
+                regression_pb2.RegressionRequest
+            msg = _parse(cls, payload)
+            specs, tasks = [msg.model_spec], 1
+        for spec in specs:
+            self._check_model(spec.name, version=_version(spec))
+        req.model = specs[0].name if specs else ""
+        if self.policy.detectors or self._always is not None:
+            raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
+                        f"{req.method} is not available through this gateway: its policy "
+                        "inspects and rewrites Predict answers only", "refuse")
+        kind = msg.input.WhichOneof("kind")
+        examples = len(getattr(msg.input, kind).examples) if kind else 0
+        self._admit(req, examples * tasks)
+        answer = self._forward(req.method, payload, context)
+        self._commit(req, None, "pass")
+        return answer
+
+    def _predict(self, req: _Request, payload: bytes, context) -> bytes:
+        self._authenticate(req, context)
+        msg = _parse(predict_pb2.PredictRequest, payload)
+        req.model = msg.model_spec.name
+        self._check_model(req.model, version=_version(msg.model_spec))
+        rows = max((_rows(t.tensor_shape.dim) for t in msg.inputs.values()), default=0)
+        self._admit(req, rows)
+        if not self.policy.detectors:
+            answer = self._forward("Predict", payload, context)
+            action = "pass"
+            if self._always is not None:
+                answer = degrade_predict_response(answer, self._always)
+                action = f"always:{self.policy.always}"
+            self._commit(req, None, action)
+            return answer
+        return self._predict_watched(req, msg, payload, context)
+
+    def _predict_watched(self, req: _Request, msg: predict_pb2.PredictRequest, payload: bytes,
+                         context) -> bytes:
+        p = self.policy
+        refuse = p.on_flag_action == "refuse"
+        if refuse and self.store.load_detectors(req.name).flagged:
+            raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
+                        f"Client '{req.name}' is flagged for model extraction; "
+                        "queries are refused", "refuse")
+        found = _image_input(msg)
+        images = None
+        if found is not None:
+            alias, proto = found
+            try:
+                images = codec.to_ndarray(proto)
+            except codec.TensorDecodeError:
+                err = status.tensor_parsing_error(alias)
+                raise _Stop(err.code, err.message, "invalid") from None
+        ood_verdicts = None
+        if self._window is not None and images is not None and len(images):
+            ood_verdicts = self._ood_verdicts(images, context)
+        answer = self._forward("Predict", payload, context)
+        resp = None
+        predicted = None
+        if self._prada is not None and images is not None and len(images):
+            resp = predict_pb2.PredictResponse.FromString(answer)
+            predicted = _class_predictions(resp)
+        with self._client_lock(req.name):
+            state = self.store.load_detectors(req.name)
+            verdicts: dict[str, Any] = {}
+            newly = []
+            if ood_verdicts is not None:
+                if state.ood is None:
+                    state.ood = self._window.new_state()
+                flagged, share = self._window.update(state.ood, ood_verdicts)
+                verdicts["ood_attack_queries"] = int(np.count_nonzero(ood_verdicts))
+                verdicts["ood_share"] = round(float(share), 4)
+                if flagged and not state.flagged:
+                    newly.append("ood")
+            if predicted is not None:
+                t0 = time.perf_counter()
+                classes, num_classes = predicted
+                features = images.reshape(len(images), -1).astype(np.float32) / 255.0
+                cached = self._prada_live.get(req.name)
+                if state.prada and cached is not None and cached[0] is state.prada:
+                    prada_state = cached[1]  # the store handed back the bytes we wrote last
+                elif state.prada:
+                    prada_state = _prada_loads(self._prada, state.prada)
+                else:
+                    prada_state = self._prada.new_state(num_classes, features.shape[1])
+                verdict = self._prada.update(prada_state, features, classes.astype(np.int64))
+                state.prada = _prada_dumps(self._prada, prada_state)
+                self._prada_live[req.name] = (state.prada, prada_state)
+                self.metrics.detector_latency.labels("prada").observe(time.perf_counter() - t0)
+                verdicts["prada_statistic"] = None if verdict.statistic is None else \
+                    round(float(verdict.statistic), 4)
+                if verdict.flagged and not state.flagged:
+                    newly.append("prada")
+            if newly:
+                state.flagged = True
+                state.flagged_by = ",".join(newly)
+                for name in newly:
+                    self.metrics.flags.labels(name).inc()
+                self._flagged.add(req.name)
+                self.metrics.flagged.set(len(self._flagged))
+                log.warning("client %s flagged by %s", req.name, state.flagged_by)
+            verdicts["flagged"] = state.flagged
+            req.verdicts = verdicts
+            action = "pass"
+            if state.flagged and refuse:
+                # charged (the upstream answered) and audited, but the answer is withheld
+                self.store.commit(req.name, req.rows, state, AuditRecord(
+                    time.time(), req.name, req.method, req.model, req.rows, verdicts,
+                    "refuse", "PERMISSION_DENIED", "flagged"))
+                req.admitted = False
+                self.metrics.refusals.labels(req.name, "refuse").inc()
+                raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
+                            f"Client '{req.name}' is flagged for model extraction; "
+                            "queries are refused", "refuse_committed")
+            policies = []
+            if state.flagged:
+                policies.append(self._on_flag)
+                action = f"degrade:{p.on_flag_policy}"
+            if self._always is not None:
+                policies.append(self._always)
+                action = action if state.flagged else f"always:{p.always}"
+            if policies:
+                answer = degrade_predict_response(resp if resp is not None else answer,
+                                                  _chain(policies))
+            self.store.commit(req.name, req.rows, state, AuditRecord(
+                time.time(), req.name, req.method, req.model, req.rows, verdicts, action,
+                "OK", ""))
+            req.admitted = False
+        self.metrics.queries.labels(req.name).inc(req.rows)
+        return answer
+
+    def _ood_verdicts(self, images: np.ndarray, context) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            if self._ood is not None:
+                return np.asarray(self._ood.predict(images), dtype=bool)
+            ood = self.policy.ood
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = ood.upstream_model
+            request.inputs["images"].CopyFrom(codec.from_ndarray(images.astype(np.uint8),
+                                                                 use_tensor_content=True))
+            answer = predict_pb2.PredictResponse.FromString(
+                self._forward("Predict", request.SerializeToString(), context))
+            probs = codec.to_ndarray(answer.outputs["probabilities"])
+            threshold = 0.5 if ood.threshold is None else ood.threshold
+            return probs[:, 1] >= threshold
+        finally:
+            self.metrics.detector_latency.labels("ood").observe(time.perf_counter() - t0)
+
+
+def _prada_dumps(prada: Any, state: Any) -> bytes:
+    if hasattr(prada, "dumps"):
+        return prada.dumps(state)
+    from detector import prada as module
+
+    return module.dumps(state)
+
+
+def _prada_loads(prada: Any, blob: bytes) -> Any:
+    if hasattr(prada, "loads"):
+        return prada.loads(blob)
+    from detector import prada as module
+
+    return module.loads(blob)
+
+
+def _chain(policies: list[Callable[[np.ndarray], np.ndarray]]):
+    def apply(probs: np.ndarray) -> np.ndarray:
+        for policy in policies:
+            probs = np.asarray(policy(probs), dtype=np.float32)
+        return probs
+
+    return apply
+
+
+def _version(spec) -> int | None:
+    return spec.version.value if spec.HasField("version") else None
+
+
+def _parse(cls, payload: bytes):
+    try:
+        return cls.FromString(payload)
+    except DecodeError:
+        # what a gRPC server answers when its request deserializer fails
+        raise _Stop(grpc.StatusCode.INTERNAL, "Exception deserializing request!",
+                    "invalid") from None

@@ -1,0 +1,252 @@
+"""`python -m serving.gateway`: keys CLI, bad flags, policy file errors, the server as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.errors import UsageError
+from serving.gateway.__main__ import main
+from serving.gateway.config import GatewayConfig, GatewayPolicy, load_policy, policy_from_dict
+from serving.model_server import free_port
+from tests.serving.gateway.conftest import Target, images
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _one_line_error(capsys, *names: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("python -m serving.gateway")
+    for name in names:
+        assert name in err
+    return err
+
+
+def test_keys_add_list_rotate_revoke(tmp_path, capsys, gateway):
+    state = f"sqlite:{tmp_path / 'keys.db'}"
+    assert main(["keys", "add", "--state", state, "--client", "alice", "--budget", "3"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("mxk_") and len(key) > 40
+    assert main(["keys", "add", "--state", state, "--client", "bob"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list", "--state", state]) == 0
+    out = capsys.readouterr().out
+    assert "alice\tactive\tused=0\tbudget=3" in out and "bob\tactive" in out
+    assert key not in out
+    raw = (tmp_path / "keys.db").read_bytes()
+    assert key.encode() not in raw
+
+    from serving.gateway.store import SQLiteStore
+
+    gw = gateway(state=state, store=SQLiteStore(tmp_path / "keys.db"))
+    Target(f"127.0.0.1:{gw.port}", key).predict(images(2))
+    assert main(["keys", "rotate", "--state", state, "--client", "alice"]) == 0
+    new_key = capsys.readouterr().out.strip()
+    assert new_key != key
+    with pytest.raises(grpc.RpcError) as info:
+        Target(f"127.0.0.1:{gw.port}", key).predict(images(1))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    # the usage stays with the client, not the key: 2 of 3 used
+    with pytest.raises(grpc.RpcError) as info:
+        Target(f"127.0.0.1:{gw.port}", new_key).predict(images(2))
+    assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    Target(f"127.0.0.1:{gw.port}", new_key).predict(images(1))
+    assert main(["keys", "revoke", "--state", state, "--client", "alice"]) == 0
+    with pytest.raises(grpc.RpcError) as info:
+        Target(f"127.0.0.1:{gw.port}", new_key).predict(images(1))
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    capsys.readouterr()
+    assert main(["keys", "list", "--state", state]) == 0
+    assert "alice\trevoked\tused=3" in capsys.readouterr().out
+
+
+def test_keys_errors(tmp_path, capsys):
+    state = f"sqlite:{tmp_path / 'keys.db'}"
+    assert main(["keys", "add", "--state", state, "--client", "alice"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "add", "--state", state, "--client", "alice"]) == 2
+    _one_line_error(capsys, "client", "keys rotate")
+    assert main(["keys", "revoke", "--state", state, "--client", "nobody"]) == 2
+    _one_line_error(capsys, "client", "nobody")
+    assert main(["keys", "add", "--state", state, "--client", "bad name!"]) == 2
+    _one_line_error(capsys, "client")
+    assert main(["keys", "add", "--state", "mysql://x", "--client", "carol"]) == 2
+    _one_line_error(capsys, "state", "sqlite:PATH")
+    assert main(["keys", "add", "--state", state, "--client", "carol", "--rate", "0"]) == 2
+    _one_line_error(capsys, "rate")
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--upstream", "nohost"], ("upstream", "HOST:PORT")),
+    (["--upstream", "127.0.0.1:8500", "--port", "70000"], ("port",)),
+    (["--upstream", "127.0.0.1:8500", "--state", "postgres://x"], ("state",)),
+    (["--upstream", "127.0.0.1:8500", "--tls-cert", "/nonexistent.pem"], ("tls_key",)),
+    (["--upstream", "127.0.0.1:8500", "--policy", "/nonexistent.json"], ("policy",)),
+    (["--upstream", "127.0.0.1:8500", "--upstream-timeout", "-1"], ("upstream_timeout",)),
+])
+def test_bad_server_flags_exit_2_with_one_line(argv, names, capsys):
+    assert main(argv) == 2
+    _one_line_error(capsys, *names)
+
+
+def test_missing_upstream_is_an_argparse_error(capsys):
+    assert main([]) == 2
+    assert "--upstream" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"limits": {"budget": -1}}, "limits.budget"),
+    ({"limits": {"rate_per_second": 0}}, "limits.rate_per_second"),
+    ({"limits": {"bugdet": 5}}, "limits"),
+    ({"on_flag": {"action": "shout"}}, "on_flag.action"),
+    ({"on_flag": {"policy": "top_k:0"}}, "on_flag.policy"),
+    ({"always": "blur"}, "always"),
+    ({"detectors": {"ood": {"window": 10}}}, "detectors.ood.path"),
+    ({"detectors": {"ood": {"path": "x", "upstream_model": "y"}}}, "detectors.ood.path"),
+    ({"detectors": {"ood": {"path": "x", "min_queries": 99, "window": 10}}},
+     "detectors.ood.min_queries"),
+    ({"detectors": {"prada": {"delta": 2}}}, "detectors.prada.delta"),
+    ({"detectors": {"lie": {}}}, "detectors"),
+    ({"models": []}, "models"),
+    ({"auth": {"required": "yes"}}, "auth.required"),
+    ({"extra": 1}, "policy"),
+    ([1, 2], "policy"),
+])
+def test_policy_errors_name_the_field(data, field):
+    with pytest.raises(UsageError, match=f"argument `{field}`"):
+        policy_from_dict(data)
+
+
+def test_policy_file_defaults_and_json_errors(tmp_path):
+    assert load_policy(None) == GatewayPolicy()
+    full = {
+        "auth": {"required": True},
+        "limits": {"budget": 100000, "rate_per_second": 100, "burst": 400},
+        "detectors": {
+            "ood": {"path": "detectors/cifar10_ood/1", "upstream_model": None,
+                    "threshold": None, "window": 256, "level": 0.5, "min_queries": 64},
+            "prada": {"delta": 0.95, "min_samples": 100, "max_set": 2000}},
+        "on_flag": {"action": "degrade", "policy": "label_only"},
+        "always": "identity",
+        "models": ["cifar10_cnn"],
+    }
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(full))
+    policy = load_policy(path)
+    assert policy.ood.path == "detectors/cifar10_ood/1" and policy.prada.max_set == 2000
+    assert policy.models == ("cifar10_cnn",) and policy.detectors
+    assert not policy_from_dict({}).detectors
+    path.write_text("{\"limits\": ")
+    with pytest.raises(UsageError, match="valid JSON .line 1"):
+        load_policy(path)
+
+
+def test_config_checks_tls_pairs(tmp_path):
+    pem = tmp_path / "x.pem"
+    pem.write_text("x")
+    with pytest.raises(UsageError, match="tls_key"):
+        GatewayConfig(upstream="127.0.0.1:1", tls_cert=str(pem))
+    with pytest.raises(UsageError, match="tls_client_ca"):
+        GatewayConfig(upstream="127.0.0.1:1", tls_client_ca=str(pem))
+    GatewayConfig(upstream="unix:/tmp/tfs.sock")
+
+
+@pytest.mark.slow
+def test_gateway_process_end_to_end(server, tmp_path):
+    """The real command: keys CLI, server process, a query, SIGTERM."""
+    state = f"sqlite:{tmp_path / 'proc.db'}"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    key = subprocess.run([sys.executable, "-m", "serving.gateway", "keys", "add", "--state",
+                          state, "--client", "alice"], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway", "--upstream",
+                             f"127.0.0.1:{server.port}", "--port", str(port), "--host",
+                             "127.0.0.1", "--state", state, "--metrics-port", "0"],
+                            env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "Running gRPC gateway" not in line:  # TF's own start-up lines come first
+            line = proc.stderr.readline()
+            assert line, "the gateway exited before serving"
+        assert f"at 127.0.0.1:{port} -> 127.0.0.1:{server.port}" in line
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                Target(f"127.0.0.1:{port}", key).predict(images(2), timeout=5)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    finally:
+        assert proc.poll() is None
+        proc.terminate()
+        code = proc.wait(timeout=60)
+        assert code == 0, proc.stderr.read()
+
+
+@pytest.mark.slow
+def test_sigkill_loses_nothing_answered(server, tmp_path):
+    """SIGKILL under load: every answered request is charged and audited (SQLite, WAL)."""
+    import signal
+    import threading
+
+    from serving.gateway.store import SQLiteStore
+
+    state = f"sqlite:{tmp_path / 'kill.db'}"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    key = subprocess.run([sys.executable, "-m", "serving.gateway", "keys", "add", "--state",
+                          state, "--client", "alice"], env=env, cwd=REPO, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway", "--upstream",
+                             f"127.0.0.1:{server.port}", "--port", str(port), "--host",
+                             "127.0.0.1", "--state", state, "--metrics-port", "0"],
+                            env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    answered = []
+    stop = threading.Event()
+
+    def client() -> None:
+        target = Target(f"127.0.0.1:{port}", key)
+        while not stop.is_set():
+            try:
+                target.predict(images(3), timeout=5)
+                answered.append(3)
+            except grpc.RpcError:
+                if stop.is_set():
+                    return
+                time.sleep(0.05)
+
+    try:
+        line = ""
+        while "Running gRPC gateway" not in line:
+            line = proc.stderr.readline()
+            assert line, "the gateway exited before serving"
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(answered) < 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = SQLiteStore(tmp_path / "kill.db")
+    ok = [r for r in store.audit_records() if r.code == "OK"]
+    # answered <= recorded: nothing answered is lost; recorded - answered <= in flight (4)
+    assert sum(answered) <= store.usage("alice") == sum(r.rows for r in ok)
+    assert len(ok) - len(answered) <= 4
