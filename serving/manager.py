@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
+def _is_dir(path: Path) -> bool:
+    """`Path.is_dir` that is False, not an error, for names the OS refuses (ENAMETOOLONG)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def resolve_base_path(base_path: str, name: str, config_dir: Path | None) -> Path:
     """Where a model's versions live on this machine.
 
@@ -42,10 +50,10 @@ def resolve_base_path(base_path: str, name: str, config_dir: Path | None) -> Pat
     both the container and the embedded server.
     """
     path = Path(base_path)
-    if path.is_dir() or config_dir is None:
+    if _is_dir(path) or config_dir is None:
         return path
     for candidate in (config_dir / path.name, config_dir / name):
-        if candidate.is_dir():
+        if _is_dir(candidate):
             log.info("model %s: base_path %s not found here; using %s", name, base_path,
                      candidate)
             return candidate
@@ -62,7 +70,7 @@ class VersionState:
     state: int = State.START
     error: status.ServingStatus | None = None
     loaded: LoadedVersion | None = None
-    stamp: float = 0.0  # mtime of saved_model.pb when last tried
+    stamp: tuple = ()  # the folder's _fingerprint when last tried
 
     def to_proto(self) -> get_model_status_pb2.ModelVersionStatus:
         proto = get_model_status_pb2.ModelVersionStatus(version=self.version, state=self.state)
@@ -96,6 +104,26 @@ def _version_dirs(base: Path) -> dict[int, Path]:
         if version is not None and version >= 0 and entry.is_dir():
             found[version] = entry
     return found
+
+
+def _fingerprint(path: Path) -> tuple:
+    """Names, sizes and mtimes of a version folder's graph and variables files: a failed load is
+    retried only when this changes. The graph's mtime alone is not enough: a copy that keeps
+    mtimes (`cp -p`, `shutil.copytree`) can write saved_model.pb before variables/."""
+    entries = []
+    for sub in (path, path / "variables"):
+        try:
+            children = sorted(sub.iterdir())
+        except OSError:
+            continue
+        for child in children:
+            try:
+                st = child.stat()
+            except OSError:
+                continue
+            if not child.is_dir():
+                entries.append((str(child.relative_to(path)), st.st_size, st.st_mtime_ns))
+    return tuple(entries)
 
 
 def _aspired(config: model_server_config_pb2.ModelConfig, on_disk: dict[int, Path]) -> list[int]:
@@ -208,13 +236,17 @@ class ModelManager:
             aspired = _aspired(model.config, on_disk)
             for version in aspired:  # load the new before retiring the old
                 self._ensure_loaded(model, version, on_disk[version])
-            self._retire(model, keep=aspired)
+            keep = set(aspired)
+            with self._lock:
+                available = model.available()
+            if aspired and not keep & set(available) and available:
+                # TF Serving's AvailabilityPreservingPolicy: while no aspired version is
+                # ready (still loading, or failed), the newest serving one stays.
+                keep.add(max(available))
+            self._retire(model, keep=keep)
 
     def _ensure_loaded(self, model: _Model, version: int, path: Path) -> None:
-        try:
-            stamp = (path / "saved_model.pb").stat().st_mtime
-        except OSError:
-            stamp = 0.0
+        stamp = _fingerprint(path)
         with self._lock:
             current = model.versions.get(version)
             if current is not None and current.state == State.AVAILABLE:

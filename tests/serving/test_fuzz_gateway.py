@@ -1,0 +1,246 @@
+"""Fuzz tests of the gateway (`serving.gateway`) in front of the embedded server.
+
+The same generators as `test_fuzz.py` (random and broken PredictRequests: every DataType, extreme
+and huge declared shapes, NaN/Inf, wrong model specs, random output filters, TensorProtos from
+random bytes), plus whole requests as random or mutated wire bytes, random or broken API-key
+metadata, and the other RPCs, sent through a gateway with auth, budgets and PRADA on. Each must
+end, within its deadline, in OK or a TF-Serving-style code (the upstream's codes for bad input,
+UNAUTHENTICATED for a bad key, INTERNAL for bytes that do not parse), every request that
+carried a valid key must leave exactly one audit record, the gateway must still answer a
+valid request exactly as the upstream does, and its memory must stay bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import gc
+import importlib.util
+import io
+import json
+import sqlite3
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from tests.serving.test_fuzz import (
+    BAD_INPUT_CODES,
+    EDITS,
+    FUZZ_SETTINGS,
+    IMAGES,
+    fetch_signatures,
+    mutate,
+    predict_requests,
+    rss_bytes,
+)
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("serving.gateway") is None
+                                or importlib.util.find_spec("detector.prada") is None,
+                                reason="serving.gateway or detector.prada not present")
+
+TIMEOUT = 15.0
+PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
+GATEWAY_CODES = BAD_INPUT_CODES | {grpc.StatusCode.UNAUTHENTICATED,
+                                   grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   grpc.StatusCode.PERMISSION_DENIED}
+TALLY: collections.Counter = collections.Counter()
+SENT_WITH_KEY = collections.Counter()  # requests that reached the gateway with a valid key
+
+
+@pytest.fixture(scope="module")
+def gw(server, tmp_path_factory):
+    from serving.gateway.__main__ import main
+    from serving.gateway.config import GatewayConfig
+    from serving.gateway.server import Gateway
+
+    tmp = tmp_path_factory.mktemp("gwfuzz")
+    state = tmp / "state.db"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["keys", "add", "--state", f"sqlite:{state}", "--client", "fuzzer"]) == 0
+    key = out.getvalue().strip().splitlines()[-1]
+    policy = {"auth": {"required": True},
+              "limits": {"budget": 10**9, "rate_per_second": 10**6, "burst": 10**6},
+              "detectors": {"prada": {"delta": 0.95, "min_samples": 20, "max_set": 200}},
+              "on_flag": {"action": "degrade", "policy": "label_only"}}
+    (tmp / "policy.json").write_text(json.dumps(policy))
+    gateway = Gateway(GatewayConfig(upstream=f"127.0.0.1:{server.port}", port=0,
+                                    host="127.0.0.1", policy=str(tmp / "policy.json"),
+                                    state=f"sqlite:{state}", metrics_port=0)).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
+    yield {"key": key, "state": state, "channel": channel,
+           "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),
+           "gateway": gateway}
+    channel.close()
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def gw_baseline(gw, stub):
+    """The upstream's answer to a valid request, and the RSS before fuzzing."""
+    request = valid_request()
+    direct = stub.Predict(request, timeout=TIMEOUT)
+    through = gw["stub"].Predict(request, timeout=TIMEOUT, metadata=[("x-api-key", gw["key"])])
+    SENT_WITH_KEY["Predict"] += 1
+    assert through.outputs["probabilities"] == direct.outputs["probabilities"]
+    gc.collect()
+    return {"response": direct, "rss": rss_bytes()}
+
+
+def valid_request() -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    request.model_spec.version.value = 1
+    proto = request.inputs["images"]
+    proto.dtype = 4  # DT_UINT8
+    for d in IMAGES.shape:
+        proto.tensor_shape.dim.add().size = d
+    proto.tensor_content = IMAGES.tobytes()
+    return request
+
+
+def outcome(fn, request, **kwargs):
+    try:
+        return fn(request, timeout=TIMEOUT, **kwargs), None
+    except grpc.RpcError as err:
+        assert err.code() is not grpc.StatusCode.DEADLINE_EXCEEDED, "hang"
+        return None, err
+
+
+def audit_count(state) -> int:
+    db = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute("SELECT COUNT(*) FROM audit WHERE client = 'fuzzer'").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_predict_fuzz_through_the_gateway(gw, gw_baseline, stub):
+    """Random PredictRequests with the valid key: the gateway answers with the upstream's own
+    code (compared with the same request sent straight to the server), or OK for what the
+    server answers OK."""
+    signatures = fetch_signatures(stub)
+    latest = {"tiny": signatures["tiny", 2], "examples": signatures["examples", 1]}
+    md = [("x-api-key", gw["key"])]
+
+    @settings(max_examples=300, **FUZZ_SETTINGS)
+    @given(predict_requests(latest))
+    def fuzz(request):
+        direct, direct_err = outcome(stub.Predict, request)
+        through, err = outcome(gw["stub"].Predict, request, metadata=md)
+        SENT_WITH_KEY["Predict"] += 1
+        TALLY["Predict", err.code().name if err else "OK"] += 1
+        if direct_err is None:
+            assert err is None, (err.code(), err.details(), str(request)[:300])
+            assert sorted(through.outputs) == sorted(direct.outputs)
+        else:
+            assert err is not None, f"gateway OK where the server said {direct_err.code()}"
+            assert err.details()
+            if (err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                    and "budget" in err.details()):  # the declared batch alone is over budget:
+                TALLY["Predict", "refused early: declared batch over budget"] += 1  # refused
+                return                                   # before forwarding, nothing charged
+            if err.code() != direct_err.code():  # the gateway decodes the inputs before the
+                assert err.code() in BAD_INPUT_CODES  # upstream resolves the model: a request
+                assert direct_err.code() in BAD_INPUT_CODES  # wrong twice may get the other
+                TALLY["Predict", f"code differs: gateway {err.code().name}, server "
+                                 f"{direct_err.code().name}"] += 1
+
+    fuzz()
+    assert TALLY["Predict", "OK"] >= 10
+
+
+def test_raw_bytes_and_bad_keys_through_the_gateway(gw, gw_baseline):
+    """Random or mutated request bytes with a valid, broken or missing key: UNAUTHENTICATED
+    for every bad key whatever the body, INTERNAL/INVALID_ARGUMENT-like codes for unparseable
+    bodies with the good key; never a hang or another code."""
+    raw = gw["channel"].unary_unary(PREDICT_PATH, request_serializer=None,
+                                    response_deserializer=None)
+    seed = valid_request().SerializeToString()
+    key = gw["key"]
+    keys = st.sampled_from([key, key, key, "", key.upper(), key + " ", "x" * 600, "mxk_nope"])
+
+    @settings(max_examples=200, **FUZZ_SETTINGS)
+    @given(st.integers(0, 2), st.binary(max_size=200), EDITS, keys,
+           st.sampled_from(["x-api-key", "authorization", "X-Api-Key", "x-api-key-bin"]))
+    def fuzz(kind, noise, edits, k, header):
+        data = noise if kind == 0 else mutate(seed, edits)
+        value = k if header != "authorization" else f"Bearer {k}"
+        if header.endswith("-bin"):
+            value = k.encode()
+        try:
+            _, err = outcome(raw, data, metadata=[(header.lower(), value)])
+        except ValueError:
+            return
+        good = k == key and header.lower() in ("x-api-key", "authorization")
+        code = err.code() if err else grpc.StatusCode.OK
+        TALLY["raw bytes", code.name] += 1
+        if not good:
+            assert code is grpc.StatusCode.UNAUTHENTICATED, (code, header, k[:20])
+            return
+        try:
+            predict_pb2.PredictRequest.FromString(data)
+            parses = True
+        except DecodeError:
+            parses = False
+        SENT_WITH_KEY["raw"] += 1
+        if not parses:
+            assert code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT), code
+        else:
+            assert code in GATEWAY_CODES | {grpc.StatusCode.OK}, code
+        if err is not None:
+            assert err.details()
+
+    fuzz()
+
+
+def test_other_rpcs_through_the_gateway(gw, gw_baseline):
+    from serving.gateway import server as gateway_server  # noqa: F401 - the module exists
+
+    status_stub = __import__("tensorflow_serving.apis.model_service_pb2_grpc",
+                             fromlist=["x"]).ModelServiceStub(gw["channel"])
+
+    @settings(max_examples=80, **FUZZ_SETTINGS)
+    @given(st.sampled_from(["tiny", "examples", "", "nope"]) | st.text(max_size=8),
+           st.none() | st.integers(-(2**63), 2**63 - 1))
+    def fuzz(name, version):
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+        response, err = outcome(status_stub.GetModelStatus, request,
+                                metadata=[("x-api-key", gw["key"])])
+        SENT_WITH_KEY["GetModelStatus"] += 1
+        code = err.code() if err else grpc.StatusCode.OK
+        TALLY["GetModelStatus", code.name] += 1
+        assert code in GATEWAY_CODES | {grpc.StatusCode.OK}, code
+
+    fuzz()
+
+
+def test_gateway_healthy_audited_and_bounded_after_fuzzing(gw, gw_baseline):
+    response = gw["stub"].Predict(valid_request(), timeout=TIMEOUT,
+                                  metadata=[("x-api-key", gw["key"])])
+    SENT_WITH_KEY["Predict"] += 1
+    assert response.outputs["probabilities"] == gw_baseline["response"].outputs[
+        "probabilities"] or all(v in (0.0, 1.0) for v in
+                                response.outputs["probabilities"].float_val)  # PRADA degraded
+    records = audit_count(gw["state"])
+    sent = sum(SENT_WITH_KEY.values())
+    TALLY["audit records / requests with the key", f"{records}/{sent}"] += 1
+    assert records == sent, f"{records} audit records for {sent} requests with a valid key"
+    gc.collect()
+    grown = rss_bytes() - gw_baseline["rss"]
+    assert grown < 300 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+    for (kind, code), n in sorted(TALLY.items()):
+        print(f"{kind:40s} {code:22s} {n}")
+    assert np.isfinite(grown)
