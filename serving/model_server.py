@@ -134,10 +134,12 @@ def _grpc_handler(method):
         try:
             return method(request)
         except status.ServingStatus as err:
-            failure = err
+            # no traceback kept: its frames hold the request (up to 2 GiB) until a GC pass
+            failure = err.with_traceback(None)
         except Exception as err:  # never let a request take the server down
             log.exception("internal error in %s", getattr(method, "__name__", method))
             failure = status.ServingStatus(grpc.StatusCode.INTERNAL, str(err))
+            del err
         failure.abort(context)  # code + message cut at 1,024 characters, as TF Serving
 
     return handler

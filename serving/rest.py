@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -349,6 +350,15 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address, handler) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up early is logged in one line, not a traceback on stderr
+        (garbage clients must not be able to flood the log)."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            log.debug("REST client %s went away: %s", client_address, err)
+            return
+        log.exception("REST request from %s failed", client_address)
 
 
 class RestServer:

@@ -298,6 +298,9 @@ class GatewayConfig:
     health_interval: float = field(default=2.0, metadata={
         "help": "seconds between upstream health probes"})
     max_workers: int = field(default=16, metadata={"help": "gRPC worker threads"})
+    max_request_mb: int = field(default=64, metadata={
+        "help": "largest request accepted, MiB (the gateway faces the internet: a small "
+                "compressed request must not inflate to TF Serving's 2 GiB limit)"})
 
     def __post_init__(self) -> None:
         _check_upstream(self.upstream)
@@ -306,6 +309,8 @@ class GatewayConfig:
         if not _is_int(self.metrics_port) or not 0 <= self.metrics_port <= 65535:
             raise invalid("metrics_port", self.metrics_port, "an integer in [0, 65535]")
         parse_state_url(self.state)
+        if not _is_int(self.max_request_mb) or not 1 <= self.max_request_mb <= 2047:
+            raise invalid("max_request_mb", self.max_request_mb, "an integer in [1, 2047]")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise invalid("tls_key" if self.tls_key is None else "tls_cert",
                           None, "both --tls-cert and --tls-key, or neither")

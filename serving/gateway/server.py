@@ -125,8 +125,10 @@ def _output_kind(alias: str, arr: np.ndarray) -> str | None:
         return "logits"
     if _is_distribution(arr):
         return "probabilities"
-    if any(word in lowered for word in _PROB_WORDS):
-        return "logits"  # class scores that are not a distribution: softmax them first
+    if any(word in lowered for word in _PROB_WORDS) or arr.shape[1] >= 2:
+        # class scores that are not a distribution: softmax them first. Fail closed: an
+        # unrecognised float [N, K >= 2] output is treated as scores rather than passed on.
+        return "logits"
     return None
 
 
@@ -267,7 +269,7 @@ class Gateway:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="gateway"),
             options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_receive_message_length", cfg.max_request_mb * 2**20),
                      ("grpc.so_reuseport", 0)])
         h = grpc.unary_unary_rpc_method_handler
         server.add_generic_rpc_handlers((

@@ -1,0 +1,1 @@
+"""Tests of the detector package (OOD query detector, PRADA, aggregation, output policies)."""
