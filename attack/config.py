@@ -1,9 +1,13 @@
-"""`KnockoffConfig`: the one frozen config of a Knockoff Nets run, shared by the CLI and the API.
+"""The frozen configs of the attacks, shared by each attack's CLI and its Python API.
 
-Every field is validated here, before any side effect (no run directory created, no query
+`AttackConfig` holds what every attack has (the victim's endpoint, the surrogate, the evaluation,
+the run directory); `KnockoffConfig` (Knockoff Nets, Orekondy et al. 2019, with the
+semi-supervised option of Jagielski et al. 2020), `CopycatConfig` (Copycat CNN, da Silva et al.
+2018) and `JBDAConfig` (Papernot et al. 2017, with Juuti et al.'s reservoir bound) add their own
+fields. Every field is validated here, before any side effect (no run directory created, no query
 sent). The config is written into the run directory as `config.json`; `--resume` refuses a
-config that differs from it (apart from `resume` itself), so a journal is never continued under
-other settings.
+config that differs from it (apart from `RESUME_NEUTRAL_FIELDS`), so a journal is never continued
+under other settings.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from pathlib import Path
 from common.backbones import get_backbone, parse_arch_args
 from common.errors import invalid
 
-__all__ = ["KnockoffConfig", "RESUME_NEUTRAL_FIELDS"]
+__all__ = ["AttackConfig", "CopycatConfig", "JBDAConfig", "KnockoffConfig",
+           "RESUME_NEUTRAL_FIELDS"]
 
 _TARGET = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})$|^(unix|dns|unix-abstract):.+$")
 _GRANULARITY = re.compile(r"^(probs|top1|topk:\d+)$")
@@ -24,14 +29,24 @@ _GRANULARITY = re.compile(r"^(probs|top1|topk:\d+)$")
 RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc")
 
 
-@dataclass(frozen=True)
-class KnockoffConfig:
-    """Steal a TF Serving image classifier through its gRPC Predict API (Knockoff Nets)."""
+def _positive_ints(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise invalid(name, value, "a positive integer")
 
-    transfer_set: str = field(metadata={
-        "help": "the attacker's natural images: any spec of the data layer (image folder or zip, "
-                "Tiny-ImageNet folder/zip, .npz/.npy, tensorflow-datasets name)",
-        "metavar": "SPEC"})
+
+def _non_negative_ints(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise invalid(name, value, "a non-negative integer")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """What every extraction attack shares: the victim, the surrogate, evaluation, the run."""
+
     grpc: str = field(default="localhost:8500", metadata={
         "help": "the victim's TF Serving gRPC endpoint HOST:PORT", "metavar": "HOST:PORT"})
     model: str = field(default="default", metadata={
@@ -39,16 +54,6 @@ class KnockoffConfig:
     version: int | None = field(default=None, metadata={"help": "model version (default: latest)"})
     api_key: str | None = field(default=None, metadata={
         "help": "API key sent as x-api-key metadata (for a gateway in front of TF Serving)"})
-    transfer_split: str = field(default="train", metadata={
-        "help": "split(s) of the transfer set, e.g. train or train+val"})
-    exclude_classes: str | None = field(default=None, metadata={
-        "help": "file of class names (one a line) to drop from the transfer set",
-        "metavar": "FILE"})
-    budget: int = field(default=10_000, metadata={"help": "number of queries (images) to send"})
-    strategy: str = field(default="random", metadata={
-        "help": "sampling strategy", "choices": ("random", "adaptive")})
-    reward: str = field(default="all", metadata={
-        "help": "adaptive strategy's reward", "choices": ("cert", "div", "loss", "all")})
     backbone: str = field(default="mobilenet", metadata={
         "help": "surrogate architecture: a Keras Applications name, cnn or resnet34"})
     weights: str = field(default="imagenet", metadata={
@@ -63,9 +68,6 @@ class KnockoffConfig:
     epochs: int = field(default=10, metadata={"help": "surrogate training epochs"})
     batch_size: int = field(default=64, metadata={"help": "surrogate training batch size"})
     learning_rate: float = field(default=1e-3, metadata={"help": "surrogate learning rate"})
-    granularity: str = field(default="probs", metadata={
-        "help": "train on: probs (what the victim returns), top1 (one-hot), topk:K",
-        "metavar": "probs|top1|topk:K"})
     query_batch: int = field(default=64, metadata={"help": "images per Predict request"})
     in_flight: int = field(default=4, metadata={"help": "Predict requests in flight at once"})
     timeout: float = field(default=60.0, metadata={"help": "deadline of one Predict, seconds"})
@@ -74,14 +76,12 @@ class KnockoffConfig:
     test_split: str = field(default="test", metadata={"help": "split of --test-set"})
     test_limit: int | None = field(default=None, metadata={
         "help": "evaluate on at most this many test images"})
-    heldout: int = field(default=1000, metadata={
-        "help": "transfer images held out of the attack to measure fidelity off the test set"})
     noise: int = field(default=1000, metadata={
         "help": "uniform-noise images to measure fidelity on (Jagielski et al.)"})
     curve_points: int = field(default=4, metadata={
         "help": "points of the accuracy/fidelity-vs-queries curve (surrogates trained on "
                 "journal prefixes; 1: only the final surrogate)"})
-    out: str = field(default="runs/knockoff", metadata={
+    out: str = field(default="runs/attack", metadata={
         "help": "run directory (config, journal, checkpoints, surrogate, report)",
         "metavar": "RUN_DIR"})
     resume: bool = field(default=False, metadata={
@@ -89,37 +89,22 @@ class KnockoffConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
-        if not self.transfer_set:
-            raise invalid("transfer_set", self.transfer_set, "a dataset spec")
         if not _TARGET.match(self.grpc):
             raise invalid("grpc", self.grpc, "HOST:PORT (e.g. localhost:8500)")
         if not self.model:
             raise invalid("model", self.model, "a model name")
-        for name in ("budget", "epochs", "batch_size", "query_batch", "in_flight",
-                     "curve_points"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise invalid(name, value, "a positive integer")
-        for name in ("heldout", "noise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise invalid(name, value, "a non-negative integer")
+        _positive_ints(self, "epochs", "batch_size", "query_batch", "in_flight", "curve_points")
+        _non_negative_ints(self, "noise")
         if self.version is not None and self.version < 0:
             raise invalid("version", self.version, "a non-negative integer or None")
-        if self.strategy not in ("random", "adaptive"):
-            raise invalid("strategy", self.strategy, "'random' or 'adaptive'")
-        if self.reward not in ("cert", "div", "loss", "all"):
-            raise invalid("reward", self.reward, "one of 'cert', 'div', 'loss', 'all'")
-        if not _GRANULARITY.match(self.granularity) or self.granularity == "topk:0":
-            raise invalid("granularity", self.granularity, "probs, top1 or topk:K with K >= 1")
         if self.input_size is not None and self.input_size < 8:
             raise invalid("input_size", self.input_size, "at least 8 pixels, or None")
         if not self.learning_rate > 0:
             raise invalid("learning_rate", self.learning_rate, "a positive number")
         if not self.timeout > 0:
             raise invalid("timeout", self.timeout, "a positive number of seconds")
-        if self.exclude_classes is not None and not Path(self.exclude_classes).is_file():
-            raise invalid("exclude_classes", self.exclude_classes, "an existing file")
+        if self.test_limit is not None and self.test_limit < 1:
+            raise invalid("test_limit", self.test_limit, "a positive integer or None")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise invalid("weights", self.weights, "imagenet, none, or an existing weights file")
         get_backbone(self.backbone, argument="backbone")
@@ -128,3 +113,159 @@ class KnockoffConfig:
     def arch_kwargs(self) -> dict:
         """`arch_args` as constructor keyword arguments: ``alpha=0.25`` -> ``{"alpha": 0.25}``."""
         return parse_arch_args(self.arch_args)
+
+
+def _check_transfer(config) -> None:
+    if not config.transfer_set:
+        raise invalid("transfer_set", config.transfer_set, "a dataset spec")
+    if config.exclude_classes is not None and not Path(config.exclude_classes).is_file():
+        raise invalid("exclude_classes", config.exclude_classes, "an existing file")
+
+
+_TRANSFER_HELP = ("the attacker's natural images: any spec of the data layer (image folder or "
+                  "zip, Tiny-ImageNet folder/zip, .npz/.npy, tensorflow-datasets name)")
+
+
+@dataclass(frozen=True)
+class KnockoffConfig(AttackConfig):
+    """Steal a TF Serving image classifier through its gRPC Predict API (Knockoff Nets)."""
+
+    transfer_set: str = field(kw_only=True, metadata={"help": _TRANSFER_HELP, "metavar": "SPEC"})
+    transfer_split: str = field(default="train", metadata={
+        "help": "split(s) of the transfer set, e.g. train or train+val"})
+    exclude_classes: str | None = field(default=None, metadata={
+        "help": "file of class names (one a line) to drop from the transfer set",
+        "metavar": "FILE"})
+    budget: int = field(default=10_000, metadata={"help": "number of queries (images) to send"})
+    strategy: str = field(default="random", metadata={
+        "help": "sampling strategy", "choices": ("random", "adaptive")})
+    reward: str = field(default="all", metadata={
+        "help": "adaptive strategy's reward", "choices": ("cert", "div", "loss", "all")})
+    granularity: str = field(default="probs", metadata={
+        "help": "train on: probs (what the victim returns), top1 (one-hot), topk:K",
+        "metavar": "probs|top1|topk:K"})
+    heldout: int = field(default=1000, metadata={
+        "help": "transfer images held out of the attack to measure fidelity off the test set"})
+    semi_supervised: bool = field(default=False, metadata={
+        "help": "also learn from transfer images never queried (Jagielski et al. 2020's "
+                "learning-based attack: FixMatch-style confident pseudo-labels on a weakly "
+                "augmented view, trained on a strongly augmented view)"})
+    unlabelled: int = field(default=0, metadata={
+        "help": "with --semi-supervised: how many unqueried transfer images to learn from"})
+    confidence: float = field(default=0.9, metadata={
+        "help": "with --semi-supervised: the surrogate's confidence for a pseudo-label"})
+    consistency_weight: float = field(default=1.0, metadata={
+        "help": "with --semi-supervised: weight of the unlabelled (consistency) loss"})
+    out: str = field(default="runs/knockoff", metadata={
+        "help": "run directory (config, journal, checkpoints, surrogate, report)",
+        "metavar": "RUN_DIR"})
+
+    def __post_init__(self) -> None:
+        _check_transfer(self)
+        super().__post_init__()
+        _positive_ints(self, "budget")
+        _non_negative_ints(self, "heldout", "unlabelled")
+        if self.strategy not in ("random", "adaptive"):
+            raise invalid("strategy", self.strategy, "'random' or 'adaptive'")
+        if self.reward not in ("cert", "div", "loss", "all"):
+            raise invalid("reward", self.reward, "one of 'cert', 'div', 'loss', 'all'")
+        if not _GRANULARITY.match(self.granularity) or self.granularity == "topk:0":
+            raise invalid("granularity", self.granularity, "probs, top1 or topk:K with K >= 1")
+        if self.semi_supervised and self.unlabelled < 1:
+            raise invalid("unlabelled", self.unlabelled,
+                          "a positive number of unqueried images with --semi-supervised")
+        if self.unlabelled and not self.semi_supervised:
+            raise invalid("semi_supervised", self.semi_supervised,
+                          f"--semi-supervised to use --unlabelled {self.unlabelled}")
+        if not 0.0 < self.confidence < 1.0:
+            raise invalid("confidence", self.confidence, "a probability in (0, 1)")
+        if not self.consistency_weight >= 0:
+            raise invalid("consistency_weight", self.consistency_weight, "a number >= 0")
+
+
+@dataclass(frozen=True)
+class CopycatConfig(AttackConfig):
+    """Steal a TF Serving image classifier from its top-1 labels alone (Copycat CNN)."""
+
+    transfer_set: str = field(kw_only=True, metadata={
+        "help": "non-problem-domain natural images (da Silva et al.'s 'fake dataset'): any "
+                "spec of the data layer",
+        "metavar": "SPEC"})
+    transfer_split: str = field(default="train", metadata={
+        "help": "split(s) of the transfer set, e.g. train or train+val"})
+    exclude_classes: str | None = field(default=None, metadata={
+        "help": "file of class names (one a line) to drop from the transfer set",
+        "metavar": "FILE"})
+    budget: int = field(default=10_000, metadata={
+        "help": "queries with non-problem-domain images (phase 1)"})
+    heldout: int = field(default=1000, metadata={
+        "help": "transfer images held out of the attack to measure fidelity off the test set"})
+    pd_set: str | None = field(default=None, metadata={
+        "help": "a few problem-domain images for the optional second phase", "metavar": "SPEC"})
+    pd_split: str = field(default="train", metadata={"help": "split of --pd-set"})
+    pd_budget: int = field(default=0, metadata={
+        "help": "queries with problem-domain images (phase 2; 0: no second phase)"})
+    pd_epochs: int = field(default=5, metadata={
+        "help": "fine-tuning passes of phase 2 over its images (mixed with as many phase-1 "
+                "images)"})
+    out: str = field(default="runs/copycat", metadata={
+        "help": "run directory (config, journal, checkpoints, surrogate, report)",
+        "metavar": "RUN_DIR"})
+
+    def __post_init__(self) -> None:
+        _check_transfer(self)
+        super().__post_init__()
+        _positive_ints(self, "budget", "pd_epochs")
+        _non_negative_ints(self, "heldout", "pd_budget")
+        if self.pd_budget and not self.pd_set:
+            raise invalid("pd_set", self.pd_set,
+                          f"a problem-domain dataset spec for --pd-budget {self.pd_budget}")
+
+
+@dataclass(frozen=True)
+class JBDAConfig(AttackConfig):
+    """Steal a TF Serving image classifier from a few seeds and Jacobian-based augmentation."""
+
+    seed_set: str = field(kw_only=True, metadata={
+        "help": "in-domain images the seeds are drawn from (balanced over its classes; the "
+                "labels are never used)", "metavar": "SPEC"})
+    seed_split: str = field(default="train", metadata={"help": "split of --seed-set"})
+    seeds: int = field(default=150, metadata={"help": "number of seed images (round 0)"})
+    budget: int = field(default=1000, metadata={
+        "help": "total queries, seeds included; the last round is cut to fit"})
+    rounds: int = field(default=4, metadata={"help": "augmentation rounds after the seeds"})
+    per_round: int | None = field(default=None, metadata={
+        "help": "reservoir bound on new queries per round (Juuti et al.); none: every image "
+                "so far gets a neighbour (Papernot et al., the set doubles)"})
+    step: float = field(default=0.1, metadata={
+        "flag": "--lambda", "metavar": "LAMBDA",
+        "help": "augmentation step lambda on the 0..1 pixel scale; sent as the integer pixel "
+                "step round(255 * lambda)"})
+    tau: int = field(default=3, metadata={
+        "help": "the step's sign flips every tau rounds (Papernot et al.'s periodic step)"})
+    curve_points: int = field(default=4, metadata={
+        "cli": False, "help": "unused: JBDA's curve has one point per round"})
+    out: str = field(default="runs/jbda", metadata={
+        "help": "run directory (config, journal, query images, checkpoints, surrogate, report)",
+        "metavar": "RUN_DIR"})
+
+    def __post_init__(self) -> None:
+        if not self.seed_set:
+            raise invalid("seed_set", self.seed_set, "a dataset spec")
+        super().__post_init__()
+        _positive_ints(self, "seeds", "budget", "tau")
+        _non_negative_ints(self, "rounds")
+        if self.budget < self.seeds:
+            raise invalid("budget", self.budget,
+                          f"at least the number of seeds ({self.seeds}): the seeds are queried "
+                          "first")
+        if self.per_round is not None and self.per_round < 1:
+            raise invalid("per_round", self.per_round, "a positive integer or none")
+        if not 0 < self.step <= 1:
+            raise invalid("step", self.step, "lambda in (0, 1] (fraction of the pixel range)")
+        if round(255 * self.step) < 1:
+            raise invalid("step", self.step, "at least 1/255 (one pixel level on the wire)")
+
+    def pixel_step(self) -> int:
+        """lambda quantised for uint8 images: the integer pixel step round(255 * lambda)."""
+        return int(round(255 * self.step))

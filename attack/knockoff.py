@@ -30,17 +30,27 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from attack.config import RESUME_NEUTRAL_FIELDS, KnockoffConfig
-from common.cli import config_to_dict, save_config
-from common.errors import UsageError, invalid
+from attack.config import KnockoffConfig
+from attack.pipeline import (
+    AttackResult,
+    finish,
+    journal_answers,
+    load_test_set,
+    open_victim,
+    prepare_run_dir,
+    send_journaled,
+    surrogate_trainer,
+    trainer_kwargs,
+    victim_signature,
+)
+from common.errors import invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["KnockoffConfig", "KnockoffResult", "extract", "run_knockoff"]
+__all__ = ["KnockoffConfig", "KnockoffResult", "extract", "prepare_run_dir", "run_knockoff"]
 
 log = logging.getLogger(__name__)
 
@@ -51,40 +61,7 @@ ATLI_ANCHORS = {
     "GTSRB (ResNet-34)": {"victim": 0.98, "surrogate": 0.61, "ratio": 0.62},
 }
 
-
-@dataclass(frozen=True)
-class KnockoffResult:
-    """What `run_knockoff` returns: the run directory and the headline figures."""
-
-    run_dir: Path
-    queries: int
-    headline: dict
-
-
-# -- run directory ---------------------------------------------------------------------------------
-def prepare_run_dir(config: KnockoffConfig) -> Path:
-    """Create RUN_DIR with config.json, or check it on --resume; nothing is written on error."""
-    run_dir = Path(config.out)
-    saved_path = run_dir / "config.json"
-    if config.resume:
-        if not saved_path.is_file():
-            raise invalid("resume", True, f"a run directory with config.json; {run_dir} has none")
-        saved = json.loads(saved_path.read_text())
-        current = config_to_dict(config)
-        differing = sorted(k for k in current if k not in RESUME_NEUTRAL_FIELDS
-                           and saved.get(k) != current[k])
-        if differing:
-            detail = ", ".join(f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in differing)
-            raise UsageError(
-                f"Invalid value for argument `resume`. The run in {run_dir} was started with "
-                f"another config: {detail}. Expected the same settings, or a new --out.")
-        return run_dir
-    if saved_path.exists() or (run_dir / "journal.bin").exists():
-        raise invalid("out", str(run_dir),
-                      "a new run directory (this one holds a run: pass --resume to continue it)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, saved_path)
-    return run_dir
+KnockoffResult = AttackResult  # what `run_knockoff` returns (the shared result type)
 
 
 # -- querying --------------------------------------------------------------------------------------
@@ -150,20 +127,8 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                     indices, pending = pending[:want], pending[want:]
                 else:
                     indices = strategy.select(want)
-
-                def intent(first: int, rows: int, indices=indices) -> None:
-                    with lock:  # journaled before the batch goes on the wire
-                        journal.record_sent(indices[first:first + rows])
-
-                def record(first: int, answer: np.ndarray, indices=indices) -> None:
-                    with lock:  # called from the client's worker threads
-                        journal.record_answers(indices[first:first + len(answer)], answer)
-                        done = journal.num_answered
-                    if on_progress is not None:
-                        on_progress(done, config.budget)
-
-                probs = client.predict(transfer.images[indices], on_send=intent,
-                                       on_result=record)
+                probs = send_journaled(client, journal, transfer.images[indices], indices,
+                                       lock=lock, budget=config.budget, on_progress=on_progress)
                 sent_now += len(indices)
                 if config.strategy == "adaptive":
                     images = transfer.images[indices]
@@ -184,36 +149,23 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         journal.close()
 
 
-# -- evaluation ----------------------------------------------------------------------------------
-def _cached_victim_probs(client, run_dir: Path, name: str, images: np.ndarray) -> np.ndarray:
-    """The victim's answers on evaluation images, asked once and kept in RUN_DIR/eval/."""
-    path = run_dir / "eval" / f"{name}.npy"
-    if path.is_file():
-        cached = np.load(path)
-        if len(cached) == len(images):
-            return cached
-    probs = client.predict(images)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, probs)
-    tmp.replace(path)
-    return probs
+# -- the whole attack ------------------------------------------------------------------------------
+def _unlabelled_indices(config: KnockoffConfig, pool_size: int,
+                        answered: np.ndarray) -> np.ndarray:
+    """The `config.unlabelled` pool images never queried, in a seeded order."""
+    rng = np.random.default_rng([config.seed, 7])
+    left = np.setdiff1d(np.arange(pool_size), answered)
+    return np.sort(rng.permutation(left)[:config.unlabelled])
 
 
 def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
     """The whole attack: query, train, evaluate, export, report. Resumable at every stage."""
-    from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
-    from attack.journal import QueryJournal
-    from attack.report import write_report
     from attack.responses import detect_granularity
-    from attack.surrogate import SurrogateTrainer, export_surrogate
     from common.data import load_dataset
-    from serving.client import ServingClient
 
     transfer = load_dataset(config.transfer_set, config.transfer_split,
                             exclude_classes=config.exclude_classes)
-    test = (load_dataset(config.test_set, config.test_split, limit=config.test_limit,
-                         seed=config.seed) if config.test_set else None)
+    test = load_test_set(config)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(transfer))
     heldout_idx = np.sort(order[:config.heldout])
@@ -221,88 +173,52 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
     if config.budget > len(pool_idx):
         raise invalid("budget", config.budget,
                       f"at most {len(pool_idx)} (transfer images not held out for evaluation)")
+    if config.semi_supervised and config.budget + config.unlabelled > len(pool_idx):
+        raise invalid("unlabelled", config.unlabelled,
+                      f"at most {len(pool_idx) - config.budget} (transfer images neither held "
+                      f"out nor queried)")
     pool = transfer.subset(pool_idx)
-    with ServingClient(config.grpc, config.model, version=config.version,
-                       api_key=config.api_key, timeout=config.timeout,
-                       max_in_flight=config.in_flight, batch_size=config.query_batch) as client:
-        info = client.metadata()  # the victim is reachable and an image classifier
-        num_classes = info.num_classes
-        if not num_classes:
-            raise UsageError(f"model {config.model!r} at {config.grpc}: the output "
-                             f"{info.probabilities!r} has no fixed number of classes")
-        trainer_kwargs = dict(backbone=config.backbone, weights=config.weights,
-                              input_size=config.input_size, num_classes=num_classes,
-                              epochs=config.epochs, batch_size=config.batch_size,
-                              lr=config.learning_rate, seed=config.seed,
-                              arch_kwargs=config.arch_kwargs())
+    with open_victim(config) as client:
+        info, num_classes = victim_signature(client, config)
+        kwargs = trainer_kwargs(config, num_classes)
         # Building the surrogate checks backbone, weights file, size and arch_args; the
         # adaptive strategy then uses it as its online surrogate.
-        online = SurrogateTrainer(**trainer_kwargs, checkpoint_dir=None)
+        online = surrogate_trainer(None, kwargs, None)
         run_dir = prepare_run_dir(config)  # the first side effect, after every check
         stats = extract(client, pool, config, run_dir,
                         surrogate=online if config.strategy == "adaptive" else None,
                         on_progress=on_progress)
         del online
 
-        with QueryJournal.open(run_dir) as journal:
-            indices = journal.answered_indices()[:config.budget]
-            responses = journal.responses()[:config.budget]
+        indices, responses = journal_answers(run_dir)
+        indices, responses = indices[:config.budget], responses[:config.budget]
         received = detect_granularity(responses)
         targets = _targets(responses, config.granularity)
         images = pool.images[indices]
+        unlabelled = None
+        if config.semi_supervised:
+            unlabelled = pool.images[_unlabelled_indices(config, len(pool), indices)]
 
         def train(n: int, tag: str):
-            trainer = SurrogateTrainer(**trainer_kwargs,
-                                       checkpoint_dir=run_dir / "checkpoints" / tag)
-            trainer.fit(images[:n], targets[:n])
+            trainer = surrogate_trainer(run_dir, kwargs, tag)
+            if unlabelled is None:
+                trainer.fit(images[:n], targets[:n])
+            else:
+                from attack.semisupervised import fit_semi_supervised
+
+                fit_semi_supervised(trainer, images[:n], targets[:n], unlabelled,
+                                    confidence=config.confidence,
+                                    weight=config.consistency_weight)
             return trainer
 
-        final = train(len(indices), "final")
-        evaluation = None
-        curve: list[dict] = []
-        if test is not None:
-            heldout = transfer.subset(heldout_idx)
-            noise_images = uniform_noise_images(config.noise, test.images.shape[1:],
-                                                seed=config.seed)
-            held = ((heldout.images, _cached_victim_probs(client, run_dir, "heldout",
-                                                          heldout.images))
-                    if len(heldout) else None)
-            noise = ((noise_images, _cached_victim_probs(client, run_dir, "noise", noise_images))
-                     if config.noise else None)
-            common_args = dict(
-                victim_probs_test=_cached_victim_probs(client, run_dir, "test", test.images),
-                test_labels=test.labels, test_images=test.images, transfer_heldout=held,
-                noise=noise)
-            evaluation = evaluate(final.predict_probs, class_names=test.class_names,
-                                  n_queries=len(indices), **common_args)
-            curve_path = run_dir / "curve.json"
-            completed = json.loads(curve_path.read_text()) if curve_path.is_file() else []
-            completed = [p for p in completed if p["queries"] != len(indices)] + [
-                {"queries": len(indices), **evaluation.headline()}]
-
-            def save_point(point: dict) -> None:
-                completed.append(point)
-                write_json_atomic(curve_path, sorted(completed, key=lambda p: p["queries"]))
-
-            curve = prefix_curve(
-                default_budgets(len(indices), config.curve_points),
-                lambda n: train(n, f"prefix_{n}").predict_probs,
-                completed=completed, on_point=save_point, **common_args)
-            write_json_atomic(curve_path, curve)
-        exported = export_surrogate(
-            final.model, run_dir, class_names=test.class_names if test is not None else None,
-            input_shape=tuple(info.input_shape[1:]) if info.image_size else None)
-    extra = {"query_stats": stats, "received_granularity": received,
-             "victim": {"target": config.grpc, "model": config.model,
-                        "input": [info.input_name, str(info.input_dtype),
-                                  list(info.input_shape)],
-                        "num_classes": num_classes},
-             "surrogate_export": str(exported), "anchors": ATLI_ANCHORS,
-             "anchors_source": ATLI_SOURCE}
-    write_report(run_dir, config=config_to_dict(config), evaluation=evaluation, curve=curve,
-                 extra=extra)
-    headline = evaluation.headline() if evaluation is not None else {}
-    return KnockoffResult(run_dir, len(indices), headline)
+        extra = {"query_stats": stats, "received_granularity": received,
+                 "anchors": ATLI_ANCHORS, "anchors_source": ATLI_SOURCE}
+        if unlabelled is not None:
+            extra["semi_supervised"] = {"unlabelled": len(unlabelled),
+                                        "confidence": config.confidence,
+                                        "consistency_weight": config.consistency_weight}
+        return finish(client, info, config, run_dir, queries=len(indices), train=train,
+                      test=test, heldout_images=transfer.images[heldout_idx], extra=extra)
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -322,6 +238,7 @@ example (steal the CIFAR-10 victim served by the embedded server or TF Serving):
 
 
 def _main(argv) -> int:
+    from attack.pipeline import summary_line
     from common.cli import configure_logging, parse_config
 
     config = parse_config(KnockoffConfig, argv, prog=PROG, epilog=EPILOG)
@@ -330,24 +247,15 @@ def _main(argv) -> int:
 
     bar = keras.utils.Progbar(target=config.budget, unit_name="query")
     result = run_knockoff(config, on_progress=lambda done, total: bar.update(done))
-    shown = ("victim_acc", "surrogate_acc", "ratio", "fidelity_test",
-             "fidelity_transfer_heldout", "fidelity_noise")
-    figures = "  ".join(f"{k}={result.headline[k]:.4f}" for k in shown
-                        if isinstance(result.headline.get(k), float))
-    print(f"{result.queries} queries -> {result.run_dir / 'report.md'}  {figures}")
+    print(summary_line(result))
     return 0
 
 
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from common.cli import run_cli
-    from serving.client import ServingError
+    from attack.pipeline import run_attack_cli
 
-    try:
-        return run_cli(_main, argv, prog=PROG)
-    except ServingError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    return run_attack_cli(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ more:
   fine-tune a pre-trained backbone:    --arch MobileNet --arch-args alpha=0.25 \\
       --input-size 96 --weights ../shared/data/mobilenet_2_5_224_tf_no_top.h5
   quick smoke run:                     --limit 5000 --epochs 1
+  dense victims of the exact attacks (float64 pixels in [0, 1]; MNIST has one split, 20% of it
+  is held out): --dataset ../shared/data/mnist_test10k_uint8.npz --train-split test \\
+      --test-split test --arch softmax --export-logits   (or --arch mlp --arch-args hidden=16)
 Each run writes the next free version (1, 2, ...) unless --version is given; an existing
 version is never overwritten.
 """

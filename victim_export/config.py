@@ -15,9 +15,18 @@ from typing import Any
 
 from common.backbones import get_backbone, parse_arch_args, resolve_weights
 from common.errors import invalid
+from victim_export.dense import check_dense_args, is_dense_arch
 
-__all__ = ["AUGMENTATIONS", "OPTIMIZERS", "SCHEDULES", "VictimConfig", "default_model_name"]
+__all__ = [
+    "AUGMENTATIONS",
+    "INPUT_DTYPES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "VictimConfig",
+    "default_model_name",
+]
 
+INPUT_DTYPES = ("uint8", "float32", "float64")
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "plateau", "constant")
@@ -51,7 +60,10 @@ class VictimConfig:
         "help": "tensorflow-datasets data directory (tfds names only)", "metavar": "DIR"})
     arch: str = field(default="cnn", metadata={
         "help": "architecture: cnn, resnet34 or a Keras Applications name (ResNet50, MobileNet, "
-                "EfficientNetB0, ...); case-insensitive"})
+                "EfficientNetB0, ...); or a dense victim of the exact attacks on pixels in "
+                "[0, 1]: softmax (multinomial logistic regression), logreg (binary; "
+                "--arch-args positive=N for class N vs rest), mlp (--arch-args hidden=H, one "
+                "ReLU layer); case-insensitive"})
     arch_args: tuple[str, ...] = field(default=(), metadata={
         "help": "extra constructor arguments of the architecture as KEY=VALUE (values read as "
                 "JSON when they parse, else as text), e.g. alpha=0.25 for MobileNet, "
@@ -97,6 +109,19 @@ class VictimConfig:
         "help": "version number to export; default: the next free integer"})
     export_logits: bool = field(default=False, metadata={
         "help": "also export a `logits` output beside `probabilities`"})
+    input_dtype: str | None = field(default=None, metadata={
+        "help": "dtype of the serving input: uint8 (raw pixels 0..255), float32 or float64 "
+                "(image backbones: pixels 0..255; dense archs: pixels in [0, 1]; float64 also "
+                "makes the outputs and, for dense archs, the whole graph float64); default "
+                "uint8 for image backbones, float64 for softmax/logreg/mlp",
+        "metavar": "uint8|float32|float64"})
+    flatten: bool = field(default=False, metadata={
+        "help": "serve a flat input [batch, H*W*C] (reshaped inside the graph) instead of "
+                "[batch, H, W, C]; float input dtypes only"})
+    test_fraction: float = field(default=0.2, metadata={
+        "help": "when --train-split equals --test-split (a dataset with one split, e.g. the "
+                "MNIST test set), hold out this seeded fraction of it as the test set "
+                "(0: train and test on the whole split)"})
     container_base_path: str = field(default="/models", metadata={
         "help": "where the out directory is mounted in the TF Serving container; models.config "
                 "gets base_path <this>/<name>. '' or 'local': the local absolute path",
@@ -108,19 +133,44 @@ class VictimConfig:
         _check_text("test_split", self.test_split)
         if self.data_dir is not None:
             _check_text("data_dir", self.data_dir)
-        backbone = get_backbone(self.arch, argument="arch")
-        object.__setattr__(self, "arch", backbone.name)
         if not isinstance(self.arch_args, tuple):
             raise invalid("arch_args", self.arch_args, "a tuple of KEY=VALUE strings")
-        self.arch_kwargs  # validates the KEY=VALUE pairs
         if not isinstance(self.weights, str):
             raise invalid("weights", self.weights, "'none', 'imagenet' or a weights file")
-        resolve_weights(self.weights, backbone=backbone)
-        if self.weights.strip().lower() in ("none", "imagenet", ""):
-            object.__setattr__(self, "weights", self.weights.strip().lower() or "none")
-        if self.input_size is not None:
-            _check_int("input_size", self.input_size, backbone.min_size,
-                       f" (the minimum of {backbone.name})")
+        if is_dense_arch(self.arch):
+            object.__setattr__(self, "arch", self.arch.strip().lower())
+            check_dense_args(self.arch, self.arch_kwargs)
+            if self.weights.strip().lower() not in ("none", ""):
+                raise invalid("weights", self.weights, f"'none' for the dense arch {self.arch}")
+            object.__setattr__(self, "weights", "none")
+            if self.input_size is not None:
+                raise invalid("input_size", self.input_size,
+                              f"None for the dense arch {self.arch} (it takes the images' size)")
+            if self.input_dtype is None:
+                object.__setattr__(self, "input_dtype", "float64")
+            elif self.input_dtype == "uint8":
+                raise invalid("input_dtype", self.input_dtype,
+                              f"float32 or float64 for the dense arch {self.arch} (pixels in "
+                              "[0, 1])")
+        else:
+            backbone = get_backbone(self.arch, argument="arch")
+            object.__setattr__(self, "arch", backbone.name)
+            self.arch_kwargs  # validates the KEY=VALUE pairs
+            resolve_weights(self.weights, backbone=backbone)
+            if self.weights.strip().lower() in ("none", "imagenet", ""):
+                object.__setattr__(self, "weights", self.weights.strip().lower() or "none")
+            if self.input_size is not None:
+                _check_int("input_size", self.input_size, backbone.min_size,
+                           f" (the minimum of {backbone.name})")
+            if self.input_dtype is None:
+                object.__setattr__(self, "input_dtype", "uint8")
+        _check_choice("input_dtype", self.input_dtype, INPUT_DTYPES)
+        if not isinstance(self.flatten, bool):
+            raise invalid("flatten", self.flatten, "true or false")
+        if self.flatten and self.input_dtype == "uint8":
+            raise invalid("flatten", self.flatten,
+                          "false with a uint8 input (flat inputs are float32/float64)")
+        _check_float("test_fraction", self.test_fraction, 0.0, 0.9)
         _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 1)
         _check_float("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)

@@ -3,7 +3,11 @@
 `export_classifier` writes ``<base_dir>/<name>/<version>/`` (``saved_model.pb`` + ``variables/``)
 with one ``serving_default`` signature: input ``images`` (uint8, ``[None, H, W, 3]``, raw pixels)
 -> ``probabilities`` (float32 ``[None, K]``, the softmax of the model's logits) and, on request,
-``logits``. The uint8 -> float32 cast happens in the graph; the model's own preprocessing layer
+``logits``. The dense victims of the exact extraction attacks (Tramèr et al. 2016, Jagielski et
+al. 2020) are exported with a float input instead (``input_dtype="float64"``: float64 in, float64
+out, optionally flat ``[None, H*W*C]``), so an attacker can query and read them in float64.
+
+The uint8 -> float32 cast happens in the graph; the model's own preprocessing layer
 (`common.backbones.BackbonePreprocess`) does the rest, so clients send raw pixels. The version is
 written into a hidden temp folder beside it (``.tmp-<version>-<pid>``, a name TF Serving skips:
 not an integer) and renamed with `os.replace`, so a server polling the folder never sees a
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from common.errors import UsageError, invalid
@@ -70,39 +75,58 @@ def read_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
+INPUT_DTYPES = ("uint8", "float32", "float64")
+
+
 def signature_description(
-    input_shape: Sequence[int], num_classes: int, export_logits: bool
+    input_shape: Sequence[int], num_classes: int, export_logits: bool,
+    input_dtype: str = "uint8", flatten: bool = False,
 ) -> dict[str, Any]:
     """A JSON description of the exported ``serving_default`` signature (-1: any batch size)."""
+    out_dtype = "float64" if input_dtype == "float64" else "float32"
     outputs: dict[str, Any] = {
-        "probabilities": {"dtype": "float32", "shape": [-1, int(num_classes)],
+        "probabilities": {"dtype": out_dtype, "shape": [-1, int(num_classes)],
                           "description": "softmax class probabilities"},
     }
     if export_logits:
-        outputs["logits"] = {"dtype": "float32", "shape": [-1, int(num_classes)],
+        outputs["logits"] = {"dtype": out_dtype, "shape": [-1, int(num_classes)],
                              "description": "pre-softmax scores"}
+    dims = [int(np.prod(input_shape))] if flatten else list(map(int, input_shape))
+    if input_dtype == "uint8":
+        text = "raw RGB pixels, 0..255"
+    else:
+        text = "pixels as floats (the model's own scale)" + (
+            ", flattened row-major from " + "x".join(map(str, input_shape)) if flatten else "")
     return {
         "name": SIGNATURE_NAME,
         "method_name": "tensorflow/serving/predict",
-        "inputs": {"images": {"dtype": "uint8", "shape": [-1, *map(int, input_shape)],
-                              "description": "raw RGB pixels, 0..255"}},
+        "inputs": {"images": {"dtype": input_dtype, "shape": [-1, *dims],
+                              "description": text}},
         "outputs": outputs,
     }
 
 
-def _check_shape(model: keras.Model, input_shape: Sequence[int] | None) -> tuple[int, int, int]:
+def _check_shape(model: keras.Model, input_shape: Sequence[int] | None,
+                 input_dtype: str = "uint8") -> tuple[int, ...]:
+    """The serving image shape: (H, W, 3) for uint8 inputs; any fixed shape for float inputs."""
+    image = input_dtype == "uint8"
     model_shape = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
-    if model_shape is None or len(model_shape) != 3:
-        raise invalid("model", model.name, "a single-input image model [batch, H, W, 3]")
+    if model_shape is None or (image and len(model_shape) != 3) or not model_shape:
+        raise invalid("model", model.name, "a single-input image model [batch, H, W, 3]"
+                      if image else "a single-input model with a fixed input shape")
     shape = tuple(model_shape) if input_shape is None else tuple(input_shape)
-    if len(shape) != 3 or shape[2] != 3 or any(
-        not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in shape
+    if (image and (len(shape) != 3 or shape[2] != 3)) or not shape or any(
+        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 for v in shape
     ):
-        raise invalid("input_shape", input_shape, "(height, width, 3) with positive integers")
+        raise invalid("input_shape", input_shape,
+                      "(height, width, 3) with positive integers" if image
+                      else "positive integers (the model's input shape)")
+    if len(shape) != len(model_shape):
+        raise invalid("input_shape", input_shape, f"the model's input shape {model_shape}")
     for have, want in zip(model_shape, shape):
         if have is not None and have != want:
             raise invalid("input_shape", input_shape, f"the model's input shape {model_shape}")
-    return shape  # type: ignore[return-value]
+    return tuple(int(v) for v in shape)
 
 
 def export_classifier(
@@ -115,6 +139,8 @@ def export_classifier(
     class_names: Sequence[str] | None = None,
     export_logits: bool = False,
     card: Mapping[str, Any] | None = None,
+    input_dtype: str = "uint8",
+    flatten: bool = False,
 ) -> Path:
     """Export `model` (raw float pixels in, logits out) for TF Serving; return the version dir.
 
@@ -129,13 +155,23 @@ def export_classifier(
         class_names: K names, recorded in the card; default "0".."K-1".
         export_logits: add a ``logits`` output to the signature.
         card: extra JSON-serialisable facts for this version's card entry (dataset, accuracy...).
+        input_dtype: "uint8" (default: raw pixels, cast to float32 in the graph), "float32" or
+            "float64" (the floats go to the model as sent, cast to its input dtype; with
+            "float64" the outputs are float64 too, so a float64 model serves float64 answers,
+            as the exact extraction attacks need). A float input may have any fixed shape.
+        flatten: the signature takes [batch, prod(input_shape)] and reshapes it in the graph
+            (float inputs only).
 
     Raises:
         UsageError: on bad arguments or an existing version, before anything is written.
     """
     if not isinstance(name, str) or not _MODEL_NAME_RE.match(name):
         raise invalid("name", name, "a model name of letters, digits, '_', '.' or '-'")
-    shape = _check_shape(model, input_shape)
+    if input_dtype not in INPUT_DTYPES:
+        raise invalid("input_dtype", input_dtype, "one of " + ", ".join(INPUT_DTYPES))
+    if not isinstance(flatten, bool) or (flatten and input_dtype == "uint8"):
+        raise invalid("flatten", flatten, "False, or True with a float input_dtype")
+    shape = _check_shape(model, input_shape, input_dtype)
     output_shape = model.output_shape
     if not isinstance(output_shape, tuple) or len(output_shape) != 2 or not output_shape[1]:
         raise invalid("model", model.name, "a single-output classifier producing [batch, K] logits")
@@ -170,7 +206,7 @@ def export_classifier(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write_saved_model(model, tmp, shape, export_logits)
+        _write_saved_model(model, tmp, shape, export_logits, input_dtype, flatten)
         try:
             os.replace(tmp, final)
         except OSError as err:
@@ -190,7 +226,9 @@ def export_classifier(
         "num_classes": num_classes,
         "class_names": class_names,
         "export_logits": bool(export_logits),
-        "signature": signature_description(shape, num_classes, export_logits),
+        "input_dtype": input_dtype,
+        "signature": signature_description(shape, num_classes, export_logits, input_dtype,
+                                           flatten),
     }
     # Re-read: another export may have added its version since the check above.
     merged = read_card(model_dir) or existing_card
@@ -209,22 +247,29 @@ def _version_key(text: str) -> tuple[int, str]:
 
 
 def _write_saved_model(
-    model: keras.Model, path: Path, shape: tuple[int, int, int], export_logits: bool
+    model: keras.Model, path: Path, shape: tuple[int, ...], export_logits: bool,
+    input_dtype: str = "uint8", flatten: bool = False,
 ) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
+    wire = tf.as_dtype(input_dtype)
+    feed = tf.float32 if input_dtype == "uint8" else tf.as_dtype(
+        getattr(model.inputs[0], "dtype", None) or "float32")
+    out = tf.float64 if input_dtype == "float64" else tf.float32
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+        x = tf.reshape(images, [-1, *shape]) if flatten else images
+        logits = tf.cast(model(tf.cast(x, feed), training=False), out)
         outputs = {"probabilities": tf.nn.softmax(logits, axis=-1)}
         if export_logits:
             outputs["logits"] = logits
         return outputs
 
+    dims = [int(np.prod(shape))] if flatten else list(shape)
     archive.add_endpoint(
         name=SIGNATURE_NAME,
         fn=serve,
-        input_signature=[tf.TensorSpec([None, *shape], tf.uint8, name="images")],
+        input_signature=[tf.TensorSpec([None, *dims], wire, name="images")],
     )
     archive.write_out(str(path), verbose=False)
 

@@ -28,6 +28,7 @@ from common.cli import config_to_dict
 from common.data import ImageDataset, load_dataset
 from common.errors import UsageError, invalid
 from victim_export.config import VictimConfig
+from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
 from victim_export.export import export_classifier, next_version, read_card
 from victim_export.models_config import MODELS_CONFIG_NAME, read_models_config, write_models_config
 
@@ -38,6 +39,7 @@ __all__ = [
     "preflight",
     "run_victim_export",
     "save_trained_victim",
+    "split_holdout",
     "train_victim",
 ]
 
@@ -193,11 +195,41 @@ def _optimizer(config: VictimConfig, steps_per_epoch: int) -> keras.optimizers.O
     return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
 
 
+def split_holdout(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset,
+                                                                              ImageDataset]:
+    """(train, test): a seeded `fraction` of `dataset` held out as the test set.
+
+    Used when a dataset has one split only (``../shared/data/mnist_test10k_uint8.npz`` holds the
+    10,000 MNIST test digits: 8,000 train / 2,000 test with the default fraction 0.2).
+    """
+    count = int(round(len(dataset) * fraction))
+    if count < 1 or count >= len(dataset):
+        raise invalid("test_fraction", fraction,
+                      f"a fraction leaving at least one training and one test image of "
+                      f"{len(dataset)}")
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    return dataset.subset(np.sort(order[count:])), dataset.subset(np.sort(order[:count]))
+
+
 def load_splits(config: VictimConfig) -> tuple[ImageDataset, ImageDataset]:
-    """Load the training (at most `limit` images) and test splits of `config.dataset` as RGB."""
-    train = load_dataset(config.dataset, config.train_split, channels=3, limit=config.limit,
-                         seed=config.seed, data_dir=config.data_dir)
-    test = load_dataset(config.dataset, config.test_split, channels=3, seed=config.seed,
+    """Load the training (at most `limit` images) and test splits of `config.dataset`.
+
+    Image backbones get RGB images; dense archs the dataset's own channels (MNIST: 1). When the
+    two splits are the same and `test_fraction` > 0, a seeded fraction of it is held out as the
+    test set (`split_holdout`) and `limit` applies to the rest.
+    """
+    channels = None if is_dense_arch(config.arch) else 3
+    if config.train_split == config.test_split and config.test_fraction > 0:
+        whole = load_dataset(config.dataset, config.train_split, channels=channels,
+                             seed=config.seed, data_dir=config.data_dir)
+        train, test = split_holdout(whole, config.test_fraction, config.seed)
+        if config.limit is not None and config.limit < len(train):
+            keep = np.random.default_rng(config.seed + 1).permutation(len(train))[:config.limit]
+            train = train.subset(np.sort(keep))
+        return train, test
+    train = load_dataset(config.dataset, config.train_split, channels=channels,
+                         limit=config.limit, seed=config.seed, data_dir=config.data_dir)
+    test = load_dataset(config.dataset, config.test_split, channels=channels, seed=config.seed,
                         data_dir=config.data_dir)
     return train, test
 
@@ -213,6 +245,8 @@ def train_victim(
         raise UsageError("Pass both `train` and `test` datasets, or neither.")
     if train is None or test is None:
         train, test = load_splits(config)
+    if is_dense_arch(config.arch):
+        return train_dense_victim(config, train, test)
     if train.image_shape[-1] != 3 or test.image_shape[-1] != 3:
         raise invalid("dataset", config.dataset, "RGB images (3 channels)")
     if train.class_names != test.class_names:
@@ -319,10 +353,19 @@ def save_trained_victim(config: VictimConfig, trained: TrainedVictim) -> Path:
         "config": config_to_dict(config),
     }
     size = trained.input_size
+    model, shape = trained.model, (size, size, 3)
+    if is_dense_arch(config.arch):
+        shape = tuple(model.input_shape[1:])
+        if config.input_dtype == "float64":
+            model = cast_dense_classifier(model, "float64")
+        card["input_scale"] = "pixels / 255, in [0, 1]"
+    else:
+        card["input_scale"] = "raw pixels 0..255"
     path = export_classifier(
-        trained.model, config.out, config.model_name, version=config.version,
-        input_shape=(size, size, 3), class_names=trained.class_names,
-        export_logits=config.export_logits, card=card,
+        model, config.out, config.model_name, version=config.version,
+        input_shape=shape, class_names=trained.class_names,
+        export_logits=config.export_logits, card=card, input_dtype=config.input_dtype,
+        flatten=config.flatten,
     )
     write_models_config(config.out, config.model_name,
                         container_base_path=config.container_base_path)

@@ -1,0 +1,175 @@
+"""Copycat CNN over gRPC: `python -m attack.copycat --grpc host:8500 ...`.
+
+da Silva et al., "Copycat CNN: Stealing Knowledge by Persuading Confession with Random
+Non-Labeled Data" (IJCNN 2018): the attacker labels natural images from *outside* the victim's
+problem domain (the "non-problem-domain" or fake dataset) with the victim's top-1 answers only
+and trains a copy on those hard labels; an optional second phase fine-tunes the copy on a few
+problem-domain images, also labelled by the victim. Whatever the victim returns (probabilities,
+top-k, a label), Copycat keeps only the arg-max: its targets are one-hot.
+
+The run directory, journal, resume, surrogate, evaluation and report are the shared pipeline's
+(`attack.pipeline`, as `attack.knockoff`). Query numbers in the journal: 0..P-1 are the
+non-problem-domain pool (transfer images not held out), P.. the problem-domain set; phase 2
+starts when phase 1's budget is answered. The curve trains on phase-1 prefixes and ends with
+the final surrogate after phase 2, so the report shows what the problem-domain images added.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+
+from attack.config import CopycatConfig
+from attack.pipeline import (
+    AttackResult,
+    finish,
+    journal_answers,
+    load_test_set,
+    open_victim,
+    prepare_run_dir,
+    query_in_order,
+    surrogate_trainer,
+    trainer_kwargs,
+    victim_signature,
+)
+from common.errors import invalid
+
+__all__ = ["CopycatConfig", "one_hot_top1", "run_copycat"]
+
+log = logging.getLogger(__name__)
+
+FINE_TUNE_LR_FACTOR = 0.1  # phase 2 fine-tunes at a tenth of the training learning rate
+
+
+def one_hot_top1(responses: np.ndarray) -> np.ndarray:
+    """Copycat's targets: one-hot rows at the arg-max of whatever the victim returned."""
+    from attack.responses import Granularity, apply_granularity
+
+    return apply_granularity(responses, Granularity("top1"))
+
+
+def run_copycat(config: CopycatConfig, *, on_progress=None) -> AttackResult:
+    """Phase 1 (non-problem-domain images), optional phase 2 (problem-domain images), train,
+    evaluate, export, report. Resumable at every stage."""
+    from attack.evaluate import default_budgets
+    from attack.responses import detect_granularity
+    from common.data import load_dataset
+
+    transfer = load_dataset(config.transfer_set, config.transfer_split,
+                            exclude_classes=config.exclude_classes)
+    test = load_test_set(config)
+    order = np.random.default_rng(config.seed).permutation(len(transfer))
+    heldout_idx = np.sort(order[:config.heldout])
+    pool = transfer.images[np.sort(order[config.heldout:])]
+    if config.budget > len(pool):
+        raise invalid("budget", config.budget,
+                      f"at most {len(pool)} (transfer images not held out for evaluation)")
+    pd_images = None
+    if config.pd_budget:
+        pd_images = load_dataset(config.pd_set, config.pd_split).images
+        if config.pd_budget > len(pd_images):
+            raise invalid("pd_budget", config.pd_budget,
+                          f"at most {len(pd_images)} (images in --pd-set {config.pd_set})")
+    offset = len(pool)
+    total = config.budget + config.pd_budget
+
+    def images_of(indices: np.ndarray) -> np.ndarray:
+        if (indices < offset).all():
+            return pool[indices]
+        if (indices >= offset).all():
+            return pd_images[indices - offset]
+        raise AssertionError("a query batch mixes the two phases")  # query_in_order never does
+
+    with open_victim(config) as client:
+        info, num_classes = victim_signature(client, config)
+        kwargs = trainer_kwargs(config, num_classes)
+        surrogate_trainer(None, kwargs, None)  # checks backbone, weights, size, arch_args
+        run_dir = prepare_run_dir(config)  # the first side effect, after every check
+        rng = np.random.default_rng([config.seed, 1])
+        chunk = config.query_batch * config.in_flight * 16
+        stats = {"phase1": query_in_order(client, run_dir, images_of, rng.permutation(offset),
+                                          config.budget, chunk=chunk,
+                                          on_progress=on_progress)}
+        if pd_images is not None:
+            pd_order = offset + np.random.default_rng([config.seed, 2]).permutation(
+                len(pd_images))
+            stats["phase2"] = query_in_order(client, run_dir, images_of, pd_order, total,
+                                             chunk=chunk, on_progress=on_progress)
+
+        indices, responses = journal_answers(run_dir)
+        indices, responses = indices[:total], responses[:total]
+        received = detect_granularity(responses)
+        targets = one_hot_top1(responses)
+        is_npd = indices < offset
+        npd_images, npd_targets = pool[indices[is_npd]], targets[is_npd]
+        if pd_images is not None:
+            pd_rows, pd_targets = pd_images[indices[~is_npd] - offset], targets[~is_npd]
+
+        def train(n: int, tag: str):
+            n_npd = min(n, len(npd_images))
+            fine_tune = {**kwargs, "online_lr": kwargs["lr"] * FINE_TUNE_LR_FACTOR}
+            # one checkpoint per phase-1 prefix: the final surrogate's phase 1 is the curve's
+            # last phase-1 point, trained once
+            trainer = surrogate_trainer(run_dir, fine_tune, f"phase1_{n_npd}")
+            trainer.fit(npd_images[:n_npd], npd_targets[:n_npd])
+            n_pd = n - n_npd
+            if n_pd > 0:  # phase 2: fine-tune on the problem-domain answers
+                mix = np.random.default_rng([config.seed, 3]).choice(
+                    n_npd, size=min(n_npd, n_pd), replace=False)
+                for _ in range(config.pd_epochs):
+                    trainer.partial_fit(pd_rows[:n_pd], pd_targets[:n_pd])
+                    trainer.partial_fit(npd_images[mix], npd_targets[mix])
+            return trainer
+
+        budgets = default_budgets(min(config.budget, len(npd_images)), config.curve_points)
+        extra = {"query_stats": stats, "received_granularity": received,
+                 "trained_on": "top1 (one-hot), whatever the victim returned",
+                 "phases": {"non_problem_domain": int(is_npd.sum()),
+                            "problem_domain": int((~is_npd).sum())}}
+        return finish(client, info, config, run_dir, queries=len(indices), train=train,
+                      test=test, heldout_images=transfer.images[heldout_idx],
+                      curve_budgets=budgets, extra=extra)
+
+
+# -- command line ----------------------------------------------------------------------------------
+PROG = "python -m attack.copycat"
+EPILOG = """\
+example (steal the CIFAR-10 victim from its labels, then fine-tune on 500 CIFAR images):
+  python -m attack.copycat --grpc localhost:8500 --model cifar10_cnn \\
+      --transfer-set ../shared/data/tinyimagenet200_val10k_train50pc.zip \\
+      --transfer-split train+val \\
+      --exclude-classes ../shared/data/tinyimagenet_cifar10_overlap_wnids.txt \\
+      --budget 8000 --heldout 500 \\
+      --pd-set ../shared/data/cifar10_jpeg_q75.zip --pd-split train --pd-budget 500 \\
+      --backbone mobilenet --arch-args alpha=0.25 --input-size 96 --epochs 6 \\
+      --weights ../shared/data/mobilenet_2_5_224_tf_no_top.h5 \\
+      --test-set ../shared/data/cifar10_jpeg_q75.zip --out runs/copycat_cifar10
+  # interrupted? the same command with --resume continues without re-sending answered queries
+"""
+
+
+def _main(argv) -> int:
+    from attack.pipeline import summary_line
+    from common.cli import configure_logging, parse_config
+
+    config = parse_config(CopycatConfig, argv, prog=PROG, epilog=EPILOG)
+    configure_logging()
+    import keras
+
+    bar = keras.utils.Progbar(target=config.budget + config.pd_budget, unit_name="query")
+    result = run_copycat(config, on_progress=lambda done, total: bar.update(done))
+    print(summary_line(result))
+    return 0
+
+
+def main(argv=None) -> int:
+    """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
+    from attack.pipeline import run_attack_cli
+
+    return run_attack_cli(_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The pipeline every extraction attack shares: run directory, journaled queries, surrogate, report.
+
+Knockoff Nets (Orekondy et al. 2019), Copycat CNN (da Silva et al. 2018) and JBDA (Papernot et
+al. 2017) differ in *which* images they send; everything around that is the same and lives here
+(ARCHITECTURE.md, contract 4):
+
+* `prepare_run_dir`: create RUN_DIR with the config, or check it on ``--resume`` (a config that
+  differs from the saved one is refused, nothing is written on error);
+* `open_victim`: the shared `serving.client.ServingClient`, the victim's signature read with
+  GetModelMetadata (an image classifier with a fixed number of classes, or a `UsageError`);
+* `send_journaled` / `query_in_order`: every query journaled before it goes on the wire and
+  every answer journaled as it arrives (`attack.journal.QueryJournal`), so Ctrl-C, a crash or
+  ``kill -9`` loses nothing and a resumed run never sends an answered query again;
+* `surrogate_trainer` and `finish`: the surrogate trained (resumably) on the answers, evaluated
+  on the test set, held-out transfer images and uniform noise, its accuracy and fidelity against
+  the number of queries, exported in the victim layout, and ``report.{json,md}`` with the plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attack.config import RESUME_NEUTRAL_FIELDS
+from common.cli import config_to_dict, save_config
+from common.errors import UsageError, invalid
+from common.fileio import write_json_atomic
+
+__all__ = [
+    "AttackResult",
+    "cached_victim_probs",
+    "finish",
+    "journal_answers",
+    "load_test_set",
+    "open_victim",
+    "prepare_run_dir",
+    "query_in_order",
+    "run_attack_cli",
+    "send_journaled",
+    "summary_line",
+    "surrogate_trainer",
+    "trainer_kwargs",
+    "victim_signature",
+]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+"""``on_progress(answered, budget)``, called from the client's worker threads."""
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack's ``run_*`` returns: the run directory and the headline figures."""
+
+    run_dir: Path
+    queries: int
+    headline: dict
+
+
+# -- run directory ---------------------------------------------------------------------------------
+def prepare_run_dir(config: Any) -> Path:
+    """Create RUN_DIR with config.json, or check it on --resume; nothing is written on error.
+
+    A field the saved config lacks (a run started before the field existed) counts as its
+    default, so adding an option never locks older runs out of ``--resume``.
+    """
+    run_dir = Path(config.out)
+    saved_path = run_dir / "config.json"
+    if config.resume:
+        if not saved_path.is_file():
+            raise invalid("resume", True, f"a run directory with config.json; {run_dir} has none")
+        saved = json.loads(saved_path.read_text())
+        current = config_to_dict(config)
+        defaults = config_to_dict(_defaults_like(config))
+        differing = sorted(k for k in current if k not in RESUME_NEUTRAL_FIELDS
+                           and saved.get(k, defaults.get(k)) != current[k])
+        if differing:
+            detail = ", ".join(f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in differing)
+            raise UsageError(
+                f"Invalid value for argument `resume`. The run in {run_dir} was started with "
+                f"another config: {detail}. Expected the same settings, or a new --out.")
+        return run_dir
+    if saved_path.exists() or (run_dir / "journal.bin").exists():
+        raise invalid("out", str(run_dir),
+                      "a new run directory (this one holds a run: pass --resume to continue it)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, saved_path)
+    return run_dir
+
+
+def _defaults_like(config: Any) -> Any:
+    """`config` with every field that has a default set back to it (required ones kept)."""
+    changes = {f.name: f.default for f in dataclasses.fields(config)
+               if f.init and f.default is not dataclasses.MISSING}
+    try:
+        return dataclasses.replace(config, **changes)
+    except UsageError:  # defaults that do not validate together: compare without them
+        return config
+
+
+# -- the victim ------------------------------------------------------------------------------------
+def open_victim(config: Any):
+    """A `ServingClient` for the config's endpoint (use it as a context manager)."""
+    from serving.client import ServingClient
+
+    return ServingClient(config.grpc, config.model, version=config.version,
+                         api_key=config.api_key, timeout=config.timeout,
+                         max_in_flight=config.in_flight, batch_size=config.query_batch)
+
+
+def victim_signature(client, config: Any):
+    """(signature info, number of classes) of the victim; `UsageError` when K is not fixed."""
+    info = client.metadata()  # reachable, and an image classifier
+    if not info.num_classes:
+        raise UsageError(f"model {config.model!r} at {config.grpc}: the output "
+                         f"{info.probabilities!r} has no fixed number of classes")
+    return info, int(info.num_classes)
+
+
+def load_test_set(config: Any):
+    """The labelled test set of `config` (None without ``--test-set``)."""
+    from common.data import load_dataset
+
+    if not config.test_set:
+        return None
+    return load_dataset(config.test_set, config.test_split, limit=config.test_limit,
+                        seed=config.seed)
+
+
+# -- querying --------------------------------------------------------------------------------------
+def send_journaled(client, journal, images: np.ndarray, indices: np.ndarray, *,
+                   lock: threading.Lock, budget: int,
+                   on_progress: ProgressFn | None = None) -> np.ndarray:
+    """Send `images` (the queries numbered `indices`) and return the answers, in order.
+
+    Each batch's indices are journaled as sent before it goes on the wire and its answers as
+    they arrive, from the client's worker threads (under `lock`); `on_progress(answered,
+    budget)` follows each journaled batch.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+
+    def intent(first: int, rows: int) -> None:
+        with lock:
+            journal.record_sent(indices[first:first + rows])
+
+    def record(first: int, answer: np.ndarray) -> None:
+        with lock:
+            journal.record_answers(indices[first:first + len(answer)], answer)
+            done = journal.num_answered
+        if on_progress is not None:
+            on_progress(done, budget)
+
+    return client.predict(images, on_send=intent, on_result=record)
+
+
+def query_in_order(client, run_dir: Path, images: Callable[[np.ndarray], np.ndarray],
+                   order: Sequence[int] | np.ndarray, budget: int, *, chunk: int,
+                   on_progress: ProgressFn | None = None) -> dict:
+    """Answer the queries of `order` until the journal holds `budget` answers.
+
+    `images(indices)` returns the uint8 images of those query numbers. Indices already answered
+    are skipped; those in flight at a crash (sent, no answer) go first (they may be paid twice:
+    no client can know whether the server charged them). Returns query statistics.
+    """
+    from attack.journal import QueryJournal
+
+    order = np.asarray(order, dtype=np.int64)
+    with QueryJournal.open(run_dir) as journal:
+        pending = journal.pending()
+        if len(pending):
+            log.warning("%d queries were in flight when the run stopped; sending them again",
+                        len(pending))
+        answered = np.fromiter((journal.is_answered(i) for i in order.tolist()), bool,
+                               count=len(order))
+        todo = order[~answered]
+        todo = np.concatenate([pending[np.isin(pending, todo)], todo[~np.isin(todo, pending)]])
+        lock = threading.Lock()
+        started = time.perf_counter()
+        sent = 0
+        while journal.num_answered < budget and sent < len(todo):
+            want = min(chunk, budget - journal.num_answered, len(todo) - sent)
+            batch = todo[sent:sent + want]
+            send_journaled(client, journal, images(batch), batch, lock=lock, budget=budget,
+                           on_progress=on_progress)
+            sent += want
+        seconds = time.perf_counter() - started
+        return {"answered": journal.num_answered, "sent_this_session": sent,
+                "resent_after_crash": int(min(len(pending), sent)), "seconds": seconds,
+                "queries_per_second": sent / seconds if seconds > 0 and sent else None}
+
+
+def journal_answers(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, responses) of the journal, in answer order."""
+    from attack.journal import QueryJournal
+
+    with QueryJournal.open(run_dir) as journal:
+        return journal.answered_indices().copy(), journal.responses().copy()
+
+
+# -- surrogate, evaluation, report -----------------------------------------------------------------
+def trainer_kwargs(config: Any, num_classes: int) -> dict:
+    """`SurrogateTrainer` keyword arguments from an attack config."""
+    return dict(backbone=config.backbone, weights=config.weights, input_size=config.input_size,
+                num_classes=num_classes, epochs=config.epochs, batch_size=config.batch_size,
+                lr=config.learning_rate, seed=config.seed, arch_kwargs=config.arch_kwargs())
+
+
+def surrogate_trainer(run_dir: Path | None, kwargs: Mapping[str, Any], tag: str | None):
+    """A `SurrogateTrainer` checkpointing in RUN_DIR/checkpoints/<tag> (none when tag is None).
+
+    A finished fit on the same data is loaded from there instead of trained again, so every
+    attack's resume, and its curve, reuse what was trained before.
+    """
+    from attack.surrogate import SurrogateTrainer
+
+    checkpoint = None if tag is None or run_dir is None else run_dir / "checkpoints" / tag
+    return SurrogateTrainer(**kwargs, checkpoint_dir=checkpoint)
+
+
+def cached_victim_probs(client, run_dir: Path, name: str, images: np.ndarray) -> np.ndarray:
+    """The victim's answers on evaluation images, asked once and kept in RUN_DIR/eval/."""
+    path = run_dir / "eval" / f"{name}.npy"
+    if path.is_file():
+        cached = np.load(path)
+        if len(cached) == len(images):
+            return cached
+    probs = client.predict(images)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, probs)
+    tmp.replace(path)
+    return probs
+
+
+TrainFn = Callable[[int, str], Any]
+"""``train(n, tag) -> SurrogateTrainer``: a surrogate trained on the first n answered queries."""
+
+
+def finish(client, info, config: Any, run_dir: Path, *, queries: int, train: TrainFn,
+           test=None, heldout_images: np.ndarray | None = None,
+           curve_budgets: Sequence[int] | None = None,
+           extra: Mapping[str, Any] | None = None) -> AttackResult:
+    """Train the final surrogate, evaluate it, draw the curve, export it, write the report.
+
+    `train(queries, "final")` is the final surrogate; with a test set, `train(n, f"prefix_{n}")`
+    gives the curve's points (`curve_budgets`, default `config.curve_points` halvings of
+    `queries`); finished points are kept in RUN_DIR/curve.json and never trained again.
+    """
+    from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
+    from attack.report import write_report
+    from attack.surrogate import export_surrogate
+
+    final = train(queries, "final")
+    evaluation = None
+    curve: list[dict] = []
+    if test is not None:
+        noise_images = uniform_noise_images(config.noise, test.images.shape[1:],
+                                            seed=config.seed)
+        held = None
+        if heldout_images is not None and len(heldout_images):
+            held = (heldout_images,
+                    cached_victim_probs(client, run_dir, "heldout", heldout_images))
+        noise = ((noise_images, cached_victim_probs(client, run_dir, "noise", noise_images))
+                 if config.noise else None)
+        common_args = dict(
+            victim_probs_test=cached_victim_probs(client, run_dir, "test", test.images),
+            test_labels=test.labels, test_images=test.images, transfer_heldout=held,
+            noise=noise)
+        evaluation = evaluate(final.predict_probs, class_names=test.class_names,
+                              n_queries=queries, **common_args)
+        curve_path = run_dir / "curve.json"
+        completed = json.loads(curve_path.read_text()) if curve_path.is_file() else []
+        completed = [p for p in completed if p["queries"] != queries] + [
+            {"queries": queries, **evaluation.headline()}]
+
+        def save_point(point: dict) -> None:
+            completed.append(point)
+            write_json_atomic(curve_path, sorted(completed, key=lambda p: p["queries"]))
+
+        budgets = (sorted({int(b) for b in curve_budgets if 0 < b <= queries} | {queries})
+                   if curve_budgets is not None
+                   else default_budgets(queries, config.curve_points))
+        curve = prefix_curve(budgets, lambda n: train(n, f"prefix_{n}").predict_probs,
+                             completed=completed, on_point=save_point, **common_args)
+        write_json_atomic(curve_path, curve)
+    exported = export_surrogate(
+        final.model, run_dir, class_names=test.class_names if test is not None else None,
+        input_shape=tuple(info.input_shape[1:]) if info.image_size else None)
+    extra = {**dict(extra or {}),
+             "victim": {"target": config.grpc, "model": config.model,
+                        "input": [info.input_name, str(info.input_dtype),
+                                  list(info.input_shape)],
+                        "num_classes": info.num_classes},
+             "surrogate_export": str(exported)}
+    write_report(run_dir, config=config_to_dict(config), evaluation=evaluation, curve=curve,
+                 extra=extra)
+    headline = evaluation.headline() if evaluation is not None else {}
+    return AttackResult(run_dir, queries, headline)
+
+
+def summary_line(result: AttackResult) -> str:
+    """The line a CLI prints at the end: queries, report path and the headline figures."""
+    shown = ("victim_acc", "surrogate_acc", "ratio", "fidelity_test",
+             "fidelity_transfer_heldout", "fidelity_noise")
+    figures = "  ".join(f"{k}={result.headline[k]:.4f}" for k in shown
+                        if isinstance(result.headline.get(k), float))
+    return f"{result.queries} queries -> {result.run_dir / 'report.md'}  {figures}"
+
+
+def run_attack_cli(body: Callable[[Any], int], argv, *, prog: str) -> int:
+    """`common.cli.run_cli` plus a `ServingError` (unreachable host, unknown model) as one
+    line on stderr and exit code 2."""
+    import sys
+
+    from common.cli import run_cli
+    from serving.client import ServingError
+
+    try:
+        return run_cli(body, argv, prog=prog)
+    except ServingError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2

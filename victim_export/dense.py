@@ -1,0 +1,272 @@
+"""Dense victims: the logistic / softmax regressions and one-hidden-layer ReLU networks of the
+exact extraction attacks.
+
+Tramèr et al. 2016 ("Stealing Machine Learning Models via Prediction APIs") recover logistic and
+multinomial logistic (softmax) regressions by solving equations; Jagielski et al. 2020 ("High
+Accuracy and High Fidelity Extraction of Neural Networks") extract one-hidden-layer ReLU networks
+exactly. Their victims are small dense models on flattened pixels, and this module builds them
+beside the image backbones of `common.backbones`, in an explicit table:
+
+* ``softmax``: multinomial logistic regression, logits ``W x + b`` (K outputs).
+* ``logreg``: binary logistic regression, one score ``z = w x + b`` exported as the two logits
+  ``[0, z]`` (so the probabilities are ``[1 - sigmoid(z), sigmoid(z)]``). On a dataset with more
+  than two classes, ``--arch-args positive=N`` makes the task "class N against the rest".
+* ``mlp``: ``A relu(W x + b) + c`` with ``--arch-args hidden=H`` units (default 16).
+
+Unlike the image backbones, these take pixels scaled to [0, 1] (float, ``[H, W, C]``, any number
+of channels: MNIST stays 28x28x1), flatten them inside the model, and are exported with a float
+input (float64 by default: the exact attacks solve in float64, and TF Serving serves DT_DOUBLE).
+`build_dense_classifier` builds one in any float dtype; `cast_dense_classifier` copies trained
+weights into a float64 twin for export.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from common.data import ImageDataset
+from common.errors import UsageError, invalid
+
+__all__ = [
+    "DENSE_ARCHS",
+    "BinaryLogits",
+    "DenseArch",
+    "build_dense_classifier",
+    "cast_dense_classifier",
+    "check_dense_args",
+    "dense_arch",
+    "is_dense_arch",
+    "one_vs_rest",
+    "train_dense_victim",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DenseArch:
+    """One dense victim architecture: its name, accepted `arch_args` and what it is."""
+
+    name: str
+    arguments: tuple[str, ...]
+    description: str
+
+
+DENSE_ARCHS: dict[str, DenseArch] = {
+    entry.name: entry for entry in (
+        DenseArch("logreg", ("positive",),
+                  "binary logistic regression (logits [0, w.x + b]); positive=N: class N vs rest"),
+        DenseArch("softmax", (), "multinomial logistic regression (logits W x + b)"),
+        DenseArch("mlp", ("hidden",), "one hidden ReLU layer: A relu(W x + b) + c; hidden=H"),
+    )
+}
+
+
+def is_dense_arch(name: object) -> bool:
+    """Whether `name` (case-insensitive) is one of `DENSE_ARCHS`."""
+    return isinstance(name, str) and name.strip().lower() in DENSE_ARCHS
+
+
+def dense_arch(name: str) -> DenseArch:
+    """The `DenseArch` called `name` (case-insensitive); `UsageError` naming `arch` otherwise."""
+    if not is_dense_arch(name):
+        raise invalid("arch", name, "one of " + ", ".join(DENSE_ARCHS))
+    return DENSE_ARCHS[name.strip().lower()]
+
+
+def check_dense_args(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse `arch_args` the architecture does not take, or bad values, naming `arch_args`."""
+    arch = dense_arch(name)
+    unknown = sorted(set(kwargs) - set(arch.arguments))
+    if unknown:
+        allowed = ", ".join(f"{a}=..." for a in arch.arguments) or "none"
+        raise invalid("arch_args", unknown, f"arguments of `{arch.name}`: {allowed}")
+    hidden = kwargs.get("hidden", 16)
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+        raise invalid("arch_args", f"hidden={hidden!r}", "hidden=H with an integer H >= 1")
+    positive = kwargs.get("positive")
+    if positive is not None and (isinstance(positive, bool) or not isinstance(positive, int)
+                                 or positive < 0):
+        raise invalid("arch_args", f"positive={positive!r}",
+                      "positive=N with N a class index >= 0")
+
+
+@keras.saving.register_keras_serializable(package="mext")
+class BinaryLogits(keras.layers.Layer):
+    """``z [batch, 1] -> [0, z] [batch, 2]``: one logistic score as two softmax logits."""
+
+    def call(self, inputs: Any) -> Any:
+        return keras.ops.concatenate([keras.ops.zeros_like(inputs), inputs], axis=-1)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (*input_shape[:-1], 2)
+
+
+def build_dense_classifier(
+    name: str,
+    num_classes: int,
+    input_shape: Sequence[int],
+    *,
+    dtype: str = "float32",
+    hidden: int = 16,
+    positive: int | None = None,
+    seed: int | None = None,
+) -> keras.Model:
+    """A dense classifier: float pixels in [0, 1] of `input_shape` in, `num_classes` logits out.
+
+    Every layer computes in `dtype` ("float32" to train, "float64" to serve exactly). `positive`
+    is accepted (and ignored) so that `arch_args` pass through unchanged; `logreg` needs
+    ``num_classes == 2``.
+    """
+    arch = dense_arch(name)
+    del positive  # a data setting of logreg (see one_vs_rest), not a layer setting
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 2:
+        raise invalid("num_classes", num_classes, "an integer of at least 2")
+    if arch.name == "logreg" and num_classes != 2:
+        raise invalid("num_classes", num_classes,
+                      "2 for logreg (pass --arch-args positive=N for class N against the rest)")
+    shape = tuple(int(v) for v in input_shape)
+    if not shape or min(shape) < 1:
+        raise invalid("input_shape", tuple(input_shape), "positive dimensions")
+    if dtype not in ("float16", "float32", "float64", "bfloat16"):
+        raise invalid("dtype", dtype, "a float dtype name such as 'float32' or 'float64'")
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input(shape=shape, dtype=dtype, name="images")
+    x = keras.layers.Flatten(name="flatten", dtype=dtype)(inputs) if len(shape) > 1 else inputs
+    if arch.name == "mlp":
+        x = keras.layers.Dense(int(hidden), activation="relu", kernel_initializer=init,
+                               name="hidden", dtype=dtype)(x)
+    if arch.name == "logreg":
+        score = keras.layers.Dense(1, kernel_initializer=init, name="score", dtype=dtype)(x)
+        logits = BinaryLogits(name="logits", dtype=dtype)(score)
+    else:
+        logits = keras.layers.Dense(int(num_classes), kernel_initializer=init, name="logits",
+                                    dtype=dtype)(x)
+    return keras.Model(inputs, logits, name=f"{arch.name}_classifier")
+
+
+def _dense_kind(model: keras.Model) -> tuple[str, int]:
+    names = {layer.name for layer in model.layers}
+    if "score" in names:
+        return "logreg", 1
+    if "hidden" in names:
+        return "mlp", int(model.get_layer("hidden").units)
+    return "softmax", 0
+
+
+def cast_dense_classifier(model: keras.Model, dtype: str) -> keras.Model:
+    """A copy of a `build_dense_classifier` model computing in `dtype`, with the same weights."""
+    kind, hidden = _dense_kind(model)
+    num_classes = int(model.output_shape[-1])
+    twin = build_dense_classifier(kind, num_classes, model.input_shape[1:], dtype=dtype,
+                                  hidden=hidden or 16)
+    twin.set_weights([np.asarray(w, dtype=dtype) for w in model.get_weights()])
+    return twin
+
+
+def one_vs_rest(dataset: ImageDataset, positive: int) -> ImageDataset:
+    """`dataset` relabelled for "class `positive` against the rest" (0: rest, 1: positive)."""
+    if positive >= dataset.num_classes:
+        raise invalid("arch_args", f"positive={positive}",
+                      f"a class index below {dataset.num_classes}")
+    name = dataset.class_names[positive]
+    labels = (np.asarray(dataset.labels) == positive).astype(np.int64)
+    return ImageDataset(dataset.images, labels, (f"not_{name}", name),
+                        dataset.source + f" ({name} vs rest)")
+
+
+def _unit_pixels(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images, dtype=np.float32) / np.float32(255.0)
+
+
+def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> Any:
+    """Train the dense victim of `config` (a `VictimConfig`) on uint8 images scaled to [0, 1].
+
+    Returns a `victim_export.train.TrainedVictim` whose model computes in float32.
+    """
+    from victim_export.train import TrainedVictim, _optimizer, _split_validation
+
+    kwargs = config.arch_kwargs
+    check_dense_args(config.arch, kwargs)
+    if config.arch == "logreg":
+        positive = kwargs.get("positive")
+        if positive is not None:
+            train, test = one_vs_rest(train, positive), one_vs_rest(test, positive)
+        elif train.num_classes != 2:
+            raise invalid("arch_args", config.arch_args,
+                          f"positive=N for logreg on {train.num_classes} classes (binary "
+                          "logistic regression: class N against the rest)")
+    if train.class_names != test.class_names:
+        raise invalid("test_split", config.test_split,
+                      f"a split with the training classes ({train.num_classes} classes)")
+    if config.augment not in ("none", "crop+flip"):
+        logger.warning("augment=%s is ignored by the dense architecture %s", config.augment,
+                       config.arch)
+    keras.utils.set_random_seed(config.seed)
+    fit_set, val_set = _split_validation(train, config.val_split, config.seed)
+    shape = tuple(train.image_shape)
+    model = build_dense_classifier(config.arch, train.num_classes, shape,
+                                   hidden=kwargs.get("hidden", 16), seed=config.seed)
+    logger.info("training %s on %d images (%d validation, %d test), %d classes, input %s",
+                config.arch, len(fit_set), 0 if val_set is None else len(val_set), len(test),
+                train.num_classes, "x".join(map(str, shape)))
+    steps = math.ceil(len(fit_set) / config.batch_size)
+    model.compile(
+        optimizer=_optimizer(config, steps),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=config.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+
+    def arrays(ds: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
+        return _unit_pixels(ds.images), keras.utils.to_categorical(ds.labels, train.num_classes)
+
+    callbacks: list[keras.callbacks.Callback] = []
+    early = None
+    validation = None
+    if val_set is not None:
+        validation = arrays(val_set)
+        early = keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", mode="max", patience=config.patience or config.epochs,
+            restore_best_weights=True)
+        callbacks.append(early)
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss" if validation is not None else "loss", factor=0.2,
+            patience=max(1, (config.patience or 4) // 2), min_lr=config.learning_rate * 1e-3))
+    started = time.monotonic()
+    x_fit, y_fit = arrays(fit_set)
+    history = model.fit(x_fit, y_fit, validation_data=validation, epochs=config.epochs,
+                        batch_size=config.batch_size, callbacks=callbacks, shuffle=True,
+                        verbose="auto")
+    seconds = time.monotonic() - started
+    logits = model.predict(_unit_pixels(test.images), verbose=0, batch_size=1024)
+    correct = np.argmax(logits, axis=-1) == np.asarray(test.labels)
+    per_class: dict[str, float | None] = {}
+    for index, name in enumerate(test.class_names):
+        mask = np.asarray(test.labels) == index
+        per_class[name] = float(correct[mask].mean()) if mask.any() else None
+    accuracy = float(correct.mean()) if len(correct) else math.nan
+    epochs_run = len(history.epoch)
+    best_epoch = None if early is None or early.best_weights is None else early.best_epoch + 1
+    logger.info("trained %d epochs in %.1fs; test accuracy %.4f", epochs_run, seconds, accuracy)
+    if not np.isfinite(np.concatenate([np.ravel(w) for w in model.get_weights()])).all():
+        raise UsageError(f"training {config.arch} diverged (non-finite weights); lower "
+                         "--learning-rate")
+    return TrainedVictim(
+        model=model, class_names=train.class_names, input_size=int(shape[0]),
+        test_accuracy=accuracy, per_class_accuracy=per_class, epochs_run=epochs_run,
+        best_epoch=best_epoch, training_seconds=seconds,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        train_examples=len(fit_set), val_examples=0 if val_set is None else len(val_set),
+        test_examples=len(test),
+    )
