@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query at most this many test images")
     parser.add_argument("--budget", type=int, default=5000, help="attack queries")
     parser.add_argument("--attack-epochs", type=int, default=5, help="surrogate epochs")
-    parser.add_argument("--detector-epochs", type=int, default=2, help="OOD detector epochs")
-    parser.add_argument("--detector-limit", type=int, default=6000,
+    parser.add_argument("--detector-epochs", type=int, default=3, help="OOD detector epochs")
+    parser.add_argument("--detector-limit", type=int, default=10000,
                         help="benign images the OOD detector trains on")
     parser.add_argument("--no-defence", action="store_true",
                         help="stop after the undefended attack (steps 1-4)")
