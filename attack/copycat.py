@@ -24,6 +24,7 @@ import numpy as np
 from attack.config import CopycatConfig
 from attack.pipeline import (
     AttackResult,
+    as_seen_by_victim,
     finish,
     journal_answers,
     load_test_set,
@@ -84,6 +85,11 @@ def run_copycat(config: CopycatConfig, *, on_progress=None) -> AttackResult:
 
     with open_victim(config) as client:
         info, num_classes = victim_signature(client, config)
+        # queried, learned from and evaluated as the victim sees them (see as_seen_by_victim)
+        pool = as_seen_by_victim(pool, info)
+        if pd_images is not None:
+            pd_images = as_seen_by_victim(pd_images, info)
+        heldout = as_seen_by_victim(transfer.images[heldout_idx], info)
         kwargs = trainer_kwargs(config, num_classes)
         surrogate_trainer(None, kwargs, None)  # checks backbone, weights, size, arch_args
         run_dir = prepare_run_dir(config)  # the first side effect, after every check
@@ -129,7 +135,7 @@ def run_copycat(config: CopycatConfig, *, on_progress=None) -> AttackResult:
                  "phases": {"non_problem_domain": int(is_npd.sum()),
                             "problem_domain": int((~is_npd).sum())}}
         return finish(client, info, config, run_dir, queries=len(indices), train=train,
-                      test=test, heldout_images=transfer.images[heldout_idx],
+                      test=test, heldout_images=heldout,
                       curve_budgets=budgets, extra=extra)
 
 

@@ -24,6 +24,7 @@ report as possibly paid twice: no client can know whether the server charged the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -37,6 +38,7 @@ import numpy as np
 from attack.config import KnockoffConfig
 from attack.pipeline import (
     AttackResult,
+    as_seen_by_victim,
     finish,
     journal_answers,
     load_test_set,
@@ -180,6 +182,10 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
     pool = transfer.subset(pool_idx)
     with open_victim(config) as client:
         info, num_classes = victim_signature(client, config)
+        # queried, learned from and evaluated as the victim sees them (see as_seen_by_victim)
+        transfer = dataclasses.replace(transfer,
+                                       images=as_seen_by_victim(transfer.images, info))
+        pool = transfer.subset(pool_idx)
         kwargs = trainer_kwargs(config, num_classes)
         # Building the surrogate checks backbone, weights file, size and arch_args; the
         # adaptive strategy then uses it as its online surrogate.
