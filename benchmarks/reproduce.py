@@ -250,9 +250,152 @@ def _knockoff_step(name: str, title: str, model: str, **kwargs: Any) -> Step:
                 lambda ctx: _report(ctx, name), serve=True)
 
 
+# -- the detector (Atli et al.'s table) ---------------------------------------------------------
+DETECTORS = {
+    # name: (benign data, victim, exclude the overlapping Tiny-ImageNet classes)
+    "cifar10": ("cifar10_jpeg_q75.zip", "cifar10_cnn", True),
+    "gtsrb": ("gtsrb32_uint8_npy.tar.xz", "gtsrb_resnet34", False),
+}
+
+
+def _detector_step(name: str) -> Step:
+    benign, _, exclude = DETECTORS[name]
+
+    def commands(ctx: Context) -> list[list[str]]:
+        s = ctx.scale
+        excl = ["--exclude-classes", ctx.file("tinyimagenet_cifar10_overlap_wnids.txt")] \
+            if exclude else []
+        export = ctx.path(f"detector_{name}", "detector", "1")
+        train = ["-m", "detector.train", "--benign", ctx.file(benign), "--attack",
+                 ctx.file("tinyimagenet200_val10k_train50pc.zip"), "--attack-split", "train",
+                 *excl, "--backbone", "MobileNet", "--arch-args", "alpha=0.25",
+                 "--weights", ctx.file("mobilenet_2_5_224_tf_no_top.h5"), "--input-size", "96",
+                 "--epochs", str(s.detector_epochs), "--seed", str(ctx.seed),
+                 "--work-dir", str(ctx.path(f"detector_{name}", "work")), "--out", str(export)]
+        if s.detector_limit:
+            train += ["--benign-limit", str(s.detector_limit)]
+        evaluate = ["-m", "detector.evaluate", "--detector", str(export),
+                    "--benign", ctx.file(benign), "--benign-split", "test",
+                    "--attack", ctx.file("tinyimagenet200_val10k_train50pc.zip"),
+                    "--attack-split", "val", *excl,
+                    "--out", str(ctx.path(f"detector_{name}", "evaluation"))]
+        return ([] if (export / "saved_model.pb").is_file() else [train]) + [evaluate]
+
+    def summarize(ctx: Context) -> dict[str, Any]:
+        result = json.loads(ctx.path(f"detector_{name}", "evaluation",
+                                     "evaluation.json").read_text())
+        return {"rows": result["rows"], "roc_auc": result.get("roc_auc"),
+                "target_fpr": result.get("target_fpr")}
+
+    return Step(f"detector_{name}", f"OOD query detector, {name}", (), commands, summarize)
+
+
+# -- Copycat and JBDA ------------------------------------------------------------------------------
+def _copycat_step() -> Step:
+    name = "copycat_cifar10_cnn"
+
+    def commands(ctx: Context) -> list[list[str]]:
+        s = ctx.scale
+        cmd = ["-m", "attack.copycat", "--grpc", ctx.server(), "--model", "cifar10_cnn",
+               "--transfer-set", ctx.file("tinyimagenet200_val10k_train50pc.zip"),
+               "--transfer-split", "train+val",
+               "--exclude-classes", ctx.file("tinyimagenet_cifar10_overlap_wnids.txt"),
+               "--budget", str(s.copycat_budget), "--heldout", str(s.heldout),
+               "--pd-set", ctx.file("cifar10_jpeg_q75.zip"), "--pd-split", "train",
+               "--pd-budget", "200", "--backbone", "mobilenet", "--arch-args", "alpha=0.25",
+               "--weights", ctx.file("mobilenet_2_5_224_tf_no_top.h5"),
+               "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
+               "--test-set", ctx.file("cifar10_jpeg_q75.zip"), "--seed", str(ctx.seed),
+               "--out", str(ctx.path(name, "run"))]
+        if s.test_limit:
+            cmd += ["--test-limit", str(s.test_limit)]
+        if ctx.path(name, "run", "config.json").is_file():
+            cmd.append("--resume")
+        return [cmd]
+
+    return Step(name, "Copycat CNN (top-1 only, + 200 in-domain images), CIFAR-10 CNN",
+                ("victim_cifar10_cnn",), commands, lambda ctx: _report(ctx, name), serve=True)
+
+
+def _jbda_step() -> Step:
+    name = "jbda_cifar10_cnn"
+
+    def commands(ctx: Context) -> list[list[str]]:
+        s = ctx.scale
+        per_round = 2 * s.jbda_seeds
+        cmd = ["-m", "attack.jbda", "--grpc", ctx.server(), "--model", "cifar10_cnn",
+               "--seed-set", ctx.file("cifar10_jpeg_q75.zip"), "--seed-split", "train",
+               "--seeds", str(s.jbda_seeds), "--rounds", str(s.jbda_rounds),
+               "--per-round", str(per_round),
+               "--budget", str(s.jbda_seeds + s.jbda_rounds * per_round),
+               "--backbone", "mobilenet", "--arch-args", "alpha=0.25",
+               "--weights", ctx.file("mobilenet_2_5_224_tf_no_top.h5"),
+               "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
+               "--test-set", ctx.file("cifar10_jpeg_q75.zip"), "--seed", str(ctx.seed),
+               "--out", str(ctx.path(name, "run"))]
+        if s.test_limit:
+            cmd += ["--test-limit", str(s.test_limit)]
+        if ctx.path(name, "run", "config.json").is_file():
+            cmd.append("--resume")
+        return [cmd]
+
+    return Step(name, "JBDA (Jacobian-based augmentation), CIFAR-10 CNN",
+                ("victim_cifar10_cnn",), commands, lambda ctx: _report(ctx, name), serve=True)
+
+
+# -- exact extraction: equation solving and functionally-equivalent extraction ---------------------
+def _dense_victim_step(name: str, arch: str, hidden: int | None) -> Step:
+    def commands(ctx: Context) -> list[list[str]]:
+        cmd = ["-m", "victim_export", "--dataset", ctx.file("mnist_test10k_uint8.npz"),
+               "--train-split", "test", "--test-split", "test", "--arch", arch,
+               "--export-logits", "--epochs", "20", "--out", str(ctx.path("victims")),
+               "--name", name, "--seed", str(ctx.seed)]
+        if hidden:
+            cmd += ["--arch-args", f"hidden={hidden}"]
+        return [cmd]
+
+    def summarize(ctx: Context) -> dict[str, Any]:
+        card = json.loads(ctx.path("victims", name, "card.json").read_text())
+        _, entry = max(card["versions"].items(), key=lambda kv: int(kv[0]))
+        return {"test_accuracy": entry.get("test_accuracy"), "epochs": entry.get("epochs_run"),
+                "seconds": entry.get("training_seconds"), "architecture": arch}
+
+    return Step(f"victim_{name}", f"victim {name}", (), commands, summarize)
+
+
+def _exact_step(module: str, model: str) -> Step:
+    name = f"{module}_{model}"
+
+    def commands(ctx: Context) -> list[list[str]]:
+        cmd = ["-m", f"attack.{module}", "--grpc", ctx.server(), "--model", model,
+               "--test-set", ctx.file("mnist_test10k_uint8.npz"),
+               "--reference", str(ctx.path("victims", model, "1")),
+               "--seed", str(ctx.seed), "--out", str(ctx.path(name, "run"))]
+        if ctx.path(name, "run", "config.json").is_file():
+            cmd.append("--resume")
+        return [cmd]
+
+    def summarize(ctx: Context) -> dict[str, Any]:
+        report = json.loads(ctx.path(name, "run", "report.json").read_text())
+        e = report["evaluation"]
+        extra = report.get("extra", {})
+        errors = extra.get("parameter_error") or {}
+        worst = max((v for k, v in errors.items()
+                     if k.startswith("max_abs_") and k != "max_abs_true_weight"
+                     and isinstance(v, (int, float))), default=None)
+        return {"queries": e.get("n_queries"), "fidelity_test": e.get("fidelity_test"),
+                "fidelity_noise": e.get("fidelity_noise"), "max_parameter_error": worst}
+
+    title = {"equation_solving": "Equation solving", "fee": "Functionally-equivalent extraction"}
+    return Step(name, f"{title[module]}, {model}", (f"victim_{model}",), commands, summarize,
+                serve=True)
+
+
 def build_plan(scale: Scale) -> list[Step]:
     """The experiments in the order they run (each after the steps it needs)."""
     steps = [_victim_step(name) for name in VICTIMS]
+    steps.append(_dense_victim_step("mnist_softmax", "softmax", None))
+    steps += [_dense_victim_step(f"mnist_mlp{h}", "mlp", h) for h in scale.fee_hidden]
     steps += [
         _knockoff_step("knockoff_cifar10_cnn_probs", "Knockoff, CIFAR-10 CNN, probabilities",
                        "cifar10_cnn"),
@@ -267,6 +410,11 @@ def build_plan(scale: Scale) -> list[Step]:
                        "cifar10_cnn", backbone=("--backbone", "cnn", "--weights", "none")),
         _knockoff_step("knockoff_gtsrb_resnet34_probs", "Knockoff, GTSRB ResNet-34, probabilities",
                        "gtsrb_resnet34"),
+        _copycat_step(),
+        _jbda_step(),
+        _exact_step("equation_solving", "mnist_softmax"),
+        *[_exact_step("fee", f"mnist_mlp{h}") for h in scale.fee_hidden],
+        *[_detector_step(name) for name in DETECTORS],
     ]
     return steps
 

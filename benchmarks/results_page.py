@@ -67,6 +67,40 @@ def _gtsrb_rows(results: dict[str, dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _detector_rows(results: dict[str, dict[str, Any]], paper: dict[str, tuple]) -> list[str]:
+    rows = ["| detector | threshold | benign accuracy | anomalous accuracy | ROC AUC | paper "
+            "(benign / anomalous) |", "|---|---|---|---|---|---|"]
+    labels = {"cifar10": "CIFAR10", "gtsrb": "GTSRB"}
+    for name, entry in results.items():
+        if not name.startswith("detector_"):
+            continue
+        f = entry["figures"]
+        key = name.removeprefix("detector_")
+        ref = paper.get(labels.get(key, ""), None)
+        ref_cell = f"{_pct(ref[0])} / {_pct(ref[1])}" if ref else ""
+        for label, row in f.get("rows", {}).items():
+            title = (f"calibrated (benign FPR {f.get('target_fpr')})" if label == "calibrated"
+                     else f"{label}")
+            rows.append(f"| {key} | {title} | {_pct(row.get('benign_accuracy'))} | "
+                        f"{_pct(row.get('anomalous_accuracy'))} | "
+                        f"{f.get('roc_auc', 0):.4f} | {ref_cell} |")
+    return rows if len(rows) > 2 else []
+
+
+def _exact_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows = ["| attack | queries | fidelity (test) | fidelity (uniform inputs) | max parameter "
+            "error |", "|---|---|---|---|---|"]
+    for name, entry in results.items():
+        if not name.startswith(("equation_solving_", "fee_")):
+            continue
+        f = entry["figures"]
+        err = f.get("max_parameter_error")
+        rows.append(f"| {entry['title']} | {f.get('queries')} | {_pct(f.get('fidelity_test'))} "
+                    f"| {_pct(f.get('fidelity_noise'))} | "
+                    f"{'n/a' if err is None else f'{float(err):.1e}'} |")
+    return rows if len(rows) > 2 else []
+
+
 def _plot_curves(out: Path, results: dict[str, dict[str, Any]]) -> str | None:
     curves = {name: entry["figures"]["curve"] for name, entry in results.items()
               if entry["figures"].get("curve")}
@@ -125,6 +159,12 @@ def write_results_page(out: Path, scale: str, results: dict[str, dict[str, Any]]
     gtsrb = _gtsrb_rows(results)
     if gtsrb:
         lines += ["## GTSRB per class (rare classes)", "", *gtsrb, ""]
+    detector = _detector_rows(results, paper_detector)
+    if detector:
+        lines += ["## The OOD query detector (Atli et al.'s table)", "", *detector, ""]
+    exact = _exact_rows(results)
+    if exact:
+        lines += ["## Exact extraction (Tramer et al., Jagielski et al.)", "", *exact, ""]
     for title, body in extra_sections or []:
         lines += [f"## {title}", "", *body, ""]
     if failures:
