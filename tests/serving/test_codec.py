@@ -508,7 +508,7 @@ def test_huge_declared_shapes_are_refused_before_allocating(message: TensorProto
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert elapsed < 0.5
+    assert elapsed < 5.0  # a hang guard (refusal is microseconds), not a speed claim
     assert peak < 1 << 20  # nothing near the declared size was allocated
 
 
