@@ -391,6 +391,26 @@ def _exact_step(module: str, model: str) -> Step:
                 serve=True)
 
 
+# -- the defended deployment: realistic adversary and output policies (through the gateway) -------
+def _defended_step(name: str, module: str, model: str, extra: list[str],
+                   needs: tuple[str, ...]) -> Step:
+    def commands(ctx: Context) -> list[list[str]]:
+        s = ctx.scale
+        cmd = ["-m", f"benchmarks.{module}", "--victims", str(ctx.path("victims")),
+               "--model", model, "--data-dir", str(ctx.data), "--budget", str(s.policy_budget),
+               "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
+               "--seed", str(ctx.seed), "--out", str(ctx.path(name, "run"))]
+        return [cmd + [part.format(out=ctx.out) for part in extra]]
+
+    def summarize(ctx: Context) -> dict[str, Any]:
+        result = json.loads(ctx.path(name, "run", "results.json").read_text())
+        return {"rows": result["rows"]}
+
+    titles = {"realistic_adversary": "Realistic adversary against the OOD detector",
+              "output_policies": "Output policies"}
+    return Step(name, f"{titles[module]}, {model}", needs, commands, summarize)
+
+
 def build_plan(scale: Scale) -> list[Step]:
     """The experiments in the order they run (each after the steps it needs)."""
     steps = [_victim_step(name) for name in VICTIMS]
@@ -415,6 +435,13 @@ def build_plan(scale: Scale) -> list[Step]:
         _exact_step("equation_solving", "mnist_softmax"),
         *[_exact_step("fee", f"mnist_mlp{h}") for h in scale.fee_hidden],
         *[_detector_step(name) for name in DETECTORS],
+        _defended_step("realistic_cifar10_cnn", "realistic_adversary", "cifar10_cnn",
+                       ["--detector", "{out}/detector_cifar10/detector/1"],
+                       ("victim_cifar10_cnn", "detector_cifar10")),
+        _defended_step("policies_cifar10_cnn", "output_policies", "cifar10_cnn",
+                       ["--policies",
+                        "identity,label_only,round:1,noise:0.2,reverse_sigmoid:0.7,0.4"],
+                       ("victim_cifar10_cnn",)),
     ]
     return steps
 

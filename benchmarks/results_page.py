@@ -101,6 +101,29 @@ def _exact_rows(results: dict[str, dict[str, Any]]) -> list[str]:
     return rows if len(rows) > 2 else []
 
 
+def _defended_rows(results: dict[str, dict[str, Any]]) -> list[str]:
+    rows: list[str] = []
+    for name, entry in results.items():
+        f = entry["figures"]
+        if name.startswith("realistic_"):
+            rows += [f"{entry['title']}:", "", "| attacker | flagged at query | OOD flag rate "
+                     "| label-only answers | ratio | fidelity |", "|---|---|---|---|---|---|"]
+            rows += [f"| {r.get('attacker')} | {r.get('flagged_at') or 'never'} | "
+                     f"{_pct(r.get('ood_flag_rate'))} | {r.get('label_only_answers')} | "
+                     f"{_x(r.get('ratio'))} | {_pct(r.get('fidelity_test'))} |"
+                     for r in f.get("rows", [])]
+            rows.append("")
+        elif name.startswith("policies_"):
+            rows += [f"{entry['title']} (benign cost on the test set; attacker's surrogate):",
+                     "", "| policy | benign top-1 change | mean L1 distortion | argmax kept | "
+                     "ratio |", "|---|---|---|---|---|"]
+            rows += [f"| {r.get('policy')} | {r.get('accuracy_change', 0):+.4f} | "
+                     f"{r.get('mean_l1', 0):.3f} | {_pct(r.get('argmax_kept'))} | "
+                     f"{_x(r.get('ratio'))} |" for r in f.get("rows", [])]
+            rows.append("")
+    return rows
+
+
 def _plot_curves(out: Path, results: dict[str, dict[str, Any]]) -> str | None:
     curves = {name: entry["figures"]["curve"] for name, entry in results.items()
               if entry["figures"].get("curve")}
@@ -165,6 +188,9 @@ def write_results_page(out: Path, scale: str, results: dict[str, dict[str, Any]]
     exact = _exact_rows(results)
     if exact:
         lines += ["## Exact extraction (Tramer et al., Jagielski et al.)", "", *exact, ""]
+    defended = _defended_rows(results)
+    if defended:
+        lines += ["## The defended deployment (through the gateway)", "", *defended]
     for title, body in extra_sections or []:
         lines += [f"## {title}", "", *body, ""]
     if failures:

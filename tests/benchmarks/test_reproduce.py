@@ -94,3 +94,33 @@ def test_smoke_scale_runs_end_to_end(tmp_path):
     assert code == 0
     figures = json.loads((tmp_path / "knockoff_cifar10_cnn_probs" / "done.json").read_text())
     assert figures["figures"]["n_queries"] == reproduce.SCALES["smoke"].budget
+
+
+def test_results_page_renders_detector_exact_and_defended_tables(tmp_path):
+    results = {
+        "detector_cifar10": {"title": "OOD query detector, cifar10", "seconds": 1,
+                             "commands": ["d"], "figures": {
+                                 "rows": {"calibrated": {"benign_accuracy": 0.99,
+                                                         "anomalous_accuracy": 0.875}},
+                                 "roc_auc": 0.99, "target_fpr": 0.01}},
+        "fee_mnist_mlp16": {"title": "Functionally-equivalent extraction, mnist_mlp16",
+                            "seconds": 1, "commands": ["f"],
+                            "figures": {"queries": 30669, "fidelity_test": 1.0,
+                                        "fidelity_noise": 1.0, "max_parameter_error": 1.1e-8}},
+        "realistic_cifar10_cnn": {"title": "Realistic adversary", "seconds": 1, "commands": ["r"],
+                                  "figures": {"rows": [
+                                      {"attacker": "naive", "flagged_at": 64,
+                                       "ood_flag_rate": 0.93, "label_only_answers": 3000,
+                                       "ratio": 0.65, "fidelity_test": 0.57},
+                                      {"attacker": "realistic", "flagged_at": None,
+                                       "ood_flag_rate": 0.008, "label_only_answers": 0,
+                                       "ratio": 0.79, "fidelity_test": 0.69}]}},
+    }
+    text = write_results_page(tmp_path, "smoke", results, [], versions={}, machine="m",
+                              wall_seconds=1, paper_knockoff=reproduce.PAPER_KNOCKOFF,
+                              paper_detector=reproduce.PAPER_DETECTOR).read_text()
+    assert "| cifar10 | calibrated (benign FPR 0.01) | 99.0% | 87.5% | 0.9900 | 96.0% / 96.0% |" \
+        in text
+    assert ("| Functionally-equivalent extraction, mnist_mlp16 | 30669 | 100.0% | 100.0% "
+            "| 1.1e-08 |") in text
+    assert "| realistic | never | 0.8% | 0 | 0.79x | 69.0% |" in text
