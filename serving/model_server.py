@@ -106,24 +106,6 @@ def load_model_server_config(path: str | Path):
     return config
 
 
-def _check_side_file(path: str, module: str, message: str, argument: str) -> None:
-    """Parse a side file the container reads, when this install has its proto (else say so)."""
-    import importlib
-
-    from google.protobuf import text_format
-
-    try:
-        proto_cls = getattr(importlib.import_module(module), message)
-    except ImportError:
-        log.warning("--%s=%s accepted but not checked: %s is not installed", argument, path,
-                    module)
-        return
-    try:
-        text_format.Parse(Path(path).read_text(), proto_cls())
-    except text_format.ParseError as err:
-        raise invalid(argument, path, f"a text-format {message} ({err})") from None
-
-
 def _grpc_handler(method):
     """Run one core method; answer ServingStatus with its code and message, as TF Serving does."""
 
@@ -175,14 +157,19 @@ class ModelServer:
 
         opts = self.options
         self._configure_tensorflow()
-        if opts.batching_parameters_file:
-            _check_side_file(opts.batching_parameters_file,
-                             "tensorflow_serving.servables.tensorflow.session_bundle_config_pb2",
-                             "BatchingParameters", "batching_parameters_file")
-        if opts.monitoring_config_file:
-            _check_side_file(opts.monitoring_config_file,
-                             "tensorflow_serving.config.monitoring_config_pb2",
-                             "MonitoringConfig", "monitoring_config_file")
+        # tensorflow-serving-api ships neither proto: serving.deploy.protos builds them, so a
+        # file the container would refuse is refused here too (the same checks as TF Serving)
+        from serving.deploy import protos
+
+        for path, parse, argument in (
+                (opts.batching_parameters_file, protos.parse_batching_parameters,
+                 "batching_parameters_file"),
+                (opts.monitoring_config_file, protos.parse_monitoring_config,
+                 "monitoring_config_file")):
+            if path:
+                if not Path(path).is_file():
+                    raise invalid(argument, path, "a readable text-format file")
+                parse(Path(path))
         if opts.enable_batching:
             log.warning("--enable_batching is accepted but the embedded server runs each request "
                         "as its own batch")

@@ -105,3 +105,21 @@ def test_process_with_container_flags(model_base, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("flag, text, expected", [
+    ("batching_parameters_file", "max_batch_size { value: 64 }\nallowed_batch_sizes: 8\n"
+     "allowed_batch_sizes: 48\n", "equal to max_batch_size"),
+    ("batching_parameters_file", "max_batch_size: oops\n", "BatchingParameters"),
+    ("monitoring_config_file", "prometheus_config { enable: true path: \"metrics\" }\n",
+     "starting with '/'"),
+])
+def test_side_files_the_container_would_refuse_are_refused(tmp_path, capsys, flag, text,
+                                                           expected):
+    side = tmp_path / "side.config"
+    side.write_text(text)
+    code = main(["--port=0", "--model_name=m", f"--model_base_path={tmp_path}",
+                 f"--{flag}={side}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert flag in err[0] and expected in err[0]
