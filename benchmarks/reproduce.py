@@ -570,6 +570,13 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(step.name)
     finally:
         ctx.stop()
+    # the page shows every finished step of the whole plan, not only this invocation's
+    for step in build_plan(scale):
+        done = ctx.path(step.name, "done.json")
+        if step.name not in results and done.is_file():
+            results[step.name] = json.loads(done.read_text())
+    order = [s.name for s in build_plan(scale)]
+    results = {name: results[name] for name in order if name in results}
     from benchmarks.results_page import write_results_page
 
     page = write_results_page(out, scale.name, results, failures,
