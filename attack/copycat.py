@@ -156,25 +156,12 @@ example (steal the CIFAR-10 victim from its labels, then fine-tune on 500 CIFAR 
 """
 
 
-def _main(argv) -> int:
-    from attack.pipeline import summary_line
-    from common.cli import configure_logging, parse_config
-
-    config = parse_config(CopycatConfig, argv, prog=PROG, epilog=EPILOG)
-    configure_logging()
-    import keras
-
-    bar = keras.utils.Progbar(target=config.budget + config.pd_budget, unit_name="query")
-    result = run_copycat(config, on_progress=lambda done, total: bar.update(done))
-    print(summary_line(result))
-    return 0
-
-
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from attack.pipeline import run_attack_cli
+    from attack.pipeline import attack_main
 
-    return run_attack_cli(_main, argv, prog=PROG)
+    return attack_main(CopycatConfig, run_copycat, argv, prog=PROG, epilog=EPILOG,
+                       total=lambda c: c.budget + c.pd_budget)
 
 
 if __name__ == "__main__":

@@ -252,25 +252,11 @@ example (150 CIFAR-10 seeds, 4 rounds of at most 400 new queries each):
 """
 
 
-def _main(argv) -> int:
-    from attack.pipeline import summary_line
-    from common.cli import configure_logging, parse_config
-
-    config = parse_config(JBDAConfig, argv, prog=PROG, epilog=EPILOG)
-    configure_logging()
-    import keras
-
-    bar = keras.utils.Progbar(target=config.budget, unit_name="query")
-    result = run_jbda(config, on_progress=lambda done, total: bar.update(done))
-    print(summary_line(result))
-    return 0
-
-
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from attack.pipeline import run_attack_cli
+    from attack.pipeline import attack_main
 
-    return run_attack_cli(_main, argv, prog=PROG)
+    return attack_main(JBDAConfig, run_jbda, argv, prog=PROG, epilog=EPILOG)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from common.fileio import write_json_atomic
 
 __all__ = [
     "AttackResult",
+    "as_seen_by_victim",
+    "attack_main",
     "cached_victim_probs",
     "finish",
     "journal_answers",
@@ -355,3 +357,25 @@ def run_attack_cli(body: Callable[[Any], int], argv, *, prog: str) -> int:
     except ServingError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+
+
+def attack_main(config_cls: type, run: Callable[..., AttackResult], argv, *, prog: str,
+                epilog: str, total: Callable[[Any], int] | None = None) -> int:
+    """The shared `main` of the learning attacks: parse the config from `argv`, run the attack
+    with a progress bar counted in queries (`total(config)`, default the budget), print the
+    summary line; bad input is one line on stderr and exit code 2."""
+
+    def body(args) -> int:
+        from common.cli import configure_logging, parse_config
+
+        config = parse_config(config_cls, args, prog=prog, epilog=epilog)
+        configure_logging()
+        import keras
+
+        target = total(config) if total is not None else config.budget
+        bar = keras.utils.Progbar(target=target, unit_name="query")
+        result = run(config, on_progress=lambda done, _total: bar.update(done))
+        print(summary_line(result))
+        return 0
+
+    return run_attack_cli(body, argv, prog=prog)
