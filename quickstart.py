@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -213,20 +214,17 @@ def _defended(ns, data: Path, out: Path, upstream_port: int, attack_cmd: list[st
                    "--port", str(gateway_port), "--policy", str(policy),
                    "--state", f"sqlite:{state}", "--metrics-port", "0"]
     _show(gateway_cmd)
-    gateway = subprocess.Popen(gateway_cmd, env=env, stdout=subprocess.DEVNULL,
-                               stderr=open(out / "gateway.log", "w"))
+    with open(out / "gateway.log", "w") as gateway_log:
+        gateway = subprocess.Popen(gateway_cmd, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=gateway_log)
     try:
         from serving.client import ServingClient
 
         with ServingClient(f"127.0.0.1:{gateway_port}", MODEL, api_key=key) as client:
             client.wait_until_available(timeout=180)
         run_dir = out / "knockoff_defended"
-        for stale in ("config.json", "journal.bin"):
-            if (run_dir / stale).exists():  # the gateway state is fresh: so is the attack
-                import shutil
-
-                shutil.rmtree(run_dir)
-                break
+        if any((run_dir / stale).exists() for stale in ("config.json", "journal.bin")):
+            shutil.rmtree(run_dir)  # the gateway state is fresh: so is the attack
         cmd = [c for c in attack_cmd if c != "--resume"]
         cmd[cmd.index("--grpc") + 1] = f"127.0.0.1:{gateway_port}"
         cmd[cmd.index("--out") + 1] = str(run_dir)

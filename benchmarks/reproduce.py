@@ -202,6 +202,16 @@ def _victim_step(name: str) -> Step:
 
 
 # -- Knockoff ------------------------------------------------------------------------------------
+def _finish_attack_cmd(ctx: Context, cmd: list[str], run: str, *,
+                       test_limit: bool = True) -> list[str]:
+    """An attack command with the scale's test limit, resumed when its run directory exists."""
+    if test_limit and ctx.scale.test_limit:
+        cmd += ["--test-limit", str(ctx.scale.test_limit)]
+    if ctx.path(run, "run", "config.json").is_file():
+        cmd.append("--resume")
+    return cmd
+
+
 def _knockoff_cmd(ctx: Context, model: str, run: str, *, granularity: str = "probs",
                   strategy: str = "random", budget: int | None = None,
                   backbone: tuple[str, ...] | None = None, test_set: str | None = None,
@@ -225,11 +235,7 @@ def _knockoff_cmd(ctx: Context, model: str, run: str, *, granularity: str = "pro
            "--curve-points", "4" if granularity == "probs" and model == "cifar10_cnn"
            and "arch" not in run else "1",
            "--out", str(ctx.path(run, "run")), *extra]
-    if s.test_limit:
-        cmd += ["--test-limit", str(s.test_limit)]
-    if ctx.path(run, "run", "config.json").is_file():
-        cmd.append("--resume")
-    return cmd
+    return _finish_attack_cmd(ctx, cmd, run)
 
 
 def _report(ctx: Context, run: str) -> dict[str, Any]:
@@ -307,11 +313,7 @@ def _copycat_step() -> Step:
                "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
                "--test-set", ctx.file("cifar10_jpeg_q75.zip"), "--seed", str(ctx.seed),
                "--out", str(ctx.path(name, "run"))]
-        if s.test_limit:
-            cmd += ["--test-limit", str(s.test_limit)]
-        if ctx.path(name, "run", "config.json").is_file():
-            cmd.append("--resume")
-        return [cmd]
+        return [_finish_attack_cmd(ctx, cmd, name)]
 
     return Step(name, "Copycat CNN (top-1 only, + 200 in-domain images), CIFAR-10 CNN",
                 ("victim_cifar10_cnn",), commands, lambda ctx: _report(ctx, name), serve=True)
@@ -333,11 +335,7 @@ def _jbda_step() -> Step:
                "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
                "--test-set", ctx.file("cifar10_jpeg_q75.zip"), "--seed", str(ctx.seed),
                "--out", str(ctx.path(name, "run"))]
-        if s.test_limit:
-            cmd += ["--test-limit", str(s.test_limit)]
-        if ctx.path(name, "run", "config.json").is_file():
-            cmd.append("--resume")
-        return [cmd]
+        return [_finish_attack_cmd(ctx, cmd, name)]
 
     return Step(name, "JBDA (Jacobian-based augmentation), CIFAR-10 CNN",
                 ("victim_cifar10_cnn",), commands, lambda ctx: _report(ctx, name), serve=True)
@@ -371,9 +369,7 @@ def _exact_step(module: str, model: str) -> Step:
                "--test-set", ctx.file("mnist_test10k_uint8.npz"),
                "--reference", str(ctx.path("victims", model, "1")),
                "--seed", str(ctx.seed), "--out", str(ctx.path(name, "run"))]
-        if ctx.path(name, "run", "config.json").is_file():
-            cmd.append("--resume")
-        return [cmd]
+        return [_finish_attack_cmd(ctx, cmd, name, test_limit=False)]
 
     def summarize(ctx: Context) -> dict[str, Any]:
         report = json.loads(ctx.path(name, "run", "report.json").read_text())
@@ -531,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.scale not in SCALES:
             raise invalid("scale", ns.scale, "one of " + ", ".join(SCALES))
         scale = SCALES[ns.scale]
-        plan = build_plan(scale)
+        full_plan = plan = build_plan(scale)
         names = [s.name for s in plan]
         if ns.only:
             unknown = [n for n in ns.only if n not in names]
@@ -571,12 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.stop()
     # the page shows every finished step of the whole plan, not only this invocation's
-    for step in build_plan(scale):
+    for step in full_plan:
         done = ctx.path(step.name, "done.json")
         if step.name not in results and done.is_file():
             results[step.name] = json.loads(done.read_text())
-    order = [s.name for s in build_plan(scale)]
-    results = {name: results[name] for name in order if name in results}
+    results = {name: results[name] for name in names if name in results}
     from benchmarks.results_page import write_results_page
 
     page = write_results_page(out, scale.name, results, failures,
