@@ -260,7 +260,8 @@ class OODDetector:
     def predict(self, images: Any, threshold: float | None = None) -> np.ndarray:
         """Whether each image is flagged (``score >= threshold``), bool ``[N]``."""
         limit = self.threshold if threshold is None else float(threshold)
-        return self.score(images) >= limit
+        # In float64: NumPy 2 would round the threshold (just above a float32 score) to float32.
+        return self.score(images).astype(np.float64) >= limit
 
 
 def resolve_version_dir(path: str | os.PathLike[str]) -> Path:
