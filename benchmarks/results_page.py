@@ -121,7 +121,24 @@ def _defended_rows(results: dict[str, dict[str, Any]]) -> list[str]:
                      f"{r.get('mean_l1', 0):.3f} | {_pct(r.get('argmax_kept'))} | "
                      f"{_x(r.get('ratio'))} |" for r in f.get("rows", [])]
             rows.append("")
+        elif name.startswith("prada_"):
+            rows += [f"{entry['title']} (PRADA only, delta {f.get('delta')}, min_samples "
+                     f"{f.get('min_samples')}, {f.get('batch')} images per request, on flag: "
+                     "refuse; each stream its own client):", "",
+                     "| stream | queries from | answered | flagged at query | final W | "
+                     "lowest W |", "|---|---|---|---|---|---|"]
+            rows += [f"| {r.get('stream')} | {r.get('source')} | {r.get('answered')} | "
+                     f"{r.get('flagged_at') if r.get('flagged') else 'never'} | "
+                     f"{_w(r.get('statistic'))} | {_w(r.get('min_statistic'))} |"
+                     for r in f.get("rows", [])]
+            rows += ["", "Papers: Juuti et al. (2019) detect JBDA-style synthetic streams "
+                     "(Shapiro-Wilk W of the minimum query distances below delta); Atli et al. "
+                     "(2020) note that PRADA does not flag Knockoff's natural-image queries.", ""]
     return rows
+
+
+def _w(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.3f}"
 
 
 def _plot_curves(out: Path, results: dict[str, dict[str, Any]]) -> str | None:

@@ -124,3 +124,41 @@ def test_results_page_renders_detector_exact_and_defended_tables(tmp_path):
     assert ("| Functionally-equivalent extraction, mnist_mlp16 | 30669 | 100.0% | 100.0% "
             "| 1.1e-08 |") in text
     assert "| realistic | never | 0.8% | 0 | 0.79x | 69.0% |" in text
+
+
+def test_prada_step_needs_the_victim_and_follows_the_scale(tmp_path):
+    plan = {s.name: s for s in reproduce.build_plan(reproduce.SCALES["smoke"])}
+    step = plan["prada_cifar10_cnn"]
+    assert step.needs == ("victim_cifar10_cnn",)
+    names = list(plan)
+    assert names.index("prada_cifar10_cnn") > names.index("detector_gtsrb")
+    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=3)
+    (cmd,) = step.commands(ctx)
+    assert cmd[:2] == ["-m", "benchmarks.prada_bench"]
+    assert cmd[cmd.index("--max-queries") + 1] == "300"
+    assert cmd[cmd.index("--victims") + 1] == str(tmp_path / "victims")
+    assert cmd[cmd.index("--seed") + 1] == "3"
+    run = tmp_path / "prada_cifar10_cnn" / "run"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({
+        "rows": [{"stream": "jbda", "flagged": True, "flagged_at": 130}],
+        "config": {"delta": 0.9, "min_samples": 100, "batch": 10, "max_queries": 300}}))
+    figures = step.summarize(ctx)
+    assert figures["rows"][0]["flagged_at"] == 130 and figures["delta"] == 0.9
+    assert reproduce.SCALES["cpu"].prada_queries == 2000
+
+
+def test_results_page_renders_prada_streams_and_the_papers_claims(tmp_path):
+    results = {"prada_cifar10_cnn": {
+        "title": "PRADA against JBDA and natural-image streams, cifar10_cnn", "seconds": 1,
+        "commands": ["p"], "figures": {"delta": 0.9, "min_samples": 100, "batch": 10, "rows": [
+            {"stream": "jbda", "source": "50 seeds", "answered": 120, "flagged": True,
+             "flagged_at": 130, "statistic": 0.71234, "min_statistic": 0.71234},
+            {"stream": "knockoff", "source": "tiny", "answered": 2000, "flagged": False,
+             "flagged_at": None, "statistic": 0.97, "min_statistic": 0.93}]}}}
+    text = write_results_page(tmp_path, "smoke", results, [], versions={}, machine="m",
+                              wall_seconds=1, paper_knockoff=reproduce.PAPER_KNOCKOFF,
+                              paper_detector=reproduce.PAPER_DETECTOR).read_text()
+    assert "| jbda | 50 seeds | 120 | 130 | 0.712 | 0.712 |" in text
+    assert "| knockoff | tiny | 2000 | never | 0.970 | 0.930 |" in text
+    assert "delta 0.9" in text and "Atli et al. (2020) note that PRADA does not flag" in text
