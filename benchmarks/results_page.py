@@ -141,6 +141,122 @@ def _w(value: Any) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
 
 
+# -- the headline: each paper finding, the figure here, and why they differ -----------------------
+def _flag(cmds: list[str], flag: str) -> str | None:
+    """The value of `flag` in the step's (last) command, e.g. --input-size."""
+    for cmd in reversed(cmds):
+        parts = cmd.split()
+        if flag in parts and parts.index(flag) + 1 < len(parts):
+            return parts[parts.index(flag) + 1]
+    return None
+
+
+def _verdict(here: float, paper: float, tolerance: float = 0.05) -> str:
+    if here > paper + tolerance:
+        return "beats"
+    return "matches" if here >= paper - tolerance else "misses"
+
+
+def _setting(entry: dict[str, Any]) -> str:
+    f, cmds = entry["figures"], entry.get("commands", [])
+    backbone = _flag(cmds, "--backbone") or "?"
+    args = _flag(cmds, "--arch-args")
+    return (f"{f.get('n_queries')} Tiny-ImageNet queries (paper: 100,000 ImageNet), {backbone}"
+            f"{' ' + args if args else ''} at {_flag(cmds, '--input-size')} px, "
+            f"{_flag(cmds, '--epochs')} epochs (paper: ResNet-34 at 224 px)")
+
+
+def _headline_rows(results: dict[str, dict[str, Any]], paper: dict[str, tuple],
+                   paper_detector: dict[str, tuple]) -> list[str]:
+    rows = ["| finding (paper) | paper | here | verdict | why they differ |",
+            "|---|---|---|---|---|"]
+    anchors = {"knockoff_cifar10_cnn_probs": "CIFAR10 (CNN)",
+               "knockoff_cifar10_resnet34_probs": "CIFAR10 (ResNet-34)",
+               "knockoff_gtsrb_resnet34_probs": "GTSRB (ResNet-34)"}
+    for name, anchor in anchors.items():
+        entry = results.get(name)
+        if not entry or entry["figures"].get("ratio") is None:
+            continue
+        f = entry["figures"]
+        v, _, r = paper[anchor]
+        verdict = _verdict(float(f["ratio"]), r)
+        why = _setting(entry) + f"; victim {_pct(f.get('victim_acc'))} (paper {_pct(v)})"
+        if verdict == "beats":
+            why += ": a weaker victim is easier to copy, and the ratio is relative to it"
+        elif verdict == "misses":
+            why += ": far fewer queries and a smaller surrogate than the paper"
+        rows.append(f"| Knockoff, {anchor}, probabilities: surrogate/victim accuracy | "
+                    f"{_x(r)} | {_x(f['ratio'])} | {verdict} | {why} |")
+    probs, top1 = _fig(results, "knockoff_cifar10_cnn_probs"), _fig(results,
+                                                                     "knockoff_cifar10_cnn_top1")
+    if probs and top1 and probs.get("ratio") is not None and top1.get("ratio") is not None:
+        gap = float(probs["ratio"]) - float(top1["ratio"])
+        rows.append(f"| top-1 answers hurt the attacker (CIFAR-10 CNN) | lower with top-1 | "
+                    f"{_x(probs['ratio'])} probabilities vs {_x(top1['ratio'])} top-1 | "
+                    f"{'matches' if gap > 0 else 'misses'} | same queries and surrogate; only "
+                    "the answer's granularity differs |")
+    same = _fig(results, "knockoff_cifar10_cnn_same_arch")
+    if probs and same and probs.get("ratio") is not None and same.get("ratio") is not None:
+        rows.append(f"| architecture mismatch hurts the attacker | the victim's architecture "
+                    f"does better | {_x(same['ratio'])} victim's CNN from scratch vs "
+                    f"{_x(probs['ratio'])} ImageNet MobileNet | "
+                    f"{'matches' if float(same['ratio']) >= float(probs['ratio']) else 'misses'}"
+                    " | here the same-architecture surrogate has no ImageNet pre-training (none "
+                    "exists for the victim's CNN), which weighs more than the match |")
+    adaptive = _fig(results, "knockoff_cifar10_cnn_adaptive")
+    if probs and adaptive and adaptive.get("ratio") is not None and probs.get("ratio") is not None:
+        ok = float(adaptive["ratio"]) >= float(probs["ratio"]) - 0.02
+        rows.append(f"| adaptive sampling (Orekondy et al.) | at least as good as random | "
+                    f"{_x(adaptive['ratio'])} adaptive vs {_x(probs['ratio'])} random | "
+                    f"{'matches' if ok else 'misses'} | the transfer set has no hierarchy of "
+                    "CIFAR-10 classes left (every overlapping class is excluded), so the "
+                    "bandit has little to find |")
+    gtsrb = _fig(results, "knockoff_gtsrb_resnet34_probs")
+    if gtsrb and gtsrb.get("per_class_surrogate"):
+        per = gtsrb["per_class_surrogate"]
+        low = sum(1 for acc in per.values() if acc < 0.5)
+        rows.append(f"| rare GTSRB classes collapse | classes 21 and 39 at 0% | classes 21 / "
+                    f"39 at {_pct(per.get('21'))} / {_pct(per.get('39'))}; {low} of "
+                    f"{len(per)} classes below 50% | {'matches' if low else 'misses'} | "
+                    "natural images rarely look like rare traffic signs, so the victim "
+                    "seldom answers those classes |")
+    labels = {"cifar10": "CIFAR10", "gtsrb": "GTSRB"}
+    for key, label in labels.items():
+        f = _fig(results, f"detector_{key}")
+        row = (f or {}).get("rows", {}).get("calibrated")
+        if not row:
+            continue
+        pb, pa = paper_detector[label]
+        b, a = float(row["benign_accuracy"]), float(row["anomalous_accuracy"])
+        verdict = "matches" if b >= pb - 0.02 and a >= pa - 0.02 else "misses"
+        rows.append(f"| OOD detector, {label} (benign / anomalous accuracy) | {_pct(pb)} / "
+                    f"{_pct(pa)} | {_pct(b)} / {_pct(a)} at benign FPR "
+                    f"{f.get('target_fpr')} | {verdict} | MobileNet 0.25 at 96 px (paper: "
+                    "ResNet-34 at 224 px); Tiny-ImageNet, not ImageNet, as attack data |")
+    real = _fig(results, "realistic_cifar10_cnn")
+    if real and real.get("rows"):
+        cells = "; ".join(f"{r.get('attacker')}: {r.get('flagged_at') or 'never'} flagged, "
+                          f"{_x(r.get('ratio'))}" for r in real["rows"])
+        evades = any(not r.get("flagged_at") for r in real["rows"])
+        rows.append(f"| the realistic adversary evades the detector | not detected | {cells} |"
+                    f" {'matches' if evades else 'misses'} | in-distribution queries are what "
+                    "the detector was trained to accept |")
+    prada = _fig(results, "prada_cifar10_cnn")
+    if prada and prada.get("rows"):
+        by = {r.get("stream"): r for r in prada["rows"]}
+        jb, ko = by.get("jbda"), by.get("knockoff")
+        if jb and ko:
+            ok = jb.get("flagged") and not ko.get("flagged")
+            jb_cell = f"flagged at {jb.get('flagged_at')}" if jb.get("flagged") else \
+                "never flagged"
+            rows.append(f"| PRADA flags JBDA, not Knockoff | JBDA flagged; Knockoff not | JBDA "
+                        f"{jb_cell}"
+                        f"; Knockoff {'flagged' if ko.get('flagged') else 'never flagged'} in "
+                        f"{ko.get('answered')} | {'matches' if ok else 'misses'} | delta "
+                        f"{prada.get('delta')}: natural streams' lowest W sits near 0.95 |")
+    return rows if len(rows) > 2 else []
+
+
 def _plot_curves(out: Path, results: dict[str, dict[str, Any]]) -> str | None:
     curves = {name: entry["figures"]["curve"] for name, entry in results.items()
               if entry["figures"].get("curve")}
@@ -178,9 +294,13 @@ def write_results_page(out: Path, scale: str, results: dict[str, dict[str, Any]]
              f"Written {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by "
              f"`python -m benchmarks.reproduce --scale {scale}`; total wall time of this "
              f"invocation {wall_seconds / 60:.1f} min (finished steps are not run again; each "
-             f"step's own time is in its row below).", "",
+             f"step's own time is in its row below); the steps' own times add up to "
+             f"{sum(float(e.get('seconds') or 0) for e in results.values()) / 60:.1f} min.", "",
              f"Machine: {machine}.", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", ""]
+    headline = _headline_rows(results, paper_knockoff, paper_detector)
+    if headline:
+        lines += ["## Headline: the papers' findings here", "", *headline, ""]
     victims = [(n, e) for n, e in results.items() if n.startswith("victim_")]
     if victims:
         lines += ["## Victims", "", "| victim | test accuracy | epochs | training time |",

@@ -1,0 +1,65 @@
+"""The results page's headline: each paper finding beside the figure measured here, a verdict
+(beats / matches / misses) that follows the numbers, and the steps' summed time."""
+
+from __future__ import annotations
+
+from benchmarks.reproduce import PAPER_DETECTOR, PAPER_KNOCKOFF
+from benchmarks.results_page import _headline_rows, _verdict, write_results_page
+
+CMD = ("python -m attack.knockoff --backbone mobilenet --arch-args alpha=0.25 --input-size 96 "
+       "--epochs 8 --budget 8000")
+
+
+def _entry(name: str, figures: dict, seconds: float = 60.0) -> dict:
+    return {"name": name, "title": name, "commands": [CMD], "seconds": seconds,
+            "figures": figures}
+
+
+def _results(cnn_ratio: float, top1_ratio: float, detector: tuple[float, float]) -> dict:
+    return {
+        "knockoff_cifar10_cnn_probs": _entry("knockoff_cifar10_cnn_probs", {
+            "ratio": cnn_ratio, "victim_acc": 0.73, "n_queries": 8000}),
+        "knockoff_cifar10_cnn_top1": _entry("knockoff_cifar10_cnn_top1", {
+            "ratio": top1_ratio, "victim_acc": 0.73, "n_queries": 8000}),
+        "detector_cifar10": _entry("detector_cifar10", {
+            "target_fpr": 0.04, "roc_auc": 0.99,
+            "rows": {"calibrated": {"benign_accuracy": detector[0],
+                                    "anomalous_accuracy": detector[1]}}}),
+    }
+
+
+def _row(rows: list[str], start: str) -> list[str]:
+    line = next(r for r in rows if r.startswith(start))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_verdict_bands():
+    assert _verdict(0.93, 0.81) == "beats"
+    assert _verdict(0.84, 0.81) == "matches"
+    assert _verdict(0.70, 0.81) == "misses"
+
+
+def test_headline_follows_the_numbers():
+    rows = _headline_rows(_results(0.93, 0.90, (0.9535, 0.9595)), PAPER_KNOCKOFF, PAPER_DETECTOR)
+    knock = _row(rows, "| Knockoff, CIFAR10 (CNN)")
+    assert knock[1:4] == ["0.81x", "0.93x", "beats"]
+    assert "8000 Tiny-ImageNet queries" in knock[4] and "96 px" in knock[4]
+    assert "weaker victim" in knock[4]
+    assert _row(rows, "| top-1 answers hurt")[3] == "matches"
+    assert _row(rows, "| OOD detector, CIFAR10")[3] == "matches"
+
+    rows = _headline_rows(_results(0.60, 0.65, (0.99, 0.73)), PAPER_KNOCKOFF, PAPER_DETECTOR)
+    assert _row(rows, "| Knockoff, CIFAR10 (CNN)")[3] == "misses"
+    assert _row(rows, "| top-1 answers hurt")[3] == "misses"
+    assert _row(rows, "| OOD detector, CIFAR10")[3] == "misses"
+
+
+def test_page_has_headline_and_summed_time(tmp_path):
+    results = _results(0.93, 0.90, (0.9535, 0.9595))
+    page = write_results_page(tmp_path, "cpu", results, [], versions={}, machine="m",
+                              wall_seconds=5.0, paper_knockoff=PAPER_KNOCKOFF,
+                              paper_detector=PAPER_DETECTOR)
+    text = page.read_text()
+    assert "## Headline" in text
+    assert "add up to 3.0 min" in text  # three steps of 60 s
+    assert text.index("## Headline") < text.index("## Model extraction")
