@@ -14,7 +14,7 @@ file before anything starts and names the offending field, what it expected and 
   "detectors": {
     "ood": {"path": "detectors/cifar10_ood/1", "upstream_model": null, "threshold": null,
             "window": 256, "level": 0.5, "min_queries": 64},
-    "prada": {"delta": 0.95, "min_samples": 100, "max_set": 2000}
+    "prada": {"delta": 0.9, "min_samples": 100, "max_set": 2000}
   },
   "on_flag": {"action": "degrade", "policy": "label_only"},
   "always": "identity",
@@ -117,9 +117,13 @@ class OODConfig:
 
 @dataclass(frozen=True)
 class PradaConfig:
-    """PRADA (Juuti et al. 2019): the Shapiro-Wilk test on each client's minimum query distances."""
+    """PRADA (Juuti et al. 2019): the Shapiro-Wilk test on each client's minimum query distances.
 
-    delta: float = 0.95
+    `delta` 0.9: measured through the gateway (`python -m benchmarks.prada_bench`), a JBDA stream
+    reaches W 0.89 while natural streams dip to 0.94-0.95, so 0.95 would flag benign clients.
+    """
+
+    delta: float = 0.9
     min_samples: int = 100
     max_set: int = 2000
 
