@@ -16,12 +16,16 @@ versions and machine) side by side with the papers' figures.
 The run is resumable: each experiment is a step that writes `<out>/<step>/` and, when it has
 finished, `<out>/<step>/done.json`; a step with its `done.json` is not run again (delete the file
 to run it again), an interrupted attack resumes from its journal. `--only` runs some steps (and
-the steps they need), `--list` prints the plan without running it.
+the steps they need), `--list` prints the plan without running it, `--dry-run` the exact commands
+each step would run. A step that fails is recorded with its one-line reason and the steps that
+need it are skipped; the others still run.
 
 `--scale cpu` fits a 2-core CPU machine in about two hours with `../shared/data`; `--scale full`
-is the paper's setting (ResNet-34 victims, 100,000 ImageNet queries, ImageNet weights; a GPU
-machine with internet and tensorflow-datasets). `--scale smoke` is a minutes-long run on small
-subsets that checks the whole pipeline (it is what the slow test runs).
+is the paper's setting (`benchmarks.full_scale`: ResNet-34 victims on Caltech256, CUBS200,
+CIFAR-10 and GTSRB, 100,000 ImageNet queries, a Keras Applications ResNet50 with ImageNet weights
+as the surrogate; datasets from `--data-dir` or tensorflow-datasets; a GPU machine with
+internet). `--scale smoke` is a minutes-long run on small subsets that checks the whole pipeline
+(it is what the slow test runs).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any, Callable
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["SCALES", "Scale", "Step", "build_plan", "main"]
+__all__ = ["SCALES", "Scale", "Step", "StepUnavailable", "build_plan", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ class Scale:
     jbda_rounds: int
     fee_hidden: tuple[int, ...]
     resnet_width: int = 64  # ResNet-34 victims' base width (He et al.: 64)
-    imagenet: bool = False  # full scale: ImageNet weights and transfer set through tfds
+    imagenet: bool = False  # the full-scale plan (benchmarks.full_scale): ImageNet, tfds
     prada_queries: int = 2000  # queries per PRADA stream at most
 
 
@@ -101,7 +105,8 @@ SCALES = {
                  surrogate_epochs=8, test_limit=None, detector_limit=10000, detector_epochs=6,
                  policy_budget=6000, copycat_budget=8000, jbda_seeds=150, jbda_rounds=4,
                  fee_hidden=(16, 32, 64), resnet_width=16),
-    "full": Scale("full", {"cifar10_cnn": 60, "cifar10_resnet34": 100, "gtsrb_resnet34": 60},
+    "full": Scale("full", {"cifar10_cnn": 60, "cifar10_resnet34": 100, "gtsrb_resnet34": 60,
+                           "caltech256_resnet34": 100, "cubs200_resnet34": 100},
                   victim_limit=None, budget=100000, heldout=2000, surrogate_size=224,
                   surrogate_epochs=100, test_limit=None, detector_limit=None, detector_epochs=20,
                   policy_budget=100000, copycat_budget=100000, jbda_seeds=500, jbda_rounds=6,
@@ -118,6 +123,7 @@ class Context:
     scale: Scale
     seed: int
     servers: dict[str, tuple[subprocess.Popen, int]] = field(default_factory=dict)
+    dry_run: bool = False  # build the commands only: no server is started
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
@@ -128,6 +134,8 @@ class Context:
     # -- the embedded model server over the exported victims ---------------------------------
     def server(self) -> str:
         """Start (once) the embedded model server over `<out>/victims/models.config`."""
+        if self.dry_run:
+            return "127.0.0.1:<port>"
         if "victims" not in self.servers:
             from serving.model_server import launch
 
@@ -174,6 +182,53 @@ class Step:
     serve: bool = False  # needs the model server over the victims
 
 
+class StepUnavailable(RuntimeError):
+    """A step that cannot run on this machine (missing data); `str(err)` is the one-line reason."""
+
+
+# -- figures read back from what the commands wrote ---------------------------------------------
+def _victim_figures(ctx: Context, name: str, **extra: Any) -> dict[str, Any]:
+    card = json.loads(ctx.path("victims", name, "card.json").read_text())
+    _, entry = max(card["versions"].items(), key=lambda kv: int(kv[0]))
+    return {"test_accuracy": entry.get("test_accuracy"), "epochs": entry.get("epochs_run"),
+            "seconds": entry.get("training_seconds"), **extra}
+
+
+def _detector_figures(ctx: Context, step: str) -> dict[str, Any]:
+    result = json.loads(ctx.path(step, "evaluation", "evaluation.json").read_text())
+    return {"rows": result["rows"], "roc_auc": result.get("roc_auc"),
+            "target_fpr": result.get("target_fpr")}
+
+
+def _exact_figures(ctx: Context, step: str) -> dict[str, Any]:
+    report = json.loads(ctx.path(step, "run", "report.json").read_text())
+    e = report["evaluation"]
+    extra = report.get("extra", {})
+    errors = extra.get("parameter_error") or {}
+    worst = max((v for k, v in errors.items()
+                 if k.startswith("max_abs_") and k != "max_abs_true_weight"
+                 and isinstance(v, (int, float))), default=None)
+    return {"queries": e.get("n_queries"), "fidelity_test": e.get("fidelity_test"),
+            "fidelity_noise": e.get("fidelity_noise"), "max_parameter_error": worst}
+
+
+def _rows_figures(ctx: Context, step: str) -> dict[str, Any]:
+    result = json.loads(ctx.path(step, "run", "results.json").read_text())
+    return {"rows": result["rows"]}
+
+
+def _prada_figures(ctx: Context, step: str) -> dict[str, Any]:
+    result = json.loads(ctx.path(step, "run", "results.json").read_text())
+    config = result.get("config", {})
+    return {"rows": result["rows"],
+            **{k: config.get(k) for k in ("delta", "min_samples", "batch", "max_queries")}}
+
+
+EXACT_TITLES = {"equation_solving": "Equation solving", "fee": "Functionally-equivalent extraction"}
+DEFENDED_TITLES = {"realistic_adversary": "Realistic adversary against the OOD detector",
+                   "output_policies": "Output policies"}
+
+
 # -- victims -----------------------------------------------------------------------------------
 VICTIMS = {
     # name: (dataset file, arch, arch args, augment, extra flags)
@@ -197,14 +252,8 @@ def _victim_step(name: str) -> Step:
             cmd += ["--limit", str(ctx.scale.victim_limit)]
         return [cmd + extra]
 
-    def summarize(ctx: Context) -> dict[str, Any]:
-        card = json.loads(ctx.path("victims", name, "card.json").read_text())
-        _, entry = max(card["versions"].items(), key=lambda kv: int(kv[0]))
-        return {"test_accuracy": entry.get("test_accuracy"),
-                "epochs": entry.get("epochs_run"), "seconds": entry.get("training_seconds"),
-                "architecture": arch, "dataset": dataset}
-
-    return Step(f"victim_{name}", f"victim {name}", (), commands, summarize)
+    return Step(f"victim_{name}", f"victim {name}", (), commands,
+                lambda ctx: _victim_figures(ctx, name, architecture=arch, dataset=dataset))
 
 
 # -- Knockoff ------------------------------------------------------------------------------------
@@ -296,13 +345,8 @@ def _detector_step(name: str) -> Step:
                     "--out", str(ctx.path(f"detector_{name}", "evaluation"))]
         return ([] if (export / "saved_model.pb").is_file() else [train]) + [evaluate]
 
-    def summarize(ctx: Context) -> dict[str, Any]:
-        result = json.loads(ctx.path(f"detector_{name}", "evaluation",
-                                     "evaluation.json").read_text())
-        return {"rows": result["rows"], "roc_auc": result.get("roc_auc"),
-                "target_fpr": result.get("target_fpr")}
-
-    return Step(f"detector_{name}", f"OOD query detector, {name}", (), commands, summarize)
+    return Step(f"detector_{name}", f"OOD query detector, {name}", (), commands,
+                lambda ctx: _detector_figures(ctx, f"detector_{name}"))
 
 
 # -- Copycat and JBDA ------------------------------------------------------------------------------
@@ -361,13 +405,8 @@ def _dense_victim_step(name: str, arch: str, hidden: int | None) -> Step:
             cmd += ["--arch-args", f"hidden={hidden}"]
         return [cmd]
 
-    def summarize(ctx: Context) -> dict[str, Any]:
-        card = json.loads(ctx.path("victims", name, "card.json").read_text())
-        _, entry = max(card["versions"].items(), key=lambda kv: int(kv[0]))
-        return {"test_accuracy": entry.get("test_accuracy"), "epochs": entry.get("epochs_run"),
-                "seconds": entry.get("training_seconds"), "architecture": arch}
-
-    return Step(f"victim_{name}", f"victim {name}", (), commands, summarize)
+    return Step(f"victim_{name}", f"victim {name}", (), commands,
+                lambda ctx: _victim_figures(ctx, name, architecture=arch))
 
 
 def _exact_step(module: str, model: str) -> Step:
@@ -380,20 +419,8 @@ def _exact_step(module: str, model: str) -> Step:
                "--seed", str(ctx.seed), "--out", str(ctx.path(name, "run"))]
         return [_finish_attack_cmd(ctx, cmd, name, test_limit=False)]
 
-    def summarize(ctx: Context) -> dict[str, Any]:
-        report = json.loads(ctx.path(name, "run", "report.json").read_text())
-        e = report["evaluation"]
-        extra = report.get("extra", {})
-        errors = extra.get("parameter_error") or {}
-        worst = max((v for k, v in errors.items()
-                     if k.startswith("max_abs_") and k != "max_abs_true_weight"
-                     and isinstance(v, (int, float))), default=None)
-        return {"queries": e.get("n_queries"), "fidelity_test": e.get("fidelity_test"),
-                "fidelity_noise": e.get("fidelity_noise"), "max_parameter_error": worst}
-
-    title = {"equation_solving": "Equation solving", "fee": "Functionally-equivalent extraction"}
-    return Step(name, f"{title[module]}, {model}", (f"victim_{model}",), commands, summarize,
-                serve=True)
+    return Step(name, f"{EXACT_TITLES[module]}, {model}", (f"victim_{model}",), commands,
+                lambda ctx: _exact_figures(ctx, name), serve=True)
 
 
 # -- the defended deployment: realistic adversary and output policies (through the gateway) -------
@@ -407,16 +434,14 @@ def _defended_step(name: str, module: str, model: str, extra: list[str],
                "--seed", str(ctx.seed), "--out", str(ctx.path(name, "run"))]
         return [cmd + [part.format(out=ctx.out) for part in extra]]
 
-    def summarize(ctx: Context) -> dict[str, Any]:
-        result = json.loads(ctx.path(name, "run", "results.json").read_text())
-        return {"rows": result["rows"]}
-
-    titles = {"realistic_adversary": "Realistic adversary against the OOD detector",
-              "output_policies": "Output policies"}
-    return Step(name, f"{titles[module]}, {model}", needs, commands, summarize)
+    return Step(name, f"{DEFENDED_TITLES[module]}, {model}", needs, commands,
+                lambda ctx: _rows_figures(ctx, name))
 
 
 # -- PRADA (Juuti et al.) in the gateway: a JBDA stream against natural-image streams -----------
+PRADA_TITLE = "PRADA against JBDA and natural-image streams"
+
+
 def _prada_step(model: str) -> Step:
     name = f"prada_{model}"
 
@@ -426,18 +451,16 @@ def _prada_step(model: str) -> Step:
                  "--max-queries", str(ctx.scale.prada_queries), "--seed", str(ctx.seed),
                  "--out", str(ctx.path(name, "run"))]]
 
-    def summarize(ctx: Context) -> dict[str, Any]:
-        result = json.loads(ctx.path(name, "run", "results.json").read_text())
-        config = result.get("config", {})
-        return {"rows": result["rows"],
-                **{k: config.get(k) for k in ("delta", "min_samples", "batch", "max_queries")}}
-
-    return Step(name, f"PRADA against JBDA and natural-image streams, {model}",
-                (f"victim_{model}",), commands, summarize)
+    return Step(name, f"{PRADA_TITLE}, {model}", (f"victim_{model}",), commands,
+                lambda ctx: _prada_figures(ctx, name))
 
 
 def build_plan(scale: Scale) -> list[Step]:
     """The experiments in the order they run (each after the steps it needs)."""
+    if scale.imagenet:
+        from benchmarks.full_scale import build_full_plan
+
+        return build_full_plan(scale)
     steps = [_victim_step(name) for name in VICTIMS]
     steps.append(_dense_victim_step("mnist_softmax", "softmax", None))
     steps += [_dense_victim_step(f"mnist_mlp{h}", "mlp", h) for h in scale.fee_hidden]
@@ -511,8 +534,26 @@ def _closure(plan: list[Step], only: list[str]) -> list[Step]:
     return [s for s in plan if s.name in wanted]
 
 
+def _shown(cmd: list[str]) -> str:
+    return "python " + " ".join(shlex.quote(c) for c in cmd)
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log (a command's one-line error), shortened."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    except OSError:
+        return ""
+    last = next((line for line in reversed(lines) if line), "")
+    return last if len(last) <= 300 else last[:297] + "..."
+
+
 def run_step(ctx: Context, step: Step) -> dict[str, Any]:
-    """Run one step unless its `done.json` exists; return its recorded result."""
+    """Run one step unless its `done.json` exists; return its recorded result.
+
+    Raises `RuntimeError`: `StepUnavailable` when the step cannot run here, otherwise a failed
+    command, with the last line of its log (a command's one-line error).
+    """
     folder = ctx.path(step.name)
     done = folder / "done.json"
     if done.is_file():
@@ -520,21 +561,46 @@ def run_step(ctx: Context, step: Step) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     started = time.time()
-    commands = step.commands(ctx)
+    try:
+        commands = step.commands(ctx)
+    except StepUnavailable as err:
+        with open(folder / "log.txt", "a") as logfile:
+            logfile.write(f"unavailable: {err}\n")
+        raise
     shown = []
     for cmd in commands:
         full = [sys.executable, *cmd]
-        shown.append("python " + " ".join(shlex.quote(c) for c in cmd))
+        shown.append(_shown(cmd))
         print(f"[{step.name}] $ {shown[-1]}", flush=True)
-        with open(folder / "log.txt", "a") as logfile:
+        log_file = folder / "log.txt"
+        with open(log_file, "a") as logfile:
             code = subprocess.run(full, env=env, cwd=REPO, stdout=logfile,
                                   stderr=subprocess.STDOUT).returncode
         if code != 0:
-            raise RuntimeError(f"step {step.name} failed (exit {code}); see {folder / 'log.txt'}")
+            last = _last_line(log_file)
+            raise RuntimeError(f"step {step.name} failed (exit {code})"
+                               + (f": {last}" if last else "") + f"; see {log_file}")
     result = {"name": step.name, "title": step.title, "commands": shown,
               "seconds": round(time.time() - started, 1), "figures": step.summarize(ctx)}
     write_json_atomic(done, result)
     return result
+
+
+def print_commands(ctx: Context, plan: list[Step]) -> None:
+    """Print each step's commands as `run_step` would run them (nothing is run or written)."""
+    for step in plan:
+        needs = f"  (after {', '.join(step.needs)})" if step.needs else ""
+        print(f"# {step.name}: {step.title}{needs}")
+        if ctx.path(step.name, "done.json").is_file():
+            print("#   done: not run again")
+            continue
+        try:
+            commands = step.commands(ctx)
+        except StepUnavailable as err:
+            print(f"#   cannot run here: {err}")
+            continue
+        for cmd in commands:
+            print(_shown(cmd))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -546,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="results folder (default: results/<scale>)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these steps")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the exact commands of each step without running them")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -576,8 +644,13 @@ def main(argv: list[str] | None = None) -> int:
             needs = f"  (after {', '.join(step.needs)})" if step.needs else ""
             print(f"{step.name}: {step.title}{needs}")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out = Path(ns.out or f"results/{scale.name}")
+    if ns.dry_run:
+        dry = Context(data=data.resolve(), out=out.resolve(), scale=scale, seed=ns.seed,
+                      dry_run=True)
+        print_commands(dry, plan)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(data=data.resolve(), out=out.resolve(), scale=scale, seed=ns.seed)
     results: dict[str, dict[str, Any]] = {}
@@ -585,7 +658,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         for step in plan:
-            if any(need in failures for need in step.needs):
+            failed = [need for need in step.needs if need in failures]
+            if failed:
+                reason = f"skipped: needs {', '.join(failed)}, which failed"
+                print(f"[{step.name}] {reason}", file=sys.stderr, flush=True)
+                ctx.path(step.name).mkdir(parents=True, exist_ok=True)
+                with open(ctx.path(step.name, "log.txt"), "a") as logfile:
+                    logfile.write(reason + "\n")
                 failures.append(step.name)
                 continue
             try:
@@ -613,4 +692,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the module the plans import (benchmarks.full_scale), not this __main__ copy of it
+    from benchmarks import reproduce
+
+    sys.exit(reproduce.main())

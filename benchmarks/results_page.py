@@ -33,7 +33,8 @@ def _knockoff_rows(results: dict[str, dict[str, Any]], paper: dict[str, tuple]) 
     rows = ["| experiment | victim | surrogate | ratio | fidelity (test) | queries | paper "
             "(victim / surrogate / ratio) |", "|---|---|---|---|---|---|---|"]
     anchors = {"cifar10_cnn": "CIFAR10 (CNN)", "cifar10_resnet34": "CIFAR10 (ResNet-34)",
-               "gtsrb_resnet34": "GTSRB (ResNet-34)"}
+               "gtsrb_resnet34": "GTSRB (ResNet-34)", "caltech256_resnet34":
+               "Caltech256 (ResNet-34)", "cubs200_resnet34": "CUBS200 (ResNet-34)"}
     for name, entry in results.items():
         if not name.startswith(("knockoff_", "realistic_", "copycat_", "jbda_", "policy_")):
             continue
@@ -70,7 +71,8 @@ def _gtsrb_rows(results: dict[str, dict[str, Any]]) -> list[str]:
 def _detector_rows(results: dict[str, dict[str, Any]], paper: dict[str, tuple]) -> list[str]:
     rows = ["| detector | threshold | benign accuracy | anomalous accuracy | ROC AUC | paper "
             "(benign / anomalous) |", "|---|---|---|---|---|---|"]
-    labels = {"cifar10": "CIFAR10", "gtsrb": "GTSRB"}
+    labels = {"cifar10": "CIFAR10", "gtsrb": "GTSRB", "cubs200": "CUBS200",
+              "diabetic5": "Diabetic5", "caltech256": "Caltech256"}
     for name, entry in results.items():
         if not name.startswith("detector_"):
             continue
@@ -161,7 +163,9 @@ def _setting(entry: dict[str, Any]) -> str:
     f, cmds = entry["figures"], entry.get("commands", [])
     backbone = _flag(cmds, "--backbone") or "?"
     args = _flag(cmds, "--arch-args")
-    return (f"{f.get('n_queries')} Tiny-ImageNet queries (paper: 100,000 ImageNet), {backbone}"
+    transfer = (_flag(cmds, "--transfer-set") or "").lower()
+    source = "Tiny-ImageNet" if "tiny" in transfer or not transfer else "ImageNet"
+    return (f"{f.get('n_queries')} {source} queries (paper: 100,000 ImageNet), {backbone}"
             f"{' ' + args if args else ''} at {_flag(cmds, '--input-size')} px, "
             f"{_flag(cmds, '--epochs')} epochs (paper: ResNet-34 at 224 px)")
 
@@ -172,7 +176,9 @@ def _headline_rows(results: dict[str, dict[str, Any]], paper: dict[str, tuple],
             "|---|---|---|---|---|"]
     anchors = {"knockoff_cifar10_cnn_probs": "CIFAR10 (CNN)",
                "knockoff_cifar10_resnet34_probs": "CIFAR10 (ResNet-34)",
-               "knockoff_gtsrb_resnet34_probs": "GTSRB (ResNet-34)"}
+               "knockoff_gtsrb_resnet34_probs": "GTSRB (ResNet-34)",
+               "knockoff_caltech256_resnet34_probs": "Caltech256 (ResNet-34)",
+               "knockoff_cubs200_resnet34_probs": "CUBS200 (ResNet-34)"}
     for name, anchor in anchors.items():
         entry = results.get(name)
         if not entry or entry["figures"].get("ratio") is None:
@@ -220,7 +226,8 @@ def _headline_rows(results: dict[str, dict[str, Any]], paper: dict[str, tuple],
                     f"{len(per)} classes below 50% | {'matches' if low else 'misses'} | "
                     "natural images rarely look like rare traffic signs, so the victim "
                     "seldom answers those classes |")
-    labels = {"cifar10": "CIFAR10", "gtsrb": "GTSRB"}
+    labels = {"cifar10": "CIFAR10", "gtsrb": "GTSRB", "cubs200": "CUBS200",
+              "diabetic5": "Diabetic5", "caltech256": "Caltech256"}
     for key, label in labels.items():
         f = _fig(results, f"detector_{key}")
         row = (f or {}).get("rows", {}).get("calibrated")

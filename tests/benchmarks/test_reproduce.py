@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,196 @@ def test_results_page_renders_prada_streams_and_the_papers_claims(tmp_path):
     assert "| jbda | 50 seeds | 120 | 130 | 0.712 | 0.712 |" in text
     assert "| knockoff | tiny | 2000 | never | 0.970 | 0.930 |" in text
     assert "delta 0.9" in text and "Atli et al. (2020) note that PRADA does not flag" in text
+
+
+# -- --scale full: the paper's setting ------------------------------------------------------------
+FULL = reproduce.SCALES["full"]
+
+
+def _full_ctx(tmp_path, data=None):
+    data = data or tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    return reproduce.Context(data=data, out=tmp_path / "out", scale=FULL, seed=0, dry_run=True)
+
+
+def _flag(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
+@pytest.fixture
+def offline_tfds(monkeypatch, tmp_path):
+    """No network and an empty tensorflow-datasets folder: nothing is prepared, nothing loads."""
+    monkeypatch.setenv("MEXT_OFFLINE", "1")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+
+
+def test_full_plan_trains_resnet34_victims_on_the_papers_four_datasets(tmp_path):
+    from benchmarks.full_scale import data_file
+
+    plan = {s.name: s for s in reproduce.build_plan(FULL)}
+    ctx = _full_ctx(tmp_path)
+    stems = {"cifar10": "cifar", "gtsrb": "imagenet", "caltech256": "imagenet",
+             "cubs200": "imagenet"}
+    for dataset, stem in stems.items():
+        step = plan[f"victim_{dataset}_resnet34"]
+        (cmd,) = step.commands(ctx)
+        assert step.needs == (f"data_{dataset}",)
+        assert _flag(cmd, "--arch") == "resnet34"
+        assert _flag(cmd, "--dataset") == data_file(ctx, dataset)
+        assert _flag(cmd, "--epochs") == str(FULL.victim_epochs[f"{dataset}_resnet34"])
+        assert cmd[cmd.index("--arch-args") + 1:] == [f"stem={stem}", "width=64"]
+    (cnn,) = plan["victim_cifar10_cnn"].commands(ctx)
+    assert _flag(cnn, "--arch") == "cnn"
+    assert not any(name.startswith("data_") for name in
+                   (s.name for s in reproduce.build_plan(reproduce.SCALES["cpu"])))
+
+
+def test_full_knockoff_sends_100000_imagenet_queries_to_an_imagenet_resnet50(tmp_path):
+    from benchmarks.full_scale import RESNET50_WEIGHTS, data_file
+
+    plan = reproduce.build_plan(FULL)
+    ctx = _full_ctx(tmp_path)
+    knockoffs = [s for s in plan if s.name.startswith("knockoff_")]
+    victims = {s.needs[0] for s in knockoffs}
+    assert {"victim_caltech256_resnet34", "victim_cubs200_resnet34", "victim_cifar10_resnet34",
+            "victim_gtsrb_resnet34", "victim_cifar10_cnn"} <= victims
+    assert {"probs", "top1"} <= {s.name.rsplit("_", 1)[1] for s in knockoffs}
+    for step in knockoffs:
+        (cmd,) = step.commands(ctx)
+        assert "data_imagenet" in step.needs
+        assert _flag(cmd, "--budget") == "100000"
+        assert _flag(cmd, "--transfer-set") == data_file(ctx, "imagenet")
+        if step.name.endswith("same_arch"):
+            assert (_flag(cmd, "--backbone"), _flag(cmd, "--input-size")) == ("cnn", "32")
+            continue
+        assert (_flag(cmd, "--backbone"), _flag(cmd, "--weights")) == ("ResNet50", "imagenet")
+        assert _flag(cmd, "--input-size") == "224"
+    # the ImageNet copy holds the queries and the held-out images; Keras' weights file is used
+    # when --data-dir has it
+    (data,) = next(s for s in plan if s.name == "data_imagenet").commands(
+        _full_ctx(tmp_path, _imagenet_folder(tmp_path)))
+    assert _flag(data, "--train-count") == str(FULL.budget + FULL.heldout) == "102000"
+    (ctx.data / RESNET50_WEIGHTS).write_bytes(b"")
+    (cmd,) = next(s for s in plan if s.name == "knockoff_cifar10_cnn_probs").commands(ctx)
+    assert _flag(cmd, "--weights") == str(ctx.data / RESNET50_WEIGHTS)
+
+
+def _imagenet_folder(tmp_path):
+    data = tmp_path / "with_imagenet"
+    (data / "imagenet" / "train" / "n01440764").mkdir(parents=True)
+    return data
+
+
+def test_full_detectors_cover_the_papers_table_against_imagenet(tmp_path):
+    from benchmarks.full_scale import data_file
+
+    plan = {s.name: s for s in reproduce.build_plan(FULL)}
+    ctx = _full_ctx(tmp_path)
+    for name in ("cubs200", "gtsrb", "cifar10", "diabetic5", "caltech256"):
+        train, evaluate = plan[f"detector_{name}"].commands(ctx)
+        assert _flag(train, "--benign") == data_file(ctx, name)
+        assert (_flag(train, "--attack"), _flag(train, "--attack-split")) == \
+            (data_file(ctx, "imagenet"), "val")
+        assert (_flag(evaluate, "--attack"), _flag(evaluate, "--attack-split")) == \
+            (data_file(ctx, "imagenet"), "test")
+    (realistic,) = plan["realistic_cifar10_cnn"].commands(ctx)
+    assert "detector_cifar10" in plan["realistic_cifar10_cnn"].needs
+    assert _flag(realistic, "--budget") == "5000"  # the attacker's half of the CIFAR-10 test set
+    assert "prada_cifar10_cnn" in plan and "policies_cifar10_cnn" in plan
+
+
+def test_resolver_prefers_a_local_copy_and_falls_back_to_tfds(tmp_path):
+    from benchmarks.full_data import resolve
+
+    assert resolve("cubs200", tmp_path) == "tfds:caltech_birds2011"
+    assert resolve("cifar10", tmp_path) == "tfds:cifar10"
+    assert resolve("diabetic5", tmp_path) == "tfds:diabetic_retinopathy_detection/250K"
+    assert resolve("imagenet", tmp_path) == "tfds:imagenet2012"
+    (tmp_path / "CUB_200_2011").mkdir()
+    assert resolve("cubs200", tmp_path) == str(tmp_path / "CUB_200_2011")
+    (tmp_path / "cifar10_jpeg_q75.zip").write_bytes(b"")
+    assert resolve("cifar10", tmp_path) == str(tmp_path / "cifar10_jpeg_q75.zip")
+    (tmp_path / "cifar10").mkdir()  # the registry's first name wins
+    assert resolve("cifar10", tmp_path) == str(tmp_path / "cifar10")
+    (tmp_path / "imagenet" / "train").mkdir(parents=True)
+    assert resolve("imagenet", tmp_path) == str(tmp_path / "imagenet" / "train")
+
+
+@pytest.mark.parametrize("key, folder", [("gtsrb", "gtsrb"), ("caltech256", "caltech256")])
+def test_a_dataset_tfds_lacks_must_be_local_and_says_which_folder(tmp_path, key, folder):
+    from benchmarks.full_data import DatasetUnavailable, resolve
+
+    with pytest.raises(DatasetUnavailable) as err:
+        resolve(key, tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "tensorflow-datasets has no" in message
+    assert f"provide the folder {tmp_path / folder}" in message
+
+
+def test_unprepared_tfds_datasets_fail_in_one_line_offline(tmp_path, offline_tfds):
+    from benchmarks.full_data import DatasetUnavailable, check_available
+
+    with pytest.raises(DatasetUnavailable, match="cannot download it") as err:
+        check_available("cubs200", "tfds:caltech_birds2011", tmp_path)
+    assert "\n" not in str(err.value) and str(tmp_path / "cubs200") in str(err.value)
+    with pytest.raises(DatasetUnavailable, match="manual download: put ILSVRC2012_img_train.tar"):
+        check_available("imagenet", "tfds:imagenet2012", tmp_path)
+    with pytest.raises(DatasetUnavailable, match="manual download: put Kaggle"):
+        check_available("diabetic5", "tfds:diabetic_retinopathy_detection/250K", tmp_path)
+    check_available("cubs200", str(tmp_path), tmp_path)  # a local copy needs nothing else
+
+
+def test_full_dry_run_prints_the_commands_and_runs_nothing(tmp_path, capsys, offline_tfds):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    (data / "gtsrb32_uint8_npy.tar.xz").write_bytes(b"")
+    assert reproduce.main(["--scale", "full", "--dry-run", "--data-dir", str(data),
+                           "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    headers = [line for line in text.splitlines() if re.match(r"# \w+: ", line)]
+    assert len(headers) == len(reproduce.build_plan(FULL))
+    unavailable = [line for line in text.splitlines() if line.startswith("#   cannot run here")]
+    assert len(unavailable) == 6  # without network only the local GTSRB copy can be had
+    assert (f"python -m benchmarks.full_data --dataset gtsrb --source "
+            f"{data / 'gtsrb32_uint8_npy.tar.xz'}") in text
+    assert "--grpc '127.0.0.1:<port>'" in text and "--budget 100000" in text
+    assert "#   cannot run here: Caltech256: no local copy" in text
+    assert "#   cannot run here: ImageNet: " in text and "manual download" in text
+
+
+def test_full_run_offline_records_each_failure_with_its_reason(tmp_path, capsys, offline_tfds):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    code = reproduce.main(["--scale", "full", "--data-dir", str(data), "--out", str(out),
+                           "--only", "knockoff_gtsrb_resnet34_probs"])
+    assert code == 1
+    err = capsys.readouterr().err
+    lines = {line.split("]")[0].lstrip("["): line for line in err.splitlines()
+             if line.startswith("[")}
+    assert f"provide the folder {data / 'gtsrb'}" in lines["data_gtsrb"]
+    assert "manual download" in lines["data_imagenet"]
+    assert "skipped: needs data_gtsrb, which failed" in lines["victim_gtsrb_resnet34"]
+    assert "skipped" in lines["knockoff_gtsrb_resnet34_probs"]
+    page = (out / "results.md").read_text()
+    assert "`data_gtsrb`" in page and "`knockoff_gtsrb_resnet34_probs`" in page
+    assert "manual download" in (out / "data_imagenet" / "log.txt").read_text()
+
+
+def test_a_failed_command_reports_its_one_line_error(tmp_path):
+    step = reproduce.Step("bad", "bad", (), lambda ctx: [[
+        "-c", "import sys; print('noise'); print('prog: error: bad --x'); sys.exit(2)"]],
+        lambda ctx: {})
+    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=0)
+    with pytest.raises(RuntimeError, match=r"failed \(exit 2\): prog: error: bad --x; see "):
+        reproduce.run_step(ctx, step)
+
+
+def test_dry_run_of_the_cpu_plan_starts_no_server(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert reproduce.main(["--scale", "smoke", "--dry-run", "--data-dir", str(tmp_path),
+                           "--out", str(out), "--only", "knockoff_cifar10_cnn_probs"]) == 0
+    text = capsys.readouterr().out
+    assert "python -m victim_export --dataset " in text
+    assert "python -m attack.knockoff --grpc '127.0.0.1:<port>' --model cifar10_cnn" in text
+    assert not out.exists()
