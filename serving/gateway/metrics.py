@@ -9,6 +9,8 @@ Scrape them at `http://HOST:METRICS_PORT/metrics`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["METRIC_NAMES", "GatewayMetrics"]
@@ -57,6 +59,17 @@ class GatewayMetrics:
         self.upstream_up = Gauge("mx_gateway_upstream_up",
                                  "1 while the upstream model server answers", registry=r)
         self._server = None
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """`metric.labels(*labels)`, memoised: the request path asks for the same few children
+        on every RPC, and `labels()` validates, copies and locks each time. Thread-safe (a race
+        only asks `labels()` twice, which hands back the same child)."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP server on `port` (0: any free port); returns the port."""

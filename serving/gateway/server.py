@@ -375,28 +375,28 @@ class Gateway:
     # -- common request path -------------------------------------------------------------------
     def _wrap(self, method: str, body: Callable[[_Request, bytes, grpc.ServicerContext], bytes]):
         metrics = self.metrics
+        answered = metrics.requests.labels(method, "OK")  # bound once: the hot path's children
+        latency = metrics.latency.labels(method)
 
         def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
             start = time.perf_counter()
             req = _Request(method)
             try:
                 answer = body(req, request, context)
-                code = "OK"
             except _Stop as stop:
-                code = stop.code.name
                 self._refused(req, stop)
-                metrics.requests.labels(method, code).inc()
-                metrics.latency.labels(method).observe(time.perf_counter() - start)
+                metrics.child(metrics.requests, method, stop.code.name).inc()
+                latency.observe(time.perf_counter() - start)
                 context.abort(stop.code, status.truncate_for_grpc(stop.message))
             except Exception as err:  # never let a request take the gateway down
                 log.exception("internal error in %s", method)
                 stop = _Stop(grpc.StatusCode.INTERNAL, f"gateway error: {type(err).__name__}",
                              "error")
                 self._refused(req, stop)
-                metrics.requests.labels(method, "INTERNAL").inc()
+                metrics.child(metrics.requests, method, "INTERNAL").inc()
                 context.abort(stop.code, stop.message)
-            metrics.requests.labels(method, code).inc()
-            metrics.latency.labels(method).observe(time.perf_counter() - start)
+            answered.inc()
+            latency.observe(time.perf_counter() - start)
             return answer
 
         return handler
@@ -408,7 +408,7 @@ class Gateway:
         if req.admitted and req.name is not None:
             self.store.cancel(req.name, req.rows)
         if stop.action in ("refuse", "rate", "budget", "auth"):
-            self.metrics.refusals.labels(req.name or "-", stop.action).inc()
+            self.metrics.child(self.metrics.refusals, req.name or "-", stop.action).inc()
         try:
             self.store.audit(AuditRecord(time.time(), req.name, req.method, req.model,
                                          req.rows,
@@ -478,7 +478,8 @@ class Gateway:
                 code = grpc.StatusCode.UNAVAILABLE
             raise _Stop(code, details, "upstream_error") from None
         finally:
-            self.metrics.upstream_latency.labels(method).observe(time.perf_counter() - start)
+            self.metrics.child(self.metrics.upstream_latency, method).observe(
+                time.perf_counter() - start)
         if not self._up:
             self._set_up(True)
         return answer
@@ -489,7 +490,7 @@ class Gateway:
                                       req.verdicts or {}, action, "OK", ""))
         req.admitted = False  # charged now: nothing left to cancel
         if req.rows:
-            self.metrics.queries.labels(req.name).inc(req.rows)
+            self.metrics.child(self.metrics.queries, req.name).inc(req.rows)
 
     def _client_lock(self, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -654,7 +655,7 @@ class Gateway:
                 time.time(), req.name, req.method, req.model, req.rows, verdicts, action,
                 "OK", ""))
             req.admitted = False
-        self.metrics.queries.labels(req.name).inc(req.rows)
+        self.metrics.child(self.metrics.queries, req.name).inc(req.rows)
         return answer
 
     def _ood_verdicts(self, images: np.ndarray, context) -> np.ndarray:
