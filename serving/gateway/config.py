@@ -83,7 +83,9 @@ class OODConfig:
 
     `path`: the exported detector (`detectors/<name>/<version>`) loaded in this process, or
     `upstream_model`: the name of the same SavedModel served by the upstream (then the gateway
-    sends it a Predict per request). `threshold` None: the detector's calibrated threshold.
+    sends it a Predict per request). `threshold` None: the detector's calibrated threshold
+    (`path` only: with `upstream_model` the gateway cannot read `calibration.json`, so the
+    threshold must be given; a silent 0.5 would move the operating point far from calibration).
     """
 
     path: str | None = None
@@ -103,6 +105,10 @@ class OODConfig:
         if self.upstream_model is not None and (not isinstance(self.upstream_model, str)
                                                 or not self.upstream_model):
             raise invalid("detectors.ood.upstream_model", self.upstream_model, "a model name")
+        if self.upstream_model is not None and self.threshold is None:
+            raise invalid("detectors.ood.threshold", None,
+                          "the detector's calibrated threshold (`threshold` in its "
+                          "assets.extra/calibration.json) when `upstream_model` serves it")
         if self.threshold is not None and not (_is_number(self.threshold)
                                                and 0.0 <= self.threshold <= 1.0):
             raise invalid("detectors.ood.threshold", self.threshold, "a number in [0, 1] or null")

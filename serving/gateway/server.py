@@ -671,8 +671,8 @@ class Gateway:
             answer = predict_pb2.PredictResponse.FromString(
                 self._forward("Predict", request.SerializeToString(), context))
             probs = codec.to_ndarray(answer.outputs["probabilities"])
-            threshold = 0.5 if ood.threshold is None else ood.threshold
-            return probs[:, 1] >= threshold
+            # float64, as OODDetector.predict: a float32 compare rounds the threshold
+            return probs[:, 1].astype(np.float64) >= float(ood.threshold)
         finally:
             self.metrics.detector_latency.labels("ood").observe(time.perf_counter() - t0)
 

@@ -111,6 +111,7 @@ def test_missing_upstream_is_an_argparse_error(capsys):
     ({"always": "blur"}, "always"),
     ({"detectors": {"ood": {"window": 10}}}, "detectors.ood.path"),
     ({"detectors": {"ood": {"path": "x", "upstream_model": "y"}}}, "detectors.ood.path"),
+    ({"detectors": {"ood": {"upstream_model": "y"}}}, "detectors.ood.threshold"),
     ({"detectors": {"ood": {"path": "x", "min_queries": 99, "window": 10}}},
      "detectors.ood.min_queries"),
     ({"detectors": {"prada": {"delta": 2}}}, "detectors.prada.delta"),
