@@ -48,6 +48,9 @@ def test_headline_follows_the_numbers():
     assert _row(rows, "| top-1 answers hurt")[3] == "matches"
     assert _row(rows, "| OOD detector, CIFAR10")[3] == "matches"
 
+    rows = _headline_rows(_results(0.88, 0.875, (0.99, 0.73)), PAPER_KNOCKOFF, PAPER_DETECTOR)
+    assert _row(rows, "| top-1 answers hurt")[3] == "misses"  # a 0.005 gap is no finding
+
     rows = _headline_rows(_results(0.60, 0.65, (0.99, 0.73)), PAPER_KNOCKOFF, PAPER_DETECTOR)
     assert _row(rows, "| Knockoff, CIFAR10 (CNN)")[3] == "misses"
     assert _row(rows, "| top-1 answers hurt")[3] == "misses"
