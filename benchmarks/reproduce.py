@@ -270,8 +270,8 @@ def _finish_attack_cmd(ctx: Context, cmd: list[str], run: str, *,
 def _knockoff_cmd(ctx: Context, model: str, run: str, *, granularity: str = "probs",
                   strategy: str = "random", budget: int | None = None,
                   backbone: tuple[str, ...] | None = None, test_set: str | None = None,
-                  transfer: tuple[str, ...] | None = None, extra: tuple[str, ...] = ()
-                  ) -> list[str]:
+                  transfer: tuple[str, ...] | None = None, extra: tuple[str, ...] = (),
+                  input_size: int | None = None) -> list[str]:
     s = ctx.scale
     test_set = test_set or ("cifar10_jpeg_q75.zip" if model.startswith("cifar10")
                             else "gtsrb32_uint8_npy.tar.xz")
@@ -285,7 +285,8 @@ def _knockoff_cmd(ctx: Context, model: str, run: str, *, granularity: str = "pro
     cmd = ["-m", "attack.knockoff", "--grpc", ctx.server(), "--model", model, *transfer,
            "--budget", str(budget or s.budget), "--heldout", str(s.heldout),
            "--strategy", strategy, "--granularity", granularity, *backbone,
-           "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
+           "--input-size", str(input_size or s.surrogate_size),
+           "--epochs", str(s.surrogate_epochs),
            "--test-set", ctx.file(test_set), "--seed", str(ctx.seed),
            "--curve-points", "4" if granularity == "probs" and model == "cifar10_cnn"
            and "arch" not in run else "1",
@@ -475,7 +476,8 @@ def build_plan(scale: Scale) -> list[Step]:
                        "Knockoff, CIFAR-10 ResNet-34, probabilities", "cifar10_resnet34"),
         _knockoff_step("knockoff_cifar10_cnn_same_arch",
                        "Knockoff, CIFAR-10 CNN, surrogate of the victim's architecture (cnn)",
-                       "cifar10_cnn", backbone=("--backbone", "cnn", "--weights", "none")),
+                       "cifar10_cnn", backbone=("--backbone", "cnn", "--weights", "none"),
+                       input_size=32),  # the victim's own input: same architecture, same size
         _knockoff_step("knockoff_gtsrb_resnet34_probs", "Knockoff, GTSRB ResNet-34, probabilities",
                        "gtsrb_resnet34"),
         _copycat_step(),
