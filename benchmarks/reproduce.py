@@ -425,12 +425,16 @@ def _exact_step(module: str, model: str) -> Step:
 
 
 # -- the defended deployment: realistic adversary and output policies (through the gateway) -------
+REALISTIC_MAX_BUDGET = 5000
 def _defended_step(name: str, module: str, model: str, extra: list[str],
                    needs: tuple[str, ...]) -> Step:
     def commands(ctx: Context) -> list[list[str]]:
         s = ctx.scale
+        budget = s.policy_budget
+        if module == "realistic_adversary":  # it owns half of CIFAR-10's test split: 5,000
+            budget = min(budget, REALISTIC_MAX_BUDGET)
         cmd = ["-m", f"benchmarks.{module}", "--victims", str(ctx.path("victims")),
-               "--model", model, "--data-dir", str(ctx.data), "--budget", str(s.policy_budget),
+               "--model", model, "--data-dir", str(ctx.data), "--budget", str(budget),
                "--input-size", str(s.surrogate_size), "--epochs", str(s.surrogate_epochs),
                "--seed", str(ctx.seed), "--out", str(ctx.path(name, "run"))]
         return [cmd + [part.format(out=ctx.out) for part in extra]]
