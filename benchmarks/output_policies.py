@@ -52,6 +52,7 @@ from benchmarks.realistic_adversary import (
     BenchConfig,
     Served,
     answer_summary,
+    benchmark_main,
     check_run_dir,
     client_key,
     knockoff_config,
@@ -230,22 +231,9 @@ def run_output_policies(config: PoliciesConfig) -> dict:
 PROG = "python -m benchmarks.output_policies"
 
 
-def _main(argv) -> int:
-    from common.cli import configure_logging, parse_config
-
-    config = parse_config(PoliciesConfig, argv, prog=PROG, description=__doc__.split("\n\n")[0])
-    configure_logging()
-    result = run_output_policies(config)
-    print(result["table"])
-    print(f"\nwritten: {Path(config.out) / 'results.json'}, {Path(config.out) / 'results.md'}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark with `argv` (default sys.argv[1:]); exit code 2 on bad input."""
-    from attack.pipeline import run_attack_cli
-
-    return run_attack_cli(_main, argv, prog=PROG)
+    return benchmark_main(PoliciesConfig, run_output_policies, argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -297,9 +297,8 @@ def _natural(dataset, n: int, seed: int, salt: int) -> np.ndarray:
 def run_prada_bench(config: PradaBenchConfig) -> dict:
     """Send every stream through a fresh PRADA gateway; write OUT/results.{json,md}."""
     from attack.pipeline import as_seen_by_victim
-    from benchmarks.realistic_adversary import Served, client_key, markdown_table
+    from benchmarks.realistic_adversary import Served, client_key, write_results
     from common.data import load_dataset
-    from common.fileio import write_json_atomic
     from serving.client import ServingClient
     from serving.gateway.config import policy_from_dict
 
@@ -386,35 +385,20 @@ def run_prada_bench(config: PradaBenchConfig) -> dict:
         "Juuti et al. (2019) detect JBDA-style attacks; Atli et al. (2020) note that PRADA does "
         "not flag Knockoff's natural-image queries.",
     ]
-    table = markdown_table([{**r, "seconds": f"{r['seconds']:.1f}"} for r in rows], _COLUMNS)
-    write_json_atomic(out / "results.json", {"rows": rows, "config": meta})
-    md = [f"# PRADA through the gateway: {config.model}", "", table, "",
-          *[f"- {line}" for line in notes],
-          "", "```json", json.dumps(meta, indent=1, default=str), "```", ""]
-    (out / "results.md").write_text("\n".join(md))
+    table = write_results(out, f"PRADA through the gateway: {config.model}", rows, _COLUMNS,
+                          meta, notes, meta_key="config",
+                          table_rows=[{**r, "seconds": f"{r['seconds']:.1f}"} for r in rows])
     return {"table": table, "rows": rows, "meta": meta}
 
 
 PROG = "python -m benchmarks.prada_bench"
 
 
-def _main(argv) -> int:
-    from common.cli import configure_logging, parse_config
-
-    config = parse_config(PradaBenchConfig, argv, prog=PROG,
-                          description=__doc__.split("\n\n")[0])
-    configure_logging()
-    result = run_prada_bench(config)
-    print(result["table"])
-    print(f"\nwritten: {Path(config.out) / 'results.json'}, {Path(config.out) / 'results.md'}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark with `argv` (default sys.argv[1:]); exit code 2 on bad input."""
-    from attack.pipeline import run_attack_cli
+    from benchmarks.realistic_adversary import benchmark_main
 
-    return run_attack_cli(_main, argv, prog=PROG)
+    return benchmark_main(PradaBenchConfig, run_prada_bench, argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -489,12 +489,15 @@ def _row(name: str, pool: str, audit: dict, answers: dict, flag_state, report: d
 
 
 def write_results(out: Path, title: str, rows: list[dict], columns, meta: dict,
-                  notes: Sequence[str] = ()) -> str:
-    """OUT/results.json and OUT/results.md; returns the Markdown table."""
+                  notes: Sequence[str] = (), *, meta_key: str | None = None,
+                  table_rows: list[dict] | None = None) -> str:
+    """OUT/results.json (`meta` beside the rows, or under `meta_key`) and OUT/results.md (the
+    table of `table_rows`, default `rows`); returns the Markdown table."""
     from common.fileio import write_json_atomic
 
-    table = markdown_table(rows, columns)
-    write_json_atomic(out / "results.json", {**meta, "rows": rows})
+    table = markdown_table(rows if table_rows is None else table_rows, columns)
+    write_json_atomic(out / "results.json",
+                      {"rows": rows, meta_key: meta} if meta_key else {**meta, "rows": rows})
     md = [f"# {title}", "", table, ""]
     md += [f"- {line}" for line in notes]
     md += ["", "```json", json.dumps(meta, indent=1, default=str), "```", ""]
@@ -578,23 +581,27 @@ def run_realistic(config: RealisticConfig) -> dict:
 PROG = "python -m benchmarks.realistic_adversary"
 
 
-def _main(argv) -> int:
+def benchmark_main(config_cls, run, argv: Sequence[str] | None, *, prog: str,
+                   doc: str) -> int:
+    """The CLI of a defended benchmark: parse `config_cls` from `argv`, `run(config)` (which
+    returns its table), print it and the files written; exit code 2 on bad input."""
+    from attack.pipeline import run_attack_cli
     from common.cli import configure_logging, parse_config
 
-    config = parse_config(RealisticConfig, argv, prog=PROG,
-                          description=__doc__.split("\n\n")[0])
-    configure_logging()
-    result = run_realistic(config)
-    print(result["table"])
-    print(f"\nwritten: {Path(config.out) / 'results.json'}, {Path(config.out) / 'results.md'}")
-    return 0
+    def _main(args) -> int:
+        config = parse_config(config_cls, args, prog=prog, description=doc.split("\n\n")[0])
+        configure_logging()
+        print(run(config)["table"])
+        print(f"\nwritten: {Path(config.out) / 'results.json'}, "
+              f"{Path(config.out) / 'results.md'}")
+        return 0
+
+    return run_attack_cli(_main, argv, prog=prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark with `argv` (default sys.argv[1:]); exit code 2 on bad input."""
-    from attack.pipeline import run_attack_cli
-
-    return run_attack_cli(_main, argv, prog=PROG)
+    return benchmark_main(RealisticConfig, run_realistic, argv, prog=PROG, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,12 @@ from detector.ood import (
     CALIBRATION_NAME,
     CALIBRATION_RATES,
     OODDetector,
-    _holdout_split,
-    _with_images,
     calibrate_threshold,
     detection_metrics,
-    jpeg_reencode,
     read_calibration,
     resolve_version_dir,
     roc_auc,
+    training_split,
 )
 
 __all__ = ["CalibrateConfig", "RecalibrationResult", "heldout_sets", "main",
@@ -167,15 +165,11 @@ def heldout_sets(
     training sets and the training config: the same seeded per-class splits and the same seeded
     JPEG re-encoding of the held-out attack images."""
     holdout, seed = float(training["holdout"]), int(training["seed"])
-    benign_held = _holdout_split(benign, holdout, seed)[1]
+    benign_held = training_split(benign, "benign", holdout, seed)[1]
     if attack is None:
         return benign_held, None
-    attack_held = _holdout_split(attack, holdout, seed + 1)[1]
     share = float(training.get("jpeg_augment") or 0.0)
-    if share > 0:
-        attack_held = _with_images(attack_held, jpeg_reencode(attack_held.images, share,
-                                                              seed=seed + 4))
-    return benign_held, attack_held
+    return benign_held, training_split(attack, "attack", holdout, seed, share)[1]
 
 
 def _load_heldout(config: CalibrateConfig, training: Mapping[str, Any], source: Path,

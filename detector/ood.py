@@ -47,6 +47,7 @@ __all__ = [
     "OODDetector",
     "calibrate_threshold",
     "detection_metrics",
+    "training_split",
     "roc_auc",
     "roc_curve",
     "train_detector",
@@ -586,6 +587,16 @@ class _EpochLog:
         return EpochLog()
 
 
+def training_split(data: ImageDataset, role: str, holdout: float, seed: int,
+                   jpeg_augment: float = 0.0) -> tuple[ImageDataset, ImageDataset]:
+    """The seeded (fit, held-out) split `train_detector` makes of its `role` ("benign" or
+    "attack") set; the held-out attack images are JPEG re-encoded as training's are, so the
+    calibration (`detector.calibrate` too) sees exactly what training scored."""
+    fit, held = _holdout_split(data, holdout, seed if role == "benign" else seed + 1)
+    if role == "attack" and jpeg_augment > 0:
+        held = _with_images(held, jpeg_reencode(held.images, jpeg_augment, seed=seed + 4))
+    return fit, held
+
 def train_detector(
     config: DetectorConfig,
     *,
@@ -618,15 +629,14 @@ def train_detector(
         if len(data) < 4:
             raise invalid(name, f"{len(data)} images", "at least 4 images")
 
-    benign_fit, benign_held = _holdout_split(benign, config.holdout, config.seed)
-    attack_fit, attack_held = _holdout_split(attack, config.holdout, config.seed + 1)
+    benign_fit, benign_held = training_split(benign, "benign", config.holdout, config.seed)
+    attack_fit, attack_held = training_split(attack, "attack", config.holdout, config.seed,
+                                             config.jpeg_augment)
     if config.jpeg_augment > 0:
         benign_fit = _with_images(benign_fit, jpeg_reencode(
             benign_fit.images, config.jpeg_augment, seed=config.seed + 2))
         attack_fit = _with_images(attack_fit, jpeg_reencode(
             attack_fit.images, config.jpeg_augment, seed=config.seed + 3))
-        attack_held = _with_images(attack_held, jpeg_reencode(
-            attack_held.images, config.jpeg_augment, seed=config.seed + 4))
     images = np.concatenate([benign_fit.images, attack_fit.images])
     labels = np.r_[np.full(len(benign_fit), BENIGN_CLASS), np.full(len(attack_fit),
                                                                     ATTACK_CLASS)]
