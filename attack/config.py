@@ -1,13 +1,27 @@
 """The frozen configs of the attacks, shared by each attack's CLI and its Python API.
 
-`AttackConfig` holds what every attack has (the victim's endpoint, the surrogate, the evaluation,
-the run directory); `KnockoffConfig` (Knockoff Nets, Orekondy et al. 2019, with the
-semi-supervised option of Jagielski et al. 2020), `CopycatConfig` (Copycat CNN, da Silva et al.
-2018) and `JBDAConfig` (Papernot et al. 2017, with Juuti et al.'s reservoir bound) add their own
-fields. Every field is validated here, before any side effect (no run directory created, no query
-sent). The config is written into the run directory as `config.json`; `--resume` refuses a
-config that differs from it (apart from `RESUME_NEUTRAL_FIELDS`), so a journal is never continued
-under other settings.
+A config is composed from parts, each declared once as a frozen dataclass mixin with its own
+validation (`_validate`), so a field, its default, its help text and its checks live in one place:
+
+* `ServerPart`: how to reach a TF Serving model (grpc, model, version, api_key, timeout,
+  query_batch); the exact attacks (equation solving, FEE) use only this;
+* `EndpointPart` (a `ServerPart`): plus what the learning attacks need to understand a victim
+  they did not export (rest, signature, output, output_kind, input_range, in_flight);
+* `SurrogatePart`: the surrogate network and its training;
+* `EvaluationPart`: the labelled test set and the fidelity images;
+* `RunPart`: the run directory, ``--resume`` and the seed.
+
+`AttackConfig` composes all five; `KnockoffConfig` (Knockoff Nets, Orekondy et al. 2019, with
+the semi-supervised option of Jagielski et al. 2020), `CopycatConfig` (Copycat CNN, da Silva et
+al. 2018) and `JBDAConfig` (Papernot et al. 2017, with Juuti et al.'s reservoir bound) add their
+own fields; `attack.equation_solving` and `attack.fee` compose `ServerPart`, `EvaluationPart`
+and `RunPart` with theirs. The field names stay flat (``--test-set``, not ``--evaluation.test-set``)
+and config.json is the same flat mapping as before the parts existed, so old run directories
+resume. Every field is validated before any side effect (no run directory created, no query
+sent). `--resume` refuses a config that differs from the saved one (apart from
+`RESUME_NEUTRAL_FIELDS`), so a journal is never continued under other settings.
+
+No TensorFlow here: `--help` and a wrong flag answer before the heavy imports.
 """
 
 from __future__ import annotations
@@ -19,14 +33,37 @@ from pathlib import Path
 from common.backbones import get_backbone, parse_arch_args
 from common.errors import invalid
 
-__all__ = ["AttackConfig", "CopycatConfig", "JBDAConfig", "KnockoffConfig",
-           "RESUME_NEUTRAL_FIELDS"]
+__all__ = [
+    "INPUT_RANGES",
+    "OUTPUT_KINDS",
+    "RESUME_NEUTRAL_FIELDS",
+    "AttackConfig",
+    "CopycatConfig",
+    "EndpointPart",
+    "EvaluationPart",
+    "JBDAConfig",
+    "KnockoffConfig",
+    "RunPart",
+    "ServerPart",
+    "SurrogatePart",
+    "TransferPart",
+    "validate_parts",
+]
 
 _TARGET = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})$|^(unix|dns|unix-abstract):.+$")
+_REST_URL = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?/?$")
 _GRANULARITY = re.compile(r"^(probs|top1|topk:\d+)$")
 
-# Fields that may change between a run and its resumption.
-RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc")
+OUTPUT_KINDS = ("auto", "probabilities", "logits", "labels", "topk")
+"""How the victim's answers are read: ``auto`` decides from the signature and the first answers."""
+INPUT_RANGES = ("auto", "0,255", "0,1", "-1,1")
+"""The value range a float input expects: ``auto`` decides with a few probe queries."""
+
+# Fields that may change between a run and its resumption: how to reach the victim (the same
+# model over gRPC or REST), credentials and pacing, and how its journaled answers are read
+# (`--resume --output-kind logits` re-reads the same raw answers the right way).
+RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc", "rest",
+                         "output_kind")
 
 
 def _positive_ints(config, *names: str) -> None:
@@ -43,9 +80,23 @@ def _non_negative_ints(config, *names: str) -> None:
             raise invalid(name, value, "a non-negative integer")
 
 
+def _optional_positive_int(config, name: str) -> None:
+    value = getattr(config, name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise invalid(name, value, "a positive integer or None")
+
+
+def validate_parts(config) -> None:
+    """Run the `_validate` of every part `config` is composed of, endpoint first."""
+    for part in _PARTS:
+        if isinstance(config, part):
+            part._validate(config)
+
+
+# -- the parts -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class AttackConfig:
-    """What every extraction attack shares: the victim, the surrogate, evaluation, the run."""
+class ServerPart:
+    """How to reach the victim on a TF Serving server: gRPC target, model, version, pacing."""
 
     grpc: str = field(default="localhost:8500", metadata={
         "help": "the victim's TF Serving gRPC endpoint HOST:PORT", "metavar": "HOST:PORT"})
@@ -54,6 +105,67 @@ class AttackConfig:
     version: int | None = field(default=None, metadata={"help": "model version (default: latest)"})
     api_key: str | None = field(default=None, metadata={
         "help": "API key sent as x-api-key metadata (for a gateway in front of TF Serving)"})
+    timeout: float = field(default=60.0, metadata={"help": "deadline of one Predict, seconds"})
+    query_batch: int = field(default=64, metadata={"help": "images per Predict request"})
+
+    def _validate(self) -> None:
+        if not isinstance(self.grpc, str) or not _TARGET.match(self.grpc):
+            raise invalid("grpc", self.grpc, "HOST:PORT (e.g. localhost:8500)")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise invalid("model", self.model, "a model name")
+        if self.version is not None and (isinstance(self.version, bool)
+                                         or not isinstance(self.version, int)
+                                         or self.version < 0):
+            raise invalid("version", self.version, "a non-negative integer or None")
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
+                or not self.timeout > 0:
+            raise invalid("timeout", self.timeout, "a positive number of seconds")
+        _positive_ints(self, "query_batch")
+
+
+@dataclass(frozen=True)
+class EndpointPart(ServerPart):
+    """`ServerPart` plus how to read a victim we did not export: REST, signature, output kind,
+    input value range (resolved by `attack.victim`)."""
+
+    rest: str | None = field(default=None, metadata={
+        "help": "the victim's TF Serving REST endpoint, e.g. http://host:8501 (when given, "
+                "REST :predict is used instead of --grpc)", "metavar": "URL"})
+    signature: str | None = field(default=None, metadata={
+        "help": "serving signature to query (default: serving_default)", "metavar": "NAME"})
+    output: str | None = field(default=None, metadata={
+        "help": "output tensor to learn from (default: chosen from the signature and stated "
+                "in the report)", "metavar": "NAME"})
+    output_kind: str = field(default="auto", metadata={
+        "help": "what that output holds: probabilities, logits (softmax applied), labels "
+                "(class ids, label-only), topk (scores+classes pairs), or auto (decided from "
+                "the signature and the first answers)", "choices": OUTPUT_KINDS})
+    input_range: str = field(default="auto", metadata={
+        "help": "pixel value range a float input expects; auto spends at most 64 reported "
+                "probe queries to decide (uint8 inputs take 0..255 as they are)",
+        "choices": INPUT_RANGES})
+    in_flight: int = field(default=4, metadata={"help": "Predict requests in flight at once"})
+
+    def _validate(self) -> None:
+        if self.rest is not None and (not isinstance(self.rest, str)
+                                      or not _REST_URL.match(self.rest)):
+            raise invalid("rest", self.rest, "http://HOST:PORT or https://HOST:PORT "
+                                             "(e.g. http://localhost:8501)")
+        for name in ("signature", "output"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise invalid(name, value, "a non-empty name or None")
+        if self.output_kind not in OUTPUT_KINDS:
+            raise invalid("output_kind", self.output_kind, "one of " + ", ".join(OUTPUT_KINDS))
+        if self.input_range not in INPUT_RANGES:
+            raise invalid("input_range", self.input_range, "one of " + ", ".join(INPUT_RANGES))
+        _positive_ints(self, "in_flight")
+
+
+@dataclass(frozen=True)
+class SurrogatePart:
+    """The surrogate network and its training."""
+
     backbone: str = field(default="mobilenet", metadata={
         "help": "surrogate architecture: a Keras Applications name, cnn or resnet34"})
     weights: str = field(default="imagenet", metadata={
@@ -68,43 +180,13 @@ class AttackConfig:
     epochs: int = field(default=10, metadata={"help": "surrogate training epochs"})
     batch_size: int = field(default=64, metadata={"help": "surrogate training batch size"})
     learning_rate: float = field(default=1e-3, metadata={"help": "surrogate learning rate"})
-    query_batch: int = field(default=64, metadata={"help": "images per Predict request"})
-    in_flight: int = field(default=4, metadata={"help": "Predict requests in flight at once"})
-    timeout: float = field(default=60.0, metadata={"help": "deadline of one Predict, seconds"})
-    test_set: str | None = field(default=None, metadata={
-        "help": "labelled test data of the victim's task (evaluation only)", "metavar": "SPEC"})
-    test_split: str = field(default="test", metadata={"help": "split of --test-set"})
-    test_limit: int | None = field(default=None, metadata={
-        "help": "evaluate on at most this many test images"})
-    noise: int = field(default=1000, metadata={
-        "help": "uniform-noise images to measure fidelity on (Jagielski et al.)"})
-    curve_points: int = field(default=4, metadata={
-        "help": "points of the accuracy/fidelity-vs-queries curve (surrogates trained on "
-                "journal prefixes; 1: only the final surrogate)"})
-    out: str = field(default="runs/attack", metadata={
-        "help": "run directory (config, journal, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue the run in RUN_DIR without re-sending answered queries"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
 
-    def __post_init__(self) -> None:
-        if not _TARGET.match(self.grpc):
-            raise invalid("grpc", self.grpc, "HOST:PORT (e.g. localhost:8500)")
-        if not self.model:
-            raise invalid("model", self.model, "a model name")
-        _positive_ints(self, "epochs", "batch_size", "query_batch", "in_flight", "curve_points")
-        _non_negative_ints(self, "noise")
-        if self.version is not None and self.version < 0:
-            raise invalid("version", self.version, "a non-negative integer or None")
+    def _validate(self) -> None:
+        _positive_ints(self, "epochs", "batch_size")
         if self.input_size is not None and self.input_size < 8:
             raise invalid("input_size", self.input_size, "at least 8 pixels, or None")
         if not self.learning_rate > 0:
             raise invalid("learning_rate", self.learning_rate, "a positive number")
-        if not self.timeout > 0:
-            raise invalid("timeout", self.timeout, "a positive number of seconds")
-        if self.test_limit is not None and self.test_limit < 1:
-            raise invalid("test_limit", self.test_limit, "a positive integer or None")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise invalid("weights", self.weights, "imagenet, none, or an existing weights file")
         get_backbone(self.backbone, argument="backbone")
@@ -115,11 +197,62 @@ class AttackConfig:
         return parse_arch_args(self.arch_args)
 
 
-def _check_transfer(config) -> None:
-    if not config.transfer_set:
-        raise invalid("transfer_set", config.transfer_set, "a dataset spec")
-    if config.exclude_classes is not None and not Path(config.exclude_classes).is_file():
-        raise invalid("exclude_classes", config.exclude_classes, "an existing file")
+@dataclass(frozen=True)
+class EvaluationPart:
+    """The labelled test set and the fidelity images (evaluation only, never queried for the
+    attack's own learning)."""
+
+    test_set: str | None = field(default=None, metadata={
+        "help": "labelled test data of the victim's task (evaluation only)", "metavar": "SPEC"})
+    test_split: str = field(default="test", metadata={"help": "split of --test-set"})
+    test_limit: int | None = field(default=None, metadata={
+        "help": "evaluate on at most this many test images"})
+    noise: int = field(default=1000, metadata={
+        "help": "uniform-noise images to measure fidelity on (Jagielski et al.)"})
+
+    def _validate(self) -> None:
+        _non_negative_ints(self, "noise")
+        _optional_positive_int(self, "test_limit")
+
+
+@dataclass(frozen=True)
+class RunPart:
+    """The run directory, resumption and the seed."""
+
+    out: str = field(default="runs/attack", metadata={
+        "help": "run directory (config, journal, checkpoints, surrogate, report)",
+        "metavar": "RUN_DIR"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue the run in RUN_DIR without re-sending answered queries"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def _validate(self) -> None:
+        if not isinstance(self.out, str) or not self.out:
+            raise invalid("out", self.out, "a run directory path")
+        if not isinstance(self.resume, bool):
+            raise invalid("resume", self.resume, "true or false")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise invalid("seed", self.seed, "an integer")
+
+
+_PARTS = (ServerPart, EndpointPart, SurrogatePart, EvaluationPart, RunPart)
+
+
+# -- the learning attacks --------------------------------------------------------------------------
+# Dataclass fields are ordered by the reversed MRO: listing RunPart first puts the endpoint's
+# flags first in --help (config.json is written with sorted keys either way).
+@dataclass(frozen=True)
+class AttackConfig(RunPart, EvaluationPart, SurrogatePart, EndpointPart):
+    """What every learning extraction attack shares: the victim, the surrogate, evaluation,
+    the run."""
+
+    curve_points: int = field(default=4, metadata={
+        "help": "points of the accuracy/fidelity-vs-queries curve (surrogates trained on "
+                "journal prefixes; 1: only the final surrogate)"})
+
+    def __post_init__(self) -> None:
+        validate_parts(self)
+        _positive_ints(self, "curve_points")
 
 
 _TRANSFER_HELP = ("the attacker's natural images: any spec of the data layer (image folder or "
@@ -127,8 +260,8 @@ _TRANSFER_HELP = ("the attacker's natural images: any spec of the data layer (im
 
 
 @dataclass(frozen=True)
-class KnockoffConfig(AttackConfig):
-    """Steal a TF Serving image classifier through its gRPC Predict API (Knockoff Nets)."""
+class TransferPart:
+    """The attacker's pool of natural images (Knockoff, Copycat) and the share held out."""
 
     transfer_set: str = field(kw_only=True, metadata={"help": _TRANSFER_HELP, "metavar": "SPEC"})
     transfer_split: str = field(default="train", metadata={
@@ -136,6 +269,24 @@ class KnockoffConfig(AttackConfig):
     exclude_classes: str | None = field(default=None, metadata={
         "help": "file of class names (one a line) to drop from the transfer set",
         "metavar": "FILE"})
+    heldout: int = field(default=1000, metadata={
+        "help": "transfer images held out of the attack to measure fidelity off the test set"})
+
+    def _validate(self) -> None:
+        if not self.transfer_set:
+            raise invalid("transfer_set", self.transfer_set, "a dataset spec")
+        if self.exclude_classes is not None and not Path(self.exclude_classes).is_file():
+            raise invalid("exclude_classes", self.exclude_classes, "an existing file")
+        _non_negative_ints(self, "heldout")
+
+
+_PARTS = (TransferPart, *_PARTS)
+
+
+@dataclass(frozen=True)
+class KnockoffConfig(AttackConfig, TransferPart):
+    """Steal a TF Serving image classifier through its Predict API (Knockoff Nets)."""
+
     budget: int = field(default=10_000, metadata={"help": "number of queries (images) to send"})
     strategy: str = field(default="random", metadata={
         "help": "sampling strategy", "choices": ("random", "adaptive")})
@@ -144,8 +295,6 @@ class KnockoffConfig(AttackConfig):
     granularity: str = field(default="probs", metadata={
         "help": "train on: probs (what the victim returns), top1 (one-hot), topk:K",
         "metavar": "probs|top1|topk:K"})
-    heldout: int = field(default=1000, metadata={
-        "help": "transfer images held out of the attack to measure fidelity off the test set"})
     semi_supervised: bool = field(default=False, metadata={
         "help": "also learn from transfer images never queried (Jagielski et al. 2020's "
                 "learning-based attack: FixMatch-style confident pseudo-labels on a weakly "
@@ -161,10 +310,9 @@ class KnockoffConfig(AttackConfig):
         "metavar": "RUN_DIR"})
 
     def __post_init__(self) -> None:
-        _check_transfer(self)
         super().__post_init__()
         _positive_ints(self, "budget")
-        _non_negative_ints(self, "heldout", "unlabelled")
+        _non_negative_ints(self, "unlabelled")
         if self.strategy not in ("random", "adaptive"):
             raise invalid("strategy", self.strategy, "'random' or 'adaptive'")
         if self.reward not in ("cert", "div", "loss", "all"):
@@ -184,22 +332,15 @@ class KnockoffConfig(AttackConfig):
 
 
 @dataclass(frozen=True)
-class CopycatConfig(AttackConfig):
+class CopycatConfig(AttackConfig, TransferPart):
     """Steal a TF Serving image classifier from its top-1 labels alone (Copycat CNN)."""
 
     transfer_set: str = field(kw_only=True, metadata={
         "help": "non-problem-domain natural images (da Silva et al.'s 'fake dataset'): any "
                 "spec of the data layer",
         "metavar": "SPEC"})
-    transfer_split: str = field(default="train", metadata={
-        "help": "split(s) of the transfer set, e.g. train or train+val"})
-    exclude_classes: str | None = field(default=None, metadata={
-        "help": "file of class names (one a line) to drop from the transfer set",
-        "metavar": "FILE"})
     budget: int = field(default=10_000, metadata={
         "help": "queries with non-problem-domain images (phase 1)"})
-    heldout: int = field(default=1000, metadata={
-        "help": "transfer images held out of the attack to measure fidelity off the test set"})
     pd_set: str | None = field(default=None, metadata={
         "help": "a few problem-domain images for the optional second phase", "metavar": "SPEC"})
     pd_split: str = field(default="train", metadata={"help": "split of --pd-set"})
@@ -213,10 +354,9 @@ class CopycatConfig(AttackConfig):
         "metavar": "RUN_DIR"})
 
     def __post_init__(self) -> None:
-        _check_transfer(self)
         super().__post_init__()
         _positive_ints(self, "budget", "pd_epochs")
-        _non_negative_ints(self, "heldout", "pd_budget")
+        _non_negative_ints(self, "pd_budget")
         if self.pd_budget and not self.pd_set:
             raise invalid("pd_set", self.pd_set,
                           f"a problem-domain dataset spec for --pd-budget {self.pd_budget}")

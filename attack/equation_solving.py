@@ -50,6 +50,7 @@ from attack._linear import (
     reference_variables,
     victim_eval_answers,
 )
+from attack.config import EvaluationPart, RunPart, ServerPart, validate_parts
 from common.errors import UsageError, invalid
 
 __all__ = ["EquationSolvingConfig", "EquationSolvingResult", "align_softmax", "main",
@@ -58,20 +59,21 @@ __all__ = ["EquationSolvingConfig", "EquationSolvingResult", "align_softmax", "m
 log = logging.getLogger(__name__)
 
 DESIGNS = ("basis", "random")
-_TARGET_HELP = "the victim's TF Serving gRPC endpoint HOST:PORT"
 
 
 @dataclass(frozen=True)
-class EquationSolvingConfig:
+class EquationSolvingConfig(RunPart, EvaluationPart, ServerPart):
     """Recover a softmax/logistic regression exactly from its probabilities (Tramèr et al.)."""
 
-    grpc: str = field(default="localhost:8500", metadata={"help": _TARGET_HELP,
-                                                           "metavar": "HOST:PORT"})
-    model: str = field(default="default", metadata={"help": "model name on the server"})
-    version: int | None = field(default=None, metadata={"help": "model version (default: "
-                                                                "latest)"})
-    api_key: str | None = field(default=None, metadata={
-        "help": "API key sent as x-api-key metadata (for a gateway in front of TF Serving)"})
+    query_batch: int = field(default=256, metadata={"help": "query points per Predict request"})
+    test_set: str | None = field(default=None, metadata={
+        "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
+                "mapped to [low, high])", "metavar": "SPEC"})
+    noise: int = field(default=10_000, metadata={
+        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
+    out: str = field(default="runs/equation_solving", metadata={
+        "help": "run directory (config, journal, recovered model, report)",
+        "metavar": "RUN_DIR"})
     output: str = field(default="probabilities", metadata={
         "help": "the output to solve from: probabilities (Tramèr et al.; weights up to a shared "
                 "shift), logits (when exposed: every weight) or auto (logits if exposed)",
@@ -86,29 +88,13 @@ class EquationSolvingConfig:
         "help": "extra random queries that check the solution (the answers must be a softmax "
                 "regression's); cut to what --budget leaves"})
     input_low: float = field(default=0.0, metadata={
-        "help": "lowest input value of the victim's domain (victim_export dense victims: 0)"})
+        "help": "lowest input value of the victim's domain (victim_export dense victims: 0; "
+                "test images are mapped to [low, high])"})
     input_high: float = field(default=1.0, metadata={
         "help": "highest input value of the victim's domain (victim_export dense victims: 1)"})
-    query_batch: int = field(default=256, metadata={"help": "query points per Predict request"})
-    timeout: float = field(default=60.0, metadata={"help": "deadline of one Predict, seconds"})
-    test_set: str | None = field(default=None, metadata={
-        "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
-                "mapped to [low, high])", "metavar": "SPEC"})
-    test_split: str = field(default="test", metadata={"help": "split of --test-set"})
-    test_limit: int | None = field(default=None, metadata={
-        "help": "evaluate on at most this many test images"})
-    noise: int = field(default=10_000, metadata={
-        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
     reference: str | None = field(default=None, metadata={
         "help": "the victim's SavedModel version folder, to measure the parameter error "
                 "(evaluation only; the attack never reads it)", "metavar": "DIR"})
-    out: str = field(default="runs/equation_solving", metadata={
-        "help": "run directory (config, journal, recovered model, report)",
-        "metavar": "RUN_DIR"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue the run in RUN_DIR, replaying the journaled answers"})
-    seed: int = field(default=0, metadata={"help": "random seed (random design, verification, "
-                                                   "noise inputs)"})
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -119,33 +105,15 @@ class EquationSolvingConfig:
 
 
 def _check_common(config) -> None:
-    """Checks shared with `attack.fee.FeeConfig`."""
-    from serving.client import parse_target
-
-    parse_target(config.grpc)
-    if not isinstance(config.model, str) or not config.model.strip():
-        raise invalid("model", config.model, "a model name")
-    if config.version is not None and (isinstance(config.version, bool)
-                                       or not isinstance(config.version, int)
-                                       or config.version < 0):
-        raise invalid("version", config.version, "a non-negative integer or None")
+    """The parts' checks plus those shared with `attack.fee.FeeConfig`."""
+    validate_parts(config)
     if config.output not in OUTPUT_CHOICES:
         raise invalid("output", config.output, "one of " + ", ".join(OUTPUT_CHOICES))
     if config.budget is not None and (isinstance(config.budget, bool)
                                       or not isinstance(config.budget, int)
                                       or config.budget < 1):
         raise invalid("budget", config.budget, "a positive integer or None")
-    for name in ("query_batch",):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise invalid(name, value, "a positive integer")
-    if isinstance(config.noise, bool) or not isinstance(config.noise, int) or config.noise < 0:
-        raise invalid("noise", config.noise, "a non-negative integer")
-    if config.test_limit is not None and (isinstance(config.test_limit, bool)
-                                          or not isinstance(config.test_limit, int)
-                                          or config.test_limit < 1):
-        raise invalid("test_limit", config.test_limit, "a positive integer or None")
-    for name in ("input_low", "input_high", "timeout"):
+    for name in ("input_low", "input_high"):
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value):
@@ -153,12 +121,8 @@ def _check_common(config) -> None:
     if not config.input_high > config.input_low:
         raise invalid("input_high", config.input_high, f"a number above input_low="
                                                        f"{config.input_low}")
-    if not config.timeout > 0:
-        raise invalid("timeout", config.timeout, "a positive number of seconds")
     if config.reference is not None and not Path(config.reference).is_dir():
         raise invalid("reference", config.reference, "an existing SavedModel version folder")
-    if not isinstance(config.out, str) or not config.out:
-        raise invalid("out", config.out, "a run directory path")
 
 
 @dataclass(frozen=True)

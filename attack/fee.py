@@ -68,6 +68,7 @@ from attack._linear import (
     reference_variables,
     victim_eval_answers,
 )
+from attack.config import EvaluationPart, RunPart, ServerPart
 from attack.equation_solving import _check_common, softmax, targets
 from common.errors import UsageError, invalid
 
@@ -78,16 +79,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FeeConfig:
+class FeeConfig(RunPart, EvaluationPart, ServerPart):
     """Extract a one-hidden-layer ReLU network exactly (Jagielski et al. 2020)."""
 
-    grpc: str = field(default="localhost:8500", metadata={
-        "help": "the victim's TF Serving gRPC endpoint HOST:PORT", "metavar": "HOST:PORT"})
-    model: str = field(default="default", metadata={"help": "model name on the server"})
-    version: int | None = field(default=None, metadata={"help": "model version (default: "
-                                                                "latest)"})
-    api_key: str | None = field(default=None, metadata={
-        "help": "API key sent as x-api-key metadata (for a gateway in front of TF Serving)"})
+    query_batch: int = field(default=512, metadata={"help": "query points per Predict request"})
+    test_set: str | None = field(default=None, metadata={
+        "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
+                "mapped to [low, high])", "metavar": "SPEC"})
+    noise: int = field(default=10_000, metadata={
+        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
+    out: str = field(default="runs/fee", metadata={
+        "help": "run directory (config, journal, recovered model, report)",
+        "metavar": "RUN_DIR"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue the run in RUN_DIR, replaying the journaled answers"})
+    seed: int = field(default=0, metadata={"help": "random seed (lines, random points)"})
     output: str = field(default="auto", metadata={
         "help": "the output to extract from: logits (exact), probabilities (log-probability "
                 "differences: last layer up to a shared row) or auto (logits if exposed)",
@@ -122,25 +128,9 @@ class FeeConfig:
                 "data", "metavar": "SPEC"})
     hybrid_split: str = field(default="train", metadata={"help": "split of --hybrid-set"})
     hybrid_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of --hybrid"})
-    query_batch: int = field(default=512, metadata={"help": "query points per Predict request"})
-    timeout: float = field(default=60.0, metadata={"help": "deadline of one Predict, seconds"})
-    test_set: str | None = field(default=None, metadata={
-        "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
-                "mapped to [low, high])", "metavar": "SPEC"})
-    test_split: str = field(default="test", metadata={"help": "split of --test-set"})
-    test_limit: int | None = field(default=None, metadata={
-        "help": "evaluate on at most this many test images"})
-    noise: int = field(default=10_000, metadata={
-        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
     reference: str | None = field(default=None, metadata={
         "help": "the victim's SavedModel version folder, to measure the parameter error "
                 "(evaluation only; the attack never reads it)", "metavar": "DIR"})
-    out: str = field(default="runs/fee", metadata={
-        "help": "run directory (config, journal, recovered model, report)",
-        "metavar": "RUN_DIR"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue the run in RUN_DIR, replaying the journaled answers"})
-    seed: int = field(default=0, metadata={"help": "random seed (lines, random points)"})
 
     def __post_init__(self) -> None:
         _check_common(self)
