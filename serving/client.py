@@ -144,11 +144,18 @@ class SignatureInfo:
     """The output holding class probabilities (`probabilities`, or the single rank-2 output)."""
     image_size: tuple[int, int] | None
     channels: int | None
+    classes: int | None = None
+    """The number of classes when the answer output alone does not tell it (class ids, top-k
+    pairs); None: the width of the `probabilities` output."""
 
     @property
     def num_classes(self) -> int | None:
+        if self.classes is not None:
+            return self.classes
         shape = self.output_shapes[self.output_names.index(self.probabilities)]
-        return None if shape is None else shape[-1]
+        if shape is None or len(shape) < 2:  # class ids [batch]: the width is not in the shape
+            return None
+        return shape[-1]
 
     def output(self, name: str) -> TensorInfo:
         index = self.output_names.index(name)
@@ -509,7 +516,9 @@ class ServingClient:
                 )
             probabilities = rank2[0]
         rank = sig.outputs[probabilities].rank
-        if rank not in (None, 2):
+        named_ids = (rank == 1 and self.output is not None
+                     and np.issubdtype(sig.outputs[probabilities].dtype, np.integer))
+        if rank not in (None, 2) and not named_ids:  # class ids [batch] only when named
             raise not_classifier(f"the output '{probabilities}' has rank {rank}")
 
         _, height, width, channels = image.shape
