@@ -1,9 +1,13 @@
 """Defences against model extraction, pure numpy/Keras (the gateway imports this, never the
 other way round): Atli et al.'s OOD query detector (`train_detector`, `OODDetector`), per-client
 aggregation of its verdicts (`SlidingWindow`), PRADA (Juuti et al. 2019, `Prada`) and output
-policies (label only, top-k, rounding, Gaussian noise, Lee et al.'s reverse sigmoid)."""
+policies (label only, top-k, rounding, Gaussian noise, Lee et al.'s reverse sigmoid), Kariyappa &
+Qureshi's Adaptive Misinformation (`AdaptiveMisinformation`), DAWN answer watermarks
+(`Watermarker`, verified by ``python -m detector.verify``) and cheap evasions of the detector
+(`detector.evasion`)."""
 
 from detector.aggregate import SlidingWindow
+from detector.misinformation import AdaptiveMisinformation, reverse_distribution
 from detector.ood import (
     DetectorConfig,
     DetectorResult,
@@ -25,8 +29,10 @@ from detector.policies import (
     parse_policy,
 )
 from detector.prada import Prada, PradaVerdict, pixel_features
+from detector.watermark import Watermarker, WatermarkRecord, load_watermarks, save_watermarks
 
 __all__ = [
+    "AdaptiveMisinformation",
     "DetectorConfig",
     "DetectorResult",
     "GaussianNoise",
@@ -40,11 +46,16 @@ __all__ = [
     "Rounding",
     "SlidingWindow",
     "TopK",
+    "WatermarkRecord",
+    "Watermarker",
     "calibrate_threshold",
     "detection_metrics",
+    "load_watermarks",
     "parse_policy",
     "pixel_features",
+    "reverse_distribution",
     "roc_auc",
     "roc_curve",
+    "save_watermarks",
     "train_detector",
 ]

@@ -4,7 +4,9 @@ Per client: its key record (SHA-256 of the key, never the key; optional budget/r
 overrides; revoked flag), its usage (queries charged, token bucket), its detector state (the
 sliding-window verdict history of `detector.aggregate` as JSON, PRADA's growing sets as the bytes
 of `detector.prada.dumps`, the flag) and an append-only audit log of every decision (time,
-client, method, model, rows, verdicts, action, status code; never the key).
+client, method, model, rows, verdicts, action, status code; never the key), and its DAWN
+watermark set (`add_watermarks`, `watermarks`: each watermarked query's image and labels, written
+before the answer leaves, kept across restarts).
 
 A request goes through `admit` (token bucket + budget reservation, atomic), then, once the answer
 is known, `commit` (charge, detector state and audit record together) or `cancel` (no answer was
@@ -148,6 +150,8 @@ class StateStore(Protocol):
     def revoke(self, name: str) -> None: ...
     def rotate(self, name: str, key_hash: str) -> None: ...
     def audit_records(self, limit: int | None = None) -> list[AuditRecord]: ...
+    def add_watermarks(self, records: list) -> None: ...
+    def watermarks(self, client: str) -> list: ...
     def close(self) -> None: ...
 
 
@@ -171,6 +175,33 @@ CREATE TABLE IF NOT EXISTS audit (
     model TEXT NOT NULL, rows INTEGER NOT NULL, verdicts TEXT NOT NULL, action TEXT NOT NULL,
     code TEXT NOT NULL, message TEXT NOT NULL);
 """
+
+
+# DAWN watermark sets (detector.watermark.WatermarkRecord), kept with the audit log: one row
+# per (client, image digest), the image as the client sent it so it can be replayed.
+_WATERMARK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS watermarks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, client TEXT NOT NULL, model TEXT NOT NULL,
+    digest TEXT NOT NULL, label INTEGER NOT NULL, true_label INTEGER NOT NULL, time REAL NOT NULL,
+    shape TEXT NOT NULL, image BLOB NOT NULL, UNIQUE(client, digest));
+"""
+
+
+def _watermark_json(r: Any) -> str:
+    import base64
+
+    return json.dumps({"client": r.client, "model": r.model, "digest": r.digest,
+                       "label": int(r.label), "true_label": int(r.true_label),
+                       "time": float(r.time), "shape": list(r.image.shape),
+                       "image": base64.b64encode(r.image_bytes()).decode("ascii")})
+
+
+def _watermark_from(client: str, model: str, digest: str, label: int, true_label: int,
+                    time_: float, shape: Any, blob: bytes) -> Any:
+    from detector.watermark import WatermarkRecord
+
+    return WatermarkRecord(client, model, digest, int(label), int(true_label), float(time_),
+                           WatermarkRecord.image_from(blob, shape))
 
 
 @dataclass
@@ -202,6 +233,7 @@ class SQLiteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
+        self._db.executescript(_WATERMARK_SCHEMA)
         self._live: dict[str, _Live] = {}
 
     @contextmanager
@@ -346,6 +378,27 @@ class SQLiteStore:
         return [AuditRecord(t, c, m, mo, n, json.loads(v), a, code, msg)
                 for t, c, m, mo, n, v, a, code, msg in rows]
 
+    def add_watermarks(self, records: list) -> None:
+        """Store watermark records (`detector.watermark.WatermarkRecord`); a (client, image)
+        pair already stored is kept as it was."""
+        if not records:
+            return
+        with self._txn() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO watermarks(client, model, digest, label, true_label, time, "
+                "shape, image) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.client, r.model, r.digest, int(r.label), int(r.true_label), float(r.time),
+                  json.dumps(list(r.image.shape)), r.image_bytes()) for r in records])
+
+    def watermarks(self, client: str) -> list:
+        """A client's watermark records, in the order they were answered."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT client, model, digest, label, true_label, time, shape, image FROM "
+                "watermarks WHERE client=? ORDER BY id", (client,)).fetchall()
+        return [_watermark_from(c, m, d, lab, t, tm, json.loads(sh), blob)
+                for c, m, d, lab, t, tm, sh, blob in rows]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -485,6 +538,24 @@ class RedisStore:
     def audit_records(self, limit: int | None = None) -> list[AuditRecord]:
         start = 0 if limit is None else -limit
         return [AuditRecord.from_json(x) for x in self.r.lrange(self._k("audit"), start, -1)]
+
+    def add_watermarks(self, records: list) -> None:
+        """Store watermark records; a (client, image) pair already stored is kept as it was."""
+        for r in records:
+            if self.r.hsetnx(self._k("wmseen", r.client), r.digest, 1):
+                self.r.rpush(self._k("watermarks", r.client), _watermark_json(r))
+
+    def watermarks(self, client: str) -> list:
+        """A client's watermark records, in the order they were answered."""
+        import base64
+
+        out = []
+        for raw in self.r.lrange(self._k("watermarks", client), 0, -1):
+            d = json.loads(raw)
+            out.append(_watermark_from(d["client"], d["model"], d["digest"], d["label"],
+                                       d["true_label"], d["time"], d["shape"],
+                                       base64.b64decode(d["image"])))
+        return out
 
     def close(self) -> None:
         try:
