@@ -70,6 +70,7 @@ from common.errors import UsageError, invalid
 __all__ = [
     "ImageDataset",
     "cache_dir",
+    "can_download",
     "load_dataset",
     "split_names",
 ]
@@ -379,6 +380,11 @@ def _not_prepared(name: str, data_dir: str | None, reason: str = "") -> UsageErr
     )
 
 
+def can_download() -> bool:
+    """Whether tensorflow-datasets may download: ``MEXT_OFFLINE``, else a TCP probe."""
+    return _can_download()
+
+
 def _can_download() -> bool:
     """Whether tensorflow-datasets may download: ``MEXT_OFFLINE``, else a TCP probe."""
     setting = os.environ.get("MEXT_OFFLINE", "").strip().lower()
@@ -431,11 +437,17 @@ def _load_tfds(
         images, labels = (np.asarray(a) for a in tfds.as_numpy(data))
         images = _transform_array(images, size, channels, spec=name)
     else:
-        data = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir, download=False)
-        pairs = list(tfds.as_numpy(data))
-        labels = np.asarray([label for _, label in pairs])
+        # Images of varying size (Imagenette, Caltech-101): read them still encoded and decode
+        # each with Pillow straight to its final size (as image folders are), so the decoded
+        # full-size images are never all held at once.
+        data = tfds.load(
+            name, split=split, as_supervised=True, data_dir=data_dir, download=False,
+            decoders={image_key: tfds.decode.SkipDecoding()},
+        )
+        pairs = [(bytes(encoded), int(label)) for encoded, label in tfds.as_numpy(data)]
+        labels = np.asarray([label for _, label in pairs], dtype=np.int64)
         images = _stack(
-            _map_chunks(lambda img: _transform_one(img, size, channels), [i for i, _ in pairs]),
+            _map_chunks(lambda pair: _decode_one(pair[0], size, channels, name), pairs),
             channels, spec=name,
         )
     if hasattr(label_feature, "names"):
@@ -443,6 +455,17 @@ def _load_tfds(
     else:
         class_names = tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
     return images, labels.astype(np.int64), class_names, None
+
+
+def _decode_one(encoded: bytes, size: Size | None, channels: int | None, spec: str) -> np.ndarray:
+    """One encoded image (JPEG, PNG, ...) decoded by Pillow, converted and resized."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(encoded)) as image:
+            return _transform_one(image, size, channels)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise invalid("spec", spec, f"readable images (one cannot be decoded: {err})") from err
 
 
 # ------------------------------------------------------------------------------- local sources

@@ -652,6 +652,66 @@ def test_tfds_online_prepares_then_loads_offline(tiny_tfds_builder, tmp_path, mo
         load_dataset("mext_tiny_test", "validation", data_dir=data_dir)
 
 
+@pytest.fixture(scope="module")
+def varsize_tfds_builder():
+    """A local tensorflow-datasets builder whose images differ in size (as Imagenette's and
+    Caltech-101's do), PNG-encoded so that the expected pixels can be computed exactly."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    pytest.importorskip("importlib_resources")
+
+    class MextVarsizeTest(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict({
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+                    "label": tfds.features.ClassLabel(names=["n0001", "n0002", "n0003"]),
+                }),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 6), "validation": self._generate(6, 3)}
+
+        def _generate_examples(self, first, count):
+            for i in range(first, first + count):
+                yield i, {"image": _varsize_image(i), "label": i % 3}
+
+        _generate = _generate_examples
+
+    return MextVarsizeTest
+
+
+def _varsize_image(i: int) -> np.ndarray:
+    return np.random.default_rng(i).integers(0, 256, (10 + 3 * i, 12 + i, 3), dtype=np.uint8)
+
+
+def test_tfds_images_of_varying_size_are_decoded_to_the_size_asked(
+    varsize_tfds_builder, tmp_path, monkeypatch
+):
+    data_dir = str(tmp_path / "tfds")
+    assert data.can_download() is False  # MEXT_OFFLINE=1 (the fixture)
+    with pytest.raises(UsageError, match="'mext_varsize_test' is not prepared"):
+        load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8)
+    monkeypatch.setenv("MEXT_OFFLINE", "0")
+    assert data.can_download() is True
+    train = load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8,
+                         exclude_classes=["n0002"])
+    assert train.class_names == ("n0001", "n0003") and train.image_shape == (8, 8, 3)
+    # the same pixels an image folder of these PNGs gives (antialiased bilinear resize)
+    wanted = {tuple(data._transform_one(_varsize_image(i), (8, 8), None).ravel()): i % 3
+              for i in range(6) if i % 3 != 1}
+    got = {tuple(image.ravel()): int(label) for image, label in zip(train.images, train.labels)}
+    assert got == {k: (0 if v == 0 else 1) for k, v in wanted.items()}
+    validation = load_dataset("tfds:mext_varsize_test", "validation", data_dir=data_dir,
+                              image_size=(4, 6), channels=1)
+    assert validation.images.shape == (3, 4, 6, 1)
+    with pytest.raises(UsageError, match=r"`image_size`.*whose images differ in size"):
+        load_dataset("tfds:mext_varsize_test", data_dir=data_dir)
+
+
 # ------------------------------------------------------------------------------------ real data
 
 
