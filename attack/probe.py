@@ -184,14 +184,15 @@ def choose_outputs(outputs: Mapping, output: str | None = None,
         return OutputChoice(output, None, None, f"--output {output}")
 
     floats = [k for k in names if _is_float(outputs[k]) and _rank(outputs[k]) in (None, 2)]
-    # top-k pairs: float scores [batch, k] beside int classes [batch, k]
-    for k in sorted(floats, key=lambda k: (_name_rank(k), k)):
-        pair = _pair_for(k, outputs)
-        if pair is not None and output_kind in ("auto", "topk"):
-            return OutputChoice(k, pair, "topk",
-                                f"top-k pairs: scores '{k}' with class ids '{pair}'")
     if floats:
-        ranked = sorted(floats, key=lambda k: (_name_rank(k), k))
+        # the widest outputs first (all K classes beat top-k scores), then by name
+        widest = max(_width(outputs[k]) or 0 for k in floats)
+        ranked = sorted(floats, key=lambda k: ((_width(outputs[k]) or 0) != widest,
+                                               _name_rank(k), k))
+        pair = _pair_for(ranked[0], outputs) if output_kind in ("auto", "topk") else None
+        if pair is not None:  # float scores [batch, k] beside int classes [batch, k]
+            return OutputChoice(ranked[0], pair, "topk",
+                                f"top-k pairs: scores '{ranked[0]}' with class ids '{pair}'")
         chosen = ranked[0]
         why = (f"'{chosen}', the only float [batch, K] output" if len(floats) == 1 else
                f"'{chosen}' among the float [batch, K] outputs {ranked} (by name; "
@@ -340,9 +341,14 @@ def range_statistics(raw: np.ndarray, kind: str) -> dict:
     information = float(-(mp * np.log(mp)).sum() - ent_rows.mean())
     if kind == "logits":
         gaps = rows.max(axis=1) - np.median(rows, axis=1)
-    elif kind in ("probabilities", "topk"):
+    elif kind == "probabilities":
         logp = np.log(np.clip(probs, 1e-45, None))
         gaps = logp.max(axis=1) - np.median(logp, axis=1)
+    elif kind == "topk":  # only the received scores: the zeros are classes not sent
+        logp = np.log(np.clip(rows, 1e-45, None))
+        sent = rows > 0
+        low = np.where(sent, logp, np.inf).min(axis=1)
+        gaps = np.where(sent.sum(axis=1) >= 2, logp.max(axis=1) - low, 0.0)
     else:
         gaps = np.zeros(n)
     return {
