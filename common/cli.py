@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common import quiet
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
 
@@ -174,6 +175,7 @@ def build_parser(
         prog=prog, description=description, epilog=epilog, formatter_class=_HelpFormatter
     )
     add_dataclass_arguments(parser, cls)
+    quiet.add_verbose_argument(parser)
     return parser
 
 
@@ -206,6 +208,7 @@ def parse_config(
     """
     parser = build_parser(cls, prog=prog, description=description, epilog=epilog)
     namespace = parser.parse_args(None if argv is None else list(argv))
+    quiet.configure(namespace.verbose)  # before validation or the job imports TensorFlow
     return config_from_args(cls, namespace)
 
 
