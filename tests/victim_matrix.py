@@ -117,9 +117,10 @@ def _wrapped(core, shape, to_unit, softmax: bool, name: str):
     return keras.Model(inputs, h, name=name)
 
 
-def export_matrix(base: Path, core) -> dict[str, Path]:
-    """Every victim of `MATRIX` plus `reference` under `base/<name>/1`; returns the paths, and
-    writes `base/models.config` listing them all."""
+def export_matrix(base: Path, core) -> tuple[dict[str, Path], dict]:
+    """Every victim of `MATRIX` plus `reference` under `base/<name>/1`, and `base/models.config`
+    listing them all; returns (the version folders, the Keras models of the `model.export()`
+    victims by name)."""
     import keras
     import tensorflow as tf
 
@@ -215,4 +216,4 @@ def export_matrix(base: Path, core) -> dict[str, Path]:
         f'  config {{\n    name: "{name}"\n    base_path: "{(base / name).resolve()}"\n'
         '    model_platform: "tensorflow"\n  }\n' for name in paths) + "}\n"
     (base / "models.config").write_text(config)
-    return paths
+    return paths, keras_models
