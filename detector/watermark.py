@@ -118,6 +118,36 @@ class Watermarker:
         return int((int(top1) + 1 + self._mac(b"label", client, digest) % (classes - 1))
                    % classes)
 
+    def choose(self, client: str, images: np.ndarray, top1: np.ndarray, classes: int
+               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Which rows of this batch `client` gets watermarked and their wrong labels.
+
+        `top1`: the victim's top-1 class per image ``[N]``. Returns (marked row indices, their
+        wrong labels, the digests of all N images).
+        """
+        imgs = np.asarray(images)
+        top1 = np.asarray(top1).reshape(-1)
+        if len(top1) != len(imgs):
+            raise invalid("top1", f"{len(top1)} classes", f"one per image ({len(imgs)})")
+        digests = [image_digest(image) for image in imgs]
+        rows = np.flatnonzero(self.selected(client, digests))
+        wrong = np.array([self.wrong_label(client, digests[i], int(top1[i]), classes)
+                          for i in rows], dtype=np.int64)
+        return rows, wrong, digests
+
+    @staticmethod
+    def relabel(probs: np.ndarray, rows: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+        """`probs` (float32 copy) with each marked row's top entry swapped with its wrong
+        label's, so the wrong label is the row's strict top-1 (a tie becomes its one-hot)."""
+        out = np.array(probs, dtype=np.float32, copy=True)
+        for i, w in zip(rows, wrong):
+            top = int(np.argmax(out[i]))
+            out[i, top], out[i, w] = out[i, w], out[i, top]
+            if np.count_nonzero(out[i] == out[i, w]) > 1:
+                out[i] = 0.0
+                out[i, w] = 1.0
+        return out
+
     def apply(self, client: str, images: np.ndarray, probs: np.ndarray, *, model: str = "",
               now: float = 0.0) -> tuple[np.ndarray, list[WatermarkRecord]]:
         """Watermark `client`'s answers `probs` [N, K] to `images` [N, H, W, C].
@@ -130,20 +160,19 @@ class Watermarker:
         if p.ndim != 2 or p.shape[1] < 2 or len(imgs) != len(p):
             raise invalid("probs", f"array of shape {p.shape} for {len(imgs)} images",
                           "probability rows [N, K >= 2], one per image")
-        digests = [image_digest(image) for image in imgs]
-        marked = np.flatnonzero(self.selected(client, digests))
-        out = p.copy()
-        records = []
-        for i in marked:
-            top1 = int(np.argmax(p[i]))
-            wrong = self.wrong_label(client, digests[i], top1, p.shape[1])
-            out[i, top1], out[i, wrong] = p[i, wrong], p[i, top1]
-            if out[i, wrong] <= out[i, top1]:  # a tie: make the wrong label strictly first
-                out[i] = 0.0
-                out[i, wrong] = 1.0
-            records.append(WatermarkRecord(client, model, digests[i], wrong, top1, float(now),
-                                           np.array(imgs[i], dtype=np.uint8, copy=True)))
-        return out, records
+        top1 = np.argmax(p, axis=1)
+        rows, wrong, digests = self.choose(client, imgs, top1, p.shape[1])
+        records = self.records(client, imgs, rows, wrong, top1, digests, model=model, now=now)
+        return self.relabel(p, rows, wrong), records
+
+    @staticmethod
+    def records(client: str, images: np.ndarray, rows: np.ndarray, wrong: np.ndarray,
+                top1: np.ndarray, digests: Sequence[str], *, model: str = "",
+                now: float = 0.0) -> list[WatermarkRecord]:
+        """The `WatermarkRecord`s of the rows `choose` marked."""
+        return [WatermarkRecord(client, model, digests[i], int(w), int(top1[i]), float(now),
+                                np.array(images[i], dtype=np.uint8, copy=True))
+                for i, w in zip(rows, wrong)]
 
 
 def save_watermarks(path: str | os.PathLike[str], records: Sequence[WatermarkRecord]) -> Path:

@@ -24,6 +24,20 @@ file before anything starts and names the offending field, what it expected and 
 
 Every field is optional. Without "detectors" no detector runs; "models" absent or null exposes
 every model of the upstream; `limits.budget` null means no budget (the rate limit still holds).
+
+Two more actions (`docs/defence.md`):
+
+* **misinform** (Kariyappa & Qureshi's Adaptive Misinformation, `detector.misinformation`):
+  `"on_query": "misinform"` for every answer, or `"on_flag": {"action": "misinform"}` for a
+  flagged client's; each answer is blended with a misinformation function's by the query's OOD
+  score (`detectors.ood` is required). `"misinformation": {"tau": null, "nu": 50, "function":
+  "reverse"}`; `tau` null is the OOD detector's threshold; `"function": "model"` with `path` (an
+  export of `python -m detector.misinformation`, loaded in process) or `upstream_model` (served by
+  the upstream). With `on_flag.policy` label_only, the label is the misinformation's top-1 for
+  queries at or above `tau`.
+* **watermark** (DAWN, `detector.watermark`): `"watermark": {"key_file": PATH, "fraction":
+  0.005}` answers that keyed fraction of each client's Predict queries with a wrong label and
+  keeps them in the state store for `python -m detector.verify`.
 """
 
 from __future__ import annotations
@@ -40,8 +54,10 @@ from common.errors import UsageError, invalid
 __all__ = [
     "GatewayConfig",
     "GatewayPolicy",
+    "MisinformationConfig",
     "OODConfig",
     "PradaConfig",
+    "WatermarkConfig",
     "load_policy",
     "parse_state_url",
     "policy_from_dict",
@@ -144,6 +160,54 @@ class PradaConfig:
 
 
 @dataclass(frozen=True)
+class MisinformationConfig:
+    """Adaptive Misinformation: the switch's `tau` (None: the OOD detector's threshold) and `nu`,
+    and the misinformation function: "reverse" (the victim's probabilities in reversed rank
+    order, no model) or "model" (`path` in process, or `upstream_model` served upstream)."""
+
+    tau: float | None = None
+    nu: float = 50.0
+    function: str = "reverse"
+    path: str | None = None
+    upstream_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.tau is not None and not _is_number(self.tau):
+            raise invalid("misinformation.tau", self.tau, "a number or null")
+        if not _is_number(self.nu) or self.nu <= 0:
+            raise invalid("misinformation.nu", self.nu, "a number > 0")
+        if self.function not in ("reverse", "model"):
+            raise invalid("misinformation.function", self.function, "'reverse' or 'model'")
+        if self.function == "model" and (self.path is None) == (self.upstream_model is None):
+            raise invalid("misinformation.path", self.path,
+                          "exactly one of `path` and `upstream_model` with function 'model' "
+                          f"(received upstream_model={self.upstream_model!r})")
+        if self.function == "reverse" and (self.path is not None
+                                           or self.upstream_model is not None):
+            raise invalid("misinformation.function", self.function,
+                          "'model' when `path` or `upstream_model` is given")
+        for name in ("path", "upstream_model"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise invalid(f"misinformation.{name}", value, "a non-empty string or null")
+
+
+@dataclass(frozen=True)
+class WatermarkConfig:
+    """DAWN: answer a keyed `fraction` of each client's queries with a wrong label. The secret
+    key is read from `key_file` (at least 16 bytes), never written in the policy."""
+
+    key_file: str | None = None
+    fraction: float = 0.005
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key_file, str) or not self.key_file:
+            raise invalid("watermark.key_file", self.key_file, "the path of the secret key file")
+        if not _is_number(self.fraction) or not 0.0 < self.fraction <= 0.5:
+            raise invalid("watermark.fraction", self.fraction, "a number in (0, 0.5]")
+
+
+@dataclass(frozen=True)
 class GatewayPolicy:
     """The policy file, validated. Limits here are the defaults; `keys add` can override them."""
 
@@ -157,6 +221,9 @@ class GatewayPolicy:
     on_flag_policy: str = "label_only"
     always: str = "identity"
     models: tuple[str, ...] | None = None
+    on_query: str = "pass"
+    misinformation: MisinformationConfig | None = None
+    watermark: WatermarkConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.auth_required, bool):
@@ -167,8 +234,19 @@ class GatewayPolicy:
             raise invalid("limits.rate_per_second", self.rate_per_second, "a positive number")
         if not _is_number(self.burst) or self.burst < 1:
             raise invalid("limits.burst", self.burst, "a number >= 1")
-        if self.on_flag_action not in ("refuse", "degrade"):
-            raise invalid("on_flag.action", self.on_flag_action, "'refuse' or 'degrade'")
+        if self.on_flag_action not in ("refuse", "degrade", "misinform"):
+            raise invalid("on_flag.action", self.on_flag_action,
+                          "'refuse', 'degrade' or 'misinform'")
+        if self.on_query not in ("pass", "misinform"):
+            raise invalid("on_query", self.on_query, "'pass' or 'misinform'")
+        if self.misinforms and self.ood is None:
+            raise invalid("detectors.ood", None, "an OOD detector: the misinform action "
+                          "switches on its per-query score")
+        if self.misinformation is not None and not isinstance(self.misinformation,
+                                                              MisinformationConfig):
+            raise invalid("misinformation", self.misinformation, "a JSON object")
+        if self.watermark is not None and not isinstance(self.watermark, WatermarkConfig):
+            raise invalid("watermark", self.watermark, "a JSON object")
         for name, spec in (("on_flag.policy", self.on_flag_policy), ("always", self.always)):
             _check_output_policy(name, spec)
         if self.models is not None and (
@@ -179,6 +257,16 @@ class GatewayPolicy:
     @property
     def detectors(self) -> bool:
         return self.ood is not None or self.prada is not None
+
+    @property
+    def misinforms(self) -> bool:
+        """Whether any answer can be misinformed (on every query, or once flagged)."""
+        return self.on_query == "misinform" or self.on_flag_action == "misinform"
+
+    @property
+    def inspects(self) -> bool:
+        """Whether Predict answers are decoded and possibly rewritten beyond `always`."""
+        return self.detectors or self.watermark is not None
 
 
 _SECTIONS = {
@@ -202,15 +290,15 @@ def _section(data: dict, name: str, source: str) -> dict:
     return value
 
 
-def _sub(cls, data: Any, name: str, source: str):
+def _sub(cls, data: Any, name: str, source: str, prefix: str = "detectors."):
     if data is None:
         return None
     if not isinstance(data, dict):
-        raise invalid(f"detectors.{name}", data, f"a JSON object in {source}")
+        raise invalid(f"{prefix}{name}", data, f"a JSON object in {source}")
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(data) - known)
     if unknown:
-        raise invalid(f"detectors.{name}", f"keys {unknown}",
+        raise invalid(f"{prefix}{name}", f"keys {unknown}",
                       f"only the keys {sorted(known)} in {source}")
     return cls(**data)
 
@@ -219,10 +307,12 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
     """Validate a decoded policy file; raise `UsageError` naming the first bad field."""
     if not isinstance(data, dict):
         raise invalid("policy", type(data).__name__, f"a JSON object in {source}")
-    unknown = sorted(set(data) - set(_SECTIONS) - {"always", "models"})
+    unknown = sorted(set(data) - set(_SECTIONS) - {"always", "models", "on_query",
+                                                    "misinformation", "watermark"})
     if unknown:
         raise invalid("policy", f"keys {unknown}", "only the keys auth, limits, detectors, "
-                      f"on_flag, always, models in {source}")
+                      "on_flag, always, models, on_query, misinformation, watermark in "
+                      f"{source}")
     auth = _section(data, "auth", source)
     limits = _section(data, "limits", source)
     detectors = _section(data, "detectors", source)
@@ -241,6 +331,12 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
         values["on_flag_policy"] = on_flag["policy"]
     if "always" in data:
         values["always"] = data["always"]
+    if "on_query" in data:
+        values["on_query"] = data["on_query"]
+    values["misinformation"] = _sub(MisinformationConfig, data.get("misinformation"),
+                                    "misinformation", source, prefix="")
+    values["watermark"] = _sub(WatermarkConfig, data.get("watermark"), "watermark", source,
+                               prefix="")
     models = data.get("models")
     if models is not None:
         values["models"] = tuple(models) if isinstance(models, list) else models

@@ -13,8 +13,12 @@ probabilities). Per request:
 3. detectors (Predict only): the OOD query classifier of Atli et al. (2020) gives one verdict
    per image, fed into the client's sliding window (`detector.aggregate`); PRADA (Juuti et al.
    2019) gets the flattened pixels / 255 and the victim's predicted classes;
-4. a flagged client is refused (PERMISSION_DENIED) or its answers degraded
-   (`detector.policies`); the `always` policy rewrites every answer;
+4. a flagged client is refused (PERMISSION_DENIED), its answers degraded
+   (`detector.policies`) or misinformed (Adaptive Misinformation, `detector.misinformation`:
+   each answer blended with a misinformation function's by the query's OOD score; with
+   `on_query: misinform` every client's); the `always` policy rewrites every answer; with a
+   `watermark` policy a keyed fraction of each client's answers is relabelled (DAWN,
+   `detector.watermark`) and stored;
 5. the decision is committed to the store (charge, detector state, audit record) *before* the
    answer is returned (see `serving.gateway.store` for the exact guarantee).
 
@@ -52,7 +56,12 @@ from tensorflow_serving.apis import (
 from common.errors import UsageError
 from serving import codec, status
 from serving.gateway.auth import digest_matches, extract_key, hash_key
-from serving.gateway.config import GatewayConfig, GatewayPolicy, load_policy
+from serving.gateway.config import (
+    GatewayConfig,
+    GatewayPolicy,
+    MisinformationConfig,
+    load_policy,
+)
 from serving.gateway.metrics import GatewayMetrics
 from serving.gateway.store import (
     AuditRecord,
@@ -221,6 +230,9 @@ class Gateway:
         self._prada = None
         self._always = None
         self._on_flag = None
+        self._misinform = None
+        self._mis_model = None
+        self._watermarker = None
         self._setup_policy()  # detectors load (and fail) before any state is opened
         self._store_given = store is not None
         self.store: StateStore = store if store is not None else open_store(config.state)
@@ -252,6 +264,30 @@ class Gateway:
 
             self._prada = Prada(delta=p.prada.delta, min_samples=p.prada.min_samples,
                                 max_set=p.prada.max_set)
+        if p.misinforms:
+            self._setup_misinformation()
+        if p.watermark is not None:
+            from detector.watermark import Watermarker, read_key
+
+            self._watermarker = Watermarker(read_key(p.watermark.key_file), p.watermark.fraction)
+
+    def _ood_threshold(self) -> float:
+        return float(self._ood.threshold if self._ood is not None else self.policy.ood.threshold)
+
+    def _setup_misinformation(self) -> None:
+        from detector.misinformation import AdaptiveMisinformation, MisinformationModel
+
+        m = self.policy.misinformation or MisinformationConfig()
+        tau = self._ood_threshold() if m.tau is None else m.tau
+        self._misinform = AdaptiveMisinformation(tau=tau, nu=m.nu, function=m.function)
+        if m.path is not None:
+            if not Path(m.path).exists():
+                raise UsageError(
+                    f"Invalid value for argument `misinformation.path`. Received: "
+                    f"misinformation.path={m.path!r}. Expected an exported misinformation "
+                    "model folder (python -m detector.misinformation).")
+            self._mis_model = MisinformationModel.load(m.path)
+        log.info("misinformation: %r", self._misinform)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Gateway":
@@ -535,7 +571,7 @@ class Gateway:
         for spec in specs:
             self._check_model(spec.name, version=_version(spec))
         req.model = specs[0].name if specs else ""
-        if self.policy.detectors or self._always is not None:
+        if self.policy.inspects or self._always is not None:
             raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
                         f"{req.method} is not available through this gateway: its policy "
                         "inspects and rewrites Predict answers only", "refuse")
@@ -553,7 +589,7 @@ class Gateway:
         self._check_model(req.model, version=_version(msg.model_spec))
         rows = max((_rows(t.tensor_shape.dim) for t in msg.inputs.values()), default=0)
         self._admit(req, rows)
-        if not self.policy.detectors:
+        if not self.policy.inspects:
             answer = self._forward("Predict", payload, context)
             action = "pass"
             if self._always is not None:
@@ -580,13 +616,20 @@ class Gateway:
             except codec.TensorDecodeError:
                 err = status.tensor_parsing_error(alias)
                 raise _Stop(err.code, err.message, "invalid") from None
-        ood_verdicts = None
+        ood_verdicts = ood_scores = None
         if self._window is not None and images is not None and len(images):
-            ood_verdicts = self._ood_verdicts(images, context)
+            if self._misinform is not None:  # the switch needs the scores, not only verdicts
+                ood_scores = self._ood_scores(images, context)
+                ood_verdicts = ood_scores >= self._ood_threshold()
+            else:
+                ood_verdicts = self._ood_verdicts(images, context)
         answer = self._forward("Predict", payload, context)
         resp = None
         predicted = None
-        if self._prada is not None and images is not None and len(images):
+        rewrites = images is not None and len(images) and (
+            self._prada is not None or self._misinform is not None
+            or self._watermarker is not None)
+        if rewrites:
             resp = predict_pb2.PredictResponse.FromString(answer)
             predicted = _class_predictions(resp)
         with self._client_lock(req.name):
@@ -601,7 +644,7 @@ class Gateway:
                 verdicts["ood_share"] = round(float(share), 4)
                 if flagged and not state.flagged:
                     newly.append("ood")
-            if predicted is not None:
+            if predicted is not None and self._prada is not None:
                 t0 = time.perf_counter()
                 classes, num_classes = predicted
                 features = images.reshape(len(images), -1).astype(np.float32) / 255.0
@@ -642,21 +685,81 @@ class Gateway:
                             f"Client '{req.name}' is flagged for model extraction; "
                             "queries are refused", "refuse_committed")
             policies = []
+            misinform = ood_scores is not None and predicted is not None and (
+                p.on_query == "misinform" or (state.flagged and p.on_flag_action == "misinform"))
+            if misinform:
+                label_only = (state.flagged and p.on_flag_policy == "label_only") or \
+                    p.always == "label_only"
+                policies.append(self._misinformation_policy(images, ood_scores, label_only,
+                                                            context))
+                weights = self._misinform.weights(ood_scores)
+                verdicts["misinformation_weight"] = round(float(weights.mean()), 4)
+                action = "misinform"
             if state.flagged:
                 policies.append(self._on_flag)
-                action = f"degrade:{p.on_flag_policy}"
+                action = f"{p.on_flag_action}:{p.on_flag_policy}"
             if self._always is not None:
                 policies.append(self._always)
-                action = action if state.flagged else f"always:{p.always}"
+                action = action if action != "pass" else f"always:{p.always}"
+            marks = None
+            if self._watermarker is not None and predicted is not None:
+                top1, classes = predicted
+                marks = self._watermarker.choose(req.name, images, top1, classes)
+                if len(marks[0]):
+                    policies.append(_relabel(marks[0], marks[1]))
+                    verdicts["watermarked"] = int(len(marks[0]))
             if policies:
                 answer = degrade_predict_response(resp if resp is not None else answer,
                                                   _chain(policies))
+            if marks is not None and len(marks[0]):
+                # stored before the answer leaves (as the audit record below)
+                self.store.add_watermarks(self._watermarker.records(
+                    req.name, images, marks[0], marks[1], predicted[0], marks[2],
+                    model=req.model, now=time.time()))
             self.store.commit(req.name, req.rows, state, AuditRecord(
                 time.time(), req.name, req.method, req.model, req.rows, verdicts, action,
                 "OK", ""))
             req.admitted = False
         self.metrics.child(self.metrics.queries, req.name).inc(req.rows)
         return answer
+
+    def _misinformation_policy(self, images: np.ndarray, scores: np.ndarray, label_only: bool,
+                               context) -> Callable[[np.ndarray], np.ndarray]:
+        """The answer rewrite of Adaptive Misinformation for this batch (its scores fixed)."""
+        mis = None
+        if self._misinform.function == "model":
+            if self._mis_model is not None:
+                mis = self._mis_model(images)
+            else:
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = self.policy.misinformation.upstream_model
+                request.inputs["images"].CopyFrom(codec.from_ndarray(images.astype(np.uint8),
+                                                                     use_tensor_content=True))
+                answer = predict_pb2.PredictResponse.FromString(
+                    self._forward("Predict", request.SerializeToString(), context))
+                mis = codec.to_ndarray(answer.outputs["probabilities"])
+
+        def apply(probs: np.ndarray) -> np.ndarray:
+            return self._misinform(probs, scores, mis, label_only=label_only)
+
+        return apply
+
+    def _ood_scores(self, images: np.ndarray, context) -> np.ndarray:
+        """The OOD detector's attack probability per image, float64 (in process or upstream)."""
+        t0 = time.perf_counter()
+        try:
+            if self._ood is not None:
+                return np.asarray(self._ood.score(images), dtype=np.float64)
+            ood = self.policy.ood
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = ood.upstream_model
+            request.inputs["images"].CopyFrom(codec.from_ndarray(images.astype(np.uint8),
+                                                                 use_tensor_content=True))
+            answer = predict_pb2.PredictResponse.FromString(
+                self._forward("Predict", request.SerializeToString(), context))
+            return codec.to_ndarray(answer.outputs["probabilities"])[:, 1].astype(np.float64)
+        finally:
+            self.metrics.detector_latency.labels("ood").observe(time.perf_counter() - t0)
 
     def _ood_verdicts(self, images: np.ndarray, context) -> np.ndarray:
         t0 = time.perf_counter()
@@ -691,6 +794,12 @@ def _prada_loads(prada: Any, blob: bytes) -> Any:
     from detector import prada as module
 
     return module.loads(blob)
+
+
+def _relabel(rows: np.ndarray, wrong: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    from detector.watermark import Watermarker
+
+    return lambda probs: Watermarker.relabel(probs, rows, wrong)
 
 
 def _chain(policies: list[Callable[[np.ndarray], np.ndarray]]):
