@@ -21,13 +21,14 @@ Entries:
   `preprocess_input`. EfficientNet, EfficientNetV2, ConvNeXt and MobileNetV3 preprocess inside the
   network, so their `preprocess_input` is the identity.
 
+The names, sizes and `pretrained` flags live in `common.backbone_specs` (TensorFlow-free, so
+configs validate ``--arch`` before TensorFlow is imported); this module pairs each with its code.
 Names are case-insensitive. `weights` is "none" (random init), "imagenet" (downloads through
 Keras; offline this fails with a message asking for a local file) or a path to a weights file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,13 @@ from keras.applications import (
     xception,
 )
 
+from common.backbone_specs import (
+    BACKBONE_SPECS,
+    BackboneSpec,
+    backbone_names,
+    parse_arch_args,
+    resolve_weights,
+)
 from common.errors import UsageError, invalid
 
 __all__ = [
@@ -63,6 +71,7 @@ __all__ = [
     "backbone_names",
     "build_classifier",
     "get_backbone",
+    "parse_arch_args",
     "resolve_weights",
 ]
 
@@ -156,27 +165,6 @@ def _check_input_shape(backbone: Backbone, input_shape: Sequence[int]) -> tuple[
             f"height and width of at least {backbone.min_size} for backbone `{backbone.name}`",
         )
     return shape  # type: ignore[return-value]
-
-
-def resolve_weights(weights: str | Path | None, *, backbone: Backbone | None = None) -> str | None:
-    """Normalise a `weights` value: None for "none", "imagenet", or an existing file's path.
-
-    Raises `UsageError` when the file does not exist or the backbone has no ImageNet weights.
-    """
-    if weights is None or str(weights).strip().lower() in ("", "none"):
-        return None
-    if str(weights).strip().lower() == "imagenet":
-        if backbone is not None and not backbone.pretrained:
-            raise invalid(
-                "weights",
-                str(weights),
-                f"'none' or a weights file: backbone `{backbone.name}` has no ImageNet weights",
-            )
-        return "imagenet"
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise invalid("weights", str(weights), "'none', 'imagenet' or an existing weights file")
-    return str(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,86 +310,66 @@ def _keras_application(constructor: Callable[..., keras.Model]) -> Builder:
     return build
 
 
-def _app(
-    constructor: Callable[..., keras.Model],
-    preprocess: Callable[[Any], Any],
-    default_size: int,
-    min_size: int = 32,
-) -> Backbone:
-    return Backbone(
-        name=constructor.__name__,
-        constructor=_keras_application(constructor),
-        preprocess_input=preprocess,
-        default_size=default_size,
-        min_size=min_size,
-        pretrained=True,
-    )
-
-
 _A = keras.applications
 
-_ENTRIES: tuple[Backbone, ...] = (
-    Backbone("cnn", _build_cnn, _preprocess_unit_range, default_size=32, min_size=8,
-             pretrained=False),
-    Backbone("resnet34", _build_resnet34, _preprocess_imagenet_stats, default_size=224,
-             min_size=8, pretrained=False),
-    _app(_A.ResNet50, resnet.preprocess_input, 224),
-    _app(_A.ResNet101, resnet.preprocess_input, 224),
-    _app(_A.ResNet152, resnet.preprocess_input, 224),
-    _app(_A.ResNet50V2, resnet_v2.preprocess_input, 224),
-    _app(_A.ResNet101V2, resnet_v2.preprocess_input, 224),
-    _app(_A.ResNet152V2, resnet_v2.preprocess_input, 224),
-    _app(_A.MobileNet, mobilenet.preprocess_input, 224),
-    _app(_A.MobileNetV2, mobilenet_v2.preprocess_input, 224),
-    _app(_A.MobileNetV3Small, mobilenet_v3.preprocess_input, 224),
-    _app(_A.MobileNetV3Large, mobilenet_v3.preprocess_input, 224),
-    _app(_A.EfficientNetB0, efficientnet.preprocess_input, 224),
-    _app(_A.EfficientNetB1, efficientnet.preprocess_input, 240),
-    _app(_A.EfficientNetB2, efficientnet.preprocess_input, 260),
-    _app(_A.EfficientNetB3, efficientnet.preprocess_input, 300),
-    _app(_A.EfficientNetB4, efficientnet.preprocess_input, 380),
-    _app(_A.EfficientNetB5, efficientnet.preprocess_input, 456),
-    _app(_A.EfficientNetB6, efficientnet.preprocess_input, 528),
-    _app(_A.EfficientNetB7, efficientnet.preprocess_input, 600),
-    _app(_A.EfficientNetV2B0, efficientnet_v2.preprocess_input, 224),
-    _app(_A.EfficientNetV2B1, efficientnet_v2.preprocess_input, 240),
-    _app(_A.EfficientNetV2B2, efficientnet_v2.preprocess_input, 260),
-    _app(_A.EfficientNetV2B3, efficientnet_v2.preprocess_input, 300),
-    _app(_A.EfficientNetV2S, efficientnet_v2.preprocess_input, 384),
-    _app(_A.DenseNet121, densenet.preprocess_input, 224),
-    _app(_A.DenseNet169, densenet.preprocess_input, 224),
-    _app(_A.DenseNet201, densenet.preprocess_input, 224),
-    _app(_A.VGG16, vgg16.preprocess_input, 224),
-    _app(_A.VGG19, vgg19.preprocess_input, 224),
-    _app(_A.InceptionV3, inception_v3.preprocess_input, 299, min_size=75),
-    _app(_A.InceptionResNetV2, inception_resnet_v2.preprocess_input, 299, min_size=75),
-    _app(_A.Xception, xception.preprocess_input, 299, min_size=71),
-    _app(_A.ConvNeXtTiny, convnext.preprocess_input, 224),
-    _app(_A.ConvNeXtSmall, convnext.preprocess_input, 224),
-    _app(_A.ConvNeXtBase, convnext.preprocess_input, 224),
-)
+# name -> (constructor, preprocess_input); sizes and `pretrained` come from
+# `common.backbone_specs.BACKBONE_SPECS`, the TensorFlow-free half of this registry.
+_CODE: dict[str, tuple[Builder, Callable[[Any], Any]]] = {
+    "cnn": (_build_cnn, _preprocess_unit_range),
+    "resnet34": (_build_resnet34, _preprocess_imagenet_stats),
+    **{c.__name__: (_keras_application(c), p) for c, p in (
+        (_A.ResNet50, resnet.preprocess_input),
+        (_A.ResNet101, resnet.preprocess_input),
+        (_A.ResNet152, resnet.preprocess_input),
+        (_A.ResNet50V2, resnet_v2.preprocess_input),
+        (_A.ResNet101V2, resnet_v2.preprocess_input),
+        (_A.ResNet152V2, resnet_v2.preprocess_input),
+        (_A.MobileNet, mobilenet.preprocess_input),
+        (_A.MobileNetV2, mobilenet_v2.preprocess_input),
+        (_A.MobileNetV3Small, mobilenet_v3.preprocess_input),
+        (_A.MobileNetV3Large, mobilenet_v3.preprocess_input),
+        (_A.EfficientNetB0, efficientnet.preprocess_input),
+        (_A.EfficientNetB1, efficientnet.preprocess_input),
+        (_A.EfficientNetB2, efficientnet.preprocess_input),
+        (_A.EfficientNetB3, efficientnet.preprocess_input),
+        (_A.EfficientNetB4, efficientnet.preprocess_input),
+        (_A.EfficientNetB5, efficientnet.preprocess_input),
+        (_A.EfficientNetB6, efficientnet.preprocess_input),
+        (_A.EfficientNetB7, efficientnet.preprocess_input),
+        (_A.EfficientNetV2B0, efficientnet_v2.preprocess_input),
+        (_A.EfficientNetV2B1, efficientnet_v2.preprocess_input),
+        (_A.EfficientNetV2B2, efficientnet_v2.preprocess_input),
+        (_A.EfficientNetV2B3, efficientnet_v2.preprocess_input),
+        (_A.EfficientNetV2S, efficientnet_v2.preprocess_input),
+        (_A.DenseNet121, densenet.preprocess_input),
+        (_A.DenseNet169, densenet.preprocess_input),
+        (_A.DenseNet201, densenet.preprocess_input),
+        (_A.VGG16, vgg16.preprocess_input),
+        (_A.VGG19, vgg19.preprocess_input),
+        (_A.InceptionV3, inception_v3.preprocess_input),
+        (_A.InceptionResNetV2, inception_resnet_v2.preprocess_input),
+        (_A.Xception, xception.preprocess_input),
+        (_A.ConvNeXtTiny, convnext.preprocess_input),
+        (_A.ConvNeXtSmall, convnext.preprocess_input),
+        (_A.ConvNeXtBase, convnext.preprocess_input),
+    )},
+}
+
+if set(_CODE) != {spec.name for spec in BACKBONE_SPECS}:  # the two halves must name the same
+    raise RuntimeError("common.backbones and common.backbone_specs disagree on the names: "
+                       f"{sorted(set(_CODE) ^ {spec.name for spec in BACKBONE_SPECS})}")
+
+
+def _entry(spec: BackboneSpec) -> Backbone:
+    constructor, preprocess = _CODE[spec.name]
+    return Backbone(name=spec.name, constructor=constructor, preprocess_input=preprocess,
+                    default_size=spec.default_size, min_size=spec.min_size,
+                    pretrained=spec.pretrained)
+
+
+_ENTRIES: tuple[Backbone, ...] = tuple(_entry(spec) for spec in BACKBONE_SPECS)
 
 _REGISTRY: dict[str, Backbone] = {entry.key: entry for entry in _ENTRIES}
-
-
-def backbone_names() -> list[str]:
-    """The canonical names of all registered backbones, in registry order."""
-    return [entry.name for entry in _ENTRIES]
-
-
-def parse_arch_args(items: Sequence[str], *, argument: str = "arch_args") -> dict[str, Any]:
-    """``("alpha=0.25", "stem=cifar")`` -> ``{"alpha": 0.25, "stem": "cifar"}`` (JSON values when
-    they parse, text otherwise); a malformed item is a `UsageError` naming `argument`."""
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=") if isinstance(item, str) else ("", "", "")
-        if not sep or not key.isidentifier():
-            raise invalid(argument, item, "KEY=VALUE with a Python identifier as KEY")
-        try:
-            kwargs[key] = json.loads(text)
-        except json.JSONDecodeError:
-            kwargs[key] = text
-    return kwargs
 
 
 def get_backbone(name: str, *, argument: str = "backbone") -> Backbone:
