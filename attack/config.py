@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.backbones import get_backbone, parse_arch_args
+from common.backbone_specs import get_backbone_spec, parse_arch_args
 from common.errors import invalid
 
 __all__ = [
@@ -189,7 +189,7 @@ class SurrogatePart:
             raise invalid("learning_rate", self.learning_rate, "a positive number")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise invalid("weights", self.weights, "imagenet, none, or an existing weights file")
-        get_backbone(self.backbone, argument="backbone")
+        get_backbone_spec(self.backbone, argument="backbone")
         parse_arch_args(self.arch_args)
 
     def arch_kwargs(self) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.backbones import get_backbone, parse_arch_args, resolve_weights
+from common.backbone_specs import get_backbone_spec, parse_arch_args, resolve_weights
 from common.errors import invalid
 from victim_export.dense import check_dense_args, is_dense_arch
 
@@ -153,7 +153,7 @@ class VictimConfig:
                               f"float32 or float64 for the dense arch {self.arch} (pixels in "
                               "[0, 1])")
         else:
-            backbone = get_backbone(self.arch, argument="arch")
+            backbone = get_backbone_spec(self.arch, argument="arch")
             object.__setattr__(self, "arch", backbone.name)
             self.arch_kwargs  # validates the KEY=VALUE pairs
             resolve_weights(self.weights, backbone=backbone)
