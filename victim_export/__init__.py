@@ -11,17 +11,10 @@ attacks (``--arch softmax|logreg|mlp``, `victim_export.dense`) take float pixels
 served in float64.
 """
 
-from victim_export.config import VictimConfig
-from victim_export.dense import DENSE_ARCHS, build_dense_classifier, cast_dense_classifier
-from victim_export.export import export_classifier, next_version, read_card
-from victim_export.models_config import model_base_path, read_models_config, write_models_config
-from victim_export.train import (
-    TrainedVictim,
-    evaluate_classifier,
-    run_victim_export,
-    save_trained_victim,
-    train_victim,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "DENSE_ARCHS",
@@ -40,3 +33,36 @@ __all__ = [
     "train_victim",
     "write_models_config",
 ]
+
+# Loaded on first use (PEP 562): ``python -m victim_export --help`` imports this package first,
+# and must answer before TensorFlow is imported.
+_WHERE = {
+    "VictimConfig": "victim_export.config",
+    "DENSE_ARCHS": "victim_export.dense_archs",
+    "build_dense_classifier": "victim_export.dense",
+    "cast_dense_classifier": "victim_export.dense",
+    "export_classifier": "victim_export.export",
+    "next_version": "victim_export.export",
+    "read_card": "victim_export.export",
+    "model_base_path": "victim_export.models_config",
+    "read_models_config": "victim_export.models_config",
+    "write_models_config": "victim_export.models_config",
+    "TrainedVictim": "victim_export.train",
+    "evaluate_classifier": "victim_export.train",
+    "run_victim_export": "victim_export.train",
+    "save_trained_victim": "victim_export.train",
+    "train_victim": "victim_export.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'victim_export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

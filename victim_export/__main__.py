@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from common.cli import configure_logging, parse_config, run_cli
 from victim_export.config import VictimConfig
-from victim_export.train import run_victim_export
 
 PROG = "python -m victim_export"
 
@@ -36,6 +35,8 @@ version is never overwritten.
 def _main(argv: Sequence[str] | None) -> int:
     config = parse_config(VictimConfig, argv, prog=PROG, epilog=EPILOG)
     configure_logging()
+    from victim_export.train import run_victim_export  # TensorFlow: once the flags are valid
+
     path, trained = run_victim_export(config)
     print(
         f"{config.model_name} version {path.name}: {config.arch} on {config.dataset}, "

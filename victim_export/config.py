@@ -15,7 +15,7 @@ from typing import Any
 
 from common.backbone_specs import get_backbone_spec, parse_arch_args, resolve_weights
 from common.errors import invalid
-from victim_export.dense import check_dense_args, is_dense_arch
+from victim_export.dense_archs import check_dense_args, is_dense_arch
 
 __all__ = [
     "AUGMENTATIONS",

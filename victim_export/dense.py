@@ -26,7 +26,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -34,6 +33,13 @@ import numpy as np
 
 from common.data import ImageDataset
 from common.errors import UsageError, invalid
+from victim_export.dense_archs import (
+    DENSE_ARCHS,
+    DenseArch,
+    check_dense_args,
+    dense_arch,
+    is_dense_arch,
+)
 
 __all__ = [
     "DENSE_ARCHS",
@@ -49,54 +55,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DenseArch:
-    """One dense victim architecture: its name, accepted `arch_args` and what it is."""
-
-    name: str
-    arguments: tuple[str, ...]
-    description: str
-
-
-DENSE_ARCHS: dict[str, DenseArch] = {
-    entry.name: entry for entry in (
-        DenseArch("logreg", ("positive",),
-                  "binary logistic regression (logits [0, w.x + b]); positive=N: class N vs rest"),
-        DenseArch("softmax", (), "multinomial logistic regression (logits W x + b)"),
-        DenseArch("mlp", ("hidden",), "one hidden ReLU layer: A relu(W x + b) + c; hidden=H"),
-    )
-}
-
-
-def is_dense_arch(name: object) -> bool:
-    """Whether `name` (case-insensitive) is one of `DENSE_ARCHS`."""
-    return isinstance(name, str) and name.strip().lower() in DENSE_ARCHS
-
-
-def dense_arch(name: str) -> DenseArch:
-    """The `DenseArch` called `name` (case-insensitive); `UsageError` naming `arch` otherwise."""
-    if not is_dense_arch(name):
-        raise invalid("arch", name, "one of " + ", ".join(DENSE_ARCHS))
-    return DENSE_ARCHS[name.strip().lower()]
-
-
-def check_dense_args(name: str, kwargs: dict[str, Any]) -> None:
-    """Refuse `arch_args` the architecture does not take, or bad values, naming `arch_args`."""
-    arch = dense_arch(name)
-    unknown = sorted(set(kwargs) - set(arch.arguments))
-    if unknown:
-        allowed = ", ".join(f"{a}=..." for a in arch.arguments) or "none"
-        raise invalid("arch_args", unknown, f"arguments of `{arch.name}`: {allowed}")
-    hidden = kwargs.get("hidden", 16)
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise invalid("arch_args", f"hidden={hidden!r}", "hidden=H with an integer H >= 1")
-    positive = kwargs.get("positive")
-    if positive is not None and (isinstance(positive, bool) or not isinstance(positive, int)
-                                 or positive < 0):
-        raise invalid("arch_args", f"positive={positive!r}",
-                      "positive=N with N a class index >= 0")
 
 
 @keras.saving.register_keras_serializable(package="mext")
