@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.backbone_specs import get_backbone_spec, parse_arch_args
+from common.distribute import check_distribute
 from common.errors import invalid
 
 __all__ = [
@@ -63,7 +64,7 @@ INPUT_RANGES = ("auto", "0,255", "0,1", "-1,1")
 # model over gRPC or REST), credentials and pacing, and how its journaled answers are read
 # (`--resume --output-kind logits` re-reads the same raw answers the right way).
 RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc", "rest",
-                         "output_kind")
+                         "output_kind", "distribute")
 
 
 def _positive_ints(config, *names: str) -> None:
@@ -180,9 +181,18 @@ class SurrogatePart:
     epochs: int = field(default=10, metadata={"help": "surrogate training epochs"})
     batch_size: int = field(default=64, metadata={"help": "surrogate training batch size"})
     learning_rate: float = field(default=1e-3, metadata={"help": "surrogate learning rate"})
+    distribute: str = field(default="none", metadata={
+        "help": "surrogate training strategy: none (one device) or mirrored (every GPU of "
+                "this machine); --batch-size is the global batch, split evenly over the GPUs "
+                "(docs/distributed.md)", "choices": ("none", "mirrored")})
 
     def _validate(self) -> None:
         _positive_ints(self, "epochs", "batch_size")
+        if check_distribute(self.distribute) == "multiworker":
+            raise invalid("distribute", self.distribute,
+                          "none or mirrored for an attack (each worker would send the queries "
+                          "again); train on a run's journal with SurrogateTrainer(distribute="
+                          "'multiworker') instead")
         if self.input_size is not None and self.input_size < 8:
             raise invalid("input_size", self.input_size, "at least 8 pixels, or None")
         if not self.learning_rate > 0:
@@ -322,6 +332,9 @@ class KnockoffConfig(AttackConfig, TransferPart):
         if self.semi_supervised and self.unlabelled < 1:
             raise invalid("unlabelled", self.unlabelled,
                           "a positive number of unqueried images with --semi-supervised")
+        if self.semi_supervised and self.distribute != "none":
+            raise invalid("distribute", self.distribute,
+                          "none with --semi-supervised (its training loop runs on one device)")
         if self.unlabelled and not self.semi_supervised:
             raise invalid("semi_supervised", self.semi_supervised,
                           f"--semi-supervised to use --unlabelled {self.unlabelled}")

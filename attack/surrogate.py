@@ -16,6 +16,13 @@ until the new one is written) and remembers a finished run, so a resumed attack 
 twice on the same data. `partial_fit` makes the cheap online updates of the adaptive strategy;
 `export_surrogate` writes the result in the victim layout, so it can be served and attacked in
 turn.
+
+With ``distribute="mirrored"`` or ``"multiworker"`` (`common.distribute`), `fit` trains a copy of
+the network built and compiled under the strategy's scope, with ``batch_size`` as the global
+batch split over the replicas, and copies the trained weights back into `model`, the plain
+single-device network that predicts, updates online, checkpoints and exports. In a multi-worker
+run each worker keeps its own checkpoint files (the chief under the usual names, the others
+suffixed ``.worker-<i>``), so no two processes write one file.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ import numpy as np
 import tensorflow as tf
 
 from common.backbones import build_classifier
+from common.distribute import (
+    check_distribute,
+    check_global_batch,
+    make_strategy,
+    scope,
+    shard_by_data,
+    worker_suffix,
+)
 from common.errors import invalid
 from common.fileio import write_json_atomic
 from victim_export.export import export_classifier
@@ -145,6 +160,9 @@ class SurrogateTrainer:
         dropout: dropout rate before the final dense layer.
         online_lr: the constant learning rate of `partial_fit`; default `lr`.
         arch_kwargs: passed to the backbone constructor (``{"alpha": 0.25}`` for MobileNet).
+        distribute: "none", "mirrored" or "multiworker": the `common.distribute` strategy `fit`
+            trains under (`batch_size` is then the global batch, a multiple of the replicas).
+            `partial_fit` and prediction stay on one device.
 
     Raises:
         UsageError: on a bad argument, before any file is written.
@@ -166,6 +184,7 @@ class SurrogateTrainer:
         dropout: float = 0.0,
         online_lr: float | None = None,
         arch_kwargs: Mapping[str, Any] | None = None,
+        distribute: str = "none",
     ) -> None:
         self.epochs = _check_positive_int("epochs", epochs)
         self.batch_size = _check_positive_int("batch_size", batch_size)
@@ -188,12 +207,15 @@ class SurrogateTrainer:
                 and not self.checkpoint_dir.is_dir():
             raise invalid("checkpoint_dir", str(checkpoint_dir), "a directory")
         self._arch_kwargs = dict(arch_kwargs or {})
+        self.distribute = check_distribute(distribute)
+        self._strategy = make_strategy(self.distribute)
+        check_global_batch(self.batch_size, self._strategy)
+        self._build_args = dict(num_classes=num_classes, input_size=input_size, weights=weights,
+                                dropout=dropout, **self._arch_kwargs)
 
         keras.utils.set_random_seed(self.seed)
-        self.model: keras.Model = build_classifier(
-            backbone, num_classes, input_size=input_size, weights=weights, dropout=dropout,
-            **self._arch_kwargs,
-        )
+        self.model: keras.Model = build_classifier(backbone, **self._build_args)
+        self._fit_model: keras.Model | None = None  # built under the strategy's scope
         self.input_size = int(self.model.input_shape[1])
         self.num_classes = int(self.model.output_shape[-1])
         self._initial_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
@@ -240,18 +262,28 @@ class SurrogateTrainer:
     # ----------------------------------------------------------------------------------------
     # Training.
 
-    def _compile(self, mode: str, steps_per_epoch: int = 1) -> None:
+    def _compile(self, mode: str, steps_per_epoch: int = 1) -> keras.Model:
+        """Compile the network `mode` trains: `model` itself, or for a distributed `fit` its
+        copy built and compiled under the strategy's scope (starting from the initial weights)."""
         if mode == "fit":
             rate: Any = keras.optimizers.schedules.CosineDecay(
                 self.lr, decay_steps=max(1, self.epochs * steps_per_epoch))
         else:
             rate = self.online_lr
-        self.model.compile(
-            optimizer=keras.optimizers.Adam(rate),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.CategoricalAccuracy(name="agreement")],
-        )
+        model = self.model
+        with scope(self._strategy if mode == "fit" else None):
+            if mode == "fit" and self._strategy is not None:
+                if self._fit_model is None:
+                    self._fit_model = build_classifier(self.backbone, **self._build_args)
+                model = self._fit_model
+                model.set_weights(self._initial_weights)
+            model.compile(
+                optimizer=keras.optimizers.Adam(rate),
+                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.CategoricalAccuracy(name="agreement")],
+            )
         self._mode = mode
+        return model
 
     def _fingerprint(self, images: np.ndarray, targets: np.ndarray) -> str:
         digest = hashlib.sha256()
@@ -261,15 +293,24 @@ class SurrogateTrainer:
             "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
             "augment": self.augment, "arch_kwargs": self._arch_kwargs,
             "images_shape": list(images.shape),
-        }
+        }  # not the strategy: the same settings train the same model on any number of devices
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         digest.update(np.ascontiguousarray(images).data)
         digest.update(np.ascontiguousarray(targets).data)
         return digest.hexdigest()
 
+    def _own(self, name: str) -> Path:
+        """This process's file `name` in `checkpoint_dir` (suffixed on a non-chief worker)."""
+        assert self.checkpoint_dir is not None
+        suffix = worker_suffix(self._strategy)
+        if not suffix:
+            return self.checkpoint_dir / name
+        stem, dot, ext = name.partition(".")
+        return self.checkpoint_dir / f"{stem}{suffix}{dot}{ext}"
+
     def _read_fit_state(self) -> dict[str, Any]:
         assert self.checkpoint_dir is not None
-        path = self.checkpoint_dir / FIT_STATE_NAME
+        path = self._own(FIT_STATE_NAME)
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -280,7 +321,7 @@ class SurrogateTrainer:
         """Load the weights of a finished `fit` on the same data and settings, if there are."""
         assert self.checkpoint_dir is not None
         state = self._read_fit_state()
-        final = self.checkpoint_dir / FINAL_WEIGHTS_NAME
+        final = self._own(FINAL_WEIGHTS_NAME)
         if not (state.get("fingerprint") == fingerprint and state.get("completed")
                 and final.is_file()):
             return False
@@ -299,7 +340,7 @@ class SurrogateTrainer:
     def _prepare_checkpoints(self, fingerprint: str, count: int) -> Path:
         """Keep a backup of the same run; drop a stale one (other data or settings)."""
         assert self.checkpoint_dir is not None
-        backup = self.checkpoint_dir / BACKUP_DIR_NAME
+        backup = self._own(BACKUP_DIR_NAME)
         state = self._read_fit_state()
         if backup.exists() and state.get("fingerprint") != fingerprint:
             logger.warning("discarding the training backup in %s: it was made with other data "
@@ -309,20 +350,20 @@ class SurrogateTrainer:
             _repair_backup(backup)
             logger.info("resuming surrogate training from the backup in %s", backup)
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.checkpoint_dir / FIT_STATE_NAME,
+        write_json_atomic(self._own(FIT_STATE_NAME),
                           {"fingerprint": fingerprint, "completed": False, "examples": count})
         return backup
 
     def _save_final(self, fingerprint: str, count: int) -> None:
         assert self.checkpoint_dir is not None
-        final = self.checkpoint_dir / FINAL_WEIGHTS_NAME
-        tmp = self.checkpoint_dir / f".tmp-{os.getpid()}-{FINAL_WEIGHTS_NAME}"
+        final = self._own(FINAL_WEIGHTS_NAME)
+        tmp = self.checkpoint_dir / f".tmp-{os.getpid()}-{final.name}"
         try:
             self.model.save_weights(tmp)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        write_json_atomic(self.checkpoint_dir / FIT_STATE_NAME, {
+        write_json_atomic(self._own(FIT_STATE_NAME), {
             "fingerprint": fingerprint, "completed": True, "examples": count,
             "history": self.history,
         })
@@ -355,9 +396,9 @@ class SurrogateTrainer:
 
         self.model.set_weights(self._initial_weights)
         steps = math.ceil(count / self.batch_size)
-        self._compile("fit", steps)
+        model = self._compile("fit", steps)
         # Keras leaves a restored epoch on the model after a resumed fit; start from scratch.
-        self.model._initial_epoch = None
+        model._initial_epoch = None
         all_callbacks: list[keras.callbacks.Callback] = []
         if self.checkpoint_dir is not None:
             backup = self._prepare_checkpoints(fingerprint, count)
@@ -368,9 +409,11 @@ class SurrogateTrainer:
         dataset = make_dataset(images, targets, size=self.input_size,
                                num_classes=self.num_classes, batch_size=self.batch_size,
                                shuffle_seed=self.seed, augment=self.augment)
-        history = self.model.fit(dataset, epochs=self.epochs, callbacks=all_callbacks,
-                                 shuffle=False, verbose=0)
-        self.model._initial_epoch = None
+        history = model.fit(shard_by_data(dataset, self._strategy), epochs=self.epochs,
+                            callbacks=all_callbacks, shuffle=False, verbose=0)
+        model._initial_epoch = None
+        if model is not self.model:
+            self.model.set_weights(model.get_weights())
         self.history = {k: [float(v) for v in values] for k, values in history.history.items()}
         self.epochs_run = len(history.epoch)
         self.initial_epoch = history.epoch[0] if history.epoch else self.epochs

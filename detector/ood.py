@@ -35,6 +35,16 @@ import numpy as np
 
 from common.cli import config_to_dict
 from common.data import ImageDataset, load_dataset
+from common.distribute import (
+    check_distribute,
+    check_global_batch,
+    distribute_field,
+    is_chief,
+    make_strategy,
+    scope,
+    shard_by_data,
+    worker_suffix,
+)
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
 
@@ -376,6 +386,7 @@ class DetectorConfig:
     work_dir: str | None = field(default=None, metadata={
         "help": "checkpoint folder to resume from after a crash; default <out>/../.train-<version>",
         "metavar": "DIR"})
+    distribute: str = distribute_field()
 
     def __post_init__(self) -> None:
         from common.backbones import get_backbone, parse_arch_args, resolve_weights
@@ -412,6 +423,7 @@ class DetectorConfig:
             raise invalid("jpeg_augment", self.jpeg_augment, "a share in [0, 1]")
         _check_int("seed", self.seed, 0)
         _check_text("work_dir", self.work_dir, optional=True)
+        check_distribute(self.distribute)
         out = Path(self.out)
         if not out.name.isdigit() or int(out.name) < 1:
             raise invalid("out", self.out, "a version folder <base>/<name>/<positive integer>, "
@@ -617,6 +629,8 @@ def train_detector(
 
     if export:
         _preflight(config)
+    strategy = make_strategy(config.distribute)  # a multi-worker one before any TF operation
+    check_global_batch(config.batch_size, strategy)
     if (benign is None) != (attack is None):
         raise UsageError("Pass both `benign` and `attack` datasets, or neither.")
     if benign is None or attack is None:
@@ -648,26 +662,34 @@ def train_detector(
                 len(attack_held), image_size, image_size, input_size, config.backbone)
 
     keras.utils.set_random_seed(config.seed)
-    model = build_detector_model(config, image_size, input_size)
     steps = math.ceil(len(labels) / config.batch_size)
-    model.compile(
-        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=max(1, config.epochs * steps))),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    with scope(strategy):
+        model = build_detector_model(config, image_size, input_size)
+        model.compile(
+            optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=max(1, config.epochs * steps))),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
     fit_ds = make_dataset(images, labels, size=image_size, num_classes=2,
                           batch_size=config.batch_size, shuffle_seed=config.seed)
     all_callbacks = [_EpochLog.make(config.epochs)]
     work = None
     if export:
         work = _prepare_work_dir(config)
-        all_callbacks.append(keras.callbacks.BackupAndRestore(str(work / "backup")))
+        # each multi-worker task resumes from its own backup (the chief's is "backup")
+        backup = work / f"backup{worker_suffix(strategy)}"
+        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
     all_callbacks.extend(callbacks)
     started = time.monotonic()
-    history = model.fit(fit_ds, epochs=config.epochs, class_weight=class_weight,
-                        callbacks=all_callbacks, shuffle=False, verbose=0)
+    history = model.fit(shard_by_data(fit_ds, strategy), epochs=config.epochs,
+                        class_weight=class_weight, callbacks=all_callbacks, shuffle=False,
+                        verbose=0)
     seconds = time.monotonic() - started
+    if strategy is not None:  # score, calibrate and export a plain single-device copy
+        trained_weights = model.get_weights()
+        model = build_detector_model(config, image_size, input_size)
+        model.set_weights(trained_weights)
 
     benign_scores = _scores(model, benign_held.images)
     attack_scores = _scores(model, attack_held.images)
@@ -705,7 +727,9 @@ def train_detector(
                 calibration["heldout_roc_auc"])
     detector = OODDetector.from_model(model, threshold=threshold, calibration=calibration)
     path = None
-    if export:
+    if export and not is_chief(strategy):
+        logger.info("multi-worker: this worker trained; the chief exports the detector")
+    elif export:
         path = export_detector(model, config.out, calibration)
         detector.path = path
         if work is not None:

@@ -5,7 +5,8 @@ images are the victim's training distribution, attack images natural images outs
 the threshold is calibrated on held-out benign images for ``--target-fpr`` and the detector is
 exported to ``--out <base>/<name>/<version>`` as a SavedModel TF Serving can serve, with
 ``assets.extra/calibration.json``. A killed run resumes from its last finished epoch when the
-same command is run again.
+same command is run again. ``--distribute mirrored|multiworker`` trains on every GPU of the
+machine or on several machines (`common.distribute`, docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logging()
     result = train_detector(config)
     held = result.calibration["heldout_at_threshold"]
+    where = result.path or "trained as a worker (the chief exports)"
     print(
-        f"{result.path}: threshold {result.threshold:.4g} (benign FPR target "
+        f"{where}: threshold {result.threshold:.4g} (benign FPR target "
         f"{config.target_fpr:g}); held-out benign accuracy {held['benign_accuracy']:.4f}, "
         f"anomalous accuracy {held['anomalous_accuracy']:.4f}, ROC AUC "
         f"{result.calibration['heldout_roc_auc']:.4f} ({result.training_seconds:.0f}s training)"

@@ -38,6 +38,10 @@ def _main(argv: Sequence[str] | None) -> int:
     from victim_export.train import run_victim_export  # TensorFlow: once the flags are valid
 
     path, trained = run_victim_export(config)
+    if path is None:  # a multi-worker task other than the chief: nothing exported here
+        print(f"{config.model_name}: trained as a worker ({trained.epochs_run} epochs, test "
+              f"accuracy {trained.test_accuracy:.4f}); the chief exports the victim")
+        return 0
     print(
         f"{config.model_name} version {path.name}: {config.arch} on {config.dataset}, "
         f"test accuracy {trained.test_accuracy:.4f} after {trained.epochs_run} epochs "

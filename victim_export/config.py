@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from common.backbone_specs import get_backbone_spec, parse_arch_args, resolve_weights
+from common.distribute import check_distribute, distribute_field
 from common.errors import invalid
 from victim_export.dense_archs import check_dense_args, is_dense_arch
 
@@ -126,6 +127,7 @@ class VictimConfig:
         "help": "where the out directory is mounted in the TF Serving container; models.config "
                 "gets base_path <this>/<name>. '' or 'local': the local absolute path",
         "metavar": "PATH"})
+    distribute: str = distribute_field()
 
     def __post_init__(self) -> None:
         _check_text("dataset", self.dataset)
@@ -137,8 +139,12 @@ class VictimConfig:
             raise invalid("arch_args", self.arch_args, "a tuple of KEY=VALUE strings")
         if not isinstance(self.weights, str):
             raise invalid("weights", self.weights, "'none', 'imagenet' or a weights file")
+        check_distribute(self.distribute)
         if is_dense_arch(self.arch):
             object.__setattr__(self, "arch", self.arch.strip().lower())
+            if self.distribute != "none":
+                raise invalid("distribute", self.distribute,
+                              f"none for the dense arch {self.arch} (trained on one device)")
             check_dense_args(self.arch, self.arch_kwargs)
             if self.weights.strip().lower() not in ("none", ""):
                 raise invalid("weights", self.weights, f"'none' for the dense arch {self.arch}")

@@ -8,6 +8,10 @@ backbone. `train_victim` trains one from a `VictimConfig` with a seeded `tf.data
 split (best weights restored) and a cosine or reduce-on-plateau learning-rate schedule, then
 measures test accuracy overall and per class. `run_victim_export` checks the output location,
 trains, and exports the model, its card and the ``models.config`` entry.
+
+``distribute`` (`common.distribute`) builds and compiles the network under a mirrored or
+multi-worker strategy with ``batch_size`` as the global batch; the trained weights are copied
+into a plain model for evaluation and export, and in a multi-worker run only the chief exports.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import tensorflow as tf
 from common.backbones import build_classifier, get_backbone
 from common.cli import config_to_dict
 from common.data import ImageDataset, load_dataset
+from common.distribute import check_global_batch, is_chief, make_strategy, scope, shard_by_data
 from common.errors import UsageError, invalid
 from victim_export.config import VictimConfig
 from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
@@ -243,6 +248,8 @@ def train_victim(
     """Train the victim described by `config`; `train`/`test` replace loading its dataset."""
     if (train is None) != (test is None):
         raise UsageError("Pass both `train` and `test` datasets, or neither.")
+    strategy = make_strategy(config.distribute)  # a multi-worker one before any TF operation
+    check_global_batch(config.batch_size, strategy)
     if train is None or test is None:
         train, test = load_splits(config)
     if is_dense_arch(config.arch):
@@ -262,16 +269,20 @@ def train_victim(
         config.arch, len(fit_set), 0 if val_set is None else len(val_set), len(test),
         train.num_classes, size, size,
     )
-    model = build_classifier(config.arch, train.num_classes, input_size=size,
-                             weights=config.weights, dropout=config.dropout,
-                             **config.arch_kwargs)
+    def build() -> keras.Model:
+        return build_classifier(config.arch, train.num_classes, input_size=size,
+                                weights=config.weights, dropout=config.dropout,
+                                **config.arch_kwargs)
+
     steps = math.ceil(len(fit_set) / config.batch_size)
-    model.compile(
-        optimizer=_optimizer(config, steps),
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
-                                                  label_smoothing=config.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-    )
+    with scope(strategy):
+        model = build()
+        model.compile(
+            optimizer=_optimizer(config, steps),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                      label_smoothing=config.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
     fit_ds = make_dataset(fit_set.images, fit_set.labels, size=size,
                           num_classes=train.num_classes, batch_size=config.batch_size,
                           shuffle_seed=config.seed, augment=config.augment)
@@ -292,9 +303,14 @@ def train_victim(
             patience=max(1, (config.patience or 4) // 2), min_lr=config.learning_rate * 1e-3,
         ))
     started = time.monotonic()
-    history = model.fit(fit_ds, validation_data=val_ds, epochs=config.epochs,
+    history = model.fit(shard_by_data(fit_ds, strategy),
+                        validation_data=shard_by_data(val_ds, strategy), epochs=config.epochs,
                         callbacks=callbacks, shuffle=False, verbose="auto")
     seconds = time.monotonic() - started
+    if strategy is not None:  # evaluate and export a plain single-device copy
+        trained_weights = model.get_weights()
+        model = build()
+        model.set_weights(trained_weights)
     epochs_run = len(history.epoch)
     best_epoch = None if early is None or early.best_weights is None else early.best_epoch + 1
     accuracy, per_class = evaluate_classifier(model, test, size=size)
@@ -377,8 +393,14 @@ def run_victim_export(
     *,
     train: ImageDataset | None = None,
     test: ImageDataset | None = None,
-) -> tuple[Path, TrainedVictim]:
-    """Check the output location, train the victim, export it; return (version dir, result)."""
+) -> tuple[Path | None, TrainedVictim]:
+    """Check the output location, train the victim, export it; return (version dir, result).
+
+    In a multi-worker run only the chief exports; another worker returns (None, result).
+    """
     preflight(config)
     trained = train_victim(config, train=train, test=test)
+    if not is_chief(make_strategy(config.distribute)):
+        logger.info("multi-worker: this worker trained; the chief exports the victim")
+        return None, trained
     return save_trained_victim(config, trained), trained
