@@ -1,3 +1,68 @@
-"""Model-extraction attacks over the TF Serving API (Knockoff Nets and its family): the next
-issues fill this package; the data layer (`common.data`), the backbone registry
-(`common.backbones`) and the client (`serving.client`) are what it builds on."""
+"""Model-extraction attacks on TF Serving image classifiers, as objects with one verb.
+
+    from attack import Knockoff, KerasVictim, Surrogate
+
+    result = Knockoff(budget=2000).extract(KerasVictim(model), transfer,
+                                           surrogate=Surrogate(backbone="cnn", weights="none"))
+
+Attacks (`attack.base.Attack`): `Knockoff` (Orekondy et al. 2019), `SemiSupervisedKnockoff`
+(Jagielski et al. 2020), `Copycat` (da Silva et al. 2018), `JBDA` (Papernot et al. 2017),
+`EquationSolving` (Tramèr et al. 2016), `FEE` (Jagielski et al. 2020). Victims
+(`attack.victim`): `ServingVictim` (gRPC), `RestVictim`, `KerasVictim`, `open_victim`. Each
+attack's command line is ``python -m attack.<module>``.
+
+The names are loaded on first use (PEP 562), so ``import attack`` and the CLIs' ``--help``
+do not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "FEE",
+    "JBDA",
+    "Attack",
+    "Copycat",
+    "EquationSolving",
+    "ExtractionResult",
+    "KerasVictim",
+    "Knockoff",
+    "RestVictim",
+    "SemiSupervisedKnockoff",
+    "ServingVictim",
+    "Surrogate",
+    "Victim",
+    "open_victim",
+]
+
+_WHERE = {
+    "Attack": "attack.base",
+    "ExtractionResult": "attack.base",
+    "Surrogate": "attack.base",
+    "Knockoff": "attack.knockoff",
+    "SemiSupervisedKnockoff": "attack.knockoff",
+    "Copycat": "attack.copycat",
+    "JBDA": "attack.jbda",
+    "EquationSolving": "attack.equation_solving",
+    "FEE": "attack.fee",
+    "Victim": "attack.victim",
+    "ServingVictim": "attack.victim",
+    "RestVictim": "attack.victim",
+    "KerasVictim": "attack.victim",
+    "open_victim": "attack.victim",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attack' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -50,11 +50,13 @@ from attack._linear import (
     reference_variables,
     victim_eval_answers,
 )
+from attack.base import ExactAttack, exact_client
 from attack.config import EvaluationPart, RunPart, ServerPart, validate_parts
+from attack.pipeline import ExtractionResult
 from common.errors import UsageError, invalid
 
-__all__ = ["EquationSolvingConfig", "EquationSolvingResult", "align_softmax", "main",
-           "run_equation_solving", "solve_softmax"]
+__all__ = ["EquationSolving", "EquationSolvingConfig", "EquationSolvingResult", "align_softmax",
+           "main", "run_equation_solving", "solve_softmax"]
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +128,28 @@ def _check_common(config) -> None:
 
 
 @dataclass(frozen=True)
-class EquationSolvingResult:
-    """What `run_equation_solving` returns: run directory, queries and headline figures."""
+class EquationSolvingResult(ExtractionResult):
+    """What equation solving returns: an `ExtractionResult` with the recovered W [d, K] and
+    b [K] (`surrogate` is None: the recovered model is exported to RUN_DIR/recovered/)."""
 
-    run_dir: Path
-    queries: int
-    weights: np.ndarray      # recovered W [d, K]
-    bias: np.ndarray         # recovered b [K]
-    headline: dict
+    weights: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+
+class EquationSolving(ExactAttack):
+    """Equation-solving extraction of a softmax/logistic regression (Tramèr et al. 2016).
+
+    Hyper-parameters (keyword-only; the ``python -m attack.equation_solving`` flags of the same
+    names): ``output``, ``budget``, ``design``, ``verify``, ``input_low``, ``input_high``,
+    ``noise``, ``seed``. ``EquationSolving().extract(ServingVictim(target, model),
+    test="mnist.npz", reference="victims/soft/1")``.
+    """
+
+    config_class = EquationSolvingConfig
+    name = "equation-solving"
+
+    def _run(self, victim, config, data, on_progress=None) -> EquationSolvingResult:
+        return _solve(exact_client(victim), config)
 
 
 # -- the solver -----------------------------------------------------------------------------------
@@ -210,122 +226,134 @@ def reference_softmax(variables: list[np.ndarray], d: int, k: int) -> tuple[np.n
 # -- the run --------------------------------------------------------------------------------------
 
 def run_equation_solving(config: EquationSolvingConfig) -> EquationSolvingResult:
+    """The CLI's attack: open the config's victim, run `EquationSolving`."""
+    from serving.client import ServingClient
+
+    attack = EquationSolving.from_config(config)
+    with ServingClient(config.grpc, config.model, version=config.version,
+                       api_key=config.api_key, timeout=config.timeout) as client:
+        return attack._run(client, config, {})
+
+
+def _solve(client, config: EquationSolvingConfig) -> EquationSolvingResult:
     """The whole attack: discover, check the budget, query, solve, verify, export, report."""
     from attack.evaluate import evaluate
     from attack.journal import QueryJournal
     from attack.pipeline import prepare_run_dir
     from attack.report import write_report
     from common.cli import config_to_dict
-    from serving.client import ServingClient
 
-    with ServingClient(config.grpc, config.model, version=config.version,
-                       api_key=config.api_key, timeout=config.timeout) as client:
-        iface = discover(client, config.output)
-        d, k = iface.dim, iface.num_classes
-        minimum = d + 1
-        if config.budget is not None and config.budget < minimum:
-            raise invalid("budget", config.budget,
-                          f"--budget of at least d + 1 = {minimum} queries for equation "
-                          f"solving on {d} inputs ({k} classes, {d * k + k} parameters)")
-        verify = config.verify if config.budget is None else min(config.verify,
-                                                                  config.budget - minimum)
-        if verify < config.verify:
-            log.warning("--budget %d leaves %d of the %d verification queries", config.budget,
-                        verify, config.verify)
-        test = None
-        if config.test_set:
-            test = eval_inputs(config.test_set, config.test_split, config.test_limit,
-                               config.seed, iface, config.input_low, config.input_high)
-        run_dir = prepare_run_dir(config)  # the first side effect, after every check
-        rng = np.random.default_rng(config.seed)
-        with QueryJournal.open(run_dir, num_classes=2 * k) as journal:
-            oracle = ExactOracle(client, iface, journal, budget=config.budget,
-                                 batch_size=config.query_batch, attack="equation solving")
-            x = oracle.cast(design_points(config.design, d, config.input_low,
-                                          config.input_high, rng))
-            answers = oracle(x)
-            w, b, cond = solve_softmax(x, answers, iface.output_kind)
-            residual = None
-            if verify:
-                xv = oracle.cast(rng.uniform(config.input_low, config.input_high, (verify, d)))
-                yv = targets(oracle(xv), iface.output_kind)
-                pred = targets(softmax(predict_logits(w, b, xv)), "probabilities") \
-                    if iface.output_kind != "logits" else predict_logits(w, b, xv)
-                residual = float(np.abs(pred - yv).max())
-                scale = 1.0 + float(np.abs(yv).max())
-                if residual > 1e-4 * scale:
-                    log.warning("verification queries differ from the solution by %.3g: the "
-                                "victim is probably not a softmax regression (or its answers "
-                                "are imprecise)", residual)
-            queries = oracle.count
-            replayed = oracle.replayed
-        log.info("solved %d unknowns from %d queries (condition number %.3g)", (d + 1) * k,
-                 minimum, cond)
+    iface = discover(client, config.output)
+    d, k = iface.dim, iface.num_classes
+    minimum = d + 1
+    if config.budget is not None and config.budget < minimum:
+        raise invalid("budget", config.budget,
+                      f"--budget of at least d + 1 = {minimum} queries for equation "
+                      f"solving on {d} inputs ({k} classes, {d * k + k} parameters)")
+    verify = config.verify if config.budget is None else min(config.verify,
+                                                              config.budget - minimum)
+    if verify < config.verify:
+        log.warning("--budget %d leaves %d of the %d verification queries", config.budget,
+                    verify, config.verify)
+    test = None
+    if config.test_set:
+        test = eval_inputs(config.test_set, config.test_split, config.test_limit,
+                           config.seed, iface, config.input_low, config.input_high)
+    run_dir = prepare_run_dir(config)  # the first side effect, after every check
+    rng = np.random.default_rng(config.seed)
+    with QueryJournal.open(run_dir, num_classes=2 * k) as journal:
+        oracle = ExactOracle(client, iface, journal, budget=config.budget,
+                             batch_size=config.query_batch, attack="equation solving")
+        x = oracle.cast(design_points(config.design, d, config.input_low,
+                                      config.input_high, rng))
+        answers = oracle(x)
+        w, b, cond = solve_softmax(x, answers, iface.output_kind)
+        residual = None
+        if verify:
+            xv = oracle.cast(rng.uniform(config.input_low, config.input_high, (verify, d)))
+            yv = targets(oracle(xv), iface.output_kind)
+            pred = targets(softmax(predict_logits(w, b, xv)), "probabilities") \
+                if iface.output_kind != "logits" else predict_logits(w, b, xv)
+            residual = float(np.abs(pred - yv).max())
+            scale = 1.0 + float(np.abs(yv).max())
+            if residual > 1e-4 * scale:
+                log.warning("verification queries differ from the solution by %.3g: the "
+                            "victim is probably not a softmax regression (or its answers "
+                            "are imprecise)", residual)
+        queries = oracle.count
+        replayed = oracle.replayed
+    log.info("solved %d unknowns from %d queries (condition number %.3g)", (d + 1) * k,
+             minimum, cond)
 
-        class_names = test[2] if test is not None and len(test[2]) == k else None
-        exported = export_recovered([(w, b)], iface, run_dir, class_names=class_names,
-                                    card={"attack": "equation solving (Tramèr et al. 2016)",
-                                          "victim": config.model, "queries": queries})
+    class_names = test[2] if test is not None and len(test[2]) == k else None
+    exported = export_recovered([(w, b)], iface, run_dir, class_names=class_names,
+                                card={"attack": "equation solving (Tramèr et al. 2016)",
+                                      "victim": config.model, "queries": queries})
 
-        def recovered(xs: np.ndarray) -> np.ndarray:
-            return predict_logits(w, b, np.asarray(xs, dtype=np.float64).reshape(len(xs), -1))
+    def recovered(xs: np.ndarray) -> np.ndarray:
+        return predict_logits(w, b, np.asarray(xs, dtype=np.float64).reshape(len(xs), -1))
 
-        extra: dict = {
-            "title": "Equation solving (Tramèr et al. 2016)",
-            "victim": {"target": config.grpc, "model": config.model, **iface.describe(),
-                       "num_classes": k, "features": d},
-            "queries": {"attack": queries, "minimum_d_plus_1": minimum, "verify": verify,
-                        "replayed_from_journal": replayed, "unknowns": (d + 1) * k},
-            "condition_number": cond,
-            "verification_max_residual": residual,
-            "identifiable": ("every weight and bias (logits exposed)"
-                             if iface.output_kind == "logits" else
-                             "weights and biases up to one additive shift shared by all "
-                             "classes (recovered with w_K = 0, b_K = 0); the function exactly"),
-            "recovered_export": str(exported),
+    extra: dict = {
+        "title": "Equation solving (Tramèr et al. 2016)",
+        "victim": {"target": config.grpc, "model": config.model, **iface.describe(),
+                   "num_classes": k, "features": d},
+        "queries": {"attack": queries, "minimum_d_plus_1": minimum, "verify": verify,
+                    "replayed_from_journal": replayed, "unknowns": (d + 1) * k},
+        "condition_number": cond,
+        "verification_max_residual": residual,
+        "identifiable": ("every weight and bias (logits exposed)"
+                         if iface.output_kind == "logits" else
+                         "weights and biases up to one additive shift shared by all "
+                         "classes (recovered with w_K = 0, b_K = 0); the function exactly"),
+        "recovered_export": str(exported),
+    }
+    evaluation = None
+    noise_x = np.random.default_rng(config.seed + 1).uniform(
+        config.input_low, config.input_high, (config.noise, d))
+    noise_answers = victim_eval_answers(client, iface, run_dir, "noise", noise_x) \
+        if config.noise else None
+    if noise_answers is not None:
+        probs = softmax(recovered(noise_x))
+        extra["max_abs_probability_error_noise"] = float(
+            np.abs(probs - noise_answers["probabilities"]).max())
+    if test is not None:
+        tx, labels, names = test
+        victim_test = victim_eval_answers(client, iface, run_dir, "test", tx)
+        extra["max_abs_probability_error_test"] = float(
+            np.abs(softmax(recovered(tx)) - victim_test["probabilities"]).max())
+        evaluation = evaluate(
+            recovered, victim_test["probabilities"], labels, test_images=tx,
+            noise=None if noise_answers is None else (noise_x,
+                                                      noise_answers["probabilities"]),
+            class_names=names, n_queries=queries)
+    elif noise_answers is not None:
+        agree = np.argmax(recovered(noise_x), 1) == np.argmax(noise_answers["probabilities"],
+                                                               1)
+        extra["fidelity_noise"] = float(agree.mean())
+    if config.reference:
+        true_w, true_b = reference_softmax(reference_variables(config.reference), d, k)
+        aw, ab = align_softmax(w, b)
+        tw, tb = align_softmax(true_w, true_b)
+        extra["parameter_error"] = {
+            "aligned": "class K's weights and bias subtracted from every class (the "
+                       "softmax's shift symmetry)",
+            "max_abs_weight_error": float(np.abs(aw - tw).max()),
+            "max_abs_bias_error": float(np.abs(ab - tb).max()),
+            "max_abs_true_weight": float(np.abs(tw).max()),
         }
-        evaluation = None
-        noise_x = np.random.default_rng(config.seed + 1).uniform(
-            config.input_low, config.input_high, (config.noise, d))
-        noise_answers = victim_eval_answers(client, iface, run_dir, "noise", noise_x) \
-            if config.noise else None
-        if noise_answers is not None:
-            probs = softmax(recovered(noise_x))
-            extra["max_abs_probability_error_noise"] = float(
-                np.abs(probs - noise_answers["probabilities"]).max())
-        if test is not None:
-            tx, labels, names = test
-            victim_test = victim_eval_answers(client, iface, run_dir, "test", tx)
-            extra["max_abs_probability_error_test"] = float(
-                np.abs(softmax(recovered(tx)) - victim_test["probabilities"]).max())
-            evaluation = evaluate(
-                recovered, victim_test["probabilities"], labels, test_images=tx,
-                noise=None if noise_answers is None else (noise_x,
-                                                          noise_answers["probabilities"]),
-                class_names=names, n_queries=queries)
-        elif noise_answers is not None:
-            agree = np.argmax(recovered(noise_x), 1) == np.argmax(noise_answers["probabilities"],
-                                                                   1)
-            extra["fidelity_noise"] = float(agree.mean())
-        if config.reference:
-            true_w, true_b = reference_softmax(reference_variables(config.reference), d, k)
-            aw, ab = align_softmax(w, b)
-            tw, tb = align_softmax(true_w, true_b)
-            extra["parameter_error"] = {
-                "aligned": "class K's weights and bias subtracted from every class (the "
-                           "softmax's shift symmetry)",
-                "max_abs_weight_error": float(np.abs(aw - tw).max()),
-                "max_abs_bias_error": float(np.abs(ab - tb).max()),
-                "max_abs_true_weight": float(np.abs(tw).max()),
-            }
-    write_report(run_dir, config=config_to_dict(config), evaluation=evaluation, extra=extra)
+    paths = write_report(run_dir, config=config_to_dict(config), evaluation=evaluation,
+                         extra=extra)
     headline = evaluation.headline() if evaluation is not None else {}
     headline = {**headline, "queries": queries,
                 **{k2: extra[k2] for k2 in ("fidelity_noise",) if k2 in extra}}
     if "parameter_error" in extra:
         headline["max_abs_weight_error"] = extra["parameter_error"]["max_abs_weight_error"]
         headline["max_abs_bias_error"] = extra["parameter_error"]["max_abs_bias_error"]
-    return EquationSolvingResult(run_dir, queries, w, b, headline)
+    return EquationSolvingResult(
+        run_dir, queries, headline, journal=run_dir / "journal.bin",
+        report=paths.get("markdown"),
+        figures=tuple(v for k, v in paths.items() if k.endswith("_plot")),
+        victim=extra["victim"], weights=w, bias=b)
 
 
 # -- command line ---------------------------------------------------------------------------------

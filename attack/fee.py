@@ -53,7 +53,6 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -68,11 +67,13 @@ from attack._linear import (
     reference_variables,
     victim_eval_answers,
 )
+from attack.base import ExactAttack, exact_client
 from attack.config import EvaluationPart, RunPart, ServerPart
 from attack.equation_solving import _check_common, softmax, targets
+from attack.pipeline import ExtractionResult
 from common.errors import UsageError, invalid
 
-__all__ = ["FeeConfig", "FeeResult", "Network", "align_network", "extract_network", "main",
+__all__ = ["FEE", "FeeConfig", "FeeResult", "Network", "align_network", "extract_network", "main",
            "run_fee"]
 
 log = logging.getLogger(__name__)
@@ -173,13 +174,34 @@ class Network:
 
 
 @dataclass(frozen=True)
-class FeeResult:
-    """What `run_fee` returns: run directory, queries, the recovered network, headline figures."""
+class FeeResult(ExtractionResult):
+    """What FEE returns: an `ExtractionResult` with the recovered `network` (`surrogate` is
+    None: the recovered network is exported to RUN_DIR/recovered/)."""
 
-    run_dir: Path
-    queries: int
-    network: Network
-    headline: dict
+    network: Network | None = None
+
+
+class FEE(ExactAttack):
+    """Functionally-equivalent extraction of a one-hidden-layer ReLU network (Jagielski et al.
+    2020).
+
+    Hyper-parameters (keyword-only; the ``python -m attack.fee`` flags of the same names):
+    ``output``, ``budget``, ``hidden``, ``lines``, ``max_lines``, ``line_range``, ``segments``,
+    ``input_low``, ``input_high``, ``hybrid``, ``hybrid_queries``, ``hybrid_steps``,
+    ``hybrid_lr``, ``noise``, ``seed``; ``hybrid_set=`` (a data spec) goes to `extract`.
+    """
+
+    config_class = FeeConfig
+    data_fields = ("reference", "hybrid_set", "hybrid_split")
+    name = "fee"
+
+    def _prepare_data(self, transfer, test, *, reference=None, hybrid_set=None, **data) -> dict:
+        prepared = super()._prepare_data(transfer, test, reference=reference, **data)
+        prepared["fields"]["hybrid_set"] = hybrid_set
+        return prepared
+
+    def _run(self, victim, config, data, on_progress=None) -> FeeResult:
+        return _extract(exact_client(victim), config)
 
 
 # -- 1. critical points ---------------------------------------------------------------------------
@@ -512,103 +534,111 @@ def _as_logits(net: Network, kind: str) -> Network:
 
 
 def run_fee(config: FeeConfig) -> FeeResult:
+    """The CLI's attack: open the config's victim, run `FEE`."""
+    from serving.client import ServingClient
+
+    attack = FEE.from_config(config)
+    with ServingClient(config.grpc, config.model, version=config.version,
+                       api_key=config.api_key, timeout=config.timeout) as client:
+        return attack._run(client, config, {})
+
+
+def _extract(client, config: FeeConfig) -> FeeResult:
     """The whole attack: discover, extract, evaluate, export, report."""
     from attack.evaluate import evaluate
     from attack.journal import QueryJournal
     from attack.pipeline import prepare_run_dir
     from attack.report import write_report
     from common.cli import config_to_dict
-    from serving.client import ServingClient
 
-    with ServingClient(config.grpc, config.model, version=config.version,
-                       api_key=config.api_key, timeout=config.timeout) as client:
-        iface: VictimInterface = discover(client, config.output)
-        d, k = iface.dim, iface.num_classes
-        half = config.line_range or (1000.0 if iface.output_kind == "logits" else 250.0)
-        test = None
-        if config.test_set:
-            test = eval_inputs(config.test_set, config.test_split, config.test_limit,
-                               config.seed, iface, config.input_low, config.input_high)
-        hybrid_x = None
-        if config.hybrid_set:
-            hybrid_x, _, _ = eval_inputs(config.hybrid_set, config.hybrid_split,
-                                         config.hybrid_queries, config.seed, iface,
-                                         config.input_low, config.input_high)
-        run_dir = prepare_run_dir(config)
-        rng = np.random.default_rng(config.seed)
-        with QueryJournal.open(run_dir, num_classes=2 * k) as journal:
-            oracle = ExactOracle(client, iface, journal, budget=config.budget,
-                                 batch_size=config.query_batch,
-                                 attack="functionally-equivalent extraction")
+    iface: VictimInterface = discover(client, config.output)
+    d, k = iface.dim, iface.num_classes
+    half = config.line_range or (1000.0 if iface.output_kind == "logits" else 250.0)
+    test = None
+    if config.test_set:
+        test = eval_inputs(config.test_set, config.test_split, config.test_limit,
+                           config.seed, iface, config.input_low, config.input_high)
+    hybrid_x = None
+    if config.hybrid_set:
+        hybrid_x, _, _ = eval_inputs(config.hybrid_set, config.hybrid_split,
+                                     config.hybrid_queries, config.seed, iface,
+                                     config.input_low, config.input_high)
+    run_dir = prepare_run_dir(config)
+    rng = np.random.default_rng(config.seed)
+    with QueryJournal.open(run_dir, num_classes=2 * k) as journal:
+        oracle = ExactOracle(client, iface, journal, budget=config.budget,
+                             batch_size=config.query_batch,
+                             attack="functionally-equivalent extraction")
 
-            def f(x: np.ndarray) -> np.ndarray:
-                sent = oracle.cast(x)
-                if iface.input_dtype != np.float64 and not np.array_equal(sent, x):
-                    log.debug("queries rounded to %s", iface.input_dtype)
-                return targets(oracle(sent), iface.output_kind)
+        def f(x: np.ndarray) -> np.ndarray:
+            sent = oracle.cast(x)
+            if iface.input_dtype != np.float64 and not np.array_equal(sent, x):
+                log.debug("queries rounded to %s", iface.input_dtype)
+            return targets(oracle(sent), iface.output_kind)
 
-            net, stats = extract_network(f, d, config, rng, half, hybrid_x)
-            queries, replayed = oracle.count, oracle.replayed
-        full = _as_logits(net, iface.output_kind)
-        class_names = test[2] if test is not None and len(test[2]) == k else None
-        exported = export_recovered([(full.w1, full.b1), (full.w2, full.b2)], iface, run_dir,
-                                    class_names=class_names,
-                                    card={"attack": "functionally-equivalent extraction "
-                                                    "(Jagielski et al. 2020)",
-                                          "victim": config.model, "queries": queries})
+        net, stats = extract_network(f, d, config, rng, half, hybrid_x)
+        queries, replayed = oracle.count, oracle.replayed
+    full = _as_logits(net, iface.output_kind)
+    class_names = test[2] if test is not None and len(test[2]) == k else None
+    exported = export_recovered([(full.w1, full.b1), (full.w2, full.b2)], iface, run_dir,
+                                class_names=class_names,
+                                card={"attack": "functionally-equivalent extraction "
+                                                "(Jagielski et al. 2020)",
+                                      "victim": config.model, "queries": queries})
 
-        def recovered(xs: np.ndarray) -> np.ndarray:
-            return full(np.asarray(xs, dtype=np.float64).reshape(len(xs), -1))
+    def recovered(xs: np.ndarray) -> np.ndarray:
+        return full(np.asarray(xs, dtype=np.float64).reshape(len(xs), -1))
 
-        extra: dict = {
-            "title": "Functionally-equivalent extraction (Jagielski et al. 2020)",
-            "victim": {"target": config.grpc, "model": config.model, **iface.describe(),
-                       "num_classes": k, "features": d},
-            "queries": {"attack": queries, "replayed_from_journal": replayed},
-            "line_range": half,
-            "extraction": stats,
-            "identifiable": (
-                "every parameter up to the order and positive scale of the hidden units "
-                "(logits)" if iface.output_kind == "logits" else
-                "the hidden layer up to order and positive scale; the last layer up to a row "
-                "shared by all classes (probabilities: logits known up to a per-input "
-                "constant)"),
-            "recovered_export": str(exported),
-        }
-        noise_x = np.random.default_rng(config.seed + 1).uniform(
-            config.input_low, config.input_high, (config.noise, d))
-        noise_answers = victim_eval_answers(client, iface, run_dir, "noise", noise_x) \
-            if config.noise else None
-        evaluation = None
-        if noise_answers is not None:
-            extra["max_abs_probability_error_noise"] = float(
-                np.abs(softmax(recovered(noise_x)) - noise_answers["probabilities"]).max())
-            if "logits" in noise_answers and iface.output_kind == "logits":
-                extra["max_abs_logit_error_noise"] = float(
-                    np.abs(recovered(noise_x) - noise_answers["logits"]).max())
-            extra["fidelity_noise"] = float(np.mean(
-                np.argmax(recovered(noise_x), 1) == np.argmax(noise_answers["probabilities"],
-                                                              1)))
-        if test is not None:
-            tx, labels, names = test
-            victim_test = victim_eval_answers(client, iface, run_dir, "test", tx)
-            extra["max_abs_probability_error_test"] = float(
-                np.abs(softmax(recovered(tx)) - victim_test["probabilities"]).max())
-            evaluation = evaluate(
-                recovered, victim_test["probabilities"], labels, test_images=tx,
-                noise=None if noise_answers is None else (noise_x,
-                                                          noise_answers["probabilities"]),
-                class_names=names, n_queries=queries)
-        if config.reference:
-            variables = reference_variables(config.reference)
-            kernels = [v for v in variables if v.ndim == 2]
-            vectors = [v for v in variables if v.ndim == 1]
-            if len(kernels) != 2 or len(vectors) != 2 or kernels[0].shape[0] != d:
-                raise invalid("reference", [list(v.shape) for v in variables],
-                              f"the variables of a {d}-h-{k} network (two dense layers)")
-            extra["parameter_error"] = align_network(net, kernels[0], vectors[0], kernels[1],
-                                                     vectors[1], iface.output_kind)
-    write_report(run_dir, config=config_to_dict(config), evaluation=evaluation, extra=extra)
+    extra: dict = {
+        "title": "Functionally-equivalent extraction (Jagielski et al. 2020)",
+        "victim": {"target": config.grpc, "model": config.model, **iface.describe(),
+                   "num_classes": k, "features": d},
+        "queries": {"attack": queries, "replayed_from_journal": replayed},
+        "line_range": half,
+        "extraction": stats,
+        "identifiable": (
+            "every parameter up to the order and positive scale of the hidden units "
+            "(logits)" if iface.output_kind == "logits" else
+            "the hidden layer up to order and positive scale; the last layer up to a row "
+            "shared by all classes (probabilities: logits known up to a per-input "
+            "constant)"),
+        "recovered_export": str(exported),
+    }
+    noise_x = np.random.default_rng(config.seed + 1).uniform(
+        config.input_low, config.input_high, (config.noise, d))
+    noise_answers = victim_eval_answers(client, iface, run_dir, "noise", noise_x) \
+        if config.noise else None
+    evaluation = None
+    if noise_answers is not None:
+        extra["max_abs_probability_error_noise"] = float(
+            np.abs(softmax(recovered(noise_x)) - noise_answers["probabilities"]).max())
+        if "logits" in noise_answers and iface.output_kind == "logits":
+            extra["max_abs_logit_error_noise"] = float(
+                np.abs(recovered(noise_x) - noise_answers["logits"]).max())
+        extra["fidelity_noise"] = float(np.mean(
+            np.argmax(recovered(noise_x), 1) == np.argmax(noise_answers["probabilities"],
+                                                          1)))
+    if test is not None:
+        tx, labels, names = test
+        victim_test = victim_eval_answers(client, iface, run_dir, "test", tx)
+        extra["max_abs_probability_error_test"] = float(
+            np.abs(softmax(recovered(tx)) - victim_test["probabilities"]).max())
+        evaluation = evaluate(
+            recovered, victim_test["probabilities"], labels, test_images=tx,
+            noise=None if noise_answers is None else (noise_x,
+                                                      noise_answers["probabilities"]),
+            class_names=names, n_queries=queries)
+    if config.reference:
+        variables = reference_variables(config.reference)
+        kernels = [v for v in variables if v.ndim == 2]
+        vectors = [v for v in variables if v.ndim == 1]
+        if len(kernels) != 2 or len(vectors) != 2 or kernels[0].shape[0] != d:
+            raise invalid("reference", [list(v.shape) for v in variables],
+                          f"the variables of a {d}-h-{k} network (two dense layers)")
+        extra["parameter_error"] = align_network(net, kernels[0], vectors[0], kernels[1],
+                                                 vectors[1], iface.output_kind)
+    paths = write_report(run_dir, config=config_to_dict(config), evaluation=evaluation,
+                         extra=extra)
     headline = evaluation.headline() if evaluation is not None else {}
     headline = {**headline, "queries": queries, "hidden_found": stats["hidden_found"]}
     for key in ("fidelity_noise", "max_abs_logit_error_noise", "max_abs_probability_error_noise"):
@@ -618,7 +648,10 @@ def run_fee(config: FeeConfig) -> FeeResult:
         errors = extra["parameter_error"]
         headline["max_param_error"] = max(errors[key] for key in errors
                                           if key.startswith("max_abs_error"))
-    return FeeResult(run_dir, queries, full, headline)
+    return FeeResult(run_dir, queries, headline, journal=run_dir / "journal.bin",
+                     report=paths.get("markdown"),
+                     figures=tuple(v for k, v in paths.items() if k.endswith("_plot")),
+                     victim=extra["victim"], network=full)
 
 
 # -- command line ---------------------------------------------------------------------------------

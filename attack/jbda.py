@@ -1,4 +1,4 @@
-"""Jacobian-based dataset augmentation over gRPC: `python -m attack.jbda --grpc host:8500 ...`.
+"""Jacobian-based dataset augmentation: `python -m attack.jbda --grpc host:8500 ...` or `JBDA`.
 
 Papernot et al., "Practical Black-Box Attacks against Machine Learning" (AsiaCCS 2017): the
 attacker holds a small seed set of in-domain images, has the victim label them, trains a
@@ -26,6 +26,11 @@ sent), and the journal's query numbers are rows of those files in order. A resum
 them and sends only rows without an answer; a round not yet written is generated again from
 the same surrogate (its checkpoint is reloaded, not retrained) and the same reservoir seed, so
 it is the same round.
+
+Python API: ``JBDA(seeds=150, rounds=4, per_round=400, budget=1750).extract(victim, seed_pool,
+surrogate=..., test=...)``: the seeds are `seeds` images of `seed_pool` drawn with `seed`
+(uniformly; ``--seed-set`` draws them class-stratified, through the data layer's ``limit``). Pass
+exactly the seeds to use them all.
 """
 
 from __future__ import annotations
@@ -37,22 +42,25 @@ from pathlib import Path
 
 import numpy as np
 
+from attack.base import Attack, as_transfer, dataset_source
 from attack.config import JBDAConfig
 from attack.pipeline import (
-    AttackResult,
+    ExtractionResult,
+    begin_run,
     finish,
     journal_answers,
     load_test_set,
     open_victim,
-    prepare_run_dir,
+    probe_images,
     query_in_order,
     surrogate_trainer,
     trainer_kwargs,
     victim_signature,
 )
-from common.errors import UsageError
+from common.errors import UsageError, invalid
 
 __all__ = [
+    "JBDA",
     "JBDAConfig",
     "jacobian_augment",
     "jacobian_signs",
@@ -168,75 +176,112 @@ def _labels_in_row_order(run_dir: Path, count: int) -> np.ndarray:
 
 
 # -- the attack ------------------------------------------------------------------------------------
-def run_jbda(config: JBDAConfig, *, on_progress=None) -> AttackResult:
-    """Seeds, then rounds of Jacobian-based augmentation labelled by the victim; train,
-    evaluate, export, report. Resumable at every stage."""
+class JBDA(Attack):
+    """Jacobian-based dataset augmentation (Papernot et al. 2017; Juuti et al.'s reservoir).
+
+    Hyper-parameters (keyword-only; the ``python -m attack.jbda`` flags of the same names):
+    ``seeds``, ``budget``, ``rounds``, ``per_round``, ``step`` (``--lambda``), ``tau``,
+    ``noise``, ``seed``. `transfer` is the pool the seeds are drawn from.
+    """
+
+    config_class = JBDAConfig
+    data_fields = ("seed_set", "seed_split")
+    name = "jbda"
+
+    def _prepare_data(self, transfer, test, **data) -> dict:
+        if data:
+            name = sorted(data)[0]
+            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
+        pool = as_transfer(transfer)
+        seeds = self.params.get("seeds", JBDA.hyper_parameters()["seeds"])
+        seed = self.params.get("seed", 0)
+        chosen = np.sort(np.random.default_rng(seed).permutation(len(pool))[:seeds])
+        return {"fields": {"seed_set": dataset_source(pool),
+                           "test_set": None if test is None else dataset_source(test)},
+                "seeds": pool.images[chosen], "test": test}
+
+    def _run(self, victim, config: JBDAConfig, data: dict, on_progress=None
+             ) -> ExtractionResult:
+        """Seeds, then rounds of Jacobian-based augmentation labelled by the victim; train,
+        evaluate, export, report. Resumable at every stage."""
+        return _run_jbda(victim, config, data["seeds"], data["test"], on_progress)
+
+
+def run_jbda(config: JBDAConfig, *, on_progress=None) -> ExtractionResult:
+    """The CLI's attack: load the data of `config`, open its victim, run `JBDA`."""
     from common.data import load_dataset
 
     seeds = load_dataset(config.seed_set, config.seed_split, limit=config.seeds,
                          seed=config.seed).images
+    test = load_test_set(config)
+    attack = JBDA.from_config(config)
+    with open_victim(config) as victim:
+        return attack._run(victim, config, {"seeds": seeds, "test": test}, on_progress)
+
+
+def _run_jbda(victim, config: JBDAConfig, seeds: np.ndarray, test, on_progress
+              ) -> ExtractionResult:
     if len(seeds) < config.seeds:
         raise UsageError(f"Invalid value for argument `seeds`. Received: seeds={config.seeds}. "
                          f"Expected at most {len(seeds)} (images in --seed-set "
                          f"{config.seed_set}).")
-    test = load_test_set(config)
     chunk = config.query_batch * config.in_flight * 16
-    with open_victim(config) as client:
-        info, num_classes = victim_signature(client, config)
-        kwargs = trainer_kwargs(config, num_classes)
-        surrogate_trainer(None, kwargs, None)  # checks backbone, weights, size, arch_args
-        run_dir = prepare_run_dir(config)  # the first side effect, after every check
-        rounds = load_rounds(run_dir)
-        if not rounds:
-            _save_round(run_dir, 0, seeds)
-            rounds = [seeds]
-        elif not np.array_equal(rounds[0], seeds):
-            raise UsageError(f"{_round_path(run_dir, 0)} is not the seed set this config "
-                             "draws: the run directory was changed by hand. Start a new --out.")
+    client = victim
+    info, num_classes = victim_signature(client, config)
+    kwargs = trainer_kwargs(config, num_classes)
+    surrogate_trainer(None, kwargs, None)  # checks backbone, weights, size, arch_args
+    run_dir, check = begin_run(client, config, probe_images(seeds, config.seed))
+    rounds = load_rounds(run_dir)
+    if not rounds:
+        _save_round(run_dir, 0, seeds)
+        rounds = [seeds]
+    elif not np.array_equal(rounds[0], seeds):
+        raise UsageError(f"{_round_path(run_dir, 0)} is not the seed set this config "
+                         "draws: the run directory was changed by hand. Start a new --out.")
 
-        def one_hot(labels: np.ndarray) -> np.ndarray:
-            return np.eye(num_classes, dtype=np.float32)[labels]
+    def one_hot(labels: np.ndarray) -> np.ndarray:
+        return np.eye(num_classes, dtype=np.float32)[labels]
 
-        def train(n: int, tag: str):
-            trainer = surrogate_trainer(run_dir, kwargs, tag)
-            images = np.concatenate(rounds)[:n]
-            trainer.fit(images, one_hot(_labels_in_row_order(run_dir, n)))
-            return trainer
+    def train(n: int, tag: str):
+        trainer = surrogate_trainer(run_dir, kwargs, tag)
+        images = np.concatenate(rounds)[:n]
+        trainer.fit(images, one_hot(_labels_in_row_order(run_dir, n)))
+        return trainer
 
+    queries = np.concatenate(rounds)
+    sizes = [int(n) for n in np.cumsum([len(r) for r in rounds])]
+    # rounds written before a restart are answered first (only their missing rows)
+    stats = [query_in_order(client, run_dir, lambda rows: queries[rows],
+                            np.arange(len(queries)), len(queries), chunk=chunk,
+                            on_progress=on_progress, check=check)]
+    while len(rounds) <= config.rounds and config.budget > len(queries):
+        index, total = len(rounds), len(queries)
+        # substitute round index-1: train on everything so far, then augment
+        substitute = train(total, f"prefix_{total}")
+        labels = _labels_in_row_order(run_dir, total)
+        k = min(config.budget - total,
+                total if config.per_round is None else config.per_round)
+        chosen = reservoir_sample(total, k, np.random.default_rng([config.seed, index]))
+        pixel_step = step_sign(index - 1, config.tau) * config.pixel_step()
+        new = jacobian_augment(substitute.model, queries[chosen], labels[chosen],
+                               pixel_step)
+        log.info("JBDA round %d: %d new queries (step %+d pixels) from %d so far", index,
+                 len(new), pixel_step, total)
+        _save_round(run_dir, index, new)  # on disk before any of it is sent
+        rounds.append(new)
         queries = np.concatenate(rounds)
-        sizes = [int(n) for n in np.cumsum([len(r) for r in rounds])]
-        # rounds written before a restart are answered first (only their missing rows)
-        stats = [query_in_order(client, run_dir, lambda rows: queries[rows],
-                                np.arange(len(queries)), len(queries), chunk=chunk,
-                                on_progress=on_progress)]
-        while len(rounds) <= config.rounds and config.budget > len(queries):
-            index, total = len(rounds), len(queries)
-            # substitute round index-1: train on everything so far, then augment
-            substitute = train(total, f"prefix_{total}")
-            labels = _labels_in_row_order(run_dir, total)
-            k = min(config.budget - total,
-                    total if config.per_round is None else config.per_round)
-            chosen = reservoir_sample(total, k, np.random.default_rng([config.seed, index]))
-            pixel_step = step_sign(index - 1, config.tau) * config.pixel_step()
-            new = jacobian_augment(substitute.model, queries[chosen], labels[chosen],
-                                   pixel_step)
-            log.info("JBDA round %d: %d new queries (step %+d pixels) from %d so far", index,
-                     len(new), pixel_step, total)
-            _save_round(run_dir, index, new)  # on disk before any of it is sent
-            rounds.append(new)
-            queries = np.concatenate(rounds)
-            sizes.append(len(queries))
-            stats.append(query_in_order(client, run_dir, lambda rows: queries[rows],
-                                        np.arange(len(queries)), len(queries), chunk=chunk,
-                                        on_progress=on_progress))
+        sizes.append(len(queries))
+        stats.append(query_in_order(client, run_dir, lambda rows: queries[rows],
+                                    np.arange(len(queries)), len(queries), chunk=chunk,
+                                    on_progress=on_progress, check=check))
 
-        total = sizes[-1]
-        extra = {"query_stats": stats, "rounds": sizes,
-                 "trained_on": "top1 (one-hot): the victim's labels",
-                 "pixel_step": config.pixel_step(), "tau": config.tau,
-                 "per_round": config.per_round}
-        return finish(client, info, config, run_dir, queries=total, train=train, test=test,
-                      curve_budgets=sizes, extra=extra)
+    total = sizes[-1]
+    extra = {"query_stats": stats, "rounds": sizes,
+             "trained_on": "top1 (one-hot): the victim's labels",
+             "pixel_step": config.pixel_step(), "tau": config.tau,
+             "per_round": config.per_round}
+    return finish(client, info, config, run_dir, queries=total, train=train, test=test,
+                  curve_budgets=sizes, extra=extra)
 
 
 # -- command line ----------------------------------------------------------------------------------

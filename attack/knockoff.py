@@ -1,15 +1,26 @@
-"""Knockoff Nets over gRPC: `python -m attack.knockoff --grpc host:8500 ...`.
+"""Knockoff Nets: `python -m attack.knockoff --grpc host:8500 ...` or `Knockoff(...).extract`.
 
 Orekondy et al., "Knockoff Nets: Stealing Functionality of Black-Box Models" (CVPR 2019), as
 reproduced by Atli et al. (2020): the attacker sends natural images (the transfer set) to the
 victim's TF Serving Predict API, records the answers, and fine-tunes a pre-trained backbone on
-them. Nothing is asked of the server beyond the plain API: the client reads the signature with
-GetModelMetadata and adapts the images to it.
+them. Nothing is asked of the server beyond the plain API: the victim (`attack.victim`: gRPC,
+REST with ``--rest``) reads the signature with GetModelMetadata, adapts the images to it,
+decides an unknown input range and output kind from a few probe queries (``victim.json``), and
+the first paid batch is checked before the rest of the budget is spent.
+
+The Python API is the `Knockoff` object (`attack.base.Attack`)::
+
+    Knockoff(budget=2000, strategy="random").extract(KerasVictim(model), transfer,
+                                                     surrogate=Surrogate(...), test=test)
+
+`SemiSupervisedKnockoff` is Knockoff with Jagielski et al.'s semi-supervised training on the
+transfer images never queried. The CLI is a thin layer: config -> `open_victim` -> `Knockoff`.
 
 A run is a directory (ARCHITECTURE.md, contract 4):
 
     RUN_DIR/config.json      the KnockoffConfig it ran with (--resume refuses another)
-    RUN_DIR/journal.bin      every answered query, appended and fsynced as it arrives
+    RUN_DIR/journal.bin      every answered query (raw answers), appended and fsynced
+    RUN_DIR/victim.json      how the victim is queried: input range, output and the evidence
     RUN_DIR/strategy.json    the sampling strategy's state (adaptive: the bandit's preferences)
     RUN_DIR/policy.jsonl     adaptive: rewards and policy summary, one line per step
     RUN_DIR/checkpoints/     surrogate checkpoints (training resumes from the last epoch)
@@ -35,15 +46,20 @@ from pathlib import Path
 
 import numpy as np
 
+from attack.base import Attack, as_transfer, dataset_source
 from attack.config import KnockoffConfig
 from attack.pipeline import (
-    AttackResult,
+    AnswerCheck,
+    ExtractionResult,
+    answers_as_probabilities,
     as_seen_by_victim,
+    begin_run,
     finish,
     journal_answers,
     load_test_set,
     open_victim,
     prepare_run_dir,
+    probe_images,
     send_journaled,
     surrogate_trainer,
     trainer_kwargs,
@@ -52,7 +68,8 @@ from attack.pipeline import (
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["KnockoffConfig", "KnockoffResult", "extract", "prepare_run_dir", "run_knockoff"]
+__all__ = ["Knockoff", "KnockoffConfig", "KnockoffResult", "SemiSupervisedKnockoff", "extract",
+           "prepare_run_dir", "run_knockoff"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +80,7 @@ ATLI_ANCHORS = {
     "GTSRB (ResNet-34)": {"victim": 0.98, "surrogate": 0.61, "ratio": 0.62},
 }
 
-KnockoffResult = AttackResult  # what `run_knockoff` returns (the shared result type)
+KnockoffResult = ExtractionResult  # what `run_knockoff` returns (the shared result type)
 
 
 # -- querying --------------------------------------------------------------------------------------
@@ -74,18 +91,23 @@ def _targets(responses: np.ndarray, granularity: str) -> np.ndarray:
 
 
 def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
-            surrogate=None, on_progress: Callable[[int, int], None] | None = None) -> dict:
-    """Spend the query budget on `transfer` through `client`, journaling every answer.
+            surrogate=None, on_progress: Callable[[int, int], None] | None = None,
+            check: AnswerCheck | None = None) -> dict:
+    """Spend the query budget on `transfer` through `client` (a `Victim`, or a plain
+    `ServingClient`), journaling every raw answer.
 
     Returns a dict of query statistics. With the adaptive strategy, `surrogate` (a
     `SurrogateTrainer`) is updated online after each batch and feeds the loss reward; on resume
     it is first replayed over the answers already in the journal. `on_progress(done, budget)`
-    is called from the client's worker threads as answers are journaled.
+    is called from the client's worker threads as answers are journaled. `check` (default:
+    `AnswerCheck.for_run`) checks the first batch's answers before anything else is sent.
     """
     from attack.hierarchy import hierarchy_for
     from attack.journal import QueryJournal
     from attack.strategies import AdaptiveStrategy, RandomStrategy
 
+    if check is None:
+        check = AnswerCheck.for_run(client, run_dir, config.query_batch)
     journal = QueryJournal.open(run_dir)
     try:
         answered = journal.answered_indices()
@@ -102,7 +124,7 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         strategy.exclude(pending)  # re-sent below, never selected again as new queries
         if surrogate is not None and len(answered):
             # resumed adaptive run: bring the online surrogate back to what it had seen
-            responses = journal.responses()
+            responses = answers_as_probabilities(client, journal.responses())
             for start in range(0, len(answered), config.query_batch):
                 rows = slice(start, start + config.query_batch)
                 surrogate.partial_fit(transfer.images[answered[rows]],
@@ -124,14 +146,16 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         policy_log = (run_dir / "policy.jsonl").open("a") if config.strategy == "adaptive" else None
         try:
             while journal.num_answered < config.budget:
-                want = min(chunk, config.budget - journal.num_answered)
+                want = check.limit(min(chunk, config.budget - journal.num_answered))
                 if len(pending):
                     indices, pending = pending[:want], pending[want:]
                 else:
                     indices = strategy.select(want)
-                probs = send_journaled(client, journal, transfer.images[indices], indices,
-                                       lock=lock, budget=config.budget, on_progress=on_progress)
+                raw = send_journaled(client, journal, transfer.images[indices], indices,
+                                     lock=lock, budget=config.budget, on_progress=on_progress)
                 sent_now += len(indices)
+                check(raw, journaled=journal.num_answered)  # the first batch, before the rest
+                probs = answers_as_probabilities(client, raw)
                 if config.strategy == "adaptive":
                     images = transfer.images[indices]
                     info = strategy.update(indices, probs, surrogate.predict_log_probs(images))
@@ -160,28 +184,62 @@ def _unlabelled_indices(config: KnockoffConfig, pool_size: int,
     return np.sort(rng.permutation(left)[:config.unlabelled])
 
 
-def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
-    """The whole attack: query, train, evaluate, export, report. Resumable at every stage."""
-    from attack.responses import detect_granularity
-    from common.data import load_dataset
+def check_granularity(granularity: str, num_classes: int) -> None:
+    """`UsageError` naming ``--granularity`` when topk:K asks for more classes than the victim
+    has (checked after GetModelMetadata, before any query)."""
+    from attack.responses import parse_granularity
 
-    transfer = load_dataset(config.transfer_set, config.transfer_split,
-                            exclude_classes=config.exclude_classes)
-    test = load_test_set(config)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(transfer))
-    heldout_idx = np.sort(order[:config.heldout])
-    pool_idx = np.sort(order[config.heldout:])
-    if config.budget > len(pool_idx):
-        raise invalid("budget", config.budget,
-                      f"at most {len(pool_idx)} (transfer images not held out for evaluation)")
-    if config.semi_supervised and config.budget + config.unlabelled > len(pool_idx):
-        raise invalid("unlabelled", config.unlabelled,
-                      f"at most {len(pool_idx) - config.budget} (transfer images neither held "
-                      f"out nor queried)")
-    pool = transfer.subset(pool_idx)
-    with open_victim(config) as client:
-        info, num_classes = victim_signature(client, config)
+    parsed = parse_granularity(granularity)
+    if parsed.kind == "topk" and parsed.k > num_classes:
+        raise invalid("granularity", granularity,
+                      f"probs, top1 or topk:K with K at most {num_classes}, the victim's "
+                      "number of classes")
+
+
+class Knockoff(Attack):
+    """Knockoff Nets (Orekondy et al. 2019): query natural images, learn from the answers.
+
+    Hyper-parameters (keyword-only; the ``python -m attack.knockoff`` flags of the same names):
+    ``budget``, ``strategy`` (random | adaptive), ``reward``, ``granularity`` (probs | top1 |
+    topk:K), ``heldout``, ``semi_supervised``/``unlabelled``/``confidence``/
+    ``consistency_weight``, ``noise``, ``curve_points``, ``seed``. The adaptive strategy needs a
+    `transfer` dataset with real class labels (its hierarchy).
+    """
+
+    config_class = KnockoffConfig
+    data_fields = ("transfer_set", "transfer_split", "exclude_classes")
+    name = "knockoff"
+
+    def _prepare_data(self, transfer, test, **data) -> dict:
+        if data:
+            name = sorted(data)[0]
+            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
+        transfer = as_transfer(transfer)
+        return {"fields": {"transfer_set": dataset_source(transfer),
+                           "test_set": None if test is None else dataset_source(test)},
+                "transfer": transfer, "test": test}
+
+    def _run(self, victim, config: KnockoffConfig, data: dict, on_progress=None
+             ) -> ExtractionResult:
+        """The whole attack: query, train, evaluate, export, report. Resumable at every
+        stage."""
+        from attack.responses import detect_granularity
+
+        transfer, test = data["transfer"], data["test"]
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(transfer))
+        heldout_idx = np.sort(order[:config.heldout])
+        pool_idx = np.sort(order[config.heldout:])
+        if config.budget > len(pool_idx):
+            raise invalid("budget", config.budget,
+                          f"at most {len(pool_idx)} (transfer images not held out for "
+                          "evaluation)")
+        if config.semi_supervised and config.budget + config.unlabelled > len(pool_idx):
+            raise invalid("unlabelled", config.unlabelled,
+                          f"at most {len(pool_idx) - config.budget} (transfer images neither "
+                          f"held out nor queried)")
+        info, num_classes = victim_signature(victim, config)
+        check_granularity(config.granularity, num_classes)
         # queried, learned from and evaluated as the victim sees them (see as_seen_by_victim)
         transfer = dataclasses.replace(transfer,
                                        images=as_seen_by_victim(transfer.images, info))
@@ -190,16 +248,17 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
         # Building the surrogate checks backbone, weights file, size and arch_args; the
         # adaptive strategy then uses it as its online surrogate.
         online = surrogate_trainer(None, kwargs, None)
-        run_dir = prepare_run_dir(config)  # the first side effect, after every check
-        stats = extract(client, pool, config, run_dir,
+        run_dir, check = begin_run(victim, config, probe_images(pool.images, config.seed))
+        stats = extract(victim, pool, config, run_dir,
                         surrogate=online if config.strategy == "adaptive" else None,
-                        on_progress=on_progress)
+                        on_progress=on_progress, check=check)
         del online
 
         indices, responses = journal_answers(run_dir)
         indices, responses = indices[:config.budget], responses[:config.budget]
-        received = detect_granularity(responses)
-        targets = _targets(responses, config.granularity)
+        probs = answers_as_probabilities(victim, responses)
+        received = detect_granularity(probs)
+        targets = _targets(probs, config.granularity)
         images = pool.images[indices]
         unlabelled = None
         if config.semi_supervised:
@@ -223,8 +282,34 @@ def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
             extra["semi_supervised"] = {"unlabelled": len(unlabelled),
                                         "confidence": config.confidence,
                                         "consistency_weight": config.consistency_weight}
-        return finish(client, info, config, run_dir, queries=len(indices), train=train,
+        return finish(victim, info, config, run_dir, queries=len(indices), train=train,
                       test=test, heldout_images=transfer.images[heldout_idx], extra=extra)
+
+
+class SemiSupervisedKnockoff(Knockoff):
+    """Knockoff with Jagielski et al. (2020)'s semi-supervised training: also learns from
+    `unlabelled` transfer images never queried (FixMatch-style pseudo-labels,
+    `attack.semisupervised`). ``SemiSupervisedKnockoff(unlabelled=2000)`` is
+    ``Knockoff(semi_supervised=True, unlabelled=2000)``."""
+
+    name = "semisupervised-knockoff"
+
+    def __init__(self, **hyper) -> None:
+        if hyper.get("semi_supervised") is False:
+            raise invalid("semi_supervised", False, "True (or Knockoff for the plain attack)")
+        super().__init__(**{**hyper, "semi_supervised": True})
+
+
+def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
+    """The CLI's attack: load the data of `config`, open its victim, run `Knockoff`."""
+    from common.data import load_dataset
+
+    transfer = load_dataset(config.transfer_set, config.transfer_split,
+                            exclude_classes=config.exclude_classes)
+    test = load_test_set(config)
+    attack = Knockoff.from_config(config)
+    with open_victim(config) as victim:
+        return attack._run(victim, config, {"transfer": transfer, "test": test}, on_progress)
 
 
 # -- command line ----------------------------------------------------------------------------------

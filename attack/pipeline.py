@@ -6,14 +6,25 @@ al. 2017) differ in *which* images they send; everything around that is the same
 
 * `prepare_run_dir`: create RUN_DIR with the config, or check it on ``--resume`` (a config that
   differs from the saved one is refused, nothing is written on error);
-* `open_victim`: the shared `serving.client.ServingClient`, the victim's signature read with
-  GetModelMetadata (an image classifier with a fixed number of classes, or a `UsageError`);
+* `open_victim`: the victim of the config's endpoint (`attack.victim`: gRPC, REST), its
+  signature read with GetModelMetadata (an image classifier with a fixed number of classes, or a
+  `UsageError`);
 * `send_journaled` / `query_in_order`: every query journaled before it goes on the wire and
-  every answer journaled as it arrives (`attack.journal.QueryJournal`), so Ctrl-C, a crash or
-  ``kill -9`` loses nothing and a resumed run never sends an answered query again;
+  every RAW answer (the victim's journal form: probabilities, logits, one-hot labels or top-k
+  rows as received) journaled as it arrives (`attack.journal.QueryJournal`), so Ctrl-C, a crash
+  or ``kill -9`` loses nothing and a resumed run never sends an answered query again;
+  `AnswerCheck` checks the first paid batch (or, on resume, the journaled answers) with
+  `Victim.check_answers` before the rest of the budget is spent;
+* `answers_as_probabilities`: the journal read through the victim's interpretation
+  (`Victim.to_probabilities`), so ``--resume --output-kind logits`` re-reads the same answers;
 * `surrogate_trainer` and `finish`: the surrogate trained (resumably) on the answers, evaluated
-  on the test set, held-out transfer images and uniform noise, its accuracy and fidelity against
-  the number of queries, exported in the victim layout, and ``report.{json,md}`` with the plots.
+  on the test set, held-out transfer images and uniform noise through the same victim path, its
+  accuracy and fidelity against the number of queries, exported in the victim layout, and
+  ``report.{json,md}`` with the plots and the victim section (how it was queried, the victim
+  accuracy measured that way, `attack.victim.consistency` warnings).
+
+`attack.base` builds the attack objects on these; the ``run_*`` functions of the attack modules
+are the CLIs' entry points over them.
 """
 
 from __future__ import annotations
@@ -36,15 +47,21 @@ from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
 
 __all__ = [
+    "AnswerCheck",
     "AttackResult",
+    "ExtractionResult",
+    "answers_as_probabilities",
     "as_seen_by_victim",
     "attack_main",
+    "begin_run",
     "cached_victim_probs",
+    "describe_victim",
     "finish",
     "journal_answers",
     "load_test_set",
     "open_victim",
     "prepare_run_dir",
+    "probe_images",
     "query_in_order",
     "run_attack_cli",
     "send_journaled",
@@ -61,12 +78,29 @@ ProgressFn = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
-class AttackResult:
-    """What an attack's ``run_*`` returns: the run directory and the headline figures."""
+class ExtractionResult:
+    """What an attack returns (`Attack.extract` and the ``run_*`` functions).
+
+    `run_dir` holds everything (config.json, journal.bin, checkpoints, report); `queries` the
+    answered queries the surrogate learnt from; `headline` the report's scalar figures
+    (victim and surrogate accuracy, ratio, fidelities; empty without a test set); `surrogate`
+    the trained Keras model; `journal` the journal's path; `report` report.md; `figures` the
+    PNG plots; `victim` what `Victim.describe()` said (how the victim was queried); `notes`
+    the consistency warnings about the victim accuracy (empty when none fired).
+    """
 
     run_dir: Path
     queries: int
     headline: dict
+    surrogate: Any = None
+    journal: Path | None = None
+    report: Path | None = None
+    figures: tuple[Path, ...] = ()
+    victim: dict = dataclasses.field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+AttackResult = ExtractionResult  # the name the run_* functions returned before the objects
 
 
 # -- run directory ---------------------------------------------------------------------------------
@@ -112,21 +146,76 @@ def _defaults_like(config: Any) -> Any:
 
 # -- the victim ------------------------------------------------------------------------------------
 def open_victim(config: Any):
-    """A `ServingClient` for the config's endpoint (use it as a context manager)."""
-    from serving.client import ServingClient
+    """The `attack.victim.Victim` of the config's endpoint (gRPC, or REST with ``--rest``);
+    use it as a context manager."""
+    from attack.victim import open_victim as _open
 
-    return ServingClient(config.grpc, config.model, version=config.version,
-                         api_key=config.api_key, timeout=config.timeout,
-                         max_in_flight=config.in_flight, batch_size=config.query_batch)
+    return _open(config)
 
 
-def victim_signature(client, config: Any):
+def victim_signature(victim, config: Any):
     """(signature info, number of classes) of the victim; `UsageError` when K is not fixed."""
-    info = client.metadata()  # reachable, and an image classifier
+    info = victim.metadata()  # reachable, and an image classifier
     if not info.num_classes:
-        raise UsageError(f"model {config.model!r} at {config.grpc}: the output "
+        where = getattr(config, "rest", None) or getattr(config, "grpc", "")
+        raise UsageError(f"model {getattr(config, 'model', '?')!r} at {where}: the output "
                          f"{info.probabilities!r} has no fixed number of classes")
     return info, int(info.num_classes)
+
+
+def answers_as_probabilities(victim, raw: np.ndarray) -> np.ndarray:
+    """Journal-form answers as rows summing to 1, read the way `victim` reads its output
+    (softmax for logits, identity for probabilities and one-hot labels); a plain client
+    (`serving.client.ServingClient`) already answers probabilities."""
+    convert = getattr(victim, "to_probabilities", None)
+    return np.asarray(raw, np.float32) if convert is None else convert(raw)
+
+
+class AnswerCheck:
+    """The first paid batch's answers checked before the rest of the budget is spent.
+
+    `Victim.check_answers` raises a `UsageError` naming the flag to use when the answers do not
+    fit the output kind; the answers are journaled by then (nothing paid is lost) and the error
+    says how to use them (`--resume` with that flag). On resume, the journal's answers are
+    checked first, under the interpretation of this run's flags. A plain client without
+    `check_answers` is not checked.
+    """
+
+    def __init__(self, victim, run_dir: Path, query_batch: int) -> None:
+        self._check = getattr(victim, "check_answers", None)
+        self.run_dir = Path(run_dir)
+        self.query_batch = int(query_batch)
+        self.done = self._check is None
+
+    @classmethod
+    def for_run(cls, victim, run_dir: Path, query_batch: int) -> AnswerCheck:
+        """The check of a run: on resume, the journal's answers are checked at once (before
+        anything is sent), under this run's interpretation of them."""
+        from attack.journal import QueryJournal
+
+        check = cls(victim, run_dir, query_batch)
+        if not check.done and (Path(run_dir) / "journal.bin").is_file():
+            with QueryJournal.open(run_dir) as journal:
+                if journal.num_answered:
+                    check(journal.responses().copy(), journaled=journal.num_answered)
+        return check
+
+    def limit(self, want: int) -> int:
+        """How many of `want` images to send now: one batch until the answers are checked."""
+        return want if self.done else min(want, self.query_batch)
+
+    def __call__(self, raw: np.ndarray, *, journaled: int) -> None:
+        """Check `raw` (journal form) unless done; `journaled`: answers in the journal now."""
+        if self.done or not len(raw):
+            return
+        try:
+            self._check(raw)
+        except UsageError as err:
+            raise UsageError(
+                f"{str(err).rstrip('.')}. The {journaled} answers paid so far are kept in "
+                f"{self.run_dir / 'journal.bin'}: run the same command with --resume and that "
+                "flag to learn from them.") from err
+        self.done = True
 
 
 def as_seen_by_victim(images: np.ndarray, info) -> np.ndarray:
@@ -164,6 +253,23 @@ def load_test_set(config: Any):
                         seed=config.seed)
 
 
+def begin_run(victim, config: Any, probe_images: np.ndarray) -> tuple[Path, AnswerCheck]:
+    """Create (or, on resume, check) RUN_DIR, the first side effect after every check; then
+    let the victim decide what ``auto`` leaves open from a few probe images (not journaled;
+    evidence in RUN_DIR/victim.json) and return the run's `AnswerCheck`."""
+    run_dir = prepare_run_dir(config)
+    understand = getattr(victim, "understand", None)
+    if understand is not None:
+        understand(probe_images, run_dir / "victim.json")
+    return run_dir, AnswerCheck.for_run(victim, run_dir, config.query_batch)
+
+
+def probe_images(images: np.ndarray, seed: int, count: int = 64) -> np.ndarray:
+    """`count` images of `images` in a seeded order: what `Victim.understand` probes with."""
+    order = np.random.default_rng([seed, 11]).permutation(len(images))[:count]
+    return images[np.sort(order)]
+
+
 # -- querying --------------------------------------------------------------------------------------
 def send_journaled(client, journal, images: np.ndarray, indices: np.ndarray, *,
                    lock: threading.Lock, budget: int,
@@ -192,12 +298,14 @@ def send_journaled(client, journal, images: np.ndarray, indices: np.ndarray, *,
 
 def query_in_order(client, run_dir: Path, images: Callable[[np.ndarray], np.ndarray],
                    order: Sequence[int] | np.ndarray, budget: int, *, chunk: int,
-                   on_progress: ProgressFn | None = None) -> dict:
+                   on_progress: ProgressFn | None = None,
+                   check: AnswerCheck | None = None) -> dict:
     """Answer the queries of `order` until the journal holds `budget` answers.
 
     `images(indices)` returns the uint8 images of those query numbers. Indices already answered
     are skipped; those in flight at a crash (sent, no answer) go first (they may be paid twice:
-    no client can know whether the server charged them). Returns query statistics.
+    no client can know whether the server charged them). With `check`, the first batch is sent
+    alone and its answers checked before anything else is sent. Returns query statistics.
     """
     from attack.journal import QueryJournal
 
@@ -216,10 +324,14 @@ def query_in_order(client, run_dir: Path, images: Callable[[np.ndarray], np.ndar
         sent = 0
         while journal.num_answered < budget and sent < len(todo):
             want = min(chunk, budget - journal.num_answered, len(todo) - sent)
+            if check is not None:
+                want = check.limit(want)
             batch = todo[sent:sent + want]
-            send_journaled(client, journal, images(batch), batch, lock=lock, budget=budget,
-                           on_progress=on_progress)
+            raw = send_journaled(client, journal, images(batch), batch, lock=lock,
+                                 budget=budget, on_progress=on_progress)
             sent += want
+            if check is not None:
+                check(raw, journaled=journal.num_answered)
         seconds = time.perf_counter() - started
         return {"answered": journal.num_answered, "sent_this_session": sent,
                 "resent_after_crash": int(min(len(pending), sent)), "seconds": seconds,
@@ -256,18 +368,21 @@ def surrogate_trainer(run_dir: Path | None, kwargs: Mapping[str, Any], tag: str 
 
 
 def cached_victim_probs(client, run_dir: Path, name: str, images: np.ndarray) -> np.ndarray:
-    """The victim's answers on evaluation images, asked once and kept in RUN_DIR/eval/."""
+    """The victim's answers on evaluation images as probabilities, asked once: the raw answers
+    (journal form) are kept in RUN_DIR/eval/ and read through the victim's interpretation."""
     path = run_dir / "eval" / f"{name}.npy"
+    raw = None
     if path.is_file():
         cached = np.load(path)
         if len(cached) == len(images):
-            return cached
-    probs = client.predict(images)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, probs)
-    tmp.replace(path)
-    return probs
+            raw = cached
+    if raw is None:
+        raw = client.predict(images)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, raw)
+        tmp.replace(path)
+    return answers_as_probabilities(client, raw)
 
 
 TrainFn = Callable[[int, str], Any]
@@ -277,7 +392,7 @@ TrainFn = Callable[[int, str], Any]
 def finish(client, info, config: Any, run_dir: Path, *, queries: int, train: TrainFn,
            test=None, heldout_images: np.ndarray | None = None,
            curve_budgets: Sequence[int] | None = None,
-           extra: Mapping[str, Any] | None = None) -> AttackResult:
+           extra: Mapping[str, Any] | None = None) -> ExtractionResult:
     """Train the final surrogate, evaluate it, draw the curve, export it, write the report.
 
     `train(queries, "final")` is the final surrogate; with a test set, `train(n, f"prefix_{n}")`
@@ -291,6 +406,7 @@ def finish(client, info, config: Any, run_dir: Path, *, queries: int, train: Tra
     final = train(queries, "final")
     evaluation = None
     curve: list[dict] = []
+    victim_test = None
     if test is not None:
         noise_images = uniform_noise_images(config.noise, test.images.shape[1:],
                                             seed=config.seed)
@@ -300,8 +416,9 @@ def finish(client, info, config: Any, run_dir: Path, *, queries: int, train: Tra
                     cached_victim_probs(client, run_dir, "heldout", heldout_images))
         noise = ((noise_images, cached_victim_probs(client, run_dir, "noise", noise_images))
                  if config.noise else None)
+        victim_test = cached_victim_probs(client, run_dir, "test", test.images)
         common_args = dict(
-            victim_probs_test=cached_victim_probs(client, run_dir, "test", test.images),
+            victim_probs_test=victim_test,
             test_labels=test.labels, test_images=test.images, transfer_heldout=held,
             noise=noise)
         evaluation = evaluate(final.predict_probs, class_names=test.class_names,
@@ -321,19 +438,43 @@ def finish(client, info, config: Any, run_dir: Path, *, queries: int, train: Tra
         curve = prefix_curve(budgets, lambda n: train(n, f"prefix_{n}").predict_probs,
                              completed=completed, on_point=save_point, **common_args)
         write_json_atomic(curve_path, curve)
+    rgb_fixed = info.image_size is not None and (getattr(info, "channels", 3) in (3, None))
     exported = export_surrogate(
         final.model, run_dir, class_names=test.class_names if test is not None else None,
-        input_shape=tuple(info.input_shape[1:]) if info.image_size else None)
-    extra = {**dict(extra or {}),
-             "victim": {"target": config.grpc, "model": config.model,
-                        "input": [info.input_name, str(info.input_dtype),
-                                  list(info.input_shape)],
-                        "num_classes": info.num_classes},
-             "surrogate_export": str(exported)}
-    write_report(run_dir, config=config_to_dict(config), evaluation=evaluation, curve=curve,
-                 extra=extra)
+        input_shape=(*info.image_size, 3) if rgb_fixed else None)
+    described = describe_victim(client, info, config)
+    notes: list[str] = []
+    if victim_test is not None:
+        from attack.victim import consistency
+
+        notes = consistency(evaluation.victim_acc, victim_test, info.num_classes)
+        for note in notes:
+            log.warning("victim accuracy: %s", note)
+        described["accuracy_measured"] = evaluation.victim_acc
+        described["accuracy_test_images"] = int(len(test.images))
+    described["consistency_warnings"] = notes
+    extra = {**dict(extra or {}), "victim": described, "surrogate_export": str(exported)}
+    paths = write_report(run_dir, config=config_to_dict(config), evaluation=evaluation,
+                         curve=curve, extra=extra)
     headline = evaluation.headline() if evaluation is not None else {}
-    return AttackResult(run_dir, queries, headline)
+    figures = tuple(path for kind, path in paths.items() if kind.endswith("_plot"))
+    return ExtractionResult(run_dir, queries, headline, surrogate=final.model,
+                            journal=run_dir / "journal.bin", report=paths.get("markdown"),
+                            figures=figures, victim=described, notes=tuple(notes))
+
+
+def describe_victim(victim, info, config: Any) -> dict:
+    """What the report states about the victim: `Victim.describe()` (interface, signature,
+    input range and how it was decided, output and kind, probe queries), or for a plain
+    client what its metadata says."""
+    describe = getattr(victim, "describe", None)
+    if describe is not None:
+        return dict(describe())
+    return {"interface": "grpc", "target": getattr(config, "grpc", None),
+            "model": getattr(config, "model", None), "signature": getattr(info, "name", None),
+            "input": [info.input_name, str(info.input_dtype), list(info.input_shape)],
+            "output": info.probabilities, "output_kind": "probabilities",
+            "num_classes": info.num_classes}
 
 
 def summary_line(result: AttackResult) -> str:

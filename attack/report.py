@@ -4,10 +4,15 @@ What Knockoff Nets (Orekondy et al. 2019) and Atli et al. 2020 report for an att
 and the surrogate's test accuracy and their ratio, fidelity (top-1 agreement) on the test set, on
 held-out transfer images and on uniform noise, the number of queries paid, accuracy and fidelity
 against the number of queries, and per-class accuracy (classes the surrogate copies poorly, below
-50%, are flagged). Reference numbers from the papers, when the caller passes them in
-``extra["anchors"]``, are tabled beside ours. ``report.json`` holds everything; the Markdown
-file is for people; the plots are drawn with matplotlib's Agg canvas (no display, no global
-backend change). Every file is written atomically: a temp file in RUN_DIR, then `os.replace`.
+50%, are flagged). ``extra["victim"]`` (what `attack.victim.Victim.describe` says, plus the
+victim accuracy measured through that path and `attack.victim.consistency`'s warnings) becomes
+the "Victim" section: how the victim was queried (interface, signature, input range and how it
+was decided, the output used and its kind, probe queries), so a report never states a victim
+accuracy without saying how it was measured. Reference numbers from the papers, when the caller
+passes them in ``extra["anchors"]``, are tabled beside ours. ``report.json`` holds everything;
+the Markdown file is for people; the plots are drawn with matplotlib's Agg canvas (no display,
+no global backend change). Every file is written atomically: a temp file in RUN_DIR, then
+`os.replace`.
 """
 
 from __future__ import annotations
@@ -162,6 +167,48 @@ def _anchor_table(anchors: Any) -> list[str]:
     return _table(columns, [[_plain(_jsonable(row.get(c))) for c in columns] for row in rows])
 
 
+_VICTIM_ROWS = (
+    ("interface", "interface"),
+    ("target", "target"),
+    ("model", "model"),
+    ("signature", "signature"),
+    ("input", "input"),
+    ("input_range", "input range sent"),
+    ("input_range_decided_by", "input range decided by"),
+    ("output", "output learnt from"),
+    ("output_kind", "output kind"),
+    ("output_decided_by", "output kind decided by"),
+    ("num_classes", "classes (K)"),
+    ("probe_queries", "probe queries (not journaled)"),
+)
+
+
+def _victim_section(victim: Mapping[str, Any], evaluation: Evaluation | None) -> list[str]:
+    """How the victim was queried, the victim accuracy measured that way, and the warnings."""
+    lines = ["## Victim", "", "How the victim was queried (every answer the attack learnt "
+             "from and every evaluation answer went through this path):", ""]
+    rows = [[heading, _plain(_jsonable(victim[key]))] for key, heading in _VICTIM_ROWS
+            if victim.get(key) not in (None, "")]
+    measured = victim.get("accuracy_measured")
+    if measured is None and evaluation is not None:
+        measured = evaluation.victim_acc
+    if measured is not None:
+        images = victim.get("accuracy_test_images")
+        rows.append(["victim accuracy measured through this path"
+                     + (f" ({_count(images)} test images)" if images else ""), _pct(measured)])
+    lines += _table(["fact", "value"], rows)
+    warnings = list(victim.get("consistency_warnings") or ())
+    lines.append("")
+    if warnings:
+        lines += ["**Warning: the measured victim accuracy may not be the model's.**", ""]
+        lines += [f"- {w}" for w in warnings]
+        lines.append("")
+    elif measured is not None:
+        lines += ["The victim's answers on the test set fit the measured accuracy (no "
+                  "saturated or one-class answers).", ""]
+    return lines
+
+
 def _markdown(
     config: Mapping[str, Any],
     evaluation: Evaluation | None,
@@ -190,6 +237,10 @@ def _markdown(
         ])
         lines += ["", "Fidelity is the fraction of images on which the surrogate's top-1 class "
                   "equals the victim's.", ""]
+
+    victim = extra.get("victim")
+    if isinstance(victim, Mapping) and victim:
+        lines += _victim_section(victim, e)
 
     anchors = extra.get("anchors")
     if anchors:
@@ -228,7 +279,9 @@ def _markdown(
         lines.append("No per-class accuracy was computed.")
     lines.append("")
 
-    notes = {k: v for k, v in extra.items() if k not in ("anchors", "anchors_source", "title")}
+    notes = {k: v for k, v in extra.items()
+             if k not in ("anchors", "anchors_source", "title")
+             and not (k == "victim" and isinstance(v, Mapping))}
     if notes:
         lines += ["## Notes", ""]
         lines += _table(["fact", "value"], [[str(k), _plain(_jsonable(v))]
@@ -349,7 +402,9 @@ def write_report(
         curve: the points of `attack.evaluate.prefix_curve` (each with ``"queries"``).
         extra: more facts for the JSON and the Notes table; ``"anchors"`` (a list of row
             mappings, or one mapping) and ``"anchors_source"`` give reference numbers from the
-            papers (printed as given), ``"title"`` a line under the heading.
+            papers (printed as given), ``"title"`` a line under the heading, ``"victim"`` (a
+            mapping: `Victim.describe()` plus ``accuracy_measured`` and
+            ``consistency_warnings``) the Victim section.
 
     Returns:
         The written paths by kind: ``json``, ``markdown``, ``curve_plot`` (when `curve` has
