@@ -29,10 +29,17 @@ Payloads:
 
 Reading the file back, a record whose header is cut short, whose length runs past the end of
 the file, or whose CRC does not match is a *torn tail* when no valid record follows it (the
-process died inside a write): it is logged, cut off (the file is truncated to the last good
-record) and never trusted. A bad record *followed* by a valid one is corruption in the middle of
-the journal (a disk or a hand edit, not a crash) and raises `JournalCorrupt` naming the file and
-the byte offset. Only one process may append to a journal at a time (an advisory `flock`).
+process died inside a write): it is logged and never trusted, and cut off (the file truncated to
+the last good record) only when the run proceeds, just before the next record is appended
+(`repair` does it at once): a command that stops with an error leaves the file as it found it.
+A bad record *followed* by a valid one is corruption in the middle of the journal (a disk or a
+hand edit, not a crash) and raises `JournalCorrupt` naming the file and the byte offset. Only
+one process may append to a journal at a time (an advisory `flock`).
+
+A journal cut short (a torn copy, a full disk) has lost answers, and a sampling strategy whose
+saved state marks those images as used would never ask them again: `release_unjournaled` gives
+a saved strategy state back every image the journal holds no record of (neither sent nor
+answered), so that a resumed run asks them again and can still reach its budget.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ __all__ = [
     "JOURNAL_NAME",
     "JournalCorrupt",
     "QueryJournal",
+    "release_unjournaled",
+    "unjournaled",
 ]
 
 logger = logging.getLogger(__name__)
@@ -187,6 +196,8 @@ class QueryJournal:
         self._cache: tuple[np.ndarray, np.ndarray] | None = None
         self._failed: BaseException | None = None
         self._fd: int | None = None
+        self.torn_tail: tuple[int, int] | None = None  # (offset, bytes) until repaired
+        self._needs_header = False
 
         run_dir.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
@@ -241,12 +252,11 @@ class QueryJournal:
                         self.path, offset, f"{reason}, with an intact record at byte {following}"
                     )
                 logger.warning(
-                    "Query journal %s: torn tail at byte offset %d (%s); cutting %d bytes that "
-                    "a killed write left behind.", self.path, offset, reason, len(data) - offset,
+                    "Query journal %s: torn tail at byte offset %d (%s); the %d bytes that a "
+                    "killed write left behind are ignored, and cut before the next record is "
+                    "appended.", self.path, offset, reason, len(data) - offset,
                 )
-                os.ftruncate(self._fd, offset)
-                if self.durable:
-                    os.fsync(self._fd)
+                self.torn_tail = (offset, len(data) - offset)
                 break
             kind, length = record
             payload = data[offset + _HEADER.size : offset + _HEADER.size + length]
@@ -278,7 +288,9 @@ class QueryJournal:
                     f"{self._num_classes}, the number of classes of {self.path}",
                 )
         if not header_seen:
-            self._write(_frame(KIND_HEADER, self._header_payload()))
+            self._needs_header = True
+            if not raw:  # a new journal: its header now (a torn one waits for the repair)
+                self._append(b"")
         logger.info(
             "Query journal %s: %d answered, %d pending.", self.path, self.num_answered,
             len(self._pending),
@@ -377,6 +389,28 @@ class QueryJournal:
                 f"({self._failed}); reopen it to continue from what is on disk."
             )
 
+    def repair(self) -> None:
+        """Cut a torn tail off the file (and write a missing header) now, before appending."""
+        self._check_writable()
+        self._append(b"")
+
+    def _append(self, blob: bytes) -> None:
+        """`_write` `blob` after repairing the file: the torn tail cut, the header in place."""
+        assert self._fd is not None
+        if self.torn_tail is not None:
+            offset, length = self.torn_tail
+            os.ftruncate(self._fd, offset)
+            if self.durable:
+                os.fsync(self._fd)
+            logger.warning("Query journal %s: cut the torn tail of %d bytes at byte offset %d.",
+                           self.path, length, offset)
+            self.torn_tail = None
+        if self._needs_header:
+            blob = _frame(KIND_HEADER, self._header_payload()) + blob
+        if blob:
+            self._write(blob)
+        self._needs_header = False
+
     def _write(self, blob: bytes) -> None:
         """Append `blob` with O_APPEND; a partial write is rolled back, then fsync."""
         assert self._fd is not None
@@ -433,7 +467,7 @@ class QueryJournal:
             )
         if not len(indices):
             return
-        self._write(_frame(KIND_SENT, indices.tobytes()))
+        self._append(_frame(KIND_SENT, indices.tobytes()))
         self._apply_sent(indices)
 
     def record_answers(self, indices: Any, responses: Any) -> None:
@@ -483,7 +517,7 @@ class QueryJournal:
                 part_responses.tobytes(),
             ))
             frames.append(_frame(KIND_ANSWER, payload))
-        self._write(b"".join(frames))
+        self._append(b"".join(frames))
         if self._num_classes is None:
             self._num_classes = width
         self._apply_answers(indices.copy(), responses.copy(), source="this call")
@@ -566,3 +600,42 @@ class QueryJournal:
             f"QueryJournal({str(self.path)!r}, answered={self.num_answered}, "
             f"pending={len(self._pending)}, num_classes={self._num_classes})"
         )
+
+
+def unjournaled(used: Any, journal: QueryJournal) -> np.ndarray:
+    """int64, sorted: the indices in `used` that `journal` holds no record of, neither an answer
+    nor a sent record (their records were lost when the journal was cut short)."""
+    used = np.unique(_as_indices(np.asarray(used, dtype=np.int64)))
+    known = np.union1d(journal.answered_indices(), journal.pending())
+    return np.setdiff1d(used, known).astype(np.int64)
+
+
+def release_unjournaled(state: dict[str, Any], journal: QueryJournal
+                        ) -> tuple[dict[str, Any], np.ndarray]:
+    """A sampling strategy's saved `state` with the images `journal` lost given back.
+
+    `state` is what ``strategy.state()`` wrote (``strategy.json``): its ``used`` list marks the
+    images already asked. Those the journal holds no record of (`unjournaled`) are taken out of
+    ``used`` (and out of an adaptive strategy's ``pending`` walks), so the resumed run selects
+    them again. Returns (the new state, the released indices); `state` itself is not modified.
+    """
+    if not isinstance(state, dict) or not isinstance(state.get("used"), list):
+        return state, np.zeros(0, dtype=np.int64)
+    try:
+        lost = unjournaled(state["used"], journal)
+    except UsageError:
+        return state, np.zeros(0, dtype=np.int64)  # load_state reports a malformed state
+    if not len(lost):
+        return state, lost
+    gone = set(lost.tolist())
+    state = dict(state)
+    state["used"] = [index for index in state["used"] if index not in gone]
+    if isinstance(state.get("pending"), list):
+        state["pending"] = [entry for entry in state["pending"]
+                            if not (isinstance(entry, list) and entry and entry[0] in gone)]
+    logger.warning(
+        "Query journal %s holds no record of %d image(s) that the saved strategy state marks "
+        "as asked (the journal was cut short: a torn copy or a full disk); they go back to the "
+        "pool and are asked again.", journal.path, len(lost),
+    )
+    return state, lost

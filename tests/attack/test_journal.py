@@ -34,7 +34,10 @@ from attack.journal import (
     JOURNAL_NAME,
     JournalCorrupt,
     QueryJournal,
+    release_unjournaled,
+    unjournaled,
 )
+from attack.strategies import RandomStrategy
 from common.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -313,7 +316,7 @@ def test_torn_tail_is_cut_at_every_kind_of_position(tmp_path):
         with QueryJournal.open(run_dir) as journal:
             np.testing.assert_array_equal(journal.answered_indices(), np.arange(6))
             np.testing.assert_array_equal(journal.pending(), [6, 7, 8])
-            assert journal.path.stat().st_size == last_offset
+            assert journal.path.stat().st_size == last_offset + cut  # cut only to append
             journal.record_answers([6, 7, 8], rows([6, 7, 8]))
         with QueryJournal.open(run_dir) as journal:
             np.testing.assert_array_equal(journal.responses(), rows(np.arange(9)))
@@ -346,6 +349,8 @@ def test_damaged_last_record_is_not_trusted(tmp_path, damage, caplog):
         assert f"torn tail at byte offset {last_offset}" in caplog.text
         expected = np.arange(9 if damage == "garbage" else 6)
         np.testing.assert_array_equal(journal.answered_indices(), expected)
+        assert path.read_bytes() == bytes(data)  # left as found until the run appends
+        journal.repair()
         assert path.stat().st_size == last_offset
 
 
@@ -546,3 +551,59 @@ def test_sigkill_at_a_random_moment_loses_no_returned_append(tmp_path, seed):
             np.testing.assert_array_equal(journal.responses(), expected.astype(np.float32))
             assert set(journal.pending().tolist()) <= set(range(answered, answered + batch))
     assert answered > 0
+
+
+# -- a journal cut short: nothing rewritten on a failing exit, lost images given back ----------
+
+
+def test_a_torn_journal_is_left_as_found_when_the_run_stops_before_appending(tmp_path):
+    path = three_answers(tmp_path)
+    last_offset = record_offsets(path)[-1][0]
+    torn = path.read_bytes()[:-7]
+    path.write_bytes(torn)
+    with QueryJournal.open(tmp_path) as journal:  # read, then the command fails
+        assert journal.torn_tail == (last_offset, len(torn) - last_offset)
+        with pytest.raises(UsageError):
+            journal.record_sent([0])  # already answered: refused before anything is written
+    assert path.read_bytes() == torn
+    with QueryJournal.open(tmp_path) as journal:  # the run proceeds: cut, then appended
+        journal.record_sent([9])
+        assert journal.torn_tail is None
+    with QueryJournal.open(tmp_path) as journal:
+        assert journal.torn_tail is None and journal.pending().tolist() == [6, 7, 8, 9]
+
+
+def test_release_unjournaled_gives_the_lost_images_back_to_the_strategy(tmp_path):
+    # The README's case: a budget equal to the transfer set, every image asked, then the journal
+    # is cut short (a torn copy): the images whose records were lost must be asked again.
+    num_items = 12
+    strategy = RandomStrategy(num_items, seed=3)
+    with QueryJournal.open(tmp_path, num_classes=K, durable=False) as journal:
+        for _ in range(3):
+            batch = strategy.select(4)
+            journal.record_sent(batch)
+            journal.record_answers(batch, rows(batch))
+    saved = json.loads(json.dumps(strategy.state()))
+    assert strategy.remaining == 0
+    path = tmp_path / JOURNAL_NAME
+    offsets = record_offsets(path)
+    path.write_bytes(path.read_bytes()[:offsets[-2][0] + 5])  # the last sent+answer pair torn
+
+    with QueryJournal.open(tmp_path) as journal:
+        answered, pending = journal.answered_indices().copy(), journal.pending().copy()
+        lost = unjournaled(saved["used"], journal)
+        state, released = release_unjournaled(saved, journal)
+    assert len(answered) == 8 and len(pending) == 0
+    np.testing.assert_array_equal(lost, np.setdiff1d(np.arange(num_items), answered))
+    np.testing.assert_array_equal(released, lost)
+    assert len(saved["used"]) == num_items  # the caller's state is not modified
+    resumed = RandomStrategy(num_items, seed=3, exclude=answered)
+    resumed.load_state(state)
+    assert resumed.remaining == 4
+    np.testing.assert_array_equal(np.sort(resumed.select(4)), lost)
+    # nothing lost: the state comes back as it was
+    with QueryJournal.open(tmp_path) as journal:
+        journal.record_sent(lost)
+        journal.record_answers(lost, rows(lost))
+        same, none = release_unjournaled(saved, journal)
+    assert same is saved and len(none) == 0

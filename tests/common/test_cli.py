@@ -103,7 +103,7 @@ def test_validation_error_is_one_line_on_stderr_and_exit_2(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == (
-        f"{PROG}: error: Invalid value for argument `batch_size`. Received: batch_size=0. "
+        f"{PROG}: error: Invalid value for argument `--batch-size`. Received: --batch-size=0. "
         "Expected an integer of at least 1.\n"
     )
 
