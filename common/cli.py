@@ -7,19 +7,38 @@ flag, default and help text cannot drift apart: field ``batch_size`` becomes ``-
 ``field(metadata={"help": ..., "choices": ..., "metavar": ...})`` supplies the rest, a ``bool``
 field becomes ``--x/--no-x``, ``X | None`` accepts ``none``, ``tuple[X, ...]`` takes several
 values, and a field without a default is a required flag. `run_cli` gives every ``main(argv=None)
--> int`` the same behaviour: a `UsageError` becomes one line ``prog: error: message`` on stderr
-and exit code 2 (what argparse does for its own errors). `save_config` / `load_config` write a
-config as JSON into the run or output directory and read it back.
+-> int`` the same behaviour:
+
+* a `UsageError` becomes one line ``prog: error: message`` on stderr and exit code 2, naming the
+  flag the user typed (``--target-fpr``, not the parameter ``target_fpr``; a data-layer error
+  about a dataset ``spec`` or ``split`` names the flag that held that value, e.g.
+  ``--transfer-set``); argparse's own errors are one line too, with a pointer to ``--help``
+  instead of the whole usage;
+* every output the config declares (a field named ``out``, or ``metadata={"output": "dir"}`` /
+  ``"file"``; ``"output": False`` opts out) is checked writable by `parse_config`, before any
+  training, query or download (`common.fileio.check_writable`); a permission, read-only or
+  full-disk `OSError` met later is one line and exit code 2 as well;
+* Ctrl-C (SIGINT) and SIGTERM end in one line and exit codes 130 and 143, as shells expect,
+  with the command that continues the work: for a config with a ``resume`` flag whose ``out``
+  folder holds a run, the same command with ``--resume``; otherwise the hint given to `run_cli`.
+
+`save_config` / `load_config` write a config as JSON into the run or output directory and read
+it back.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import dataclasses
+import errno
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
+import threading
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -28,10 +47,12 @@ from typing import Any, TypeVar
 
 from common import quiet
 from common.errors import UsageError, invalid
-from common.fileio import write_json_atomic
+from common.fileio import check_writable, write_json_atomic
 
 __all__ = [
+    "ArgumentParser",
     "add_dataclass_arguments",
+    "check_outputs",
     "build_parser",
     "config_from_args",
     "config_to_dict",
@@ -50,6 +71,29 @@ _NONE_WORDS = ("none", "null")
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Show defaults in the help and keep the description/epilog (worked examples) as written."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``prog: error: message (see prog --help)``, exit 2.
+
+    Stock argparse prints the whole usage (25 lines for an attack) before the line that
+    matters; the usage is one ``--help`` away.
+    """
+
+    def error(self, message: str) -> typing.NoReturn:
+        message = " ".join(str(message).split())
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# What the command being run parsed: flags and values of its config, for messages and hints.
+@dataclasses.dataclass
+class _Parsed:
+    flags: dict[str, str] = dataclasses.field(default_factory=dict)
+    metavars: dict[str, str] = dataclasses.field(default_factory=dict)
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+_PARSED: contextvars.ContextVar[_Parsed | None] = contextvars.ContextVar("parsed", default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +215,7 @@ def build_parser(
     """
     if description is None and cls.__doc__:
         description = cls.__doc__.strip().split("\n\n")[0]
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog, description=description, epilog=epilog, formatter_class=_HelpFormatter
     )
     add_dataclass_arguments(parser, cls)
@@ -204,19 +248,116 @@ def parse_config(
     """Parse `argv` (sys.argv[1:] when None) into a validated `cls`.
 
     argparse errors and ``--help`` raise `SystemExit` (as argparse does); validation errors
-    raise `UsageError`. Use inside `run_cli` to turn both into an exit code.
+    raise `UsageError`, and so does an output the config declares that cannot be written
+    (`check_outputs`). Use inside `run_cli` to turn both into an exit code.
     """
     parser = build_parser(cls, prog=prog, description=description, epilog=epilog)
     namespace = parser.parse_args(None if argv is None else list(argv))
     quiet.configure(namespace.verbose)  # before validation or the job imports TensorFlow
-    return config_from_args(cls, namespace)
+    _remember(cls, namespace)
+    config = config_from_args(cls, namespace)
+    check_outputs(config)
+    return config
+
+
+def _remember(cls: type, namespace: argparse.Namespace) -> None:
+    """Inside `run_cli`: keep the flags and values the user typed, for its messages."""
+    parsed = _PARSED.get()
+    if parsed is None:
+        return
+    for f in _cli_fields(cls):
+        parsed.flags[f.name] = f.metadata.get("flag", _flag(f.name))
+        parsed.metavars[f.name] = f.metadata.get("metavar", "")
+        if hasattr(namespace, f.name):
+            parsed.values[f.name] = getattr(namespace, f.name)
+
+
+def _output_kind(f: dataclasses.Field) -> str | None:
+    kind = f.metadata.get("output", "dir" if f.name == "out" else None)
+    if kind in (None, False):
+        return None
+    if kind not in ("dir", "file"):
+        raise TypeError(f"field {f.name!r}: metadata output={kind!r}, expected 'dir' or 'file'")
+    return kind
+
+
+def check_outputs(config: Any) -> None:
+    """`UsageError` unless every output path `config` declares can be written (see the module
+    docstring); nothing is created. `parse_config` calls it; the Python API may too."""
+    for f in dataclasses.fields(config):
+        kind = _output_kind(f)
+        value = getattr(config, f.name)
+        if kind is not None and isinstance(value, (str, os.PathLike)) and str(value).strip():
+            check_writable(value, f.name, kind=kind)
+
+
+# Loader parameters that stand for a flag: the data layer says `spec` for --dataset,
+# --transfer-set or --test-set; the flag is the one whose value it received.
+_VALUE_ARGUMENTS = {"spec": lambda name, metavar: metavar == "SPEC",
+                    "split": lambda name, metavar: name == "split" or name.endswith("_split")}
+
+
+def _same_value(typed: Any, received: Any) -> bool:
+    if not isinstance(typed, (str, os.PathLike)) or not isinstance(received, (str, os.PathLike)):
+        return False
+    typed, received = str(typed).strip(), str(received).strip()
+    return typed == received or (typed.startswith("tfds:") and typed[5:].strip() == received)
+
+
+def _flag_for(err: UsageError, parsed: _Parsed | None) -> str | None:
+    """The flag the user typed that `err` is about, or None."""
+    argument = getattr(err, "argument", None)
+    if parsed is None or not argument:
+        return None
+    if argument in parsed.flags:
+        return parsed.flags[argument]
+    match = _VALUE_ARGUMENTS.get(argument)
+    if match is None or not getattr(err, "has_received", False):
+        return None
+    flags = [parsed.flags[name] for name, value in parsed.values.items()
+             if match(name, parsed.metavars.get(name, "")) and _same_value(value, err.received)]
+    return flags[0] if len(set(flags)) == 1 else None
+
+
+def _message(err: BaseException, parsed: _Parsed | None) -> str:
+    flag = _flag_for(err, parsed) if isinstance(err, UsageError) else None
+    if flag is not None and err.has_received and err.expected is not None:
+        text = (f"Invalid value for argument `{flag}`. Received: {flag}={err.received!r}. "
+                f"Expected {err.expected}.")
+    else:
+        text = str(err)
+    return " ".join(text.split())
 
 
 def report_usage_error(prog: str, err: BaseException) -> int:
-    """Print `err` as one line ``prog: error: message`` on stderr and return exit code 2."""
-    message = " ".join(str(err).split())
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Print `err` as one line ``prog: error: message`` on stderr and return exit code 2.
+
+    Inside `run_cli`, an error about one argument names the flag the user typed for it.
+    """
+    print(f"{prog}: error: {_message(err, _PARSED.get())}", file=sys.stderr)
     return 2
+
+
+# OSErrors a user fixes (another path, free space, permissions), not bugs: one line, exit 2.
+_USER_OS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                   errno.ENOTDIR, errno.EISDIR}
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that `finally` blocks and journals close."""
+
+
+def _resume_command(prog: str, argv: Sequence[str], parsed: _Parsed | None,
+                    hint: str | None) -> str:
+    """What to tell the user after an interruption: how to continue, when the work can be."""
+    if parsed is not None and "resume" in parsed.flags and parsed.values.get("out"):
+        run_dir = Path(str(parsed.values["out"]))
+        if (run_dir / "config.json").is_file():
+            again = [a for a in argv if a not in ("--resume", "--no-resume")]
+            return (f"the run in {run_dir} is kept; continue it with: "
+                    f"{prog} {shlex.join([*again, '--resume'])}")
+        return f"nothing was written to {run_dir}"
+    return hint or ""
 
 
 def run_cli(
@@ -224,24 +365,55 @@ def run_cli(
     argv: Sequence[str] | None = None,
     *,
     prog: str,
+    resume_hint: str | None = None,
 ) -> int:
     """Run ``body(argv)`` as a command and return its exit code, never raising for usage errors.
 
-    A `UsageError` becomes one line on stderr and exit code 2; argparse's own exits (``--help``:
-    0, a bad flag: 2) become the returned code, so ``main(argv) -> int`` is testable directly.
+    A `UsageError` (or a permission, read-only or full-disk `OSError`) becomes one line on
+    stderr and exit code 2; argparse's own exits (``--help``: 0, a bad flag: 2) become the
+    returned code, so ``main(argv) -> int`` is testable directly. Ctrl-C and SIGTERM end in one
+    line with how to continue (see the module docstring; `resume_hint` for commands without a
+    ``--resume`` flag, e.g. "run the same command again to resume from the last epoch") and
+    exit codes 130 and 143.
     """
+    args = list(sys.argv[1:] if argv is None else argv)
+    parsed = _Parsed()
+    token = _PARSED.set(parsed)
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum, frame):
+            raise _Terminated()
+
+        previous_term = signal.signal(signal.SIGTERM, on_term)
     try:
-        code = body(argv)
-    except UsageError as err:
-        return report_usage_error(prog, err)
-    except SystemExit as exc:
-        if exc.code is None:
-            return 0
-        if isinstance(exc.code, int):
-            return exc.code
-        print(exc.code, file=sys.stderr)
-        return 1
-    return 0 if code is None else int(code)
+        try:
+            code = body(argv)
+        except UsageError as err:
+            return report_usage_error(prog, err)
+        except OSError as err:
+            if err.errno not in _USER_OS_ERRNOS:
+                raise
+            where = f": {err.filename}" if err.filename else ""
+            print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
+            return 2
+        except SystemExit as exc:
+            if exc.code is None:
+                return 0
+            if isinstance(exc.code, int):
+                return exc.code
+            print(exc.code, file=sys.stderr)
+            return 1
+        except (KeyboardInterrupt, _Terminated) as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            how = _resume_command(prog, args, parsed, resume_hint)
+            print(f"{prog}: {'interrupted' if interrupted else 'terminated (SIGTERM)'}"
+                  f"{'; ' + how if how else ''}", file=sys.stderr)
+            return 130 if interrupted else 143
+        return 0 if code is None else int(code)
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+        _PARSED.reset(token)
 
 
 def configure_logging(verbose: int = 0) -> None:
