@@ -103,7 +103,7 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
     `AnswerCheck.for_run`) checks the first batch's answers before anything else is sent.
     """
     from attack.hierarchy import hierarchy_for
-    from attack.journal import QueryJournal
+    from attack.journal import QueryJournal, release_unjournaled
     from attack.strategies import AdaptiveStrategy, RandomStrategy
 
     if check is None:
@@ -119,7 +119,9 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         else:
             strategy = RandomStrategy(len(transfer), seed=config.seed, exclude=answered)
         if state_path.is_file():  # the saved state may lag the journal by one batch
-            strategy.load_state(json.loads(state_path.read_text()))
+            # images a cut-short journal lost go back to the pool (asked again)
+            state, _ = release_unjournaled(json.loads(state_path.read_text()), journal)
+            strategy.load_state(state)
         strategy.exclude(answered)
         strategy.exclude(pending)  # re-sent below, never selected again as new queries
         if surrogate is not None and len(answered):
