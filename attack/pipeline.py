@@ -492,11 +492,15 @@ def run_attack_cli(body: Callable[[Any], int], argv, *, prog: str) -> int:
     import sys
 
     from common.cli import run_cli
-    from serving.client import ServingError
 
     try:
         return run_cli(body, argv, prog=prog)
-    except ServingError as err:
+    except Exception as err:
+        # no ServingError exists unless serving.client was imported (it imports TensorFlow,
+        # which --help and a bad flag must not wait for)
+        client = sys.modules.get("serving.client")
+        if client is None or not isinstance(err, client.ServingError):
+            raise
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
 
@@ -512,11 +516,11 @@ def attack_main(config_cls: type, run: Callable[..., AttackResult], argv, *, pro
 
         config = parse_config(config_cls, args, prog=prog, epilog=epilog)
         configure_logging()
-        import keras
+        from common.progress import Progress
 
         target = total(config) if total is not None else config.budget
-        bar = keras.utils.Progbar(target=target, unit_name="query")
-        result = run(config, on_progress=lambda done, _total: bar.update(done))
+        with Progress(target, unit="query", what=prog.split(".")[-1]) as bar:
+            result = run(config, on_progress=lambda done, _total: bar.update(done))
         print(summary_line(result))
         return 0
 
