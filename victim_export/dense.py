@@ -33,6 +33,7 @@ import numpy as np
 
 from common.data import ImageDataset
 from common.errors import UsageError, invalid
+from common.progress import keras_verbose
 from victim_export.dense_archs import (
     DENSE_ARCHS,
     DenseArch,
@@ -205,7 +206,7 @@ def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> 
     x_fit, y_fit = arrays(fit_set)
     history = model.fit(x_fit, y_fit, validation_data=validation, epochs=config.epochs,
                         batch_size=config.batch_size, callbacks=callbacks, shuffle=True,
-                        verbose="auto")
+                        verbose=keras_verbose())
     seconds = time.monotonic() - started
     logits = model.predict(_unit_pixels(test.images), verbose=0, batch_size=1024)
     correct = np.argmax(logits, axis=-1) == np.asarray(test.labels)

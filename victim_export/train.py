@@ -32,6 +32,7 @@ from common.cli import config_to_dict
 from common.data import ImageDataset, load_dataset
 from common.distribute import check_global_batch, is_chief, make_strategy, scope, shard_by_data
 from common.errors import UsageError, invalid
+from common.progress import keras_verbose
 from victim_export.config import VictimConfig
 from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
 from victim_export.export import export_classifier, next_version, read_card
@@ -305,7 +306,7 @@ def train_victim(
     started = time.monotonic()
     history = model.fit(shard_by_data(fit_ds, strategy),
                         validation_data=shard_by_data(val_ds, strategy), epochs=config.epochs,
-                        callbacks=callbacks, shuffle=False, verbose="auto")
+                        callbacks=callbacks, shuffle=False, verbose=keras_verbose())
     seconds = time.monotonic() - started
     if strategy is not None:  # evaluate and export a plain single-device copy
         trained_weights = model.get_weights()
