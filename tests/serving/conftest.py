@@ -5,40 +5,36 @@ Two kinds of model, both as TF Serving loads them:
   by the project's own exporter, in versions 1 and 2 (different weights);
 - `examples`: a TF1-style SavedModel with classify, regress and predict signatures over
   serialized `tf.Example`s (feature `x`, two floats), for Classify/Regress/MultiInference.
+
+Fuzz tests take `fuzz_tally`: their own count of what they sent and how each request ended (no
+tally is shared between tests, so none depends on another's order); `pytest -s` prints each
+table, and the run's summary line adds up the requests of every fuzz test that ran.
 """
 
 from __future__ import annotations
 
+import collections
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from serving import testing
+
 IMAGE_SHAPE = (8, 8, 3)
 CLASS_NAMES = ("ant", "bee", "cat")
 W_EXAMPLES = np.array([[1.0, -1.0, 0.5], [2.0, 0.0, -0.5]], dtype=np.float32)
 
 
-def tiny_keras_classifier(seed: int):
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(IMAGE_SHAPE)
-    x = keras.layers.Rescaling(1 / 255.0)(inputs)
-    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(len(CLASS_NAMES))(x)
-    return keras.Model(inputs, outputs)
-
-
 def export_tiny(base: Path, name: str, version: int, seed: int):
-    from victim_export import export_classifier
-
-    model = tiny_keras_classifier(seed)
-    export_classifier(model, base, name, version=version, input_shape=IMAGE_SHAPE,
-                      class_names=CLASS_NAMES, export_logits=True)
-    return model
+    """`name` version `version` under `base` (the harness's tiny classifier, logits exported
+    too); returns the Keras model."""
+    models = []
+    testing.export_tiny_classifier(base, name, version, input_shape=IMAGE_SHAPE,
+                                   class_names=CLASS_NAMES, seed=seed, export_logits=True,
+                                   model_out=models)
+    return models[0]
 
 
 def export_examples_model(path: Path) -> None:
@@ -92,17 +88,15 @@ def models_config_text(base: Path, *, policy: str = "all {}", labels=None) -> st
 
 @pytest.fixture(scope="module")
 def server(model_base, tmp_path_factory):
-    """The embedded server on loopback with gRPC and REST, over a copy of `model_base`."""
-    from serving.model_server import ModelServer, ServerOptions
-
+    """The embedded server (`ModelServer`) on loopback with gRPC and REST, over a copy of
+    `model_base`; `.base` is that copy, `.keras_models` the Keras models by version."""
     src, models = model_base
     base = tmp_path_factory.mktemp("served")
     shutil.copytree(src, base, dirs_exist_ok=True)
     config = base / "models.config"
     config.write_text(models_config_text(base))
-    options = ServerOptions(model_config_file=str(config), port=0, rest_api_port=0,
-                            host="127.0.0.1", file_system_poll_wait_seconds=0.2)
-    with ModelServer(options) as srv:
+    with testing.model_server(config_file=config, rest=True, poll_seconds=0.2) as running:
+        srv = running.obj
         srv.base = base
         srv.keras_models = models
         yield srv
@@ -134,3 +128,43 @@ def model_stub(channel):
     from tensorflow_serving.apis import model_service_pb2_grpc
 
     return model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+# -- fuzzing: a tally per test ------------------------------------------------------------------
+class FuzzTally:
+    """What one fuzz test sent: `outcomes[kind, code]` counts requests by how they ended,
+    `notes[what]` counts notable request kinds (not requests of their own)."""
+
+    def __init__(self) -> None:
+        self.outcomes: collections.Counter = collections.Counter()
+        self.notes: collections.Counter = collections.Counter()
+
+    def add(self, kind: str, code: str, n: int = 1) -> None:
+        self.outcomes[kind, code] += n
+
+    def count(self, kind: str | None = None, code: str | None = None) -> int:
+        """Requests of `kind` (all kinds when None) that ended in `code` (any when None)."""
+        return sum(n for (k, c), n in self.outcomes.items()
+                   if (kind is None or k == kind) and (code is None or c == code))
+
+    @property
+    def requests(self) -> int:
+        return sum(self.outcomes.values())
+
+    def table(self) -> str:
+        lines = [f"  {kind:<40} {code:<28} {n:>6}"
+                 for (kind, code), n in sorted(self.outcomes.items())]
+        lines += [f"  {what:<69} {n:>6}" for what, n in sorted(self.notes.items())]
+        return "\n".join(lines)
+
+
+FUZZ_REQUESTS: dict[str, int] = {}  # test id -> requests it sent (the session summary's sum)
+
+
+@pytest.fixture
+def fuzz_tally(request):
+    """A fresh `FuzzTally` for this test; printed (with `pytest -s`) and summed at the end."""
+    tally = FuzzTally()
+    yield tally
+    FUZZ_REQUESTS[request.node.nodeid] = tally.requests
+    print(f"\n{request.node.name}: {tally.requests} requests\n{tally.table()}")

@@ -12,7 +12,6 @@ valid request exactly as the upstream does, and its memory must stay bounded.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import gc
 import importlib.util
@@ -21,7 +20,6 @@ import json
 import sqlite3
 
 import grpc
-import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
@@ -33,10 +31,15 @@ from tensorflow_serving.apis import (
 )
 
 from tests.serving.test_fuzz import (
+    ALL_DTYPES,
     BAD_INPUT_CODES,
+    DT,
     EDITS,
     FUZZ_SETTINGS,
     IMAGES,
+    INVALID_DTYPES,
+    SWEEP_SHAPES,
+    build_tensor,
     fetch_signatures,
     mutate,
     predict_requests,
@@ -52,8 +55,6 @@ PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 GATEWAY_CODES = BAD_INPUT_CODES | {grpc.StatusCode.UNAUTHENTICATED,
                                    grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    grpc.StatusCode.PERMISSION_DENIED}
-TALLY: collections.Counter = collections.Counter()
-SENT_WITH_KEY = collections.Counter()  # requests that reached the gateway with a valid key
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,6 @@ def gw_baseline(gw, stub):
     request = valid_request()
     direct = stub.Predict(request, timeout=TIMEOUT)
     through = gw["stub"].Predict(request, timeout=TIMEOUT, metadata=[("x-api-key", gw["key"])])
-    SENT_WITH_KEY["Predict"] += 1
     assert through.outputs["probabilities"] == direct.outputs["probabilities"]
     gc.collect()
     return {"response": direct, "rss": rss_bytes()}
@@ -124,7 +124,62 @@ def audit_count(state) -> int:
         db.close()
 
 
-def test_predict_fuzz_through_the_gateway(gw, gw_baseline, stub):
+@pytest.fixture
+def audited(gw):
+    """Audit records of the fuzzer's key before this test (each test checks its own delta)."""
+    return audit_count(gw["state"])
+
+
+def assert_gateway_sound(gw, gw_baseline, audited_before: int, with_key: int) -> None:
+    """After a fuzz test: one audit record per request this test sent with the valid key, the
+    gateway still answers a valid request as the upstream does (or label-only, once PRADA has
+    flagged the fuzzer), and its process has not grown by 300 MiB since before any fuzzing."""
+    records = audit_count(gw["state"]) - audited_before
+    assert records == with_key, f"{records} audit records for {with_key} requests with the key"
+    response = gw["stub"].Predict(valid_request(), timeout=TIMEOUT,
+                                  metadata=[("x-api-key", gw["key"])])
+    assert response.outputs["probabilities"] == gw_baseline["response"].outputs[
+        "probabilities"] or all(v in (0.0, 1.0) for v in
+                                response.outputs["probabilities"].float_val)  # PRADA degraded
+    gc.collect()
+    grown = rss_bytes() - gw_baseline["rss"]
+    assert grown < 300 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+
+
+def test_predict_sweep_through_the_gateway(gw, gw_baseline, audited, fuzz_tally):
+    """The server's deterministic sweep (every DataType enum and invalid numbers x ranks 0..6,
+    zero, huge and negative dims x no data, exact `tensor_content` or the typed field) with the
+    valid key: OK exactly for uint8 [b, 8, 8, 3], else INVALID_ARGUMENT (the gateway decodes
+    the inputs before forwarding), or RESOURCE_EXHAUSTED naming the budget for a declared
+    batch above it; one audit record each."""
+    md = [("x-api-key", gw["key"])]
+    count = 0
+    for dtype in ALL_DTYPES + INVALID_DTYPES:
+        for dims in SWEEP_SHAPES:
+            for payload in ("none", "content", "field"):
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = "tiny"
+                request.inputs["images"].CopyFrom(build_tensor(dtype, dims, payload, seed=count))
+                _, err = outcome(gw["stub"].Predict, request, metadata=md)
+                count += 1
+                code = err.code() if err else grpc.StatusCode.OK
+                fuzz_tally.add("Predict (sweep)", code.name)
+                where = f"dtype {dtype}, shape {dims}, payload {payload}"
+                if dtype == DT.DT_UINT8 and dims in ([2, 8, 8, 3], [0, 8, 8, 3]):
+                    assert err is None, f"{where}: {code.name} {err.details()!r}"
+                    continue
+                assert err is not None, f"{where}: answered OK"
+                assert err.details(), where
+                if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    assert "budget" in err.details() and dims[0] > 10**9, where
+                else:
+                    assert code is grpc.StatusCode.INVALID_ARGUMENT, (
+                        f"{where}: {code.name} {err.details()!r}")
+    assert count == fuzz_tally.requests == len(ALL_DTYPES + INVALID_DTYPES) * len(SWEEP_SHAPES) * 3
+    assert_gateway_sound(gw, gw_baseline, audited, count)
+
+
+def test_predict_fuzz_through_the_gateway(gw, gw_baseline, stub, audited, fuzz_tally):
     """Random PredictRequests with the valid key: the gateway answers with the upstream's own
     code (compared with the same request sent straight to the server), or OK for what the
     server answers OK."""
@@ -137,8 +192,7 @@ def test_predict_fuzz_through_the_gateway(gw, gw_baseline, stub):
     def fuzz(request):
         direct, direct_err = outcome(stub.Predict, request)
         through, err = outcome(gw["stub"].Predict, request, metadata=md)
-        SENT_WITH_KEY["Predict"] += 1
-        TALLY["Predict", err.code().name if err else "OK"] += 1
+        fuzz_tally.add("Predict", err.code().name if err else "OK")
         if direct_err is None:
             assert err is None, (err.code(), err.details(), str(request)[:300])
             assert sorted(through.outputs) == sorted(direct.outputs)
@@ -147,19 +201,20 @@ def test_predict_fuzz_through_the_gateway(gw, gw_baseline, stub):
             assert err.details()
             if (err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
                     and "budget" in err.details()):  # the declared batch alone is over budget:
-                TALLY["Predict", "refused early: declared batch over budget"] += 1  # refused
+                fuzz_tally.notes["refused early: declared batch over budget"] += 1  # refused
                 return                                   # before forwarding, nothing charged
             if err.code() != direct_err.code():  # the gateway decodes the inputs before the
                 assert err.code() in BAD_INPUT_CODES  # upstream resolves the model: a request
                 assert direct_err.code() in BAD_INPUT_CODES  # wrong twice may get the other
-                TALLY["Predict", f"code differs: gateway {err.code().name}, server "
+                fuzz_tally.notes[f"code differs: gateway {err.code().name}, server "
                                  f"{direct_err.code().name}"] += 1
 
     fuzz()
-    assert TALLY["Predict", "OK"] >= 10
+    assert fuzz_tally.count("Predict") >= 300 and fuzz_tally.count("Predict", "OK") >= 10
+    assert_gateway_sound(gw, gw_baseline, audited, fuzz_tally.requests)
 
 
-def test_raw_bytes_and_bad_keys_through_the_gateway(gw, gw_baseline):
+def test_raw_bytes_and_bad_keys_through_the_gateway(gw, gw_baseline, audited, fuzz_tally):
     """Random or mutated request bytes with a valid, broken or missing key: UNAUTHENTICATED
     for every bad key whatever the body, INTERNAL/INVALID_ARGUMENT-like codes for unparseable
     bodies with the good key; never a hang or another code."""
@@ -183,7 +238,7 @@ def test_raw_bytes_and_bad_keys_through_the_gateway(gw, gw_baseline):
             return
         good = k == key and header.lower() in ("x-api-key", "authorization")
         code = err.code() if err else grpc.StatusCode.OK
-        TALLY["raw bytes", code.name] += 1
+        fuzz_tally.add("raw bytes", code.name)
         if not good:
             assert code is grpc.StatusCode.UNAUTHENTICATED, (code, header, k[:20])
             return
@@ -192,7 +247,7 @@ def test_raw_bytes_and_bad_keys_through_the_gateway(gw, gw_baseline):
             parses = True
         except DecodeError:
             parses = False
-        SENT_WITH_KEY["raw"] += 1
+        fuzz_tally.notes["with the valid key"] += 1
         if not parses:
             assert code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT), code
         else:
@@ -201,9 +256,11 @@ def test_raw_bytes_and_bad_keys_through_the_gateway(gw, gw_baseline):
             assert err.details()
 
     fuzz()
+    assert fuzz_tally.requests >= 200
+    assert_gateway_sound(gw, gw_baseline, audited, fuzz_tally.notes["with the valid key"])
 
 
-def test_other_rpcs_through_the_gateway(gw, gw_baseline):
+def test_other_rpcs_through_the_gateway(gw, gw_baseline, audited, fuzz_tally):
     from serving.gateway import server as gateway_server  # noqa: F401 - the module exists
 
     status_stub = __import__("tensorflow_serving.apis.model_service_pb2_grpc",
@@ -219,28 +276,10 @@ def test_other_rpcs_through_the_gateway(gw, gw_baseline):
             request.model_spec.version.value = version
         response, err = outcome(status_stub.GetModelStatus, request,
                                 metadata=[("x-api-key", gw["key"])])
-        SENT_WITH_KEY["GetModelStatus"] += 1
         code = err.code() if err else grpc.StatusCode.OK
-        TALLY["GetModelStatus", code.name] += 1
+        fuzz_tally.add("GetModelStatus", code.name)
         assert code in GATEWAY_CODES | {grpc.StatusCode.OK}, code
 
     fuzz()
-
-
-def test_gateway_healthy_audited_and_bounded_after_fuzzing(gw, gw_baseline):
-    response = gw["stub"].Predict(valid_request(), timeout=TIMEOUT,
-                                  metadata=[("x-api-key", gw["key"])])
-    SENT_WITH_KEY["Predict"] += 1
-    assert response.outputs["probabilities"] == gw_baseline["response"].outputs[
-        "probabilities"] or all(v in (0.0, 1.0) for v in
-                                response.outputs["probabilities"].float_val)  # PRADA degraded
-    records = audit_count(gw["state"])
-    sent = sum(SENT_WITH_KEY.values())
-    TALLY["audit records / requests with the key", f"{records}/{sent}"] += 1
-    assert records == sent, f"{records} audit records for {sent} requests with a valid key"
-    gc.collect()
-    grown = rss_bytes() - gw_baseline["rss"]
-    assert grown < 300 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
-    for (kind, code), n in sorted(TALLY.items()):
-        print(f"{kind:40s} {code:22s} {n}")
-    assert np.isfinite(grown)
+    assert fuzz_tally.requests >= 80
+    assert_gateway_sound(gw, gw_baseline, audited, fuzz_tally.requests)

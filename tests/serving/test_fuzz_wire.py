@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import gc
-import os
 import shutil
 import socket
 import time
@@ -48,7 +47,6 @@ BAD_INPUT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOU
 FUZZ_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=False,
                      suppress_health_check=list(HealthCheck))
 DT = types_pb2.DataType
-TALLY: collections.Counter = collections.Counter()
 IMAGES = np.random.default_rng(7).integers(0, 256, size=(2, *IMAGE_SHAPE), dtype=np.uint8)
 
 
@@ -137,7 +135,7 @@ def h2_garbage(draw):
     return head + b"".join(frames) + draw(st.binary(max_size=32))
 
 
-def test_raw_tcp_and_http2_garbage_on_grpc_and_rest_ports(server, stub, baseline):
+def test_raw_tcp_and_http2_garbage_on_grpc_and_rest_ports(server, stub, baseline, fuzz_tally):
     """Random bytes, broken prefaces and lying HTTP/2 frames (oversized lengths, unknown types,
     stream ids out of order): the server drops the connection and keeps serving."""
     ports = [server.port] + ([server.rest_port] if server.rest_port else [])
@@ -146,7 +144,7 @@ def test_raw_tcp_and_http2_garbage_on_grpc_and_rest_ports(server, stub, baseline
     @given(st.one_of(st.binary(max_size=256), h2_garbage()), st.sampled_from(ports))
     def fuzz(data, port):
         blast(port, data, read_for=0.2)
-        TALLY["raw bytes", "port grpc" if port == server.port else "port rest"] += 1
+        fuzz_tally.add("raw bytes", "port grpc" if port == server.port else "port rest")
 
     fuzz()
     assert_still_serving(stub, baseline)
@@ -202,7 +200,7 @@ def metadata(draw):
     return items
 
 
-def test_random_grpc_metadata(server, stub, baseline):
+def test_random_grpc_metadata(server, stub, baseline, fuzz_tally):
     """Predict is answered as if no metadata were sent, or refused by the transport (oversized
     headers: RESOURCE_EXHAUSTED/INTERNAL/UNAVAILABLE/UNKNOWN on that call only); never a hang.
     (A client-sent `grpc-status` header makes the Python client return None: a client quirk.)"""
@@ -213,13 +211,13 @@ def test_random_grpc_metadata(server, stub, baseline):
             response, code = outcome(stub.Predict, valid_request(), timeout=CALL_TIMEOUT,
                                      metadata=md)
         except (ValueError, TypeError):  # the client library refuses to send it
-            TALLY["metadata", "refused by the client"] += 1
+            fuzz_tally.add("metadata", "refused by the client")
             return
         if code == "OK" and response is None:  # a reserved header (grpc-status) confuses the
-            TALLY["metadata", "OK without a message (reserved header)"] += 1  # client library
+            fuzz_tally.add("metadata", "OK without a message (reserved header)")  # client library
             assert any(k.startswith("grpc-") for k, _ in md), md
             return
-        TALLY["metadata", code] += 1
+        fuzz_tally.add("metadata", code)
         if code == "OK":
             np.testing.assert_array_equal(probabilities(response), baseline["probabilities"])
         else:
@@ -227,7 +225,7 @@ def test_random_grpc_metadata(server, stub, baseline):
                             "INVALID_ARGUMENT", "CANCELLED"}, (code, md)
 
     fuzz()
-    assert TALLY["metadata", "OK"] >= 50
+    assert fuzz_tally.count("metadata", "OK") >= 50
     assert_still_serving(stub, baseline)
 
 
@@ -247,7 +245,7 @@ def test_gzip_request_is_answered(stub, baseline):
 
 
 @pytest.mark.slow
-def test_compression_bomb_is_refused_and_not_kept(model_base):
+def test_compression_bomb_is_refused_and_not_kept(model_base, fuzz_tally):
     """A server process of its own gets a 64 MiB tensor of zeros (about 64 KiB gzipped)
     declared as shape [2**40, 8, 8, 3], 6 times: INVALID_ARGUMENT each time, still serving,
     and its RSS grows by less than twice what the bombs inflate (measured: about one inflated
@@ -287,11 +285,11 @@ def test_compression_bomb_is_refused_and_not_kept(model_base):
             sizes = []
             for _ in range(6):
                 err, code = outcome(raw, data, timeout=60, compression=grpc.Compression.Gzip)
-                TALLY["compression bomb (64 MiB inflated)", code] += 1
+                fuzz_tally.add("compression bomb (64 MiB inflated)", code)
                 assert code == "INVALID_ARGUMENT", code
                 sizes.append(proc_rss(proc.pid))
             stub.Predict(probe, timeout=10)
-        TALLY["compression bomb RSS MiB", str([s // 2**20 for s in sizes])] += 1
+        fuzz_tally.notes[f"compression bomb RSS MiB {[s // 2**20 for s in sizes]}"] += 1
         assert sizes[-1] - sizes[0] < 2 * 6 * 64 * 2**20, [s // 2**20 for s in sizes]
     finally:
         proc.terminate()
@@ -315,7 +313,7 @@ def nested_variant(depth: int) -> bytes:
 
 
 @pytest.mark.parametrize("depth", [50, 101, 2000, 20000])
-def test_deeply_nested_tensor_protos(channel, stub, baseline, depth):
+def test_deeply_nested_tensor_protos(channel, stub, baseline, depth, fuzz_tally):
     """Nested DT_VARIANT tensors: past protobuf's recursion limit the request does not parse
     (gRPC's INTERNAL 'Exception deserializing request!'); below it, INVALID_ARGUMENT (numpy
     cannot hold DT_VARIANT). No stack overflow either way."""
@@ -330,7 +328,7 @@ def test_deeply_nested_tensor_protos(channel, stub, baseline, depth):
     raw = channel.unary_unary(PREDICT_PATH, request_serializer=None,
                               response_deserializer=predict_pb2.PredictResponse.FromString)
     err, code = outcome(raw, data, timeout=CALL_TIMEOUT)
-    TALLY["nested variant", code] += 1
+    fuzz_tally.add("nested variant", code)
     assert code in ("INTERNAL", "INVALID_ARGUMENT"), code
     if depth >= 101:
         assert code == "INTERNAL" and err.details() == "Exception deserializing request!"
@@ -389,12 +387,12 @@ def multi_requests(draw):
     return request
 
 
-def test_multi_inference_fuzz(stub, baseline):
+def test_multi_inference_fuzz(stub, baseline, fuzz_tally):
     @settings(max_examples=200, **FUZZ_SETTINGS)
     @given(multi_requests())
     def fuzz(request):
         response, code = outcome(stub.MultiInference, request, timeout=CALL_TIMEOUT)
-        TALLY["MultiInference", code] += 1
+        fuzz_tally.add("MultiInference", code)
         if code == "OK":
             assert len(response.results) == len(request.tasks) >= 1
             rows = len(request.input.example_list.examples)
@@ -412,11 +410,11 @@ def test_multi_inference_fuzz(stub, baseline):
         assert response.details()
 
     fuzz()
-    assert TALLY["MultiInference", "OK"] >= 30
+    assert fuzz_tally.count("MultiInference", "OK") >= 30
     assert_still_serving(stub, baseline)
 
 
-def test_get_model_status_fuzz(model_stub, stub, baseline):
+def test_get_model_status_fuzz(model_stub, stub, baseline, fuzz_tally):
     @settings(max_examples=150, **FUZZ_SETTINGS)
     @given(st.sampled_from(["tiny", "examples", "", "TINY", "nope"]) | st.text(max_size=10),
            st.none() | st.integers(-(2**63), 2**63 - 1), st.none() | st.text(max_size=6))
@@ -428,7 +426,7 @@ def test_get_model_status_fuzz(model_stub, stub, baseline):
         elif label is not None:
             request.model_spec.version_label = label
         response, code = outcome(model_stub.GetModelStatus, request, timeout=CALL_TIMEOUT)
-        TALLY["GetModelStatus", code] += 1
+        fuzz_tally.add("GetModelStatus", code)
         if code == "OK":
             assert name in ("tiny", "examples") and response.model_version_status
         else:
@@ -440,7 +438,7 @@ def test_get_model_status_fuzz(model_stub, stub, baseline):
 
 
 # -- many threads at once ----
-def test_malformed_and_valid_requests_from_16_threads(stub, baseline):
+def test_malformed_and_valid_requests_from_16_threads(stub, baseline, fuzz_tally):
     """16 threads, 40 requests each, every third a valid one: the valid ones get exactly the
     baseline answer, the malformed ones INVALID_ARGUMENT, nothing hangs or deadlocks."""
     rng = np.random.default_rng(3)
@@ -480,12 +478,13 @@ def test_malformed_and_valid_requests_from_16_threads(stub, baseline):
     with futures.ThreadPoolExecutor(16) as pool:
         total = sum((f.result(timeout=300) for f in
                      [pool.submit(worker, k) for k in range(16)]), collections.Counter())
-    TALLY.update({("16 threads", k): v for k, v in total.items()})
+    for code, n in total.items():
+        fuzz_tally.add("16 threads", code, n)
     assert set(total) == {"OK", "INVALID_ARGUMENT"}, total
     assert sum(total.values()) == 640
 
 
-def test_memory_bounded_under_repeated_large_invalid_requests(stub, baseline):
+def test_memory_bounded_under_repeated_large_invalid_requests(stub, baseline, fuzz_tally):
     """Three rounds of 40 refused 8 MiB requests (wrong dtype, wrong shape, content one byte
     short): the first round may raise the allocator's high-water mark, the later rounds must
     not grow RSS further (less than 64 MiB): nothing is kept per request."""
@@ -517,8 +516,8 @@ def test_memory_bounded_under_repeated_large_invalid_requests(stub, baseline):
             assert code == "INVALID_ARGUMENT"
         gc.collect()
         sizes.append(rss_bytes())
-    TALLY["8 MiB refused", "INVALID_ARGUMENT"] += 120
-    TALLY["8 MiB refused: RSS MiB after rounds", str([s // 2**20 for s in sizes])] += 1
+    fuzz_tally.add("8 MiB refused", "INVALID_ARGUMENT", 120)
+    fuzz_tally.notes[f"8 MiB refused: RSS MiB after rounds {[s // 2**20 for s in sizes]}"] += 1
     assert sizes[2] - sizes[0] < 64 * 2**20, [s // 2**20 for s in sizes]
     assert_still_serving(stub, baseline)
 
@@ -574,7 +573,7 @@ def model_configs(draw, base):
     return config
 
 
-def test_handle_reload_config_fuzz(reload_server):
+def test_handle_reload_config_fuzz(reload_server, fuzz_tally):
     """Random configs to the admin RPC: each answered within 30 s with OK or a TF Serving code
     (INVALID_ARGUMENT, FAILED_PRECONDITION, UNKNOWN, NOT_FOUND); the original config then
     restores service."""
@@ -591,11 +590,12 @@ def test_handle_reload_config_fuzz(reload_server):
             request = model_management_pb2.ReloadConfigRequest(config=config)
             start = time.monotonic()
             response, code = outcome(admin.HandleReloadConfigRequest, request, timeout=30)
-            TALLY["HandleReloadConfigRequest", code] += 1
+            fuzz_tally.add("HandleReloadConfigRequest", code)
             assert time.monotonic() - start < 30
             if code == "OK":
                 assert response.status.error_code in (0, 2, 3, 5, 9), response.status
-                TALLY["HandleReloadConfigRequest", f"status {response.status.error_code}"] += 1
+                fuzz_tally.notes[f"HandleReloadConfigRequest OK, status "
+                                 f"{response.status.error_code}"] += 1
             else:
                 assert code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "UNKNOWN",
                                 "NOT_FOUND"), (code, response.details())
@@ -608,13 +608,3 @@ def test_handle_reload_config_fuzz(reload_server):
         assert response.status.error_code == 0, response.status
         again = predict.Predict(valid_request(), timeout=CALL_TIMEOUT)
         assert again.outputs["probabilities"] == expected.outputs["probabilities"]
-
-
-def test_report_outcomes():
-    """`pytest -s` prints what was sent and how it ended."""
-    for (kind, code), count in sorted(TALLY.items()):
-        print(f"{kind:32s} {code:24s} {count}")
-    if os.environ.get("FUZZ_TALLY_FILE"):
-        with open(os.environ["FUZZ_TALLY_FILE"], "a") as f:
-            for (kind, code), count in sorted(TALLY.items()):
-                f.write(f"wire\t{kind}\t{code}\t{count}\n")
