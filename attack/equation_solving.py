@@ -384,14 +384,9 @@ def _main(argv) -> int:
 
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from common.cli import run_cli
-    from serving.client import ServingError
+    from attack.pipeline import run_attack_cli  # a ServingError is one line; no TF for --help
 
-    try:
-        return run_cli(_main, argv, prog=PROG)
-    except ServingError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+    return run_attack_cli(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":
