@@ -108,30 +108,70 @@ def prepare_run_dir(config: Any) -> Path:
     """Create RUN_DIR with config.json, or check it on --resume; nothing is written on error.
 
     A field the saved config lacks (a run started before the field existed) counts as its
-    default, so adding an option never locks older runs out of ``--resume``.
+    default, so adding an option never locks older runs out of ``--resume``. The run folder is
+    the one that holds the config.json read (so ``runs/k``, ``runs/k/``, ``./runs/k``, its
+    absolute path or a symlink to it are the same run), and path settings compare as the files
+    they name. A refused resume says which flags to give back, never to start over.
     """
+    from common.cli import as_flags
+    from common.fileio import check_writable, write_error
+
     run_dir = Path(config.out)
     saved_path = run_dir / "config.json"
     if config.resume:
         if not saved_path.is_file():
-            raise invalid("resume", True, f"a run directory with config.json; {run_dir} has none")
-        saved = json.loads(saved_path.read_text())
+            raise invalid("resume", True, f"a run directory with config.json; {run_dir} has "
+                          "none (start the run without --resume)")
+        try:
+            saved = json.loads(saved_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise invalid("resume", True, f"a readable config.json in {run_dir} ({err})") from None
         current = config_to_dict(config)
         defaults = config_to_dict(_defaults_like(config))
-        differing = sorted(k for k in current if k not in RESUME_NEUTRAL_FIELDS
-                           and saved.get(k, defaults.get(k)) != current[k])
+        differing = sorted(k for k in current if k not in RESUME_NEUTRAL_FIELDS and k != "out"
+                           and not _same_setting(saved.get(k, defaults.get(k)), current[k]))
         if differing:
-            detail = ", ".join(f"{k}={saved.get(k)!r} (now {current[k]!r})" for k in differing)
+            was = {k: saved.get(k, defaults.get(k)) for k in differing}
+            detail = ", ".join(
+                f"{as_flags(config, {k: v})} (now {as_flags(config, {k: current[k]})})"
+                for k, v in was.items())
             raise UsageError(
-                f"Invalid value for argument `resume`. The run in {run_dir} was started with "
-                f"another config: {detail}. Expected the same settings, or a new --out.")
+                f"Invalid value for argument `--resume`. The run in {run_dir} was started with "
+                f"other settings: {detail}. Expected the run's own settings: resume with "
+                f"{as_flags(config, was)} (every answer in its journal is kept, none is paid "
+                "again).")
+        check_writable(run_dir, "out")
         return run_dir
     if saved_path.exists() or (run_dir / "journal.bin").exists():
         raise invalid("out", str(run_dir),
                       "a new run directory (this one holds a run: pass --resume to continue it)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, saved_path)
+    check_writable(run_dir, "out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, saved_path)
+    except OSError as err:
+        raise write_error(err, "out", run_dir) from None
     return run_dir
+
+
+def _same_setting(saved: Any, current: Any) -> bool:
+    """Whether a saved config value and the current one are the same setting: equal, or paths
+    naming the same file or folder (relative or absolute, trailing slash, symlinks)."""
+    import os
+
+    if saved == current:
+        return True
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        return len(saved) == len(current) and all(map(_same_setting, saved, current))
+    if not isinstance(saved, str) or not isinstance(current, str) or not saved or not current:
+        return False
+    a, b = os.path.expanduser(saved), os.path.expanduser(current)
+    if os.path.normpath(a) == os.path.normpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them names nothing here: not a path, or not the same one
+        return False
 
 
 def _defaults_like(config: Any) -> Any:

@@ -52,6 +52,7 @@ from common.fileio import check_writable, write_json_atomic
 __all__ = [
     "ArgumentParser",
     "add_dataclass_arguments",
+    "as_flags",
     "check_outputs",
     "build_parser",
     "config_from_args",
@@ -270,6 +271,26 @@ def _remember(cls: type, namespace: argparse.Namespace) -> None:
         parsed.metavars[f.name] = f.metadata.get("metavar", "")
         if hasattr(namespace, f.name):
             parsed.values[f.name] = getattr(namespace, f.name)
+
+
+def as_flags(config: Any, values: dict[str, Any]) -> str:
+    """``values`` (field name -> value) of `config`'s class written as its command-line flags,
+    e.g. ``{"budget": 600, "arch_args": ["alpha=0.25"]}`` -> ``--budget 600 --arch-args
+    alpha=0.25``; for messages that tell the user what to type."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    words: list[str] = []
+    for name, value in values.items():
+        f = fields.get(name)
+        flag = f.metadata.get("flag", _flag(name)) if f is not None else _flag(name)
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        elif value is None:
+            words += [flag, "none"]
+        elif isinstance(value, (list, tuple)):
+            words += [flag, *(str(v) for v in value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 def _output_kind(f: dataclasses.Field) -> str | None:

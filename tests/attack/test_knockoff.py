@@ -93,7 +93,7 @@ def dataclass_replace(config, **changes):
 def test_resume_refuses_another_config(served_victim, data_files, tmp_path):
     config = make_config(served_victim, data_files, tmp_path / "run")
     prepare_run_dir(config)
-    with pytest.raises(UsageError, match=r"`resume`.*budget=400 \(now 500\)"):
+    with pytest.raises(UsageError, match=r"`--resume`.*--budget 400 \(now --budget 500\)"):
         prepare_run_dir(dataclass_replace(config, budget=500, resume=True))
     with pytest.raises(UsageError, match="`out`.*pass --resume"):
         prepare_run_dir(config)
