@@ -37,9 +37,11 @@ package sees the same pixels, labels and class order. A spec is one of:
 luma, 3: grey copied to RGB), `exclude_classes` drops classes (their images and their names;
 labels are re-indexed) and `limit` keeps a seeded, class-stratified random subset.
 
-Decoded image folders, zips, Tiny-ImageNet sets, tar archives and resized arrays are cached
-under ``$MEXT_CACHE_DIR`` (default ``~/.cache/mext``) as ``.npz`` files keyed by the source's
-absolute path, size and modification time, the split, `image_size` and `channels`; they are
+Decoded image folders, zips, Tiny-ImageNet sets, tar archives, resized arrays and prepared
+tensorflow-datasets splits are cached under ``$MEXT_CACHE_DIR`` (default ``~/.cache/mext``) as
+``.npz`` files keyed by the source's absolute path, size and modification time (for
+tensorflow-datasets: its data folder, name and version), the split, `image_size` and
+`channels`; they are
 written atomically, and an unreadable cache file is rebuilt (``cache=False`` skips the cache).
 Images are decoded by Pillow on a thread pool fed in order by the thread reading the archive.
 """
@@ -221,7 +223,7 @@ def load_dataset(
     started = time.perf_counter()
     kind, target = _resolve_spec(spec)
     if kind == "tfds":
-        loaded = _load_tfds(target, split, parts, size, channels, data_dir)
+        loaded = _load_tfds(target, split, parts, size, channels, data_dir, cache)
     else:
         loaded = _load_local(spec, Path(target), parts, size, channels, cache)
     images, labels, names, descriptions = loaded
@@ -404,7 +406,7 @@ def _can_download() -> bool:
 
 def _load_tfds(
     name: str, split: str, parts: list[str], size: Size | None, channels: int | None,
-    data_dir: str | None,
+    data_dir: str | None, cache: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], None]:
     tfds = _import_tfds()
     builder = _tfds_builder(name, data_dir)
@@ -423,6 +425,16 @@ def _load_tfds(
     for part in parts:
         if part.split("[", 1)[0] not in available:
             raise invalid("split", split, f"splits of {name} among {_quoted(available)}")
+    # Prepared data are decoded once per split, size and channels, then read from the cache
+    # (a quickstart reads CIFAR-10's splits in four processes).
+    cached = None
+    if cache:
+        root = Path(_tfds_root(data_dir)).expanduser().resolve()
+        cached = _cache_key(root / ("tfds_" + re.sub(r"[^A-Za-z0-9_-]+", "_", name)),
+                            {"tfds_version": str(builder.version)}, split, size, channels)
+        hit = _cache_read(cached)
+        if hit is not None:
+            return hit[0].images, hit[0].labels, hit[1].class_names, None
     keys = builder.info.supervised_keys
     if not keys or len(keys) != 2:
         raise invalid("spec", name, "a tensorflow-datasets dataset with (image, label) keys")
@@ -454,7 +466,10 @@ def _load_tfds(
         class_names = tuple(label_feature.names)
     else:
         class_names = tuple(str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0))
-    return images, labels.astype(np.int64), class_names, None
+    labels = labels.astype(np.int64)
+    if cached is not None:
+        _cache_write(cached, _Part(images, labels), _Meta(class_names))
+    return images, labels, class_names, None
 
 
 def _decode_one(encoded: bytes, size: Size | None, channels: int | None, spec: str) -> np.ndarray:
@@ -465,7 +480,17 @@ def _decode_one(encoded: bytes, size: Size | None, channels: int | None, spec: s
         with Image.open(io.BytesIO(encoded)) as image:
             return _transform_one(image, size, channels)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise invalid("spec", spec, f"readable images (one cannot be decoded: {err})") from err
+        raise invalid("spec", spec, "readable images (one cannot be decoded: "
+                      f"{_decode_reason(err)})") from err
+
+
+def _decode_reason(err: Exception) -> str:
+    """Why Pillow could not decode an image, without the repr of its in-memory file."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image format Pillow reads"
+    return str(err)
 
 
 # ------------------------------------------------------------------------------- local sources
@@ -999,7 +1024,8 @@ def _decode_files(
                 return _transform_one(image, size, channels)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             raise invalid(
-                "spec", container.spec, f"readable images ({name!r} cannot be decoded: {err})"
+                "spec", container.spec,
+                f"readable images ({name!r} cannot be decoded: {_decode_reason(err)})"
             ) from err
 
     chunks = (

@@ -710,6 +710,13 @@ def test_tfds_images_of_varying_size_are_decoded_to_the_size_asked(
     assert validation.images.shape == (3, 4, 6, 1)
     with pytest.raises(UsageError, match=r"`image_size`.*whose images differ in size"):
         load_dataset("tfds:mext_varsize_test", data_dir=data_dir)
+    # decoded once: the same split, size and channels come from the cache, without tfds.load
+    monkeypatch.setattr("tensorflow_datasets.load", lambda *a, **k: pytest.fail("decoded again"))
+    again = load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8,
+                         exclude_classes=["n0002"])
+    assert np.array_equal(again.images, train.images) and again.class_names == train.class_names
+    with pytest.raises(pytest.fail.Exception, match="decoded again"):
+        load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8, cache=False)
 
 
 # ------------------------------------------------------------------------------------ real data
