@@ -125,3 +125,36 @@ def test_report_rejects_bad_arguments_before_writing(tmp_path):
     with pytest.raises(UsageError, match="`run_dir`"):
         write_report(tmp_path / "file", config={}, evaluation=EVALUATION, curve=[])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+VICTIM = {"interface": "rest", "target": "http://localhost:8501", "model": "cifar",
+          "signature": "serving_default", "input": "image: float32[-1,32,32,3]",
+          "input_range": "0,1", "input_range_decided_by": "auto: answers vary most",
+          "output": "scores", "output_kind": "probabilities",
+          "output_decided_by": "rows sum to 1", "num_classes": 10, "probe_queries": 63,
+          "accuracy_measured": 0.479, "accuracy_test_images": 1000,
+          "consistency_warnings": []}
+
+
+def test_report_states_how_the_victim_was_queried(tmp_path):
+    write_report(tmp_path, config={}, evaluation=EVALUATION, extra={"victim": VICTIM})
+    markdown = (tmp_path / REPORT_MD_NAME).read_text()
+    victim = section(markdown, "Victim")
+    for text in ("| interface | rest |", "| input range sent | 0,1 |",
+                 "| input range decided by | auto: answers vary most |",
+                 "| output learnt from | scores |", "| probe queries (not journaled) | 63 |",
+                 "| victim accuracy measured through this path (1,000 test images) | 47.9% |",
+                 "fit the measured accuracy"):
+        assert text in victim, text
+    assert "## Notes" not in markdown  # the victim is its own section, not a JSON note
+    report = json.loads((tmp_path / REPORT_JSON_NAME).read_text())
+    assert report["extra"]["victim"]["probe_queries"] == 63
+
+
+def test_report_warns_when_the_victim_accuracy_looks_wrong(tmp_path):
+    warning = "the victim answered one class for 97% of the test images"
+    write_report(tmp_path, config={}, evaluation=EVALUATION,
+                 extra={"victim": {**VICTIM, "consistency_warnings": [warning]}})
+    victim = section((tmp_path / REPORT_MD_NAME).read_text(), "Victim")
+    assert "**Warning: the measured victim accuracy may not be the model's.**" in victim
+    assert f"- {warning}" in victim and "fit the measured accuracy" not in victim
