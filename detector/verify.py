@@ -42,7 +42,8 @@ import numpy as np
 from common.errors import UsageError, invalid
 from detector.watermark import WatermarkRecord, agreement, load_watermarks
 
-__all__ = ["VerifyConfig", "VerifyResult", "main", "run_verify", "verify_watermarks"]
+__all__ = ["VerifyConfig", "VerifyResult", "main", "run_verify", "saved_model_predict",
+           "verify_watermarks"]
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,9 @@ def _load_records(config: VerifyConfig) -> list[WatermarkRecord]:
     return records
 
 
-def _saved_model(path: str, who: str) -> Callable[[np.ndarray], np.ndarray]:
+def saved_model_predict(path: str, who: str = "model") -> Callable[[np.ndarray], np.ndarray]:
+    """A SavedModel folder as a callable uint8 images -> class scores (its serving_default
+    signature, the `probabilities` output or the first one; images resized to a fixed input)."""
     import tensorflow as tf
 
     from detector.ood import resolve_version_dir
@@ -299,7 +302,7 @@ def _open(config: VerifyConfig, who: str):
     where = getattr(config, who)
     if _is_target(where):
         return _served(where, getattr(config, f"{who}_model"), who, config)
-    return _saved_model(where, who)
+    return saved_model_predict(where, who)
 
 
 def run_verify(config: VerifyConfig) -> VerifyResult:
