@@ -16,8 +16,10 @@ into a plain model for evaluation and export, and in a multi-worker run only the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from common.cli import config_to_dict
 from common.data import ImageDataset, load_dataset
 from common.distribute import check_global_batch, is_chief, make_strategy, scope, shard_by_data
 from common.errors import UsageError, invalid
+from common.fileio import check_writable
 from common.progress import keras_verbose
 from victim_export.config import VictimConfig
 from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
@@ -347,6 +350,52 @@ def preflight(config: VictimConfig) -> None:
                       f"{next_version(model_dir)})")
     read_card(model_dir)
     read_models_config(out / MODELS_CONFIG_NAME)
+    # version folder, card.json and models.config: each place takes new files (a permission, a
+    # read-only mount, a full disk or a path through a file fail here, not after training)
+    check_writable(model_dir, "out")
+    check_writable(out / MODELS_CONFIG_NAME, "out", kind="file")
+
+
+def save_or_keep(config: VictimConfig, trained: TrainedVictim) -> Path:
+    """`save_trained_victim`, and when that fails the trained model is never lost: it is
+    exported the same way into a new folder of the temporary directory (or, failing that, saved
+    as a ``.keras`` file there), and the `UsageError` says where to copy it from."""
+    try:
+        return save_trained_victim(config, trained)
+    except Exception as err:
+        kept = _keep_trained(config, trained)
+        if kept is None or not isinstance(err, (OSError, UsageError)):
+            if kept is not None:
+                logger.error("export failed; the trained model is kept in %s", kept)
+            raise
+        reason = " ".join(str(err).split())
+        raise UsageError(
+            f"Could not export the trained victim to {config.out} ({reason}). Nothing is lost: "
+            f"it was exported to {kept} instead (test accuracy {trained.test_accuracy:.4f}); "
+            f"copy that folder into the model base directory, or free the space and rerun."
+        ) from err
+
+
+def _keep_trained(config: VictimConfig, trained: TrainedVictim) -> Path | None:
+    """Where the trained model went when its export failed, or None if it could not be kept."""
+    for parent in (None, Path.cwd(), Path.home()):
+        try:
+            base = Path(tempfile.mkdtemp(prefix=f"victim_export-{config.model_name}-",
+                                         dir=parent))
+        except OSError:
+            continue
+        fallback = dataclasses.replace(config, out=str(base), container_base_path="")
+        try:
+            return save_trained_victim(fallback, trained)
+        except Exception as err:  # the export itself failed: keep the weights at least
+            logger.warning("exporting into %s failed too (%s); saving the Keras model", base, err)
+        try:
+            path = base / f"{config.model_name}.keras"
+            trained.model.save(path)
+            return path
+        except Exception as err:  # try the next place
+            logger.warning("saving the Keras model into %s failed (%s)", base, err)
+    return None
 
 
 def save_trained_victim(config: VictimConfig, trained: TrainedVictim) -> Path:
@@ -404,4 +453,4 @@ def run_victim_export(
     if not is_chief(make_strategy(config.distribute)):
         logger.info("multi-worker: this worker trained; the chief exports the victim")
         return None, trained
-    return save_trained_victim(config, trained), trained
+    return save_or_keep(config, trained), trained

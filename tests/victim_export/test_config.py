@@ -81,13 +81,26 @@ def test_cli_validation_error_is_one_line_exit_2_and_writes_nothing(tmp_path, ca
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err.startswith("python -m victim_export: error: Invalid value for argument `epochs`")
+    assert err.startswith("python -m victim_export: error: Invalid value for argument `--epochs`")
     assert not out.exists()
 
 
 def test_cli_argparse_error_exits_2(capsys):
     assert main(["--dataset", "d", "--augment", "rotate"]) == 2
-    assert "invalid choice: 'rotate'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "invalid choice: 'rotate'" in err
+    # one line with a pointer to --help, not the whole usage first (issue 17, case 9)
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert err.rstrip().endswith("(see python -m victim_export --help)")
+
+
+def test_cli_names_the_dataset_flag_not_the_loader_parameter(tmp_path, capsys):
+    # the data layer says `spec`; the user typed --dataset (issue 17, case 11)
+    missing = tmp_path / "missing.npz"
+    assert main(["--dataset", str(missing), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`--dataset`" in err and "spec" not in err
+    assert f"--dataset={str(missing)!r}" in err and "no such path" in err
 
 
 def test_cli_help_has_a_worked_example(capsys):

@@ -111,7 +111,7 @@ def test_existing_version_is_refused_before_training(tiny_npz, tmp_path, capsys)
     (out / "tiny" / "3").mkdir(parents=True)
     assert main(_tiny_args(tiny_npz, out, "--version", "3")) == 2
     captured = capsys.readouterr()
-    assert "error: Invalid value for argument `version`" in captured.err
+    assert "error: Invalid value for argument `--version`" in captured.err
     assert "Epoch" not in captured.out  # refused before any training
 
 
