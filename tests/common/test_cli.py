@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from common.cli import (
+    as_flags,
     build_parser,
     config_to_dict,
     load_config,
@@ -96,6 +101,9 @@ def test_argparse_errors_exit_2(argv, fragment, capsys):
     assert sample_main(argv) == 2
     err = capsys.readouterr().err
     assert fragment in err and f"{PROG}: error:" in err
+    # one line and a pointer to --help, not the whole usage first (issue 17, case 9)
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert err.endswith(f"(see {PROG} --help)\n")
 
 
 def test_validation_error_is_one_line_on_stderr_and_exit_2(capsys):
@@ -163,3 +171,140 @@ def test_unsupported_field_types_are_rejected_when_building_the_parser():
 
     with pytest.raises(TypeError, match="mapping"):
         build_parser(Bad)
+
+
+# -- issue 17: flags in messages, outputs checked first, interruptions ------------------------
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A job with data specs, a resumable run folder and a report file."""
+
+    transfer_set: str = field(metadata={"metavar": "SPEC"})
+    test_set: str | None = field(default=None, metadata={"metavar": "SPEC"})
+    test_split: str = "test"
+    target_fpr: float = 0.01
+    step: float = field(default=0.1, metadata={"flag": "--lambda"})
+    report: str | None = field(default=None, metadata={"output": "file"})
+    cache: str | None = field(default=None, metadata={"output": False})
+    out: str = "runs/job"
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.target_fpr < 1:
+            raise invalid("target_fpr", self.target_fpr, "a rate in [0, 1)")
+        if not 0 < self.step <= 1:
+            raise invalid("step", self.step, "lambda in (0, 1]")
+
+
+def job_main(argv, work=None, **kwargs) -> int:
+    def body(args):
+        config = parse_config(JobConfig, args, prog=PROG)
+        if work is not None:
+            work(config)
+        return 0
+
+    return run_cli(body, argv, prog=PROG, **kwargs)
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["--target-fpr", "1.5"], "argument `--target-fpr`. Received: --target-fpr=1.5."),
+    (["--lambda", "0"], "argument `--lambda`. Received: --lambda=0.0."),
+])
+def test_validation_errors_name_the_flag_typed(tmp_path, capsys, argv, shown):
+    assert job_main(["--transfer-set", "t", "--out", str(tmp_path / "r"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and shown in err
+    assert "target_fpr" not in err and "`step`" not in err
+
+
+def test_a_data_layer_spec_error_names_the_flag_that_held_the_value(tmp_path, capsys):
+    def load(config):  # what common.data raises, about its parameter `spec`
+        raise invalid("spec", str(config.test_set).strip(), "an existing file")
+
+    argv = ["--transfer-set", "a.zip", "--test-set", " b.zip", "--out", str(tmp_path / "r")]
+    assert job_main(argv, load) == 2
+    err = capsys.readouterr().err
+    assert "argument `--test-set`. Received: --test-set='b.zip'. Expected an existing file." in err
+    assert "spec" not in err
+
+    def split(config):
+        raise invalid("split", config.test_split, "splits of b among 'train'")
+
+    assert job_main([*argv, "--test-split", "val"], split) == 2
+    assert "argument `--test-split`. Received: --test-split='val'" in capsys.readouterr().err
+
+    def ambiguous(config):  # both specs hold the value: the message stays as it was
+        raise invalid("spec", "a.zip", "an existing file")
+
+    assert job_main(["--transfer-set", "a.zip", "--test-set", "a.zip", "--out",
+                     str(tmp_path / "r")], ambiguous) == 2
+    assert "argument `spec`" in capsys.readouterr().err
+
+
+def test_outputs_are_checked_writable_before_the_job_runs(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    ran = []
+    for flag, expected in (("--out", "`--out`"), ("--report", "`--report`")):
+        argv = ["--transfer-set", "t", "--out", str(tmp_path / "ok"), flag,
+                str(blocker / "inside")]
+        assert job_main(argv, ran.append) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err and "is a file, not a folder" in err
+    assert not ran and not (tmp_path / "ok").exists()  # nothing created by the check
+    argv = ["--transfer-set", "t", "--out", str(tmp_path / "ok"), "--cache", str(blocker / "x")]
+    assert job_main(argv, ran.append) == 0 and len(ran) == 1  # output: False is not checked
+
+
+def test_a_user_fixable_oserror_is_one_line_exit_2(tmp_path, capsys):
+    def full(config):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "f"))
+
+    assert job_main(["--transfer-set", "t", "--out", str(tmp_path / "r")], full) == 2
+    assert capsys.readouterr().err == (f"{PROG}: error: No space left on device: "
+                                       f"{tmp_path / 'f'}\n")
+
+
+def _interrupt(config):
+    Path(config.out).mkdir(parents=True)
+    (Path(config.out) / "config.json").write_text("{}")
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_is_one_line_with_the_resume_command_and_exit_130(tmp_path, capsys):
+    out = tmp_path / "my runs" / "r1"
+    argv = ["--transfer-set", "t", "--out", str(out)]
+    assert job_main(argv, _interrupt) == 130
+    err = capsys.readouterr().err
+    assert err == (f"{PROG}: interrupted; the run in {out} is kept; continue it with: {PROG} "
+                   f"--transfer-set t --out '{out}' --resume\n")
+
+
+def test_ctrl_c_before_the_run_exists_says_nothing_was_written(tmp_path, capsys):
+    def stop(config):
+        raise KeyboardInterrupt
+
+    assert job_main(["--transfer-set", "t", "--out", str(tmp_path / "r")], stop) == 130
+    assert capsys.readouterr().err == f"{PROG}: interrupted; nothing was written to " \
+                                      f"{tmp_path / 'r'}\n"
+
+
+def test_sigterm_is_one_line_exit_143_and_the_handler_is_restored(tmp_path, capsys):
+    def term(config):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal arrives first; this never finishes
+        raise AssertionError("SIGTERM did not stop the job")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    code = run_cli(lambda argv: term(None), [], prog=PROG, resume_hint="run it again")
+    assert code == 143
+    assert capsys.readouterr().err == f"{PROG}: terminated (SIGTERM); run it again\n"
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_as_flags_writes_what_the_user_types():
+    config = JobConfig(transfer_set="t")
+    assert as_flags(config, {"target_fpr": 0.5, "step": 0.2, "resume": False,
+                             "test_set": None, "transfer_set": "my file"}) == \
+        "--target-fpr 0.5 --lambda 0.2 --no-resume --test-set none --transfer-set 'my file'"
