@@ -39,13 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.load import (
-    add_key,
-    drive,
-    start_gateway,
-    start_server,
-)
-from serving.model_server import free_port
+from benchmarks.load import DEFAULT_POLICY, add_key, drive
+from serving import testing
 
 __all__ = ["gateway_sigkill", "half_copy", "journal_tail", "main", "upstream_restart"]
 
@@ -67,13 +62,13 @@ def _segments(timeline, marks):
 def upstream_restart(model_dir: Path, model: str, shape, workdir: Path, *, clients: int = 8,
                      seconds: float = 20.0, batch: int = 4, down_s: float = 4.0) -> dict:
     """Kill the upstream under load at 1/4 of the run, restart it `down_s` later."""
-    port = free_port()
-    server = start_server(model_dir, model, shape, port=port)
+    server = testing.model_server(base_path=model_dir, name=model, process=True)
     names = [f"up{i}" for i in range(clients)]
     state = workdir / "up_state.db"
     keys = [add_key(state, n) for n in names]
-    gateway = start_gateway(server.target, workdir, model=model, image_shape=shape,
-                            state=state, probe_key=keys[0], log_name="gateway_up.log")
+    gateway = testing.gateway(server.target, workdir=workdir, state=state, policy=DEFAULT_POLICY,
+                              process=True, key=keys[0], models=[model],
+                              log_file=workdir / "gateway_up.log")
     box, stop = {}, threading.Event()
     worker = threading.Thread(target=lambda: box.update(r=drive(
         "upstream restart", gateway.target, model, shape, clients=clients, seconds=600,
@@ -85,7 +80,8 @@ def upstream_restart(model_dir: Path, model: str, shape, workdir: Path, *, clien
     server.stop(signal.SIGKILL)
     time.sleep(down_s)
     restart_at = time.monotonic() - t0
-    server = start_server(model_dir, model, shape, port=port)
+    server = testing.model_server(base_path=model_dir, name=model, process=True,
+                                  port=server.port)
     serving_at = time.monotonic() - t0
     time.sleep(seconds / 2)  # load goes on after the restart
     stop.set()
@@ -136,15 +132,14 @@ def _client_state(state: Path, names: list[str]) -> dict:
 def gateway_sigkill(model_dir: Path, model: str, shape, workdir: Path, *, clients: int = 8,
                     seconds: float = 20.0, batch: int = 4) -> dict:
     """SIGKILL the gateway (SQLite state, PRADA) at mid-run, restart it on the same state."""
-    server = start_server(model_dir, model, shape)
+    server = testing.model_server(base_path=model_dir, name=model, process=True)
     names = [f"gk{i}" for i in range(clients)]
     state = workdir / "gk_state.db"
     keys = [add_key(state, n) for n in names]
-    port = free_port()
-    gateway = start_gateway(server.target, workdir, model=model, image_shape=shape,
-                            policy=PRADA_POLICY, state=state, port=port, probe_key=keys[0],
-                            log_name="gateway_gk.log")
-    probe = _client_state(state, names[:1])[names[0]]  # the probe's answer, charged to gk0
+    gateway = testing.gateway(server.target, workdir=workdir, state=state, policy=PRADA_POLICY,
+                              process=True, key=keys[0], models=[model],
+                              log_file=workdir / "gateway_gk.log")
+    probe = _client_state(state, names[:1])[names[0]]  # what the readiness probe charged gk0
     box, stop = {}, threading.Event()
     worker = threading.Thread(target=lambda: box.update(r=drive(
         "gateway kill", gateway.target, model, shape, clients=clients, seconds=600,
@@ -155,9 +150,9 @@ def gateway_sigkill(model_dir: Path, model: str, shape, workdir: Path, *, client
     gateway.stop(signal.SIGKILL)
     kill_at = time.monotonic() - t0
     at_kill = _client_state(state, names)
-    gateway = start_gateway(server.target, workdir, model=model, image_shape=shape,
-                            policy=PRADA_POLICY, state=state, port=port,
-                            log_name="gateway_gk.log")
+    gateway = testing.gateway(server.target, workdir=workdir, state=state, policy=PRADA_POLICY,
+                              process=True, port=gateway.port,
+                              log_file=workdir / "gateway_gk.log")
     back_at = time.monotonic() - t0
     time.sleep(seconds / 2)  # load goes on after the restart
     stop.set()
@@ -273,45 +268,33 @@ def journal_tail(workdir: Path) -> dict:
 
 
 def train_kill(workdir: Path) -> dict:
-    """Knockoff on the tiny colour victim, SIGKILLed during training, then `--resume`d."""
-    from serving.core import ServingCore
-    from serving.model_server import ModelServer, ServerOptions
-    from tests.attack.conftest import CLASSES, SIZE, colour_images, colour_victim
-    from victim_export import export_classifier, write_models_config
+    """Knockoff on the tiny colour victim, SIGKILLed during training, then `--resume`d.
 
-    base = workdir / "victims"
-    export_classifier(colour_victim(), base, "colours", version=1, input_shape=(SIZE, SIZE, 3),
-                      class_names=CLASSES)
-    write_models_config(base, "colours", container_base_path="")
+    The attack reaches the victim through an in-process gateway with an API key of its own, so
+    the images the victim answered are the gateway's charge to that key (nothing patched)."""
+    from serving.gateway.auth import generate_key, hash_key
+    from serving.gateway.store import new_record
+
+    config = testing.export_colour_victim(workdir / "victims", "colours")
     data = workdir / "transfer.npz"
-    transfer = colour_images(400, seed=1)
+    transfer = testing.colour_images(400, seed=1)
     np.savez(data, x_train=transfer, y_train=np.zeros(len(transfer), np.int64))
-    counts = collections.Counter()
-    original = ServingCore.predict
-
-    def counting(self, request):
-        response = original(self, request)
-        for proto in request.inputs.values():
-            counts["images"] += proto.tensor_shape.dim[0].size
-        return response
-
-    ServingCore.predict = counting
-    try:
-        options = ServerOptions(model_config_file=str(base / "models.config"), port=0,
-                                host="127.0.0.1", file_system_poll_wait_seconds=0)
-        with ModelServer(options) as server:
-            return _train_kill_run(f"127.0.0.1:{server.port}", data, workdir / "run", counts)
-    finally:
-        ServingCore.predict = original
+    with testing.model_server(config_file=config) as server, \
+            testing.gateway(server.target, workdir=workdir / "gw", policy=DEFAULT_POLICY) as gw:
+        key = generate_key()
+        gw.store.add_client(new_record("thief", hash_key(key)))
+        return _train_kill_run(gw.target, key, data, workdir / "run",
+                               lambda: gw.store.usage("thief"))
 
 
-def _train_kill_run(target: str, data: Path, run: Path, counts) -> dict:
+def _train_kill_run(target: str, key: str, data: Path, run: Path, answered_images) -> dict:
     from attack.journal import QueryJournal
 
     cmd = [sys.executable, "-m", "attack.knockoff", "--grpc", target, "--model", "colours",
            "--transfer-set", str(data), "--budget", "300", "--heldout", "0", "--backbone",
            "cnn", "--weights", "none", "--input-size", "16", "--epochs", "40",
-           "--batch-size", "32", "--query-batch", "32", "--curve-points", "1", "--out", str(run)]
+           "--batch-size", "32", "--query-batch", "32", "--curve-points", "1", "--out", str(run),
+           "--api-key", key]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -325,7 +308,7 @@ def _train_kill_run(target: str, data: Path, run: Path, counts) -> dict:
         raise RuntimeError(f"the run ended before training: {proc.stderr.read()[-2000:]}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    sent_before = counts["images"]
+    sent_before = answered_images()
     with QueryJournal.open(run) as j:
         answered, pending = j.num_answered, len(j.pending())
         indices, responses = j.answered_indices().copy(), j.responses().copy()
@@ -335,9 +318,10 @@ def _train_kill_run(target: str, data: Path, run: Path, counts) -> dict:
     with QueryJournal.open(run) as j:
         same = (np.array_equal(j.answered_indices(), indices)
                 and np.array_equal(j.responses(), responses))
-    resent = counts["images"] - sent_before
+    resent = answered_images() - sent_before
     return {"fault": "knockoff SIGKILL during surrogate training, then --resume",
             "answered_at_kill": answered, "pending_at_kill": pending,
+            "images_answered_before_kill": sent_before,
             "images_sent_by_resume": resent, "journal_unchanged": bool(same),
             "resume_rc": out.returncode, "resume_s": round(time.monotonic() - t0, 1),
             "report": (run / "report.json").is_file(),
@@ -379,9 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         if ns.model_dir:
             model_dir = Path(ns.model_dir).resolve()
         else:
-            from benchmarks.load import _export_untrained_cnn
-
-            model_dir = _export_untrained_cnn(tmp / "models")
+            model_dir = testing.export_untrained_cnn(tmp / "models")
         model = model_dir.name
         shape = _shape_of(model_dir)
         if "upstream" in wanted:

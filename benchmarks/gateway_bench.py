@@ -24,9 +24,7 @@ which the attacker was flagged (by which detector) and how many benign clients w
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UsageError, invalid
+from serving import testing
 
 __all__ = ["main"]
 
@@ -45,16 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 def _percentiles(samples: list[float]) -> tuple[float, float]:
     arr = np.array(samples) * 1000.0
     return float(np.percentile(arr, 50)), float(np.percentile(arr, 99))
-
-
-def _export_untrained_cnn(base: Path) -> Path:
-    from common.backbones import build_classifier
-    from victim_export import export_classifier
-
-    model = build_classifier("cnn", 10, input_size=32)
-    export_classifier(model, base, "cifar10_cnn", version=1, input_shape=(32, 32, 3),
-                      class_names=tuple(str(i) for i in range(10)))
-    return base / "cifar10_cnn"
 
 
 def _export_stand_in_detector(base: Path) -> Path:
@@ -82,34 +71,17 @@ def _cifar_test(data: Path | None, limit: int) -> np.ndarray | None:
     return load_dataset(str(data / "cifar10_jpeg_q75.zip"), "test", limit=limit).images
 
 
-def _wait_ready(target: str, model: str, timeout: float = 180.0) -> None:
-    from serving.client import ServingClient
-
-    with ServingClient(target, model) as client:
-        client.wait_until_available(timeout=timeout)
-
-
-def _launch_gateway(upstream: str, policy: dict, work: Path, name: str
-                    ) -> tuple[subprocess.Popen, int, str]:
+def _gateway_key(work: Path, name: str) -> tuple[str, Path]:
+    """A SQLite state for gateway `name` with one client, "bench"; (its key, the file)."""
     from serving.gateway.auth import generate_key, hash_key
     from serving.gateway.store import SQLiteStore, new_record
-    from serving.model_server import free_port
 
-    policy_file = work / f"{name}.json"
-    policy_file.write_text(json.dumps(policy))
     db = work / f"{name}.db"
     store = SQLiteStore(db)
     key = generate_key()
     store.add_client(new_record("bench", hash_key(key)))
     store.close()
-    port = free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.gateway", "--upstream", upstream, "--port", str(port),
-         "--host", "127.0.0.1", "--policy", str(policy_file), "--state", f"sqlite:{db}",
-         "--metrics-port", "0"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(work / f"{name}.log", "w"))
-    return proc, port, key
+    return key, db
 
 
 def _latency(ns: argparse.Namespace, batches: list[int]) -> int:
@@ -117,19 +89,19 @@ def _latency(ns: argparse.Namespace, batches: list[int]) -> int:
     from tensorflow_serving.apis import predict_pb2
 
     from serving.codec import from_ndarray
-    from serving.model_server import launch
 
     tmp = tempfile.TemporaryDirectory()
     work = Path(tmp.name)
-    procs: list[subprocess.Popen] = []
+    started: list[testing.Running] = []
     try:
-        model_dir = Path(ns.model_dir) if ns.model_dir else _export_untrained_cnn(work / "m")
+        model_dir = (Path(ns.model_dir) if ns.model_dir
+                     else testing.export_untrained_cnn(work / "m"))
         detector = Path(ns.detector) if ns.detector else _export_stand_in_detector(work / "d")
         print(f"victim {model_dir}, OOD detector {detector}", file=sys.stderr, flush=True)
-        server, port = launch(["--model_name=cifar10_cnn", f"--model_base_path={model_dir}",
-                               "--file_system_poll_wait_seconds=0"])
-        procs.append(server)
-        upstream = f"127.0.0.1:{port}"
+        server = testing.model_server(base_path=model_dir, name="cifar10_cnn", process=True,
+                                      wait=False)  # the gateways start meanwhile
+        started.append(server)
+        upstream = server.target
         base = {"limits": {"budget": None, "rate_per_second": 1e9, "burst": 1e9},
                 "on_flag": {"action": "degrade", "policy": "label_only"}}
         variants = {
@@ -139,22 +111,14 @@ def _latency(ns: argparse.Namespace, batches: list[int]) -> int:
         }
         targets: dict[str, tuple[str, tuple]] = {"direct": (upstream, ())}
         for name, policy in variants.items():
-            proc, gport, key = _launch_gateway(upstream, policy, work, name)
-            procs.append(proc)
-            targets[name] = (f"127.0.0.1:{gport}", (("x-api-key", key),))
-        _wait_ready(upstream, "cifar10_cnn")
-        for name, (address, metadata) in targets.items():
-            deadline = time.monotonic() + 240
-            while True:
-                if name != "direct" and procs[list(targets).index(name)].poll() is not None:
-                    raise RuntimeError(f"{name} exited: see {work / (name + '.log')}")
-                try:
-                    with grpc.insecure_channel(address) as ch:
-                        grpc.channel_ready_future(ch).result(timeout=2)
-                    break
-                except grpc.FutureTimeoutError:
-                    if time.monotonic() > deadline:
-                        raise
+            key, db = _gateway_key(work, name)
+            gateway = testing.gateway(upstream, policy=policy, state=db, workdir=work / name,
+                                      process=True, log_file=work / f"{name}.log", wait=False)
+            started.append(gateway)
+            targets[name] = (gateway.target, (("x-api-key", key),))
+        testing.wait_for_models(upstream, ["cifar10_cnn"], proc=server.proc, log_file=server.log)
+        for gateway in started[1:]:
+            testing.wait_for_health(gateway.target, proc=gateway.proc, log_file=gateway.log)
         pool = _cifar_test(Path(ns.data) if ns.data else None, 4096)
         source = "CIFAR-10 test images" if pool is not None else "random pixels"
         if pool is None:
@@ -202,13 +166,8 @@ def _latency(ns: argparse.Namespace, batches: list[int]) -> int:
             ch.close()
         return 0
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for running in reversed(started):
+            running.stop()
         tmp.cleanup()
 
 
@@ -216,8 +175,7 @@ def _flagging(ns: argparse.Namespace) -> int:
     from common.data import load_dataset
     from serving.client import ServingClient, ServingError
     from serving.gateway.auth import generate_key, hash_key
-    from serving.gateway.config import GatewayConfig, policy_from_dict
-    from serving.gateway.server import Gateway
+    from serving.gateway.config import policy_from_dict
     from serving.gateway.store import SQLiteStore, new_record
 
     data = Path(ns.data)
@@ -246,12 +204,10 @@ def _flagging(ns: argparse.Namespace) -> int:
     for name in ["knockoff"] + [f"benign{i}" for i in range(ns.benign_clients)]:
         keys[name] = generate_key()
         store.add_client(new_record(name, hash_key(keys[name])))
-    config = GatewayConfig(upstream=ns.upstream, port=0, host="127.0.0.1", metrics_port=0,
-                           state=f"sqlite:{db}")
     rng = np.random.default_rng(0)
     started = time.perf_counter()
-    with Gateway(config, policy=policy, store=store) as gw:
-        target = f"127.0.0.1:{gw.port}"
+    with testing.gateway(ns.upstream, policy=policy, state=db, store=store) as gw:
+        target = gw.target
 
         def replay(name: str, images: np.ndarray, stop_when_flagged: bool) -> int:
             with ServingClient(target, ns.model, api_key=keys[name], batch_size=ns.batch

@@ -13,8 +13,8 @@ it prints requests, images/s, p50/p99 latency, errors by status code and, for th
 audit log's completeness: audit records of these clients in the SQLite `audit` table against
 requests sent, and the budget charged (`usage.used`) against images answered.
 
-The helpers (`start_server`, `start_gateway`, `add_key`, `drive`, `audit_summary`) are reused by
-`benchmarks.faults` and the fault and security tests.
+Servers and gateways start through `serving.testing` (as processes); `add_key`, `drive` and
+`audit_summary` are reused by `benchmarks.faults` and the fault tests.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import argparse
 import collections
 import dataclasses
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,41 +33,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from serving.model_server import free_port, launch
+from serving import testing
 
-__all__ = ["DEFAULT_POLICY", "LoadResult", "Service", "add_key", "audit_summary", "drive",
-           "main", "predict_request", "start_gateway", "start_server", "wait_serving"]
+__all__ = ["DEFAULT_POLICY", "LoadResult", "add_key", "audit_summary", "drive", "main",
+           "predict_request"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = {"auth": {"required": True},
                   "limits": {"budget": 10**9, "rate_per_second": 10**6, "burst": 10**6}}
-
-
-@dataclasses.dataclass
-class Service:
-    """A process started by this module: its Popen, port and, for a gateway, its files."""
-
-    proc: subprocess.Popen
-    port: int
-    state: Path | None = None
-    args: list[str] = dataclasses.field(default_factory=list)
-    log: Path | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self, sig: int | None = None) -> None:
-        if self.proc.poll() is None:
-            if sig is None:
-                self.proc.terminate()
-            else:
-                self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def predict_request(model: str, images: np.ndarray, alias: str = "images"):
@@ -81,49 +52,6 @@ def predict_request(model: str, images: np.ndarray, alias: str = "images"):
     request.model_spec.name = model
     request.inputs[alias].CopyFrom(from_ndarray(images, use_tensor_content=True))
     return request
-
-
-def wait_serving(target: str, model: str, image_shape, *, timeout: float = 180.0,
-                 metadata=None, proc: subprocess.Popen | None = None) -> None:
-    """Block until `target` answers a Predict for `model` (OK, or any answer but UNAVAILABLE /
-    NOT_FOUND when `metadata` is None and the target wants a key)."""
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    request = predict_request(model, np.zeros((1, *image_shape), np.uint8))
-    end = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as ch:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before serving")
-            try:
-                stub.Predict(request, timeout=10, metadata=metadata)
-                return
-            except grpc.RpcError as err:
-                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
-                                      grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return
-                if time.monotonic() > end:
-                    raise TimeoutError(f"{target} did not serve {model} in {timeout:.0f} s: "
-                                       f"{err.code().name} {err.details()}") from None
-            time.sleep(0.3)
-
-
-def start_server(model_dir: Path, model: str, image_shape, *, port: int | None = None,
-                 extra: tuple[str, ...] = ()) -> Service:
-    """The embedded server on `model_dir` (a base folder <dir>/<version>/), ready to serve."""
-    args = [f"--model_base_path={Path(model_dir).resolve()}", f"--model_name={model}",
-            "--file_system_poll_wait_seconds=0", *extra]
-    if port is None:
-        proc, port = launch(args)
-    else:
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        proc = subprocess.Popen([sys.executable, "-m", "serving.model_server", f"--port={port}",
-                                 "--host=127.0.0.1", *args], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    service = Service(proc, port, args=args)
-    wait_serving(service.target, model, image_shape, proc=proc)
-    return service
 
 
 def add_key(state: Path, client: str, *, budget: int | None = None,
@@ -144,51 +72,6 @@ def add_key(state: Path, client: str, *, budget: int | None = None,
     if rc != 0:
         raise RuntimeError(f"keys add failed ({rc}): {err.getvalue().strip()}")
     return out.getvalue().strip().splitlines()[-1].strip()
-
-
-def start_gateway(upstream: str, workdir: Path, *, model: str, image_shape,
-                  policy: dict | None = None, port: int | None = None,
-                  state: Path | None = None, extra: tuple[str, ...] = (),
-                  probe_key: str | None = None, log_name: str = "gateway.log") -> Service:
-    """`python -m serving.gateway` in front of `upstream`, with its log in `workdir`."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    state = state or workdir / "gateway_state.db"
-    policy_file = workdir / "policy.json"
-    policy_file.write_text(json.dumps(policy if policy is not None else DEFAULT_POLICY))
-    port = port or free_port()
-    args = [sys.executable, "-m", "serving.gateway", "--upstream", upstream, "--port", str(port),
-            "--host", "127.0.0.1", "--state", f"sqlite:{state}", "--policy", str(policy_file),
-            "--metrics-port", "0", *extra]
-    log = workdir / log_name
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    service = Service(proc, port, state=state, args=args, log=log)
-    if probe_key is not None:
-        wait_serving(service.target, model, image_shape, metadata=[("x-api-key", probe_key)],
-                     proc=proc)
-    else:
-        wait_health(service.target, proc=proc)
-    return service
-
-
-def wait_health(target: str, *, timeout: float = 180.0, proc=None) -> None:
-    """Until the gRPC port accepts connections (the gateway's health service answers)."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    end = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < end:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"process exited with {proc.returncode} before serving")
-            try:
-                stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-                return
-            except grpc.RpcError:
-                time.sleep(0.3)
-    raise TimeoutError(f"{target} did not start in {timeout:.0f} s")
 
 
 @dataclasses.dataclass
@@ -303,12 +186,6 @@ def audit_summary(state: Path, clients: list[str] | None = None) -> dict:
             "used": used}
 
 
-def _export_untrained_cnn(base: Path) -> Path:
-    from benchmarks.serving_bench import _export_untrained_cnn as export
-
-    return export(base)
-
-
 def _image_shape(target: str, model: str) -> tuple[int, ...]:
     from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
 
@@ -360,24 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     policy = json.loads(Path(ns.policy).read_text()) if ns.policy else DEFAULT_POLICY
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model_dir = Path(ns.model_dir) if ns.model_dir else _export_untrained_cnn(tmp / "models")
+        model_dir = (Path(ns.model_dir) if ns.model_dir
+                     else testing.export_untrained_cnn(tmp / "models"))
         model = ns.model or model_dir.name
-        server_proc, port = launch([f"--model_base_path={model_dir.resolve()}",
-                                    f"--model_name={model}", "--file_system_poll_wait_seconds=0"])
-        server = Service(server_proc, port)
+        server = testing.model_server(base_path=model_dir, name=model, process=True)
         gateway = None
         rows, audit = [], None
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    shape = _image_shape(server.target, model)
-                    break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline or server_proc.poll() is not None:
-                        raise
-                    time.sleep(0.5)
-            wait_serving(server.target, model, shape, proc=server_proc)
+            shape = _image_shape(server.target, model)
             if ns.target in ("server", "both"):
                 result = drive("embedded server", server.target, model, shape,
                                clients=ns.clients, seconds=ns.seconds, batch=ns.batch)
@@ -387,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 state.parent.mkdir()
                 names = [f"load{i}" for i in range(ns.clients)]
                 keys = [add_key(state, n) for n in names]
-                gateway = start_gateway(server.target, tmp / "gw", model=model,
-                                        image_shape=shape, policy=policy, state=state,
-                                        probe_key=keys[0])
+                gateway = testing.gateway(server.target, workdir=tmp / "gw", state=state,
+                                          policy=policy, process=True, key=keys[0],
+                                          models=[model])
                 before = audit_summary(state, names)
                 result = drive("gateway -> embedded server", gateway.target, model, shape,
                                clients=ns.clients, seconds=ns.seconds, batch=ns.batch,

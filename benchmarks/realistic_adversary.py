@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from common.errors import invalid
+from serving import testing
 
 __all__ = [
     "BenchConfig",
@@ -289,20 +290,12 @@ class Served:
         self._server = None
 
     def __enter__(self) -> Served:
-        from serving.client import ServingClient
-        from serving.model_server import ModelServer, ServerOptions
-
-        options = ServerOptions(model_name=self.model,
-                                model_base_path=str((self.victims / self.model).resolve()),
-                                port=0, host="127.0.0.1", file_system_poll_wait_seconds=0)
-        self._server = ModelServer(options).__enter__()
-        self.upstream = f"127.0.0.1:{self._server.port}"
-        with ServingClient(self.upstream, self.model) as client:
-            client.wait_until_available(timeout=180)
+        self._server = testing.model_server(base_path=self.victims / self.model, name=self.model)
+        self.upstream = self._server.target
         return self
 
     def __exit__(self, *exc) -> None:
-        self._server.__exit__(*exc)
+        self._server.stop()
 
     def direct(self, images: np.ndarray) -> np.ndarray:
         """The undefended victim's probabilities (straight from the model server)."""
@@ -313,14 +306,10 @@ class Served:
 
     def gateway(self, policy, db: Path):
         """A started in-process `Gateway` in front of the server, state in `db` (SQLite)."""
-        from serving.gateway.config import GatewayConfig
-        from serving.gateway.server import Gateway
         from serving.gateway.store import SQLiteStore
 
         store = SQLiteStore(db)
-        config = GatewayConfig(upstream=self.upstream, port=0, host="127.0.0.1",
-                               metrics_port=0, state=f"sqlite:{db}")
-        gw = Gateway(config, policy=policy, store=store).start()
+        gw = testing.gateway(self.upstream, policy=policy, state=db, store=store).obj
         return gw, store
 
 

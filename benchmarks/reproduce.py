@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
+from serving import testing
 
 __all__ = ["SCALES", "Scale", "Step", "StepUnavailable", "build_plan", "main"]
 
@@ -122,7 +123,7 @@ class Context:
     out: Path
     scale: Scale
     seed: int
-    servers: dict[str, tuple[subprocess.Popen, int]] = field(default_factory=dict)
+    servers: dict[str, testing.Running] = field(default_factory=dict)
     dry_run: bool = False  # build the commands only: no server is started
 
     def path(self, *parts: str) -> Path:
@@ -137,37 +138,14 @@ class Context:
         if self.dry_run:
             return "127.0.0.1:<port>"
         if "victims" not in self.servers:
-            from serving.model_server import launch
-
-            proc, port = launch([f"--model_config_file={self.path('victims', 'models.config')}",
-                                 "--file_system_poll_wait_seconds=0"])
-            self.servers["victims"] = (proc, port)
-            _wait_for_models(f"127.0.0.1:{port}", _served_models(self))
-        return f"127.0.0.1:{self.servers['victims'][1]}"
+            self.servers["victims"] = testing.model_server(
+                config_file=self.path("victims", "models.config"), process=True)
+        return self.servers["victims"].target
 
     def stop(self) -> None:
-        for proc, _ in self.servers.values():
-            proc.terminate()
-        for proc, _ in self.servers.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for server in self.servers.values():
+            server.stop()
         self.servers.clear()
-
-
-def _served_models(ctx: Context) -> list[str]:
-    base = ctx.path("victims")
-    return sorted(p.name for p in base.iterdir() if (p / "card.json").is_file()) if base.is_dir() \
-        else []
-
-
-def _wait_for_models(target: str, models: list[str], timeout: float = 180.0) -> None:
-    from serving.client import ServingClient
-
-    for name in models:
-        with ServingClient(target, name) as client:
-            client.wait_until_available(timeout=timeout)
 
 
 @dataclass(frozen=True)

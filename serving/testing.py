@@ -27,7 +27,9 @@ made once:
   servers started some other way, e.g. the compose command lines).
 - `export_tiny_classifier(...)`: a tiny Keras image classifier exported as TF Serving loads it
   (uint8 `[batch, H, W, 3]` -> probabilities); `export_untrained_cnn(...)`: the CIFAR-10 CNN,
-  untrained (same graph, same cost per image: for latency and load benchmarks).
+  untrained (same graph, same cost per image: for latency and load benchmarks);
+  `export_colour_victim(...)`: a victim a small surrogate can steal in seconds ("which colour
+  channel dominates", 3 classes), with `colour_images(n, seed)` to query it.
 - `pick_unused_port()`: a loopback TCP port that was free a moment ago.
 """
 
@@ -48,12 +50,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import grpc
+import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Running", "export_tiny_classifier", "export_untrained_cnn", "gateway",
-           "model_server", "models_in_config", "pick_unused_port", "wait_for_health",
-           "wait_for_models"]
+__all__ = ["COLOUR_CLASSES", "COLOUR_SIZE", "Running", "colour_images", "colour_victim",
+           "export_colour_victim", "export_tiny_classifier", "export_untrained_cnn", "gateway",
+           "model_server", "models_in_config", "pick_unused_port", "serving",
+           "wait_for_health", "wait_for_models"]
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 180.0  # seconds a server may take to load its models (a loaded 2-core machine)
@@ -411,6 +415,45 @@ def export_untrained_cnn(base: str | Path, name: str = "cifar10_cnn") -> Path:
     export_classifier(model, Path(base), name, version=1, input_shape=(32, 32, 3),
                       class_names=tuple(str(i) for i in range(10)))
     return Path(base) / name
+
+
+COLOUR_SIZE = 16
+COLOUR_CLASSES = ("red", "green", "blue")
+
+
+def colour_victim(size: int = COLOUR_SIZE):
+    """A Keras victim answering "which colour channel dominates the image" (3 classes) with a
+    softmax-able logit per channel mean: a function a small surrogate learns from a few hundred
+    queries, so end-to-end attack tests can ask for agreement well above chance (1/3)."""
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    x = keras.layers.Rescaling(1 / 8.0)(x)  # channel means 0..255 -> logits 0..32
+    outputs = keras.layers.Dense(3, use_bias=False, kernel_initializer="identity")(x)
+    return keras.Model(inputs, outputs)
+
+
+def colour_images(n: int, seed: int, size: int = COLOUR_SIZE) -> np.ndarray:
+    """`n` uint8 images with one dominant channel each (random which), noisy."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 120, size=(n, size, size, 3)).astype(np.int64)
+    dominant = rng.integers(0, 3, size=n)
+    images[np.arange(n), :, :, dominant] += rng.integers(40, 130, size=(n, 1, 1))
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def export_colour_victim(base: str | Path, name: str = "colours", *,
+                         size: int = COLOUR_SIZE) -> Path:
+    """`colour_victim` exported to `<base>/<name>/1/` with a `<base>/models.config` listing it;
+    returns that config file."""
+    from victim_export import export_classifier, write_models_config
+
+    base = Path(base)
+    export_classifier(colour_victim(size), base, name, version=1, input_shape=(size, size, 3),
+                      class_names=COLOUR_CLASSES)
+    write_models_config(base, name, container_base_path="")
+    return base / "models.config"
 
 
 @contextlib.contextmanager

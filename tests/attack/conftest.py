@@ -10,37 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-SIZE = 16
-CLASSES = ("red", "green", "blue")
+from serving import testing
 
-
-def colour_victim():
-    import keras
-
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.GlobalAveragePooling2D()(inputs)
-    x = keras.layers.Rescaling(1 / 8.0)(x)  # channel means 0..255 -> logits 0..32
-    outputs = keras.layers.Dense(3, use_bias=False, kernel_initializer="identity")(x)
-    return keras.Model(inputs, outputs)
-
-
-def colour_images(n: int, seed: int) -> np.ndarray:
-    """Images with one dominant channel each (random which), noisy, uint8."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 120, size=(n, SIZE, SIZE, 3)).astype(np.int64)
-    dominant = rng.integers(0, 3, size=n)
-    images[np.arange(n), :, :, dominant] += rng.integers(40, 130, size=(n, 1, 1))
-    return np.clip(images, 0, 255).astype(np.uint8)
+SIZE = testing.COLOUR_SIZE
+CLASSES = testing.COLOUR_CLASSES
+colour_victim = testing.colour_victim
+colour_images = testing.colour_images
 
 
 @pytest.fixture(scope="session")
 def victim_dir(tmp_path_factory):
-    from victim_export import export_classifier, write_models_config
-
+    """A models folder with the colour victim as `colours` (version 1) and its models.config."""
     base = tmp_path_factory.mktemp("victims")
-    export_classifier(colour_victim(), base, "colours", version=1, input_shape=(SIZE, SIZE, 3),
-                      class_names=CLASSES)
-    write_models_config(base, "colours", container_base_path="")
+    testing.export_colour_victim(base, "colours")
     return base
 
 
@@ -59,12 +41,9 @@ def data_files(tmp_path_factory):
     return base / "transfer.npz", base / "test.npz"
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def served_victim(victim_dir):
-    """The embedded server over the colour victim on 127.0.0.1 (a fresh one per test)."""
-    from serving.model_server import ModelServer, ServerOptions
-
-    options = ServerOptions(model_config_file=str(victim_dir / "models.config"), port=0,
-                            host="127.0.0.1", file_system_poll_wait_seconds=0)
-    with ModelServer(options) as server:
-        yield f"127.0.0.1:{server.port}"
+    """The embedded server over the colour victim on 127.0.0.1: one for the run (it keeps no
+    per-client state; tests that need a server of their own start one)."""
+    with testing.model_server(config_file=victim_dir / "models.config") as server:
+        yield server.target

@@ -17,20 +17,13 @@ restarted (no answered request's charge, PRADA state or audit record lost).
 
 from __future__ import annotations
 
-import collections
 import importlib.util
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.serving.conftest import export_tiny
+from serving import testing
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_GATEWAY = importlib.util.find_spec("serving.gateway") is not None
@@ -66,9 +59,8 @@ def _served_version(manager) -> int | None:
 def tiny_versions(tmp_path_factory):
     """`tiny` versions 1 and 2 exported once; tests copy them around."""
     base = tmp_path_factory.mktemp("exported")
-    export_tiny(base, "tiny", 1, seed=1)
-    export_tiny(base, "tiny", 2, seed=2)
-    return base / "tiny"
+    testing.export_tiny_classifier(base, "tiny", 1, seed=1)
+    return testing.export_tiny_classifier(base, "tiny", 2, seed=2)
 
 
 def test_graph_copied_before_variables_is_served_once_whole(tiny_versions, tmp_path):
@@ -129,81 +121,21 @@ def test_newest_version_that_fails_to_load_leaves_the_previous_serving(tiny_vers
 
 
 # -- an attack run killed while training ----
-@pytest.fixture()
-def counting_victim(tmp_path, monkeypatch):
-    """The colour victim of tests/attack served in-process; counts images Predict answered."""
-    from serving.core import ServingCore
-    from serving.model_server import ModelServer, ServerOptions
-    from tests.attack.conftest import CLASSES, SIZE, colour_images, colour_victim
-    from victim_export import export_classifier, write_models_config
-
-    base = tmp_path / "victims"
-    export_classifier(colour_victim(), base, "colours", version=1, input_shape=(SIZE, SIZE, 3),
-                      class_names=CLASSES)
-    write_models_config(base, "colours", container_base_path="")
-    transfer = colour_images(400, seed=1)
-    data = tmp_path / "transfer.npz"
-    np.savez(data, x_train=transfer, y_train=np.zeros(len(transfer), np.int64))
-    counts = collections.Counter()
-    original = ServingCore.predict
-
-    def counting(self, request):
-        response = original(self, request)
-        for proto in request.inputs.values():
-            counts["images"] += proto.tensor_shape.dim[0].size if proto.tensor_shape.dim else 1
-        counts["requests"] += 1
-        return response
-
-    monkeypatch.setattr(ServingCore, "predict", counting)
-    options = ServerOptions(model_config_file=str(base / "models.config"), port=0,
-                            host="127.0.0.1", file_system_poll_wait_seconds=0)
-    with ModelServer(options) as server:
-        yield f"127.0.0.1:{server.port}", data, counts
-
-
 @pytest.mark.slow
-def test_knockoff_killed_during_training_resumes_without_querying(counting_victim, tmp_path):
-    """`python -m attack.knockoff` SIGKILLed once its surrogate checkpoints exist (training,
-    after the query phase): `--resume` sends no image to the victim, keeps the journal's
-    answers byte for byte, trains from the last finished epoch and writes its report."""
-    from attack.journal import QueryJournal
+def test_knockoff_killed_during_training_resumes_without_querying(tmp_path):
+    """`python -m attack.knockoff` (through a gateway that charges its key per image answered)
+    SIGKILLed once its surrogate checkpoints exist (training, after the query phase):
+    `--resume` sends no image to the victim, keeps the journal's answers byte for byte, trains
+    from the last finished epoch and writes its report."""
+    from benchmarks.faults import train_kill
 
-    target, data, counts = counting_victim
-    run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "attack.knockoff", "--grpc", target, "--model", "colours",
-           "--transfer-set", str(data), "--budget", "300", "--heldout", "0", "--backbone",
-           "cnn", "--weights", "none", "--input-size", "16", "--epochs", "40",
-           "--batch-size", "32", "--query-batch", "32", "--curve-points", "1", "--out", str(run)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    backup = run / "checkpoints"
-    end = time.monotonic() + 240
-    while time.monotonic() < end and proc.poll() is None:
-        if any(p.name == "backup" for p in backup.rglob("backup")) if backup.exists() else False:
-            time.sleep(1.0)  # an epoch or two into training
-            break
-        time.sleep(0.1)
-    assert proc.poll() is None, f"the run ended before training: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    sent_before = counts["images"]
-    with QueryJournal.open(run) as journal:
-        answered = journal.num_answered
-        indices = journal.answered_indices().copy()
-        responses = journal.responses().copy()
-        assert len(journal.pending()) == 0
-    assert answered == sent_before == 300
-    assert not (run / "report.json").exists()
-
-    out = subprocess.run(cmd + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert counts["images"] == sent_before, "the resumed run queried the victim again"
-    with QueryJournal.open(run) as journal:
-        assert np.array_equal(journal.answered_indices(), indices)
-        assert np.array_equal(journal.responses(), responses)
-    assert (run / "report.json").is_file()
+    result = train_kill(tmp_path)
+    assert result["answered_at_kill"] == result["images_answered_before_kill"] == 300, result
+    assert result["pending_at_kill"] == 0, result
+    assert result["resume_rc"] == 0, result
+    assert result["images_sent_by_resume"] == 0, "the resumed run queried the victim again"
+    assert result["journal_unchanged"] and result["report"], result
+    assert result["survived"]
 
 
 # -- the gateway under faults ----
@@ -213,9 +145,7 @@ gateway_only = pytest.mark.skipif(not HAS_GATEWAY, reason="serving.gateway not p
 @pytest.fixture(scope="module")
 def cnn_dir(tmp_path_factory):
     """The `tiny` victim (8x8x3, versions 1 and 2) as a model base folder."""
-    base = tmp_path_factory.mktemp("gwfaults")
-    export_tiny(base, "tiny", 1, seed=1)
-    return base / "tiny"
+    return testing.export_tiny_classifier(tmp_path_factory.mktemp("gwfaults"), "tiny", 1, seed=1)
 
 
 @gateway_only
