@@ -36,6 +36,14 @@ def test_knockoff_learns_the_victim(served_victim, data_files, tmp_path):
     assert any(p.suffix == ".png" for p in (tmp_path / "run").iterdir())
     exported = list((tmp_path / "run" / "surrogate").rglob("saved_model.pb"))
     assert exported, "the surrogate is exported in the victim layout"
+    # the run directory layout of every earlier run, plus how the victim was queried
+    assert {"config.json", "journal.bin", "strategy.json", "checkpoints", "eval", "surrogate",
+            "report.json", "report.md", "curve.json", "victim.json"} <= {
+        p.name for p in (tmp_path / "run").iterdir()}
+    victim = report["extra"]["victim"]
+    assert victim["interface"] == "grpc" and victim["input_range"] == "0,255"
+    assert victim["accuracy_measured"] == evaluation["victim_acc"]
+    assert "## Victim" in (tmp_path / "run" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("strategy", ["random", "adaptive"])
@@ -125,6 +133,19 @@ def test_cli_unreachable_host_and_unknown_model(capsys, served_victim, data_file
                  "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NOT_FOUND" in err[0], err
+
+
+def test_cli_refuses_topk_above_the_victims_classes_before_any_query(capsys, served_victim,
+                                                                     data_files, tmp_path):
+    transfer, _ = data_files
+    code = main(["--transfer-set", str(transfer), "--grpc", served_victim, "--model", "colours",
+                 "--granularity", "topk:5", "--budget", "100", "--heldout", "100",
+                 "--backbone", "cnn", "--weights", "none",
+                 "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "granularity" in err[0] and "at most 3" in err[0], err
+    assert not (tmp_path / "r").exists()  # refused before the run directory and any query
 
 
 def test_adaptive_strategy_end_to_end(served_victim, data_files, tmp_path):
