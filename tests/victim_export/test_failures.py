@@ -70,6 +70,7 @@ def test_a_failed_export_keeps_the_trained_model_and_says_where(tmp_path, monkey
     assert len(kept) == 1
     version = kept[0] / "tiny" / "1"
     assert f"exported to {version} instead" in message and "Nothing is lost" in message
+    assert f"move {version.parent} into {tmp_path / 'victims'}" in message
     assert (version / "saved_model.pb").is_file() and (kept[0] / "models.config").is_file()
 
     import tensorflow as tf
@@ -79,3 +80,14 @@ def test_a_failed_export_keeps_the_trained_model_and_says_where(tmp_path, monkey
     probabilities = served(images=tf.constant(images))["probabilities"].numpy()
     expected = tf.nn.softmax(trained.model(images.astype(np.float32))).numpy()
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_an_undecodable_image_is_named_without_a_python_object_repr(tmp_path, capsys):
+    folder = tmp_path / "images" / "cat"
+    folder.mkdir(parents=True)
+    (folder / "x.jpg").write_bytes(b"not a jpeg")
+    assert main(["--dataset", str(tmp_path / "images"), "--out", str(tmp_path / "v")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "`--dataset`" in err
+    assert "'cat/x.jpg' cannot be decoded: not an image format Pillow reads" in err
+    assert "object at 0x" not in err
