@@ -26,7 +26,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving import status
 from serving.savedmodel import LoadedVersion, is_complete_version_dir
 
-__all__ = ["ModelManager", "VersionState", "resolve_base_path"]
+__all__ = ["ModelManager", "VersionState", "no_versions_message", "resolve_base_path"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ class _Model:
     base_path: Path
     versions: dict[int, VersionState] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
+    warned_empty: bool = False  # "No versions of servable ..." said once per empty spell
 
     def available(self) -> dict[int, LoadedVersion]:
         return {v: s.loaded for v, s in self.versions.items()
@@ -104,6 +105,24 @@ def _version_dirs(base: Path) -> dict[int, Path]:
         if version is not None and version >= 0 and entry.is_dir():
             found[version] = entry
     return found
+
+
+def no_versions_message(name: str, base: Path) -> str:
+    """TF Serving's warning for a base path without version folders
+    (file_system_storage_path_source.cc), plus what is there instead when it is telling."""
+    message = (f"No versions of servable {name} found under base path {base}. Did you forget "
+               "to name your leaf directory as a number (eg. '/1/')?")
+    try:
+        children = sorted(p for p in base.iterdir() if p.is_dir())
+    except OSError:
+        return f"{message} (the base path {'cannot be read' if base.exists() else 'is missing'})"
+    if (base / "saved_model.pb").is_file():
+        return message + f" ({base} is itself a SavedModel: move it into {base / '1'})"
+    models = [p.name for p in children if (p / "saved_model.pb").is_file()]
+    if models:
+        shown = ", ".join(repr(n) for n in models[:5]) + (", ..." if len(models) > 5 else "")
+        return message + f" (SavedModel folders named {shown}: rename them to integers)"
+    return message
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -230,9 +249,12 @@ class ModelManager:
             models = list(self._models.values())
         for model in models:
             on_disk = _version_dirs(model.base_path)
-            if not on_disk and not model.versions:
-                log.warning("no versions of servable %s found under base path %s",
-                            model.config.name, model.base_path)
+            if on_disk:
+                model.warned_empty = False
+            elif not model.versions and not model.warned_empty:
+                # TF Serving repeats this every poll; once is enough to be read
+                model.warned_empty = True
+                log.warning("%s", no_versions_message(model.config.name, model.base_path))
             aspired = _aspired(model.config, on_disk)
             for version in aspired:  # load the new before retiring the old
                 self._ensure_loaded(model, version, on_disk[version])

@@ -31,10 +31,13 @@ from pathlib import Path
 
 import grpc
 
+from common import quiet
+from common.cli import report_usage_error
 from common.errors import UsageError, invalid
 from serving import status
 
-__all__ = ["MAX_MESSAGE_BYTES", "ModelServer", "ServerOptions", "free_port", "launch", "main"]
+__all__ = ["MAX_MESSAGE_BYTES", "ModelServer", "ServerOptions", "check_port_free", "free_port",
+           "launch", "main", "port_error"]
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +190,8 @@ class ModelServer:
             config_dir=config_dir,
             allow_version_labels_for_unavailable_models=opts.allow_version_labels_for_unavailable_models,
         )
-        try:
-            self.manager.reload(config)
-        except status.ServingStatus as err:
-            raise UsageError(f"model_config_file: {err.message}") from None
         self.core = ServingCore(self.manager)
-
+        # Ports first, models second: a port in use is one line before minutes of loading.
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=opts.grpc_max_threads,
                                        thread_name_prefix="grpc"),
@@ -206,22 +205,50 @@ class ModelServer:
             _PredictionServicer(core), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(core), server)
         self._add_health(server)
-        self.port = server.add_insecure_port(f"{_bracket(opts.host)}:{opts.port}")
+        address = f"{_bracket(opts.host)}:{opts.port}"
+        try:
+            self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
+            self.port = 0
         if self.port == 0:
-            raise UsageError(f"Invalid value for argument `port`. Received: port={opts.port}. "
-                             "Expected a free port (binding it failed).")
-        if opts.grpc_socket_path:
-            server.add_insecure_port(f"unix:{opts.grpc_socket_path}")
+            # the reason (in use, not an address of this machine, a privileged port)
+            check_port_free(opts.host, opts.port, "port")
+            raise port_error(opts.host, opts.port, "port", "binding it failed")
+        rest = None
+        try:
+            if opts.grpc_socket_path:
+                try:
+                    bound = server.add_insecure_port(f"unix:{opts.grpc_socket_path}")
+                except RuntimeError:
+                    bound = 0
+                if not bound:
+                    raise invalid("grpc_socket_path", opts.grpc_socket_path,
+                                  "a UNIX socket path this process can create")
+            if opts.rest_api_port is not None:
+                from serving.rest import RestServer
+
+                try:
+                    rest = RestServer(core, host=opts.host, port=opts.rest_api_port,
+                                      num_threads=opts.rest_api_num_threads,
+                                      timeout_s=opts.rest_api_timeout_in_ms / 1000.0)
+                except OSError as err:
+                    raise port_error(opts.host, opts.rest_api_port, "rest_api_port",
+                                     err.strerror or str(err)) from None
+            try:
+                self.manager.reload(config)
+            except status.ServingStatus as err:
+                raise UsageError(f"model_config_file: {err.message}") from None
+        except BaseException:
+            if rest is not None:
+                rest.stop()
+            server.stop(None)
+            raise
         server.start()
         self._grpc = server
         log.debug("Running gRPC ModelServer at %s:%d ...", opts.host, self.port)
-        if opts.rest_api_port is not None:
-            from serving.rest import RestServer
-
-            self._rest = RestServer(core, host=opts.host, port=opts.rest_api_port,
-                                    num_threads=opts.rest_api_num_threads,
-                                    timeout_s=opts.rest_api_timeout_in_ms / 1000.0)
-            self.rest_port = self._rest.start()
+        if rest is not None:
+            self._rest = rest
+            self.rest_port = rest.start()
             log.debug("Exporting HTTP/REST API at:%s:%d ...", opts.host, self.rest_port)
         self.manager.start_polling(opts.file_system_poll_wait_seconds)
         if opts.model_config_file and opts.model_config_file_poll_wait_seconds > 0:
@@ -310,6 +337,37 @@ class _ModelServicer:
         self.HandleReloadConfigRequest = _grpc_handler(core.handle_reload_config)
 
 
+# -- ports -----------------------------------------------------------------------------------------
+def port_error(host: str, port: int, flag: str, reason: str) -> UsageError:
+    """TF Serving's words for a port it cannot serve on (main.cc / server.cc), naming the flag."""
+    if flag == "rest_api_port":  # server.cc logs this one; TF Serving then runs without REST
+        head = f"Failed to start HTTP Server at {host}:{port}"
+    else:
+        head = ("Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC "
+                "server")
+    return UsageError(f"{head} (--{flag}={port} on {host}: {reason}; stop what holds it or "
+                      f"pass another --{flag})")
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Raise `port_error` when a TCP listener cannot bind `host`:`port` now (0: any port).
+
+    Binds and closes a socket with SO_REUSEADDR, as gRPC and the REST server do, so a port
+    left in TIME_WAIT counts as free and one with a live listener does not. Cheap, and free
+    of TensorFlow: `main` runs it before the heavy imports and before any model loads.
+    """
+    if not port:
+        return
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((bare, port))
+        except OSError as err:
+            raise port_error(host, port, flag, err.strerror or str(err)) from None
+
+
 # -- as a separate process (benchmarks, quickstart) ------------------------------------------------
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on `host` (for loopback test servers)."""
@@ -377,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batching_parameters_file", default="")
     add("--monitoring_config_file", default="")
     add("--host", default="0.0.0.0", help="address to bind (embedded-server extension)")
+    quiet.add_verbose_argument(parser)
     return parser
 
 
@@ -389,13 +448,18 @@ def options_from_args(ns: argparse.Namespace) -> ServerOptions:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    quiet.configure(ns.verbose)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        server = ModelServer(options_from_args(ns)).start()
+        options = options_from_args(ns)
+        # before TensorFlow is imported and any model loads (start() checks again when binding)
+        check_port_free(options.host, options.port, "port")
+        if options.rest_api_port is not None:
+            check_port_free(options.host, options.rest_api_port, "rest_api_port")
+        server = ModelServer(options).start()
     except UsageError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        return report_usage_error(parser.prog, err)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -409,5 +473,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())
