@@ -644,9 +644,10 @@ def consistency(accuracy: float | None, probabilities: np.ndarray,
     through the victim path, given the victim's answers (rows summing to 1) on the test set.
 
     Flags answers that give one class to more than 90% of the test images (saturated: a wrong
-    input range or output), answers that are nearly all saturated (logit gaps over 60 nats),
-    and a near-chance accuracy (within 1.5x of 1/K) while the answers are confident (mean top
-    probability above 0.8): what a model fed the wrong pixel range looks like.
+    input range or output), answers that are mostly saturated (over 60 nats between the two
+    most likely classes) and a near-chance accuracy (within 1.5x of 1/K) while the answers are
+    confident (mean top probability above 0.8): what a model fed the wrong pixel range looks
+    like.
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     notes: list[str] = []
@@ -659,8 +660,10 @@ def consistency(accuracy: float | None, probabilities: np.ndarray,
         notes.append(f"the victim answered one class for {share:.0%} of the test images: its "
                      "input range or output may be wrong (see victim.json); the measured "
                      "victim accuracy is likely not the model's")
-    logp = np.log(np.clip(probs, 1e-45, None))
-    saturated = float(((logp.max(axis=1) - np.median(logp, axis=1)) >= 60).mean())
+    # the gap between the two most likely classes: unaffected by the zeros of top-k rows
+    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.ones((len(probs), 2))
+    logp = np.log(np.clip(top2, 1e-45, None))
+    saturated = float(((logp[:, 1] - logp[:, 0]) >= 60).mean())
     if saturated > 0.5 and probs.shape[1] > 2 and not ((probs == 0) | (probs == 1)).all():
         notes.append(f"{saturated:.0%} of the victim's answers are saturated (a logit gap over "
                      "60 nats): the pixels may be sent at too large a scale (--input-range)")

@@ -250,3 +250,12 @@ def test_module_exports_the_contract_names():
     for name in ("Victim", "ServingVictim", "RestVictim", "KerasVictim", "open_victim",
                  "consistency"):
         assert name in victim_module.__all__
+
+
+def test_consistency_of_top_k_rows_is_not_saturation():
+    rng = np.random.default_rng(1)
+    rows = np.zeros((100, 10))
+    cls = rng.integers(0, 9, 100)
+    rows[np.arange(100), cls] = 0.7
+    rows[np.arange(100), cls + 1] = 0.3  # renormalised top-2 answers: zeros elsewhere
+    assert consistency(0.5, rows) == []
