@@ -46,17 +46,15 @@ def _label_only_victim(path):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from serving.model_server import ModelServer, ServerOptions
+    from serving import testing
     from victim_export.models_config import write_models_config
 
     base = tmp_path_factory.mktemp("linear_victims")
     params = _softmax_victim(base, "soft")
     _label_only_victim(base / "labels" / "1")
     write_models_config(base, "labels", container_base_path="")
-    options = ServerOptions(model_config_file=str(base / "models.config"), port=0,
-                            host="127.0.0.1", file_system_poll_wait_seconds=0)
-    with ModelServer(options) as server:
-        yield f"127.0.0.1:{server.port}", base, params
+    with testing.model_server(config_file=base / "models.config") as server:
+        yield server.target, base, params
 
 
 def _probs(w, b, x):

@@ -39,7 +39,7 @@ def _label_only(path, params):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from serving.model_server import ModelServer, ServerOptions
+    from serving import testing
     from victim_export.dense import build_dense_classifier
     from victim_export.export import export_classifier
     from victim_export.models_config import write_models_config
@@ -53,10 +53,8 @@ def served(tmp_path_factory):
     write_models_config(base, "mlp", container_base_path="")
     _label_only(base / "labels" / "1", params)
     write_models_config(base, "labels", container_base_path="")
-    options = ServerOptions(model_config_file=str(base / "models.config"), port=0,
-                            host="127.0.0.1", file_system_poll_wait_seconds=0)
-    with ModelServer(options) as server:
-        yield f"127.0.0.1:{server.port}", base, params
+    with testing.model_server(config_file=base / "models.config") as server:
+        yield server.target, base, params
 
 
 def test_recovers_the_function_to_1e6(served, tmp_path):

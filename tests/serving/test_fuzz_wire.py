@@ -38,6 +38,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import testing
 from tests.serving.conftest import IMAGE_SHAPE, models_config_text
 
 CALL_TIMEOUT = 10.0
@@ -251,11 +252,11 @@ def test_compression_bomb_is_refused_and_not_kept(model_base, fuzz_tally):
     and its RSS grows by less than twice what the bombs inflate (measured: about one inflated
     size per bomb until Python's cyclic GC runs; nothing bounds one request below gRPC's 2 GiB
     message limit, as in TF Serving: see the hardening notes)."""
-    from serving.model_server import MAX_MESSAGE_BYTES, launch
+    from serving.model_server import MAX_MESSAGE_BYTES
 
     src, _ = model_base
-    proc, port = launch([f"--model_base_path={src / 'tiny'}", "--model_name=tiny",
-                         "--file_system_poll_wait_seconds=0"])
+    server = testing.model_server(base_path=src / "tiny", name="tiny", process=True)
+    proc, port = server.proc, server.port
     try:
         bomb = predict_pb2.PredictRequest()
         bomb.model_spec.name = "tiny"
@@ -270,16 +271,7 @@ def test_compression_bomb_is_refused_and_not_kept(model_base, fuzz_tally):
         probe.model_spec.ClearField("version")  # this server serves the latest only
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]) as ch:
-            grpc.channel_ready_future(ch).result(timeout=120)
             stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-            deadline = time.monotonic() + 120
-            while True:  # wait for the model
-                try:
-                    stub.Predict(probe, timeout=10)
-                    break
-                except grpc.RpcError:
-                    assert time.monotonic() < deadline, "server never served tiny"
-                    time.sleep(0.5)
             raw = ch.unary_unary(PREDICT_PATH, request_serializer=None,
                                  response_deserializer=predict_pb2.PredictResponse.FromString)
             sizes = []
@@ -292,8 +284,7 @@ def test_compression_bomb_is_refused_and_not_kept(model_base, fuzz_tally):
         fuzz_tally.notes[f"compression bomb RSS MiB {[s // 2**20 for s in sizes]}"] += 1
         assert sizes[-1] - sizes[0] < 2 * 6 * 64 * 2**20, [s // 2**20 for s in sizes]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
 
 
 # -- nesting past the parser's recursion limit ----
@@ -526,16 +517,13 @@ def test_memory_bounded_under_repeated_large_invalid_requests(stub, baseline, fu
 @pytest.fixture(scope="module")
 def reload_server(model_base, tmp_path_factory):
     """A server of its own: the fuzzed configs unload its models."""
-    from serving.model_server import ModelServer, ServerOptions
-
     src, _ = model_base
     base = tmp_path_factory.mktemp("reload")
     shutil.copytree(src, base, dirs_exist_ok=True)
     config = base / "models.config"
     config.write_text(models_config_text(base))
-    options = ServerOptions(model_config_file=str(config), port=0, host="127.0.0.1",
-                            file_system_poll_wait_seconds=0)
-    with ModelServer(options) as srv:
+    with testing.model_server(config_file=config) as running:
+        srv = running.obj
         srv.base = base
         srv.config_text = config.read_text()
         yield srv

@@ -26,8 +26,8 @@ def test_cifar10_victim_through_grpc_equals_in_process(tmp_path):
     import tensorflow as tf
 
     from common.data import load_dataset
+    from serving import testing
     from serving.client import ServingClient
-    from serving.model_server import ModelServer, ServerOptions
     from victim_export import VictimConfig, read_card, run_victim_export
 
     train = load_dataset(str(CIFAR), "train", limit=2000, seed=0)
@@ -40,10 +40,8 @@ def test_cifar10_victim_through_grpc_equals_in_process(tmp_path):
     local = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     want = local(images=tf.constant(test.images))["probabilities"].numpy()
 
-    options = ServerOptions(model_config_file=str(tmp_path / "victims" / "models.config"),
-                            port=0, host="127.0.0.1", file_system_poll_wait_seconds=0)
-    with ModelServer(options) as server, \
-            ServingClient(f"127.0.0.1:{server.port}", "cifar10_cnn", batch_size=64) as client:
+    with testing.model_server(config_file=tmp_path / "victims" / "models.config") as server, \
+            ServingClient(server.target, "cifar10_cnn", batch_size=64) as client:
         info = client.metadata()
         assert info.image_size == (32, 32) and info.num_classes == 10
         got = client.predict(test.images)

@@ -65,29 +65,28 @@ class Target:
 
 @pytest.fixture
 def gateway(server, tmp_path):
-    """Factory: start a `Gateway` (default: in front of `server`, SQLite state in tmp_path)."""
-    from serving.gateway.config import GatewayConfig, GatewayPolicy
-    from serving.gateway.server import Gateway
+    """Factory: start a `Gateway` in-process through `serving.testing` (default: in front of
+    `server`, SQLite state in tmp_path; not waiting for the upstream, which a test may keep
+    down on purpose); returns the `Gateway`."""
+    from serving import testing
     from serving.gateway.store import SQLiteStore
 
     started = []
 
-    def start(policy: GatewayPolicy | None = None, *, store=None, upstream: str | None = None,
-              metrics_port: int = 0, state: str | None = None, ood_detector=None, **kwargs):
+    def start(policy=None, *, store=None, upstream: str | None = None, metrics_port: int = 0,
+              state: str | None = None, ood_detector=None, **kwargs):
         state = state or f"sqlite:{tmp_path / 'gateway.db'}"
         if store is None:
             store = SQLiteStore(state[len("sqlite:"):])
-        config = GatewayConfig(upstream=upstream or f"127.0.0.1:{server.port}", port=0,
-                               host="127.0.0.1", metrics_port=metrics_port, state=state,
-                               **kwargs)
-        gw = Gateway(config, policy=policy or GatewayPolicy(), store=store,
-                     ood_detector=ood_detector).start()
-        started.append((gw, store))
-        return gw
+        running = testing.gateway(upstream or f"127.0.0.1:{server.port}", policy=policy,
+                                  state=state, store=store, metrics_port=metrics_port,
+                                  ood_detector=ood_detector, wait=False, **kwargs)
+        started.append((running, store))
+        return running.obj
 
     yield start
-    for gw, store in started:
-        gw.stop()
+    for running, store in started:
+        running.stop()
         store.close()
 
 

@@ -14,8 +14,8 @@ from tensorflow_serving.apis import (
     model_management_pb2,
 )
 
+from serving import testing
 from serving.gateway.config import GatewayPolicy
-from serving.model_server import ModelServer, ServerOptions, free_port
 from tests.serving.gateway.conftest import Target, add_client, images, predict_request
 
 
@@ -266,7 +266,7 @@ def test_health_serving_with_upstream(gateway):
 def test_upstream_down_then_back_without_restart(gateway, server):
     from grpc_health.v1 import health_pb2
 
-    port = free_port()
+    port = testing.pick_unused_port()
     gw = gateway(upstream=f"127.0.0.1:{port}", health_interval=0.2)
     key = add_client(gw.store, "alice")
     target = Target(f"127.0.0.1:{gw.port}", key)
@@ -276,9 +276,7 @@ def test_upstream_down_then_back_without_restart(gateway, server):
     assert code is grpc.StatusCode.UNAVAILABLE and time.monotonic() - start < 3.0
     assert str(port) not in details  # the upstream's address is not leaked
     assert gw.store.usage("alice") == 0
-    options = ServerOptions(model_name="tiny", model_base_path=str(server.base / "tiny"),
-                            port=port, host="127.0.0.1")
-    with ModelServer(options):
+    with testing.model_server(base_path=server.base / "tiny", name="tiny", port=port):
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -300,7 +298,7 @@ def test_upstream_down_then_back_without_restart(gateway, server):
 def test_metrics_scrape(gateway):
     from serving.gateway.metrics import METRIC_NAMES
 
-    gw = gateway(metrics_port=free_port())
+    gw = gateway(metrics_port=testing.pick_unused_port())
     key = add_client(gw.store, "alice")
     Target(f"127.0.0.1:{gw.port}", key).predict(images(2))
     _code(Target(f"127.0.0.1:{gw.port}").predict, images(1))

@@ -13,9 +13,9 @@ import grpc
 import pytest
 
 from common.errors import UsageError
+from serving import testing
 from serving.gateway.__main__ import main
 from serving.gateway.config import GatewayConfig, GatewayPolicy, load_policy, policy_from_dict
-from serving.model_server import free_port
 from tests.serving.gateway.conftest import Target, images
 
 REPO = Path(__file__).resolve().parents[3]
@@ -168,30 +168,17 @@ def test_gateway_process_end_to_end(server, tmp_path):
     key = subprocess.run([sys.executable, "-m", "serving.gateway", "keys", "add", "--state",
                           state, "--client", "alice"], env=env, cwd=REPO, check=True,
                          capture_output=True, text=True).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway", "--upstream",
-                             f"127.0.0.1:{server.port}", "--port", str(port), "--host",
-                             "127.0.0.1", "--state", state, "--metrics-port", "0"],
-                            env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    gw = testing.gateway(f"127.0.0.1:{server.port}", state=state, process=True,
+                         log_file=tmp_path / "gateway.log")
     try:
-        line = ""
-        while "Running gRPC gateway" not in line:  # TF's own start-up lines come first
-            line = proc.stderr.readline()
-            assert line, "the gateway exited before serving"
-        assert f"at 127.0.0.1:{port} -> 127.0.0.1:{server.port}" in line
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                Target(f"127.0.0.1:{port}", key).predict(images(2), timeout=5)
-                break
-            except grpc.RpcError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        line = next(line for line in gw.log_tail(100_000).splitlines()
+                    if "Running gRPC gateway" in line)  # TF's own start-up lines come first
+        assert f"at 127.0.0.1:{gw.port} -> 127.0.0.1:{server.port}" in line
+        Target(gw.target, key).predict(images(2), timeout=5)
     finally:
-        assert proc.poll() is None
-        proc.terminate()
-        code = proc.wait(timeout=60)
-        assert code == 0, proc.stderr.read()
+        assert gw.proc.poll() is None
+        code = gw.stop()
+        assert code == 0, gw.log_tail()
 
 
 @pytest.mark.slow
@@ -207,11 +194,9 @@ def test_sigkill_loses_nothing_answered(server, tmp_path):
     key = subprocess.run([sys.executable, "-m", "serving.gateway", "keys", "add", "--state",
                           state, "--client", "alice"], env=env, cwd=REPO, check=True,
                          capture_output=True, text=True).stdout.strip()
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving.gateway", "--upstream",
-                             f"127.0.0.1:{server.port}", "--port", str(port), "--host",
-                             "127.0.0.1", "--state", state, "--metrics-port", "0"],
-                            env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    gw = testing.gateway(f"127.0.0.1:{server.port}", state=state, process=True,
+                         log_file=tmp_path / "gateway.log")
+    port, proc = gw.port, gw.proc
     answered = []
     stop = threading.Event()
 
@@ -227,10 +212,6 @@ def test_sigkill_loses_nothing_answered(server, tmp_path):
                 time.sleep(0.05)
 
     try:
-        line = ""
-        while "Running gRPC gateway" not in line:
-            line = proc.stderr.readline()
-            assert line, "the gateway exited before serving"
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
@@ -244,8 +225,7 @@ def test_sigkill_loses_nothing_answered(server, tmp_path):
         for t in threads:
             t.join(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        gw.stop(signal.SIGKILL)
     store = SQLiteStore(tmp_path / "kill.db")
     ok = [r for r in store.audit_records() if r.code == "OK"]
     # answered <= recorded: nothing answered is lost; recorded - answered <= in flight (4)

@@ -180,7 +180,7 @@ def test_exported_detector_loaded_from_path(gateway, tmp_path):
 
 def test_detector_served_by_upstream(gateway, server, tmp_path):
     pytest.importorskip("detector.ood")
-    from serving.model_server import ModelServer, ServerOptions
+    from serving import testing
 
     _export_tiny_detector(tmp_path / "models" / "tiny_ood" / "1")
     config = tmp_path / "models.config"
@@ -190,8 +190,7 @@ def test_detector_served_by_upstream(gateway, server, tmp_path):
         'model_platform: "tensorflow" }\n'
         f'  config {{ name: "tiny_ood" base_path: "{tmp_path / "models" / "tiny_ood"}" '
         'model_platform: "tensorflow" }\n}\n')
-    with ModelServer(ServerOptions(model_config_file=str(config), port=0,
-                                   host="127.0.0.1")) as upstream:
+    with testing.model_server(config_file=config) as upstream:
         policy = GatewayPolicy(ood=OODConfig(upstream_model="tiny_ood", threshold=0.5,
                                              window=8, level=0.5, min_queries=4))
         gw = gateway(policy, upstream=f"127.0.0.1:{upstream.port}")
