@@ -123,3 +123,99 @@ def test_side_files_the_container_would_refuse_are_refused(tmp_path, capsys, fla
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert flag in err[0] and expected in err[0]
+
+
+# -- issue 17, case 5: a port in use is one line and exit 2, before any model loads ------------
+@pytest.fixture()
+def held_port():
+    """A loopback port with a live listener on it (what another server would hold)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture()
+def no_model_loads(monkeypatch):
+    """Fail the test if any model version starts loading."""
+    from serving import manager
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a model was loaded although the port was taken")
+
+    monkeypatch.setattr(manager.ModelManager, "reload", refuse)
+
+
+@pytest.mark.parametrize("flag, words", [
+    ("port", "Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC "
+             "server"),
+    ("rest_api_port", "Failed to start HTTP Server at 127.0.0.1:"),
+])
+def test_port_in_use_one_line_exit_2(held_port, no_model_loads, tmp_path, capsys, flag, words):
+    ports = {"port": 0, "rest_api_port": 0, flag: held_port}
+    code = main([f"--port={ports['port']}", f"--rest_api_port={ports['rest_api_port']}",
+                 "--host=127.0.0.1", "--model_name=m", f"--model_base_path={tmp_path}"])
+    line = one_error_line(capsys)
+    assert code == 2
+    assert words in line and f"--{flag}={held_port}" in line and "in use" in line
+
+
+@pytest.mark.parametrize("flag", ["port", "rest_api_port"])
+def test_start_binds_before_loading(held_port, no_model_loads, tmp_path, flag):
+    """The API path (no pre-check in main): ports are bound before the models load."""
+    from common.errors import UsageError
+    from serving.model_server import ModelServer, ServerOptions
+
+    ports = {"port": 0, "rest_api_port": 0, flag: held_port}
+    options = ServerOptions(model_name="m", model_base_path=str(tmp_path), host="127.0.0.1",
+                            **ports)
+    with pytest.raises(UsageError, match=rf"--{flag}={held_port} on 127\.0\.0\.1: .*in use"):
+        ModelServer(options).start()
+
+
+def test_port_check_passes_a_free_port():
+    from serving.model_server import check_port_free, free_port
+
+    check_port_free("127.0.0.1", free_port(), "port")  # raises when the port is taken
+    check_port_free("127.0.0.1", 0, "port")  # 0: any port
+
+
+# -- issue 17, case 10: version folders that are not numbers: TF Serving's hint, once -----------
+def test_non_numeric_version_folders_warned_once_with_hint(tmp_path, caplog):
+    import logging
+
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.manager import ModelManager
+
+    base = tmp_path / "m"
+    (base / "export").mkdir(parents=True)
+    (base / "export" / "saved_model.pb").write_bytes(b"")
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add(name="m", base_path=str(base),
+                                                model_platform="tensorflow")
+    assert entry.name == "m"
+    manager = ModelManager()
+    with caplog.at_level(logging.WARNING, logger="serving.manager"):
+        manager.reload(config)
+        for _ in range(3):  # the poller's next scans
+            manager.poll()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.manager"]
+    assert warnings == [
+        f"No versions of servable m found under base path {base}. Did you forget to name your "
+        "leaf directory as a number (eg. '/1/')? (SavedModel folders named 'export': rename "
+        "them to integers)"]
+    caplog.clear()
+    (base / "export").rename(base / "1")  # fixed: found, and a later empty spell warns again
+    (base / "1" / "saved_model.pb").unlink()
+    with caplog.at_level(logging.WARNING, logger="serving.manager"):
+        manager.poll()
+        (base / "1").rmdir()
+        manager.poll()
+        manager.poll()
+    again = [r.getMessage() for r in caplog.records if r.name == "serving.manager"]
+    assert len(again) == 1 and again[0].startswith("No versions of servable m found")
+    manager.stop()
