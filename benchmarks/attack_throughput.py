@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UsageError, invalid
-from serving.model_server import launch
+from serving import testing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,14 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     from attack.knockoff import extract, prepare_run_dir
     from serving.client import ServingClient
 
-    server, port = launch(["--model_name=victim", f"--model_base_path={model_dir}",
-                           "--file_system_poll_wait_seconds=0"])
+    server = testing.model_server(base_path=model_dir, name="victim", process=True)
+    port = server.port
     rng = np.random.default_rng(0)
     results = {"Predict (client)": [0, 0.0], "attack query phase": [0, 0.0]}
     try:
         with ServingClient(f"127.0.0.1:{port}", "victim", batch_size=ns.batch,
                            max_in_flight=ns.in_flight) as client:
-            client.wait_until_available(timeout=120)
             client.predict(transfer.images[:ns.batch * 2])  # warm-up
             with tempfile.TemporaryDirectory() as tmp:
                 for round_ in range(ns.rounds):
@@ -82,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["attack query phase"][0] += stats["answered"]
                     results["attack query phase"][1] += time.perf_counter() - start
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
     print(f"victim: {model_dir}  images: {ns.transfer_set} ({len(transfer)})  "
           f"rounds: {ns.rounds} x {ns.queries} queries  batch {ns.batch} x {ns.in_flight} "
           f"in flight  cores: {os.cpu_count()}")

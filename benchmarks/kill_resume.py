@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.model_server import launch
+from serving import testing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     from attack.journal import QueryJournal
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    server, port = launch([f"--model_config_file={config}",
-                           "--file_system_poll_wait_seconds=0"])
+    server = testing.model_server(config_file=config, process=True)
+    port = server.port
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "attack.knockoff", "--grpc", f"127.0.0.1:{port}",
@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--exclude-classes", ns.exclude_classes]
         journal = run / "journal.bin"
         try:
-            time.sleep(5)  # the server loads its models
             attack = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
             _wait(lambda: journal.exists() and journal.stat().st_size > 4096, 300)
@@ -99,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{j.num_answered - answered} queries, {pending} of them again (those "
                       f"in flight at the kill)")
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
     return 0
 
 

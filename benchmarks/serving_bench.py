@@ -27,17 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import UsageError, invalid
-from serving.model_server import launch
-
-
-def _export_untrained_cnn(base: Path) -> Path:
-    from common.backbones import build_classifier
-    from victim_export import export_classifier
-
-    model = build_classifier("cnn", 10, input_size=32)
-    export_classifier(model, base, "cifar10_cnn", version=1, input_shape=(32, 32, 3),
-                      class_names=tuple(str(i) for i in range(10)))
-    return base / "cifar10_cnn"
+from serving import testing
 
 
 def _percentiles(samples: list[float]) -> tuple[float, float]:
@@ -71,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = tempfile.TemporaryDirectory()
     try:
-        model_dir = Path(ns.model_dir) if ns.model_dir else _export_untrained_cnn(Path(tmp.name))
+        model_dir = (Path(ns.model_dir) if ns.model_dir
+                     else testing.export_untrained_cnn(Path(tmp.name)))
         versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
         if not versions:
             raise invalid("model-dir", str(model_dir), "a folder with integer version sub-folders")
@@ -83,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     input_name, spec = next(iter(fn.structured_input_signature[1].items()))
     shape = tuple(spec.shape[1:])
 
-    server, port = launch(["--model_name=victim", f"--model_base_path={model_dir}",
-                           "--file_system_poll_wait_seconds=0",
-                           f"--grpc_max_threads={max(8, ns.in_flight * 2)}"])
+    server = testing.model_server(base_path=model_dir, name="victim", process=True,
+                                  flags=[f"--grpc_max_threads={max(8, ns.in_flight * 2)}"])
+    port = server.port
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
         ("grpc.max_send_message_length", 2**31 - 1),
         ("grpc.max_receive_message_length", 2**31 - 1)])
@@ -140,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((batch, name, n / spent, p50, p99, (n / spent) / (base[1] / base[2])))
     finally:
         channel.close()
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
         tmp.cleanup()
 
     print(f"model: {version_dir}  input: {input_name} uint8 {list(shape)}  "
