@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from concurrent import futures
@@ -37,7 +35,7 @@ from common.errors import UsageError, invalid
 from serving import status
 
 __all__ = ["MAX_MESSAGE_BYTES", "ModelServer", "ServerOptions", "check_port_free", "free_port",
-           "launch", "main", "port_error"]
+           "main", "port_error"]
 
 log = logging.getLogger(__name__)
 
@@ -368,25 +366,12 @@ def check_port_free(host: str, port: int, flag: str) -> None:
             raise port_error(host, port, flag, err.strerror or str(err)) from None
 
 
-# -- as a separate process (benchmarks, quickstart) ------------------------------------------------
+# -- ports (servers are started and waited for by serving.testing) ---------------------------------
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on `host` (for loopback test servers)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def launch(args: list[str], *, quiet: bool = True) -> tuple[subprocess.Popen, int]:
-    """Start `python -m serving.model_server --port=P --host=127.0.0.1 *args` as its own
-    process on a free loopback port; returns (process, P). Stop it with `terminate()`."""
-    port = free_port()
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.model_server", f"--port={port}", "--host=127.0.0.1",
-         *args],
-        env=env, cwd=Path(__file__).resolve().parents[1],
-        stdout=subprocess.DEVNULL if quiet else None, stderr=subprocess.DEVNULL if quiet else None)
-    return proc, port
 
 
 # -- command line ----------------------------------------------------------------------------------
