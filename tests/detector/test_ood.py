@@ -183,15 +183,15 @@ def test_roc_auc_and_curve_agree_with_brute_force():
     assert row["anomalous_accuracy"] == pytest.approx(3 / 4)
 
 
-@pytest.mark.parametrize("flags, argument", [
-    (["--out", "detectors/x"], "out"),
-    (["--target-fpr", "1.5"], "target_fpr"),
-    (["--backbone", "nonet"], "backbone"),
-    (["--holdout", "0"], "holdout"),
-    (["--weights", "/no/such/file.h5"], "weights"),
-    (["--exclude-classes", "/no/such/list.txt"], "exclude_classes"),
+@pytest.mark.parametrize("flags, argument", [  # the flag the user typed (issue 17, case 11)
+    (["--out", "detectors/x"], "`--out`"),
+    (["--target-fpr", "1.5"], "`--target-fpr`"),
+    (["--backbone", "nonet"], "`--backbone`"),
+    (["--holdout", "0"], "`--holdout`"),
+    (["--weights", "/no/such/file.h5"], "`--weights`"),
+    (["--exclude-classes", "/no/such/list.txt"], "`--exclude-classes`"),
     (["--epochs", "zero"], "--epochs"),
-    (["--jpeg-augment", "2"], "jpeg_augment"),
+    (["--jpeg-augment", "2"], "`--jpeg-augment`"),
 ])
 def test_train_cli_bad_input_exits_2_naming_the_argument(flags, argument, data, tmp_path, capsys):
     from detector.train import main
