@@ -129,3 +129,23 @@ def test_a_short_watermark_key_is_refused_before_start(gateway, tmp_path):
     key_file.write_bytes(b"abc")
     with pytest.raises(UsageError, match="watermark.key_file"):
         gateway(GatewayPolicy(watermark=WatermarkConfig(key_file=str(key_file))))
+
+
+def test_misinformation_model_loaded_in_process(gateway, server, model_base):
+    """`function: model` with `path`: an exported classifier answers the OOD queries (here
+    tiny version 1 misinforms for the served tiny version 2)."""
+    from detector.misinformation import MisinformationModel
+
+    path = str(model_base[0] / "tiny" / "1")
+    policy = GatewayPolicy(ood=_ood(), on_query="misinform", on_flag_action="misinform",
+                           on_flag_policy="identity",
+                           misinformation=MisinformationConfig(tau=0.5, function="model",
+                                                               path=path))
+    gw = gateway(policy, ood_detector=BrightIsAttack())
+    client = Target(f"127.0.0.1:{gw.port}", add_client(gw.store, "alice"))
+    direct = Target(f"127.0.0.1:{server.port}")
+    x, y = bright(4, seed=5), dark(4, seed=6)
+    mis = MisinformationModel.load(path)(x)
+    assert not np.allclose(mis, _probs(direct.predict(x)), atol=1e-3)
+    np.testing.assert_allclose(_probs(client.predict(x)), mis, atol=1e-4)
+    np.testing.assert_allclose(_probs(client.predict(y)), _probs(direct.predict(y)), atol=1e-4)
