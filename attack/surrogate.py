@@ -49,6 +49,7 @@ from common.distribute import (
     make_strategy,
     scope,
     shard_by_data,
+    synchronize_batch_norm,
     worker_suffix,
 )
 from common.errors import invalid
@@ -275,6 +276,7 @@ class SurrogateTrainer:
             if mode == "fit" and self._strategy is not None:
                 if self._fit_model is None:
                     self._fit_model = build_classifier(self.backbone, **self._build_args)
+                    synchronize_batch_norm(self._fit_model)
                 model = self._fit_model
                 model.set_weights(self._initial_weights)
             model.compile(

@@ -13,11 +13,12 @@ multiworker``:
   before anything is loaded, queried, trained or written.
 
 The batch-size rule: ``batch_size`` is the *global* batch of one optimizer step, split evenly over
-the replicas (``batch_size / replicas`` each, `per_replica_batch`); the learning rate, the epochs
-and the schedule mean what they mean on one device, so a distributed run trains the same model
-within noise (not bit for bit: the replicas sum their gradients in another order, and batch
-normalisation keeps statistics per replica, over its share of the batch), and a checkpoint
-fingerprint does not depend on the strategy. It must be a multiple of the replica count. To
+the replicas (``batch_size / replicas`` each, `per_replica_batch`), and must be a multiple of the
+replica count. The learning rate, the epochs and the schedule mean what they mean on one device,
+so a distributed run trains the same model within noise (not bit for bit: the replicas sum their
+gradients in another order) and a checkpoint fingerprint does not depend on the strategy. Batch
+normalisation is synchronised (`synchronize_batch_norm`): its batch statistics are those of the
+global batch, as on one device, and every replica and worker keeps the same moving averages. To
 keep every device as busy as a single one was, multiply ``--batch-size`` by the replica count
 yourself (and the learning rate with it if you want the linear scaling rule of Goyal et al.
 2017).
@@ -59,6 +60,7 @@ __all__ = [
     "replicas",
     "scope",
     "shard_by_data",
+    "synchronize_batch_norm",
     "worker_suffix",
 ]
 
@@ -230,6 +232,31 @@ def check_global_batch(batch_size: int, strategy: Any, argument: str = "batch_si
 def per_replica_batch(batch_size: int, strategy: Any) -> int:
     """Each replica's share of the global `batch_size`."""
     return check_global_batch(batch_size, strategy) // replicas(strategy)
+
+
+def synchronize_batch_norm(model: Any) -> int:
+    """Make every `BatchNormalization` layer of `model` (nested models too) compute its batch
+    statistics over the global batch (Keras' ``synchronized=True``, an all-reduce across the
+    replicas); returns how many layers it switched.
+
+    Keras keeps the moving averages of an unsynchronised layer per replica, each from its own
+    share of the batch, so the replicas' (and the workers') copies of the model drift apart and
+    the weights read back after training are one replica's. Call it after building the model
+    under the strategy's scope and before its first training step.
+    """
+    import keras
+
+    switched, stack, seen = 0, [model], set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
+            layer.synchronized = True
+            switched += 1
+        stack.extend(getattr(layer, "layers", ()))
+    return switched
 
 
 def shard_by_data(dataset: Any, strategy: Any) -> Any:

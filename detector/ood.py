@@ -43,6 +43,7 @@ from common.distribute import (
     make_strategy,
     scope,
     shard_by_data,
+    synchronize_batch_norm,
     worker_suffix,
 )
 from common.errors import UsageError, invalid
@@ -564,9 +565,10 @@ def _preflight(config: DetectorConfig) -> None:
             raise invalid("out", config.out, f"a path under directories ({parent} is a file)")
 
 
-def _prepare_work_dir(config: DetectorConfig) -> Path:
-    """The checkpoint folder; a leftover from another config is cleared (never resumed from)."""
-    work = config.work_path
+def _prepare_work_dir(config: DetectorConfig, suffix: str = "") -> Path:
+    """The checkpoint folder; a leftover from another config is cleared (never resumed from).
+    A multi-worker task other than the chief keeps its own, `suffix`ed (`worker_suffix`)."""
+    work = config.work_path.with_name(config.work_path.name + suffix)
     saved = work / "config.json"
     current = config_to_dict(config)
     if work.exists():
@@ -665,6 +667,8 @@ def train_detector(
     steps = math.ceil(len(labels) / config.batch_size)
     with scope(strategy):
         model = build_detector_model(config, image_size, input_size)
+        if strategy is not None:
+            synchronize_batch_norm(model)
         model.compile(
             optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
                 config.learning_rate, decay_steps=max(1, config.epochs * steps))),
@@ -676,10 +680,8 @@ def train_detector(
     all_callbacks = [_EpochLog.make(config.epochs)]
     work = None
     if export:
-        work = _prepare_work_dir(config)
-        # each multi-worker task resumes from its own backup (the chief's is "backup")
-        backup = work / f"backup{worker_suffix(strategy)}"
-        all_callbacks.append(keras.callbacks.BackupAndRestore(str(backup)))
+        work = _prepare_work_dir(config, worker_suffix(strategy))
+        all_callbacks.append(keras.callbacks.BackupAndRestore(str(work / "backup")))
     all_callbacks.extend(callbacks)
     started = time.monotonic()
     history = model.fit(shard_by_data(fit_ds, strategy), epochs=config.epochs,
@@ -729,6 +731,8 @@ def train_detector(
     path = None
     if export and not is_chief(strategy):
         logger.info("multi-worker: this worker trained; the chief exports the detector")
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     elif export:
         path = export_detector(model, config.out, calibration)
         detector.path = path

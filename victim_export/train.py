@@ -32,7 +32,14 @@ import tensorflow as tf
 from common.backbones import build_classifier, get_backbone
 from common.cli import config_to_dict
 from common.data import ImageDataset, load_dataset
-from common.distribute import check_global_batch, is_chief, make_strategy, scope, shard_by_data
+from common.distribute import (
+    check_global_batch,
+    is_chief,
+    make_strategy,
+    scope,
+    shard_by_data,
+    synchronize_batch_norm,
+)
 from common.errors import UsageError, invalid
 from common.fileio import check_writable
 from common.progress import keras_verbose
@@ -281,6 +288,8 @@ def train_victim(
     steps = math.ceil(len(fit_set) / config.batch_size)
     with scope(strategy):
         model = build()
+        if strategy is not None:
+            synchronize_batch_norm(model)
         model.compile(
             optimizer=_optimizer(config, steps),
             loss=keras.losses.CategoricalCrossentropy(from_logits=True,
