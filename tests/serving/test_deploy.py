@@ -971,10 +971,101 @@ def test_k8s_gateway_arguments_parse(tmp_path):
     assert config.state == "redis://redis:6379/0"
 
 
+TRAIN_JOB = DEPLOY / "k8s" / "train-multiworker.yaml"
+
+
+def train_job_errors(docs: list[dict]) -> list[str]:
+    """What the schemas cannot see in the multi-worker training Job: TF_CONFIG (as each pod's
+    shell builds it) listing exactly the Job's pods at the headless Service's port, the
+    NetworkPolicy letting them reach each other, and the victim_export flags parsing."""
+    import shlex
+
+    from common.cli import parse_config
+    from common.distribute import parse_tf_config
+    from victim_export.config import VictimConfig
+
+    errors = []
+    job = _by_kind(docs, "Job")["train-victim"]
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    services = [s for s in _by_kind(docs, "Service").values()
+                if s["metadata"]["name"] == pod.get("subdomain")]
+    if not services or services[0]["spec"].get("clusterIP") != "None" \
+            or not _matches(services[0]["spec"]["selector"], labels):
+        return ["the pods' subdomain is no headless Service selecting them"]
+    port = services[0]["spec"]["ports"][0]["port"]
+    ctr = pod["containers"][0]
+    if not _pinned(ctr["image"]):
+        errors.append(f"image {ctr['image']!r} is not pinned")
+    if port not in {p["containerPort"] for p in ctr.get("ports", [])}:
+        errors.append(f"the container does not declare the collective port {port}")
+    workers = spec["completions"]
+    if spec.get("completionMode") != "Indexed" or spec.get("parallelism") != workers:
+        errors.append("not an Indexed Job running all its completions at once")
+    script = ctr["args"][0]
+    export, _, command = script.partition("&&")
+    expected = [f"{job['metadata']['name']}-{i}.{pod['subdomain']}:{port}" for i in range(workers)]
+    for index in range(workers):
+        out = subprocess.run(["sh", "-c", f'{export} && printf %s "$TF_CONFIG"'], text=True,
+                             capture_output=True, env={"JOB_COMPLETION_INDEX": str(index)})
+        try:
+            spec_i = parse_tf_config(out.stdout)
+        except ValueError as err:
+            errors.append(f"pod {index}: {err}")
+            continue
+        if spec_i["cluster"] != {"worker": expected} or spec_i["task"]["index"] != index:
+            errors.append(f"pod {index}: TF_CONFIG {out.stdout!r}, expected workers {expected}")
+    allowed = [rule for p in _by_kind(docs, "NetworkPolicy").values()
+               if _matches(p["spec"]["podSelector"].get("matchLabels"), labels)
+               for rule in p["spec"].get("ingress", [])
+               if port in {x.get("port") for x in rule.get("ports", [])}
+               and any(_matches((src.get("podSelector") or {}).get("matchLabels") or {"_": 0},
+                                labels) for src in rule.get("from", []))]
+    if not allowed:
+        errors.append(f"no NetworkPolicy lets the workers reach each other on {port}")
+    argv = shlex.split(command)
+    if argv[:4] != ["exec", "python", "-m", "victim_export"]:
+        errors.append(f"not a victim_export command: {command!r}")
+    else:
+        os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": expected},
+                                              "task": {"type": "worker", "index": 0}})
+        try:
+            config = parse_config(VictimConfig, argv[4:], prog="victim_export")
+        finally:
+            del os.environ["TF_CONFIG"]
+        if config.distribute != "multiworker" or config.batch_size % workers:
+            errors.append("not --distribute multiworker with a batch split over the workers")
+    return errors
+
+
+def test_k8s_multiworker_training_job_valid():
+    docs = [d for d in yaml.safe_load_all(TRAIN_JOB.read_text()) if d]
+    assert sorted(d["kind"] for d in docs) == ["Job", "NetworkPolicy", "PersistentVolumeClaim",
+                                               "Service"]
+    assert k8s_schema_errors(docs) == []
+    assert train_job_errors(docs) == []
+    assert "k8s/train-multiworker.yaml" not in kustomization()["resources"]
+
+
+@pytest.mark.parametrize("old, new, fragment", [
+    ("  completions: 2\n", "  completions: 3\n", "TF_CONFIG"),
+    ("      subdomain: train-workers\n", "      subdomain: trainers\n", "headless Service"),
+    ("          port: 12345\n---", "          port: 2222\n---", "reach each other"),
+    ("--distribute multiworker", "--distribute mirrored", "--distribute multiworker"),
+    ("image: mext-train:0.1.0-gpu", "image: mext-train:latest", "not pinned"),
+])
+def test_training_job_checks_catch_a_broken_file(old, new, fragment):
+    text = TRAIN_JOB.read_text()
+    assert old in text
+    docs = [d for d in yaml.safe_load_all(text.replace(old, new)) if d]
+    assert any(fragment in e for e in train_job_errors(docs))
+
+
 def test_deploy_files_are_all_checked():
     """A new file in serving/deploy/ must be known here (and so checked by something above)."""
     known = {"__init__.py", "healthcheck.py", "protos.py", "Dockerfile.gateway",
-             "Dockerfile.gateway.dockerignore", "kustomization.yaml", *COMPOSE_FILES,
+             "Dockerfile.gateway.dockerignore", "kustomization.yaml", "k8s/train-multiworker.yaml",
+             *COMPOSE_FILES,
              "config/models.config", "config/batching.config", "config/monitoring.config",
              "config/policy.json", "config/prometheus.yml"}
     known |= {r for r in kustomization()["resources"]}
