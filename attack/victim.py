@@ -213,6 +213,11 @@ class Victim(abc.ABC):
         """Hook: the transport learns which outputs will be asked for."""
 
     @property
+    def signature_name(self) -> str:
+        """The signature called (``serving_default`` unless one was named)."""
+        return getattr(self, "_signature_name", "serving_default")
+
+    @property
     def output_choice(self) -> probe.OutputChoice:
         self.metadata()
         return self._choice  # type: ignore[return-value]
@@ -423,6 +428,7 @@ class ServingVictim(Victim):
                                    output=output, api_key=api_key, timeout=timeout,
                                    max_in_flight=in_flight, batch_size=batch_size)
         self.client = client
+        self._signature_name = client.signature_name
 
     def signature(self):
         return self.client.signature()
@@ -467,6 +473,7 @@ class RestVictim(Victim):
         self.client = RestClient(url, model, version=version, signature=signature,
                                  api_key=api_key, timeout=timeout, max_in_flight=in_flight,
                                  batch_size=batch_size)
+        self._signature_name = signature
 
     def signature(self):
         return self.client.signature()
