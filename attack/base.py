@@ -38,6 +38,7 @@ import inspect
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -219,22 +220,37 @@ class Attack(abc.ABC):
             on_progress: ``on_progress(answered, budget)`` as answers are journaled.
             data: attack-specific data (Copycat: ``problem_domain``).
         """
+        self._check_victim(victim)
+        if run_dir is None and resume:
+            raise invalid("resume", True, "a run_dir to resume (run_dir=None starts a new "
+                                          "temporary one)")
+        prepared = self._prepare_data(transfer, self._check_test(test), **data)
+        fields = {**_surrogate_fields(surrogate), **_endpoint_fields(victim, self.config_class),
+                  **prepared.pop("fields"), "resume": bool(resume)}
         temporary = run_dir is None
         if temporary:
-            if resume:
-                raise invalid("resume", True, "a run_dir to resume (run_dir=None starts a new "
-                                              "temporary one)")
+            self._config(**fields, out="<temporary>")  # every check before the folder exists
             run_dir = tempfile.mkdtemp(prefix=f"mext-{self.name}-")
             log.info("%s: run directory %s (temporary, kept)", type(self).__name__, run_dir)
-        prepared = self._prepare_data(transfer, self._check_test(test), **data)
-        config = self._config(
-            **_surrogate_fields(surrogate), **_endpoint_fields(victim, self.config_class),
-            **prepared.pop("fields"), out=str(run_dir), resume=bool(resume))
-        return self._run(victim, config, prepared, on_progress)
+        config = self._config(**fields, out=str(run_dir))
+        try:
+            return self._run(victim, config, prepared, on_progress)
+        except BaseException:
+            if temporary and not any(Path(run_dir).iterdir()):
+                Path(run_dir).rmdir()  # refused before anything was written: leave nothing
+            raise
 
     def _check_test(self, test: Any) -> Any:
         """The `test` argument of `extract`, checked (a labelled dataset or None)."""
         return _as_test(test)
+
+    def _check_victim(self, victim: Any) -> None:
+        """`UsageError` when `victim` is not a victim (`metadata()` and `predict(images)`)."""
+        if not callable(getattr(victim, "metadata", None)) \
+                or not callable(getattr(victim, "predict", None)):
+            raise invalid("victim", type(victim).__name__,
+                          "an attack.victim.Victim (ServingVictim, RestVictim, KerasVictim) or "
+                          "anything with metadata() and predict(images)")
 
     @abc.abstractmethod
     def _prepare_data(self, transfer: Any, test: Any, **data: Any) -> dict:
@@ -271,6 +287,9 @@ class ExactAttack(Attack):
             raise invalid("transfer", type(transfer).__name__,
                           f"None: {type(self).__name__} chooses its own query points")
         return {"fields": {"test_set": test, "reference": reference}}
+
+    def _check_victim(self, victim: Any) -> None:
+        exact_client(victim)
 
     def extract(self, victim, transfer=None, *, surrogate=None, run_dir=None, test=None,
                 resume: bool = False, on_progress: ProgressFn | None = None, **data: Any):

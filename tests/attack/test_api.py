@@ -98,10 +98,9 @@ def test_transfer_must_be_uint8_images(model):
                                     surrogate=Surrogate(**SURROGATE))
 
 
-def test_first_batch_that_does_not_fit_stops_and_resume_uses_it(model, transfer, tmp_path):
-    """--output-kind probabilities against a logits output: one batch is paid, checked,
-    refused with the flag to use; the answers stay in the journal and a resumed run with
-    --output-kind logits learns from them without asking them again."""
+def _stopped_after_the_first_batch(model, transfer, run_dir):
+    """--output-kind probabilities against a logits output: one batch is paid, checked and
+    refused naming the flag; the answers stay in the journal."""
     from attack import Knockoff, Surrogate
     from attack.journal import QueryJournal
 
@@ -109,12 +108,29 @@ def test_first_batch_that_does_not_fit_stops_and_resume_uses_it(model, transfer,
     surrogate = Surrogate(**{**SURROGATE, "epochs": 1})
     wrong = keras_victim(model, output_kind="probabilities")
     with pytest.raises(UsageError, match=r"(?s)output.kind.*32 answers paid.*--resume"):
-        attack.extract(wrong, transfer, surrogate=surrogate, run_dir=tmp_path / "run")
+        attack.extract(wrong, transfer, surrogate=surrogate, run_dir=run_dir)
     assert wrong.queries == 32  # the first batch only, no probe (range and kind were given)
-    with QueryJournal.open(tmp_path / "run") as journal:
+    with QueryJournal.open(run_dir) as journal:
         assert journal.num_answered == 32
         kept = journal.answered_indices().copy()
+    return attack, surrogate, kept
 
+
+def test_first_batch_that_does_not_fit_stops_with_the_answers_kept(model, transfer, tmp_path):
+    attack, surrogate, _ = _stopped_after_the_first_batch(model, transfer, tmp_path / "run")
+    again = keras_victim(model, output_kind="probabilities")
+    with pytest.raises(UsageError, match="32 answers paid"):  # the journal is checked first
+        attack.extract(again, transfer, surrogate=surrogate, run_dir=tmp_path / "run",
+                       resume=True)
+    assert again.queries == 0
+
+
+@pytest.mark.slow
+def test_resume_with_the_right_output_kind_learns_from_the_kept_answers(model, transfer,
+                                                                        tmp_path):
+    from attack.journal import QueryJournal
+
+    attack, surrogate, kept = _stopped_after_the_first_batch(model, transfer, tmp_path / "run")
     right = keras_victim(model, output_kind="logits")
     result = attack.extract(right, transfer, surrogate=surrogate, run_dir=tmp_path / "run",
                             resume=True)

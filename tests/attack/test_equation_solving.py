@@ -122,3 +122,21 @@ def test_rounded_answers_are_refused():
         check_answers(np.round(p, 2), "probabilities", attack="t")
     with pytest.raises(AnswerError, match="rounded"):
         check_answers(np.round(np.log(p), 3), "logits", attack="t")
+
+
+def test_the_attack_object_solves_through_a_serving_victim(served):
+    from attack import EquationSolving, KerasVictim, ServingVictim
+    from common.errors import UsageError
+
+    target, base, (w, b) = served
+    attack = EquationSolving(design="basis", verify=4, noise=0)
+    with ServingVictim(target, "soft") as victim:
+        result = attack.extract(victim)  # run_dir=None: a temporary run directory
+    assert result.run_dir.name.startswith("mext-equation-solving-")
+    assert result.queries == D + 1 + 4 and result.journal.is_file()
+    assert np.abs(result.weights - (w - w[:, -1:])).max() < 1e-6
+    assert result.victim["model"] == "soft"
+    with pytest.raises(UsageError, match="surrogate"):
+        attack.extract(None, surrogate={"backbone": "cnn"})
+    with pytest.raises(UsageError, match="victim.*predict_raw"):
+        attack.extract(KerasVictim(str(base / "soft" / "1")))
