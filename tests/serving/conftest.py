@@ -8,7 +8,8 @@ Two kinds of model, both as TF Serving loads them:
 
 Fuzz tests take `fuzz_tally`: their own count of what they sent and how each request ended (no
 tally is shared between tests, so none depends on another's order); `pytest -s` prints each
-table, and the run's summary line adds up the requests of every fuzz test that ran.
+table, and the run's summary line adds up the requests of every fuzz test that ran (also
+across pytest-xdist workers: the count travels as a user property of the test's report).
 """
 
 from __future__ import annotations
@@ -158,13 +159,11 @@ class FuzzTally:
         return "\n".join(lines)
 
 
-FUZZ_REQUESTS: dict[str, int] = {}  # test id -> requests it sent (the session summary's sum)
-
-
 @pytest.fixture
 def fuzz_tally(request):
-    """A fresh `FuzzTally` for this test; printed (with `pytest -s`) and summed at the end."""
+    """A fresh `FuzzTally` for this test; printed (with `pytest -s`) and, as the test's
+    `fuzz_requests` user property, summed by tests/conftest.py at the end of the run."""
     tally = FuzzTally()
     yield tally
-    FUZZ_REQUESTS[request.node.nodeid] = tally.requests
+    request.node.user_properties.append(("fuzz_requests", tally.requests))
     print(f"\n{request.node.name}: {tally.requests} requests\n{tally.table()}")

@@ -56,11 +56,10 @@ def _served_version(manager) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def tiny_versions(tmp_path_factory):
-    """`tiny` versions 1 and 2 exported once; tests copy them around."""
-    base = tmp_path_factory.mktemp("exported")
-    testing.export_tiny_classifier(base, "tiny", 1, seed=1)
-    return testing.export_tiny_classifier(base, "tiny", 2, seed=2)
+def tiny_versions(model_base):
+    """`tiny` versions 1 and 2 (the serving tests' models, exported once per run); tests copy
+    them around."""
+    return model_base[0] / "tiny"
 
 
 def test_graph_copied_before_variables_is_served_once_whole(tiny_versions, tmp_path):
