@@ -336,9 +336,13 @@ class _ModelServicer:
 
 
 # -- ports -----------------------------------------------------------------------------------------
-def port_error(host: str, port: int, flag: str, reason: str) -> UsageError:
-    """TF Serving's words for a port it cannot serve on (main.cc / server.cc), naming the flag."""
-    if flag == "rest_api_port":  # server.cc logs this one; TF Serving then runs without REST
+def port_error(host: str, port: int, flag: str, reason: str, *,
+               head: str | None = None) -> UsageError:
+    """TF Serving's words for a port it cannot serve on (main.cc / server.cc), naming the flag
+    (`head` replaces them for a port TF Serving does not have)."""
+    if head is not None:
+        pass
+    elif flag == "rest_api_port":  # server.cc logs this one; TF Serving then runs without REST
         head = f"Failed to start HTTP Server at {host}:{port}"
     else:
         head = ("Failed to start server. Error: INVALID_ARGUMENT: Failed to BuildAndStart gRPC "
@@ -347,7 +351,7 @@ def port_error(host: str, port: int, flag: str, reason: str) -> UsageError:
                       f"pass another --{flag})")
 
 
-def check_port_free(host: str, port: int, flag: str) -> None:
+def check_port_free(host: str, port: int, flag: str, *, head: str | None = None) -> None:
     """Raise `port_error` when a TCP listener cannot bind `host`:`port` now (0: any port).
 
     Binds and closes a socket with SO_REUSEADDR, as gRPC and the REST server do, so a port
@@ -363,7 +367,7 @@ def check_port_free(host: str, port: int, flag: str) -> None:
         try:
             probe.bind((bare, port))
         except OSError as err:
-            raise port_error(host, port, flag, err.strerror or str(err)) from None
+            raise port_error(host, port, flag, err.strerror or str(err), head=head) from None
 
 
 # -- ports (servers are started and waited for by serving.testing) ---------------------------------

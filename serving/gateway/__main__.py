@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 
+from common import quiet
 from common.cli import build_parser, config_from_args, configure_logging, run_cli
 from common.errors import invalid
 
@@ -41,7 +41,8 @@ def _keys_parser() -> argparse.ArgumentParser:
                             ("rotate", "replace a client's key, keep its usage; print it")):
         p = sub.add_parser(name, help=help_text, prog=f"{PROG} keys {name}")
         p.add_argument("--state", default="sqlite:gateway_state.db",
-                       help="sqlite:PATH or redis://HOST:PORT/DB (as the server's --state)")
+                       help="sqlite:PATH or redis://HOST:PORT/DB (as the server's --state); "
+                            + ("created when missing" if name == "add" else "must exist"))
         if name != "list":
             p.add_argument("--client", required=True, help="client name")
         if name == "add":
@@ -54,12 +55,30 @@ def _keys_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a state store raises when its database or server fails mid-command."""
+    import sqlite3
+
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    redis = sys.modules.get("redis")  # imported by the store only for redis:// states
+    if redis is not None:
+        errors.append(redis.exceptions.RedisError)
+    return tuple(errors)
+
+
 def _keys(argv: Sequence[str]) -> int:
-    from serving.gateway.auth import generate_key, hash_key
-    from serving.gateway.server import ANONYMOUS
+    ns = _keys_parser().parse_args(list(argv))
+    try:
+        return _run_keys(ns)
+    except _storage_errors() as err:  # e.g. a read-only or locked database, Redis gone away
+        raise invalid("state", ns.state, f"a state store that answers ({type(err).__name__}: "
+                      f"{' '.join(str(err).split())})") from None
+
+
+def _run_keys(ns: argparse.Namespace) -> int:
+    from serving.gateway.auth import ANONYMOUS, generate_key, hash_key
     from serving.gateway.store import new_record, open_store
 
-    ns = _keys_parser().parse_args(list(argv))
     client = getattr(ns, "client", None)
     if client is not None and (not _CLIENT_RE.match(client) or client == ANONYMOUS):
         raise invalid("client", client, "1-64 letters, digits or _ . @ - (not 'anonymous')")
@@ -70,7 +89,7 @@ def _keys(argv: Sequence[str]) -> int:
             value = getattr(ns, name)
             if value is not None and not value > 0:
                 raise invalid(name, value, "a positive number")
-    store = open_store(ns.state)
+    store = open_store(ns.state, create=ns.action == "add")
     try:
         if ns.action == "list":
             for c in store.list_clients():
@@ -100,11 +119,23 @@ def _keys(argv: Sequence[str]) -> int:
 
 def _serve(argv: Sequence[str]) -> int:
     from serving.gateway.config import GatewayConfig
-    from serving.gateway.server import Gateway
+    from serving.model_server import check_port_free
 
     parser = build_parser(GatewayConfig, prog=PROG, description=__doc__.split("\n\n")[0])
-    config = config_from_args(GatewayConfig, parser.parse_args(list(argv)))
+    ns = parser.parse_args(list(argv))
+    quiet.configure(ns.verbose)
+    config = config_from_args(GatewayConfig, ns)
+    # a port in use is one line before TensorFlow and the detectors load (start() checks again)
+    check_port_free(config.host, config.port, "port")
+    if config.metrics_port:
+        check_port_free(config.host, config.metrics_port, "metrics-port",
+                        head="Failed to start the metrics server")
+    from serving.gateway.store import open_store
+
+    open_store(config.state).close()  # unreachable or unwritable state: one line, before TF
     configure_logging()
+    from serving.gateway.server import Gateway  # TensorFlow: once the flags are valid
+
     gateway = Gateway(config).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -129,5 +160,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

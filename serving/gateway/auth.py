@@ -16,8 +16,10 @@ import hmac
 import secrets
 from collections.abc import Iterable
 
-__all__ = ["KEY_PREFIX", "digest_matches", "extract_key", "generate_key", "hash_key"]
+__all__ = ["ANONYMOUS", "KEY_PREFIX", "digest_matches", "extract_key", "generate_key",
+           "hash_key"]
 
+ANONYMOUS = "anonymous"  # the client name of requests without a key (when auth is optional)
 KEY_PREFIX = "mxk_"
 _MAX_KEY_CHARS = 512
 

@@ -55,7 +55,7 @@ from tensorflow_serving.apis import (
 
 from common.errors import UsageError
 from serving import codec, status
-from serving.gateway.auth import digest_matches, extract_key, hash_key
+from serving.gateway.auth import ANONYMOUS, digest_matches, extract_key, hash_key
 from serving.gateway.config import (
     GatewayConfig,
     GatewayPolicy,
@@ -71,12 +71,12 @@ from serving.gateway.store import (
     StateStore,
     open_store,
 )
+from serving.model_server import check_port_free, port_error
 
 __all__ = ["ANONYMOUS", "Gateway", "degrade_predict_response"]
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS = "anonymous"
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -323,23 +323,32 @@ class Gateway:
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = f"{cfg.host}:{cfg.port}" if ":" not in cfg.host else f"[{cfg.host}]:{cfg.port}"
-        if cfg.tls_cert:
-            key = Path(cfg.tls_key).read_bytes()
-            cert = Path(cfg.tls_cert).read_bytes()
-            ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
-            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                                require_client_auth=ca is not None)
-            self.port = server.add_secure_port(address, creds)
-        else:
-            self.port = server.add_insecure_port(address)
+        try:
+            if cfg.tls_cert:
+                key = Path(cfg.tls_key).read_bytes()
+                cert = Path(cfg.tls_cert).read_bytes()
+                ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+                creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                    require_client_auth=ca is not None)
+                self.port = server.add_secure_port(address, creds)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
+            self.port = 0
         if not self.port:
-            raise UsageError(f"Invalid value for argument `port`. Received: port={cfg.port}. "
-                             "Expected a free port (binding it failed).")
+            check_port_free(cfg.host, cfg.port, "port")  # raises with the reason
+            raise port_error(cfg.host, cfg.port, "port", "binding it failed")
+        if cfg.metrics_port:  # before serving: a taken metrics port stops the start cleanly
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
+            except OSError as err:
+                server.stop(None)
+                raise port_error(cfg.host, cfg.metrics_port, "metrics-port",
+                                 err.strerror or str(err), head="Failed to start the metrics "
+                                 "server") from None
         self._probe()
         server.start()
         self._server = server
-        if cfg.metrics_port:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
         self._prober = threading.Thread(target=self._probe_loop, name="gateway-health",
                                         daemon=True)
         self._prober.start()

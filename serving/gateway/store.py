@@ -221,19 +221,31 @@ def _client_from_row(row) -> ClientRecord:
 class SQLiteStore:
     """State in one SQLite file (WAL). See the module docstring for the exact guarantee."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL",
+                 create: bool = True) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise invalid("synchronous", synchronous, "NORMAL, FULL or EXTRA")
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise invalid("state", f"sqlite:{path}", "a path whose folder exists")
+        if not create and not self.path.is_file():  # a typo must not look like "no clients"
+            raise invalid("state", f"sqlite:{path}", "an existing gateway state database "
+                          f"({self.path.resolve()} does not exist; the gateway's first start "
+                          "or `keys add` creates it)")
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False,
-                                   isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        self._db.executescript(_SCHEMA)
-        self._db.executescript(_WATERMARK_SCHEMA)
+        self._db = None
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                       isolation_level=None, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.executescript(_SCHEMA)
+            self._db.executescript(_WATERMARK_SCHEMA)
+        except sqlite3.Error as err:  # read-only place, not a database, locked, disk full
+            if self._db is not None:
+                self._db.close()
+            raise invalid("state", f"sqlite:{path}", "a SQLite database this process can open "
+                          f"and write ({type(err).__name__}: {err})") from None
         self._live: dict[str, _Live] = {}
 
     @contextmanager
@@ -418,9 +430,7 @@ class RedisStore:
     def __init__(self, url: str | None = None, *, client: Any = None,
                  prefix: str = "mxgw:") -> None:
         if client is None:
-            import redis
-
-            client = redis.Redis.from_url(url)
+            client = _connect_redis(url)
         self.r = client
         self.prefix = prefix
 
@@ -564,8 +574,28 @@ class RedisStore:
             pass
 
 
-def open_store(url: str, *, redis_client: Any = None) -> SQLiteStore | RedisStore:
-    """`sqlite:PATH[?synchronous=FULL]` or `redis://HOST:PORT/DB` (or a redis-py client)."""
+def _connect_redis(url: str) -> Any:
+    """A redis-py client for `url` that has answered a PING, or a `UsageError` naming `state`
+    (bad URL, refused, unreachable within 5 s, wrong password) instead of a traceback at the
+    first request."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5.0)
+        client.ping()
+    except (ValueError, redis.exceptions.RedisError) as err:
+        raise invalid("state", url, f"a reachable Redis server ({type(err).__name__}: "
+                      f"{' '.join(str(err).split())})") from None
+    return client
+
+
+def open_store(url: str, *, redis_client: Any = None,
+               create: bool = True) -> SQLiteStore | RedisStore:
+    """`sqlite:PATH[?synchronous=FULL]` or `redis://HOST:PORT/DB` (or a redis-py client).
+
+    `create=False` refuses a SQLite file that does not exist yet (the `keys` commands that
+    read or change existing clients), rather than creating an empty one.
+    """
     from serving.gateway.config import parse_state_url
 
     kind, target = parse_state_url(url)
@@ -577,7 +607,7 @@ def open_store(url: str, *, redis_client: Any = None) -> SQLiteStore | RedisStor
             if key != "synchronous":
                 raise invalid("state", url, "sqlite:PATH or sqlite:PATH?synchronous=FULL")
             sync = value
-        return SQLiteStore(path, synchronous=sync)
+        return SQLiteStore(path, synchronous=sync, create=create)
     return RedisStore(target, client=redis_client)
 
 
