@@ -8,6 +8,7 @@ data instead of downloading it), as the data layer's tests do; the real builders
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -64,11 +65,22 @@ def test_an_output_folder_of_other_settings_is_refused(tmp_path, capsys):
     data = _local_folder(tmp_path / "data")
     out = tmp_path / "run"
     out.mkdir()
-    record = {"settings": {**vars(PROFILES["full"])}, "data": "local"}
+    record = {"settings": dataclasses.asdict(PROFILES["full"]), "data": "local"}
     (out / "quickstart.json").write_text(json.dumps(record))
     assert quickstart.main(["--data-dir", str(data), "--out", str(out)]) == 2
     assert "the settings it was run with" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["quickstart.json"]
+
+
+def test_the_same_settings_are_recognised_after_a_round_trip_through_json(tmp_path):
+    record = {"settings": dataclasses.asdict(PROFILES["quick"]), "data": "local"}
+    path = tmp_path / "quickstart.json"
+    assert quickstart.same_record(path, record)  # nothing recorded yet
+    path.write_text(json.dumps(record))
+    assert quickstart.same_record(path, record)
+    assert not quickstart.same_record(path, {**record, "data": "online"})
+    path.write_text("{torn")
+    assert not quickstart.same_record(path, record)
 
 
 def test_settings_quick_by_default_full_one_flag_away_and_each_flag_on_top():
