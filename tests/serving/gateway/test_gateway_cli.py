@@ -231,3 +231,85 @@ def test_sigkill_loses_nothing_answered(server, tmp_path):
     # answered <= recorded: nothing answered is lost; recorded - answered <= in flight (4)
     assert sum(answered) <= store.usage("alice") == sum(r.rows for r in ok)
     assert len(ok) - len(answered) <= 4
+
+
+# -- issue 17, cases 5-7: ports, state stores that cannot be used, a mistyped state path -------
+@pytest.mark.parametrize("action", [["list"], ["revoke", "--client", "bob"],
+                                    ["rotate", "--client", "bob"]])
+def test_keys_on_a_missing_state_file_is_refused_not_created(tmp_path, capsys, action):
+    missing = tmp_path / "mistyped.db"
+    assert main(["keys", *action, "--state", f"sqlite:{missing}"]) == 2
+    line = _one_line_error(capsys, "state", "does not exist", "keys add")
+    assert str(missing) in line
+    assert not missing.exists() and not list(tmp_path.iterdir())
+
+
+def _not_a_database(tmp_path: Path) -> str:
+    bad = tmp_path / "notes.db"
+    bad.write_bytes(b"these are notes, not a SQLite database\n" * 100)
+    return f"sqlite:{bad}"
+
+
+def _refused_redis() -> str:
+    return f"redis://127.0.0.1:{testing.pick_unused_port()}/0"
+
+
+@pytest.mark.parametrize("state, words", [
+    (_refused_redis, ("a reachable Redis server", "ConnectionError")),
+    (_not_a_database, ("a SQLite database this process can open and write",
+                       "DatabaseError")),
+    (lambda _tmp: "sqlite:/proc/gateway_state.db", ("open and write", "unable to open")),
+])
+@pytest.mark.parametrize("command", ["keys", "server"])
+def test_state_that_cannot_be_used_is_one_line_exit_2(tmp_path, capsys, state, words, command):
+    url = state() if state is _refused_redis else state(tmp_path)
+    if url.startswith("sqlite:/proc/") and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc for a place no process can create files in")
+    argv = (["keys", "add", "--client", "carol", "--state", url] if command == "keys" else
+            ["--upstream", "127.0.0.1:8500", "--port", "0", "--metrics-port", "0",
+             "--state", url])
+    assert main(argv) == 2
+    _one_line_error(capsys, "state", *words)
+
+
+@pytest.fixture()
+def held_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("flag, words", [
+    ("--port", "Failed to BuildAndStart gRPC server"),
+    ("--metrics-port", "Failed to start the metrics server"),
+])
+def test_port_in_use_is_one_line_exit_2(tmp_path, capsys, held_port, flag, words):
+    ports = {"--port": "0", "--metrics-port": "0", flag: str(held_port)}
+    argv = ["--upstream", "127.0.0.1:8500", "--host", "127.0.0.1",
+            "--state", f"sqlite:{tmp_path / 'gw.db'}"]
+    for name, value in ports.items():
+        argv += [name, value]
+    assert main(argv) == 2
+    _one_line_error(capsys, f"{flag}={held_port}", words, "in use")
+
+
+@pytest.mark.parametrize("field", ["port", "metrics_port"])
+def test_start_refuses_a_taken_port_in_one_usage_error(tmp_path, held_port, field):
+    """The API path (no pre-check in main): start() turns the bind failure into a UsageError
+    naming the flag, and leaves nothing serving."""
+    from serving.gateway.server import Gateway
+
+    ports = {"port": 0, "metrics_port": 0, field: held_port}
+    gw = Gateway(GatewayConfig(upstream="127.0.0.1:8500", host="127.0.0.1",
+                               state=f"sqlite:{tmp_path / 'gw.db'}", **ports))
+    try:
+        flag = "--" + field.replace("_", "-")
+        with pytest.raises(UsageError, match=rf"{flag}={held_port} on 127\.0\.0\.1: .*in use"):
+            gw.start()
+        assert gw._server is None
+    finally:
+        gw.stop()
