@@ -331,6 +331,8 @@ def _flag_for(err: UsageError, parsed: _Parsed | None) -> str | None:
     if parsed is None or not argument:
         return None
     if argument in parsed.flags:
+        if parsed.values.get(argument) is None and getattr(err, "received", None) is not None:
+            return None  # the value came from elsewhere (a stored config), not from the flag
         return parsed.flags[argument]
     match = _VALUE_ARGUMENTS.get(argument)
     if match is None or not getattr(err, "has_received", False):

@@ -183,15 +183,16 @@ def test_moved_data_is_found_with_overrides_and_named_without(trained, tmp_path,
     assert not (copy.parent / "4").exists()
 
 
-@pytest.mark.parametrize("flags, argument", [
-    (["--target-fpr", "1.5"], "target_fpr"),
-    (["--target-fpr", "-0.1"], "target_fpr"),
+@pytest.mark.parametrize("flags, argument", [  # the flag the user typed (issue 17, case 11)
+    (["--target-fpr", "1.5"], "`--target-fpr`"),
+    (["--target-fpr", "-0.1"], "`--target-fpr`"),
     (["--target-fpr", "lots"], "--target-fpr"),
-    (["--out", "{base}/x"], "out"),
-    (["--out", "{base}/tiny_ood/1"], "out"),  # existing: versions are never overwritten
-    (["--detector", "{base}/none"], "detector"),
-    (["--exclude-classes", "/no/such/list.txt"], "exclude_classes"),
-    (["--benign", "/no/such/benign.npz"], "benign"),
+    (["--out", "{base}/x"], "`--out`"),
+    (["--out", "{base}/tiny_ood/1"], "`--out`"),  # existing: versions are never overwritten
+    (["--out", "{base}/tiny_ood/1/saved_model.pb/5"], "saved_model.pb is a file"),
+    (["--detector", "{base}/none"], "`--detector`"),
+    (["--exclude-classes", "/no/such/list.txt"], "`--exclude-classes`"),
+    (["--benign", "/no/such/benign.npz"], "`--benign`"),
 ])
 def test_bad_arguments_exit_2_with_one_line(flags, argument, trained, capsys):
     source = trained["out"]
@@ -219,5 +220,5 @@ def test_a_detector_without_training_config_is_refused(trained, tmp_path, capsys
     assert main(["--detector", str(copy), "--target-fpr", "0.1", "--out",
                  str(tmp_path / "m" / "2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`detector`" in err[0] and "config" in err[0]
+    assert len(err) == 1 and "`--detector`" in err[0] and "config" in err[0]
     assert not (tmp_path / "m" / "2").exists()
