@@ -31,19 +31,19 @@ def layout(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("extra, argument", [
-    (["--delta", "1.5"], "`delta`"),
-    (["--delta", "0"], "`delta`"),
-    (["--min-samples", "2"], "`min_samples`"),
-    (["--max-set", "0"], "`max_set`"),
-    (["--batch", "0"], "`batch`"),
-    (["--max-queries", "0"], "`max_queries`"),
-    (["--max-queries", "10", "--jbda-seeds", "20"], "`max_queries`"),
-    (["--jbda-lambda", "0.001"], "`jbda_lambda`"),
-    (["--benign-clients", "0"], "`benign_clients`"),
-    (["--model", "gtsrb_resnet34"], "`model`"),
-    (["--data-dir", "/no/such/data"], "`data_dir`"),
-    (["--exclude-classes", "/no/such.txt"], "`exclude_classes`"),
+@pytest.mark.parametrize("extra, argument", [  # the flag typed (issue 17)
+    (["--delta", "1.5"], "`--delta`"),
+    (["--delta", "0"], "`--delta`"),
+    (["--min-samples", "2"], "`--min-samples`"),
+    (["--max-set", "0"], "`--max-set`"),
+    (["--batch", "0"], "`--batch`"),
+    (["--max-queries", "0"], "`--max-queries`"),
+    (["--max-queries", "10", "--jbda-seeds", "20"], "`--max-queries`"),
+    (["--jbda-lambda", "0.001"], "`--jbda-lambda`"),
+    (["--benign-clients", "0"], "`--benign-clients`"),
+    (["--model", "gtsrb_resnet34"], "`--model`"),
+    (["--data-dir", "/no/such/data"], "`--data-dir`"),
+    (["--exclude-classes", "/no/such.txt"], "`--exclude-classes`"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument, capsys):
     out = layout / "out"

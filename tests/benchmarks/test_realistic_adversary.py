@@ -98,15 +98,15 @@ def layout(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("extra, argument", [
-    (["--budget", "0"], "`budget`"),
-    (["--detector", "/no/such/detector"], "`detector`"),
-    (["--model", "gtsrb_resnet34"], "`model`"),
-    (["--pool-fraction", "1.5"], "`pool_fraction`"),
+@pytest.mark.parametrize("extra, argument", [  # the flag typed (issue 17)
+    (["--budget", "0"], "`--budget`"),
+    (["--detector", "/no/such/detector"], "`--detector`"),
+    (["--model", "gtsrb_resnet34"], "`--model`"),
+    (["--pool-fraction", "1.5"], "`--pool-fraction`"),
     (["--level", "2"], "detectors.ood.level"),
     (["--min-queries", "999"], "detectors.ood.min_queries"),
-    (["--data-dir", "/no/such/data"], "`data_dir`"),
-    (["--weights", "/no/such.h5"], "`weights`"),
+    (["--data-dir", "/no/such/data"], "`--data-dir`"),
+    (["--weights", "/no/such.h5"], "`--weights`"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument, capsys):
     out = layout / "out"
