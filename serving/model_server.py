@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 
 from common import quiet
-from common.cli import report_usage_error
+from common.cli import ArgumentParser, report_usage_error
 from common.errors import UsageError, invalid
 from serving import status
 
@@ -389,7 +389,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # one-line usage errors with a pointer to --help
         prog="python -m serving.model_server",
         description=__doc__.split("\n\n")[0],
         epilog=(

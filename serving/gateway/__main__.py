@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 
 from common import quiet
-from common.cli import build_parser, config_from_args, configure_logging, run_cli
+from common.cli import ArgumentParser, build_parser, config_from_args, configure_logging, run_cli
 from common.errors import invalid
 
 __all__ = ["main"]
@@ -32,8 +32,7 @@ log = logging.getLogger("serving.gateway")
 
 
 def _keys_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROG} keys",
-                                     description="Manage the gateway's API keys.")
+    parser = ArgumentParser(prog=f"{PROG} keys", description="Manage the gateway's API keys.")
     sub = parser.add_subparsers(dest="action", required=True, metavar="{add,list,revoke,rotate}")
     for name, help_text in (("add", "add a client and print its new key"),
                             ("list", "list clients (never keys)"),
