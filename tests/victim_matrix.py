@@ -117,10 +117,11 @@ def _wrapped(core, shape, to_unit, softmax: bool, name: str):
     return keras.Model(inputs, h, name=name)
 
 
-def export_matrix(base: Path, core) -> tuple[dict[str, Path], dict]:
+def export_matrix(base: Path, core, *, size: int = SIZE) -> tuple[dict[str, Path], dict]:
     """Every victim of `MATRIX` plus `reference` under `base/<name>/1`, and `base/models.config`
-    listing them all; returns (the version folders, the Keras models of the `model.export()`
-    victims by name)."""
+    listing them all, for a `core` taking [0, 1] pixels of `size` x `size` (the benchmark's is
+    a CIFAR-10 CNN at 32); returns (the version folders, the Keras models of the
+    `model.export()` victims by name)."""
     import keras
     import tensorflow as tf
 
@@ -133,7 +134,7 @@ def export_matrix(base: Path, core) -> tuple[dict[str, Path], dict]:
         paths[name] = base / name / "1"
         return paths[name]
 
-    shape = (SIZE, SIZE, 3)
+    shape = (size, size, 3)
     ident = lambda t: t  # noqa: E731
     unit_from_11 = lambda t: (t + 1.0) / 2.0  # noqa: E731
     unit_from_255 = lambda t: t / 255.0  # noqa: E731
@@ -154,7 +155,7 @@ def export_matrix(base: Path, core) -> tuple[dict[str, Path], dict]:
     module.core = core
     module.uint8 = tf.function(
         lambda images: {"probabilities": probs(tf.cast(images, tf.float32) / 255.0)},
-        input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.uint8, name="images")])
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
     tf.saved_model.save(module, str(version_dir("uint8")), signatures={
         "serving_default": module.uint8})
 
@@ -165,12 +166,12 @@ def export_matrix(base: Path, core) -> tuple[dict[str, Path], dict]:
     module = tf.Module()
     module.core = core
     module.f = tf.function(scores_ids, input_signature=[
-        tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="image")])
+        tf.TensorSpec([None, size, size, 3], tf.float32, name="image")])
     tf.saved_model.save(module, str(version_dir("scores_ids")),
                         signatures={"serving_default": module.f})
 
     def gray(pixels):
-        rgb = tf.image.resize(tf.repeat(pixels, 3, axis=-1), (SIZE, SIZE), antialias=True)
+        rgb = tf.image.resize(tf.repeat(pixels, 3, axis=-1), (size, size), antialias=True)
         return {"probabilities": probs(rgb)}
 
     module = tf.Module()
@@ -201,7 +202,7 @@ def export_matrix(base: Path, core) -> tuple[dict[str, Path], dict]:
     module = tf.Module()
     module.core = core
     module.top2 = tf.function(top2, input_signature=[
-        tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="image")])
+        tf.TensorSpec([None, size, size, 3], tf.float32, name="image")])
     module.features = tf.function(features, input_signature=[
         tf.TensorSpec([None, 4], tf.float32, name="x")])
     tf.saved_model.save(module, str(version_dir("named_topk")), signatures={
