@@ -131,8 +131,8 @@ def _endpoint_fields(victim: Any, config_class: type) -> dict:
         value = getattr(victim, attribute, None)
         if field_name in names and value is not None:
             out[field_name] = value
-    if "signature" in names:
-        name = getattr(victim, "_signature_name", None)
+    if issubclass(config_class, EndpointPart) and callable(getattr(victim, "metadata", None)):
+        name = getattr(victim.metadata(), "name", None)  # GetModelMetadata: no paid query
         out["signature"] = None if name in (None, "serving_default") else name
     return out
 

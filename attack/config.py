@@ -133,10 +133,10 @@ class EndpointPart(ServerPart):
         "help": "the victim's TF Serving REST endpoint, e.g. http://host:8501 (when given, "
                 "REST :predict is used instead of --grpc)", "metavar": "URL"})
     signature: str | None = field(default=None, metadata={
-        "help": "serving signature to query (default: serving_default)", "metavar": "NAME"})
+        "help": "serving signature to query; none: serving_default", "metavar": "NAME"})
     output: str | None = field(default=None, metadata={
-        "help": "output tensor to learn from (default: chosen from the signature and stated "
-                "in the report)", "metavar": "NAME"})
+        "help": "output tensor to learn from; none: chosen from the signature and stated in "
+                "the report", "metavar": "NAME"})
     output_kind: str = field(default="auto", metadata={
         "help": "what that output holds: probabilities, logits (softmax applied), labels "
                 "(class ids, label-only), topk (scores+classes pairs), or auto (decided from "
@@ -144,7 +144,7 @@ class EndpointPart(ServerPart):
     input_range: str = field(default="auto", metadata={
         "help": "pixel value range a float input expects; auto spends at most 64 reported "
                 "probe queries to decide (uint8 inputs take 0..255 as they are)",
-        "choices": INPUT_RANGES})
+        "choices": INPUT_RANGES, "metavar": "auto|0,255|0,1|-1,1"})
     in_flight: int = field(default=4, metadata={"help": "Predict requests in flight at once"})
 
     def _validate(self) -> None:
