@@ -90,9 +90,9 @@ def test_interrupted_second_phase_resumes_without_paying_twice(served_victim, da
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--pd-budget", "10"], "`pd_set`"),
-    (["--budget", "0"], "`budget`"),
-    (["--backbone", "nope"], "`backbone`"),
+    (["--pd-budget", "10"], "`--pd-set`"),
+    (["--budget", "0"], "`--budget`"),
+    (["--backbone", "nope"], "`--backbone`"),
 ])
 def test_cli_bad_input_one_line_exit_2(capsys, data_files, tmp_path, args, fragment):
     transfer, _ = data_files
@@ -112,5 +112,5 @@ def test_pd_budget_larger_than_the_pd_set_is_refused(capsys, served_victim, data
                  "--weights", "none", "--out", str(tmp_path / "r")])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`pd_budget`" in err[0] and "300" in err[0], err
+    assert len(err) == 1 and "`--pd-budget`" in err[0] and "300" in err[0], err
     assert not (tmp_path / "r").exists()

@@ -115,14 +115,14 @@ def test_budget_smaller_than_the_seeds_exits_2(capsys, data_files, tmp_path):
                  "--out", str(tmp_path / "r"), "--weights", "none"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`budget`" in err[0] and "seeds" in err[0], err
+    assert len(err) == 1 and "`--budget`" in err[0] and "seeds" in err[0], err
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--lambda", "0"], "`step`"),
-    (["--per-round", "0"], "`per_round`"),
-    (["--tau", "0"], "`tau`"),
+    (["--lambda", "0"], "`--lambda`"),
+    (["--per-round", "0"], "`--per-round`"),
+    (["--tau", "0"], "`--tau`"),
 ])
 def test_cli_bad_input(capsys, data_files, tmp_path, args, fragment):
     _, test = data_files

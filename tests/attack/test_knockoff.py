@@ -108,10 +108,10 @@ def test_resume_refuses_another_config(served_victim, data_files, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--backbone", "nope"], "`backbone`"),
-    (["--budget", "0"], "`budget`"),
-    (["--granularity", "top2"], "`granularity`"),
-    (["--grpc", "no-port"], "`grpc`"),
+    (["--backbone", "nope"], "`--backbone`"),
+    (["--budget", "0"], "`--budget`"),
+    (["--granularity", "top2"], "`--granularity`"),
+    (["--grpc", "no-port"], "`--grpc`"),
 ])
 def test_cli_bad_input_one_line_exit_2(capsys, data_files, tmp_path, args, fragment):
     transfer, _ = data_files

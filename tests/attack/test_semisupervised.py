@@ -82,11 +82,11 @@ def test_unlabelled_needs_the_option_and_enough_images(capsys, served_victim, da
                  "--out", str(tmp_path / "a")])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`semi_supervised`" in err[0], err
+    assert len(err) == 1 and "`--semi-supervised`" in err[0], err
     code = main(["--transfer-set", str(transfer), "--semi-supervised",
                  "--out", str(tmp_path / "a")])
     assert code == 2
-    assert "`unlabelled`" in capsys.readouterr().err
+    assert "`--unlabelled`" in capsys.readouterr().err
     config = make_config(served_victim, data_files, tmp_path / "b", budget=400,
                          semi_supervised=True, unlabelled=200)
     with pytest.raises(UsageError, match="`unlabelled`.*at most 100"):
