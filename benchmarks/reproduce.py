@@ -43,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from common.cli import ArgumentParser, run_cli
 from common.errors import UsageError, invalid
-from common.fileio import write_json_atomic
+from common.fileio import check_writable, write_json_atomic
 from serving import testing
 
 __all__ = ["SCALES", "Scale", "Step", "StepUnavailable", "build_plan", "main"]
@@ -588,7 +589,7 @@ def print_commands(ctx: Context, plan: list[Step]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.reproduce",
+    parser = ArgumentParser(prog="python -m benchmarks.reproduce",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", default="cpu", help="smoke, cpu or full (default: cpu)")
     parser.add_argument("--data-dir", default=os.environ.get("MEXT_SHARED_DATA",
@@ -603,23 +604,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the plan; one line and exit 2 on bad input, 130/143 on Ctrl-C/SIGTERM (finished
+    steps are kept: the same command continues)."""
+    return run_cli(_main, argv, prog="python -m benchmarks.reproduce",
+                   resume_hint="finished steps are kept (<out>/<step>/done.json); the same "
+                               "command continues with the next one")
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         if ns.scale not in SCALES:
-            raise invalid("scale", ns.scale, "one of " + ", ".join(SCALES))
+            raise invalid("--scale", ns.scale, "one of " + ", ".join(SCALES))
         scale = SCALES[ns.scale]
         full_plan = plan = build_plan(scale)
         names = [s.name for s in plan]
         if ns.only:
             unknown = [n for n in ns.only if n not in names]
             if unknown:
-                raise invalid("only", " ".join(unknown), "step names from --list")
+                raise invalid("--only", " ".join(unknown), "step names from --list")
             plan = _closure(plan, ns.only)
         data = Path(ns.data_dir)
         if not ns.list and not data.is_dir():
-            raise invalid("data-dir", ns.data_dir, "the folder holding the shared data "
+            raise invalid("--data-dir", ns.data_dir, "the folder holding the shared data "
                           "(cifar10_jpeg_q75.zip, ...)")
+        if not ns.list and not ns.dry_run:  # before any step trains or queries anything
+            check_writable(ns.out or f"results/{scale.name}", "--out")
     except UsageError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2

@@ -34,11 +34,16 @@ def test_only_pulls_in_what_a_step_needs(capsys):
     (["--scale", "huge", "--list"], "scale"),
     (["--only", "nope", "--list"], "only"),
     (["--data-dir", "/no/such/folder"], "data-dir"),
+    (["--out", "{file}/results", "--data-dir", "{data}"], "`--out`"),  # before any step runs
+    (["--seeed", "1"], "unrecognized arguments: --seeed 1 (see python -m benchmarks.reproduce"),
 ])
-def test_bad_arguments_exit_2_with_one_line(argv, argument, capsys):
+def test_bad_arguments_exit_2_with_one_line(argv, argument, capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file", data=tmp_path) for a in argv]
     assert reproduce.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and argument in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_a_finished_step_is_not_run_again(tmp_path):
