@@ -46,6 +46,8 @@ COMMANDS: list[tuple[str, str, list[str]]] = [
     ("detector.train", "detector.train", []),
     ("detector.evaluate", "detector.evaluate", []),
     ("detector.calibrate", "detector.calibrate", []),
+    ("detector.misinformation", "detector.misinformation", []),
+    ("detector.verify", "detector.verify", []),
     ("benchmarks.reproduce", "benchmarks.reproduce", []),
     ("quickstart", "quickstart.py", []),
 ]

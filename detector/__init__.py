@@ -6,30 +6,10 @@ Qureshi's Adaptive Misinformation (`AdaptiveMisinformation`), DAWN answer waterm
 (`Watermarker`, verified by ``python -m detector.verify``) and cheap evasions of the detector
 (`detector.evasion`)."""
 
-from detector.aggregate import SlidingWindow
-from detector.misinformation import AdaptiveMisinformation, reverse_distribution
-from detector.ood import (
-    DetectorConfig,
-    DetectorResult,
-    OODDetector,
-    calibrate_threshold,
-    detection_metrics,
-    roc_auc,
-    roc_curve,
-    train_detector,
-)
-from detector.policies import (
-    GaussianNoise,
-    Identity,
-    LabelOnly,
-    OutputPolicy,
-    ReverseSigmoid,
-    Rounding,
-    TopK,
-    parse_policy,
-)
-from detector.prada import Prada, PradaVerdict, pixel_features
-from detector.watermark import Watermarker, WatermarkRecord, load_watermarks, save_watermarks
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "AdaptiveMisinformation",
@@ -59,3 +39,47 @@ __all__ = [
     "save_watermarks",
     "train_detector",
 ]
+
+# Loaded on first use (PEP 562): ``python -m detector.<cli> --help`` imports this package first,
+# and a package that imports its CLI modules makes runpy warn that the module was imported twice.
+_WHERE = {
+    "AdaptiveMisinformation": "detector.misinformation",
+    "DetectorConfig": "detector.ood",
+    "DetectorResult": "detector.ood",
+    "GaussianNoise": "detector.policies",
+    "Identity": "detector.policies",
+    "LabelOnly": "detector.policies",
+    "OODDetector": "detector.ood",
+    "OutputPolicy": "detector.policies",
+    "Prada": "detector.prada",
+    "PradaVerdict": "detector.prada",
+    "ReverseSigmoid": "detector.policies",
+    "Rounding": "detector.policies",
+    "SlidingWindow": "detector.aggregate",
+    "TopK": "detector.policies",
+    "WatermarkRecord": "detector.watermark",
+    "Watermarker": "detector.watermark",
+    "calibrate_threshold": "detector.ood",
+    "detection_metrics": "detector.ood",
+    "load_watermarks": "detector.watermark",
+    "parse_policy": "detector.policies",
+    "pixel_features": "detector.prada",
+    "reverse_distribution": "detector.misinformation",
+    "roc_auc": "detector.ood",
+    "roc_curve": "detector.ood",
+    "save_watermarks": "detector.watermark",
+    "train_detector": "detector.ood",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detector' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
