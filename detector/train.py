@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from common.cli import configure_logging, parse_config, run_cli
+from common.fileio import check_writable
 from detector.ood import DetectorConfig, train_detector
 
 __all__ = ["main"]
@@ -35,7 +36,8 @@ example (the CIFAR-10 victim against Tiny-ImageNet queries, pre-trained MobileNe
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    config = parse_config(DetectorConfig, argv, prog=PROG, epilog=EPILOG)
+    config = parse_config(DetectorConfig, argv, prog=PROG, epilog=EPILOG)  # --out checked there
+    check_writable(config.work_path, "work_dir")  # the checkpoints, before any training
     configure_logging()
     result = train_detector(config)
     held = result.calibration["heldout_at_threshold"]
@@ -51,7 +53,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with `argv` (default ``sys.argv[1:]``); return the exit code."""
-    return run_cli(_main, argv, prog=PROG)
+    return run_cli(_main, argv, prog=PROG, resume_hint="the finished epochs are kept; the same "
+                   "command continues from the last one")
 
 
 if __name__ == "__main__":
