@@ -295,7 +295,7 @@ class Victim(abc.ABC):
         if evidence_path is not None and Path(evidence_path).is_file():
             self._adopt(Path(evidence_path))
         array = _check_pixels(probe_images)
-        candidates: dict[str, dict] = {}
+        candidates: dict[str, dict] = dict(getattr(self, "_old_candidates", {}))
         spent_before = self.queries
         kind = self._kind
         if self._range is None:
@@ -350,12 +350,13 @@ class Victim(abc.ABC):
             return
         if self._range is None and flags.get("input_range") == self.input_range_flag:
             self._range = old.get("input_range", {}).get("value")
-            self._range_why = old.get("input_range", {}).get("decided_by", "") + " (earlier run)"
+            self._range_why = _earlier(old.get("input_range", {}).get("decided_by", ""))
             self._probe_queries = int(old.get("probe_queries", 0))
+            self._old_candidates = dict(old.get("input_range", {}).get("candidates", {}))
         if self._kind is None and flags.get("output_kind") == self.output_kind_flag \
                 and flags.get("output") == self.output:
             self._kind = old.get("output", {}).get("kind")
-            self._kind_why = old.get("output", {}).get("decided_by", "") + " (earlier run)"
+            self._kind_why = _earlier(old.get("output", {}).get("decided_by", ""))
 
     def _make_evidence(self, candidates: dict) -> dict:
         info = self._info
@@ -714,6 +715,10 @@ def _check_pixels(images: Any) -> np.ndarray:
         raise invalid("images", f"array {array.dtype}{list(array.shape)}",
                       "uint8 RGB images [n, H, W, C] (pixels 0..255)")
     return array
+
+
+def _earlier(why: str) -> str:
+    return why if why.endswith(" (earlier run)") else why + " (earlier run)"
 
 
 def _vote_kind(seen: Mapping[str, str]) -> str:

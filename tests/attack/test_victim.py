@@ -96,6 +96,8 @@ def test_understand_writes_evidence_and_a_resumed_run_reuses_it(logits_model, tm
     again = KerasVictim(logits_model)
     again.understand(images(40), path)
     assert again.queries == 0 and again.input_range == v.input_range
+    assert json.loads(path.read_text())["input_range"] == evidence["input_range"] | {
+        "decided_by": evidence["input_range"]["decided_by"] + " (earlier run)"}
     assert "(earlier run)" in again.describe()["input_range_decided_by"]
     # --resume --output-kind logits: the range decided before is kept, nothing is spent
     other_kind = KerasVictim(logits_model, output_kind="logits")
