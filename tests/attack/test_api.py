@@ -143,16 +143,21 @@ def test_resume_with_the_right_output_kind_learns_from_the_kept_answers(model, t
 
 
 @pytest.mark.slow
-def test_knockoff_object_learns_in_a_temporary_run_dir(model, transfer, test_set):
+def test_knockoff_object_learns_in_a_temporary_run_dir(model, transfer, test_set, tmp_path,
+                                                       monkeypatch):
     """The low-bar end to end: agreement with the victim well above chance (1/3)."""
+    import tempfile
+
     import keras
 
     from attack import Knockoff, Surrogate
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # $TMPDIR, without leftovers
     victim = keras_victim(model)
     result = Knockoff(budget=300, heldout=50, noise=50, curve_points=1, seed=0).extract(
         victim, transfer, surrogate=Surrogate(**SURROGATE), test=test_set)
-    assert result.run_dir.name.startswith("mext-knockoff-")  # a temporary run directory
+    assert result.run_dir.parent == tmp_path  # a new temporary run directory
+    assert result.run_dir.name.startswith("mext-knockoff-")
     assert result.queries == 300
     assert result.headline["fidelity_test"] > 0.8
     assert isinstance(result.surrogate, keras.Model)

@@ -124,10 +124,13 @@ def test_rounded_answers_are_refused():
         check_answers(np.round(np.log(p), 3), "logits", attack="t")
 
 
-def test_the_attack_object_solves_through_a_serving_victim(served):
+def test_the_attack_object_solves_through_a_serving_victim(served, tmp_path, monkeypatch):
+    import tempfile
+
     from attack import EquationSolving, KerasVictim, ServingVictim
     from common.errors import UsageError
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # $TMPDIR, without leftovers
     target, base, (w, b) = served
     attack = EquationSolving(design="basis", verify=4, noise=0)
     with ServingVictim(target, "soft") as victim:
@@ -140,3 +143,4 @@ def test_the_attack_object_solves_through_a_serving_victim(served):
         attack.extract(None, surrogate={"backbone": "cnn"})
     with pytest.raises(UsageError, match="victim.*predict_raw"):
         attack.extract(KerasVictim(str(base / "soft" / "1")))
+    assert [p.name for p in tmp_path.iterdir()] == [result.run_dir.name]  # refused: no folder
