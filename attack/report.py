@@ -203,7 +203,7 @@ def _victim_section(victim: Mapping[str, Any], evaluation: Evaluation | None) ->
         lines += ["**Warning: the measured victim accuracy may not be the model's.**", ""]
         lines += [f"- {w}" for w in warnings]
         lines.append("")
-    elif measured is not None:
+    elif measured is not None and "consistency_warnings" in victim:  # the check ran
         lines += ["The victim's answers on the test set fit the measured accuracy (no "
                   "saturated or one-class answers).", ""]
     return lines

@@ -158,3 +158,10 @@ def test_report_warns_when_the_victim_accuracy_looks_wrong(tmp_path):
     victim = section((tmp_path / REPORT_MD_NAME).read_text(), "Victim")
     assert "**Warning: the measured victim accuracy may not be the model's.**" in victim
     assert f"- {warning}" in victim and "fit the measured accuracy" not in victim
+
+
+def test_report_claims_no_consistency_check_that_did_not_run(tmp_path):
+    victim = {k: v for k, v in VICTIM.items() if k != "consistency_warnings"}
+    write_report(tmp_path, config={}, evaluation=EVALUATION, extra={"victim": victim})
+    victim_md = section((tmp_path / REPORT_MD_NAME).read_text(), "Victim")
+    assert "47.9%" in victim_md and "fit the measured accuracy" not in victim_md
