@@ -14,10 +14,11 @@ values, and a field without a default is a required flag. `run_cli` gives every 
   about a dataset ``spec`` or ``split`` names the flag that held that value, e.g.
   ``--transfer-set``); argparse's own errors are one line too, with a pointer to ``--help``
   instead of the whole usage;
-* every output the config declares (a field named ``out``, or ``metadata={"output": "dir"}`` /
-  ``"file"``; ``"output": False`` opts out) is checked writable by `parse_config`, before any
-  training, query or download (`common.fileio.check_writable`); a permission, read-only or
-  full-disk `OSError` met later is one line and exit code 2 as well;
+* every output the config declares (a field named ``out``: a folder, or a file when its
+  metavar is ``FILE``; or ``metadata={"output": "dir"}`` / ``"file"``; ``"output": False`` opts
+  out) is checked writable by `parse_config`, before any training, query or download
+  (`common.fileio.check_writable`); a permission, read-only or full-disk `OSError` met later is
+  one line and exit code 2 as well;
 * Ctrl-C (SIGINT) and SIGTERM end in one line and exit codes 130 and 143, as shells expect,
   with the command that continues the work: for a config with a ``resume`` flag whose ``out``
   folder holds a run, the same command with ``--resume``; otherwise the hint given to `run_cli`.
@@ -294,7 +295,10 @@ def as_flags(config: Any, values: dict[str, Any]) -> str:
 
 
 def _output_kind(f: dataclasses.Field) -> str | None:
-    kind = f.metadata.get("output", "dir" if f.name == "out" else None)
+    default = None
+    if f.name == "out":  # the convention: a folder, or a file when its metavar says FILE
+        default = "file" if f.metadata.get("metavar") == "FILE" else "dir"
+    kind = f.metadata.get("output", default)
     if kind in (None, False):
         return None
     if kind not in ("dir", "file"):

@@ -308,3 +308,14 @@ def test_as_flags_writes_what_the_user_types():
     assert as_flags(config, {"target_fpr": 0.5, "step": 0.2, "resume": False,
                              "test_set": None, "transfer_set": "my file"}) == \
         "--target-fpr 0.5 --lambda 0.2 --no-resume --test-set none --transfer-set 'my file'"
+
+
+def test_an_out_file_that_exists_may_be_overwritten(tmp_path):
+    @dataclass(frozen=True)
+    class FileJob:
+        out: str = field(metadata={"metavar": "FILE"})
+
+    (tmp_path / "samples.npz").write_bytes(b"old")
+    assert parse_config(FileJob, ["--out", str(tmp_path / "samples.npz")]).out.endswith("npz")
+    with pytest.raises(UsageError, match="is a folder"):
+        parse_config(FileJob, ["--out", str(tmp_path)])
