@@ -134,3 +134,20 @@ def test_hybrid_fills_a_missing_unit():
     _, before, after = fine_tune(start, x, true(x), steps=400, seed=0)
     assert after < before
     assert FeeConfig(hybrid=True).hybrid
+
+
+@pytest.mark.slow
+def test_the_attack_object_recovers_and_resumes_through_a_serving_victim(served, tmp_path):
+    from attack import FEE, ServingVictim
+
+    target, _, params = served
+    attack = FEE(hidden=H, noise=0)
+    with ServingVictim(target, "mlp") as victim:
+        first = attack.extract(victim, run_dir=tmp_path / "run")
+    x = np.random.default_rng(9).uniform(0, 1, (1_000, D))
+    assert np.abs(first.network(x) - _logits(params, x)).max() < 1e-6
+    assert first.journal.is_file() and first.report.is_file()
+    with ServingVictim(target, "mlp") as victim:
+        again = attack.extract(victim, run_dir=tmp_path / "run", resume=True)
+        assert victim.queries == 0  # every answer replayed from the journal
+    assert np.array_equal(again.network.w1, first.network.w1)
