@@ -100,7 +100,12 @@ def load_model_server_config(path: str | Path):
 
     config = model_server_config_pb2.ModelServerConfig()
     try:
-        text_format.Parse(Path(path).read_text(), config)
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:  # unreadable, or not text at all
+        raise invalid("model_config_file", str(path),
+                      f"a readable text-format ModelServerConfig ({err})") from None
+    try:
+        text_format.Parse(text, config)
     except text_format.ParseError as err:
         raise invalid("model_config_file", str(path),
                       f"a text-format ModelServerConfig (parse error: {err})") from None

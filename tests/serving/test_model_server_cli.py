@@ -63,6 +63,14 @@ def test_unparseable_config_exit_2(tmp_path, capsys):
     assert "`model_config_file`" in line and "parse error" in line
 
 
+def test_binary_config_exit_2(tmp_path, capsys):
+    config = tmp_path / "models.config"
+    config.write_bytes(bytes(range(256)))
+    assert main([f"--model_config_file={config}", "--port=0"]) == 2
+    line = one_error_line(capsys)
+    assert "`model_config_file`" in line and "can't decode" in line
+
+
 def test_invalid_config_exit_2(tmp_path, capsys):
     config = tmp_path / "models.config"
     config.write_text('model_config_list { config { name: "a" base_path: "rel/a" '
