@@ -88,6 +88,8 @@ _HEADER = struct.Struct("<4sB3xII")  # magic, kind, reserved, payload length, cr
 _ANSWER_HEAD = struct.Struct("<II")  # n, K
 # One answer record holds at most this many payload bytes; bigger batches span several records.
 _MAX_PAYLOAD = 64 * 1024 * 1024
+# Torn tails already reported by this process: (file, offset, size).
+_TORN_REPORTED: set[tuple[str, int, int]] = set()
 
 
 class JournalCorrupt(UsageError):
@@ -251,11 +253,14 @@ class QueryJournal:
                     raise JournalCorrupt(
                         self.path, offset, f"{reason}, with an intact record at byte {following}"
                     )
-                logger.warning(
+                seen = (str(self.path.resolve()), offset, len(data))
+                logger.log(  # once per torn file and process: a run opens its journal often
+                    logging.DEBUG if seen in _TORN_REPORTED else logging.WARNING,
                     "Query journal %s: torn tail at byte offset %d (%s); the %d bytes that a "
                     "killed write left behind are ignored, and cut before the next record is "
                     "appended.", self.path, offset, reason, len(data) - offset,
                 )
+                _TORN_REPORTED.add(seen)
                 self.torn_tail = (offset, len(data) - offset)
                 break
             kind, length = record
