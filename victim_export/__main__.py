@@ -52,7 +52,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with `argv` (default ``sys.argv[1:]``); return the exit code."""
-    return run_cli(_main, argv, prog=PROG)
+    return run_cli(_main, argv, prog=PROG,
+                   resume_hint="nothing was exported; the same command trains from the start")
 
 
 if __name__ == "__main__":
