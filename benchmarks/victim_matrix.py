@@ -17,6 +17,9 @@ served by the embedded server over gRPC and REST. Then, per victim kind:
   held-out or noise fidelity, one curve point) through `ServingVictim`: surrogate/victim
   accuracy ratio and test fidelity, against the same run on the `victim_export` reference
   (that one over `--seeds` seeds for the spread);
+* **targets** (after `attack`): each kind's journal read back and turned into training targets
+  as the attack does, against the reference's on the same query numbers (largest difference,
+  top-1 agreement): the surrogates' spread comes from training, not from what was learnt;
 * **throughput**: `RestVictim` against `ServingVictim` answering the same images from the same
   server (alternated, `--repeats` times): the REST/gRPC ratio.
 
@@ -38,7 +41,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-PHASES = ("understand", "accuracy", "throughput", "attack")
+PHASES = ("understand", "accuracy", "throughput", "attack", "targets")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +222,69 @@ def phase_attack(entries, server, transfer, test, args, data_dir: Path, out: Pat
     return results
 
 
+def phase_targets(out: Path, attack: dict, seed: int) -> dict:
+    """What each kind's attack trained on against the reference's: the journals of the runs at
+    `seed` read back, turned into training targets the way the attack does
+    (`attack.probe.to_probabilities` with the kind the victim used) and compared on the same
+    query numbers: the largest absolute difference and the top-1 agreement. Top-k answers are
+    compared with the reference's answers cut to the same top-k and renormalised."""
+    from attack import probe
+    from attack.journal import QueryJournal
+
+    def targets(name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        with QueryJournal.open(out / "runs" / f"{name}_s{seed}") as journal:
+            indices, responses = journal.answered_indices(), journal.responses()
+            order = np.argsort(indices)
+            return indices[order], probe.to_probabilities(responses[order], kind)
+
+    ref_idx, ref = targets("reference", "probabilities")
+    result = {}
+    for name, runs in attack.items():
+        if name == "reference":
+            continue
+        idx, got = targets(name, runs[0]["output_kind"])
+        common, a, b = np.intersect1d(ref_idx, idx, return_indices=True)
+        want = ref[a]
+        if runs[0]["output_kind"] == "topk":
+            k = int((got > 0).sum(axis=1).max())
+            cut = np.zeros_like(want)
+            top = np.argsort(-want, axis=1)[:, :k]
+            rows = np.arange(len(want))[:, None]
+            cut[rows, top] = want[rows, top]
+            want = cut / cut.sum(axis=1, keepdims=True)
+        result[name] = {"queries_compared": int(len(common)),
+                        "max_abs_diff": float(np.abs(got[b] - want).max()),
+                        "top1_agreement": float((got[b].argmax(1) == want.argmax(1)).mean())}
+    return result
+
+
+def serve_phases(phases: list[str], args, data_dir: Path, out: Path, vm) -> dict:
+    """The phases that need the data, the trained victim and the server."""
+    from serving import testing
+
+    train, test, transfer = load_data(data_dir, args)
+    start = time.perf_counter()
+    core = train_cifar_core(train, args.epochs, out)
+    log.info("victim core ready in %.0fs", time.perf_counter() - start)
+    base = out / "models"
+    if not (base / "models.config").is_file():
+        vm.export_matrix(base, core, size=32)
+    names = [n for n in args.kinds.split(",") if n] or [e.name for e in vm.MATRIX]
+    entries = [e for e in vm.MATRIX if e.name in names]
+    results = {}
+    with testing.model_server(config_file=base / "models.config", rest=True) as server:
+        if "understand" in phases:
+            results["understand"] = phase_understand(entries, server, transfer, args.repeats)
+        if "accuracy" in phases:
+            results["accuracy"] = phase_accuracy(entries, server, core, test)
+        if "throughput" in phases:
+            results["throughput"] = phase_throughput(entries, server, transfer, args.repeats)
+        if "attack" in phases:
+            results["attack"] = phase_attack(entries, server, transfer, test, args, data_dir,
+                                             out)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     phases = [p for p in args.phases.split(",") if p]
@@ -232,31 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from serving import testing
     from tests import victim_matrix as vm
 
-    train, test, transfer = load_data(data_dir, args)
-    start = time.perf_counter()
-    core = train_cifar_core(train, args.epochs, out)
-    log.info("victim core ready in %.0fs", time.perf_counter() - start)
-    base = out / "models"
-    if not (base / "models.config").is_file():
-        vm.export_matrix(base, core, size=32)
-    names = [n for n in args.kinds.split(",") if n] or [e.name for e in vm.MATRIX]
-    entries = [e for e in vm.MATRIX if e.name in names]
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results["settings"] = {k: v for k, v in vars(args).items()}
-    with testing.model_server(config_file=base / "models.config", rest=True) as server:
-        if "understand" in phases:
-            results["understand"] = phase_understand(entries, server, transfer, args.repeats)
-        if "accuracy" in phases:
-            results["accuracy"] = phase_accuracy(entries, server, core, test)
-        if "throughput" in phases:
-            results["throughput"] = phase_throughput(entries, server, transfer, args.repeats)
-        if "attack" in phases:
-            results["attack"] = phase_attack(entries, server, transfer, test, args, data_dir,
-                                             out)
+    served = [p for p in phases if p != "targets"]
+    if served:
+        results.update(serve_phases(served, args, data_dir, out, vm))
+    if "targets" in phases:
+        attack = results.get("attack") or json.loads((out / "attack_partial.json").read_text())
+        results["targets"] = phase_targets(out, attack, args.seeds[0])
     results_path.write_text(json.dumps(results, indent=2, default=float) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "settings"}, indent=1,
                      default=float)[:20000])
