@@ -91,7 +91,8 @@ def test_bad_arguments_exit_2_with_one_line(argv, argument, capsys, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert full_data.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"`{argument}`" in err[0]
+    flag = "--" + argument.replace("_", "-")  # the flag typed (issue 17)
+    assert len(err) == 1 and f"`{flag}`" in err[0]
     assert not (tmp_path / "x.npz").exists()
 
 
