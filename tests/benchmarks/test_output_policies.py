@@ -62,13 +62,13 @@ def layout(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("extra, argument", [
-    (["--policies", "identity,nope"], "`policies`"),
-    (["--policies", ""], "`policies`"),
-    (["--budget", "-3"], "`budget`"),
-    (["--test-limit", "0"], "`test_limit`"),
-    (["--model", "nope"], "`model`"),
-    (["--data-dir", "/no/such/data"], "`data_dir`"),
+@pytest.mark.parametrize("extra, argument", [  # the flag typed (issue 17)
+    (["--policies", "identity,nope"], "`--policies`"),
+    (["--policies", ""], "`--policies`"),
+    (["--budget", "-3"], "`--budget`"),
+    (["--test-limit", "0"], "`--test-limit`"),
+    (["--model", "nope"], "`--model`"),
+    (["--data-dir", "/no/such/data"], "`--data-dir`"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument, capsys):
     out = layout / "out"
