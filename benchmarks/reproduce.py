@@ -41,12 +41,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from common.cli import ArgumentParser, run_cli
 from common.errors import UsageError, invalid
 from common.fileio import check_writable, write_json_atomic
-from serving import testing
+
+if TYPE_CHECKING:  # grpc and numpy: imported when a server starts, not for --help
+    from serving import testing
 
 __all__ = ["SCALES", "Scale", "Step", "StepUnavailable", "build_plan", "main"]
 
@@ -139,6 +141,8 @@ class Context:
         if self.dry_run:
             return "127.0.0.1:<port>"
         if "victims" not in self.servers:
+            from serving import testing
+
             self.servers["victims"] = testing.model_server(
                 config_file=self.path("victims", "models.config"), process=True)
         return self.servers["victims"].target
