@@ -27,8 +27,19 @@ scale: under rewards that are pure noise the preferences drift like ``lr * sqrt(
 default 0.02 keeps that to a few units over a 10,000-query budget (with 0.1 the policy over
 Tiny-ImageNet's 200 classes collapses onto a few of them within about 6,000 noise rewards).
 
-Both strategies serialise to JSON (`state` / `load_state`) so that a resumed run makes exactly
-the selections the uninterrupted run would have made.
+The active strategies are ActiveThief's (Pal et al., AAAI 2020): `ActiveStrategy` answers a
+round at a time from a queue that `plan` fills, using the surrogate trained on every answer so
+far. The first round is a seeded random seed set; later rounds rank the unqueried pool by
+
+- ``uncertainty``: the entropy of the surrogate's predicted distribution, highest first
+  (`uncertainty_order`);
+- ``kcenter``: greedy k-center on the surrogate's probability vectors, each pick the pool point
+  farthest (Euclidean) from everything queried or picked before it (`k_center_greedy`);
+- ``dfal``: DeepFool-based active learning, the smallest DeepFool perturbation that flips the
+  surrogate's label first (`deepfool_distances`, the only part that needs the Keras model).
+
+All strategies serialise to JSON (`state` / `load_state`) so that a resumed run makes exactly
+the selections the uninterrupted run would have made (the active ones: given the same surrogate).
 """
 
 from __future__ import annotations
@@ -45,7 +56,9 @@ from attack.hierarchy import Hierarchy
 from common.errors import UsageError, invalid
 
 __all__ = [
+    "ACTIVE",
     "REWARDS",
+    "ActiveStrategy",
     "AdaptiveStrategy",
     "HierarchicalBandit",
     "RandomStrategy",
@@ -53,14 +66,19 @@ __all__ = [
     "Strategy",
     "TransferSetExhausted",
     "certainty_reward",
+    "deepfool_distances",
     "diversity_reward",
+    "entropy",
+    "k_center_greedy",
     "log_softmax",
     "loss_reward",
+    "uncertainty_order",
 ]
 
 logger = logging.getLogger(__name__)
 
 REWARDS = ("cert", "div", "loss", "all")
+ACTIVE = ("uncertainty", "kcenter", "dfal")
 _STATE_VERSION = 1
 _LOGIT_BOUND = 1e4  # |logit| beyond this carries no information a softmax could use
 
@@ -612,3 +630,272 @@ class AdaptiveStrategy:
         self._window = deque(window, maxlen=self.diversity_window)
         self._stats = stats
         self._step = step
+
+
+# ------------------------------------------------------------------------- active (ActiveThief)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """The entropy in nats of each row of `probs` ``[n, K]`` (rows re-normalised like the
+    victim's answers: NaN and negative entries count as 0, an all-zero row as uniform)."""
+    p = _probabilities(probs)
+    logs = np.log(np.where(p > 0, p, 1.0))
+    return -(p * logs).sum(axis=1) + 0.0
+
+
+def uncertainty_order(probs: np.ndarray, n: int) -> np.ndarray:
+    """The `n` rows of `probs` with the highest entropy, most uncertain first (ties: lower row
+    first)."""
+    n = _count(n)
+    h = entropy(probs)
+    if n > len(h):
+        raise invalid("n", n, f"at most the {len(h)} rows scored")
+    return np.argsort(-h, kind="stable")[:n].astype(np.int64)
+
+
+def k_center_greedy(candidates: np.ndarray, centers: np.ndarray, n: int, *,
+                    chunk: int = 4096) -> np.ndarray:
+    """Greedy k-center (Sener & Savarese 2018, as ActiveThief uses it): `n` rows of
+    `candidates` ``[m, d]``, each the one farthest (Euclidean) from its nearest point among
+    `centers` ``[c, d]`` (the already-queried set, possibly empty) and the rows picked before it.
+    With no centers the first pick is the row farthest from the candidates' mean."""
+    n = _count(n)
+    x = np.asarray(candidates, dtype=np.float64)
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, x.shape[1] if x.ndim == 2 else 0)
+    if x.ndim != 2 or not np.isfinite(x).all() or not np.isfinite(c).all():
+        raise invalid("candidates", f"array of shape {x.shape}",
+                      "finite [m, d] features and finite [c, d] centers")
+    if n > len(x):
+        raise invalid("n", n, f"at most the {len(x)} candidates")
+    if not n:
+        return np.zeros(0, dtype=np.int64)
+    if len(c):
+        nearest = np.full(len(x), np.inf)
+        x2 = (x * x).sum(axis=1)
+        for start in range(0, len(c), chunk):  # [m, chunk] at a time
+            part = c[start:start + chunk]
+            d2 = x2[:, None] - 2.0 * x @ part.T + (part * part).sum(axis=1)[None, :]
+            nearest = np.minimum(nearest, d2.min(axis=1))
+        nearest = np.maximum(nearest, 0.0)
+    else:
+        nearest = ((x - x.mean(axis=0)) ** 2).sum(axis=1)
+    picked = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        best = int(np.argmax(nearest))
+        picked[i] = best
+        nearest = np.minimum(nearest, ((x - x[best]) ** 2).sum(axis=1))
+        nearest[best] = -1.0  # never again, even when duplicates sit at distance 0
+    return picked
+
+
+def deepfool_distances(model: Any, inputs: np.ndarray, *, max_iter: int = 20,
+                       overshoot: float = 0.02, batch_size: int = 128) -> np.ndarray:
+    """The L2 norm of the DeepFool perturbation (Moosavi-Dezfooli et al. 2016, multi-class)
+    that flips `model`'s top-1 label on each of `inputs`, ``inf`` where `max_iter` steps do not.
+
+    `model` is a Keras model taking `inputs` (float, as it was trained on) to logits ``[n, K]``
+    (a softmax output works the same way: DeepFool only compares differences of outputs). Each
+    step linearises the logit differences ``f_k - f_label`` around the current point, moves to
+    the nearest linearised boundary and scales the total step by ``1 + overshoot``.
+    """
+    import tensorflow as tf
+
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise invalid("max_iter", max_iter, "a positive integer")
+    if not 0.0 <= overshoot < 1.0:
+        raise invalid("overshoot", overshoot, "a number in [0, 1)")
+    x_all = np.asarray(inputs, dtype=np.float32)
+    out = np.full(len(x_all), np.inf)
+    for start in range(0, len(x_all), batch_size):
+        x0 = tf.constant(x_all[start:start + batch_size])
+        flat = int(np.prod(x0.shape[1:]))
+        label = tf.argmax(model(x0, training=False), axis=1)
+        r_tot = tf.zeros_like(x0)
+        done = np.zeros(len(x0), dtype=bool)
+        dist = np.full(len(x0), np.inf)
+        for _ in range(max_iter):
+            x = x0 + (1.0 + overshoot) * r_tot
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(x)
+                logits = model(x, training=False)
+                per_class = [logits[:, k] for k in range(logits.shape[1])]
+            now = np.argmax(logits.numpy(), axis=1)
+            flipped = (now != label.numpy()) & ~done
+            norm = np.sqrt((((1.0 + overshoot) * r_tot.numpy()) ** 2)
+                           .reshape(len(x0), flat).sum(axis=1))
+            dist[flipped] = norm[flipped]
+            done |= flipped
+            if done.all():
+                del tape
+                break
+            grads = tf.stack([tape.gradient(f, x) for f in per_class], axis=1)  # [b, K, ...]
+            del tape
+            g = grads.numpy().reshape(len(x0), logits.shape[1], flat).astype(np.float64)
+            f = logits.numpy().astype(np.float64)
+            rows = np.arange(len(x0))
+            lab = label.numpy()
+            w = g - g[rows, lab][:, None, :]                       # [b, K, flat]
+            fd = f - f[rows, lab][:, None]                         # [b, K]
+            wn = np.sqrt((w * w).sum(axis=2))
+            ratio = np.abs(fd) / np.maximum(wn, 1e-12)
+            ratio[rows, lab] = np.inf
+            ratio[wn < 1e-12] = np.inf                             # a flat direction: no boundary
+            k = np.argmin(ratio, axis=1)
+            step_len = (ratio[rows, k] + 1e-4) / np.maximum(wn[rows, k], 1e-12)
+            step = (step_len[:, None] * w[rows, k]).reshape(x0.shape)
+            step[done | ~np.isfinite(ratio[rows, k])] = 0.0
+            r_tot = r_tot + tf.constant(step.astype(np.float32))
+        out[start:start + len(x0)] = dist
+    return out
+
+
+def _model_inputs(model: Any, images: np.ndarray) -> np.ndarray:
+    """uint8 images as `model` takes them: float pixels, resized (antialiased, rounded) to the
+    model's input side when it differs, as the surrogate's training pipeline resizes them."""
+    shape = model.input_shape
+    if len(shape) != 4 or images.ndim != 4 or shape[1] is None \
+            or tuple(images.shape[1:3]) == (shape[1], shape[1]):
+        return images.astype(np.float32)
+    import tensorflow as tf
+
+    side = shape[1]
+    resized = tf.image.resize(images, (side, side), antialias=True)
+    return tf.clip_by_value(tf.round(resized), 0, 255).numpy().astype(np.float32)
+
+
+class ActiveStrategy:
+    """ActiveThief's selection (module docstring): `kind` is ``uncertainty``, ``kcenter`` or
+    ``dfal``.
+
+    The attack calls ``plan(n, surrogate, images)`` at the start of each round and then takes
+    the planned images with `select` (any number at a time, up to `queued`). The first plan
+    (nothing answered yet) is a seeded random seed set; the next ones rank the unqueried images
+    with `surrogate` (a `SurrogateTrainer`, or anything with ``predict_probs(images)`` and, for
+    dfal, a Keras ``model`` giving logits) trained on every answer so far. `candidates` caps the
+    pool scored per round (a seeded random subset of the unqueried images; None: all of them):
+    DFAL costs one backward pass per class and DeepFool step per image. `exclude` are never
+    selected (answered before a resume).
+    """
+
+    def __init__(self, kind: str, num_items: int, seed: int = 0, *,
+                 exclude: Iterable[int] | np.ndarray | None = None,
+                 candidates: int | None = None, max_iter: int = 20) -> None:
+        if kind not in ACTIVE:
+            raise invalid("strategy", kind, f"one of {', '.join(ACTIVE)}")
+        if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or (
+                num_items < 1):
+            raise invalid("num_items", num_items, "a positive number of transfer-set images")
+        if candidates is not None and (isinstance(candidates, bool) or not isinstance(
+                candidates, (int, np.integer)) or candidates < 1):
+            raise invalid("candidates", candidates, "a positive number of images or None")
+        self.name = kind
+        self.num_items = int(num_items)
+        self.seed = int(seed)
+        self.candidates = None if candidates is None else int(candidates)
+        self.max_iter = max_iter
+        self._rng = np.random.default_rng([self.seed, 11])
+        self._used = np.zeros(self.num_items, dtype=bool)
+        self._excluded = _indices([] if exclude is None else exclude, "exclude", self.num_items)
+        self._used[self._excluded] = True
+        self._queue = np.zeros(0, dtype=np.int64)
+        self._rounds = 0
+
+    @property
+    def remaining(self) -> int:
+        return int(self.num_items - self._used.sum())
+
+    @property
+    def queued(self) -> int:
+        """Images planned for this round and not yet selected."""
+        return len(self._queue)
+
+    @property
+    def rounds(self) -> int:
+        """Rounds planned so far."""
+        return self._rounds
+
+    def exclude(self, indices: Iterable[int] | np.ndarray) -> None:
+        """Never select `indices` (sent outside this strategy, e.g. re-sent after a crash)."""
+        index = _indices(indices, "indices", self.num_items)
+        self._used[index] = True
+        self._queue = self._queue[~np.isin(self._queue, index)]
+
+    def plan(self, n: int, surrogate: Any = None, images: np.ndarray | None = None
+             ) -> np.ndarray:
+        """Choose this round's `n` images (returned and queued for `select`)."""
+        n = _count(n)
+        if self.queued:
+            raise RuntimeError(f"{self.name} strategy: {self.queued} planned images not taken")
+        if n > self.remaining:
+            raise _exhausted(n, self.remaining, self.num_items)
+        pool = np.flatnonzero(~self._used)
+        if self._rounds == 0 or surrogate is None or not self._used.any():
+            order = self._rng.permutation(len(pool))[:n]
+            how = "random seed set"
+        else:
+            if images is None or len(images) != self.num_items:
+                raise invalid("images", None if images is None else f"{len(images)} images",
+                              f"the {self.num_items} transfer-set images")
+            if self.candidates is not None and self.candidates < len(pool):
+                pool = np.sort(self._rng.choice(pool, max(self.candidates, n), replace=False))
+            order = self._rank(n, surrogate, images, pool)
+            how = self.name
+        self._queue = pool[order].astype(np.int64)
+        self._rounds += 1
+        logger.info("%s round %d: %d images planned (%s) from %d unqueried", self.name,
+                    self._rounds, n, how, self.remaining)
+        return self._queue.copy()
+
+    def _rank(self, n: int, surrogate: Any, images: np.ndarray, pool: np.ndarray) -> np.ndarray:
+        if self.name == "uncertainty":
+            return uncertainty_order(surrogate.predict_probs(images[pool]), n)
+        if self.name == "kcenter":
+            queried = np.flatnonzero(self._used)
+            return k_center_greedy(surrogate.predict_probs(images[pool]),
+                                   surrogate.predict_probs(images[queried]), n)
+        model = surrogate.model
+        dist = deepfool_distances(model, _model_inputs(model, images[pool]),
+                                  max_iter=self.max_iter)
+        return np.argsort(dist, kind="stable")[:n].astype(np.int64)
+
+    def select(self, n: int) -> np.ndarray:
+        """The next `n` planned images (marked used)."""
+        n = _count(n)
+        if n > self.queued:
+            raise RuntimeError(f"{self.name} strategy: {n} images asked, {self.queued} planned")
+        picked, self._queue = self._queue[:n], self._queue[n:]
+        self._used[picked] = True
+        return picked
+
+    def update(self, indices: np.ndarray, victim_probs: np.ndarray,
+               surrogate_log_probs: np.ndarray | None = None) -> dict[str, Any]:
+        """Marks `indices` used; the learning happens in the surrogate before `plan`."""
+        self.exclude(indices)
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": self.name, "version": _STATE_VERSION, "num_items": self.num_items,
+                "seed": self.seed, "candidates": self.candidates,
+                "used": np.flatnonzero(self._used).tolist(), "queue": self._queue.tolist(),
+                "rounds": self._rounds, "rng": self._rng.bit_generator.state}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore `state`; indices excluded at construction stay excluded (and leave the
+        queue)."""
+        state = _check_state(state, self.name, {"num_items": self.num_items, "seed": self.seed,
+                                                "candidates": self.candidates})
+        try:
+            used = _indices(state["used"], "state", self.num_items)
+            queue = _indices(state["queue"], "state", self.num_items)
+            rounds = int(state["rounds"])
+            rng = np.random.default_rng()
+            rng.bit_generator.state = state["rng"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise invalid("state", f"unreadable {self.name} state ({err})",
+                          "the JSON written by ActiveStrategy.state()") from None
+        self._used[:] = False
+        self._used[used] = True
+        self._used[self._excluded] = True
+        self._queue = queue[~self._used[queue]]
+        self._rounds = rounds
+        self._rng = rng

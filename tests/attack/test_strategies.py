@@ -1,7 +1,10 @@
 """Tests for attack.strategies: the rewards on hand-computed cases, their finiteness on extreme
 answers (one-hot, zeros, NaN, -inf log-probabilities; a hypothesis property over random simplex
 rows), the gradient bandit learning a 2-leaf toy problem, the random strategy (no repeats,
-exhaustion, resume), and the adaptive strategy (masking, exhaustion, state round trip, errors)."""
+exhaustion, resume), the adaptive strategy (masking, exhaustion, state round trip, errors), and
+ActiveThief's active strategies on hand-made pools (k-center picks the farthest points, entropy
+the most uncertain, DFAL on a linear Keras model the points nearest its decision boundary; the
+state round trip)."""
 
 from __future__ import annotations
 
@@ -16,14 +19,19 @@ from hypothesis.extra import numpy as hnp
 
 from attack.hierarchy import Hierarchy
 from attack.strategies import (
+    ActiveStrategy,
     AdaptiveStrategy,
     HierarchicalBandit,
     RandomStrategy,
     RunningStats,
     TransferSetExhausted,
     certainty_reward,
+    deepfool_distances,
     diversity_reward,
+    entropy,
+    k_center_greedy,
     loss_reward,
+    uncertainty_order,
 )
 from common.errors import UsageError
 
@@ -342,3 +350,144 @@ def test_adaptive_argument_errors():
     with pytest.raises(UsageError, match="victim_probs.*3 classes.*the 2 classes"):
         strategy.update(index[1:], np.eye(3)[:1], np.zeros((1, 3)))
     assert info["rewards"]["loss"] == pytest.approx([np.log(2)])
+
+
+# ------------------------------------------------------------------------- active strategies
+
+
+def test_entropy_ranking_picks_the_most_uncertain_rows():
+    probs = np.array([[1.0, 0.0, 0.0],      # certain
+                      [1 / 3, 1 / 3, 1 / 3],  # most uncertain
+                      [0.8, 0.1, 0.1],
+                      [0.5, 0.5, 0.0]])
+    assert entropy(probs) == pytest.approx([0.0, np.log(3), 0.639031859, np.log(2)])
+    assert uncertainty_order(probs, 2).tolist() == [1, 3]
+    assert uncertainty_order(probs, 4).tolist() == [1, 3, 2, 0]
+    with pytest.raises(UsageError, match="n"):
+        uncertainty_order(probs, 5)
+
+
+def test_k_center_picks_the_points_farthest_from_the_queried_set():
+    queried = np.array([[0.0, 0.0]])
+    pool = np.array([[0.1, 0.0], [5.0, 0.0], [5.1, 0.0], [0.0, 3.0], [-4.0, 0.0]])
+    # 5.1 is farthest from the origin; then -4 (4 from the origin, 9.1 from 5.1); then (0, 3)
+    # (3 from the origin); 5.0 is 0.1 from the picked 5.1, so it comes after those
+    assert k_center_greedy(pool, queried, 3).tolist() == [2, 4, 3]
+    assert k_center_greedy(pool, queried, 5).tolist()[:3] == [2, 4, 3]
+    # duplicates of a picked point are never picked twice
+    twins = np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    assert sorted(k_center_greedy(twins, np.zeros((0, 2)), 3).tolist()) == [0, 1, 2]
+    # a queried centre already covers its twin: the far point first
+    assert k_center_greedy(np.array([[0.0, 0.0], [2.0, 0.0]]), queried, 1).tolist() == [1]
+
+
+@pytest.fixture(scope="module")
+def linear_model():
+    """A 2-class linear Keras model on 2-D inputs whose boundary is x0 = x1."""
+    import keras
+
+    inputs = keras.Input((2,))
+    dense = keras.layers.Dense(2, use_bias=False)
+    model = keras.Model(inputs, dense(inputs))
+    dense.set_weights([np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32)])
+    return model
+
+
+def test_deepfool_distance_is_the_distance_to_a_linear_boundary(linear_model):
+    points = np.array([[3.0, 0.0], [0.5, 0.0], [0.0, 2.0], [1.0, 1.2]], np.float32)
+    dist = deepfool_distances(linear_model, points, overshoot=0.02)
+    exact = np.abs(points[:, 0] - points[:, 1]) / np.sqrt(2)  # distance to the line x0 = x1
+    assert dist == pytest.approx(exact * 1.02, rel=1e-3, abs=1e-3)
+    assert np.argsort(dist).tolist() == [3, 1, 2, 0]
+
+
+def test_dfal_strategy_plans_the_points_nearest_the_boundary(linear_model):
+    images = np.array([[3.0, 0.0], [0.5, 0.0], [0.0, 2.0], [1.0, 1.2], [9.0, 1.0]], np.float32)
+
+    class Surrogate:
+        model = linear_model
+
+    strategy = ActiveStrategy("dfal", len(images), seed=0, exclude=[4])
+    strategy.plan(0)  # the (empty) random seed set; image 4 counts as queried
+    assert strategy.plan(2, Surrogate(), images).tolist() == [3, 1]
+    assert strategy.select(2).tolist() == [3, 1]
+    assert strategy.remaining == 2
+
+
+class _ProbsSurrogate:
+    """A stand-in surrogate predicting fixed probabilities per image (image = its index)."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        self.probs = probs
+
+    def predict_probs(self, images: np.ndarray) -> np.ndarray:
+        return self.probs[np.asarray(images).reshape(len(images), -1)[:, 0].astype(int)]
+
+
+def _pool(n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1).repeat(3, axis=3)
+
+
+def test_active_rounds_random_seed_set_then_the_strategy():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(4, 0.3), size=40)
+    surrogate = _ProbsSurrogate(probs)
+    strategy = ActiveStrategy("uncertainty", 40, seed=3)
+    first = strategy.plan(10, surrogate, _pool(40))  # nothing answered: random
+    assert len(set(first.tolist())) == 10
+    assert strategy.select(4).tolist() == first[:4].tolist()
+    strategy.update(strategy.select(6), np.full((6, 4), 0.25))
+    second = strategy.plan(5, surrogate, _pool(40))
+    unqueried = np.setdiff1d(np.arange(40), first)
+    expected = unqueried[np.argsort(-entropy(probs[unqueried]), kind="stable")[:5]]
+    assert second.tolist() == expected.tolist()
+    with pytest.raises(RuntimeError, match="planned"):
+        strategy.plan(1, surrogate, _pool(40))
+    assert set(strategy.select(5).tolist()).isdisjoint(first.tolist())
+
+
+def test_kcenter_strategy_prefers_points_unlike_those_queried():
+    # 20 images predicted as class 0, 5 as class 1, 5 as class 2; class 0 already queried
+    probs = np.zeros((30, 3))
+    probs[:20, 0] = probs[20:25, 1] = probs[25:, 2] = 1.0
+    strategy = ActiveStrategy("kcenter", 30, seed=0)
+    strategy.plan(0)  # the (empty) random seed set
+    strategy.exclude(np.arange(10))
+    planned = strategy.plan(2, _ProbsSurrogate(probs), _pool(30))
+    assert sorted(probs[planned].argmax(axis=1).tolist()) == [1, 2]
+
+
+def test_active_state_round_trip_through_json():
+    probs = np.random.default_rng(1).dirichlet(np.ones(3), size=50)
+    surrogate = _ProbsSurrogate(probs)
+    a = ActiveStrategy("kcenter", 50, seed=2, candidates=30)
+    a.plan(8, surrogate, _pool(50))
+    a.select(8)
+    a.plan(10, surrogate, _pool(50))
+    a.select(3)
+    b = ActiveStrategy("kcenter", 50, seed=2, candidates=30)
+    b.load_state(json.loads(json.dumps(a.state())))
+    assert b.state() == a.state()
+    assert b.select(7).tolist() == a.select(7).tolist()
+    assert b.plan(6, surrogate, _pool(50)).tolist() == a.plan(6, surrogate, _pool(50)).tolist()
+    # an answered image excluded on resume leaves the queue
+    c = ActiveStrategy("kcenter", 50, seed=2, candidates=30, exclude=a.state()["queue"][:2])
+    c.load_state(json.loads(json.dumps(a.state())))
+    assert c.queued == a.queued - 2
+    with pytest.raises(UsageError, match="state"):
+        ActiveStrategy("kcenter", 50, seed=3, candidates=30).load_state(a.state())
+    with pytest.raises(UsageError, match="state"):
+        ActiveStrategy("dfal", 50, seed=2, candidates=30).load_state(a.state())
+
+
+def test_active_strategy_errors():
+    with pytest.raises(UsageError, match="strategy"):
+        ActiveStrategy("entropy", 10)
+    with pytest.raises(UsageError, match="candidates"):
+        ActiveStrategy("dfal", 10, candidates=0)
+    strategy = ActiveStrategy("uncertainty", 5)
+    with pytest.raises(TransferSetExhausted):
+        strategy.plan(6)
+    strategy.plan(2)
+    with pytest.raises(RuntimeError, match="planned"):
+        strategy.select(3)
