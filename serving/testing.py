@@ -35,7 +35,6 @@ made once:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -56,8 +55,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["COLOUR_CLASSES", "COLOUR_SIZE", "Running", "colour_images", "colour_victim",
            "export_colour_victim", "export_tiny_classifier", "export_untrained_cnn", "gateway",
-           "model_server", "models_in_config", "pick_unused_port", "serving",
-           "wait_for_health", "wait_for_models"]
+           "model_server", "models_in_config", "pick_unused_port", "wait_for_health",
+           "wait_for_models"]
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 180.0  # seconds a server may take to load its models (a loaded 2-core machine)
@@ -454,13 +453,3 @@ def export_colour_victim(base: str | Path, name: str = "colours", *,
                       class_names=COLOUR_CLASSES)
     write_models_config(base, name, container_base_path="")
     return base / "models.config"
-
-
-@contextlib.contextmanager
-def serving(*started: Running):
-    """Stop every `Running` given, last first, on leaving (for several at once)."""
-    try:
-        yield started
-    finally:
-        for item in reversed(started):
-            item.stop()
