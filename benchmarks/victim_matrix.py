@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="seeds of the reference attack (the kinds use the first)")
     p.add_argument("--kinds", default="", help="comma-separated victim names (default: all)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow op determinism: the same targets and seed train the same "
+                        "surrogate (slower)")
     return p
 
 
@@ -300,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from tests import victim_matrix as vm
 
+    if args.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     results["settings"] = {k: v for k, v in vars(args).items()}
