@@ -1,12 +1,12 @@
 """Tests of `common.distribute`: strategy names, TF_CONFIG checks, the batch-size rule, the
 configs' `distribute` field, and training under the strategies.
 
-Fast tests run in-process: the checks, and a surrogate trained and resumed under a mirrored
-strategy over this process's one CPU device. The tests over several devices run in fresh
-interpreters (`distribute_child.py`), since logical devices and multi-worker collectives must be
-set up before TensorFlow starts: the CPU split into two logical devices (mirrored), and two local
-worker processes talking over loopback ports (multiworker). Those take minutes on two shared
-cores and are marked slow.
+The default suite runs the checks (names, TF_CONFIG, the batch rule, the configs' field). The
+training tests are marked slow (seconds to minutes on two shared cores): a surrogate trained and
+resumed under a mirrored strategy over this process's one CPU device, and, in fresh interpreters
+(`distribute_child.py`, since logical devices and multi-worker collectives must be set up before
+TensorFlow starts), the CPU split into two logical devices (mirrored) and two local worker
+processes talking over loopback ports (multiworker).
 """
 
 from __future__ import annotations
@@ -167,6 +167,7 @@ def colour_task(n: int, seed: int):
     return images, targets, labels
 
 
+@pytest.mark.slow
 def test_surrogate_trains_and_resumes_under_a_mirrored_strategy(tmp_path):
     """The in-process check of the distributed path (a mirrored strategy over this process's
     CPU): the copy built under the scope trains, its weights come back to `model`, and a
