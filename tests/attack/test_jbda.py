@@ -206,5 +206,5 @@ def test_resume_refuses_another_config(served_victim, data_files, tmp_path):
 
     config = make_config(served_victim, data_files, tmp_path / "run")
     prepare_run_dir(config)
-    with pytest.raises(UsageError, match=r"`resume`.*step=0.1 \(now 0.2\)"):
+    with pytest.raises(UsageError, match=r"resume.*--lambda 0.1 \(now --lambda 0.2\)"):
         prepare_run_dir(dataclasses.replace(config, step=0.2, resume=True))
