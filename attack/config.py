@@ -299,9 +299,18 @@ class KnockoffConfig(AttackConfig, TransferPart):
 
     budget: int = field(default=10_000, metadata={"help": "number of queries (images) to send"})
     strategy: str = field(default="random", metadata={
-        "help": "sampling strategy", "choices": ("random", "adaptive")})
+        "help": "sampling strategy: random, adaptive (Knockoff's bandit), or ActiveThief's "
+                "uncertainty, kcenter, dfal (rounds chosen by the surrogate trained so far)",
+        "choices": ("random", "adaptive", "uncertainty", "kcenter", "dfal")})
     reward: str = field(default="all", metadata={
         "help": "adaptive strategy's reward", "choices": ("cert", "div", "loss", "all")})
+    active_rounds: int = field(default=9, metadata={
+        "help": "uncertainty/kcenter/dfal: selection rounds after the random seed set (the "
+                "budget is split into rounds+1 equal parts; the surrogate is retrained from "
+                "scratch on every answer before each round)"})
+    active_pool: int = field(default=0, metadata={
+        "help": "uncertainty/kcenter/dfal: unqueried images scored per round, a seeded random "
+                "subset (0: all of them)"})
     granularity: str = field(default="probs", metadata={
         "help": "train on: probs (what the victim returns), top1 (one-hot), topk:K",
         "metavar": "probs|top1|topk:K"})
@@ -323,8 +332,11 @@ class KnockoffConfig(AttackConfig, TransferPart):
         super().__post_init__()
         _positive_ints(self, "budget")
         _non_negative_ints(self, "unlabelled")
-        if self.strategy not in ("random", "adaptive"):
-            raise invalid("strategy", self.strategy, "'random' or 'adaptive'")
+        if self.strategy not in ("random", "adaptive", "uncertainty", "kcenter", "dfal"):
+            raise invalid("strategy", self.strategy,
+                          "one of 'random', 'adaptive', 'uncertainty', 'kcenter', 'dfal'")
+        _positive_ints(self, "active_rounds")
+        _non_negative_ints(self, "active_pool")
         if self.reward not in ("cert", "div", "loss", "all"):
             raise invalid("reward", self.reward, "one of 'cert', 'div', 'loss', 'all'")
         if not _GRANULARITY.match(self.granularity) or self.granularity == "topk:0":

@@ -98,13 +98,15 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
 
     Returns a dict of query statistics. With the adaptive strategy, `surrogate` (a
     `SurrogateTrainer`) is updated online after each batch and feeds the loss reward; on resume
-    it is first replayed over the answers already in the journal. `on_progress(done, budget)`
-    is called from the client's worker threads as answers are journaled. `check` (default:
-    `AnswerCheck.for_run`) checks the first batch's answers before anything else is sent.
+    it is first replayed over the answers already in the journal. With uncertainty, kcenter
+    or dfal, `surrogate` is retrained from scratch on every answer before each round's plan.
+    `on_progress(done, budget)` is called from the client's worker threads as answers are
+    journaled. `check` (default: `AnswerCheck.for_run`) checks the first batch's answers
+    before anything else is sent.
     """
     from attack.hierarchy import hierarchy_for
     from attack.journal import QueryJournal, release_unjournaled
-    from attack.strategies import AdaptiveStrategy, RandomStrategy
+    from attack.strategies import ACTIVE, ActiveStrategy, AdaptiveStrategy, RandomStrategy
 
     if check is None:
         check = AnswerCheck.for_run(client, run_dir, config.query_batch)
@@ -116,6 +118,9 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         if config.strategy == "adaptive":
             strategy = AdaptiveStrategy(transfer.labels, hierarchy_for(transfer),
                                         reward=config.reward, seed=config.seed, exclude=answered)
+        elif config.strategy in ACTIVE:
+            strategy = ActiveStrategy(config.strategy, len(transfer), seed=config.seed,
+                                      exclude=answered, candidates=config.active_pool or None)
         else:
             strategy = RandomStrategy(len(transfer), seed=config.seed, exclude=answered)
         if state_path.is_file():  # the saved state may lag the journal by one batch
@@ -124,7 +129,7 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
             strategy.load_state(state)
         strategy.exclude(answered)
         strategy.exclude(pending)  # re-sent below, never selected again as new queries
-        if surrogate is not None and len(answered):
+        if config.strategy == "adaptive" and surrogate is not None and len(answered):
             # resumed adaptive run: bring the online surrogate back to what it had seen
             responses = answers_as_probabilities(client, journal.responses())
             for start in range(0, len(answered), config.query_batch):
@@ -141,7 +146,7 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
         # see each answer before choosing the next images.
         lock = threading.Lock()
         chunk = config.query_batch * config.in_flight
-        if config.strategy == "random":
+        if config.strategy == "random" or config.strategy in ACTIVE:
             chunk *= 16
         started = time.perf_counter()
         sent_now = 0
@@ -151,6 +156,10 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                 want = check.limit(min(chunk, config.budget - journal.num_answered))
                 if len(pending):
                     indices, pending = pending[:want], pending[want:]
+                elif config.strategy in ACTIVE:
+                    if not strategy.queued:
+                        _plan_round(strategy, client, journal, transfer, config, surrogate)
+                    indices = strategy.select(min(want, strategy.queued))
                 else:
                     indices = strategy.select(want)
                 raw = send_journaled(client, journal, transfer.images[indices], indices,
@@ -175,6 +184,20 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
                 "queries_per_second": sent_now / seconds if seconds > 0 else None}
     finally:
         journal.close()
+
+
+def _plan_round(strategy, client, journal, transfer, config: KnockoffConfig, surrogate) -> None:
+    """ActiveThief's round: retrain `surrogate` from scratch on every answer so far (none before
+    the random seed set), then let `strategy` plan the images up to the next round's end (the
+    budget split into ``active_rounds + 1`` equal parts)."""
+    answered = journal.num_answered
+    parts = config.active_rounds + 1
+    end = next(e for e in (config.budget * (r + 1) // parts for r in range(parts)) if e > answered)
+    if answered and surrogate is not None:
+        indices = journal.answered_indices()
+        probs = answers_as_probabilities(client, journal.responses())
+        surrogate.fit(transfer.images[indices], _targets(probs, config.granularity))
+    strategy.plan(end - answered, surrogate, transfer.images)
 
 
 # -- the whole attack ------------------------------------------------------------------------------
@@ -202,7 +225,8 @@ class Knockoff(Attack):
     """Knockoff Nets (Orekondy et al. 2019): query natural images, learn from the answers.
 
     Hyper-parameters (keyword-only; the ``python -m attack.knockoff`` flags of the same names):
-    ``budget``, ``strategy`` (random | adaptive), ``reward``, ``granularity`` (probs | top1 |
+    ``budget``, ``strategy`` (random | adaptive | uncertainty | kcenter | dfal: ActiveThief's
+    rounds, ``active_rounds``/``active_pool``), ``reward``, ``granularity`` (probs | top1 |
     topk:K), ``heldout``, ``semi_supervised``/``unlabelled``/``confidence``/
     ``consistency_weight``, ``noise``, ``curve_points``, ``seed``. The adaptive strategy needs a
     `transfer` dataset with real class labels (its hierarchy).
@@ -252,7 +276,7 @@ class Knockoff(Attack):
         online = surrogate_trainer(None, kwargs, None)
         run_dir, check = begin_run(victim, config, probe_images(pool.images, config.seed))
         stats = extract(victim, pool, config, run_dir,
-                        surrogate=online if config.strategy == "adaptive" else None,
+                        surrogate=online if config.strategy != "random" else None,
                         on_progress=on_progress, check=check)
         del online
 

@@ -61,7 +61,8 @@ def test_config_json_keeps_the_flat_layout(tmp_path):
     from common.cli import config_to_dict
 
     keys = set(config_to_dict(knockoff(tmp_path)))
-    assert keys - OLD_KNOCKOFF_KEYS - {"distribute"} == NEW_ENDPOINT_KEYS
+    assert keys - OLD_KNOCKOFF_KEYS - {"distribute", "active_rounds", "active_pool"} == \
+        NEW_ENDPOINT_KEYS
     assert OLD_KNOCKOFF_KEYS <= keys
 
 

@@ -491,3 +491,39 @@ def test_active_strategy_errors():
     strategy.plan(2)
     with pytest.raises(RuntimeError, match="planned"):
         strategy.select(3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["kcenter", "dfal"])
+def test_knockoff_with_an_active_strategy_learns_and_resumes(tmp_path, kind):
+    """End to end through a `KerasVictim` (the colour victim of conftest): 4 rounds of 50
+    queries, the surrogate retrained before each round; agreement well above chance (1/3);
+    a resume of the finished run asks nothing again."""
+    from attack import KerasVictim, Knockoff, Surrogate
+    from attack.journal import QueryJournal
+    from common.data import ImageDataset
+    from tests.attack.conftest import CLASSES, colour_images, colour_victim
+
+    model = colour_victim()
+    transfer = colour_images(400, seed=1)
+    images = colour_images(200, seed=2)
+    labels = np.argmax(np.asarray(model(images.astype(np.float32))), axis=1)
+    test = ImageDataset(images, labels, CLASSES, "colours-test")
+    surrogate = Surrogate(backbone="cnn", weights="none", input_size=16, epochs=6,
+                          batch_size=32, learning_rate=3e-3)
+    attack = Knockoff(budget=200, strategy=kind, active_rounds=3, active_pool=150, heldout=50,
+                      noise=50, curve_points=1, seed=0)
+    victim = KerasVictim(model, input_range="0,255", batch_size=32)
+    result = attack.extract(victim, transfer, surrogate=surrogate, test=test,
+                            run_dir=tmp_path / "run")
+    assert result.queries == 200
+    with QueryJournal.open(tmp_path / "run") as journal:
+        assert len(np.unique(journal.answered_indices())) == 200
+    state = json.loads((tmp_path / "run" / "strategy.json").read_text())
+    assert state["kind"] == kind and state["rounds"] == 4 and state["queue"] == []
+    assert len(state["used"]) == 200
+    assert result.headline["fidelity_test"] > 0.6
+    again = KerasVictim(model, input_range="0,255", batch_size=32)
+    attack.extract(again, transfer, surrogate=surrogate, test=test, run_dir=tmp_path / "run",
+                   resume=True)
+    assert again.queries == 0  # answers, probes and evaluation answers all kept in the run
