@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -46,6 +45,7 @@ import numpy as np
 import pytest
 import yaml
 
+from serving import testing
 from serving.deploy.protos import parse_batching_parameters, parse_monitoring_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -730,28 +730,6 @@ def test_map_command():
                    "2"]
 
 
-def _free_port() -> int:
-    from serving.model_server import free_port
-
-    return free_port()
-
-
-def _wait_serving(target: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0):
-    from serving.deploy.healthcheck import check
-
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        status = check(target, timeout=1.0)
-        if status == "SERVING":
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{target} not SERVING after {timeout} s ({status}):\n"
-                         f"{log.read_text()[-3000:]}")
-
-
 def _stop_all(procs: list[subprocess.Popen]) -> list[int]:
     for proc in procs:
         if proc.poll() is None:
@@ -796,7 +774,8 @@ def deployment(model_base, tmp_path_factory):
     result = {"models": {"cifar10_cnn": tiny[1], "gtsrb_resnet34": tiny[2]}, "mnt": mnt,
               "socket": sock_dir / "tfs.sock", "env": env, "logs": logs}
     try:
-        tfs_ports = {"--port": _free_port(), "--rest_api_port": _free_port()}
+        port = testing.pick_unused_port
+        tfs_ports = {"--port": port(), "--rest_api_port": port()}
         tfs_args = map_command(compose["tfserving"]["command"],
                                {"/models": mnt, "/config": mnt, "/sock": sock_dir}, tfs_ports, {})
         tfs_log = logs / "tfserving.log"
@@ -807,10 +786,10 @@ def deployment(model_base, tmp_path_factory):
         if HAS_GATEWAY:
             from serving.gateway.__main__ import main as gateway_main
 
-            redis_port = _free_port()
+            redis_port = port()
             redis_server = TcpFakeServer(("127.0.0.1", redis_port), server_type="redis")
             threading.Thread(target=redis_server.serve_forever, daemon=True).start()
-            gw_ports = {"--port": _free_port(), "--metrics-port": _free_port()}
+            gw_ports = {"--port": port(), "--metrics-port": port()}
             gw_args = map_command(compose["gateway"]["command"],
                                   {"/config": mnt, "/sock": sock_dir}, gw_ports,
                                   {"redis:6379": f"127.0.0.1:{redis_port}"})
@@ -827,9 +806,11 @@ def deployment(model_base, tmp_path_factory):
                 cwd=logs, env=env, stdout=subprocess.DEVNULL, stderr=gw_log.open("w")))
             result.update(gw_port=gw_ports["--port"], metrics_port=gw_ports["--metrics-port"],
                           gw_args=gw_args, gw_log=gw_log, state=state)
-        _wait_serving(f"127.0.0.1:{tfs_ports['--port']}", procs[0], tfs_log)
+        testing.wait_for_health(f"127.0.0.1:{tfs_ports['--port']}", proc=procs[0],
+                                log_file=tfs_log, timeout=120)
         if HAS_GATEWAY:
-            _wait_serving(f"127.0.0.1:{result['gw_port']}", procs[1], result["gw_log"])
+            testing.wait_for_health(f"127.0.0.1:{result['gw_port']}", proc=procs[1],
+                                    log_file=result["gw_log"], timeout=120)
         yield result
     finally:
         codes = _stop_all(procs)
