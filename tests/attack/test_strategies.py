@@ -527,3 +527,43 @@ def test_knockoff_with_an_active_strategy_learns_and_resumes(tmp_path, kind):
     attack.extract(again, transfer, surrogate=surrogate, test=test, run_dir=tmp_path / "run",
                    resume=True)
     assert again.queries == 0  # answers, probes and evaluation answers all kept in the run
+
+
+@pytest.mark.slow
+def test_active_run_stopped_mid_round_resumes_without_paying_twice(tmp_path):
+    """Stopped after 50 of 120 queries (inside the second of three 40-query rounds): the resume
+    sends only the 70 missing ones, each image once, and finishes the planned rounds."""
+    from attack import KerasVictim, Knockoff, Surrogate
+    from attack.journal import QueryJournal
+    from tests.attack.conftest import colour_images, colour_victim
+
+    model = colour_victim()
+    transfer = colour_images(300, seed=1)
+    surrogate = Surrogate(backbone="cnn", weights="none", input_size=16, epochs=2,
+                          batch_size=32, learning_rate=3e-3)
+    attack = Knockoff(budget=120, strategy="uncertainty", active_rounds=2, heldout=0,
+                      noise=10, curve_points=1, seed=0)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total):
+        if done >= 50:
+            raise Stop
+
+    first = KerasVictim(model, input_range="0,255", batch_size=10)
+    with pytest.raises(Stop):
+        attack.extract(first, transfer, surrogate=surrogate, run_dir=tmp_path / "run",
+                       on_progress=stop)
+    with QueryJournal.open(tmp_path / "run") as journal:
+        kept = journal.answered_indices().copy()
+    assert 50 <= len(kept) < 80
+    second = KerasVictim(model, input_range="0,255", batch_size=10)
+    attack.extract(second, transfer, surrogate=surrogate, run_dir=tmp_path / "run",
+                   resume=True)
+    with QueryJournal.open(tmp_path / "run") as journal:
+        answered = journal.answered_indices()
+        assert np.array_equal(answered[:len(kept)], kept)
+        assert len(answered) == len(np.unique(answered)) == 120
+    state = json.loads((tmp_path / "run" / "strategy.json").read_text())
+    assert state["rounds"] == 3 and state["queue"] == []
