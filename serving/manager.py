@@ -16,6 +16,7 @@ a version that failed to load is tried again when its `saved_model.pb` changes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,7 +116,8 @@ def no_versions_message(name: str, base: Path) -> str:
     try:
         children = sorted(p for p in base.iterdir() if p.is_dir())
     except OSError:
-        return f"{message} (the base path {'cannot be read' if base.exists() else 'is missing'})"
+        readable = os.path.exists(base)  # False for any OSError (e.g. a name too long)
+        return f"{message} (the base path {'cannot be read' if readable else 'is missing'})"
     if (base / "saved_model.pb").is_file():
         return message + f" ({base} is itself a SavedModel: move it into {base / '1'})"
     models = [p.name for p in children if (p / "saved_model.pb").is_file()]
