@@ -7,7 +7,7 @@ Two kinds of model, both as TF Serving loads them:
   serialized `tf.Example`s (feature `x`, two floats), for Classify/Regress/MultiInference.
 
 Fuzz tests take `fuzz_tally`: their own count of what they sent and how each request ended (no
-tally is shared between tests, so none depends on another's order); `pytest -s` prints each
+tally is shared between tests, so none depends on another's order); `pytest -n 0 -s` prints each
 table, and the run's summary line adds up the requests of every fuzz test that ran (also
 across pytest-xdist workers: the count travels as a user property of the test's report).
 """
@@ -161,7 +161,7 @@ class FuzzTally:
 
 @pytest.fixture
 def fuzz_tally(request):
-    """A fresh `FuzzTally` for this test; printed (with `pytest -s`) and, as the test's
+    """A fresh `FuzzTally` for this test; printed (with `pytest -n 0 -s`) and, as the test's
     `fuzz_requests` user property, summed by tests/conftest.py at the end of the run."""
     tally = FuzzTally()
     yield tally

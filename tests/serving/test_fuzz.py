@@ -12,8 +12,8 @@ a non-empty message, within 10 s. TensorFlow 2.21 aborts the whole process on a 
 the wrong rank, so this module finishing at all proves the server refuses such tensors before
 the graph. Each test ends by checking that the server still answers a valid request as it did
 before any fuzzing, without having grown by more than 300 MB, so no test relies on another's
-order. Each test counts its own requests (`fuzz_tally`); `pytest -s` prints the outcome counts
-per status code.
+order. Each test counts its own requests (`fuzz_tally`); `pytest -n 0 -s` prints the outcome
+counts per status code.
 """
 
 from __future__ import annotations
