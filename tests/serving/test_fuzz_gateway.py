@@ -16,7 +16,6 @@ import contextlib
 import gc
 import importlib.util
 import io
-import json
 import sqlite3
 
 import grpc
@@ -30,6 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving import testing
 from tests.serving.test_fuzz import (
     ALL_DTYPES,
     BAD_INPUT_CODES,
@@ -60,8 +60,6 @@ GATEWAY_CODES = BAD_INPUT_CODES | {grpc.StatusCode.UNAUTHENTICATED,
 @pytest.fixture(scope="module")
 def gw(server, tmp_path_factory):
     from serving.gateway.__main__ import main
-    from serving.gateway.config import GatewayConfig
-    from serving.gateway.server import Gateway
 
     tmp = tmp_path_factory.mktemp("gwfuzz")
     state = tmp / "state.db"
@@ -73,16 +71,12 @@ def gw(server, tmp_path_factory):
               "limits": {"budget": 10**9, "rate_per_second": 10**6, "burst": 10**6},
               "detectors": {"prada": {"delta": 0.95, "min_samples": 20, "max_set": 200}},
               "on_flag": {"action": "degrade", "policy": "label_only"}}
-    (tmp / "policy.json").write_text(json.dumps(policy))
-    gateway = Gateway(GatewayConfig(upstream=f"127.0.0.1:{server.port}", port=0,
-                                    host="127.0.0.1", policy=str(tmp / "policy.json"),
-                                    state=f"sqlite:{state}", metrics_port=0)).start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{gateway.port}")
-    yield {"key": key, "state": state, "channel": channel,
-           "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),
-           "gateway": gateway}
-    channel.close()
-    gateway.stop()
+    with testing.gateway(f"127.0.0.1:{server.port}", policy=policy, state=state) as running:
+        channel = grpc.insecure_channel(running.target)
+        yield {"key": key, "state": state, "channel": channel,
+               "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),
+               "gateway": running.obj}
+        channel.close()
 
 
 @pytest.fixture(scope="module")
