@@ -145,9 +145,16 @@ class EndpointPart(ServerPart):
         "help": "pixel value range a float input expects; auto spends at most 64 reported "
                 "probe queries to decide (uint8 inputs take 0..255 as they are)",
         "choices": INPUT_RANGES, "metavar": "auto|0,255|0,1|-1,1"})
+    num_classes: int | None = field(default=None, metadata={
+        "help": "the victim's number of classes K, for outputs that do not tell it (class ids "
+                "only, top-k pairs); none: read from the signature", "metavar": "K"})
     in_flight: int = field(default=4, metadata={"help": "Predict requests in flight at once"})
 
     def _validate(self) -> None:
+        if self.num_classes is not None and (isinstance(self.num_classes, bool)
+                                             or not isinstance(self.num_classes, int)
+                                             or self.num_classes < 2):
+            raise invalid("num_classes", self.num_classes, "an integer >= 2, or none")
         if self.rest is not None and (not isinstance(self.rest, str)
                                       or not _REST_URL.match(self.rest)):
             raise invalid("rest", self.rest, "http://HOST:PORT or https://HOST:PORT "

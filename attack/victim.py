@@ -534,9 +534,13 @@ class KerasVictim(Victim):
             self._fn = loaded.signatures[signature]
             self._name = name or (path.parent.name if path.name.isdigit() else path.name)
         else:
-            if not hasattr(model, "inputs") or not callable(model):
+            if not callable(model):
                 raise invalid("model", type(model).__name__,
                               "a keras.Model or a SavedModel directory")
+            if not hasattr(model, "inputs"):  # a Sequential without an Input, never called
+                raise invalid("model", type(model).__name__,
+                              "a built keras.Model: give the Sequential a keras.Input(shape) "
+                              "first, or call it once on a batch")
             self._fn = None
             self._model = model
             self._name = name or getattr(model, "name", "keras")
@@ -566,8 +570,12 @@ class KerasVictim(Victim):
 
     def _keras_outputs(self) -> dict:
         out = self._model.outputs
-        if isinstance(self._model.output, Mapping):
-            return dict(sorted(self._model.output.items()))
+        try:
+            structured = self._model.output
+        except AttributeError:  # a Sequential built from keras.Input has outputs, no .output
+            structured = None
+        if isinstance(structured, Mapping):
+            return dict(sorted(structured.items()))
         return {f"output_{i}": t for i, t in enumerate(out)}
 
     def _call(self, batch: np.ndarray) -> dict[str, np.ndarray]:

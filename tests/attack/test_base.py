@@ -31,7 +31,7 @@ OLD_KNOCKOFF_KEYS = {
     "query_batch", "resume", "reward", "seed", "semi_supervised", "strategy", "test_limit",
     "test_set", "test_split", "timeout", "transfer_set", "transfer_split", "unlabelled",
     "version", "weights"}
-NEW_ENDPOINT_KEYS = {"rest", "signature", "output", "output_kind", "input_range"}
+NEW_ENDPOINT_KEYS = {"rest", "signature", "output", "output_kind", "input_range", "num_classes"}
 
 
 def knockoff(tmp_path, **changes) -> KnockoffConfig:

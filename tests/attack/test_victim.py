@@ -320,3 +320,29 @@ def test_matrix_knockoff_through_each_victim_matches_the_reference(
         assert abs(head["victim_acc"] - ref["victim_acc"]) < 1e-9  # the same victim, truly
         assert head["fidelity_test"] >= ref["fidelity_test"] - 0.1, (head, ref)
     assert not result.notes
+
+
+def test_a_sequential_model_is_a_victim_and_an_unbuilt_one_is_refused_in_one_line():
+    import keras
+
+    built = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    v = KerasVictim(built, input_range="0,255")
+    assert v.metadata().num_classes == 3
+    raw = v.predict(images(4))
+    assert raw.shape == (4, 3) and v.output_kind == "probabilities"
+    assert v.queries == 4 + v.probe_queries  # kind decided from probes, counted apart
+    unbuilt = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)])
+    with pytest.raises(UsageError, match=r"`model`.*keras\.Input"):
+        KerasVictim(unbuilt)
+
+
+def test_num_classes_is_an_endpoint_flag_that_reaches_the_victim(tmp_path):
+    from attack.config import KnockoffConfig
+
+    config = KnockoffConfig(transfer_set="x.npz", weights="none", num_classes=43,
+                            out=str(tmp_path / "run"))
+    with open_victim(config) as v:
+        assert v.num_classes_flag == 43
+    with pytest.raises(UsageError, match="`num_classes`"):
+        KnockoffConfig(transfer_set="x.npz", weights="none", num_classes=1)
