@@ -265,4 +265,4 @@ def test_evaluate_can_reencode_the_attack_images(trained, data, tmp_path, capsys
     assert "JPEG q75" in capsys.readouterr().out
     assert main(["--detector", str(trained), "--benign", str(benign), "--attack", str(attack),
                  "--attack-jpeg-quality", "101", "--out", str(out)]) == 2
-    assert "attack_jpeg_quality" in capsys.readouterr().err
+    assert "`--attack-jpeg-quality`. Received: --attack-jpeg-quality=101" in capsys.readouterr().err
