@@ -476,9 +476,13 @@ def test_malformed_and_valid_requests_from_16_threads(stub, baseline, fuzz_tally
 
 
 def test_memory_bounded_under_repeated_large_invalid_requests(stub, baseline, fuzz_tally):
-    """Three rounds of 40 refused 8 MiB requests (wrong dtype, wrong shape, content one byte
-    short): the first round may raise the allocator's high-water mark, the later rounds must
-    not grow RSS further (less than 64 MiB): nothing is kept per request."""
+    """Six rounds of 40 refused 8 MiB requests (wrong dtype, wrong shape, content one byte
+    short): keeping even 1 MiB per request would add 200 MiB from the first round to the last
+    (keeping the request itself, 1,600 MiB); the allocator's noise stays well under that (glibc
+    gives each gRPC worker thread its own arena, so the high-water mark rises until every thread
+    has held such a request and then plateaus: rounds measured at 847, 888, 858, 958, 963, 963
+    MiB), so the last round must be less than 200 MiB above the first: nothing is kept per
+    request."""
     big = predict_pb2.PredictRequest()
     big.model_spec.name = "tiny"
     proto = big.inputs["images"]
@@ -501,15 +505,15 @@ def test_memory_bounded_under_repeated_large_invalid_requests(stub, baseline, fu
             p.tensor_content = bytes(n - 1)
         variants.append(r)
     sizes = []
-    for _ in range(3):
+    for _ in range(6):
         for i in range(40):
             _, code = outcome(stub.Predict, variants[i % 3], timeout=30)
             assert code == "INVALID_ARGUMENT"
         gc.collect()
         sizes.append(rss_bytes())
-    fuzz_tally.add("8 MiB refused", "INVALID_ARGUMENT", 120)
+    fuzz_tally.add("8 MiB refused", "INVALID_ARGUMENT", 240)
     fuzz_tally.notes[f"8 MiB refused: RSS MiB after rounds {[s // 2**20 for s in sizes]}"] += 1
-    assert sizes[2] - sizes[0] < 64 * 2**20, [s // 2**20 for s in sizes]
+    assert sizes[-1] - sizes[0] < 200 * 2**20, [s // 2**20 for s in sizes]
     assert_still_serving(stub, baseline)
 
 
