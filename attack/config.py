@@ -42,6 +42,7 @@ __all__ = [
     "CopycatConfig",
     "EndpointPart",
     "EvaluationPart",
+    "ExactEvaluationPart",
     "JBDAConfig",
     "KnockoffConfig",
     "RunPart",
@@ -250,6 +251,18 @@ class RunPart:
             raise invalid("resume", self.resume, "true or false")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise invalid("seed", self.seed, "an integer")
+
+
+@dataclass(frozen=True)
+class ExactEvaluationPart(EvaluationPart):
+    """`EvaluationPart` for the exact attacks (equation solving, FEE), which send points in
+    [low, high] rather than images: test pixels are mapped there, and noise is that range."""
+
+    test_set: str | None = field(default=None, metadata={
+        "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
+                "mapped to [low, high])", "metavar": "SPEC"})
+    noise: int = field(default=10_000, metadata={
+        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
 
 
 _PARTS = (ServerPart, EndpointPart, SurrogatePart, EvaluationPart, RunPart)

@@ -51,7 +51,7 @@ from attack._linear import (
     victim_eval_answers,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import EvaluationPart, RunPart, ServerPart, validate_parts
+from attack.config import ExactEvaluationPart, RunPart, ServerPart, validate_parts
 from attack.pipeline import ExtractionResult
 from common.errors import UsageError, invalid
 
@@ -64,15 +64,10 @@ DESIGNS = ("basis", "random")
 
 
 @dataclass(frozen=True)
-class EquationSolvingConfig(RunPart, EvaluationPart, ServerPart):
+class EquationSolvingConfig(RunPart, ExactEvaluationPart, ServerPart):
     """Recover a softmax/logistic regression exactly from its probabilities (Tramèr et al.)."""
 
     query_batch: int = field(default=256, metadata={"help": "query points per Predict request"})
-    test_set: str | None = field(default=None, metadata={
-        "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
-                "mapped to [low, high])", "metavar": "SPEC"})
-    noise: int = field(default=10_000, metadata={
-        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
     out: str = field(default="runs/equation_solving", metadata={
         "help": "run directory (config, journal, recovered model, report)",
         "metavar": "RUN_DIR"})

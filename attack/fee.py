@@ -68,7 +68,7 @@ from attack._linear import (
     victim_eval_answers,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import EvaluationPart, RunPart, ServerPart
+from attack.config import ExactEvaluationPart, RunPart, ServerPart
 from attack.equation_solving import _check_common, softmax, targets
 from attack.pipeline import ExtractionResult
 from common.errors import UsageError, invalid
@@ -80,15 +80,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FeeConfig(RunPart, EvaluationPart, ServerPart):
+class FeeConfig(RunPart, ExactEvaluationPart, ServerPart):
     """Extract a one-hidden-layer ReLU network exactly (Jagielski et al. 2020)."""
 
     query_batch: int = field(default=512, metadata={"help": "query points per Predict request"})
-    test_set: str | None = field(default=None, metadata={
-        "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
-                "mapped to [low, high])", "metavar": "SPEC"})
-    noise: int = field(default=10_000, metadata={
-        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
     out: str = field(default="runs/fee", metadata={
         "help": "run directory (config, journal, recovered model, report)",
         "metavar": "RUN_DIR"})

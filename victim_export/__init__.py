@@ -13,8 +13,7 @@ served in float64.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from common.lazy import lazy_exports
 
 __all__ = [
     "DENSE_ARCHS",
@@ -47,7 +46,7 @@ _WHERE = {
     "model_base_path": "victim_export.models_config",
     "read_models_config": "victim_export.models_config",
     "write_models_config": "victim_export.models_config",
-    "TrainedVictim": "victim_export.train",
+    "TrainedVictim": "victim_export.fitting",
     "evaluate_classifier": "victim_export.train",
     "run_victim_export": "victim_export.train",
     "save_trained_victim": "victim_export.train",
@@ -55,14 +54,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'victim_export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE, globals(), __all__)

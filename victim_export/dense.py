@@ -41,6 +41,7 @@ from victim_export.dense_archs import (
     dense_arch,
     is_dense_arch,
 )
+from victim_export.fitting import TrainedVictim, optimizer_for, split_validation
 
 __all__ = [
     "DENSE_ARCHS",
@@ -150,10 +151,8 @@ def _unit_pixels(images: np.ndarray) -> np.ndarray:
 def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> Any:
     """Train the dense victim of `config` (a `VictimConfig`) on uint8 images scaled to [0, 1].
 
-    Returns a `victim_export.train.TrainedVictim` whose model computes in float32.
+    Returns a `victim_export.fitting.TrainedVictim` whose model computes in float32.
     """
-    from victim_export.train import TrainedVictim, _optimizer, _split_validation
-
     kwargs = config.arch_kwargs
     check_dense_args(config.arch, kwargs)
     if config.arch == "logreg":
@@ -171,7 +170,7 @@ def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> 
         logger.warning("augment=%s is ignored by the dense architecture %s", config.augment,
                        config.arch)
     keras.utils.set_random_seed(config.seed)
-    fit_set, val_set = _split_validation(train, config.val_split, config.seed)
+    fit_set, val_set = split_validation(train, config.val_split, config.seed)
     shape = tuple(train.image_shape)
     model = build_dense_classifier(config.arch, train.num_classes, shape,
                                    hidden=kwargs.get("hidden", 16), seed=config.seed)
@@ -180,7 +179,7 @@ def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> 
                 train.num_classes, "x".join(map(str, shape)))
     steps = math.ceil(len(fit_set) / config.batch_size)
     model.compile(
-        optimizer=_optimizer(config, steps),
+        optimizer=optimizer_for(config, steps),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                   label_smoothing=config.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],

@@ -21,9 +21,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -46,6 +44,7 @@ from common.progress import keras_verbose
 from victim_export.config import VictimConfig
 from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
 from victim_export.export import export_classifier, next_version, read_card
+from victim_export.fitting import TrainedVictim, optimizer_for, split_validation
 from victim_export.models_config import MODELS_CONFIG_NAME, read_models_config, write_models_config
 
 __all__ = [
@@ -63,24 +62,6 @@ logger = logging.getLogger(__name__)
 
 # Resized training images are cached in memory by tf.data only below this many bytes.
 _CACHE_LIMIT_BYTES = 2 << 30
-
-
-@dataclass(frozen=True)
-class TrainedVictim:
-    """A trained victim and what its card reports about it."""
-
-    model: keras.Model
-    class_names: tuple[str, ...]
-    input_size: int
-    test_accuracy: float
-    per_class_accuracy: dict[str, float | None]
-    epochs_run: int
-    best_epoch: int | None
-    training_seconds: float
-    history: dict[str, list[float]]
-    train_examples: int
-    val_examples: int
-    test_examples: int
 
 
 def make_dataset(
@@ -166,20 +147,6 @@ def evaluate_classifier(
     return float(correct.mean()) if len(correct) else math.nan, per_class
 
 
-def _split_validation(
-    dataset: ImageDataset, fraction: float, seed: int
-) -> tuple[ImageDataset, ImageDataset | None]:
-    if fraction <= 0:
-        return dataset, None
-    count = int(round(len(dataset) * fraction))
-    if count < 1 or count >= len(dataset):
-        raise invalid("val_split", fraction,
-                      f"a fraction leaving at least one training and one validation image of "
-                      f"{len(dataset)}")
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    return dataset.subset(np.sort(order[count:])), dataset.subset(np.sort(order[:count]))
-
-
 def _resolve_input_size(config: VictimConfig, train: ImageDataset) -> int:
     if config.input_size is not None:
         return config.input_size
@@ -195,20 +162,6 @@ def _resolve_input_size(config: VictimConfig, train: ImageDataset) -> int:
                       f"a size of at least {backbone.min_size} for {backbone.name} (the images "
                       f"are {height}x{width}); pass --input-size")
     return height
-
-
-def _optimizer(config: VictimConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    rate: Any = config.learning_rate
-    if config.schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=max(1, config.epochs * steps_per_epoch)
-        )
-    decay = config.weight_decay or None
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(rate, weight_decay=decay)
-    if config.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, weight_decay=decay)
 
 
 def split_holdout(dataset: ImageDataset, fraction: float, seed: int) -> tuple[ImageDataset,
@@ -274,7 +227,7 @@ def train_victim(
         raise invalid("dataset", config.dataset, "at least 2 classes")
     size = _resolve_input_size(config, train)
     keras.utils.set_random_seed(config.seed)
-    fit_set, val_set = _split_validation(train, config.val_split, config.seed)
+    fit_set, val_set = split_validation(train, config.val_split, config.seed)
     logger.info(
         "training %s on %d images (%d validation, %d test), %d classes, input %dx%d",
         config.arch, len(fit_set), 0 if val_set is None else len(val_set), len(test),
@@ -291,7 +244,7 @@ def train_victim(
         if strategy is not None:
             synchronize_batch_norm(model)
         model.compile(
-            optimizer=_optimizer(config, steps),
+            optimizer=optimizer_for(config, steps),
             loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                       label_smoothing=config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
