@@ -48,6 +48,7 @@ import numpy as np
 
 from attack.base import Attack, as_transfer, dataset_source
 from attack.config import KnockoffConfig
+from attack.papers import ATLI_ANCHORS, ATLI_SOURCE
 from attack.pipeline import (
     AnswerCheck,
     ExtractionResult,
@@ -72,13 +73,6 @@ __all__ = ["Knockoff", "KnockoffConfig", "KnockoffResult", "SemiSupervisedKnocko
            "prepare_run_dir", "run_knockoff"]
 
 log = logging.getLogger(__name__)
-
-ATLI_SOURCE = "Atli et al. 2020, Knockoff Nets with 100,000 ImageNet queries"
-ATLI_ANCHORS = {
-    "CIFAR10 (CNN)": {"victim": 0.87, "surrogate": 0.71, "ratio": 0.81},
-    "CIFAR10 (ResNet-34)": {"victim": 0.94, "surrogate": 0.73, "ratio": 0.77},
-    "GTSRB (ResNet-34)": {"victim": 0.98, "surrogate": 0.61, "ratio": 0.62},
-}
 
 KnockoffResult = ExtractionResult  # what `run_knockoff` returns (the shared result type)
 
