@@ -13,6 +13,14 @@ The per-client state is a plain JSON-serialisable dict, so the gateway can keep 
 Redis: ``{"bits": [0/1 ...] (the last `window` verdicts, oldest first), "queries": total seen,
 "flagged_queries": total flagged, "flagged_at": the query count at which the client was first
 flagged, or None}``.
+
+`BinomialWindow` keeps the same state but tests the OOD share against chance instead of a fixed
+level: a benign client's flagged queries among its last n are at most Binomial(n, fpr) at the
+detector's calibrated benign false-positive rate, so the client is flagged once that count
+reaches the binomial's upper critical value at significance `alpha`. A thief who dilutes its
+stream with in-distribution images (camouflage) only lowers its share towards fpr; at a 75%
+in-distribution mix and a per-query detection rate q, the share is about 0.25 q + 0.75 fpr,
+far above what chance gives a benign client, where a level of 0.5 is never reached.
 """
 
 from __future__ import annotations
@@ -22,9 +30,20 @@ from typing import Any
 
 import numpy as np
 
+from common.constraints import check_int, check_number
 from common.errors import invalid
 
-__all__ = ["SlidingWindow"]
+__all__ = ["BinomialWindow", "SlidingWindow", "binomial_critical_counts"]
+
+
+def _verdict_bits(verdicts: Any) -> np.ndarray:
+    array = np.asarray(verdicts)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.ndim != 1 or not (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
+        raise invalid("verdicts", f"{array.dtype} array of shape {array.shape}",
+                      "a bool array [N]")
+    return array.astype(bool).astype(int)
 
 
 class SlidingWindow:
@@ -71,13 +90,7 @@ class SlidingWindow:
         every single verdict, so a batch cannot hide the moment).
         """
         bits = self._check_state(state)
-        array = np.asarray(verdicts)
-        if array.ndim == 0:
-            array = array.reshape(1)
-        if array.ndim != 1 or not (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
-            raise invalid("verdicts", f"{array.dtype} array of shape {array.shape}",
-                          "a bool array [N]")
-        new = array.astype(bool).astype(int)
+        new = _verdict_bits(verdicts)
         queries = int(state.get("queries", 0))
         if state.get("flagged_at") is None and len(new):
             # Share after each verdict of the batch, over the window ending there.
@@ -101,3 +114,77 @@ class SlidingWindow:
         share = self.share(state)
         flagged = len(bits) >= self.min_queries and share >= self.level
         return bool(flagged), share
+
+
+def binomial_critical_counts(window: int, fpr: float, alpha: float) -> np.ndarray:
+    """``c[n]`` for n = 0..window: the smallest count k with ``P(Binomial(n, fpr) >= k) <=
+    alpha`` (``n + 1`` where even n flagged queries out of n are not that unlikely)."""
+    from scipy.stats import binom
+
+    sizes = np.arange(window + 1)
+    # binom.isf gives the largest k with P(X > k) > alpha, so k + 1 is the critical count; the
+    # survival function is checked at it (isf works in floating point).
+    counts = np.floor(binom.isf(alpha, sizes, fpr)).astype(np.int64) + 1
+    counts = np.clip(counts, 0, sizes + 1)
+    too_likely = binom.sf(counts - 1, sizes, fpr) > alpha
+    counts[too_likely] += 1
+    return np.minimum(counts, sizes + 1)
+
+
+class BinomialWindow(SlidingWindow):
+    """Flag a client when its flagged queries among its last ``n = min(window, sent)`` are more
+    than a benign client at false-positive rate `fpr` reaches with probability `alpha`.
+
+    Same state and `update` contract as `SlidingWindow` (the gateway stores either); checked
+    after every single verdict once the client has sent `min_queries`. The test is repeated at
+    every query, so a benign client's chance of ever being flagged grows with its traffic: about
+    ``alpha * queries / window`` overlapping-window tests' worth (a small `alpha`, 1e-6 by
+    default, keeps it negligible), and more if its true false-positive rate exceeds `fpr`.
+    """
+
+    def __init__(self, window: int = 256, fpr: float = 0.02, alpha: float = 1e-6,
+                 min_queries: int = 32) -> None:
+        check_int("window", window, min=1)
+        check_number("fpr", fpr, gt=0.0, lt=1.0)
+        check_number("alpha", alpha, gt=0.0, lt=1.0)
+        check_int("min_queries", min_queries, min=1)
+        if min_queries > window:
+            raise invalid("min_queries", min_queries, f"at most the window ({window})")
+        self.window = int(window)
+        self.fpr = float(fpr)
+        self.alpha = float(alpha)
+        self.min_queries = int(min_queries)
+        self.critical = binomial_critical_counts(self.window, self.fpr, self.alpha)
+        # The share a full window must reach (for logs and `SlidingWindow.level` readers).
+        self.level = float(self.critical[self.window]) / self.window
+
+    def __repr__(self) -> str:
+        return (f"BinomialWindow(window={self.window}, fpr={self.fpr}, alpha={self.alpha}, "
+                f"min_queries={self.min_queries})")
+
+    def _flagged(self, count: int, size: int) -> bool:
+        return size >= self.min_queries and count >= int(self.critical[size])
+
+    def update(self, state: dict[str, Any], verdicts: Any) -> tuple[bool, float]:
+        """Add a batch of verdicts (bool ``[N]``, oldest first); return (flagged, share).
+
+        As `SlidingWindow.update`, with the binomial test in place of the fixed level."""
+        bits = self._check_state(state)
+        new = _verdict_bits(verdicts)
+        queries = int(state.get("queries", 0))
+        if state.get("flagged_at") is None and len(new):
+            history = np.concatenate([np.asarray(bits, dtype=int), new])
+            ends = np.arange(len(bits) + 1, len(history) + 1)
+            cumulative = np.r_[0, np.cumsum(history)]
+            starts = np.maximum(0, ends - self.window)
+            sizes = ends - starts
+            counts = cumulative[ends] - cumulative[starts]
+            hits = np.flatnonzero((sizes >= self.min_queries) & (counts >= self.critical[sizes]))
+            if hits.size:
+                state["flagged_at"] = queries + int(hits[0]) + 1
+        bits.extend(int(b) for b in new)
+        if len(bits) > self.window:
+            del bits[: len(bits) - self.window]
+        state["queries"] = queries + len(new)
+        state["flagged_queries"] = int(state.get("flagged_queries", 0)) + int(new.sum())
+        return self._flagged(int(sum(bits)), len(bits)), self.share(state)

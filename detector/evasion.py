@@ -15,6 +15,11 @@ its stream: these functions are those moves, applied to uint8 RGB batches ``[N, 
 
 `apply(name, images, level, seed)` names them for command lines (`EVASIONS`). Pillow does the
 image work (its JPEG codec and filters are what a thief would use).
+
+`augment(images, seed=...)` is the defender's side: a seeded random one of these transforms (at a
+random strength in `AUGMENT_RANGES`, then JPEG half of the time) per image. Applied to *both* the
+benign and the attack training images of a detector, the transform itself can never be what
+separates them, so the detector has to learn the content (`benchmarks.evasion_bench`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 
 from common.errors import invalid
 
-__all__ = ["EVASIONS", "apply", "blur", "camouflage", "jpeg", "noise", "resize"]
+__all__ = ["AUGMENT_RANGES", "EVASIONS", "apply", "augment", "blur", "camouflage", "jpeg",
+           "noise", "resize"]
 
 
 def _check_images(images: Any) -> np.ndarray:
@@ -142,3 +148,46 @@ def apply(name: str, images: Any, level: float, *, seed: int = 0) -> np.ndarray:
     if name not in EVASIONS:
         raise invalid("evasion", name, f"one of {', '.join(EVASIONS)}")
     return EVASIONS[name](images, level, seed)
+
+
+# Strengths `augment` draws from, uniformly: what a thief can do for free without making its
+# queries useless to itself (JPEG quality is an integer).
+AUGMENT_RANGES: dict[str, tuple[float, float]] = {
+    "jpeg": (50, 95),
+    "resize": (0.4, 0.9),
+    "blur": (0.3, 1.5),
+    "noise": (2.0, 12.0),
+}
+
+
+def augment(images: Any, *, seed: int, share: float = 0.9,
+            then_jpeg: float = 0.5) -> np.ndarray:
+    """A seeded random evasion per image, for training a detector that survives them.
+
+    A `share` of the images (seeded choice) each get one of `EVASIONS` chosen uniformly, at a
+    strength drawn uniformly from `AUGMENT_RANGES`, and then (for non-JPEG transforms, with
+    probability `then_jpeg`) a JPEG re-encoding at a random quality, as a thief who blurs and
+    then saves as JPEG would; the rest are unchanged. Returns a new uint8 batch.
+    """
+    array = _check_images(images)
+    share = _number("share", share, 0.0, 1.0)
+    then_jpeg = _number("then_jpeg", then_jpeg, 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    names = list(AUGMENT_RANGES)
+    chosen = rng.random(len(array)) < share
+    kinds = rng.integers(0, len(names), len(array))
+    strengths = rng.random(len(array))
+    jpeg_after = rng.random(len(array)) < then_jpeg
+    qualities = rng.integers(AUGMENT_RANGES["jpeg"][0], AUGMENT_RANGES["jpeg"][1] + 1,
+                             len(array))
+    out = np.array(array, copy=True)
+    for kind_index, name in enumerate(names):
+        low, high = AUGMENT_RANGES[name]
+        for i in np.flatnonzero(chosen & (kinds == kind_index)):
+            level = low + strengths[i] * (high - low)
+            one = EVASIONS[name](out[i:i + 1], round(level) if name == "jpeg" else level,
+                                 int(seed) * 1_000_003 + int(i))
+            if name != "jpeg" and jpeg_after[i]:
+                one = jpeg(one, int(qualities[i]))
+            out[i] = one[0]
+    return out

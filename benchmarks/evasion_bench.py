@@ -1,0 +1,449 @@
+"""Does OOD detection survive cheap evasion? The old detector against the augmented one, the
+victim's own confidence and a Mahalanobis score, per query and per client, side by side.
+
+    python -m benchmarks.evasion_bench --victim victims/cifar10_cnn --data-dir ../shared/data \\
+        --seeds 0,1,2 --out runs/evasion
+
+Per seed, two detectors are trained with `detector.ood.train_detector` on the same images
+(`--train-limit` CIFAR-10 *train* images against as many Tiny-ImageNet *train* images of the
+176 classes that do not overlap CIFAR-10; MobileNet alpha 0.25 from the ImageNet weights in
+`--data-dir`): **old** as shipped (half of the images JPEG re-encoded, `jpeg_augment=0.5`) and
+**new**, whose benign *and* attack images all went through `detector.evasion.augment` first
+(90% of them get a random JPEG/resize/blur/noise, so the transform is never the signal). The
+scores compared (`detector.robust`): each detector's attack probability, the victim's
+max-softmax (``1 - max p`` of its answer, what the gateway sees), the Mahalanobis distance on
+the new detector's penultimate features (class means of the benign training images), and their
+combination (the smallest benign tail probability). Every threshold is calibrated for
+`--fpr` on 1,000 held-out CIFAR-10 *test* images (clean: what benign clients send).
+
+Measured on data no detector was trained on: the attack is Tiny-ImageNet *val* (non-overlap
+classes, `--eval-limit` images), benign clients are CIFAR-10 *test* images.
+
+* per-query anomalous accuracy at the calibrated threshold for the attack under none / JPEG
+  95, 75, 50 / resize 0.5 / blur 1 / noise 8, with the benign accuracy of clean and transformed
+  benign images beside it;
+* the query at which one client is flagged, sending that stream in batches of
+  `--query-batch`: the old per-client window (`SlidingWindow`, 256 queries, level 0.5, min 64)
+  and the binomial window on the OOD share (`BinomialWindow`, `--window`, `--fpr`, `--alpha`,
+  `--min-queries`); camouflage streams mix 25/50/75% CIFAR-10 images into the attack (and 50%
+  into a JPEG-75 attack);
+* benign clients: `--benign-clients` clients of `--client-queries` clean CIFAR-10 test images
+  each (and the same clients JPEG-encoding at quality 50), how many are flagged by each.
+
+Output: OUT/results.{json,md} and one OUT/seed_<n>.json per seed (a re-run reuses finished
+seeds). Everything in one process, no server: the gateway runs the same objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.realistic_adversary import (
+    TRANSFER,
+    WEIGHTS,
+    benchmark_main,
+    check_run_dir,
+    markdown_table,
+)
+from common.constraints import check_fields
+from common.errors import invalid
+from detector import evasion
+from detector.aggregate import BinomialWindow, SlidingWindow
+from detector.robust import CombinedScore, MahalanobisScore, threshold_at_fpr
+
+__all__ = ["EvasionConfig", "main", "run_evasion"]
+
+log = logging.getLogger(__name__)
+
+BENIGN = "cifar10_jpeg_q75.zip"
+OVERLAP = "tinyimagenet_cifar10_overlap_wnids.txt"
+TRANSFORMS = (("none", 0), ("jpeg", 95), ("jpeg", 75), ("jpeg", 50), ("resize", 0.5),
+              ("blur", 1.0), ("noise", 8.0))
+CAMOUFLAGE = ((0.25, None), (0.5, None), (0.75, None), (0.5, ("jpeg", 75)))
+SCORES = ("old", "new", "max_softmax", "mahalanobis", "combined")
+CALIBRATION_IMAGES = 1000
+POOL_IMAGES = 1000
+
+
+@dataclass(frozen=True)
+class EvasionConfig:
+    """The OOD detector and the per-client windows under cheap evasions, old against new."""
+
+    victim: str = field(default="victims/cifar10_cnn", metadata={
+        "help": "exported CIFAR-10 victim (version folder or model folder)", "metavar": "DIR"})
+    data_dir: str = field(default="../shared/data", metadata={
+        "help": "folder with the datasets and MobileNet weights (see DATA.md)"})
+    out: str = field(default="runs/evasion", metadata={
+        "help": "output folder (a re-run reuses finished seeds)", "metavar": "DIR"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={
+        "help": "detector training seeds", "min": 0})
+    train_limit: int = field(default=3000, metadata={
+        "help": "training images per set (benign and attack) for each detector", "min": 20})
+    eval_limit: int = field(default=1000, metadata={
+        "help": "Tiny-ImageNet val images (attack) per measurement", "min": 64})
+    input_size: int = field(default=96, metadata={
+        "help": "detector backbone input side, px", "min": 32})
+    epochs: int = field(default=2, metadata={"help": "detector training epochs", "min": 1})
+    fpr: float = field(default=0.02, metadata={
+        "help": "benign false-positive rate every threshold is calibrated for", "gt": 0, "lt": 1})
+    window: int = field(default=256, metadata={"help": "binomial window, queries", "min": 1})
+    alpha: float = field(default=1e-6, metadata={
+        "help": "binomial window's significance per test", "gt": 0, "lt": 1})
+    min_queries: int = field(default=32, metadata={
+        "help": "queries before the binomial window may flag", "min": 1})
+    benign_clients: int = field(default=10, metadata={"help": "benign clients", "min": 1})
+    client_queries: int = field(default=500, metadata={
+        "help": "queries per benign client", "min": 1})
+    query_batch: int = field(default=64, metadata={"help": "images per request", "min": 1})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.seeds:
+            raise invalid("seeds", self.seeds, "at least one seed")
+        if self.min_queries > self.window:
+            raise invalid("min_queries", self.min_queries, f"at most --window ({self.window})")
+        needed = CALIBRATION_IMAGES + POOL_IMAGES + self.benign_clients * self.client_queries
+        if needed > 10000:
+            most = (10000 - CALIBRATION_IMAGES - POOL_IMAGES) // self.benign_clients
+            raise invalid("client_queries", self.client_queries,
+                          f"at most {most} with {self.benign_clients} clients (CIFAR-10 has "
+                          "10,000 test images)")
+        for name in (BENIGN, TRANSFER, OVERLAP, WEIGHTS):
+            if not (Path(self.data_dir) / name).is_file():
+                raise invalid("data_dir", self.data_dir, f"a folder holding {name} (DATA.md)")
+        if not Path(self.victim).is_dir():
+            raise invalid("victim", self.victim, "an exported victim folder")
+
+
+# -- models ------------------------------------------------------------------------------------
+def _train(config: EvasionConfig, seed: int, kind: str, benign, attack, out: Path):
+    """(keras model, result) of the `kind` ("old" or "new") detector for `seed`."""
+    from detector.ood import DetectorConfig, train_detector
+
+    data = Path(config.data_dir)
+    dconfig = DetectorConfig(
+        benign=str(data / BENIGN), attack=str(data / TRANSFER), out=str(out / f"{kind}_s{seed}"
+                                                                        / "1"),
+        exclude_classes=str(data / OVERLAP), backbone="MobileNet", arch_args=("alpha=0.25",),
+        weights=str(data / WEIGHTS), input_size=config.input_size, epochs=config.epochs,
+        target_fpr=config.fpr, seed=seed, jpeg_augment=0.5 if kind == "old" else 0.0)
+    if kind == "new":
+        benign = _replace_images(benign, evasion.augment(benign.images, seed=10 * seed + 1))
+        attack = _replace_images(attack, evasion.augment(attack.images, seed=10 * seed + 2))
+    result = train_detector(dconfig, benign=benign, attack=attack, export=False)
+    log.info("seed %d %s detector: held-out %s, %.0f s", seed, kind,
+             result.calibration["heldout_at_threshold"], result.training_seconds)
+    return result.model, result.training_seconds, benign
+
+
+def _replace_images(dataset, images):
+    from common.data import ImageDataset
+
+    return ImageDataset(images, dataset.labels, dataset.class_names, dataset.source,
+                        dataset.class_descriptions)
+
+
+def _two_outputs(model):
+    """The detector as images -> (attack probability, penultimate features)."""
+    import keras
+
+    inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    both = keras.Model(inner.inputs, [inner.output, inner.get_layer("logits").input])
+    x = y = model.inputs[0]
+    for layer in model.layers[1:]:
+        if layer is inner:
+            logits, features = both(y)
+        else:
+            y = layer(y)
+    model2 = keras.Model(x, [keras.ops.softmax(logits, axis=-1)[:, 1], features])
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score, feats = model2.predict(images.astype(np.float32), batch_size=256, verbose=0)
+        return np.asarray(score, np.float64), np.asarray(feats, np.float64)
+
+    return run
+
+
+# -- windows -----------------------------------------------------------------------------------
+def first_flag(window: Any, verdicts: np.ndarray, batch: int) -> int | None:
+    """The query at which a client sending `verdicts` in batches of `batch` is flagged."""
+    state = window.new_state()
+    for start in range(0, len(verdicts), batch):
+        window.update(state, verdicts[start:start + batch])
+        if state["flagged_at"] is not None:
+            return int(state["flagged_at"])
+    return None
+
+
+# -- one seed ------------------------------------------------------------------------------------
+def _views(config: EvasionConfig, attack: np.ndarray, clients: np.ndarray, pool: np.ndarray
+           ) -> dict[str, np.ndarray]:
+    """Every image set that gets scored, by name."""
+    benign_eval = clients[:config.eval_limit]
+    views: dict[str, np.ndarray] = {"pool": pool}
+    for name, level in TRANSFORMS:
+        tag = "none" if name == "none" else f"{name}:{level:g}"
+        views[f"attack/{tag}"] = attack if name == "none" else \
+            evasion.apply(name, attack, level, seed=1)
+        views[f"benign/{tag}"] = benign_eval if name == "none" else \
+            evasion.apply(name, benign_eval, level, seed=2)
+    views["clients/none"] = clients
+    views["clients/jpeg:50"] = evasion.jpeg(clients, 50)
+    return views
+
+
+def run_seed(config: EvasionConfig, seed: int, data: dict[str, Any], victim) -> dict:
+    out = Path(config.out)
+    models = {}
+    seconds = {}
+    new_benign = None
+    for kind in ("old", "new"):
+        model, seconds[kind], fitted = _train(config, seed, kind, data["train_benign"],
+                                              data["train_attack"], out)
+        models[kind] = _two_outputs(model)
+        if kind == "new":
+            new_benign = fitted
+    views = dict(data["views"])
+    views["calibration"] = data["calibration"]
+    views["train_benign_new"] = new_benign.images
+    raw: dict[str, dict[str, np.ndarray]] = {}
+    for name, images in views.items():
+        old_score, _ = models["old"](images)
+        new_score, features = models["new"](images)
+        probs = victim(images) if name != "train_benign_new" else None
+        raw[name] = {"old": old_score, "new": new_score, "features": features,
+                     "max_softmax": None if probs is None else 1.0 - probs.max(axis=1)}
+    mahalanobis = MahalanobisScore()  # on the new detector's features, computed above
+    mahalanobis.fit_features(raw["train_benign_new"]["features"], new_benign.labels)
+    for name in raw:
+        raw[name]["mahalanobis"] = mahalanobis.distances(raw[name]["features"])
+    parts = ("new", "max_softmax", "mahalanobis")
+    combined = CombinedScore([_Named(p) for p in parts])
+    calib = raw["calibration"]
+    combined.fit_scores([calib[p] for p in parts])
+    for name in raw:
+        if name != "train_benign_new":
+            raw[name]["combined"] = combined.combine([raw[name][p] for p in parts])
+    thresholds = {s: threshold_at_fpr(calib[s], config.fpr) for s in SCORES}
+
+    old_window = SlidingWindow(256, 0.5, 64)
+    binomial = BinomialWindow(config.window, config.fpr, config.alpha, config.min_queries)
+    rows = []
+    for name, level in TRANSFORMS:
+        tag = "none" if name == "none" else f"{name}:{level:g}"
+        a, b = raw[f"attack/{tag}"], raw[f"benign/{tag}"]
+        row: dict[str, Any] = {"evasion": tag}
+        for s in SCORES:
+            flags = a[s] >= thresholds[s]
+            row[f"{s}_anomalous"] = float(flags.mean())
+            row[f"{s}_benign"] = float(np.mean(b[s] < thresholds[s]))
+            row[f"{s}_flagged_at"] = first_flag(binomial, flags, config.query_batch)
+        row["old_level_flagged_at"] = first_flag(old_window, a["old"] >= thresholds["old"],
+                                                 config.query_batch)
+        rows.append(row)
+    rng_seed = 3
+    for share, transform in CAMOUFLAGE:
+        tag = "none" if transform is None else f"{transform[0]}:{transform[1]:g}"
+        a = raw[f"attack/{tag}"]
+        index = np.arange(len(a["old"]))
+        # As `detector.evasion.camouflage` mixes images, on the images' precomputed scores.
+        rng = np.random.default_rng(rng_seed)
+        extra = int(round(len(index) * share / (1.0 - share)))
+        picked = rng.choice(POOL_IMAGES, size=extra, replace=extra > POOL_IMAGES)
+        order = rng.permutation(len(index) + extra)
+        row = {"evasion": f"camouflage:{share:g}" + ("" if transform is None else f"+{tag}")}
+        for s in SCORES:
+            stream = np.r_[a[s], raw["pool"][s][picked]][order]
+            flags = stream >= thresholds[s]
+            row[f"{s}_stream_share"] = float(flags.mean())
+            row[f"{s}_flagged_at"] = first_flag(binomial, flags, config.query_batch)
+        stream = np.r_[a["old"], raw["pool"]["old"][picked]][order]
+        row["old_level_flagged_at"] = first_flag(old_window, stream >= thresholds["old"],
+                                                 config.query_batch)
+        rows.append(row)
+    clients = []
+    for view in ("clients/none", "clients/jpeg:50"):
+        c = raw[view]
+        row = {"clients": view.split("/")[1]}
+        for s in SCORES:
+            flags = (c[s] >= thresholds[s]).reshape(config.benign_clients, -1)
+            row[f"{s}_flagged"] = int(sum(first_flag(binomial, f, config.query_batch)
+                                          is not None for f in flags))
+            row[f"{s}_query_fpr"] = float(flags.mean())
+        flags = (c["old"] >= thresholds["old"]).reshape(config.benign_clients, -1)
+        row["old_level_flagged"] = int(sum(first_flag(old_window, f, config.query_batch)
+                                           is not None for f in flags))
+        clients.append(row)
+    return {"seed": seed, "thresholds": thresholds, "training_seconds": seconds,
+            "binomial_critical": {str(n): int(binomial.critical[n])
+                                  for n in (32, 64, 128, config.window)
+                                  if n <= config.window},
+            "evasion": rows, "clients": clients}
+
+
+class _Named:
+    """A placeholder component of `CombinedScore` when the scores are precomputed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.threshold = float("inf")
+
+    def score(self, images: Any, probabilities: Any) -> np.ndarray:
+        raise invalid("score", self.name, "precomputed component scores (use combine())")
+
+
+# -- the run -----------------------------------------------------------------------------------
+def _data(config: EvasionConfig) -> dict[str, Any]:
+    from common.data import load_dataset
+
+    data = Path(config.data_dir)
+    train_benign = load_dataset(str(data / BENIGN), "train", channels=3,
+                                limit=config.train_limit, seed=0)
+    size = train_benign.image_shape[0]
+    train_attack = load_dataset(str(data / TRANSFER), "train", image_size=size, channels=3,
+                                exclude_classes=str(data / OVERLAP), limit=config.train_limit,
+                                seed=0)
+    attack = load_dataset(str(data / TRANSFER), "val", image_size=size, channels=3,
+                          exclude_classes=str(data / OVERLAP), limit=config.eval_limit,
+                          seed=0).images
+    test = load_dataset(str(data / BENIGN), "test", channels=3).images
+    order = np.random.default_rng(0).permutation(len(test))
+    calibration = test[order[:CALIBRATION_IMAGES]]
+    pool = test[order[CALIBRATION_IMAGES:CALIBRATION_IMAGES + POOL_IMAGES]]
+    start = CALIBRATION_IMAGES + POOL_IMAGES
+    clients = test[order[start:start + config.benign_clients * config.client_queries]]
+    if len(clients) < config.eval_limit:
+        raise invalid("eval_limit", config.eval_limit,
+                      f"at most the benign clients' {len(clients)} images")
+    return {"train_benign": train_benign, "train_attack": train_attack, "calibration":
+            calibration, "views": _views(config, attack, clients, pool)}
+
+
+def _victim(path: str):
+    from detector.verify import saved_model_predict
+
+    predict = saved_model_predict(path, "victim")
+
+    def probabilities(images: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(predict(images[i:i + 512]), np.float64)
+                               for i in range(0, len(images), 512)])
+
+    return probabilities
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, Any]:
+    known = [v for v in values if v is not None]
+    if len(known) < len(values) or not known:
+        return {"values": list(values)}
+    arr = np.asarray(known, np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
+            "min": float(arr.min()), "max": float(arr.max()), "values": list(values)}
+
+
+def _cell(stats: dict[str, Any], digits: int = 3) -> str:
+    if "mean" in stats:
+        return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
+    return "/".join("never" if v is None else f"{v:g}" for v in stats["values"])
+
+
+def summarise(seeds: list[dict]) -> dict[str, list[dict]]:
+    """Per-row statistics over seeds (mean ± std; flag queries per seed)."""
+    out: dict[str, list[dict]] = {"evasion": [], "clients": []}
+    for i, row in enumerate(seeds[0]["evasion"]):
+        summary = {"evasion": row["evasion"]}
+        for key in row:
+            if key != "evasion":
+                summary[key] = _stats([s["evasion"][i][key] for s in seeds])
+        out["evasion"].append(summary)
+    for i, row in enumerate(seeds[0]["clients"]):
+        summary = {"clients": row["clients"]}
+        for key in row:
+            if key != "clients":
+                summary[key] = _stats([s["clients"][i][key] for s in seeds])
+        out["clients"].append(summary)
+    return out
+
+
+def _tables(summary: dict[str, list[dict]]) -> str:
+    per_query = [r for r in summary["evasion"] if "old_anomalous" in r]
+    camo = [r for r in summary["evasion"] if "old_stream_share" in r]
+    t1 = markdown_table([{"evasion": r["evasion"], **{s: _cell(r[f"{s}_anomalous"])
+                                                      for s in SCORES}} for r in per_query],
+                        [("evasion", "evasion")] + [(s, s) for s in SCORES])
+    t2 = markdown_table([{"evasion": r["evasion"], **{s: _cell(r[f"{s}_benign"])
+                                                      for s in SCORES}} for r in per_query],
+                        [("evasion", "benign images under")] + [(s, s) for s in SCORES])
+    t3 = markdown_table([{"evasion": r["evasion"], "old_level": _cell(r["old_level_flagged_at"]),
+                          **{s: _cell(r[f"{s}_flagged_at"]) for s in SCORES}}
+                         for r in per_query + camo],
+                        [("evasion", "client's stream"), ("old_level", "old + level 0.5")]
+                        + [(s, f"{s} + binomial") for s in SCORES])
+    t4 = markdown_table([{"clients": r["clients"],
+                          "old_level": _cell(r["old_level_flagged"]),
+                          **{s: f"{_cell(r[f'{s}_flagged'], 1)} (FPR "
+                                f"{_cell(r[f'{s}_query_fpr'])})" for s in SCORES}}
+                         for r in summary["clients"]],
+                        [("clients", "benign clients send"), ("old_level", "old + level 0.5")]
+                        + [(s, f"{s} + binomial") for s in SCORES])
+    return "\n\n".join([
+        "## Anomalous accuracy at the calibrated threshold (attack images flagged)", t1,
+        "## Benign accuracy under the same transform (benign images not flagged)", t2,
+        "## Query at which one client is flagged (per seed; never = not within the stream)",
+        t3, "## Benign clients flagged (mean ± std over seeds; per-query FPR)", t4])
+
+
+def run_evasion(config: EvasionConfig) -> dict:
+    out = check_run_dir(config)
+    data = None
+    victim = None
+    seeds = []
+    for seed in config.seeds:
+        path = out / f"seed_{seed}.json"
+        if path.is_file():
+            seeds.append(json.loads(path.read_text()))
+            continue
+        if data is None:
+            data = _data(config)
+            victim = _victim(config.victim)
+        result = run_seed(config, seed, data, victim)
+        from common.fileio import write_json_atomic
+
+        write_json_atomic(path, result)
+        seeds.append(result)
+    summary = summarise(seeds)
+    table = _tables(summary)
+    from common.fileio import write_json_atomic
+
+    meta = {"victim": config.victim, "seeds": list(config.seeds), "fpr": config.fpr,
+            "window": config.window, "alpha": config.alpha, "min_queries": config.min_queries,
+            "train_limit": config.train_limit, "eval_limit": config.eval_limit,
+            "epochs": config.epochs, "input_size": config.input_size,
+            "thresholds": [s["thresholds"] for s in seeds],
+            "training_seconds": [s["training_seconds"] for s in seeds],
+            "binomial_critical": seeds[0]["binomial_critical"]}
+    write_json_atomic(out / "results.json", {**meta, "summary": summary, "seeds": seeds})
+    (out / "results.md").write_text(f"# Evasion benchmark\n\n{table}\n\n```json\n"
+                                    f"{json.dumps(meta, indent=1)}\n```\n")
+    return {"table": table, "summary": summary}
+
+
+PROG = "python -m benchmarks.evasion_bench"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark with `argv` (default sys.argv[1:]); exit code 2 on bad input."""
+    return benchmark_main(EvasionConfig, run_evasion, argv, prog=PROG, doc=__doc__)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
