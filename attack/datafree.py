@@ -1,0 +1,655 @@
+"""Data-free extraction: `python -m attack.datafree --method dfme|maze|dfms-hl ...` or `DataFree`.
+
+The thief owns no images of the victim's task. A generator (`attack.generator`) synthesises
+the queries and is trained to find images on which the surrogate still disagrees with the
+victim; the surrogate learns from the victim's answers on them. Three methods:
+
+* ``dfme`` (Truong et al., "Data-Free Model Extraction", CVPR 2021): l1 loss between the
+  surrogate's logits and the victim's (approximated from its probabilities as log p minus its
+  mean); the victim's gradient, needed to train the generator, is estimated from its answers
+  alone by forward differences along random directions (zeroth order, 1 direction per image);
+* ``maze`` (Kariyappa et al., "MAZE: Data-Free Model Stealing Attack Using Zeroth-Order
+  Gradient Estimation", CVPR 2021): the same loop with the KL divergence and 10 directions;
+  MAZE's experience replay is not implemented (the surrogate sees each answer once);
+* ``dfms-hl``: the idea of Sanyal et al. ("Towards Data-Free Model Stealing in a Hard Label
+  Setting", CVPR 2022) for victims that answer top-1 only: no victim gradient (hard labels have
+  none), the generator is trained against the surrogate alone (towards images the surrogate is
+  unsure of, plus DFMS-HL's class-diversity loss on the surrogate's batch-mean prediction), the
+  surrogate on the victim's top-1 labels with cross-entropy. What is *not* here: DFMS-HL's GAN
+  discriminator against a proxy data set (its generator is pre-trained and regularised as a
+  GAN); ``--natural-share`` with ``--transfer-set`` is the nearest thing (natural images mixed
+  into every surrogate batch).
+
+Hybrid (any method): ``--natural-share S --transfer-set SPEC`` replaces a share S of the
+images of every surrogate batch with natural transfer images (drawn without replacement in a
+seeded order, as the victim sees them), queried and counted like the generator's.
+
+One image sent is one query, the perturbed copies of the gradient estimate included: a
+generator step costs ``batch_size * (directions + 1)`` queries, a surrogate round
+``surrogate_steps * batch_size``; the last iteration is cut so that the journal holds exactly
+``--budget`` answers. Images go on the wire as uint8 pixels (the victims' contract; a float
+victim gets them mapped to the range its probe decided), so the perturbation is quantised: the
+estimate uses the differences actually sent, not the continuous directions, which keeps it
+unbiased to first order (`zo_gradient`).
+
+Resume: every block of query images is written to ``RUN_DIR/queries/`` (with the generator's
+latent vectors) before any of it is sent, each answer is journaled as it arrives
+(`attack.journal`), and the generator, the surrogate and both optimizers are checkpointed every
+``--checkpoint-every`` iterations (``RUN_DIR/datafree_state.npz``, written atomically; query
+blocks up to it are then deleted). A resumed run restores the checkpoint and replays the
+iterations after it from the stored blocks and journaled answers, sending only the queries that
+were never answered. The surrogate is trained online, so the curve of accuracy and fidelity
+against queries is measured on the surrogate as it is at ``--curve-points`` budgets (halvings
+of the budget), not retrained on journal prefixes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from attack.base import Attack, as_transfer, dataset_source
+from attack.config import AttackConfig
+from attack.pipeline import (
+    ExtractionResult,
+    answers_as_probabilities,
+    as_seen_by_victim,
+    begin_run,
+    cached_victim_probs,
+    finish,
+    load_test_set,
+    open_victim,
+    send_journaled,
+    surrogate_trainer,
+    trainer_kwargs,
+    victim_signature,
+)
+from common.constraints import check_fields
+from common.errors import invalid
+from common.fileio import write_json_atomic
+
+__all__ = ["METHODS", "DataFree", "DataFreeConfig", "perturb", "plan_iteration", "quantize",
+           "run_datafree", "zo_gradient"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("dfme", "maze", "dfms-hl")
+LOSS_OF = {"dfme": "l1", "maze": "kl", "dfms-hl": "ce"}
+DEFAULT_DIRECTIONS = {"dfme": 1, "maze": 10, "dfms-hl": 0}
+STATE_NAME = "datafree_state.npz"
+QUERIES_DIR = "queries"
+
+
+# -- config ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataFreeConfig(AttackConfig):
+    """Steal a TF Serving image classifier without natural images (DFME, MAZE, DFMS-HL's idea)."""
+
+    method: str = field(default="dfme", metadata={
+        "help": "dfme (l1 on logits, zeroth-order victim gradient), maze (KL, zeroth order) "
+                "or dfms-hl (top-1 labels only, generator trained against the surrogate)",
+        "choices": METHODS})
+    budget: int = field(default=100_000, metadata={
+        "help": "queries (images) to send, the gradient estimate's perturbed copies included",
+        "min": 1})
+    directions: int | None = field(default=None, metadata={
+        "help": "random directions per generator image for the zeroth-order gradient (each "
+                "one query); none: the method's (dfme 1, maze 10, dfms-hl 0)", "min": 1})
+    epsilon: float = field(default=0.02, metadata={
+        "help": "size of the gradient estimate's perturbation: RMS per pixel on the 0..1 "
+                "scale (0.02 = about 5 grey levels; quantised to whole levels on the wire)",
+        "gt": 0, "max": 1})
+    surrogate_steps: int = field(default=5, metadata={
+        "help": "surrogate steps per iteration (each batch-size new queries)", "min": 1})
+    generator_steps: int = field(default=1, metadata={
+        "help": "generator steps per iteration", "min": 1})
+    generator_lr: float = field(default=1e-4, metadata={
+        "help": "generator learning rate (Adam)", "gt": 0})
+    latent_dim: int = field(default=256, metadata={
+        "help": "size of the generator's latent vector", "min": 1})
+    generator_width: int = field(default=64, metadata={
+        "help": "channels of the generator's last convolution (twice as many before it)",
+        "min": 1})
+    diversity: float = field(default=1.0, metadata={
+        "help": "dfms-hl: weight of the class-diversity loss", "min": 0})
+    image_size: int | None = field(default=None, metadata={
+        "help": "side of the generated images; none: the victim's input size (needed for a "
+                "victim without a fixed size)", "metavar": "PX", "min": 8})
+    natural_share: float = field(default=0.0, metadata={
+        "help": "hybrid: share of every surrogate batch taken from --transfer-set's natural "
+                "images instead of the generator (0: data-free)", "min": 0, "max": 1})
+    transfer_set: str | None = field(default=None, metadata={
+        "help": "natural images for --natural-share (any data-layer spec)", "metavar": "SPEC"})
+    transfer_split: str = field(default="train", metadata={"help": "split of --transfer-set"})
+    checkpoint_every: int = field(default=10, metadata={
+        "help": "iterations between checkpoints of generator and surrogate (a resumed run "
+                "replays at most this many from stored queries, paying none again)", "min": 1})
+    epochs: int = field(default=10, metadata={
+        "cli": False, "help": "unused: the surrogate is trained online"})
+    out: str = field(default="runs/datafree", metadata={
+        "help": "run directory (config, journal, query blocks, checkpoint, surrogate, report)",
+        "metavar": "RUN_DIR"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self)
+        if self.method == "dfms-hl" and self.directions is not None:
+            raise invalid("directions", self.directions,
+                          "none with --method dfms-hl (label-only: no gradient estimate)")
+        if self.natural_share > 0 and not self.transfer_set:
+            raise invalid("transfer_set", self.transfer_set,
+                          f"a dataset spec of natural images for --natural-share "
+                          f"{self.natural_share}")
+        if self.transfer_set and self.natural_share == 0:
+            raise invalid("natural_share", self.natural_share,
+                          f"a share in (0, 1] to use --transfer-set {self.transfer_set}")
+
+    def n_directions(self) -> int:
+        """Random directions per generator image (0 for the label-only method)."""
+        return DEFAULT_DIRECTIONS[self.method] if self.directions is None else self.directions
+
+    def loss(self) -> str:
+        """The surrogate's loss: l1 (dfme), kl (maze) or ce (dfms-hl)."""
+        return LOSS_OF[self.method]
+
+
+# -- the pure parts --------------------------------------------------------------------------------
+def quantize(pixels: np.ndarray) -> np.ndarray:
+    """Float pixels (0..255 scale) -> the uint8 image that goes on the wire (rounded, clipped)."""
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def perturb(base: np.ndarray, directions: int, epsilon: float, rng: np.random.Generator
+            ) -> np.ndarray:
+    """`directions` perturbed copies of each uint8 image of `base` [n, H, W, C]: base + a
+    random direction (uniform on the sphere) with RMS `epsilon` * 255 grey levels per pixel,
+    rounded and clipped; uint8 [n, directions, H, W, C]."""
+    n, dims = len(base), int(np.prod(base.shape[1:]))
+    u = rng.standard_normal((n, directions, dims)).astype(np.float32)
+    u *= (epsilon * 255.0 * math.sqrt(dims)) / np.linalg.norm(u, axis=2, keepdims=True)
+    moved = base.reshape(n, 1, dims).astype(np.float32) + u
+    return quantize(moved).reshape(n, directions, *base.shape[1:])
+
+
+def zo_gradient(losses: np.ndarray, deltas: np.ndarray) -> np.ndarray:
+    """Forward-difference estimate of d loss / d x from the losses at x and at x + delta_m.
+
+    `losses` [n, M+1] (column 0 at the base point x_i, column m at x_i + delta_im), `deltas`
+    [n, M, ...] the perturbations actually applied (after rounding and clipping). The estimate
+    (dims / M) sum_m (L(x + d_m) - L(x)) d_m / |d_m|^2 is unbiased for a linear loss when the
+    d_m are isotropic (E[d d^T / |d|^2] = I / dims); a zero difference (a perturbation rounded
+    away) contributes nothing. Returns float32 [n, ...] shaped like one base point per row.
+    """
+    losses = np.asarray(losses, np.float64)
+    n, m = deltas.shape[:2]
+    if losses.shape != (n, m + 1):
+        raise invalid("losses", f"shape {losses.shape}", f"[{n}, {m + 1}] (base + directions)")
+    flat = deltas.reshape(n, m, -1).astype(np.float64)
+    dims = flat.shape[2]
+    squared = (flat ** 2).sum(axis=2)
+    weight = np.where(squared > 0, (losses[:, 1:] - losses[:, :1]) / np.maximum(squared, 1e-12),
+                      0.0)
+    grad = (dims / m) * np.einsum("nm,nmd->nd", weight, flat)
+    return grad.reshape(n, *deltas.shape[2:]).astype(np.float32)
+
+
+def plan_iteration(assigned: int, config: DataFreeConfig) -> tuple[int, int]:
+    """(generator queries, surrogate queries) of the next iteration, given `assigned` query
+    numbers used so far: the generator's block needs room for itself and a surrogate batch
+    (else it is skipped), the surrogate's is cut to what is left of the budget."""
+    left = config.budget - assigned
+    per_step = config.batch_size * (config.n_directions() + 1)
+    gen = config.generator_steps * per_step if config.n_directions() else 0
+    if gen and left < gen + config.batch_size:
+        gen = 0
+    return gen, min(config.surrogate_steps * config.batch_size, left - gen)
+
+
+def _block_path(run_dir: Path, iteration: int, phase: str) -> Path:
+    return run_dir / QUERIES_DIR / f"it{iteration:08d}_{phase}.npz"
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    """`arrays` to `path` atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- the attack object -----------------------------------------------------------------------------
+class DataFree(Attack):
+    """Data-free extraction (DFME, MAZE, DFMS-HL's label-only idea), optionally hybrid.
+
+    Hyper-parameters (keyword-only; the ``python -m attack.datafree`` flags of the same names):
+    ``method``, ``budget``, ``directions``, ``epsilon``, ``surrogate_steps``,
+    ``generator_steps``, ``generator_lr``, ``latent_dim``, ``generator_width``, ``diversity``,
+    ``image_size``, ``natural_share``, ``checkpoint_every``, ``curve_points``, ``seed``.
+    `transfer` is None (data-free) or the natural images of ``natural_share``.
+    """
+
+    config_class = DataFreeConfig
+    data_fields = ("transfer_set", "transfer_split")
+    name = "datafree"
+
+    def _placeholders(self) -> dict:
+        return {"transfer_set": "<given to extract>"} if self.params.get("natural_share") else {}
+
+    def _prepare_data(self, transfer, test, **data) -> dict:
+        if data:
+            name = sorted(data)[0]
+            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
+        natural = None if transfer is None else as_transfer(transfer)
+        return {"fields": {"transfer_set": None if natural is None else dataset_source(natural),
+                           "test_set": None if test is None else dataset_source(test)},
+                "natural": natural, "test": test}
+
+    def _run(self, victim, config: DataFreeConfig, data: dict, on_progress=None
+             ) -> ExtractionResult:
+        """Generator and surrogate trained against the victim's answers; evaluate, export,
+        report. Resumable at every iteration."""
+        return _DataFreeRun(victim, config, data["natural"], data["test"], on_progress).run()
+
+
+def run_datafree(config: DataFreeConfig, *, on_progress=None) -> ExtractionResult:
+    """The CLI's attack: load the data of `config`, open its victim, run `DataFree`."""
+    from common.data import load_dataset
+
+    natural = (load_dataset(config.transfer_set, config.transfer_split, seed=config.seed)
+               if config.transfer_set else None)
+    test = load_test_set(config)
+    attack = DataFree.from_config(config)
+    with open_victim(config) as victim:
+        return attack._run(victim, config, {"natural": natural, "test": test}, on_progress)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+class _DataFreeRun:
+    """One run: the models, the journal, the stored query blocks and the timers."""
+
+    def __init__(self, victim, config: DataFreeConfig, natural, test, on_progress) -> None:
+        self.victim, self.config, self.test, self.on_progress = victim, config, test, on_progress
+        self.info, self.num_classes = victim_signature(victim, config)
+        size = self.info.image_size or (
+            None if config.image_size is None else (config.image_size, config.image_size))
+        if size is None:
+            raise invalid("image_size", None, "the side of the generated images: the victim's "
+                          "input has no fixed size")
+        if config.image_size is not None:
+            size = (config.image_size, config.image_size)
+        self.size = tuple(int(v) for v in size)
+        self.kwargs = trainer_kwargs(config, self.num_classes)
+        surrogate_trainer(None, self.kwargs, None)  # checks backbone, weights, size, arch_args
+        self.natural = None
+        if natural is not None:
+            self.natural = _at_size(natural.images, self.info, self.size)
+        self.seconds = {"victim": 0.0, "generator": 0.0, "surrogate": 0.0, "storage": 0.0,
+                        "evaluation": 0.0}
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _probe_images(self) -> np.ndarray:
+        from attack.evaluate import uniform_noise_images
+
+        if self.natural is not None:
+            order = np.random.default_rng([self.config.seed, 11]).permutation(len(self.natural))
+            return self.natural[np.sort(order[:64])]
+        return uniform_noise_images(64, (*self.size, 3), seed=self.config.seed + 11)
+
+    def _build(self) -> None:
+        import keras
+
+        from attack import generator as gen
+
+        config = self.config
+        self.gen = gen
+        self.trainer = surrogate_trainer(None, self.kwargs, None)
+        self.surrogate = gen.SurrogateView(self.trainer.model)
+        self.generator = gen.build_generator(config.latent_dim, self.size,
+                                             config.generator_width, config.seed + 1)
+        self.opt_g = keras.optimizers.Adam(config.generator_lr, beta_1=0.5)
+        self.opt_s = keras.optimizers.Adam(config.learning_rate)
+        self.opt_g.build(self.generator.trainable_variables)
+        self.opt_s.build(self.trainer.model.trainable_variables)
+        self._train_s = self._make_surrogate_step()
+
+    def _make_surrogate_step(self):
+        import tensorflow as tf
+
+        loss_name, surrogate, opt = self.config.loss(), self.surrogate, self.opt_s
+        variables = self.trainer.model.trainable_variables
+
+        @tf.function(reduce_retracing=True)
+        def step(x, targets):
+            with tf.GradientTape() as tape:
+                logits = surrogate.logits(x, training=True)
+                loss = tf.reduce_mean(self.gen.loss_per_image(logits, targets, loss_name))
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss
+
+        return step
+
+    # -- state ---------------------------------------------------------------------------------
+    def _save_state(self) -> None:
+        started = time.perf_counter()
+        arrays = {}
+        for name, weights in (("g", self.generator.get_weights()),
+                              ("s", self.trainer.model.get_weights()),
+                              ("og", [v.numpy() for v in self.opt_g.variables]),
+                              ("os", [v.numpy() for v in self.opt_s.variables])):
+            for k, w in enumerate(weights):
+                arrays[f"{name}_{k:04d}"] = np.asarray(w)
+        meta = {"iteration": self.iteration, "assigned": self.assigned,
+                "natural_used": self.natural_used, "seconds": self.seconds,
+                "losses": self.losses[-50:]}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        _save_npz(self.run_dir / STATE_NAME, **arrays)
+        for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
+            if int(path.name[2:10]) <= self.iteration:
+                path.unlink()
+        self.seconds["storage"] += time.perf_counter() - started
+
+    def _load_state(self) -> bool:
+        path = self.run_dir / STATE_NAME
+        if not path.is_file():
+            return False
+        with np.load(path) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+
+            def part(name):
+                return [data[k] for k in sorted(data.files) if k.startswith(name + "_")]
+
+            self.generator.set_weights(part("g"))
+            self.trainer.model.set_weights(part("s"))
+            for opt, saved in ((self.opt_g, part("og")), (self.opt_s, part("os"))):
+                for variable, value in zip(opt.variables, saved, strict=True):
+                    variable.assign(value)
+        self.iteration, self.assigned = int(meta["iteration"]), int(meta["assigned"])
+        self.natural_used = int(meta["natural_used"])
+        self.seconds.update(meta["seconds"])
+        self.losses = list(meta.get("losses", []))
+        log.info("resumed from the checkpoint after iteration %d (%d queries assigned)",
+                 self.iteration, self.assigned)
+        return True
+
+    # -- the victim ----------------------------------------------------------------------------
+    def _ask(self, first: int, images: np.ndarray) -> np.ndarray:
+        """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
+        journaled ones read back, the others sent (the first paid batch alone, checked)."""
+        started = time.perf_counter()
+        n = len(images)
+        indices = np.arange(first, first + n, dtype=np.int64)
+        raw = np.zeros((n, self.num_classes), np.float32)
+        todo = []
+        for row, index in enumerate(indices.tolist()):
+            answer = self.answered.pop(index, None)
+            if answer is None:
+                todo.append(row)
+            else:
+                raw[row] = answer
+        todo = np.asarray(todo, np.int64)
+        sent = 0
+        while sent < len(todo):
+            rows = todo[sent:sent + self.check.limit(len(todo) - sent)]
+            raw[rows] = send_journaled(self.victim, self.journal, images[rows], indices[rows],
+                                       lock=self.lock, budget=self.config.budget,
+                                       on_progress=self.on_progress)
+            self.check(raw[rows], journaled=self.journal.num_answered)
+            sent += len(rows)
+        self.sent += sent
+        self.seconds["victim"] += time.perf_counter() - started
+        return raw
+
+    # -- one iteration -------------------------------------------------------------------------
+    def _generator_step(self, it: int, step: int, first: int) -> None:
+        """One DFME/MAZE generator step: images, their perturbed copies, the victim's answers,
+        the zeroth-order gradient of the per-image loss, backpropagated through the generator."""
+        import tensorflow as tf
+
+        config, b, m = self.config, self.config.batch_size, self.config.n_directions()
+        started = time.perf_counter()
+        path = _block_path(self.run_dir, it, f"g{step}")
+        stored = np.load(path) if path.is_file() else None
+        z = (stored["z"] if stored is not None else np.random.default_rng(
+            [config.seed, it, 0, step]).standard_normal((b, config.latent_dim)).astype(np.float32))
+        with tf.GradientTape() as tape:
+            pixels = self.gen.generator_pixels(self.generator, z, training=True)
+        if stored is not None:
+            images = stored["images"]
+        else:
+            base = quantize(pixels.numpy())
+            moved = perturb(base, m, config.epsilon,
+                            np.random.default_rng([config.seed, it, 1, step]))
+            images = np.concatenate([base[:, None], moved], axis=1).reshape(-1, *base.shape[1:])
+            self.seconds["generator"] += time.perf_counter() - started
+            t = time.perf_counter()
+            _save_npz(path, z=z, images=images, first=np.int64(first))
+            self.seconds["storage"] += time.perf_counter() - t
+            started = time.perf_counter()
+        self.seconds["generator"] += time.perf_counter() - started
+        raw = self._ask(first, images)
+        started = time.perf_counter()
+        targets = self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
+                                          config.loss())
+        losses = self.gen.loss_per_image(self.surrogate.logits(images.astype(np.float32)),
+                                         targets, config.loss()).numpy().reshape(b, m + 1)
+        grouped = images.reshape(b, m + 1, *images.shape[1:]).astype(np.int16)
+        grad = zo_gradient(losses, grouped[:, 1:] - grouped[:, :1])
+        variables = self.generator.trainable_variables
+        grads = tape.gradient(pixels, variables, output_gradients=tf.constant(-grad))
+        self.opt_g.apply_gradients(zip(grads, variables))
+        self.losses.append(float(losses[:, 0].mean()))
+        self.seconds["generator"] += time.perf_counter() - started
+
+    def _label_only_generator_step(self, it: int, step: int) -> None:
+        """DFMS-HL's idea without queries: the generator moves towards images the surrogate is
+        unsure of, spread over the classes (class-diversity loss on the batch-mean prediction)."""
+        import tensorflow as tf
+
+        config = self.config
+        started = time.perf_counter()
+        z = np.random.default_rng([config.seed, it, 0, step]).standard_normal(
+            (config.batch_size, config.latent_dim)).astype(np.float32)
+        variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            pixels = self.gen.generator_pixels(self.generator, z, training=True)
+            probs = tf.nn.softmax(self.surrogate.logits(pixels), axis=1)
+            confidence = tf.reduce_mean(tf.reduce_max(probs, axis=1))
+            mean = tf.reduce_mean(probs, axis=0)
+            diversity = tf.reduce_sum(mean * tf.math.log(mean + 1e-8)) + math.log(
+                self.num_classes)
+            loss = confidence + config.diversity * diversity
+        self.opt_g.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.seconds["generator"] += time.perf_counter() - started
+
+    def _surrogate_round(self, it: int, first: int, count: int) -> None:
+        """`count` queries from the generator (and the natural share), answered, then the
+        surrogate's steps over them, one batch each."""
+        config = self.config
+        started = time.perf_counter()
+        path = _block_path(self.run_dir, it, "s")
+        n_natural = int(round(config.natural_share * count)) if self.natural is not None else 0
+        if path.is_file():
+            images = np.load(path)["images"]
+        else:
+            rng = np.random.default_rng([config.seed, it, 2])
+            z = rng.standard_normal((count - n_natural, config.latent_dim)).astype(np.float32)
+            made = quantize(self.gen.generator_pixels(self.generator, z).numpy()) \
+                if len(z) else np.zeros((0, *self.size, 3), np.uint8)
+            images = np.empty((count, *self.size, 3), np.uint8)
+            where = np.zeros(count, bool)
+            where[rng.permutation(count)[:n_natural]] = True
+            images[~where] = made
+            if n_natural:
+                images[where] = self.natural[self._natural_rows(n_natural)]
+            self.seconds["generator"] += time.perf_counter() - started
+            t = time.perf_counter()
+            _save_npz(path, images=images, first=np.int64(first))
+            self.seconds["storage"] += time.perf_counter() - t
+        self.natural_used += n_natural
+        raw = self._ask(first, images)
+        started = time.perf_counter()
+        targets = self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
+                                          config.loss())
+        x = images.astype(np.float32)
+        for start in range(0, count, config.batch_size):
+            part = slice(start, start + config.batch_size)
+            self._train_s(x[part], targets[part])
+        self.seconds["surrogate"] += time.perf_counter() - started
+
+    def _natural_rows(self, n: int) -> np.ndarray:
+        order = np.random.default_rng([self.config.seed, 12]).permutation(len(self.natural))
+        positions = np.arange(self.natural_used, self.natural_used + n)
+        if positions[-1] >= len(order):
+            log.warning("the natural images are all used: drawing them again (%d of %d)",
+                        positions[-1] + 1, len(order))
+        return order[positions % len(order)]
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _evaluate_point(self) -> None:
+        from attack.evaluate import evaluate
+
+        started = time.perf_counter()
+        result = evaluate(self.trainer.predict_probs, self.victim_test, self.test.labels,
+                          test_images=self.test.images, noise=self.noise,
+                          n_queries=self.assigned)
+        point = {"queries": self.assigned, **result.headline(),
+                 "seconds": round(sum(self.seconds.values()), 3)}
+        log.info("%d queries: surrogate accuracy %.4f, fidelity %.4f", self.assigned,
+                 point["surrogate_acc"], point["fidelity_test"])
+        self.curve = [p for p in self.curve if p["queries"] != self.assigned] + [point]
+        write_json_atomic(self.run_dir / "curve.json", self.curve)
+        self.seconds["evaluation"] += time.perf_counter() - started
+
+    # -- the whole run -------------------------------------------------------------------------
+    def run(self) -> ExtractionResult:
+        from attack.evaluate import default_budgets, uniform_noise_images
+        from attack.journal import QueryJournal
+        from attack.pipeline import AnswerCheck
+
+        config = self.config
+        self.run_dir, self.check = begin_run(self.victim, config, self._probe_images())
+        if getattr(self.victim, "output_kind", None) == "labels" and config.method != "dfms-hl":
+            log.warning("the victim answers labels only: %s's gradient estimate sees no "
+                        "change under small perturbations; --method dfms-hl is meant for it",
+                        config.method)
+        self._build()
+        self.iteration, self.assigned, self.natural_used, self.sent = 0, 0, 0, 0
+        self.losses: list[float] = []
+        self._load_state()
+        self.victim_test = self.noise = None
+        curve_path = self.run_dir / "curve.json"
+        self.curve = [p for p in (json.loads(curve_path.read_text())
+                                  if curve_path.is_file() else [])
+                      if p["queries"] <= self.assigned]
+        if self.test is not None:
+            self.victim_test = cached_victim_probs(self.victim, self.run_dir, "test",
+                                                   self.test.images)
+            if config.noise:
+                noise = uniform_noise_images(config.noise, self.test.images.shape[1:],
+                                             seed=config.seed)
+                self.noise = (noise, cached_victim_probs(self.victim, self.run_dir, "noise",
+                                                         noise))
+        milestones = [b for b in default_budgets(config.budget, config.curve_points)
+                      if b < config.budget]
+        self.lock = threading.Lock()
+        with QueryJournal.open(self.run_dir) as journal:
+            self.journal = journal
+            mask = journal.answered_indices() >= self.assigned
+            self.answered = dict(zip(journal.answered_indices()[mask].tolist(),
+                                     journal.responses()[mask], strict=True))
+            if not isinstance(self.check, AnswerCheck):  # pragma: no cover
+                raise TypeError("begin_run returned no AnswerCheck")
+            while self.assigned < config.budget:
+                it = self.iteration + 1
+                gen, student = plan_iteration(self.assigned, config)
+                if config.n_directions():
+                    per = gen // config.generator_steps if gen else 0
+                    for step in range(config.generator_steps if gen else 0):
+                        self._generator_step(it, step, self.assigned)
+                        self.assigned += per
+                else:
+                    for step in range(config.generator_steps):
+                        self._label_only_generator_step(it, step)
+                self._surrogate_round(it, self.assigned, student)
+                self.assigned += student
+                self.iteration = it
+                if it % config.checkpoint_every == 0 or self.assigned >= config.budget:
+                    self._save_state()
+                if self.test is not None and any(
+                        m <= self.assigned and not any(p["queries"] >= m for p in self.curve)
+                        for m in milestones):
+                    self._evaluate_point()
+            answered = journal.num_answered
+        if answered != config.budget:  # pragma: no cover - the plan assigns exactly the budget
+            raise RuntimeError(f"the journal holds {answered} answers, not the budget "
+                               f"{config.budget}")
+        points = [p["queries"] for p in self.curve]
+
+        def train(n: int, tag: str):
+            if tag != "final" and n not in points:
+                raise RuntimeError(f"no curve point at {n} queries")
+            return self.trainer
+
+        extra = {"method": config.method, "loss": config.loss(),
+                 "directions": config.n_directions(), "iterations": self.iteration,
+                 "natural_queries": self.natural_used,
+                 "sent_this_session": self.sent,
+                 "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                 "generator_loss_last": self.losses[-1] if self.losses else None,
+                 "trained_on": {"l1": "the victim's probabilities as centred log-probabilities "
+                                      "(DFME's logit approximation)",
+                                "kl": "the victim's probabilities (KL)",
+                                "ce": "the victim's top-1 labels"}[config.loss()]}
+        log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
+        return finish(self.victim, self.info, config, self.run_dir, queries=config.budget,
+                      train=train, test=self.test, curve_budgets=points, extra=extra)
+
+
+def _at_size(images: np.ndarray, info, size: tuple[int, int]) -> np.ndarray:
+    """Natural images as the victim sees them, at the generated images' size."""
+    if getattr(info, "image_size", None) is not None and tuple(info.image_size) == size:
+        return as_seen_by_victim(images, info)
+    if tuple(images.shape[1:3]) == size:
+        return images
+    import tensorflow as tf
+
+    resized = tf.image.resize(images.astype(np.float32), size, antialias=True).numpy()
+    return quantize(resized)
+
+
+# -- command line ----------------------------------------------------------------------------------
+PROG = "python -m attack.datafree"
+EPILOG = """\
+example (DFME against the quick start's CIFAR-10 victim, 200,000 queries, no natural images):
+  python -m attack.datafree --method dfme --grpc localhost:8500 --model cifar10_cnn \\
+      --budget 200000 --backbone cnn --weights none --input-size 32 \\
+      --test-set ../shared/data/cifar10_jpeg_q75.zip --out runs/dfme_cifar10
+  # label-only victim: --method dfms-hl; hybrid: --natural-share 0.5 --transfer-set SPEC
+  # interrupted? the same command with --resume continues without re-sending answered queries
+"""
+
+
+def main(argv=None) -> int:
+    """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
+    from attack.pipeline import attack_main
+
+    return attack_main(DataFreeConfig, run_datafree, argv, prog=PROG, epilog=EPILOG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
