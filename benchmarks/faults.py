@@ -187,7 +187,7 @@ def half_copy(model_dir: Path, model: str, workdir: Path) -> dict:
     from tensorflow_serving.config import model_server_config_pb2
 
     from serving import status
-    from serving.manager import ModelManager
+    from serving.embedded.manager import ModelManager
 
     versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
     src = model_dir / str(versions[-1])
@@ -330,7 +330,7 @@ def _train_kill_run(target: str, key: str, data: Path, run: Path, answered_image
 
 
 def _shape_of(model_dir: Path) -> tuple[int, ...]:
-    from serving.savedmodel import read_signature_defs
+    from serving.embedded.savedmodel import read_signature_defs
 
     versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
     sig = read_signature_defs(model_dir / str(versions[-1]))["serving_default"]

@@ -13,7 +13,7 @@ made once:
                              workdir=tmp / "gw", process=True) as gw:   # `python -m ...`
             ...  # gRPC to gw.target
 
-- `model_server(...)`: the embedded server (`serving.model_server`) over a `models.config` or
+- `model_server(...)`: the embedded server (`serving.embedded`) over a `models.config` or
   one model base folder, in this process (`ModelServer`, the default: no second TensorFlow
   start-up) or as its own `python -m serving.model_server` process (`process=True`: what a
   benchmark measures, what a signal test kills). It returns once every configured model has an
@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,8 @@ from typing import Any, Iterable, Sequence
 
 import grpc
 import numpy as np
+
+from serving.ports import pick_unused_port
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,6 @@ __all__ = ["COLOUR_CLASSES", "COLOUR_SIZE", "Running", "colour_images", "colour_
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 180.0  # seconds a server may take to load its models (a loaded 2-core machine)
 _POLL = 0.1
-
-
-def pick_unused_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on `host` (bind to port 0, read it back)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 # -- what was started ------------------------------------------------------------------------------
@@ -203,7 +197,7 @@ def wait_for_health(target: str, *, service: str = "", timeout: float = READY_TI
 
 def models_in_config(path: str | Path) -> list[str]:
     """The model names a text `ModelServerConfig` lists."""
-    from serving.model_server import load_model_server_config
+    from serving.embedded.server import load_model_server_config
 
     return [c.name for c in load_model_server_config(path).model_config_list.config]
 
@@ -258,7 +252,7 @@ def model_server(*, config_file: str | Path | None = None, base_path: str | Path
     if not process:
         if flags or log_file is not None or env:
             raise ValueError("model_server: flags, log_file and env need process=True")
-        from serving.model_server import ModelServer, ServerOptions
+        from serving.embedded.server import ModelServer, ServerOptions
 
         source = ({"model_config_file": str(config_file)} if config_file is not None
                   else {"model_base_path": str(base_path), "model_name": name})

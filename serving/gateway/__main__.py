@@ -118,7 +118,7 @@ def _run_keys(ns: argparse.Namespace) -> int:
 
 def _serve(argv: Sequence[str]) -> int:
     from serving.gateway.config import GatewayConfig
-    from serving.model_server import check_port_free
+    from serving.ports import check_port_free
 
     parser = build_parser(GatewayConfig, prog=PROG, description=__doc__.split("\n\n")[0])
     ns = parser.parse_args(list(argv))

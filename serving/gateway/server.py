@@ -71,7 +71,7 @@ from serving.gateway.store import (
     StateStore,
     open_store,
 )
-from serving.model_server import check_port_free, port_error
+from serving.ports import check_port_free, port_error
 
 __all__ = ["ANONYMOUS", "Gateway", "degrade_predict_response"]
 

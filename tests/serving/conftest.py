@@ -1,10 +1,9 @@
 """Fixtures for the serving tests: tiny SavedModels on disk and an embedded server over them.
 
-Two kinds of model, both as TF Serving loads them:
-- `tiny`: a Keras image classifier (uint8 [batch, 8, 8, 3] -> probabilities, logits), exported
-  by the project's own exporter, in versions 1 and 2 (different weights);
-- `examples`: a TF1-style SavedModel with classify, regress and predict signatures over
-  serialized `tf.Example`s (feature `x`, two floats), for Classify/Regress/MultiInference.
+`model_base`: the models of `tests/serving/tiny_models.py` (`tiny` in versions 1 and 2 with
+different weights, `examples`) exported once per session; `server`: the embedded server over a
+copy of them (gRPC and REST), started by `serving.testing` once per module; `channel`, `stub`,
+`model_stub`: gRPC to it; `held_port`: a loopback port with a live listener.
 
 Fuzz tests take `fuzz_tally`: their own count of what they sent and how each request ended (no
 tally is shared between tests, so none depends on another's order); `pytest -n 0 -s` prints each
@@ -16,51 +15,20 @@ from __future__ import annotations
 
 import collections
 import shutil
-from pathlib import Path
+import socket
 
-import numpy as np
+import grpc
 import pytest
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving import testing
-
-IMAGE_SHAPE = (8, 8, 3)
-CLASS_NAMES = ("ant", "bee", "cat")
-W_EXAMPLES = np.array([[1.0, -1.0, 0.5], [2.0, 0.0, -0.5]], dtype=np.float32)
-
-
-def export_tiny(base: Path, name: str, version: int, seed: int):
-    """`name` version `version` under `base` (the harness's tiny classifier, logits exported
-    too); returns the Keras model."""
-    models = []
-    testing.export_tiny_classifier(base, name, version, input_shape=IMAGE_SHAPE,
-                                   class_names=CLASS_NAMES, seed=seed, export_logits=True,
-                                   model_out=models)
-    return models[0]
-
-
-def export_examples_model(path: Path) -> None:
-    """A TF1 SavedModel with classification, regression and predict signatures."""
-    import tensorflow as tf
-
-    graph = tf.Graph()
-    with graph.as_default():
-        serialized = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
-        features = tf.io.parse_example(serialized,
-                                       {"x": tf.io.FixedLenFeature([2], tf.float32)})
-        x = features["x"]
-        scores = tf.nn.softmax(tf.matmul(x, tf.constant(W_EXAMPLES)))
-        classes = tf.tile(tf.constant([list(CLASS_NAMES)]), [tf.shape(x)[0], 1])
-        total = tf.reduce_sum(x, axis=1, keepdims=True)
-        sig = tf.compat.v1.saved_model
-        with tf.compat.v1.Session(graph=graph) as sess:
-            builder = sig.Builder(str(path))
-            builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map={
-                "classify_x": sig.classification_signature_def(serialized, classes, scores),
-                "scores_only": sig.classification_signature_def(serialized, None, scores),
-                "regress_x": sig.regression_signature_def(serialized, total),
-                "serving_default": sig.predict_signature_def({"x": x}, {"scores": scores}),
-            })
-            builder.save()
+from serving.status import GRPC_MAX_MESSAGE_BYTES
+from tests.serving.tiny_models import (  # noqa: F401 - IMAGE_SHAPE: tests/serving/test_deploy.py
+    IMAGE_SHAPE,
+    export_examples_model,
+    export_tiny,
+    models_config_text,
+)
 
 
 @pytest.fixture(scope="session")
@@ -70,21 +38,6 @@ def model_base(tmp_path_factory):
     models = {1: export_tiny(base, "tiny", 1, seed=1), 2: export_tiny(base, "tiny", 2, seed=2)}
     export_examples_model(base / "examples" / "1")
     return base, models
-
-
-def models_config_text(base: Path, *, policy: str = "all {}", labels=None) -> str:
-    labels = labels if labels is not None else {"stable": 1, "canary": 2}
-    label_text = "".join(f'    version_labels {{ key: "{k}" value: {v} }}\n'
-                         for k, v in labels.items())
-    return (
-        "model_config_list {\n"
-        f'  config {{\n    name: "tiny"\n    base_path: "{base / "tiny"}"\n'
-        f'    model_platform: "tensorflow"\n    model_version_policy {{ {policy} }}\n'
-        f"{label_text}  }}\n"
-        f'  config {{\n    name: "examples"\n    base_path: "{base / "examples"}"\n'
-        '    model_platform: "tensorflow"\n  }\n'
-        "}\n"
-    )
 
 
 @pytest.fixture(scope="module")
@@ -105,30 +58,32 @@ def server(model_base, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def channel(server):
-    import grpc
-
-    from serving.model_server import MAX_MESSAGE_BYTES
-
     ch = grpc.insecure_channel(
         f"127.0.0.1:{server.port}",
-        options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+        options=[("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES),
+                 ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)])
     yield ch
     ch.close()
 
 
 @pytest.fixture(scope="module")
 def stub(channel):
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
     return prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
 def model_stub(channel):
-    from tensorflow_serving.apis import model_service_pb2_grpc
-
     return model_service_pb2_grpc.ModelServiceStub(channel)
+
+
+@pytest.fixture()
+def held_port():
+    """A loopback port with a live listener on it (what another server would hold)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
 
 
 # -- fuzzing: a tally per test ------------------------------------------------------------------

@@ -34,7 +34,7 @@ def _manager(base: Path):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    from serving.manager import ModelManager
+    from serving.embedded.manager import ModelManager
 
     config = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(f'model_config_list {{ config {{ name: "tiny" base_path: "{base}" '

@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.codec import _varint  # the wire varint the codec's fast encoder writes
-from tests.serving.conftest import CLASS_NAMES, IMAGE_SHAPE, W_EXAMPLES
+from tests.serving.tiny_models import CLASS_NAMES, IMAGE_SHAPE, W_EXAMPLES
 
 CALL_TIMEOUT = 10.0  # seconds; a call that takes longer counts as a hang
 RSS_GROWTH_LIMIT = 300 * 2**20

@@ -39,7 +39,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import testing
-from tests.serving.conftest import IMAGE_SHAPE, models_config_text
+from tests.serving.tiny_models import IMAGE_SHAPE, models_config_text
 
 CALL_TIMEOUT = 10.0
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"

@@ -28,7 +28,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving.codec import from_ndarray, to_ndarray
-from tests.serving.conftest import CLASS_NAMES, IMAGE_SHAPE, W_EXAMPLES, models_config_text
+from tests.serving.tiny_models import CLASS_NAMES, IMAGE_SHAPE, W_EXAMPLES, models_config_text
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, size=(5, *IMAGE_SHAPE), dtype=np.uint8)

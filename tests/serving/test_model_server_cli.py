@@ -3,20 +3,24 @@ real process started with the flags a container would get, queried, and stopped 
 
 from __future__ import annotations
 
-import os
-import re
+import logging
+import shutil
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow_serving.config import model_server_config_pb2
 
+from common.errors import UsageError
+from serving import testing
+from serving.client import ServingClient
+from serving.embedded import manager
+from serving.embedded.manager import ModelManager
+from serving.embedded.server import ModelServer, ServerOptions
 from serving.model_server import build_parser, main, options_from_args
-from tests.serving.conftest import IMAGE_SHAPE, models_config_text
-
-ROOT = Path(__file__).resolve().parents[2]
+from serving.ports import check_port_free, pick_unused_port
+from tests.serving.tiny_models import IMAGE_SHAPE, models_config_text
 
 
 def one_error_line(capsys) -> str:
@@ -80,39 +84,23 @@ def test_invalid_config_exit_2(tmp_path, capsys):
 
 
 def test_process_with_container_flags(model_base, tmp_path):
-    """The server as a separate process, started as the container's command line would be."""
-    import shutil
-
-    from serving.client import ServingClient
-
+    """The server as a separate process, started as the container's command line would be,
+    queried, and stopped with SIGTERM (exit code 0)."""
     base, models = model_base
     served = tmp_path / "models"
     shutil.copytree(base, served)
     config = served / "models.config"
     config.write_text(models_config_text(served))
-    cmd = [sys.executable, "-m", "serving.model_server", "--port=0", "--rest_api_port=0",
-           f"--model_config_file={config}", "--file_system_poll_wait_seconds=1",
-           "--host=127.0.0.1", "--enable_batching=false"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    try:
-        port = None
-        for line in proc.stderr:
-            match = re.search(r"Running gRPC ModelServer at 127\.0\.0\.1:(\d+)", line)
-            if match:
-                port = int(match.group(1))
-                break
-        assert port, "the server did not report its port"
+    with testing.model_server(config_file=config, process=True, rest=True, poll_seconds=1,
+                              flags=["--enable_batching=false"], log_file=tmp_path / "log",
+                              env={"TF_CPP_MIN_LOG_LEVEL": "3"}) as server:
         images = np.random.default_rng(0).integers(0, 256, (3, *IMAGE_SHAPE), dtype=np.uint8)
-        with ServingClient(f"127.0.0.1:{port}", "tiny", version=1) as client:
+        with ServingClient(server.target, "tiny", version=1) as client:
             got = client.predict(images)
-        import tensorflow as tf
-
         want = tf.nn.softmax(models[1](images.astype(np.float32))).numpy()
         np.testing.assert_allclose(got, want, atol=1e-5)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        assert server.stop(signal.SIGTERM) == 0
+    assert f"Running gRPC ModelServer at 127.0.0.1:{server.port} ..." in server.log_tail()
 
 
 @pytest.mark.parametrize("flag, text, expected", [
@@ -135,22 +123,8 @@ def test_side_files_the_container_would_refuse_are_refused(tmp_path, capsys, fla
 
 # -- issue 17, case 5: a port in use is one line and exit 2, before any model loads ------------
 @pytest.fixture()
-def held_port():
-    """A loopback port with a live listener on it (what another server would hold)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
-@pytest.fixture()
 def no_model_loads(monkeypatch):
     """Fail the test if any model version starts loading."""
-    from serving import manager
-
     def refuse(*_args, **_kwargs):
         raise AssertionError("a model was loaded although the port was taken")
 
@@ -174,9 +148,6 @@ def test_port_in_use_one_line_exit_2(held_port, no_model_loads, tmp_path, capsys
 @pytest.mark.parametrize("flag", ["port", "rest_api_port"])
 def test_start_binds_before_loading(held_port, no_model_loads, tmp_path, flag):
     """The API path (no pre-check in main): ports are bound before the models load."""
-    from common.errors import UsageError
-    from serving.model_server import ModelServer, ServerOptions
-
     ports = {"port": 0, "rest_api_port": 0, flag: held_port}
     options = ServerOptions(model_name="m", model_base_path=str(tmp_path), host="127.0.0.1",
                             **ports)
@@ -185,20 +156,12 @@ def test_start_binds_before_loading(held_port, no_model_loads, tmp_path, flag):
 
 
 def test_port_check_passes_a_free_port():
-    from serving.model_server import check_port_free, free_port
-
-    check_port_free("127.0.0.1", free_port(), "port")  # raises when the port is taken
+    check_port_free("127.0.0.1", pick_unused_port(), "port")  # raises when the port is taken
     check_port_free("127.0.0.1", 0, "port")  # 0: any port
 
 
 # -- issue 17, case 10: version folders that are not numbers: TF Serving's hint, once -----------
 def test_non_numeric_version_folders_warned_once_with_hint(tmp_path, caplog):
-    import logging
-
-    from tensorflow_serving.config import model_server_config_pb2
-
-    from serving.manager import ModelManager
-
     base = tmp_path / "m"
     (base / "export").mkdir(parents=True)
     (base / "export" / "saved_model.pb").write_bytes(b"")
@@ -207,11 +170,11 @@ def test_non_numeric_version_folders_warned_once_with_hint(tmp_path, caplog):
                                                 model_platform="tensorflow")
     assert entry.name == "m"
     manager = ModelManager()
-    with caplog.at_level(logging.WARNING, logger="serving.manager"):
+    with caplog.at_level(logging.WARNING, logger="serving.embedded.manager"):
         manager.reload(config)
         for _ in range(3):  # the poller's next scans
             manager.poll()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.manager"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.embedded.manager"]
     assert warnings == [
         f"No versions of servable m found under base path {base}. Did you forget to name your "
         "leaf directory as a number (eg. '/1/')? (SavedModel folders named 'export': rename "
@@ -219,11 +182,11 @@ def test_non_numeric_version_folders_warned_once_with_hint(tmp_path, caplog):
     caplog.clear()
     (base / "export").rename(base / "1")  # fixed: found, and a later empty spell warns again
     (base / "1" / "saved_model.pb").unlink()
-    with caplog.at_level(logging.WARNING, logger="serving.manager"):
+    with caplog.at_level(logging.WARNING, logger="serving.embedded.manager"):
         manager.poll()
         (base / "1").rmdir()
         manager.poll()
         manager.poll()
-    again = [r.getMessage() for r in caplog.records if r.name == "serving.manager"]
+    again = [r.getMessage() for r in caplog.records if r.name == "serving.embedded.manager"]
     assert len(again) == 1 and again[0].startswith("No versions of servable m found")
     manager.stop()

@@ -36,7 +36,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.serving.conftest import IMAGE_SHAPE
+from tests.serving.tiny_models import IMAGE_SHAPE
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("serving.gateway") is None
                                 or importlib.util.find_spec("detector.policies") is None,

@@ -2,14 +2,14 @@
 
 Each method takes the request proto of `tensorflow_serving.apis` and returns the response proto,
 or raises `serving.status.ServingStatus` with TF Serving's code and message. The gRPC servicers
-(`serving.model_server`) and the REST handlers (`serving.rest`, which turn JSON into the same
-request protos, as TF Serving's own HTTP handler does) are thin shells around this one core, so
-the two APIs cannot disagree.
+(`serving.embedded.server`) and the REST handlers (`serving.embedded.rest`, which turn JSON into
+the same request protos, as TF Serving's own HTTP handler does) are thin shells around this one
+core, so the two APIs cannot disagree.
 
 Order of checks follows TF Serving's `predict_util.cc`/`classifier.cc`: resolve the servable,
 find the signature, check input aliases, parse tensors, check `output_filter`, run. Our one
 addition is a dtype/shape check against the SignatureDef before the graph runs (see
-`serving.savedmodel`).
+`serving.embedded.savedmodel`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from tensorflow_serving.apis import (
 )
 
 from serving import codec, status
-from serving.manager import ModelManager
-from serving.savedmodel import CLASSIFY_METHOD, INIT_OP_KEY, REGRESS_METHOD, LoadedVersion
+from serving.embedded.manager import ModelManager
+from serving.embedded.savedmodel import CLASSIFY_METHOD, INIT_OP_KEY, REGRESS_METHOD, LoadedVersion
 
 __all__ = ["ServingCore"]
 

@@ -25,7 +25,7 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import status
-from serving.savedmodel import LoadedVersion, is_complete_version_dir
+from serving.embedded.savedmodel import LoadedVersion, is_complete_version_dir
 
 __all__ = ["ModelManager", "VersionState", "no_versions_message", "resolve_base_path"]
 
