@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from attack.papers import PAPER_DETECTOR, PAPER_KNOCKOFF
 from benchmarks import reproduce
+from benchmarks.full_scale import RESNET50_WEIGHTS, data_file
+from benchmarks.harness import Command, Context, Step, run_step
 from benchmarks.results_page import write_results_page
+from tests.benchmarks.probe_command import ProbeConfig
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -46,27 +50,41 @@ def test_bad_arguments_exit_2_with_one_line(argv, argument, capsys, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def _argvs(step):
+    return [command.argv() for command in step.resolved()]
+
+
+def _flag(cmd, flag):
+    return cmd[cmd.index(flag) + 1]
+
+
+def _probe_step(name, summarize=lambda ctx: {}, **values):
+    return Step(name, name, (), (Command("tests.benchmarks.probe_command", ProbeConfig, values),),
+                summarize)
+
+
 def test_a_finished_step_is_not_run_again(tmp_path):
     calls = []
 
-    def commands(ctx):
+    def summarize(ctx):
         calls.append(1)
-        return [["-c", "print('ran')"]]
+        return {"value": 1}
 
-    step = reproduce.Step("probe", "probe", (), commands, lambda ctx: {"value": 1})
-    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=0)
-    first = reproduce.run_step(ctx, step)
-    second = reproduce.run_step(ctx, step)
+    step = _probe_step("probe", summarize, message="ran")
+    ctx = Context(data=tmp_path, out=tmp_path)
+    first = run_step(ctx, step)
+    second = run_step(ctx, step)
     assert first == second and len(calls) == 1
     assert json.loads((tmp_path / "probe" / "done.json").read_text())["figures"] == {"value": 1}
+    assert "ran" in (tmp_path / "probe" / "log.txt").read_text()
+    assert first["commands"] == ["python -m tests.benchmarks.probe_command --message ran"]
 
 
 def test_a_failing_step_raises_and_leaves_no_done_file(tmp_path):
-    step = reproduce.Step("bad", "bad", (), lambda ctx: [["-c", "raise SystemExit(3)"]],
-                          lambda ctx: {})
-    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=0)
+    step = _probe_step("bad", exit_code=3)
+    ctx = Context(data=tmp_path, out=tmp_path)
     with pytest.raises(RuntimeError, match="exit 3"):
-        reproduce.run_step(ctx, step)
+        run_step(ctx, step)
     assert not (tmp_path / "bad" / "done.json").exists()
 
 
@@ -83,8 +101,8 @@ def test_results_page_puts_the_paper_beside_the_measurement(tmp_path):
     }
     page = write_results_page(tmp_path, "smoke", results, ["knockoff_x"], versions={"a": "1"},
                               machine="m", wall_seconds=60,
-                              paper_knockoff=reproduce.PAPER_KNOCKOFF,
-                              paper_detector=reproduce.PAPER_DETECTOR)
+                              paper_knockoff=PAPER_KNOCKOFF,
+                              paper_detector=PAPER_DETECTOR)
     text = page.read_text()
     assert "| Knockoff, CIFAR-10 CNN, probabilities | 80.0% | 60.0% | 0.75x |" in text
     assert "0.81x (100,000 ImageNet queries)" in text
@@ -123,8 +141,8 @@ def test_results_page_renders_detector_exact_and_defended_tables(tmp_path):
                                        "ratio": 0.79, "fidelity_test": 0.69}]}},
     }
     text = write_results_page(tmp_path, "smoke", results, [], versions={}, machine="m",
-                              wall_seconds=1, paper_knockoff=reproduce.PAPER_KNOCKOFF,
-                              paper_detector=reproduce.PAPER_DETECTOR).read_text()
+                              wall_seconds=1, paper_knockoff=PAPER_KNOCKOFF,
+                              paper_detector=PAPER_DETECTOR).read_text()
     assert "| cifar10 | calibrated (benign FPR 0.01) | 99.0% | 87.5% | 0.9900 | 96.0% / 96.0% |" \
         in text
     assert ("| Functionally-equivalent extraction, mnist_mlp16 | 30669 | 100.0% | 100.0% "
@@ -138,8 +156,9 @@ def test_prada_step_needs_the_victim_and_follows_the_scale(tmp_path):
     assert step.needs == ("victim_cifar10_cnn",)
     names = list(plan)
     assert names.index("prada_cifar10_cnn") > names.index("detector_gtsrb")
-    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=3)
-    (cmd,) = step.commands(ctx)
+    ctx = Context(data=tmp_path, out=tmp_path, seed=3)
+    step = {s.name: s for s in reproduce.build_plan(reproduce.SCALES["smoke"], ctx)}[step.name]
+    (cmd,) = _argvs(step)
     assert cmd[:2] == ["-m", "benchmarks.prada_bench"]
     assert cmd[cmd.index("--max-queries") + 1] == "300"
     assert cmd[cmd.index("--victims") + 1] == str(tmp_path / "victims")
@@ -163,8 +182,8 @@ def test_results_page_renders_prada_streams_and_the_papers_claims(tmp_path):
             {"stream": "knockoff", "source": "tiny", "answered": 2000, "flagged": False,
              "flagged_at": None, "statistic": 0.97, "min_statistic": 0.93}]}}}
     text = write_results_page(tmp_path, "smoke", results, [], versions={}, machine="m",
-                              wall_seconds=1, paper_knockoff=reproduce.PAPER_KNOCKOFF,
-                              paper_detector=reproduce.PAPER_DETECTOR).read_text()
+                              wall_seconds=1, paper_knockoff=PAPER_KNOCKOFF,
+                              paper_detector=PAPER_DETECTOR).read_text()
     assert "| jbda | 50 seeds | 120 | 130 | 0.712 | 0.712 |" in text
     assert "| knockoff | tiny | 2000 | never | 0.970 | 0.930 |" in text
     assert "delta 0.9" in text and "Atli et al. (2020) note that PRADA does not flag" in text
@@ -177,11 +196,11 @@ FULL = reproduce.SCALES["full"]
 def _full_ctx(tmp_path, data=None):
     data = data or tmp_path / "data"
     data.mkdir(exist_ok=True)
-    return reproduce.Context(data=data, out=tmp_path / "out", scale=FULL, seed=0, dry_run=True)
+    return Context(data=data, out=tmp_path / "out")
 
 
-def _flag(cmd, flag):
-    return cmd[cmd.index(flag) + 1]
+def _full_plan(ctx):
+    return {s.name: s for s in reproduce.build_plan(FULL, ctx)}
 
 
 @pytest.fixture
@@ -192,38 +211,34 @@ def offline_tfds(monkeypatch, tmp_path):
 
 
 def test_full_plan_trains_resnet34_victims_on_the_papers_four_datasets(tmp_path):
-    from benchmarks.full_scale import data_file
-
-    plan = {s.name: s for s in reproduce.build_plan(FULL)}
     ctx = _full_ctx(tmp_path)
+    plan = _full_plan(ctx)
     stems = {"cifar10": "cifar", "gtsrb": "imagenet", "caltech256": "imagenet",
              "cubs200": "imagenet"}
     for dataset, stem in stems.items():
         step = plan[f"victim_{dataset}_resnet34"]
-        (cmd,) = step.commands(ctx)
+        (cmd,) = _argvs(step)
         assert step.needs == (f"data_{dataset}",)
         assert _flag(cmd, "--arch") == "resnet34"
         assert _flag(cmd, "--dataset") == data_file(ctx, dataset)
         assert _flag(cmd, "--epochs") == str(FULL.victim_epochs[f"{dataset}_resnet34"])
         assert cmd[cmd.index("--arch-args") + 1:] == [f"stem={stem}", "width=64"]
-    (cnn,) = plan["victim_cifar10_cnn"].commands(ctx)
+    (cnn,) = _argvs(plan["victim_cifar10_cnn"])
     assert _flag(cnn, "--arch") == "cnn"
     assert not any(name.startswith("data_") for name in
                    (s.name for s in reproduce.build_plan(reproduce.SCALES["cpu"])))
 
 
 def test_full_knockoff_sends_100000_imagenet_queries_to_an_imagenet_resnet50(tmp_path):
-    from benchmarks.full_scale import RESNET50_WEIGHTS, data_file
-
-    plan = reproduce.build_plan(FULL)
     ctx = _full_ctx(tmp_path)
+    plan = list(_full_plan(ctx).values())
     knockoffs = [s for s in plan if s.name.startswith("knockoff_")]
     victims = {s.needs[0] for s in knockoffs}
     assert {"victim_caltech256_resnet34", "victim_cubs200_resnet34", "victim_cifar10_resnet34",
             "victim_gtsrb_resnet34", "victim_cifar10_cnn"} <= victims
     assert {"probs", "top1"} <= {s.name.rsplit("_", 1)[1] for s in knockoffs}
     for step in knockoffs:
-        (cmd,) = step.commands(ctx)
+        (cmd,) = _argvs(step)
         assert "data_imagenet" in step.needs
         assert _flag(cmd, "--budget") == "100000"
         assert _flag(cmd, "--transfer-set") == data_file(ctx, "imagenet")
@@ -234,11 +249,10 @@ def test_full_knockoff_sends_100000_imagenet_queries_to_an_imagenet_resnet50(tmp
         assert _flag(cmd, "--input-size") == "224"
     # the ImageNet copy holds the queries and the held-out images; Keras' weights file is used
     # when --data-dir has it
-    (data,) = next(s for s in plan if s.name == "data_imagenet").commands(
-        _full_ctx(tmp_path, _imagenet_folder(tmp_path)))
+    (data,) = _argvs(_full_plan(_full_ctx(tmp_path, _imagenet_folder(tmp_path)))["data_imagenet"])
     assert _flag(data, "--train-count") == str(FULL.budget + FULL.heldout) == "102000"
     (ctx.data / RESNET50_WEIGHTS).write_bytes(b"")
-    (cmd,) = next(s for s in plan if s.name == "knockoff_cifar10_cnn_probs").commands(ctx)
+    (cmd,) = _argvs(_full_plan(ctx)["knockoff_cifar10_cnn_probs"])
     assert _flag(cmd, "--weights") == str(ctx.data / RESNET50_WEIGHTS)
 
 
@@ -249,18 +263,16 @@ def _imagenet_folder(tmp_path):
 
 
 def test_full_detectors_cover_the_papers_table_against_imagenet(tmp_path):
-    from benchmarks.full_scale import data_file
-
-    plan = {s.name: s for s in reproduce.build_plan(FULL)}
     ctx = _full_ctx(tmp_path)
+    plan = _full_plan(ctx)
     for name in ("cubs200", "gtsrb", "cifar10", "diabetic5", "caltech256"):
-        train, evaluate = plan[f"detector_{name}"].commands(ctx)
+        train, evaluate = _argvs(plan[f"detector_{name}"])
         assert _flag(train, "--benign") == data_file(ctx, name)
         assert (_flag(train, "--attack"), _flag(train, "--attack-split")) == \
             (data_file(ctx, "imagenet"), "val")
         assert (_flag(evaluate, "--attack"), _flag(evaluate, "--attack-split")) == \
             (data_file(ctx, "imagenet"), "test")
-    (realistic,) = plan["realistic_cifar10_cnn"].commands(ctx)
+    (realistic,) = _argvs(plan["realistic_cifar10_cnn"])
     assert "detector_cifar10" in plan["realistic_cifar10_cnn"].needs
     assert _flag(realistic, "--budget") == "5000"  # the attacker's half of the CIFAR-10 test set
     assert "prada_cifar10_cnn" in plan and "policies_cifar10_cnn" in plan
@@ -345,12 +357,10 @@ def test_full_run_offline_records_each_failure_with_its_reason(tmp_path, capsys,
 
 
 def test_a_failed_command_reports_its_one_line_error(tmp_path):
-    step = reproduce.Step("bad", "bad", (), lambda ctx: [[
-        "-c", "import sys; print('noise'); print('prog: error: bad --x'); sys.exit(2)"]],
-        lambda ctx: {})
-    ctx = reproduce.Context(data=tmp_path, out=tmp_path, scale=reproduce.SCALES["smoke"], seed=0)
+    step = _probe_step("bad", message="noise", error="prog: error: bad --x", exit_code=2)
+    ctx = Context(data=tmp_path, out=tmp_path)
     with pytest.raises(RuntimeError, match=r"failed \(exit 2\): prog: error: bad --x; see "):
-        reproduce.run_step(ctx, step)
+        run_step(ctx, step)
 
 
 def test_dry_run_of_the_cpu_plan_starts_no_server(tmp_path, capsys):

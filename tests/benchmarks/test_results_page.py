@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from benchmarks.reproduce import PAPER_DETECTOR, PAPER_KNOCKOFF
+from attack.papers import PAPER_DETECTOR, PAPER_KNOCKOFF
 from benchmarks.results_page import _headline_rows, _verdict, write_results_page
 
 CMD = ("python -m attack.knockoff --backbone mobilenet --arch-args alpha=0.25 --input-size 96 "
