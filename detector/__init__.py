@@ -43,8 +43,8 @@ __all__ = [
 # and a package that imports its CLI modules makes runpy warn that the module was imported twice.
 _WHERE = {
     "AdaptiveMisinformation": "detector.misinformation",
-    "DetectorConfig": "detector.ood",
-    "DetectorResult": "detector.ood",
+    "DetectorConfig": "detector.config",
+    "DetectorResult": "detector.training",
     "GaussianNoise": "detector.policies",
     "Identity": "detector.policies",
     "LabelOnly": "detector.policies",
@@ -58,16 +58,16 @@ _WHERE = {
     "TopK": "detector.policies",
     "WatermarkRecord": "detector.watermark",
     "Watermarker": "detector.watermark",
-    "calibrate_threshold": "detector.ood",
-    "detection_metrics": "detector.ood",
+    "calibrate_threshold": "detector.metrics",
+    "detection_metrics": "detector.metrics",
     "load_watermarks": "detector.watermark",
     "parse_policy": "detector.policies",
     "pixel_features": "detector.prada",
     "reverse_distribution": "detector.misinformation",
-    "roc_auc": "detector.ood",
-    "roc_curve": "detector.ood",
+    "roc_auc": "detector.metrics",
+    "roc_curve": "detector.metrics",
     "save_watermarks": "detector.watermark",
-    "train_detector": "detector.ood",
+    "train_detector": "detector.training",
 }
 
 

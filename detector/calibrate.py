@@ -28,20 +28,23 @@ from typing import Any
 import numpy as np
 
 from common.cli import config_to_dict, configure_logging, parse_config, run_cli
+from common.constraints import check_fields
 from common.data import ImageDataset, load_dataset
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
-from detector.ood import (
+from detector.config import check_exclude, detector_field, exclude_field
+from detector.export import (
     CALIBRATION_NAME,
     CALIBRATION_RATES,
-    OODDetector,
-    calibrate_threshold,
-    detection_metrics,
+    check_new_version,
+    check_version_path,
     read_calibration,
     resolve_version_dir,
-    roc_auc,
-    training_split,
+    write_calibration,
 )
+from detector.metrics import calibrate_threshold, detection_metrics, roc_auc
+from detector.ood import OODDetector
+from detector.splits import training_split
 
 __all__ = ["CalibrateConfig", "RecalibrationResult", "heldout_sets", "main",
            "recalibrate_detector"]
@@ -70,60 +73,39 @@ class CalibrateConfig:
     """Recalibrate an exported OOD query detector for another benign false-positive rate on its
     own held-out training split, into a new version folder."""
 
-    detector: str = field(metadata={
-        "help": "exported detector: a version folder (detectors/cifar10_ood/1) or its model "
-                "folder (the highest version)", "metavar": "DIR"})
+    detector: str = detector_field()
     target_fpr: float = field(metadata={
         "help": "benign false-positive rate the new threshold is calibrated for",
-        "metavar": "RATE"})
+        "metavar": "RATE", "min": 0, "lt": 1})
     out: str = field(metadata={
         "help": "new version folder <base>/<name>/<version>, e.g. detectors/cifar10_ood/2 (must "
                 "not exist yet)", "metavar": "DIR"})
     benign: str | None = field(default=None, metadata={
         "help": "dataset spec of the benign training data; default the one in the training "
-                "config (pass it when that path is not found from here)", "metavar": "SPEC"})
+                "config (pass it when that path is not found from here)", "metavar": "SPEC",
+        "rule": "nonempty"})
     benign_split: str | None = field(default=None, metadata={
-        "help": "split(s) of --benign; default the training config's"})
+        "help": "split(s) of --benign; default the training config's", "rule": "nonempty"})
     attack: str | None = field(default=None, metadata={
         "help": "dataset spec of the attack training data, for the held-out anomalous accuracy; "
-                "default the one in the training config", "metavar": "SPEC"})
+                "default the one in the training config", "metavar": "SPEC",
+        "rule": "nonempty"})
     attack_split: str | None = field(default=None, metadata={
-        "help": "split(s) of --attack; default the training config's"})
-    exclude_classes: str | None = field(default=None, metadata={
-        "help": "file of --attack class names to drop; default the training config's",
-        "metavar": "FILE"})
+        "help": "split(s) of --attack; default the training config's", "rule": "nonempty"})
+    exclude_classes: str | None = exclude_field(
+        "file of --attack class names to drop; default the training config's")
     heldout_attack: bool = field(default=True, metadata={
         "help": "also score the held-out attack images (anomalous accuracy, ROC AUC); "
-                "--no-heldout-attack calibrates from the benign data alone"})
+                "--no-heldout-attack calibrates from the benign data alone",
+        "choices": (True, False)})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.detector, str) or not Path(self.detector).is_dir():
+        check_fields(self)
+        if not Path(self.detector).is_dir():
             raise invalid("detector", self.detector, "an existing detector folder")
-        if isinstance(self.target_fpr, bool) or not isinstance(self.target_fpr, (int, float)) \
-                or not 0.0 <= self.target_fpr < 1.0:
-            raise invalid("target_fpr", self.target_fpr, "a rate in [0, 1)")
-        for name in ("benign", "benign_split", "attack", "attack_split", "exclude_classes"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise invalid(name, value, "a non-empty string or none")
-        if self.exclude_classes is not None and not Path(self.exclude_classes).is_file():
-            raise invalid("exclude_classes", self.exclude_classes, "an existing file with one "
-                          "class name per line")
-        if not isinstance(self.heldout_attack, bool):
-            raise invalid("heldout_attack", self.heldout_attack, "True or False")
-        if not isinstance(self.out, str) or not self.out.strip():
-            raise invalid("out", self.out, "a non-empty string")
-        out = Path(self.out)
-        if not out.name.isdigit() or int(out.name) < 1 or not out.parent.name \
-                or out.parent.name in (".", ".."):
-            raise invalid("out", self.out, "a version folder <base>/<name>/<positive integer>, "
-                          "e.g. detectors/cifar10_ood/2")
-        if out.exists():
-            raise invalid("out", self.out, "a version folder that does not exist yet (versions "
-                          "are never overwritten)")
-        for parent in (out.parent, out.parent.parent):
-            if parent.exists() and not parent.is_dir():
-                raise invalid("out", self.out, f"a path under directories ({parent} is a file)")
+        check_exclude(self.exclude_classes)
+        check_version_path("out", self.out, "detectors/cifar10_ood/2")
+        check_new_version("out", self.out)
 
 
 @dataclass(frozen=True)
@@ -223,9 +205,7 @@ def _write_version(source: Path, out: Path, calibration: Mapping[str, Any]) -> P
         shutil.rmtree(tmp)
     try:
         shutil.copytree(source, tmp)
-        target = tmp / CALIBRATION_NAME
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(target, dict(calibration))
+        write_calibration(tmp, calibration)
         try:
             os.rename(tmp, out)
         except OSError as err:

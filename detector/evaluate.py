@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -25,10 +24,14 @@ from typing import Any
 import numpy as np
 
 from common.cli import config_to_dict, configure_logging, parse_config, run_cli
+from common.constraints import check_fields, check_number
 from common.data import load_dataset
 from common.errors import invalid
 from common.fileio import write_json_atomic, write_text_atomic
-from detector.ood import OODDetector, detection_metrics, jpeg_reencode, roc_auc, roc_curve
+from detector.config import check_exclude, detector_field, exclude_field, limit_field, spec_field
+from detector.metrics import detection_metrics, roc_auc, roc_curve
+from detector.ood import OODDetector
+from detector.splits import jpeg_reencode
 
 __all__ = ["EvaluateConfig", "evaluate_detector", "format_table", "main", "write_evaluation"]
 
@@ -50,58 +53,35 @@ example (the CIFAR-10 detector on the CIFAR-10 test split and unseen Tiny-ImageN
 class EvaluateConfig:
     """Evaluate an exported OOD query detector on held-out benign and attack images."""
 
-    detector: str = field(metadata={
-        "help": "exported detector: a version folder (detectors/cifar10_ood/1) or its model "
-                "folder (the highest version)", "metavar": "DIR"})
-    benign: str = field(metadata={"help": "dataset spec of held-out benign images",
-                                  "metavar": "SPEC"})
-    attack: str = field(metadata={"help": "dataset spec of held-out attack images",
-                                  "metavar": "SPEC"})
+    detector: str = detector_field()
+    benign: str = spec_field("dataset spec of held-out benign images")
+    attack: str = spec_field("dataset spec of held-out attack images")
     out: str = field(metadata={"help": "folder for evaluation.json/.md and roc.png",
-                               "metavar": "DIR"})
-    benign_split: str = field(default="test", metadata={"help": "split(s) of --benign"})
+                               "metavar": "DIR", "rule": "nonempty"})
+    benign_split: str = field(default="test", metadata={"help": "split(s) of --benign",
+                                                        "rule": "nonempty"})
     attack_split: str = field(default="val", metadata={
-        "help": "split(s) of --attack (not the ones the detector trained on)"})
-    exclude_classes: str | None = field(default=None, metadata={
-        "help": "file of --attack class names to drop", "metavar": "FILE"})
-    benign_limit: int | None = field(default=None, metadata={
-        "help": "at most this many benign images (seeded, class-stratified)", "metavar": "N"})
-    attack_limit: int | None = field(default=None, metadata={
-        "help": "at most this many attack images (seeded, class-stratified)", "metavar": "N"})
+        "help": "split(s) of --attack (not the ones the detector trained on)",
+        "rule": "nonempty"})
+    exclude_classes: str | None = exclude_field("file of --attack class names to drop")
+    benign_limit: int | None = limit_field("benign")
+    attack_limit: int | None = limit_field("attack")
     attack_jpeg_quality: int | None = field(default=None, metadata={
         "help": "re-encode every attack image as JPEG at this quality first (an attacker who "
-                "imitates the victim data's codec)", "metavar": "Q"})
+                "imitates the victim data's codec)", "metavar": "Q", "min": 1, "max": 100})
     benign_jpeg_quality: int | None = field(default=None, metadata={
-        "help": "re-encode every benign image as JPEG at this quality first", "metavar": "Q"})
+        "help": "re-encode every benign image as JPEG at this quality first", "metavar": "Q",
+        "min": 1, "max": 100})
     threshold: float | None = field(default=None, metadata={
         "help": "threshold to report besides 0.5; default the detector's calibrated one"})
-    seed: int = field(default=0, metadata={"help": "seed of the --*-limit subsets"})
+    seed: int = field(default=0, metadata={"help": "seed of the --*-limit subsets", "min": 0})
 
     def __post_init__(self) -> None:
-        for name in ("detector", "benign", "attack", "out", "benign_split", "attack_split"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value.strip():
-                raise invalid(name, value, "a non-empty string")
+        check_fields(self)
+        check_number("threshold", self.threshold, optional=True)
         if not Path(self.detector).is_dir():
             raise invalid("detector", self.detector, "an existing detector folder")
-        if self.exclude_classes is not None and not Path(self.exclude_classes).is_file():
-            raise invalid("exclude_classes", self.exclude_classes, "an existing file")
-        for name in ("benign_limit", "attack_limit"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
-                raise invalid(name, value, "a positive integer or none")
-        for name in ("attack_jpeg_quality", "benign_jpeg_quality"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or not 1 <= value <= 100):
-                raise invalid(name, value, "a JPEG quality from 1 to 100 or none")
-        if self.threshold is not None and (
-                isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float))
-                or not math.isfinite(self.threshold)):
-            raise invalid("threshold", self.threshold, "a finite number or none")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise invalid("seed", self.seed, "a non-negative integer")
+        check_exclude(self.exclude_classes)
         if Path(self.out).exists() and not Path(self.out).is_dir():
             raise invalid("out", self.out, "a directory (or a path where one can be created)")
 

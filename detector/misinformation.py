@@ -31,7 +31,6 @@ model's answer. Training and loading import TensorFlow lazily.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -41,7 +40,17 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import configure_logging, parse_config, run_cli
+from common.constraints import check_choice, check_fields, check_number
+from common.data import load_dataset
 from common.errors import invalid
+from detector.export import (
+    check_new_version,
+    check_version_path,
+    fit_size,
+    load_probabilities,
+    resolve_version_dir,
+)
 
 __all__ = [
     "AdaptiveMisinformation",
@@ -68,19 +77,6 @@ def _check_probs(probs: Any, name: str = "probs") -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise invalid(name, "rows with NaN or infinity", "finite probability rows [N, K]")
     return np.maximum(array, 0.0)
-
-
-def _check_number(name: str, value: Any, low: float | None = None,
-                  high: float | None = None, *, strict_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(value)):
-        raise invalid(name, value, "a finite number")
-    value = float(value)
-    if low is not None and (value < low or (strict_low and value == low)):
-        raise invalid(name, value, f"a number {'>' if strict_low else '>='} {low}")
-    if high is not None and value > high:
-        raise invalid(name, value, f"a number <= {high}")
-    return value
 
 
 def switch_weight(scores: Any, tau: float, nu: float) -> np.ndarray:
@@ -126,11 +122,9 @@ class AdaptiveMisinformation:
     """
 
     def __init__(self, *, tau: float, nu: float = 50.0, function: str = "reverse") -> None:
-        self.tau = _check_number("tau", tau)
-        self.nu = _check_number("nu", nu, 0.0, strict_low=True)
-        if function not in FUNCTIONS:
-            raise invalid("function", function, f"one of {', '.join(FUNCTIONS)}")
-        self.function = function
+        self.tau = float(check_number("tau", tau))
+        self.nu = float(check_number("nu", nu, gt=0))
+        self.function = check_choice("function", function, FUNCTIONS)
 
     @property
     def spec(self) -> str:
@@ -193,43 +187,17 @@ class MisinformationModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MisinformationModel:
-        import tensorflow as tf
-
-        from detector.ood import resolve_version_dir
-
-        try:
-            version_dir = resolve_version_dir(path)
-        except ValueError:
-            raise invalid("misinformation.path", str(path), "an exported misinformation model "
-                          "(a version folder with saved_model.pb)") from None
-        try:
-            loaded = tf.saved_model.load(str(version_dir))
-            signature = loaded.signatures["serving_default"]
-        except (OSError, KeyError, ValueError) as err:
-            raise invalid("misinformation.path", str(path),
-                          f"a SavedModel with a serving_default signature ({err})") from None
-        spec = signature.structured_input_signature[1].get("images")
-        if spec is None or spec.shape.rank != 4:
-            raise invalid("misinformation.path", str(path),
-                          "a signature with an `images` [batch, H, W, 3] input")
-        shape = tuple(int(v) for v in spec.shape[1:])
-
-        def probabilities(images: np.ndarray) -> np.ndarray:
-            out = signature(images=tf.constant(images, dtype=tf.uint8))
-            return np.asarray(out["probabilities"], dtype=np.float32)
-
-        probabilities.keepalive = loaded  # type: ignore[attr-defined]
+        version_dir = resolve_version_dir(path, argument="misinformation.path", expected=(
+            "an exported misinformation model (a version folder with saved_model.pb)"))
+        probabilities, shape = load_probabilities(version_dir, argument="misinformation.path",
+                                                  shown=str(path))
         return cls(probabilities, input_shape=shape, path=version_dir)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         array = np.asarray(images)
         if array.ndim != 4 or array.shape[-1] != 3:
             raise invalid("images", f"array of shape {array.shape}", "RGB images [N, H, W, 3]")
-        if array.shape[1:3] != self.input_shape[:2]:
-            import tensorflow as tf
-
-            array = np.asarray(tf.cast(tf.clip_by_value(tf.round(tf.image.resize(
-                array, self.input_shape[:2], antialias=True)), 0, 255), tf.uint8))
+        array = fit_size(array, self.input_shape)
         if not len(array):
             return np.zeros((0, 0), np.float32)
         return np.concatenate([self._probabilities(array[i:i + 256].astype(np.uint8))
@@ -250,7 +218,7 @@ class MisinformationConfig:
                 "(none: skip)"})
     limit: int | None = field(default=None, metadata={
         "help": "use at most this many training images (seeded, class-stratified)",
-        "metavar": "N"})
+        "metavar": "N", "min": 10})
     arch: str = field(default="cnn", metadata={"help": "architecture (common.backbones)"})
     arch_args: tuple[str, ...] = field(default=(), metadata={
         "help": "architecture arguments KEY=VALUE", "metavar": "KEY=VALUE"})
@@ -258,25 +226,15 @@ class MisinformationConfig:
                                                            "a weights file"})
     input_size: int | None = field(default=None, metadata={
         "help": "backbone input side; default the data's image size", "metavar": "PX"})
-    epochs: int = field(default=3, metadata={"help": "training epochs"})
-    batch_size: int = field(default=128, metadata={"help": "training batch size"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    epochs: int = field(default=3, metadata={"help": "training epochs", "min": 1})
+    batch_size: int = field(default=128, metadata={"help": "training batch size", "min": 1})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate", "gt": 0})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise invalid(name, value, "a positive integer")
-        if self.limit is not None and (isinstance(self.limit, bool)
-                                       or not isinstance(self.limit, int) or self.limit < 10):
-            raise invalid("limit", self.limit, "an integer >= 10 or None")
-        _check_number("learning_rate", self.learning_rate, 0.0, strict_low=True)
-        out = Path(self.out)
-        if out.exists():
-            raise invalid("out", self.out, "a version folder that does not exist yet")
-        if not out.name.isdigit():
-            raise invalid("out", self.out, "<base>/<name>/<integer version>")
+        check_fields(self)
+        check_version_path("out", self.out, "misinformation/cifar10/1")
+        check_new_version("out", self.out)
 
 
 def train_misinformation(config: MisinformationConfig) -> dict:
@@ -285,7 +243,6 @@ def train_misinformation(config: MisinformationConfig) -> dict:
     import tensorflow as tf
 
     from common.backbones import build_classifier, parse_arch_args
-    from common.data import load_dataset
     from victim_export.export import export_classifier
     from victim_export.train import make_dataset
 
@@ -334,8 +291,6 @@ PROG = "python -m detector.misinformation"
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from common.cli import configure_logging, parse_config
-
     config = parse_config(MisinformationConfig, argv, prog=PROG,
                           description=__doc__.split("\n\n")[0])
     configure_logging()
@@ -351,8 +306,6 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train and export a misinformation model; exit code 2 on bad input."""
-    from common.cli import run_cli
-
     return run_cli(_main, argv, prog=PROG)
 
 

@@ -22,12 +22,12 @@ text form used by the gateway's policy file; ``policy.spec`` writes it back.
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from common.constraints import check_int, check_number
 from common.errors import invalid
 
 __all__ = [
@@ -120,9 +120,7 @@ class TopK:
     """The k largest probabilities of each row, renormalised; the others are zero."""
 
     def __init__(self, k: int) -> None:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise invalid("k", k, "a positive integer")
-        self.k = int(k)
+        self.k = int(check_int("k", k, min=1))
 
     @property
     def spec(self) -> str:
@@ -148,10 +146,7 @@ class Rounding:
     """Probabilities rounded to `decimals` decimals, then renormalised to sum to 1."""
 
     def __init__(self, decimals: int) -> None:
-        if isinstance(decimals, bool) or not isinstance(decimals, (int, np.integer)) \
-                or not 0 <= decimals <= 8:
-            raise invalid("decimals", decimals, "an integer from 0 to 8")
-        self.decimals = int(decimals)
+        self.decimals = int(check_int("decimals", decimals, min=0, max=8))
 
     @property
     def spec(self) -> str:
@@ -174,14 +169,8 @@ class GaussianNoise:
     """
 
     def __init__(self, sigma: float, seed: int | None = None, *, keep_top1: bool = True) -> None:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating)) \
-                or not math.isfinite(sigma) or sigma < 0:
-            raise invalid("sigma", sigma, "a finite number >= 0")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                                 or seed < 0):
-            raise invalid("seed", seed, "a non-negative integer or None")
-        self.sigma = float(sigma)
-        self.seed = seed
+        self.sigma = float(check_number("sigma", sigma, min=0))
+        self.seed = check_int("seed", seed, min=0, optional=True)
         self.keep_top1 = bool(keep_top1)
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
@@ -229,12 +218,8 @@ class ReverseSigmoid:
     _CLIP = 1e-9
 
     def __init__(self, beta: float, gamma: float) -> None:
-        for name, value in (("beta", beta), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise invalid(name, value, "a finite number > 0")
-        self.beta = float(beta)
-        self.gamma = float(gamma)
+        self.beta = float(check_number("beta", beta, gt=0))
+        self.gamma = float(check_number("gamma", gamma, gt=0))
 
     @property
     def spec(self) -> str:

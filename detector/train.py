@@ -1,6 +1,6 @@
 """``python -m detector.train``: train Atli et al.'s OOD query detector, calibrate, export.
 
-The command line of `detector.ood.train_detector` (flags derived from `DetectorConfig`): benign
+The command line of `detector.training.train_detector` (flags derived from `DetectorConfig`): benign
 images are the victim's training distribution, attack images natural images outside the task;
 the threshold is calibrated on held-out benign images for ``--target-fpr`` and the detector is
 exported to ``--out <base>/<name>/<version>`` as a SavedModel TF Serving can serve, with
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from common.cli import configure_logging, parse_config, run_cli
 from common.fileio import check_writable
-from detector.ood import DetectorConfig, train_detector
+from detector.config import DetectorConfig
 
 __all__ = ["main"]
 
@@ -39,6 +39,8 @@ def _main(argv: Sequence[str] | None) -> int:
     config = parse_config(DetectorConfig, argv, prog=PROG, epilog=EPILOG)  # --out checked there
     check_writable(config.work_path, "work_dir")  # the checkpoints, before any training
     configure_logging()
+    from detector.training import train_detector  # TensorFlow: after the flags are checked
+
     result = train_detector(config)
     held = result.calibration["heldout_at_threshold"]
     where = result.path or "trained as a worker (the chief exports)"

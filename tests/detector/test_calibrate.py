@@ -12,18 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import detector.ood as ood
+import detector.training as training
 from detector.calibrate import CalibrateConfig, _load_heldout, main
-from detector.ood import CALIBRATION_NAME, OODDetector
-from tests.detector.test_ood import TINY_CNN, attack_images, benign_images
+from detector.evaluate import main as evaluate_main
+from detector.export import CALIBRATION_NAME
+from detector.ood import OODDetector
+from detector.train import main as train_main
+from tests.detector.conftest import TINY_CNN, attack_images, benign_images, write_npz
 
 HOLDOUT = 0.25
-
-
-def write_npz(path: Path, train: np.ndarray, test: np.ndarray, classes: int) -> Path:
-    np.savez(path, x_train=train, y_train=np.arange(len(train)) % classes,
-             x_test=test, y_test=np.arange(len(test)) % classes)
-    return path
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -34,22 +31,20 @@ def tree(path: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny detector trained through the CLI, with the held-out images train scored."""
-    from detector.train import main as train_main
-
     base = tmp_path_factory.mktemp("calibrate_data")
     # Three benign classes, a benign limit and JPEG augmentation: every step of the split counts.
     benign = write_npz(base / "benign.npz", benign_images(300, 0), benign_images(60, 1), 3)
     attack = write_npz(base / "attack.npz", attack_images(240, 2), attack_images(60, 3), 4)
     out = tmp_path_factory.mktemp("detectors") / "tiny_ood" / "1"
     scored: list[np.ndarray] = []
-    original = ood._scores
+    original = training._scores
 
     def recording(model, images, *args, **kwargs):
         scored.append(np.array(images, copy=True))
         return original(model, images, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ood, "_scores", recording)
+        patch.setattr(training, "_scores", recording)
         code = train_main(["--benign", str(benign), "--attack", str(attack), "--backbone", "cnn",
                            "--arch-args", *TINY_CNN, "--epochs", "2", "--batch-size", "32",
                            "--benign-limit", "280", "--holdout", str(HOLDOUT),
@@ -118,8 +113,6 @@ def test_recalibration_writes_a_new_version_with_the_new_threshold(trained, tmp_
     assert detector.predict(trained["benign_held"]).sum() == 7
 
     # detector.evaluate reports its calibrated row at the new threshold.
-    from detector.evaluate import main as evaluate_main
-
     out = tmp_path / "eval"
     assert evaluate_main(["--detector", str(new), "--benign", str(trained["benign"]),
                           "--attack", str(trained["attack"]), "--attack-split", "test",

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from detector.evaluate import main as evaluate_main
+from detector.train import main as train_main
+
 
 @pytest.fixture()
 def blocker(tmp_path):
@@ -20,33 +23,27 @@ def _one_line(capsys) -> str:
 
 
 def test_train_refuses_an_unwritable_work_dir_before_training(tmp_path, blocker, capsys):
-    from detector.train import main
-
     argv = ["--benign", "missing_benign.npz", "--attack", "missing_attack.npz",
             "--weights", "none", "--out", str(tmp_path / "det" / "ood" / "1"),
             "--work-dir", str(blocker / "work")]
-    assert main(argv) == 2
+    assert train_main(argv) == 2
     line = _one_line(capsys)
     assert "`--work-dir`" in line and "a_file is a file, not a folder" in line
     assert not (tmp_path / "det").exists()
 
 
 def test_train_refuses_an_unwritable_out_before_reading_the_data(blocker, capsys):
-    from detector.train import main
-
     argv = ["--benign", "missing_benign.npz", "--attack", "missing_attack.npz",
             "--weights", "none", "--out", str(blocker / "ood" / "1")]
-    assert main(argv) == 2
+    assert train_main(argv) == 2
     line = _one_line(capsys)
     assert "`--out`" in line and "is a file, not a folder" in line
     assert "missing_benign" not in line  # the output is checked before the data is looked at
 
 
 def test_evaluate_refuses_an_unwritable_out(tmp_path, blocker, capsys):
-    from detector.evaluate import main
-
     argv = ["--detector", str(tmp_path), "--benign", "b.npz", "--attack", "a.npz",
             "--out", str(blocker / "evaluation")]
-    assert main(argv) == 2
+    assert evaluate_main(argv) == 2
     line = _one_line(capsys)
     assert "`--out`" in line and "is a file, not a folder" in line

@@ -5,48 +5,27 @@ the metrics, and the command lines (including exit code 2 on bad input)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common.data import ImageDataset
 from common.errors import UsageError
-from detector.ood import (
-    CALIBRATION_NAME,
-    DetectorConfig,
-    OODDetector,
-    calibrate_threshold,
-    detection_metrics,
-    roc_auc,
-    roc_curve,
-    train_detector,
+from detector.config import DetectorConfig
+from detector.evaluate import main as evaluate_main
+from detector.export import CALIBRATION_NAME
+from detector.metrics import calibrate_threshold, detection_metrics, roc_auc, roc_curve
+from detector.ood import OODDetector
+from detector.splits import jpeg_reencode
+from detector.train import main as train_main
+from detector.training import train_detector
+from tests.detector.conftest import (
+    SIDE,
+    TINY_CNN,
+    as_dataset,
+    attack_images,
+    benign_images,
+    write_npz,
 )
-
-SIDE = 16
-TINY_CNN = ("filters=[8,16]", "block_dropout=[0,0]", "dense_units=16", "dense_dropout=0")
-
-
-def benign_images(n: int, seed: int) -> np.ndarray:
-    """The 'victim's distribution': dark, noisy images."""
-    return np.random.default_rng(seed).integers(0, 90, (n, SIDE, SIDE, 3)).astype(np.uint8)
-
-
-def attack_images(n: int, seed: int) -> np.ndarray:
-    """'Natural images outside the task': bright, flat colour patches with a little noise."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(120, 255, (n, 1, 1, 3))
-    return np.clip(base + rng.integers(-10, 10, (n, SIDE, SIDE, 3)), 0, 255).astype(np.uint8)
-
-
-def as_dataset(images: np.ndarray, name: str) -> ImageDataset:
-    return ImageDataset(images, np.zeros(len(images), np.int64), (name,), name)
-
-
-def write_npz(path: Path, train: np.ndarray, test: np.ndarray) -> Path:
-    np.savez(path, x_train=train, y_train=np.zeros(len(train), np.int64),
-             x_test=test, y_test=np.zeros(len(test), np.int64))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +39,11 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     """One detector trained and exported through the command line."""
-    from detector.train import main
-
     benign, attack = data
     out = tmp_path_factory.mktemp("detectors") / "tiny_ood" / "1"
-    code = main(["--benign", str(benign), "--attack", str(attack), "--backbone", "cnn",
-                 "--arch-args", *TINY_CNN, "--epochs", "2", "--batch-size", "32",
-                 "--holdout", "0.25", "--target-fpr", "0.05", "--out", str(out)])
+    code = train_main(["--benign", str(benign), "--attack", str(attack), "--backbone", "cnn",
+                       "--arch-args", *TINY_CNN, "--epochs", "2", "--batch-size", "32",
+                       "--holdout", "0.25", "--target-fpr", "0.05", "--out", str(out)])
     assert code == 0
     return out
 
@@ -118,12 +95,10 @@ def test_the_savedmodel_answers_two_probabilities_from_uint8(trained):
 
 
 def test_evaluate_prints_atli_table_and_writes_reports(trained, data, tmp_path, capsys):
-    from detector.evaluate import main
-
     benign, attack = data
     out = tmp_path / "eval"
-    code = main(["--detector", str(trained), "--benign", str(benign), "--attack", str(attack),
-                 "--attack-split", "test", "--out", str(out)])
+    code = evaluate_main(["--detector", str(trained), "--benign", str(benign), "--attack",
+                          str(attack), "--attack-split", "test", "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "benign accuracy" in printed and "anomalous accuracy" in printed and "ROC AUC" in printed
@@ -194,37 +169,32 @@ def test_roc_auc_and_curve_agree_with_brute_force():
     (["--jpeg-augment", "2"], "`--jpeg-augment`"),
 ])
 def test_train_cli_bad_input_exits_2_naming_the_argument(flags, argument, data, tmp_path, capsys):
-    from detector.train import main
-
     benign, attack = data
     argv = ["--benign", str(benign), "--attack", str(attack), "--out",
             str(tmp_path / "d" / "1"), *flags]
-    assert main(argv) == 2
+    assert train_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert argument in err[-1]
     assert not (tmp_path / "d").exists()
 
 
 def test_train_refuses_an_existing_version(trained, data, capsys):
-    from detector.train import main
-
     benign, attack = data
     before = sorted(p.name for p in trained.iterdir())
-    assert main(["--benign", str(benign), "--attack", str(attack), "--out", str(trained)]) == 2
+    assert train_main(["--benign", str(benign), "--attack", str(attack), "--out",
+                       str(trained)]) == 2
     assert "out" in capsys.readouterr().err
     assert sorted(p.name for p in trained.iterdir()) == before
 
 
 def test_evaluate_cli_bad_input_exits_2(data, tmp_path, capsys):
-    from detector.evaluate import main
-
     benign, attack = data
-    assert main(["--detector", str(tmp_path / "none"), "--benign", str(benign), "--attack",
-                 str(attack), "--out", str(tmp_path / "e")]) == 2
+    assert evaluate_main(["--detector", str(tmp_path / "none"), "--benign", str(benign),
+                          "--attack", str(attack), "--out", str(tmp_path / "e")]) == 2
     assert "detector" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["--detector", str(tmp_path / "empty"), "--benign", str(benign), "--attack",
-                 str(attack), "--out", str(tmp_path / "e")]) == 2
+    assert evaluate_main(["--detector", str(tmp_path / "empty"), "--benign", str(benign),
+                          "--attack", str(attack), "--out", str(tmp_path / "e")]) == 2
     assert "saved_model.pb" in capsys.readouterr().err
 
 
@@ -241,8 +211,6 @@ def test_loading_a_model_without_calibration_names_the_file(tmp_path):
 
 
 def test_jpeg_reencoding_is_seeded_and_touches_the_requested_share():
-    from detector.ood import jpeg_reencode
-
     images = benign_images(200, 30)
     np.testing.assert_array_equal(jpeg_reencode(images, 0.0, seed=0), images)
     half = jpeg_reencode(images, 0.5, seed=1)
@@ -253,16 +221,14 @@ def test_jpeg_reencoding_is_seeded_and_touches_the_requested_share():
 
 
 def test_evaluate_can_reencode_the_attack_images(trained, data, tmp_path, capsys):
-    from detector.evaluate import main
-
     benign, attack = data
     out = tmp_path / "eval_jpeg"
-    assert main(["--detector", str(trained), "--benign", str(benign), "--attack", str(attack),
-                 "--attack-split", "test", "--attack-jpeg-quality", "75", "--out",
-                 str(out)]) == 0
+    assert evaluate_main(["--detector", str(trained), "--benign", str(benign), "--attack",
+                          str(attack), "--attack-split", "test", "--attack-jpeg-quality", "75",
+                          "--out", str(out)]) == 0
     result = json.loads((out / "evaluation.json").read_text())
     assert result["jpeg_quality"] == {"benign": None, "attack": 75}
     assert "JPEG q75" in capsys.readouterr().out
-    assert main(["--detector", str(trained), "--benign", str(benign), "--attack", str(attack),
-                 "--attack-jpeg-quality", "101", "--out", str(out)]) == 2
+    assert evaluate_main(["--detector", str(trained), "--benign", str(benign), "--attack",
+                          str(attack), "--attack-jpeg-quality", "101", "--out", str(out)]) == 2
     assert "`--attack-jpeg-quality`. Received: --attack-jpeg-quality=101" in capsys.readouterr().err
