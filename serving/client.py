@@ -9,26 +9,23 @@ in batches with a bounded number of requests in flight, retries only what is saf
 (UNAVAILABLE, optionally RESOURCE_EXHAUSTED) with exponential backoff and jitter, and turns every
 `grpc.RpcError` into one exception type, `ServingError`, naming the target, the model and the
 status code. It works unchanged against the official TF Serving, the embedded model server and the
-serving gateway, which all speak the same API.
+serving gateway, which all speak the same API. The signature types live in `serving.signature`,
+what the REST client shares in `serving.transport`; both are importable from here as well.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import functools
 import logging
-import random
 import re
 import threading
 import time
-import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
-from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
+from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -38,8 +35,23 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from common.errors import UsageError, invalid
+from common.constraints import check_int, check_number, check_target
+from common.errors import invalid
 from serving import codec
+from serving.signature import (
+    Signature,
+    SignatureInfo,
+    TensorInfo,
+    image_classifier,
+)
+from serving.transport import (
+    _CHANNEL_MAPS,
+    DEFAULT_BATCH_SIZE,
+    BaseClient,
+    ServingError,
+    _Stopped,
+    adapt_images,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -55,111 +67,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 64
-"""Images per Predict request when `batch_size` is not given."""
-
-_MAX_MESSAGE_BYTES = 2**31 - 1
-_MAX_BACKOFF_S = 30.0
-_PROBABILITIES = "probabilities"
-_INIT_OP_SIGNATURE = "__saved_model_init_op"
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_MAX_MESSAGE_BYTES = codec.DEFAULT_MAX_BYTES
+_SECONDS = "a positive number of seconds"
 _HEADER_RE = re.compile(r"^[a-z0-9_.-]+$")
-_TARGET_EXPECTED = "'host:port', '[ipv6]:port' or 'unix:/path/to/socket' with a port in 1..65535"
-
-
-class ServingError(Exception):
-    """A failed RPC to a TF Serving endpoint (every `grpc.RpcError` the client sees becomes one).
-
-    Attributes: `target` (the address), `model` (the model name), `rpc` (Predict,
-    GetModelMetadata, ...), `code` (a `grpc.StatusCode`) and `details` (the server's message).
-    """
-
-    def __init__(
-        self, *, target: str, model: str, rpc: str, code: grpc.StatusCode, details: str
-    ) -> None:
-        self.target = target
-        self.model = model
-        self.rpc = rpc
-        self.code = code
-        self.details = details
-        super().__init__(f"{rpc} on model '{model}' at {target} failed: {code.name}: {details}")
-
-    def __reduce__(self):  # keep the keyword-only constructor picklable (multiprocessing, logs)
-        return (
-            _rebuild_serving_error,
-            (self.target, self.model, self.rpc, self.code, self.details),
-        )
-
-
-def _rebuild_serving_error(target, model, rpc, code, details) -> ServingError:
-    return ServingError(target=target, model=model, rpc=rpc, code=code, details=details)
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    """One input or output of a signature: its key, numpy dtype and shape.
-
-    `shape` is a tuple with None for a dimension of unknown size (-1 on the wire), or None when
-    the rank itself is unknown.
-    """
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...] | None
-
-    @property
-    def rank(self) -> int | None:
-        return None if self.shape is None else len(self.shape)
-
-
-@dataclasses.dataclass(frozen=True)
-class Signature:
-    """A serving signature as GetModelMetadata describes it, for any kind of model."""
-
-    name: str
-    method_name: str
-    inputs: Mapping[str, TensorInfo]
-    outputs: Mapping[str, TensorInfo]
-    defaults: frozenset[str] = frozenset()
-    """Inputs that have a default value in the SavedModel and may be left out of a request."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SignatureInfo:
-    """The image-classifier view of a signature: which input takes images, which output answers.
-
-    `image_size` is (H, W) when both are fixed by the signature, else None (any size is sent
-    as given); `channels` is None when the signature leaves it open.
-    """
-
-    name: str
-    method_name: str
-    input_name: str
-    input_dtype: np.dtype
-    input_shape: tuple[int | None, ...]
-    output_names: tuple[str, ...]
-    output_dtypes: tuple[np.dtype, ...]
-    output_shapes: tuple[tuple[int | None, ...] | None, ...]
-    probabilities: str
-    """The output holding class probabilities (`probabilities`, or the single rank-2 output)."""
-    image_size: tuple[int, int] | None
-    channels: int | None
-    classes: int | None = None
-    """The number of classes when the answer output alone does not tell it (class ids, top-k
-    pairs); None: the width of the `probabilities` output."""
-
-    @property
-    def num_classes(self) -> int | None:
-        if self.classes is not None:
-            return self.classes
-        shape = self.output_shapes[self.output_names.index(self.probabilities)]
-        if shape is None or len(shape) < 2:  # class ids [batch]: the width is not in the shape
-            return None
-        return shape[-1]
-
-    def output(self, name: str) -> TensorInfo:
-        index = self.output_names.index(name)
-        return TensorInfo(name, self.output_dtypes[index], self.output_shapes[index])
 
 
 class VersionStatus(NamedTuple):
@@ -178,59 +88,14 @@ def _bind_first_row(on_result, first: int, names: list[str], single: bool):
     return lambda decoded: on_result(first, decoded[names[0]] if single else decoded)
 
 
-class _Stopped(Exception):
-    """Raised inside a worker when the predict call it belongs to has already failed."""
-
-
 def parse_target(target: object) -> str:
-    """Check a gRPC target string and return the form given to grpc, without connecting.
-
-    Accepts `host:port`, `[ipv6]:port`, `dns:///host:port` and `unix:/path` (or
-    `unix:///path`, `unix-abstract:name`). Raises `UsageError` naming `target` otherwise.
-    """
-    if not isinstance(target, str) or not target or target != target.strip():
-        raise invalid("target", target, _TARGET_EXPECTED)
-    for prefix in ("unix:", "unix-abstract:"):
-        if target.startswith(prefix):
-            path = target[len(prefix) :]
-            if not path.strip("/") or any(c.isspace() for c in path):
-                raise invalid("target", target, _TARGET_EXPECTED)
-            return target
-    address = target[len("dns:///") :] if target.startswith("dns:///") else target
-    if address.startswith("["):
-        host, sep, port = address[1:].partition("]:")
-        if not sep or not host or not re.fullmatch(r"[0-9A-Fa-f:.%a-z]+", host) or ":" not in host:
-            raise invalid("target", target, _TARGET_EXPECTED)
-    else:
-        host, sep, port = address.rpartition(":")
-        if not sep or not _HOST_RE.match(host):
-            raise invalid("target", target, _TARGET_EXPECTED)
-    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-        raise invalid("target", target, _TARGET_EXPECTED)
-    return target
+    """Check a gRPC target string and return the form given to grpc, without connecting:
+    `host:port`, `[ipv6]:port`, `dns:///host:port` or `unix:/path` (`common.constraints`'
+    `check_target`). Raises `UsageError` naming `target` otherwise."""
+    return check_target("target", target)
 
 
-def _tensor_info(name: str, info: meta_graph_pb2.TensorInfo) -> TensorInfo:
-    shape = None
-    if not info.tensor_shape.unknown_rank:
-        shape = tuple(None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim)
-    try:
-        dtype = codec.tf_dtype_to_numpy(info.dtype)
-    except codec.TensorDecodeError:  # DT_RESOURCE, DT_VARIANT...: no numpy dtype holds them
-        dtype = np.dtype(object)
-    return TensorInfo(name, dtype, shape)
-
-
-def _describe(tensors: Mapping[str, TensorInfo]) -> str:
-    def fmt(t: TensorInfo) -> str:
-        shape = "?" if t.shape is None else "[" + ",".join("-1" if d is None else str(d)
-                                                           for d in t.shape) + "]"
-        return f"{t.name}: {t.dtype.name}{shape}"
-
-    return "{" + ", ".join(fmt(t) for t in tensors.values()) + "}"
-
-
-class ServingClient:
+class ServingClient(BaseClient):
     """A TF Serving gRPC client for one model (thread-safe; one channel, reused).
 
     Example::
@@ -277,19 +142,11 @@ class ServingClient:
         max_message_bytes: int = _MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.target = parse_target(target)
-        if not isinstance(model, str) or not model or model != model.strip():
-            raise invalid("model", model, "a non-empty model name")
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or version < 0
-        ):
-            raise invalid("version", version, "a non-negative integer or None")
+        self.target = self.address = parse_target(target)
         if version_label is not None and (not isinstance(version_label, str) or not version_label):
             raise invalid("version_label", version_label, "a non-empty string or None")
         if version is not None and version_label is not None:
             raise invalid("version_label", version_label, "None when `version` is given")
-        if not isinstance(signature, str) or not signature:
-            raise invalid("signature", signature, "a non-empty signature name")
         if output is not None and (not isinstance(output, str) or not output):
             raise invalid("output", output, "a non-empty output name or None")
         if api_key is not None and (
@@ -305,36 +162,17 @@ class ServingClient:
                 "api_key_header", api_key_header,
                 "a lower-case gRPC metadata key such as 'x-api-key' or 'authorization'",
             )
-        if not _positive_number(timeout):
-            raise invalid("timeout", timeout, "a positive number of seconds")
-        if not _int_at_least(max_in_flight, 1):
-            raise invalid("max_in_flight", max_in_flight, "an integer >= 1")
-        if batch_size is not None and not _int_at_least(batch_size, 1):
-            raise invalid("batch_size", batch_size, "an integer >= 1 or None")
-        if not _int_at_least(retries, 0):
-            raise invalid("retries", retries, "an integer >= 0")
-        if not (_positive_number(backoff) or backoff == 0) or isinstance(backoff, bool):
-            raise invalid("backoff", backoff, "a number of seconds >= 0")
-        if not _int_at_least(max_message_bytes, 1) or max_message_bytes > _MAX_MESSAGE_BYTES:
-            raise invalid("max_message_bytes", max_message_bytes, f"an integer in 1..{2**31 - 1}")
+        check_int("max_message_bytes", max_message_bytes, min=1, max=_MAX_MESSAGE_BYTES)
         if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
             raise invalid("credentials", credentials, "grpc.ChannelCredentials or None")
-
-        self.model = model
-        self.version = version
+        super().__init__(model=model, version=version, signature=signature, timeout=timeout,
+                         max_in_flight=max_in_flight, batch_size=batch_size, retries=retries,
+                         backoff=backoff)
         self.version_label = version_label
-        self.signature_name = signature
         self.output = output
-        self.timeout = float(timeout)
-        self.max_in_flight = max_in_flight
-        self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        self.retries = retries
-        self.backoff = float(backoff)
         self.max_message_bytes = max_message_bytes
-        self.retry_codes = frozenset(
-            {grpc.StatusCode.UNAVAILABLE}
-            | ({grpc.StatusCode.RESOURCE_EXHAUSTED} if retry_resource_exhausted else set())
-        )
+        if retry_resource_exhausted:
+            self.retry_codes = self.retry_codes | {grpc.StatusCode.RESOURCE_EXHAUSTED}
         self._metadata: tuple[tuple[str, str], ...] = ()
         if api_key is not None:
             value = f"Bearer {api_key}" if api_key_header == "authorization" else api_key
@@ -356,50 +194,11 @@ class ServingClient:
         self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._model_stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._signature: Signature | None = None
-        self._info: SignatureInfo | None = None
-        self._queries = 0
-        self._requests = 0
-        self._retries_done = 0
-
-    # ----------------------------------------------------------------------------- lifecycle
-
-    def __enter__(self) -> ServingClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel; further calls raise RuntimeError. Idempotent."""
-        if not self._closed.is_set():
-            self._closed.set()
-            self._channel.close()
+    def _release(self) -> None:
+        self._channel.close()
 
     def __repr__(self) -> str:
         return f"ServingClient(target={self.target!r}, model={self.model!r})"
-
-    # ------------------------------------------------------------------------------ counters
-
-    @property
-    def queries(self) -> int:
-        """Images (rows) answered by successful Predict requests."""
-        with self._lock:
-            return self._queries
-
-    @property
-    def requests(self) -> int:
-        """RPCs that succeeded (Predict, metadata and status alike)."""
-        with self._lock:
-            return self._requests
-
-    @property
-    def retries_done(self) -> int:
-        """Retries made after a retryable failure."""
-        with self._lock:
-            return self._retries_done
 
     # ------------------------------------------------------------------------------ metadata
 
@@ -412,16 +211,7 @@ class ServingClient:
             spec.version_label = self.version_label
         return spec
 
-    def signature(self, *, refresh: bool = False) -> Signature:
-        """The signature's inputs and outputs as GetModelMetadata reports them.
-
-        Cached after the first call; `refresh=True` asks again (a new version was deployed).
-        """
-        with self._lock:
-            if refresh:
-                self._signature = self._info = None
-            if self._signature is not None:
-                return self._signature
+    def _signature_map(self) -> get_model_metadata_pb2.SignatureDefMap:
         request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=self.model_spec(), metadata_field=["signature_def"]
         )
@@ -437,27 +227,7 @@ class ServingClient:
                 "GetModelMetadata", grpc.StatusCode.INTERNAL,
                 "malformed response: 'signature_def' is not a SignatureDefMap",
             )
-        if self.signature_name not in signature_map.signature_def:
-            available = sorted(k for k in signature_map.signature_def if k != _INIT_OP_SIGNATURE)
-            raise invalid(
-                "signature", self.signature_name,
-                f"one of the signatures of model '{self.model}' at {self.target}: {available}",
-            )
-        definition = signature_map.signature_def[self.signature_name]
-        signature = Signature(
-            name=self.signature_name,
-            method_name=definition.method_name,
-            inputs=types.MappingProxyType(
-                {k: _tensor_info(k, v) for k, v in sorted(definition.inputs.items())}
-            ),
-            outputs=types.MappingProxyType(
-                {k: _tensor_info(k, v) for k, v in sorted(definition.outputs.items())}
-            ),
-            defaults=frozenset(definition.defaults),
-        )
-        with self._lock:
-            self._signature = signature
-        return signature
+        return signature_map
 
     def metadata(self, *, refresh: bool = False) -> SignatureInfo:
         """The image-classifier view of the signature (cached; `refresh=True` asks again).
@@ -469,72 +239,11 @@ class ServingClient:
         with self._lock:
             if self._info is not None and not refresh:
                 return self._info
-        info = self._image_classifier(self.signature(refresh=refresh))
+        info = image_classifier(self.signature(refresh=refresh), output=self.output,
+                                where=f"model '{self.model}' at {self.target}")
         with self._lock:
             self._info = info
         return info
-
-    def _image_classifier(self, sig: Signature) -> SignatureInfo:
-        where = f"model '{self.model}' at {self.target}"
-
-        def not_classifier(why: str) -> UsageError:
-            return invalid(
-                "signature", self.signature_name,
-                f"an image classifier signature (one image input of rank 4 [batch, H, W, C] and "
-                f"a class-probabilities output of rank 2) but {why}; {where} has inputs "
-                f"{_describe(sig.inputs)} and outputs {_describe(sig.outputs)} "
-                f"(use predict_raw for other signatures)",
-            )
-
-        images = [t for t in sig.inputs.values() if t.rank == 4]
-        if len(images) != 1:
-            raise not_classifier(f"{len(images)} inputs have rank 4")
-        image = images[0]
-        missing = sorted(k for k in sig.inputs if k != image.name and k not in sig.defaults)
-        if missing:
-            raise not_classifier(f"it also requires the inputs {missing}")
-        if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-            raise not_classifier(f"the image input has dtype {image.dtype.name}")
-        if not sig.outputs:
-            raise not_classifier("it has no outputs")
-
-        if self.output is not None:
-            if self.output not in sig.outputs:
-                raise invalid("output", self.output, f"one of the outputs {sorted(sig.outputs)}")
-            probabilities = self.output
-        elif _PROBABILITIES in sig.outputs:
-            probabilities = _PROBABILITIES
-        else:
-            rank2 = [k for k, t in sig.outputs.items() if t.rank == 2]
-            if not rank2:
-                raise not_classifier("no output has rank 2 [batch, classes]")
-            if len(rank2) > 1:
-                raise invalid(
-                    "output", None,
-                    f"the name of the probabilities output: {where} has several rank-2 outputs "
-                    f"{sorted(rank2)} and none named '{_PROBABILITIES}'",
-                )
-            probabilities = rank2[0]
-        rank = sig.outputs[probabilities].rank
-        named_ids = (rank == 1 and self.output is not None
-                     and np.issubdtype(sig.outputs[probabilities].dtype, np.integer))
-        if rank not in (None, 2) and not named_ids:  # class ids [batch] only when named
-            raise not_classifier(f"the output '{probabilities}' has rank {rank}")
-
-        _, height, width, channels = image.shape
-        return SignatureInfo(
-            name=sig.name,
-            method_name=sig.method_name,
-            input_name=image.name,
-            input_dtype=image.dtype,
-            input_shape=image.shape,
-            output_names=tuple(sig.outputs),
-            output_dtypes=tuple(t.dtype for t in sig.outputs.values()),
-            output_shapes=tuple(t.shape for t in sig.outputs.values()),
-            probabilities=probabilities,
-            image_size=None if height is None or width is None else (height, width),
-            channels=channels,
-        )
 
     # ---------------------------------------------------------------------------- model status
 
@@ -551,10 +260,8 @@ class ServingClient:
         Raises `ServingError` with DEADLINE_EXCEEDED when `timeout` passes, and at once with the
         load error when every version reported has ended with an error.
         """
-        if not _positive_number(timeout):
-            raise invalid("timeout", timeout, "a positive number of seconds")
-        if not _positive_number(poll):
-            raise invalid("poll", poll, "a positive number of seconds")
+        check_number("timeout", timeout, gt=0, expected=_SECONDS)
+        check_number("poll", poll, gt=0, expected=_SECONDS)
         give_up = time.monotonic() + timeout
         last = "no answer yet"
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec())
@@ -630,8 +337,7 @@ class ServingClient:
             ServingError: an RPC failed (after retries) or the overall deadline passed.
         """
         self._check_open()
-        if deadline is not None and not _positive_number(deadline):
-            raise invalid("deadline", deadline, "a positive number of seconds or None")
+        check_number("deadline", deadline, gt=0, optional=True, expected=f"{_SECONDS} or None")
         deadline_at = None if deadline is None else time.monotonic() + deadline
         info = self.metadata()
         names, single = self._output_names(info, outputs)
@@ -642,32 +348,13 @@ class ServingClient:
             empty = {n: _empty_output(info.output(n)) for n in names}
             return empty[names[0]] if single else empty
 
-        starts = list(range(0, total, self.batch_size))
-        stop = threading.Event()
-        results: list[dict[str, np.ndarray] | None] = [None] * len(starts)
-        done = 0
-        executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=min(self.max_in_flight, len(starts)), thread_name_prefix="serving-predict"
-        )
-        try:
-            futures = {
-                executor.submit(
-                    self._predict_batch, images[s : s + self.batch_size], info, names,
-                    deadline_at, stop, _bind_first_row(on_result, s, names, single),
-                    None if on_send is None else functools.partial(on_send, s),
-                ): i
-                for i, s in enumerate(starts)
-            }
-            for future in concurrent.futures.as_completed(futures):
-                index = futures[future]
-                results[index] = future.result()
-                done += len(results[index][names[0]])
-                if on_batch is not None:
-                    on_batch(done, total)
-        finally:
-            stop.set()
-            executor.shutdown(wait=True, cancel_futures=True)
+        def work(first: int, stop: threading.Event) -> dict[str, np.ndarray]:
+            return self._predict_batch(
+                images[first : first + self.batch_size], info, names, deadline_at, stop,
+                _bind_first_row(on_result, first, names, single),
+                None if on_send is None else functools.partial(on_send, first))
 
+        results = self._in_batches(total, work, on_batch=on_batch)
         merged = {n: np.concatenate([r[n] for r in results], axis=0) for n in names}
         return merged[names[0]] if single else merged
 
@@ -784,8 +471,7 @@ class ServingClient:
         as queries.
         """
         self._check_open()
-        if deadline is not None and not _positive_number(deadline):
-            raise invalid("deadline", deadline, "a positive number of seconds or None")
+        check_number("deadline", deadline, gt=0, optional=True, expected=f"{_SECONDS} or None")
         deadline_at = None if deadline is None else time.monotonic() + deadline
         sig = self.signature()
         if not isinstance(inputs, Mapping) or not inputs or any(k not in sig.inputs
@@ -853,81 +539,13 @@ class ServingClient:
                 if deadline_at is not None and time.monotonic() + delay >= deadline_at:
                     raise self._error(rpc, code, details) from err
                 attempt += 1
-                self._count(retries=1)
-                logger.info("%s on model '%s' at %s: %s; retry %d/%d in %.2fs", rpc, self.model,
-                            self.target, code.name, attempt, self.retries, delay)
-                if (stop is not None and stop.wait(delay)) or (
-                    stop is None and self._closed.wait(delay)
-                ):
-                    self._check_open()
-                    raise _Stopped() from err
+                self._wait_to_retry(rpc, code, attempt, delay, stop)
                 continue
             except ValueError:  # grpc raises it for a channel closed under the call
                 self._check_open()
                 raise
             self._count(requests=1, queries=rows)
             return response
-
-    def _backoff_delay(self, attempt: int) -> float:
-        """Exponential backoff with 'equal jitter': half fixed, half random."""
-        base = min(_MAX_BACKOFF_S, self.backoff * 2**attempt)
-        return base / 2 + random.uniform(0, base / 2)
-
-    def _count(self, *, requests: int = 0, queries: int = 0, retries: int = 0) -> None:
-        with self._lock:
-            self._requests += requests
-            self._queries += queries
-            self._retries_done += retries
-
-    def _check_open(self) -> None:
-        if self._closed.is_set():
-            raise RuntimeError(f"{self!r} is closed")
-
-    def _error(self, rpc: str, code: grpc.StatusCode, details: str) -> ServingError:
-        return ServingError(
-            target=self.target, model=self.model, rpc=rpc, code=code, details=details
-        )
-
-
-# -------------------------------------------------------------------------- image adaptation
-
-_CHANNEL_MAPS = {(1, 3), (1, 4), (3, 1), (4, 1), (4, 3), (3, 4)}
-_LUMA = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # tf.image.rgb_to_grayscale
-
-
-def adapt_images(images: np.ndarray, info: SignatureInfo) -> np.ndarray:
-    """Resize, convert channels and cast a batch [N, H, W, C] to what the signature takes."""
-    target_dtype = info.input_dtype
-    out = images
-    source, target = out.shape[3], info.channels
-    if target is not None and source != target:
-        if source == 1:
-            out = np.repeat(out, 3, axis=3)
-        elif source == 4:
-            out = out[..., :3]
-        if target == 1:
-            out = (out.astype(np.float32) @ _LUMA)[..., None]
-        elif target == 4:
-            alpha = np.full(out.shape[:3] + (1,), _opaque(out.dtype), dtype=out.dtype)
-            out = np.concatenate([out, alpha], axis=3)
-    if info.image_size is not None and tuple(out.shape[1:3]) != info.image_size:
-        import tensorflow as tf  # loaded by the protos already; resize only when sizes differ
-
-        out = tf.image.resize(
-            out.astype(np.float32), info.image_size, method="bilinear", antialias=True
-        ).numpy()
-    if out.dtype == target_dtype:
-        return np.ascontiguousarray(out)
-    if np.issubdtype(target_dtype, np.integer):
-        limits = np.iinfo(target_dtype)
-        if np.issubdtype(out.dtype, np.floating):
-            out = np.rint(out)
-        out = np.clip(out, limits.min, limits.max)
-    return np.ascontiguousarray(out, dtype=target_dtype)
-
-
-def _opaque(dtype: np.dtype) -> int | float:
-    return np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else 255.0
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -950,17 +568,6 @@ def _code_details(err: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
     code = err.code() if callable(getattr(err, "code", None)) else None
     details = err.details() if callable(getattr(err, "details", None)) else None
     return code or grpc.StatusCode.UNKNOWN, details or str(err)
-
-
-def _positive_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-        and value > 0 and np.isfinite(value)
-    )
-
-
-def _int_at_least(value: object, low: int) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
 
 
 def _is_str_sequence(value: object) -> bool:

@@ -5,22 +5,18 @@ TF Serving's REST API (`tensorflow_serving/g3doc/api_rest.md`) answers
 `SignatureDefMap` proto in its JSON mapping) and ``POST /v1/models/NAME[/versions/V]:predict``
 with ``{"predictions": ...}`` for a row-format (``"instances"``) request: one list of rows for a
 single output, one object per row for several. `RestClient` reads the metadata into the same
-`serving.client.Signature` the gRPC client builds, adapts images the same way
-(`serving.client.adapt_images`), sends rows in batches with a bounded number of requests in
-flight, retries 503 (UNAVAILABLE) with backoff, and raises the gRPC client's `ServingError` with
-the status code the HTTP status maps back to. Standard library only (`http.client`, `json`).
+`serving.signature.Signature` the gRPC client builds, and shares with it (`serving.transport`)
+the argument checks, the image adaptation, batches with a bounded number of requests in flight,
+retries of 503 (UNAVAILABLE) with backoff, and `ServingError` with the status code the HTTP
+status maps back to. Standard library only (`http.client`, `json`) besides the protos.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import http.client
 import json
 import logging
-import random
 import threading
-import time
-import types
 import urllib.parse
 from collections.abc import Callable, Sequence
 
@@ -29,9 +25,11 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from common.constraints import check_url
 from common.errors import invalid
-from serving.client import ServingError, Signature, SignatureInfo, _tensor_info, adapt_images
+from serving.signature import Signature, SignatureInfo
 from serving.status import HTTP_STATUS
+from serving.transport import BaseClient, adapt_images
 
 __all__ = ["RestClient"]
 
@@ -41,10 +39,9 @@ logger = logging.getLogger(__name__)
 _CODES = {status: code for code, status in reversed(list(HTTP_STATUS.items()))}
 _CODES[400] = grpc.StatusCode.INVALID_ARGUMENT
 _CODES[409] = grpc.StatusCode.ABORTED
-_MAX_BACKOFF_S = 30.0
 
 
-class RestClient:
+class RestClient(BaseClient):
     """TF Serving REST for one model (thread-safe: one HTTP connection per worker thread).
 
     Args:
@@ -61,38 +58,17 @@ class RestClient:
                  signature: str = "serving_default", api_key: str | None = None,
                  timeout: float = 60.0, max_in_flight: int = 4, batch_size: int = 64,
                  retries: int = 5, backoff: float = 0.2) -> None:
-        parsed = urllib.parse.urlsplit(url) if isinstance(url, str) else None
-        if (parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname
-                or parsed.path not in ("", "/") or parsed.query):
-            raise invalid("rest", url, "a TF Serving REST address http://HOST:PORT")
-        try:
-            port = parsed.port
-        except ValueError as err:
-            raise invalid("rest", url, "a TF Serving REST address http://HOST:PORT") from err
-        if not isinstance(model, str) or not model or "/" in model or ":" in model:
+        check_url("rest", url)
+        if not isinstance(model, str) or "/" in model or ":" in model:
             raise invalid("model", model, "a model name")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)
-                                    or version < 0):
-            raise invalid("version", version, "a non-negative integer or None")
-        if not isinstance(signature, str) or not signature:
-            raise invalid("signature", signature, "a signature name")
-        if not (isinstance(timeout, (int, float)) and timeout > 0):
-            raise invalid("timeout", timeout, "a positive number of seconds")
-        for name, value in (("max_in_flight", max_in_flight), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise invalid(name, value, "an integer >= 1")
-        self.url = f"{parsed.scheme}://{parsed.netloc}"
+        super().__init__(model=model, version=version, signature=signature, timeout=timeout,
+                         max_in_flight=max_in_flight, batch_size=batch_size, retries=retries,
+                         backoff=backoff)
+        parsed = urllib.parse.urlsplit(url)
+        self.url = self.address = f"{parsed.scheme}://{parsed.netloc}"
         self._https = parsed.scheme == "https"
         self._host = parsed.hostname
-        self._port = port or (443 if self._https else 80)
-        self.model = model
-        self.version = version
-        self.signature_name = signature
-        self.timeout = float(timeout)
-        self.max_in_flight = max_in_flight
-        self.batch_size = batch_size
-        self.retries = retries
-        self.backoff = backoff
+        self._port = parsed.port or (443 if self._https else 80)
         self._headers = {"Content-Type": "application/json"}
         if api_key is not None:
             self._headers["x-api-key"] = api_key
@@ -100,40 +76,15 @@ class RestClient:
             f"/versions/{version}" if version is not None else "")
         self._local = threading.local()
         self._connections: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
-        self._queries = 0
-        self._requests = 0
-        self._signature: Signature | None = None
-        self._closed = False
 
-    # -- lifecycle --------------------------------------------------------------------------------
-    def __enter__(self) -> RestClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close every connection; further calls raise RuntimeError. Idempotent."""
+    def _release(self) -> None:
         with self._lock:
-            self._closed = True
             connections, self._connections = self._connections, []
         for conn in connections:
             conn.close()
 
     def __repr__(self) -> str:
         return f"RestClient(url={self.url!r}, model={self.model!r})"
-
-    @property
-    def queries(self) -> int:
-        """Rows answered by successful :predict requests."""
-        with self._lock:
-            return self._queries
-
-    @property
-    def requests(self) -> int:
-        with self._lock:
-            return self._requests
 
     # -- HTTP -------------------------------------------------------------------------------------
     def _connection(self) -> http.client.HTTPConnection:
@@ -149,9 +100,7 @@ class RestClient:
     def _request(self, method: str, path: str, body: bytes | None, rpc: str) -> dict:
         attempt = 0
         while True:
-            with self._lock:
-                if self._closed:
-                    raise RuntimeError(f"{self!r} is closed")
+            self._check_open()
             conn = self._connection()
             try:
                 conn.request(method, path, body=body, headers=self._headers)
@@ -168,8 +117,7 @@ class RestClient:
                     except ValueError as err:
                         raise self._error(rpc, grpc.StatusCode.INTERNAL,
                                           f"malformed response: {err}") from err
-                    with self._lock:
-                        self._requests += 1
+                    self._count(requests=1)
                     return decoded
                 try:
                     details = json.loads(data).get("error", "")
@@ -179,49 +127,19 @@ class RestClient:
                 retry = code == grpc.StatusCode.UNAVAILABLE
             if not retry or attempt >= self.retries:
                 raise self._error(rpc, code, details)
-            delay = min(_MAX_BACKOFF_S, self.backoff * 2**attempt)
-            delay = delay / 2 + random.uniform(0, delay / 2)
             attempt += 1
-            logger.info("%s on model '%s' at %s: %s; retry %d/%d in %.2fs", rpc, self.model,
-                        self.url, code.name, attempt, self.retries, delay)
-            time.sleep(delay)
-
-    def _error(self, rpc: str, code: grpc.StatusCode, details: str) -> ServingError:
-        return ServingError(target=self.url, model=self.model, rpc=rpc, code=code,
-                            details=details)
+            self._wait_to_retry(rpc, code, attempt, self._backoff_delay(attempt - 1))
 
     # -- metadata ---------------------------------------------------------------------------------
-    def signature(self, *, refresh: bool = False) -> Signature:
-        """The signature's inputs and outputs from ``GET .../metadata`` (cached)."""
-        with self._lock:
-            if self._signature is not None and not refresh:
-                return self._signature
+    def _signature_map(self) -> get_model_metadata_pb2.SignatureDefMap:
         body = self._request("GET", self._prefix + "/metadata", None, "GetModelMetadata")
         try:
-            defs = body["metadata"]["signature_def"]
-            signature_map = json_format.ParseDict(defs, get_model_metadata_pb2.SignatureDefMap(),
-                                                  ignore_unknown_fields=True)
+            return json_format.ParseDict(body["metadata"]["signature_def"],
+                                         get_model_metadata_pb2.SignatureDefMap(),
+                                         ignore_unknown_fields=True)
         except (KeyError, TypeError, json_format.ParseError) as err:
             raise self._error("GetModelMetadata", grpc.StatusCode.INTERNAL,
                               f"malformed metadata response: {err}") from err
-        if self.signature_name not in signature_map.signature_def:
-            available = sorted(k for k in signature_map.signature_def
-                               if k != "__saved_model_init_op")
-            raise invalid("signature", self.signature_name,
-                          f"one of the signatures of model '{self.model}' at {self.url}: "
-                          f"{available}")
-        definition = signature_map.signature_def[self.signature_name]
-        signature = Signature(
-            name=self.signature_name, method_name=definition.method_name,
-            inputs=types.MappingProxyType(
-                {k: _tensor_info(k, v) for k, v in sorted(definition.inputs.items())}),
-            outputs=types.MappingProxyType(
-                {k: _tensor_info(k, v) for k, v in sorted(definition.outputs.items())}),
-            defaults=frozenset(definition.defaults),
-        )
-        with self._lock:
-            self._signature = signature
-        return signature
 
     # -- predict ----------------------------------------------------------------------------------
     def predict(self, images: np.ndarray, info: SignatureInfo, outputs: Sequence[str], *,
@@ -235,30 +153,19 @@ class RestClient:
         missing = [n for n in names if n not in sig.outputs]
         if missing:
             raise invalid("outputs", names, f"output names among {sorted(sig.outputs)}")
-        starts = list(range(0, len(images), self.batch_size))
-        if not starts:
+        if not len(images):
             return {n: np.zeros((0,), sig.outputs[n].dtype) for n in names}
-        results: list[dict | None] = [None] * len(starts)
 
-        def one(index: int, first: int) -> None:
+        def one(first: int, stop: threading.Event) -> dict[str, np.ndarray]:
             batch = adapt_images(images[first:first + self.batch_size], info)
             if on_send is not None:
                 on_send(first, len(batch))
-            results[index] = decoded = self._predict_batch(batch, sig, names)
+            decoded = self._predict_batch(batch, sig, names)
             if on_result is not None:
                 on_result(first, decoded)
+            return decoded
 
-        with concurrent.futures.ThreadPoolExecutor(
-                max_workers=min(self.max_in_flight, len(starts)),
-                thread_name_prefix="rest-predict") as pool:
-            futures = [pool.submit(one, i, s) for i, s in enumerate(starts)]
-            try:
-                for future in concurrent.futures.as_completed(futures):
-                    future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        results = self._in_batches(len(images), one, prefix="rest-predict")
         return {n: np.concatenate([r[n] for r in results], axis=0) for n in names}
 
     def _predict_batch(self, batch: np.ndarray, sig: Signature,
@@ -288,6 +195,5 @@ class RestClient:
                 raise self._error("Predict", grpc.StatusCode.INTERNAL,
                                   "malformed response: several outputs expected per row")
             decoded[name] = np.asarray(column, dtype=None if dtype.kind == "O" else dtype)
-        with self._lock:
-            self._queries += len(batch)
+        self._count(queries=len(batch))
         return decoded

@@ -33,13 +33,13 @@ from tensorflow_serving.apis import (
 from serving import codec, status
 from serving.embedded.manager import ModelManager
 from serving.embedded.savedmodel import CLASSIFY_METHOD, INIT_OP_KEY, REGRESS_METHOD, LoadedVersion
+from serving.signature import DEFAULT_SIGNATURE
 
 __all__ = ["ServingCore"]
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = "signature_def"
-DEFAULT_SIGNATURE = "serving_default"
 
 
 def _fill_spec(target, servable: LoadedVersion, signature_name: str | None) -> None:
@@ -202,28 +202,30 @@ class ServingCore:
             result.regressions.add().value = float(v)
         return result
 
-    def _examples_rpc(self, request, method: str) -> tuple[LoadedVersion, str, dict, int]:
+    def _examples_result(self, method: str, outputs: dict[str, np.ndarray], batch: int):
+        if method == CLASSIFY_METHOD:
+            return self._classification_result(outputs, batch)
+        return self._regression_result(outputs, batch)
+
+    def _examples_rpc(self, request, method: str, response):
+        """Classify or Regress: `response` filled from `request` over its one signature."""
         servable = self.manager.resolve(request.model_spec)
         key = request.model_spec.signature_name or DEFAULT_SIGNATURE
         self._example_signature(servable, key, method)
         examples = serialize_examples(request.input)
-        return servable, key, self._run_examples(servable, key, examples), len(examples)
+        outputs = self._run_examples(servable, key, examples)
+        _fill_spec(response.model_spec, servable, key)
+        response.result.CopyFrom(self._examples_result(method, outputs, len(examples)))
+        return response
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
-        servable, key, outputs, batch = self._examples_rpc(request, CLASSIFY_METHOD)
-        response = classification_pb2.ClassificationResponse()
-        _fill_spec(response.model_spec, servable, key)
-        response.result.CopyFrom(self._classification_result(outputs, batch))
-        return response
+        return self._examples_rpc(request, CLASSIFY_METHOD,
+                                  classification_pb2.ClassificationResponse())
 
     def regress(self, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
-        servable, key, outputs, batch = self._examples_rpc(request, REGRESS_METHOD)
-        response = regression_pb2.RegressionResponse()
-        _fill_spec(response.model_spec, servable, key)
-        response.result.CopyFrom(self._regression_result(outputs, batch))
-        return response
+        return self._examples_rpc(request, REGRESS_METHOD, regression_pb2.RegressionResponse())
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
@@ -255,11 +257,10 @@ class ServingCore:
             outputs = self._run_examples(servable, key, examples)
             result = response.results.add()
             _fill_spec(result.model_spec, servable, key)
-            if task.method_name == CLASSIFY_METHOD:
-                result.classification_result.CopyFrom(
-                    self._classification_result(outputs, len(examples)))
-            else:
-                result.regression_result.CopyFrom(self._regression_result(outputs, len(examples)))
+            field = ("classification_result" if task.method_name == CLASSIFY_METHOD
+                     else "regression_result")
+            getattr(result, field).CopyFrom(
+                self._examples_result(task.method_name, outputs, len(examples)))
         return response
 
     # -- ModelService ----------------------------------------------------------------------------

@@ -269,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise status.both_inputs_and_instances(body)
         if not has_rows and not has_cols:
             raise status.missing_inputs_or_instances()
-        dtypes = {a: codec.tf_dtype_to_numpy(s.dtype) for a, s in inputs.items()}
+        dtypes = {a: codec.tf_dtype_to_numpy(s.tf_dtype) for a, s in inputs.items()}
         request = predict_pb2.PredictRequest(model_spec=spec)
         if has_rows:
             rows = body["instances"]

@@ -21,6 +21,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving import status
 from serving.codec import numpy_to_tf_dtype, tf_dtype_to_numpy
+from serving.signature import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, TensorInfo
 
 __all__ = ["LoadedVersion", "is_complete_version_dir", "read_signature_defs"]
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 CLASSIFY_METHOD = status.CLASSIFY_METHOD
 REGRESS_METHOD = status.REGRESS_METHOD
 SERVE_TAG = "serve"
-INIT_OP_KEY = "__saved_model_init_op"
+INIT_OP_KEY = INIT_OP_SIGNATURE
 
 
 def is_complete_version_dir(path: Path) -> bool:
@@ -67,21 +68,6 @@ def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
     raise ValueError(f"SavedModel at {path} has no MetaGraphDef tagged 'serve' (tag sets: {tags})")
 
 
-@dataclass(frozen=True)
-class TensorSpecInfo:
-    """What a signature says about one tensor alias: DataType enum and shape (None = unknown)."""
-
-    dtype: int
-    shape: tuple[int | None, ...] | None  # None: unknown rank
-
-    @classmethod
-    def from_tensor_info(cls, info: meta_graph_pb2.TensorInfo) -> "TensorSpecInfo":
-        if info.tensor_shape.unknown_rank:
-            return cls(info.dtype, None)
-        dims = tuple(d.size if d.size >= 0 else None for d in info.tensor_shape.dim)
-        return cls(info.dtype, dims)
-
-
 @dataclass
 class LoadedVersion:
     """A SavedModel version in memory: SignatureDefs plus the callables that run them."""
@@ -91,7 +77,7 @@ class LoadedVersion:
     path: Path
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
     _loaded: object = field(repr=False, default=None)
-    _specs: dict[str, tuple[dict[str, TensorSpecInfo], dict[str, TensorSpecInfo]]] = field(
+    _specs: dict[str, tuple[dict[str, TensorInfo], dict[str, TensorInfo]]] = field(
         repr=False, default_factory=dict
     )
 
@@ -105,8 +91,8 @@ class LoadedVersion:
         for key, sig in signature_defs.items():
             if key == INIT_OP_KEY:
                 continue
-            inputs = {a: TensorSpecInfo.from_tensor_info(t) for a, t in sig.inputs.items()}
-            outputs = {a: TensorSpecInfo.from_tensor_info(t) for a, t in sig.outputs.items()}
+            inputs = {a: TensorInfo.from_proto(a, t) for a, t in sig.inputs.items()}
+            outputs = {a: TensorInfo.from_proto(a, t) for a, t in sig.outputs.items()}
             specs[key] = (inputs, outputs)
         log.info("loaded %s version %d from %s (signatures: %s)", name, version, path,
                  sorted(specs))
@@ -115,14 +101,15 @@ class LoadedVersion:
     # -- signatures ------------------------------------------------------------------------------
     def signature(self, key: str) -> meta_graph_pb2.SignatureDef:
         """The SignatureDef for `key` (empty key: `serving_default`), or TF Serving's NOT_FOUND."""
-        key = key or "serving_default"
+        key = key or DEFAULT_SIGNATURE
         if key not in self._specs:
             raise status.signature_not_found(key)
         return self.signature_defs[key]
 
-    def io_specs(self, key: str) -> tuple[dict[str, TensorSpecInfo], dict[str, TensorSpecInfo]]:
+    def io_specs(self, key: str) -> tuple[dict[str, TensorInfo], dict[str, TensorInfo]]:
+        """The inputs and outputs of signature `key` by alias (`serving.signature.TensorInfo`)."""
         self.signature(key)
-        return self._specs[key or "serving_default"]
+        return self._specs[key or DEFAULT_SIGNATURE]
 
     # -- validation ------------------------------------------------------------------------------
     def check_inputs(self, key: str, arrays: dict[str, np.ndarray]) -> None:
@@ -135,8 +122,8 @@ class LoadedVersion:
         for alias, array in arrays.items():
             spec = inputs[alias]
             got = numpy_to_tf_dtype(array.dtype)
-            if got != spec.dtype:
-                raise status.dtype_mismatch(spec.dtype, got, sorted(inputs).index(alias))
+            if got != spec.tf_dtype:
+                raise status.dtype_mismatch(spec.tf_dtype, got, sorted(inputs).index(alias))
             if spec.shape is None:
                 continue
             if array.ndim != len(spec.shape) or any(
@@ -150,7 +137,7 @@ class LoadedVersion:
         """Run signature `key` on already-checked inputs, returning the requested outputs."""
         import tensorflow as tf
 
-        key = key or "serving_default"
+        key = key or DEFAULT_SIGNATURE
         empty = self._empty_batch_outputs(key, arrays, output_filter)
         if empty is not None:
             return empty
@@ -182,7 +169,7 @@ class LoadedVersion:
             if spec.shape is None or not spec.shape or spec.shape[0] is not None \
                     or any(d is None for d in spec.shape[1:]):
                 return None
-            result[alias] = np.zeros((0, *spec.shape[1:]), dtype=tf_dtype_to_numpy(spec.dtype))
+            result[alias] = np.zeros((0, *spec.shape[1:]), dtype=tf_dtype_to_numpy(spec.tf_dtype))
         return result
 
     def close(self) -> None:
