@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import common.data as data
-from common.data import ImageDataset, load_dataset, split_names
+from common.data import ImageDataset, folders, imaging, load_dataset, split_names, tfds_source
 from common.errors import UsageError
 
 SHARED = Path(
@@ -453,7 +453,7 @@ def test_second_load_reads_the_cache_without_decoding(flat_folder, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data, "_decode_files", no_decoding)
+    monkeypatch.setattr(folders, "decode_files", no_decoding)
     second = load_dataset(str(flat_folder), image_size=4)
     np.testing.assert_array_equal(first.images, second.images)
     assert second.class_names == first.class_names
@@ -484,7 +484,7 @@ def test_corrupt_cache_is_ignored_and_rebuilt(split_zip, monkeypatch):
         file.write_bytes(b"garbage")
     rebuilt = load_dataset(str(split_zip), "train+test")
     np.testing.assert_array_equal(rebuilt.images, expected.images)
-    monkeypatch.setattr(data, "_decode_files", lambda *a, **k: pytest.fail("cache not rewritten"))
+    monkeypatch.setattr(folders, "decode_files", lambda *a, **k: pytest.fail("cache not rewritten"))
     load_dataset(str(split_zip), "train+test")
 
 
@@ -584,7 +584,7 @@ def test_unknown_tfds_name(tmp_path):
 def test_bad_offline_setting(monkeypatch):
     monkeypatch.setenv("MEXT_OFFLINE", "maybe")
     with pytest.raises(UsageError, match="`MEXT_OFFLINE`"):
-        data._can_download()
+        tfds_source.can_download()
 
 
 def test_online_probe(monkeypatch):
@@ -593,15 +593,16 @@ def test_online_probe(monkeypatch):
     def unreachable(address, timeout):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data.socket, "create_connection", unreachable)
-    assert data._can_download() is False
+    monkeypatch.setattr(tfds_source.socket, "create_connection", unreachable)
+    assert tfds_source.can_download() is False
 
     class Connection:
         def close(self):
             pass
 
-    monkeypatch.setattr(data.socket, "create_connection", lambda address, timeout: Connection())
-    assert data._can_download() is True
+    monkeypatch.setattr(tfds_source.socket, "create_connection",
+                        lambda address, timeout: Connection())
+    assert tfds_source.can_download() is True
 
 
 @pytest.fixture(scope="module")
@@ -701,7 +702,7 @@ def test_tfds_images_of_varying_size_are_decoded_to_the_size_asked(
                          exclude_classes=["n0002"])
     assert train.class_names == ("n0001", "n0003") and train.image_shape == (8, 8, 3)
     # the same pixels an image folder of these PNGs gives (antialiased bilinear resize)
-    wanted = {tuple(data._transform_one(_varsize_image(i), (8, 8), None).ravel()): i % 3
+    wanted = {tuple(imaging.transform_one(_varsize_image(i), (8, 8), None).ravel()): i % 3
               for i in range(6) if i % 3 != 1}
     got = {tuple(image.ravel()): int(label) for image, label in zip(train.images, train.labels)}
     assert got == {k: (0 if v == 0 else 1) for k, v in wanted.items()}
