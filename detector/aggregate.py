@@ -119,16 +119,17 @@ class SlidingWindow:
 def binomial_critical_counts(window: int, fpr: float, alpha: float) -> np.ndarray:
     """``c[n]`` for n = 0..window: the smallest count k with ``P(Binomial(n, fpr) >= k) <=
     alpha`` (``n + 1`` where even n flagged queries out of n are not that unlikely)."""
-    from scipy.stats import binom
-
-    sizes = np.arange(window + 1)
-    # binom.isf gives the largest k with P(X > k) > alpha, so k + 1 is the critical count; the
-    # survival function is checked at it (isf works in floating point).
-    counts = np.floor(binom.isf(alpha, sizes, fpr)).astype(np.int64) + 1
-    counts = np.clip(counts, 0, sizes + 1)
-    too_likely = binom.sf(counts - 1, sizes, fpr) > alpha
-    counts[too_likely] += 1
-    return np.minimum(counts, sizes + 1)
+    log_factorial = np.r_[0.0, np.cumsum(np.log(np.arange(1, window + 1)))]
+    counts = np.empty(window + 1, np.int64)
+    for n in range(window + 1):
+        k = np.arange(n + 1)
+        log_pmf = (log_factorial[n] - log_factorial[k] - log_factorial[n - k]
+                   + k * math.log(fpr) + (n - k) * math.log1p(-fpr))
+        # P(X >= k), summed from the smallest terms up.
+        tails = np.cumsum(np.exp(log_pmf)[::-1])[::-1]
+        below = np.flatnonzero(tails <= alpha)
+        counts[n] = int(below[0]) if below.size else n + 1
+    return counts
 
 
 class BinomialWindow(SlidingWindow):

@@ -111,10 +111,10 @@ class EnergyScore:
         self.threshold = float(threshold)
 
     def score(self, images: Any, probabilities: Any) -> np.ndarray:
-        from scipy.special import logsumexp
-
-        logits = _probabilities(probabilities)
-        return -self.temperature * logsumexp(logits / self.temperature, axis=1)
+        scaled = _probabilities(probabilities) / self.temperature
+        top = scaled.max(axis=1)
+        log_sum = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
+        return -self.temperature * log_sum
 
 
 class DetectorScore:

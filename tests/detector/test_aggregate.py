@@ -82,3 +82,85 @@ def test_bad_verdicts_and_state():
         window.update(window.new_state(), np.array([0.5]))
     with pytest.raises(UsageError, match="state"):
         window.update({"x": 1}, [True])
+
+
+# -- BinomialWindow: the OOD share against chance at the benign false-positive rate ----------
+
+def _tail(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) >= k), summed exactly."""
+    import math
+
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def test_binomial_critical_counts_are_the_exact_tail_bound():
+    from detector.aggregate import binomial_critical_counts
+
+    counts = binomial_critical_counts(300, 0.02, 1e-6)
+    for n in (1, 10, 32, 64, 256, 300):
+        c = int(counts[n])
+        assert c == n + 1 or _tail(c, n, 0.02) <= 1e-6  # P(X >= c) <= alpha
+        assert _tail(c - 1, n, 0.02) > 1e-6              # and c is the smallest such
+    assert counts[64] == 10 and counts[256] == 20 and counts[1] == 2
+
+
+def test_binomial_window_flags_camouflage_that_the_level_never_flags():
+    from detector.aggregate import BinomialWindow
+
+    rng = np.random.default_rng(2)
+    # A thief mixing 75% in-distribution images: per-query detection 0.9 on its own images,
+    # the benign rate 0.02 on the camouflage.
+    is_attack = rng.random(2000) < 0.25
+    verdicts = np.where(is_attack, rng.random(2000) < 0.9, rng.random(2000) < 0.02)
+    level = SlidingWindow(256, 0.5, 64)
+    state = level.new_state()
+    level.update(state, verdicts)
+    assert state["flagged_at"] is None
+    binomial = BinomialWindow(256, fpr=0.02, alpha=1e-6, min_queries=32)
+    state = binomial.new_state()
+    flagged, share = binomial.update(state, verdicts)
+    assert flagged and 32 <= state["flagged_at"] <= 80 and 0.15 < share < 0.35
+
+
+def test_binomial_window_leaves_benign_clients_at_the_calibrated_rate_alone():
+    from detector.aggregate import BinomialWindow
+
+    rng = np.random.default_rng(3)
+    window = BinomialWindow(256, fpr=0.02, alpha=1e-6, min_queries=32)
+    for _ in range(20):  # 20 clients x 2,000 queries at the calibrated rate
+        state = window.new_state()
+        for _ in range(20):
+            window.update(state, rng.random(100) < 0.02)
+        assert state["flagged_at"] is None
+    # ... while a client at three times that rate is caught.
+    state = window.new_state()
+    window.update(state, rng.random(2000) < 0.08)
+    assert state["flagged_at"] is not None
+
+
+def test_binomial_window_is_exact_inside_a_batch_and_keeps_the_state_shape():
+    from detector.aggregate import BinomialWindow
+
+    window = BinomialWindow(window=16, fpr=0.05, alpha=0.01, min_queries=4)
+    # critical counts: 4 flagged queries out of 4..16 are past the 1% tail at rate 0.05
+    verdicts = np.array([0, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0], bool)
+    state = window.new_state()
+    window.update(state, verdicts)
+    one_by_one = window.new_state()
+    for v in verdicts:
+        window.update(one_by_one, [v])
+    assert one_by_one == state
+    expected = next(n for n in range(4, 12)
+                    if verdicts[:n].sum() >= window.critical[n])
+    assert state["flagged_at"] == expected
+    assert set(state) == set(SlidingWindow().new_state())
+    assert json.loads(json.dumps(state)) == state
+
+
+@pytest.mark.parametrize("kwargs", [{"fpr": 0.0}, {"fpr": 1.0}, {"alpha": 0.0},
+                                    {"window": 8, "min_queries": 9}, {"min_queries": True}])
+def test_binomial_window_bad_parameters(kwargs):
+    from detector.aggregate import BinomialWindow
+
+    with pytest.raises(UsageError):
+        BinomialWindow(**{"window": 16, "fpr": 0.02, "alpha": 1e-3, "min_queries": 4, **kwargs})

@@ -85,3 +85,19 @@ def test_bad_arguments(images):
         evasion.camouflage(images, images[:, :8], 0.5)
     with pytest.raises(UsageError, match="`evasion`"):
         evasion.apply("rotate", images, 1.0)
+
+
+def test_augment_is_seeded_changes_the_share_asked_and_keeps_the_batch():
+    rng = np.random.default_rng(5)
+    batch = rng.integers(0, 256, (200, 16, 16, 3)).astype(np.uint8)
+    out = evasion.augment(batch, seed=7, share=0.5)
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, evasion.augment(batch, seed=7, share=0.5))
+    changed = np.any(out != batch, axis=(1, 2, 3)).mean()
+    assert 0.35 < changed < 0.65
+    np.testing.assert_array_equal(evasion.augment(batch, seed=7, share=0.0), batch)
+    assert not np.array_equal(evasion.augment(batch, seed=8, share=0.5), out)
+    with pytest.raises(UsageError, match="`share`"):
+        evasion.augment(batch, seed=0, share=1.5)
+    with pytest.raises(UsageError, match="`images`"):
+        evasion.augment(batch[0], seed=0)
