@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib.util
 import io
 import sqlite3
 
@@ -30,28 +29,22 @@ from tensorflow_serving.apis import (
 )
 
 from serving import testing
-from tests.serving.test_fuzz import (
-    ALL_DTYPES,
+from serving.gateway.__main__ import main as gateway_main
+from tests.serving.fuzzing import (
     BAD_INPUT_CODES,
-    DT,
     EDITS,
     FUZZ_SETTINGS,
-    IMAGES,
-    INVALID_DTYPES,
-    SWEEP_SHAPES,
-    build_tensor,
+    PREDICT_PATH,
+    SWEEP_SIZE,
     fetch_signatures,
     mutate,
     predict_requests,
     rss_bytes,
+    sweep_requests,
+    valid_predict_request,
 )
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("serving.gateway") is None
-                                or importlib.util.find_spec("detector.prada") is None,
-                                reason="serving.gateway or detector.prada not present")
-
 TIMEOUT = 15.0
-PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 GATEWAY_CODES = BAD_INPUT_CODES | {grpc.StatusCode.UNAUTHENTICATED,
                                    grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    grpc.StatusCode.PERMISSION_DENIED}
@@ -59,13 +52,12 @@ GATEWAY_CODES = BAD_INPUT_CODES | {grpc.StatusCode.UNAUTHENTICATED,
 
 @pytest.fixture(scope="module")
 def gw(server, tmp_path_factory):
-    from serving.gateway.__main__ import main
-
     tmp = tmp_path_factory.mktemp("gwfuzz")
     state = tmp / "state.db"
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["keys", "add", "--state", f"sqlite:{state}", "--client", "fuzzer"]) == 0
+        assert gateway_main(["keys", "add", "--state", f"sqlite:{state}",
+                             "--client", "fuzzer"]) == 0
     key = out.getvalue().strip().splitlines()[-1]
     policy = {"auth": {"required": True},
               "limits": {"budget": 10**9, "rate_per_second": 10**6, "burst": 10**6},
@@ -82,24 +74,12 @@ def gw(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gw_baseline(gw, stub):
     """The upstream's answer to a valid request, and the RSS before fuzzing."""
-    request = valid_request()
+    request = valid_predict_request()
     direct = stub.Predict(request, timeout=TIMEOUT)
     through = gw["stub"].Predict(request, timeout=TIMEOUT, metadata=[("x-api-key", gw["key"])])
     assert through.outputs["probabilities"] == direct.outputs["probabilities"]
     gc.collect()
     return {"response": direct, "rss": rss_bytes()}
-
-
-def valid_request() -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "tiny"
-    request.model_spec.version.value = 1
-    proto = request.inputs["images"]
-    proto.dtype = 4  # DT_UINT8
-    for d in IMAGES.shape:
-        proto.tensor_shape.dim.add().size = d
-    proto.tensor_content = IMAGES.tobytes()
-    return request
 
 
 def outcome(fn, request, **kwargs):
@@ -130,7 +110,7 @@ def assert_gateway_sound(gw, gw_baseline, audited_before: int, with_key: int) ->
     flagged the fuzzer), and its process has not grown by 300 MiB since before any fuzzing."""
     records = audit_count(gw["state"]) - audited_before
     assert records == with_key, f"{records} audit records for {with_key} requests with the key"
-    response = gw["stub"].Predict(valid_request(), timeout=TIMEOUT,
+    response = gw["stub"].Predict(valid_predict_request(), timeout=TIMEOUT,
                                   metadata=[("x-api-key", gw["key"])])
     assert response.outputs["probabilities"] == gw_baseline["response"].outputs[
         "probabilities"] or all(v in (0.0, 1.0) for v in
@@ -147,30 +127,23 @@ def test_predict_sweep_through_the_gateway(gw, gw_baseline, audited, fuzz_tally)
     the inputs before forwarding), or RESOURCE_EXHAUSTED naming the budget for a declared
     batch above it; one audit record each."""
     md = [("x-api-key", gw["key"])]
-    count = 0
-    for dtype in ALL_DTYPES + INVALID_DTYPES:
-        for dims in SWEEP_SHAPES:
-            for payload in ("none", "content", "field"):
-                request = predict_pb2.PredictRequest()
-                request.model_spec.name = "tiny"
-                request.inputs["images"].CopyFrom(build_tensor(dtype, dims, payload, seed=count))
-                _, err = outcome(gw["stub"].Predict, request, metadata=md)
-                count += 1
-                code = err.code() if err else grpc.StatusCode.OK
-                fuzz_tally.add("Predict (sweep)", code.name)
-                where = f"dtype {dtype}, shape {dims}, payload {payload}"
-                if dtype == DT.DT_UINT8 and dims in ([2, 8, 8, 3], [0, 8, 8, 3]):
-                    assert err is None, f"{where}: {code.name} {err.details()!r}"
-                    continue
-                assert err is not None, f"{where}: answered OK"
-                assert err.details(), where
-                if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    assert "budget" in err.details() and dims[0] > 10**9, where
-                else:
-                    assert code is grpc.StatusCode.INVALID_ARGUMENT, (
-                        f"{where}: {code.name} {err.details()!r}")
-    assert count == fuzz_tally.requests == len(ALL_DTYPES + INVALID_DTYPES) * len(SWEEP_SHAPES) * 3
-    assert_gateway_sound(gw, gw_baseline, audited, count)
+    for request, valid, where in sweep_requests():
+        _, err = outcome(gw["stub"].Predict, request, metadata=md)
+        code = err.code() if err else grpc.StatusCode.OK
+        fuzz_tally.add("Predict (sweep)", code.name)
+        if valid:
+            assert err is None, f"{where}: {code.name} {err.details()!r}"
+            continue
+        assert err is not None, f"{where}: answered OK"
+        assert err.details(), where
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            dims = [d.size for d in request.inputs["images"].tensor_shape.dim]
+            assert "budget" in err.details() and dims[0] > 10**9, where
+        else:
+            assert code is grpc.StatusCode.INVALID_ARGUMENT, (
+                f"{where}: {code.name} {err.details()!r}")
+    assert fuzz_tally.requests == SWEEP_SIZE
+    assert_gateway_sound(gw, gw_baseline, audited, SWEEP_SIZE)
 
 
 def test_predict_fuzz_through_the_gateway(gw, gw_baseline, stub, audited, fuzz_tally):
@@ -214,7 +187,7 @@ def test_raw_bytes_and_bad_keys_through_the_gateway(gw, gw_baseline, audited, fu
     bodies with the good key; never a hang or another code."""
     raw = gw["channel"].unary_unary(PREDICT_PATH, request_serializer=None,
                                     response_deserializer=None)
-    seed = valid_request().SerializeToString()
+    seed = valid_predict_request().SerializeToString()
     key = gw["key"]
     keys = st.sampled_from([key, key, key, "", key.upper(), key + " ", "x" * 600, "mxk_nope"])
 

@@ -24,10 +24,10 @@ from concurrent import futures
 import grpc
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from google.protobuf import text_format
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tensorflow.core.example import example_pb2
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
     inference_pb2,
@@ -39,36 +39,21 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import testing
-from tests.serving.tiny_models import IMAGE_SHAPE, models_config_text
+from serving.codec import _varint
+from serving.status import GRPC_MAX_MESSAGE_BYTES
+from tests.serving.fuzzing import (
+    BAD_INPUT_CODES,
+    CALL_TIMEOUT,
+    DT,
+    FUZZ_SETTINGS,
+    IMAGES,
+    PREDICT_PATH,
+    rss_bytes,
+    valid_predict_request,
+)
+from tests.serving.tiny_models import models_config_text
 
-CALL_TIMEOUT = 10.0
-PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
-BAD_INPUT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                       grpc.StatusCode.FAILED_PRECONDITION})
-FUZZ_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=False,
-                     suppress_health_check=list(HealthCheck))
-DT = types_pb2.DataType
-IMAGES = np.random.default_rng(7).integers(0, 256, size=(2, *IMAGE_SHAPE), dtype=np.uint8)
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-def valid_request() -> predict_pb2.PredictRequest:
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "tiny"
-    request.model_spec.version.value = 1
-    proto = request.inputs["images"]
-    proto.dtype = DT.DT_UINT8
-    for d in IMAGES.shape:
-        proto.tensor_shape.dim.add().size = d
-    proto.tensor_content = IMAGES.tobytes()
-    return request
+BAD_INPUT = BAD_INPUT_CODES
 
 
 def probabilities(response) -> np.ndarray:
@@ -88,13 +73,13 @@ def outcome(fn, *args, **kwargs):
 
 @pytest.fixture(scope="module")
 def baseline(server, stub):
-    response = stub.Predict(valid_request(), timeout=CALL_TIMEOUT)
+    response = stub.Predict(valid_predict_request(), timeout=CALL_TIMEOUT)
     gc.collect()
     return {"probabilities": probabilities(response), "rss": rss_bytes()}
 
 
 def assert_still_serving(stub, baseline, timeout: float = CALL_TIMEOUT) -> None:
-    response = stub.Predict(valid_request(), timeout=timeout)
+    response = stub.Predict(valid_predict_request(), timeout=timeout)
     np.testing.assert_array_equal(probabilities(response), baseline["probabilities"])
 
 
@@ -209,7 +194,7 @@ def test_random_grpc_metadata(server, stub, baseline, fuzz_tally):
     @given(metadata())
     def fuzz(md):
         try:
-            response, code = outcome(stub.Predict, valid_request(), timeout=CALL_TIMEOUT,
+            response, code = outcome(stub.Predict, valid_predict_request(), timeout=CALL_TIMEOUT,
                                      metadata=md)
         except (ValueError, TypeError):  # the client library refuses to send it
             fuzz_tally.add("metadata", "refused by the client")
@@ -240,7 +225,7 @@ def proc_rss(pid: int) -> int:
 
 
 def test_gzip_request_is_answered(stub, baseline):
-    response = stub.Predict(valid_request(), timeout=CALL_TIMEOUT,
+    response = stub.Predict(valid_predict_request(), timeout=CALL_TIMEOUT,
                             compression=grpc.Compression.Gzip)
     np.testing.assert_array_equal(probabilities(response), baseline["probabilities"])
 
@@ -252,8 +237,6 @@ def test_compression_bomb_is_refused_and_not_kept(model_base, fuzz_tally):
     and its RSS grows by less than twice what the bombs inflate (measured: about one inflated
     size per bomb until Python's cyclic GC runs; nothing bounds one request below gRPC's 2 GiB
     message limit, as in TF Serving: see the hardening notes)."""
-    from serving.model_server import MAX_MESSAGE_BYTES
-
     src, _ = model_base
     server = testing.model_server(base_path=src / "tiny", name="tiny", process=True)
     proc, port = server.proc, server.port
@@ -267,10 +250,10 @@ def test_compression_bomb_is_refused_and_not_kept(model_base, fuzz_tally):
         proto.tensor_content = bytes(64 * 2**20)
         data = bomb.SerializeToString()
         del bomb, proto
-        probe = valid_request()
+        probe = valid_predict_request()
         probe.model_spec.ClearField("version")  # this server serves the latest only
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]) as ch:
+                ("grpc.max_send_message_length", GRPC_MAX_MESSAGE_BYTES)]) as ch:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
             raw = ch.unary_unary(PREDICT_PATH, request_serializer=None,
                                  response_deserializer=predict_pb2.PredictResponse.FromString)
@@ -289,8 +272,6 @@ def test_compression_bomb_is_refused_and_not_kept(model_base, fuzz_tally):
 
 # -- nesting past the parser's recursion limit ----
 def _field(number: int, payload: bytes) -> bytes:
-    from serving.codec import _varint
-
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
@@ -308,8 +289,6 @@ def test_deeply_nested_tensor_protos(channel, stub, baseline, depth, fuzz_tally)
     """Nested DT_VARIANT tensors: past protobuf's recursion limit the request does not parse
     (gRPC's INTERNAL 'Exception deserializing request!'); below it, INVALID_ARGUMENT (numpy
     cannot hold DT_VARIANT). No stack overflow either way."""
-    from serving.codec import _varint
-
     alias = b"images"
     tensor = nested_variant(depth)
     entry = _field(1, alias) + _field(2, tensor)
@@ -435,7 +414,7 @@ def test_malformed_and_valid_requests_from_16_threads(stub, baseline, fuzz_tally
     rng = np.random.default_rng(3)
     malformed = []
     for i in range(24):
-        request = valid_request()
+        request = valid_predict_request()
         proto = request.inputs["images"]
         kind = i % 6
         if kind == 0:
@@ -457,7 +436,7 @@ def test_malformed_and_valid_requests_from_16_threads(stub, baseline, fuzz_tally
         seen = collections.Counter()
         for j in range(40):
             if (j + k) % 3 == 0:
-                response = stub.Predict(valid_request(), timeout=30)
+                response = stub.Predict(valid_predict_request(), timeout=30)
                 np.testing.assert_array_equal(probabilities(response), baseline["probabilities"])
                 seen["OK"] += 1
             else:
@@ -569,12 +548,10 @@ def test_handle_reload_config_fuzz(reload_server, fuzz_tally):
     """Random configs to the admin RPC: each answered within 30 s with OK or a TF Serving code
     (INVALID_ARGUMENT, FAILED_PRECONDITION, UNKNOWN, NOT_FOUND); the original config then
     restores service."""
-    from google.protobuf import text_format
-
     with grpc.insecure_channel(f"127.0.0.1:{reload_server.port}") as ch:
         admin = model_service_pb2_grpc.ModelServiceStub(ch)
         predict = prediction_service_pb2_grpc.PredictionServiceStub(ch)
-        expected = predict.Predict(valid_request(), timeout=CALL_TIMEOUT)
+        expected = predict.Predict(valid_predict_request(), timeout=CALL_TIMEOUT)
 
         @settings(max_examples=60, **FUZZ_SETTINGS)
         @given(model_configs(reload_server.base))
@@ -598,5 +575,5 @@ def test_handle_reload_config_fuzz(reload_server, fuzz_tally):
         response = admin.HandleReloadConfigRequest(
             model_management_pb2.ReloadConfigRequest(config=original), timeout=60)
         assert response.status.error_code == 0, response.status
-        again = predict.Predict(valid_request(), timeout=CALL_TIMEOUT)
+        again = predict.Predict(valid_predict_request(), timeout=CALL_TIMEOUT)
         assert again.outputs["probabilities"] == expected.outputs["probabilities"]

@@ -4,7 +4,8 @@
   by the project's own exporter (`serving.testing.export_tiny_classifier`);
 - `examples`: a TF1-style SavedModel with classify, regress and predict signatures over
   serialized `tf.Example`s (feature `x`, two floats), for Classify/Regress/MultiInference;
-- `models_config_text`: the `models.config` serving both, with version labels.
+- `models_config_text`: the `models.config` serving both, with version labels;
+- `model_spec`, `predict_request`: requests to them as a TF Serving client builds them.
 
 Imported by `conftest.py` (the session's model folder) and by the tests that build their own.
 """
@@ -15,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from serving import testing
+from serving.codec import from_ndarray
 
 IMAGE_SHAPE = (8, 8, 3)
 CLASS_NAMES = ("ant", "bee", "cat")
@@ -69,3 +72,26 @@ def models_config_text(base: Path, *, policy: str = "all {}", labels=None) -> st
         '    model_platform: "tensorflow"\n  }\n'
         "}\n"
     )
+
+
+def model_spec(name: str = "tiny", *, version: int | None = None, label: str | None = None,
+               signature: str = "") -> model_pb2.ModelSpec:
+    """A ModelSpec naming `name`, pinned to `version` or `label` when given."""
+    spec = model_pb2.ModelSpec(name=name, signature_name=signature)
+    if version is not None:
+        spec.version.value = version
+    if label is not None:
+        spec.version_label = label
+    return spec
+
+
+def predict_request(images: np.ndarray | None, name: str = "tiny", *, version: int | None = None,
+                    label: str | None = None, signature: str = "", output_filter=(),
+                    alias: str = "images") -> predict_pb2.PredictRequest:
+    """A PredictRequest of `images` as `tensor_content` under `alias` (no input when None)."""
+    request = predict_pb2.PredictRequest(
+        model_spec=model_spec(name, version=version, label=label, signature=signature))
+    if images is not None:
+        request.inputs[alias].CopyFrom(from_ndarray(images, use_tensor_content=True))
+    request.output_filter.extend(output_filter)
+    return request
