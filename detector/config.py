@@ -103,6 +103,11 @@ class DetectorConfig:
         "help": "share of the training images (both sets, and the held-out attack images) "
                 "re-encoded as JPEG at a random quality in [50, 95], so the detector cannot tell "
                 "the sets apart by their codec (0: off)", "min": 0, "max": 1})
+    augment: float = field(default=0.0, metadata={
+        "help": "share of the training images of both sets given a random evasion (JPEG 50-95, "
+                "resize, blur or noise, then JPEG half the time: detector.evasion.augment), so "
+                "a thief's transform is never what the detector learns (0: off; "
+                "benchmarks.evasion_bench measures 0.9)", "min": 0, "max": 1})
     seed: int = field(default=0, metadata={
         "help": "random seed (subsets, split, shuffling, init)", "min": 0})
     work_dir: str | None = field(default=None, metadata={

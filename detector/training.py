@@ -42,6 +42,7 @@ from common.distribute import (
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
 from detector.config import DetectorConfig
+from detector.evasion import augment
 from detector.export import (
     ATTACK_CLASS,
     BENIGN_CLASS,
@@ -182,6 +183,11 @@ def train_detector(
             benign_fit.images, config.jpeg_augment, seed=config.seed + 2))
         attack_fit = with_images(attack_fit, jpeg_reencode(
             attack_fit.images, config.jpeg_augment, seed=config.seed + 3))
+    if config.augment > 0:
+        benign_fit = with_images(benign_fit, augment(benign_fit.images, seed=config.seed + 5,
+                                                     share=config.augment))
+        attack_fit = with_images(attack_fit, augment(attack_fit.images, seed=config.seed + 6,
+                                                     share=config.augment))
     images = np.concatenate([benign_fit.images, attack_fit.images])
     labels = np.r_[np.full(len(benign_fit), BENIGN_CLASS), np.full(len(attack_fit),
                                                                     ATTACK_CLASS)]

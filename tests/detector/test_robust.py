@@ -109,3 +109,31 @@ def test_detector_score_keeps_the_detector_threshold_unless_given():
     score = DetectorScore(Detector())
     assert score.threshold == 0.7 and DetectorScore(Detector(), 0.2).threshold == 0.2
     np.testing.assert_allclose(score.score([1, 9], None), [0.1, 0.9], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_detector_training_augments_both_sets_when_asked(monkeypatch, tmp_path):
+    """`DetectorConfig(augment=...)` sends the fit images of both sets through
+    `detector.evasion.augment` (held-out benign images stay clean for the calibration)."""
+    from detector import training
+    from detector.config import DetectorConfig
+    from tests.detector.conftest import TINY_CNN, as_dataset, attack_images, benign_images
+
+    calls = []
+    real = training.augment
+
+    def spy(images, *, seed, share):
+        calls.append((len(images), share))
+        return real(images, seed=seed, share=share)
+
+    monkeypatch.setattr(training, "augment", spy)
+    config = DetectorConfig(benign="b", attack="a", out=str(tmp_path / "d" / "1"),
+                            arch_args=TINY_CNN, epochs=1, batch_size=16, augment=1.0,
+                            jpeg_augment=0.0)
+    result = training.train_detector(config, benign=as_dataset(benign_images(40, 0), "b"),
+                                     attack=as_dataset(attack_images(40, 1), "a"),
+                                     export=False)
+    assert calls == [(34, 1.0), (34, 1.0)]
+    assert result.calibration["config"]["augment"] == 1.0
+    with pytest.raises(UsageError, match="`augment`"):
+        DetectorConfig(benign="b", attack="a", out=str(tmp_path / "d" / "1"), augment=1.5)
