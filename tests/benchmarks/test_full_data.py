@@ -68,16 +68,6 @@ def test_a_prepared_copy_is_not_written_again(tmp_path, monkeypatch):
     assert (tmp_path / "c.npz").stat().st_mtime_ns == stamp
 
 
-def test_tfds_images_of_any_size_are_streamed_at_the_victims_size():
-    tfds = pytest.importorskip("tensorflow_datasets")
-    with tfds.testing.mock_data(num_examples=6):
-        birds = full_data._read_tfds("caltech_birds2011", "train", 24, 3)
-        digits = full_data._read_tfds("mnist", "test", 28, 1)
-    assert birds.images.shape == (6, 24, 24, 3) and birds.images.dtype == np.uint8
-    assert len(birds.class_names) == 200 and birds.labels.max() < 200
-    assert digits.images.shape == (6, 28, 28, 1)
-
-
 @pytest.mark.parametrize("argv, argument", [
     (["--dataset", "svhn", "--source", "tfds:svhn_cropped", "--out", "x.npz"], "dataset"),
     (["--dataset", "cifar10", "--source", "tfds:cifar10", "--out", "x.zip"], "out"),
@@ -160,3 +150,15 @@ def test_imagenet_from_tfds_takes_the_first_images_of_its_train_split(
     with pytest.raises(UsageError, match="train_count"):
         full_data.prepare(dataclasses.replace(config, out=str(tmp_path / "b.npz"),
                                               train_count=15))
+
+
+def test_tfds_images_of_any_size_become_grey_at_the_victims_size(tmp_path, monkeypatch, tiny_tfds):
+    _small(monkeypatch, "mnist", size=6)  # a copy of the test split only, one channel
+    out = tmp_path / "mnist.npz"
+    summary = full_data.prepare(full_data.PrepareConfig("mnist", f"tfds:{tiny_tfds}", str(out)))
+    assert summary["splits"] == {"test": 9} and summary["image_shape"] == [6, 6, 1]
+    test = load_dataset(str(out), "test")
+    assert test.image_shape == (6, 6, 1)
+    # solid grey images stay that grey (ITU-R 601 luma of (v, v, v) is v), each with its label
+    pairs = sorted((int(img[3, 3, 0]), int(label)) for img, label in zip(test.images, test.labels))
+    assert pairs == [(i, i % 3) for i in range(100, 109)]
