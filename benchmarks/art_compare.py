@@ -1,0 +1,274 @@
+"""``python -m benchmarks.art_compare``: our Knockoff and Copycat beside IBM ART's, same victim.
+
+The best-known public library for model extraction is the Adversarial Robustness Toolbox (ART,
+`art.attacks.extraction.KnockoffNets` and `CopycatCNN`). This benchmark runs both libraries'
+attacks against ONE victim served by the embedded TF Serving server over gRPC, with the same
+query budget, the same transfer images (one random sample per seed, shared by every method), the
+same surrogate architecture and initial weights (`common.backbones.build_classifier`), the same
+number of epochs, and scores every surrogate on the same held-out labelled images:
+
+* ``ours-knockoff``: `attack.Knockoff` (random sampling, probability targets, our trainer:
+  crop/flip augmentation, cosine schedule);
+* ``art-knockoff``: ART `KnockoffNets(sampling_strategy="random", use_probability=...)` through
+  a `BlackBoxClassifierNeuralNetwork` whose ``predict_fn`` is our gRPC client, training a
+  `TensorFlowV2Classifier` around the same Keras network (Adam, ART's own fit loop);
+* ``ours-copycat`` / ``art-copycat``: Copycat CNN (da Silva et al. 2018), top-1 labels of
+  non-problem-domain images, phase 1 only on both sides.
+
+Every figure is the surrogate's top-1 accuracy on the test images and its ratio to the victim's
+accuracy on the same images measured through the same gRPC path; per method and budget the mean
+and the sample standard deviation over the seeds. ART is a benchmark dependency only
+(``pip install -r requirements-bench.txt``); the toolkit never imports it.
+
+Example (the README's numbers; the victim is the quick start's CIFAR-10 CNN)::
+
+    python -m benchmarks.art_compare --victim out/quickstart/victims/cifar10_cnn \\
+        --test-set ../shared/data/cifar10_jpeg_q75.zip \\
+        --transfer-set ../shared/data/tinyimagenet200_val10k_train50pc.zip \\
+        --exclude-classes ../shared/data/tinyimagenet_cifar10_overlap_wnids.txt \\
+        --weights ../shared/data/mobilenet_2_5_224_tf_no_top.h5 --budgets 5000 --seeds 0 1 2 \\
+        --out results/art_compare
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common import cli
+from common.constraints import check_fields
+from common.data import load_dataset
+from common.errors import UsageError, invalid
+from common.fileio import write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+PROG = "python -m benchmarks.art_compare"
+METHODS = ("ours-knockoff", "art-knockoff", "ours-copycat", "art-copycat")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Our attacks and ART's against one served victim, side by side, several seeds."""
+
+    victim: str = field(metadata={
+        "help": "the victim's model base path (<base>/<version>/saved_model.pb); it is served "
+                "by the embedded TF Serving server under its folder's name", "metavar": "DIR"})
+    test_set: str = field(metadata={"help": "labelled images of the victim's task (data spec)"})
+    transfer_set: str = field(metadata={"help": "the thieves' natural images (data spec)"})
+    transfer_split: str = field(default="train+val", metadata={"help": "split(s) of it"})
+    exclude_classes: str | None = field(default=None, metadata={
+        "help": "class list dropped from the transfer set (the victim's own classes)"})
+    weights: str = field(default="imagenet", metadata={
+        "help": "backbone weights: imagenet, none, or a file"})
+    backbone: str = field(default="mobilenet", metadata={"help": "surrogate backbone"})
+    alpha: float = field(default=0.25, metadata={"help": "MobileNet width", "gt": 0})
+    input_size: int = field(default=96, metadata={"help": "surrogate input side", "min": 32})
+    epochs: int = field(default=5, metadata={"help": "training epochs, every method", "min": 1})
+    batch_size: int = field(default=64, metadata={"help": "training batch", "min": 1})
+    budgets: tuple[int, ...] = field(default=(5000,), metadata={
+        "help": "query budgets", "min": 1})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds", "min": 0})
+    methods: tuple[str, ...] = field(default=METHODS, metadata={
+        "help": "methods to run", "choices": METHODS})
+    test_limit: int = field(default=5000, metadata={
+        "help": "test images scored (the first of a seeded per-class choice)", "min": 1})
+    out: str = field(default="results/art_compare", metadata={
+        "help": "folder for results.json and results.md"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise invalid("seeds", self.seeds, "distinct seeds")
+        version_dirs = [p for p in Path(self.victim).glob("*") if p.name.isdigit()
+                        and (p / "saved_model.pb").is_file()] if Path(self.victim).is_dir() else []
+        if not version_dirs:
+            raise invalid("victim", self.victim,
+                          "a model base path holding <version>/saved_model.pb")
+
+
+def _art():
+    try:
+        import art  # noqa: F401
+    except ImportError:
+        raise UsageError("ART is not installed: pip install -r requirements-bench.txt "
+                         "(adversarial-robustness-toolbox)") from None
+    from art.attacks.extraction import CopycatCNN, KnockoffNets
+    from art.estimators.classification import (
+        BlackBoxClassifierNeuralNetwork,
+        TensorFlowV2Classifier,
+    )
+    return KnockoffNets, CopycatCNN, BlackBoxClassifierNeuralNetwork, TensorFlowV2Classifier
+
+
+def _network(config: CompareConfig, num_classes: int, image_shape, seed: int):
+    """The surrogate both libraries train: raw pixels of the victim's size in, logits out."""
+    import keras
+
+    from common.backbones import build_classifier
+
+    keras.utils.set_random_seed(seed)
+    core = build_classifier(config.backbone, num_classes, input_size=config.input_size,
+                            weights=config.weights, alpha=config.alpha)
+    inputs = keras.Input(image_shape)
+    resized = keras.layers.Resizing(config.input_size, config.input_size)(inputs)
+    return keras.Model(inputs, core(resized))
+
+
+def _accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
+    logits = model.predict(images.astype("float32"), batch_size=256, verbose=0)
+    return float((np.argmax(logits, 1) == labels).mean())
+
+
+def _ours(method: str, config: CompareConfig, victim, transfer: np.ndarray, budget: int,
+          seed: int, run_dir: Path):
+    from attack import Copycat, Knockoff, Surrogate
+
+    surrogate = Surrogate(backbone=config.backbone, weights=config.weights,
+                          arch_args=(f"alpha={config.alpha}",), input_size=config.input_size,
+                          epochs=config.epochs, batch_size=config.batch_size)
+    attack = (Knockoff if method == "ours-knockoff" else Copycat)(
+        budget=budget, heldout=0, noise=0, seed=seed, curve_points=1)
+    result = attack.extract(victim, transfer, surrogate=surrogate, run_dir=run_dir)
+    return result.surrogate
+
+
+def _art_attack(method: str, config: CompareConfig, victim, transfer: np.ndarray, budget: int,
+                seed: int, num_classes: int):
+    import keras
+    import tensorflow as tf
+
+    knockoff_cls, copycat_cls, blackbox_cls, tf2_cls = _art()
+
+    def predict_fn(images: np.ndarray) -> np.ndarray:
+        return victim.predict(np.clip(np.rint(images), 0, 255).astype(np.uint8))
+
+    blackbox = blackbox_cls(predict_fn, input_shape=transfer.shape[1:], nb_classes=num_classes,
+                            channels_first=False, clip_values=(0, 255))
+    network = _network(config, num_classes, transfer.shape[1:], seed)
+    optimizer = keras.optimizers.Adam(1e-3)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def train_step(model, x, y):
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x, training=True))
+        grads = tape.gradient(value, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    thief = tf2_cls(network, nb_classes=num_classes, input_shape=transfer.shape[1:],
+                    loss_object=loss, optimizer=optimizer, train_step=train_step,
+                    clip_values=(0, 255))
+    np.random.seed(seed)  # ART samples with the global numpy generator
+    if method == "art-knockoff":
+        attack = knockoff_cls(blackbox, batch_size_fit=config.batch_size, batch_size_query=64,
+                              nb_epochs=config.epochs, nb_stolen=budget,
+                              sampling_strategy="random", use_probability=True)
+    else:
+        attack = copycat_cls(blackbox, batch_size_fit=config.batch_size, batch_size_query=64,
+                             nb_epochs=config.epochs, nb_stolen=budget, use_probability=False)
+    attack.extract(transfer.astype("float32"), thieved_classifier=thief)
+    return network
+
+
+def _summary(rows: list[dict], budgets, methods) -> dict:
+    out = {}
+    for budget in budgets:
+        for method in methods:
+            acc = [r["accuracy"] for r in rows if r["budget"] == budget and r["method"] == method]
+            ratio = [r["ratio"] for r in rows if r["budget"] == budget and r["method"] == method]
+            if acc:
+                out[f"{method}@{budget}"] = {
+                    "seeds": len(acc), "accuracy_mean": statistics.fmean(acc),
+                    "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                    "ratio_mean": statistics.fmean(ratio),
+                    "ratio_sd": statistics.stdev(ratio) if len(ratio) > 1 else 0.0}
+    return out
+
+
+def _markdown(result: dict) -> str:
+    lines = [f"# Ours against IBM ART {result['art_version']}", "",
+             f"Victim `{result['victim']}`: {result['victim_accuracy']:.4f} on "
+             f"{result['test_images']} test images through gRPC. Surrogate {result['surrogate']}."
+             f" Seeds {result['seeds']}. Machine: {result['machine']}.", "",
+             "| method @ budget | seeds | surrogate accuracy | ratio |", "|---|---|---|---|"]
+    for key, s in result["summary"].items():
+        lines.append(f"| {key} | {s['seeds']} | {s['accuracy_mean']:.4f} +/- "
+                     f"{s['accuracy_sd']:.4f} | {s['ratio_mean']:.3f} +/- {s['ratio_sd']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(config: CompareConfig) -> dict:
+    import os
+
+    from attack import ServingVictim
+    from serving.testing import model_server
+
+    if any(m.startswith("art-") for m in config.methods):
+        _art()  # before any query or training
+    test = load_dataset(config.test_set, "test", limit=config.test_limit, seed=0)
+    pool = load_dataset(config.transfer_set, config.transfer_split,
+                        image_size=test.images.shape[1:3], channels=3,
+                        exclude_classes=config.exclude_classes)
+    num_classes = int(test.labels.max()) + 1
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = Path(config.victim).resolve().name
+    rows: list[dict] = []
+    with model_server(base_path=config.victim, name=name) as server:
+        victim = ServingVictim(server.target, name, input_range="0,255", output_kind="probabilities")
+        victim_acc = float((victim.predict(test.images).argmax(1) == test.labels).mean())
+        for seed in config.seeds:
+            order = np.random.default_rng(seed).permutation(len(pool.images))
+            for budget in config.budgets:
+                if budget > len(order):
+                    raise invalid("budgets", budget, f"at most {len(order)} (the transfer set)")
+                transfer = pool.images[order[:budget]]
+                for method in config.methods:
+                    start = time.perf_counter()
+                    if method.startswith("ours-"):
+                        model = _ours(method, config, victim, transfer, budget, seed,
+                                      out / f"{method}-{budget}-{seed}")
+                    else:
+                        model = _art_attack(method, config, victim, transfer, budget, seed,
+                                            num_classes)
+                    acc = _accuracy(model, test.images, test.labels)
+                    rows.append({"method": method, "budget": budget, "seed": seed,
+                                 "accuracy": acc, "ratio": acc / victim_acc,
+                                 "seconds": round(time.perf_counter() - start, 1)})
+                    log.info("%s budget %d seed %d: %.4f (%.3fx)", method, budget, seed, acc,
+                             acc / victim_acc)
+                    write_json_atomic(out / "rows.json", rows)
+    import art
+
+    result = {"victim": name, "victim_accuracy": victim_acc, "test_images": len(test.labels),
+              "surrogate": f"{config.backbone} alpha {config.alpha} at {config.input_size} px, "
+                           f"weights {Path(config.weights).name}, {config.epochs} epochs",
+              "seeds": list(config.seeds), "art_version": art.__version__,
+              "machine": f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end",
+              "rows": rows, "summary": _summary(rows, config.budgets, config.methods)}
+    write_json_atomic(out / "results.json", result)
+    write_text_atomic(out / "results.md", _markdown(result))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def body(args):
+        config = cli.parse_config(CompareConfig, args, prog=PROG, description=__doc__)
+        cli.configure_logging()
+        result = run(config)
+        print(_markdown(result))
+        return 0
+
+    return cli.run_cli(body, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
