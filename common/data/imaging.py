@@ -28,6 +28,7 @@ __all__ = [
     "decode_bytes",
     "decode_reason",
     "decode_stream",
+    "lazy_map",
     "map_chunks",
     "stack",
     "stack_parts",
@@ -40,7 +41,7 @@ CHUNK = 256
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
-def _lazy_map(
+def lazy_map(
     function: Callable[[Any], np.ndarray], chunks: Iterable[Sequence[Any]]
 ) -> Iterator[np.ndarray]:
     """`function` of every item of `chunks`, in order, on a thread pool.
@@ -82,7 +83,7 @@ def decode_stream(
     """``[N, H, W, C]`` uint8 of `function` (an item to ``[H, W]`` or ``[H, W, C]``) over the
     items of `chunks`; `count` is how many are expected. With `size` and `channels` known the
     images go straight into one array (no second copy); otherwise `stack` joins them."""
-    results = _lazy_map(function, chunks)
+    results = lazy_map(function, chunks)
     if size is None or channels is None:
         return stack(list(results), channels, spec)
     out = np.empty((count, size[0], size[1], channels), np.uint8)
@@ -102,7 +103,7 @@ def decode_stream(
 
 def map_chunks(function: Callable[[Any], np.ndarray], items: Sequence[Any]) -> list[np.ndarray]:
     """`function` over `items`, in chunks on a thread pool when there are several chunks."""
-    return list(_lazy_map(function, (items[i:i + CHUNK] for i in range(0, len(items), CHUNK))))
+    return list(lazy_map(function, (items[i:i + CHUNK] for i in range(0, len(items), CHUNK))))
 
 
 def transform_one(image: Any, size: Size | None, channels: int | None) -> np.ndarray:

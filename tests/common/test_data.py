@@ -1,5 +1,6 @@
 """Tests for common.data: every spec form, split selection, transforms, class exclusion, limits,
-the on-disk cache, error messages, and the tensorflow-datasets path (offline and prepared)."""
+sampling before decoding, the on-disk cache and error messages (tensorflow-datasets: in
+test_data_tfds.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 import common.data as data
-from common.data import ImageDataset, folders, imaging, load_dataset, split_names, tfds_source
+from common.data import ImageDataset, folders, imaging, load_dataset, split_names
 from common.errors import UsageError
 
 SHARED = Path(
@@ -443,6 +444,68 @@ def test_limit_must_be_positive_int(flat_folder, limit):
         load_dataset(str(flat_folder), limit=limit)
 
 
+# ------------------------------------------------------------------ sampling before decoding
+
+
+def test_sample_decodes_only_the_chosen_images_in_a_seeded_order(tmp_path, monkeypatch):
+    files = {f"{c}/{i}.png": _encode(_colour(10 * k + i)) for k, c in enumerate("pqr")
+             for i in range(4)}
+    root = _write_tree(tmp_path / "pool", files)
+    whole = load_dataset(str(root), cache=False)
+    assert data.count_images(str(root), "train") == 12 == len(whole)
+    decoded = []
+    decode = folders.decode_bytes
+    monkeypatch.setattr(folders, "decode_bytes",
+                        lambda *args: decoded.append(args[-1]) or decode(*args))
+    sample = data.sample_dataset(str(root), "train", 5, seed=3)
+    assert len(decoded) == 5  # the other seven are never decoded
+    index = np.random.default_rng(3).permutation(12)[:5]
+    np.testing.assert_array_equal(sample.images, whole.images[index])
+    np.testing.assert_array_equal(sample.labels, whole.labels[index])
+    assert sample.class_names == ("p", "q", "r")
+    small = data.sample_dataset(str(root), "all", 4, image_size=2, channels=1, seed=3)
+    assert small.image_shape == (2, 2, 1) and small.labels.tolist() == sample.labels[:4].tolist()
+    with pytest.raises(UsageError, match=r"`spec`.*at least 13 images \(found 12\)"):
+        data.sample_dataset(str(root), "train", 13)
+    with pytest.raises(UsageError, match="`count`"):
+        data.sample_dataset(str(root), "train", 0)
+
+
+def test_sample_of_arrays_is_the_same_permutation(tmp_path):
+    x = np.arange(10, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2)
+    np.savez(tmp_path / "a.npz", x_train=x, y_train=np.arange(10) % 2)
+    sample = data.sample_dataset(str(tmp_path / "a.npz"), "train", 4, seed=7)
+    assert sample.images[:, 0, 0, 0].tolist() == \
+        np.random.default_rng(7).permutation(10)[:4].tolist()
+    assert data.count_images(str(tmp_path / "a.npz"), "train") == 10
+
+
+def test_exclude_classes_of_a_loaded_dataset(flat_folder):
+    ds = load_dataset(str(flat_folder))
+    kept = data.exclude_classes(ds, ["c", "zebra"], missing_ok=True)
+    assert kept.class_names == ("a", "b") and kept.labels.tolist() == [0, 0, 1, 1]
+    assert data.exclude_classes(ds, ["zebra"], missing_ok=True) is ds
+    with pytest.raises(UsageError, match=r"`exclude_classes`.*'zebra'"):
+        data.exclude_classes(ds, ["zebra"])
+
+
+def test_decoding_reads_ahead_a_few_chunks_only():
+    pulled = []
+
+    def chunks():
+        for i in range(60):
+            pulled.append(i)
+            yield [i]
+
+    ahead = [len(pulled) - done for done, _ in enumerate(imaging.lazy_map(lambda i: i, chunks()))]
+    assert max(ahead) <= 2 * min(os.cpu_count() or 1, 8) + 2 < 60
+    images = [np.full((3, 3), i, np.uint8) for i in range(5)]
+    streamed = imaging.decode_stream(lambda a: a, [images[:2], images[2:]], 5, (3, 3), 1, "s")
+    np.testing.assert_array_equal(streamed, imaging.stack(images, 1, "s"))
+    more = imaging.decode_stream(lambda a: a, [images], 3, (3, 3), 1, "s")  # more than said
+    np.testing.assert_array_equal(more, streamed)
+
+
 # ----------------------------------------------------------------------------------- the cache
 
 
@@ -557,167 +620,6 @@ def test_dataset_subset_and_validation():
         ImageDataset(images.astype(np.float32), np.zeros(4, int), ("a",), "test")
     with pytest.raises(UsageError, match="`labels`"):
         ImageDataset(images, np.zeros(3, int), ("a",), "test")
-
-
-# ---------------------------------------------------------------------------- tensorflow-datasets
-
-
-def test_tfds_offline_error_names_the_alternatives(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
-    data_dir = tmp_path / "tfds"
-    for spec in ("cifar10", "tfds:cifar10"):
-        with pytest.raises(UsageError, match=r"'cifar10' is not prepared in .*pass a local copy") \
-                as caught:
-            load_dataset(spec, data_dir=str(data_dir))
-        assert "\n" not in str(caught.value)
-    with pytest.raises(UsageError, match="not prepared"):
-        split_names("cifar10", data_dir=str(data_dir))
-    assert not data_dir.exists()
-
-
-def test_unknown_tfds_name(tmp_path):
-    pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(UsageError, match=r"`spec`.*registered tensorflow-datasets name"):
-        load_dataset("no_such_dataset_xyz", data_dir=str(tmp_path))
-
-
-def test_bad_offline_setting(monkeypatch):
-    monkeypatch.setenv("MEXT_OFFLINE", "maybe")
-    with pytest.raises(UsageError, match="`MEXT_OFFLINE`"):
-        tfds_source.can_download()
-
-
-def test_online_probe(monkeypatch):
-    monkeypatch.delenv("MEXT_OFFLINE")
-
-    def unreachable(address, timeout):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(tfds_source.socket, "create_connection", unreachable)
-    assert tfds_source.can_download() is False
-
-    class Connection:
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tfds_source.socket, "create_connection",
-                        lambda address, timeout: Connection())
-    assert tfds_source.can_download() is True
-
-
-@pytest.fixture(scope="module")
-def tiny_tfds_builder():
-    """A small tensorflow-datasets builder that generates its data locally (no download)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    # tfds imports it to prepare any dataset but does not declare it (tensorflow/datasets#11212)
-    pytest.importorskip("importlib_resources")
-
-    class MextTinyTest(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(
-                builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(8, 8, 3)),
-                    "label": tfds.features.ClassLabel(names=["ant", "bee", "cow"]),
-                }),
-                supervised_keys=("image", "label"),
-            )
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(6), "test": self._generate_examples(3)}
-
-        def _generate_examples(self, count):
-            for i in range(count):
-                yield i, {"image": _colour(i), "label": i % 3}
-
-    return MextTinyTest
-
-
-def test_tfds_online_prepares_then_loads_offline(tiny_tfds_builder, tmp_path, monkeypatch):
-    data_dir = str(tmp_path / "tfds")
-    with pytest.raises(UsageError, match="not prepared"):
-        load_dataset("tfds:mext_tiny_test", data_dir=data_dir)
-    monkeypatch.setenv("MEXT_OFFLINE", "0")  # "online": download_and_prepare runs for real
-    train = load_dataset("tfds:mext_tiny_test", data_dir=data_dir)
-    assert train.class_names == ("ant", "bee", "cow")
-    assert len(train) == 6 and train.image_shape == (8, 8, 3)
-    assert sorted(train.class_counts().tolist()) == [2, 2, 2]
-    monkeypatch.setenv("MEXT_OFFLINE", "1")  # prepared data needs no network
-    both = load_dataset("mext_tiny_test", "train+test", data_dir=data_dir, image_size=4,
-                        channels=1, exclude_classes=["ant"])
-    assert len(both) == 6 and both.image_shape == (4, 4, 1) and both.class_names == ("bee", "cow")
-    assert split_names("mext_tiny_test", data_dir=data_dir) == ("train", "test")
-    with pytest.raises(UsageError, match=r"`split`.*'train', 'test'"):
-        load_dataset("mext_tiny_test", "validation", data_dir=data_dir)
-
-
-@pytest.fixture(scope="module")
-def varsize_tfds_builder():
-    """A local tensorflow-datasets builder whose images differ in size (as Imagenette's and
-    Caltech-101's do), PNG-encoded so that the expected pixels can be computed exactly."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("importlib_resources")
-
-    class MextVarsizeTest(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(
-                builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-                    "label": tfds.features.ClassLabel(names=["n0001", "n0002", "n0003"]),
-                }),
-                supervised_keys=("image", "label"),
-            )
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 6), "validation": self._generate(6, 3)}
-
-        def _generate_examples(self, first, count):
-            for i in range(first, first + count):
-                yield i, {"image": _varsize_image(i), "label": i % 3}
-
-        _generate = _generate_examples
-
-    return MextVarsizeTest
-
-
-def _varsize_image(i: int) -> np.ndarray:
-    return np.random.default_rng(i).integers(0, 256, (10 + 3 * i, 12 + i, 3), dtype=np.uint8)
-
-
-def test_tfds_images_of_varying_size_are_decoded_to_the_size_asked(
-    varsize_tfds_builder, tmp_path, monkeypatch
-):
-    data_dir = str(tmp_path / "tfds")
-    assert data.can_download() is False  # MEXT_OFFLINE=1 (the fixture)
-    with pytest.raises(UsageError, match="'mext_varsize_test' is not prepared"):
-        load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8)
-    monkeypatch.setenv("MEXT_OFFLINE", "0")
-    assert data.can_download() is True
-    train = load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8,
-                         exclude_classes=["n0002"])
-    assert train.class_names == ("n0001", "n0003") and train.image_shape == (8, 8, 3)
-    # the same pixels an image folder of these PNGs gives (antialiased bilinear resize)
-    wanted = {tuple(imaging.transform_one(_varsize_image(i), (8, 8), None).ravel()): i % 3
-              for i in range(6) if i % 3 != 1}
-    got = {tuple(image.ravel()): int(label) for image, label in zip(train.images, train.labels)}
-    assert got == {k: (0 if v == 0 else 1) for k, v in wanted.items()}
-    validation = load_dataset("tfds:mext_varsize_test", "validation", data_dir=data_dir,
-                              image_size=(4, 6), channels=1)
-    assert validation.images.shape == (3, 4, 6, 1)
-    with pytest.raises(UsageError, match=r"`image_size`.*whose images differ in size"):
-        load_dataset("tfds:mext_varsize_test", data_dir=data_dir)
-    # decoded once: the same split, size and channels come from the cache, without tfds.load
-    monkeypatch.setattr("tensorflow_datasets.load", lambda *a, **k: pytest.fail("decoded again"))
-    again = load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8,
-                         exclude_classes=["n0002"])
-    assert np.array_equal(again.images, train.images) and again.class_names == train.class_names
-    with pytest.raises(pytest.fail.Exception, match="decoded again"):
-        load_dataset("tfds:mext_varsize_test", data_dir=data_dir, image_size=8, cache=False)
 
 
 # ------------------------------------------------------------------------------------ real data
