@@ -86,6 +86,10 @@ METHODS = ("dfme", "maze", "dfms-hl")
 LOSS_OF = {"dfme": "l1", "maze": "kl", "dfms-hl": "ce"}
 DEFAULT_DIRECTIONS = {"dfme": 1, "maze": 10, "dfms-hl": 0}
 STATE_NAME = "datafree_state.npz"
+PARTS = ("victim", "generator", "surrogate", "storage", "evaluation")
+"""Where a run's time goes (wall and CPU seconds in the report's ``time_seconds``/``cpu_seconds``:
+the victim part is request to answer, journal included; the server's own CPU is not this
+process's)."""
 QUERIES_DIR = "queries"
 
 
@@ -298,8 +302,13 @@ class _DataFreeRun:
         self.natural = None
         if natural is not None:
             self.natural = _at_size(natural.images, self.info, self.size)
-        self.seconds = {"victim": 0.0, "generator": 0.0, "surrogate": 0.0, "storage": 0.0,
-                        "evaluation": 0.0}
+        self.seconds = dict.fromkeys(PARTS, 0.0)  # wall-clock seconds per part
+        self.cpu = dict.fromkeys(PARTS, 0.0)  # this process's CPU seconds per part
+
+    def _add(self, part: str, started: tuple[float, float]) -> None:
+        wall, cpu = _now()
+        self.seconds[part] += wall - started[0]
+        self.cpu[part] += cpu - started[1]
 
     # -- setup ---------------------------------------------------------------------------------
     def _probe_images(self) -> np.ndarray:
@@ -325,27 +334,61 @@ class _DataFreeRun:
         self.opt_s = keras.optimizers.Adam(config.learning_rate)
         self.opt_g.build(self.generator.trainable_variables)
         self.opt_s.build(self.trainer.model.trainable_variables)
-        self._train_s = self._make_surrogate_step()
+        self._compile_steps()
 
-    def _make_surrogate_step(self):
+    def _compile_steps(self) -> None:
+        """The graph functions of the loop (eager Keras calls cost several times more)."""
         import tensorflow as tf
 
-        loss_name, surrogate, opt = self.config.loss(), self.surrogate, self.opt_s
-        variables = self.trainer.model.trainable_variables
+        gen, config = self.gen, self.config
+        loss_name, surrogate, generator = config.loss(), self.surrogate, self.generator
+        s_vars = self.trainer.model.trainable_variables
+        g_vars = generator.trainable_variables
+        opt_s, opt_g, k = self.opt_s, self.opt_g, float(self.num_classes)
 
         @tf.function(reduce_retracing=True)
-        def step(x, targets):
+        def surrogate_step(x, targets):
             with tf.GradientTape() as tape:
                 logits = surrogate.logits(x, training=True)
-                loss = tf.reduce_mean(self.gen.loss_per_image(logits, targets, loss_name))
-            opt.apply_gradients(zip(tape.gradient(loss, variables), variables))
+                loss = tf.reduce_mean(gen.loss_per_image(logits, targets, loss_name))
+            opt_s.apply_gradients(zip(tape.gradient(loss, s_vars), s_vars))
             return loss
 
-        return step
+        @tf.function(reduce_retracing=True)
+        def images(z):
+            return gen.generator_pixels(generator, z, training=True)
+
+        @tf.function(reduce_retracing=True)
+        def losses(x, targets):
+            return gen.loss_per_image(surrogate.logits(x), targets, loss_name)
+
+        @tf.function(reduce_retracing=True)
+        def ascend(z, grad):
+            # the same z in training mode gives the same images (batch statistics): the
+            # estimated d loss / d pixels is pushed back through the generator, ascending
+            with tf.GradientTape() as tape:
+                pixels = gen.generator_pixels(generator, z, training=True)
+            opt_g.apply_gradients(zip(tape.gradient(pixels, g_vars, output_gradients=-grad),
+                                      g_vars))
+
+        @tf.function(reduce_retracing=True)
+        def label_only_step(z, diversity_weight):
+            with tf.GradientTape() as tape:
+                pixels = gen.generator_pixels(generator, z, training=True)
+                probs = tf.nn.softmax(surrogate.logits(pixels), axis=1)
+                confidence = tf.reduce_mean(tf.reduce_max(probs, axis=1))
+                mean = tf.reduce_mean(probs, axis=0)
+                diversity = tf.reduce_sum(mean * tf.math.log(mean + 1e-8)) + tf.math.log(k)
+                loss = confidence + diversity_weight * diversity
+            opt_g.apply_gradients(zip(tape.gradient(loss, g_vars), g_vars))
+            return loss
+
+        self._train_s, self._images, self._losses = surrogate_step, images, losses
+        self._ascend, self._label_only = ascend, label_only_step
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
-        started = time.perf_counter()
+        started = _now()
         arrays = {}
         for name, weights in (("g", self.generator.get_weights()),
                               ("s", self.trainer.model.get_weights()),
@@ -354,14 +397,14 @@ class _DataFreeRun:
             for k, w in enumerate(weights):
                 arrays[f"{name}_{k:04d}"] = np.asarray(w)
         meta = {"iteration": self.iteration, "assigned": self.assigned,
-                "natural_used": self.natural_used, "seconds": self.seconds,
+                "natural_used": self.natural_used, "seconds": self.seconds, "cpu": self.cpu,
                 "losses": self.losses[-50:]}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         _save_npz(self.run_dir / STATE_NAME, **arrays)
         for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
             if int(path.name[2:10]) <= self.iteration:
                 path.unlink()
-        self.seconds["storage"] += time.perf_counter() - started
+        self._add("storage", started)
 
     def _load_state(self) -> bool:
         path = self.run_dir / STATE_NAME
@@ -381,6 +424,7 @@ class _DataFreeRun:
         self.iteration, self.assigned = int(meta["iteration"]), int(meta["assigned"])
         self.natural_used = int(meta["natural_used"])
         self.seconds.update(meta["seconds"])
+        self.cpu.update(meta.get("cpu", {}))
         self.losses = list(meta.get("losses", []))
         log.info("resumed from the checkpoint after iteration %d (%d queries assigned)",
                  self.iteration, self.assigned)
@@ -390,7 +434,7 @@ class _DataFreeRun:
     def _ask(self, first: int, images: np.ndarray) -> np.ndarray:
         """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
         journaled ones read back, the others sent (the first paid batch alone, checked)."""
-        started = time.perf_counter()
+        started = _now()
         n = len(images)
         indices = np.arange(first, first + n, dtype=np.int64)
         raw = np.zeros((n, self.num_classes), np.float32)
@@ -411,105 +455,87 @@ class _DataFreeRun:
             self.check(raw[rows], journaled=self.journal.num_answered)
             sent += len(rows)
         self.sent += sent
-        self.seconds["victim"] += time.perf_counter() - started
+        self._add("victim", started)
         return raw
 
     # -- one iteration -------------------------------------------------------------------------
     def _generator_step(self, it: int, step: int, first: int) -> None:
         """One DFME/MAZE generator step: images, their perturbed copies, the victim's answers,
         the zeroth-order gradient of the per-image loss, backpropagated through the generator."""
-        import tensorflow as tf
-
         config, b, m = self.config, self.config.batch_size, self.config.n_directions()
-        started = time.perf_counter()
+        started = _now()
         path = _block_path(self.run_dir, it, f"g{step}")
-        stored = np.load(path) if path.is_file() else None
-        z = (stored["z"] if stored is not None else np.random.default_rng(
-            [config.seed, it, 0, step]).standard_normal((b, config.latent_dim)).astype(np.float32))
-        with tf.GradientTape() as tape:
-            pixels = self.gen.generator_pixels(self.generator, z, training=True)
-        if stored is not None:
-            images = stored["images"]
+        if path.is_file():  # written before a crash: these images, never new ones
+            with np.load(path) as stored:
+                z, images = stored["z"], stored["images"]
         else:
-            base = quantize(pixels.numpy())
+            z = np.random.default_rng([config.seed, it, 0, step]).standard_normal(
+                (b, config.latent_dim)).astype(np.float32)
+            base = quantize(self._images(z).numpy())
             moved = perturb(base, m, config.epsilon,
                             np.random.default_rng([config.seed, it, 1, step]))
             images = np.concatenate([base[:, None], moved], axis=1).reshape(-1, *base.shape[1:])
-            self.seconds["generator"] += time.perf_counter() - started
-            t = time.perf_counter()
+            self._add("generator", started)
+            started = _now()
             _save_npz(path, z=z, images=images, first=np.int64(first))
-            self.seconds["storage"] += time.perf_counter() - t
-            started = time.perf_counter()
-        self.seconds["generator"] += time.perf_counter() - started
+            self._add("storage", started)
+            started = _now()
+        self._add("generator", started)
         raw = self._ask(first, images)
-        started = time.perf_counter()
+        started = _now()
         targets = self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
                                           config.loss())
-        losses = self.gen.loss_per_image(self.surrogate.logits(images.astype(np.float32)),
-                                         targets, config.loss()).numpy().reshape(b, m + 1)
+        losses = self._losses(images.astype(np.float32), targets).numpy().reshape(b, m + 1)
         grouped = images.reshape(b, m + 1, *images.shape[1:]).astype(np.int16)
-        grad = zo_gradient(losses, grouped[:, 1:] - grouped[:, :1])
-        variables = self.generator.trainable_variables
-        grads = tape.gradient(pixels, variables, output_gradients=tf.constant(-grad))
-        self.opt_g.apply_gradients(zip(grads, variables))
+        self._ascend(z, zo_gradient(losses, grouped[:, 1:] - grouped[:, :1]))
         self.losses.append(float(losses[:, 0].mean()))
-        self.seconds["generator"] += time.perf_counter() - started
+        self._add("generator", started)
 
     def _label_only_generator_step(self, it: int, step: int) -> None:
         """DFMS-HL's idea without queries: the generator moves towards images the surrogate is
         unsure of, spread over the classes (class-diversity loss on the batch-mean prediction)."""
-        import tensorflow as tf
-
         config = self.config
-        started = time.perf_counter()
+        started = _now()
         z = np.random.default_rng([config.seed, it, 0, step]).standard_normal(
             (config.batch_size, config.latent_dim)).astype(np.float32)
-        variables = self.generator.trainable_variables
-        with tf.GradientTape() as tape:
-            pixels = self.gen.generator_pixels(self.generator, z, training=True)
-            probs = tf.nn.softmax(self.surrogate.logits(pixels), axis=1)
-            confidence = tf.reduce_mean(tf.reduce_max(probs, axis=1))
-            mean = tf.reduce_mean(probs, axis=0)
-            diversity = tf.reduce_sum(mean * tf.math.log(mean + 1e-8)) + math.log(
-                self.num_classes)
-            loss = confidence + config.diversity * diversity
-        self.opt_g.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        self.seconds["generator"] += time.perf_counter() - started
+        self.losses.append(float(self._label_only(z, np.float32(config.diversity))))
+        self._add("generator", started)
 
     def _surrogate_round(self, it: int, first: int, count: int) -> None:
         """`count` queries from the generator (and the natural share), answered, then the
         surrogate's steps over them, one batch each."""
         config = self.config
-        started = time.perf_counter()
+        started = _now()
         path = _block_path(self.run_dir, it, "s")
         n_natural = int(round(config.natural_share * count)) if self.natural is not None else 0
-        if path.is_file():
-            images = np.load(path)["images"]
+        if path.is_file():  # written before a crash: these images, never new ones
+            with np.load(path) as stored:
+                images = stored["images"]
         else:
             rng = np.random.default_rng([config.seed, it, 2])
             z = rng.standard_normal((count - n_natural, config.latent_dim)).astype(np.float32)
-            made = quantize(self.gen.generator_pixels(self.generator, z).numpy()) \
-                if len(z) else np.zeros((0, *self.size, 3), np.uint8)
+            made = quantize(self._images(z).numpy()) if len(z) \
+                else np.zeros((0, *self.size, 3), np.uint8)
             images = np.empty((count, *self.size, 3), np.uint8)
             where = np.zeros(count, bool)
             where[rng.permutation(count)[:n_natural]] = True
             images[~where] = made
             if n_natural:
                 images[where] = self.natural[self._natural_rows(n_natural)]
-            self.seconds["generator"] += time.perf_counter() - started
-            t = time.perf_counter()
+            self._add("generator", started)
+            t = _now()
             _save_npz(path, images=images, first=np.int64(first))
-            self.seconds["storage"] += time.perf_counter() - t
+            self._add("storage", t)
         self.natural_used += n_natural
         raw = self._ask(first, images)
-        started = time.perf_counter()
+        started = _now()
         targets = self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
                                           config.loss())
         x = images.astype(np.float32)
         for start in range(0, count, config.batch_size):
             part = slice(start, start + config.batch_size)
             self._train_s(x[part], targets[part])
-        self.seconds["surrogate"] += time.perf_counter() - started
+        self._add("surrogate", started)
 
     def _natural_rows(self, n: int) -> np.ndarray:
         order = np.random.default_rng([self.config.seed, 12]).permutation(len(self.natural))
@@ -523,7 +549,7 @@ class _DataFreeRun:
     def _evaluate_point(self) -> None:
         from attack.evaluate import evaluate
 
-        started = time.perf_counter()
+        started = _now()
         result = evaluate(self.trainer.predict_probs, self.victim_test, self.test.labels,
                           test_images=self.test.images, noise=self.noise,
                           n_queries=self.assigned)
@@ -533,7 +559,7 @@ class _DataFreeRun:
                  point["surrogate_acc"], point["fidelity_test"])
         self.curve = [p for p in self.curve if p["queries"] != self.assigned] + [point]
         write_json_atomic(self.run_dir / "curve.json", self.curve)
-        self.seconds["evaluation"] += time.perf_counter() - started
+        self._add("evaluation", started)
 
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> ExtractionResult:
@@ -610,6 +636,7 @@ class _DataFreeRun:
                  "natural_queries": self.natural_used,
                  "sent_this_session": self.sent,
                  "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                 "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
                  "generator_loss_last": self.losses[-1] if self.losses else None,
                  "trained_on": {"l1": "the victim's probabilities as centred log-probabilities "
                                       "(DFME's logit approximation)",
@@ -618,6 +645,10 @@ class _DataFreeRun:
         log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         return finish(self.victim, self.info, config, self.run_dir, queries=config.budget,
                       train=train, test=self.test, curve_budgets=points, extra=extra)
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
 def _at_size(images: np.ndarray, info, size: tuple[int, int]) -> np.ndarray:
