@@ -69,14 +69,5 @@ from common.data.loader import (
 )
 from common.data.tfds_source import can_download
 
-__all__ = [
-    "ImageDataset",
-    "cache_dir",
-    "can_download",
-    "count_images",
-    "exclude_classes",
-    "load_dataset",
-    "prepare_dataset",
-    "sample_dataset",
-    "split_names",
-]
+__all__ = ["ImageDataset", "cache_dir", "can_download", "count_images", "exclude_classes",
+           "load_dataset", "prepare_dataset", "sample_dataset", "split_names"]

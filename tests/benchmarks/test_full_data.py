@@ -12,6 +12,7 @@ from PIL import Image
 from benchmarks import full_data
 from common.data import load_dataset
 from common.errors import UsageError
+from tests.common.tfds_builders import local_builder
 
 
 def _folder(root, classes, per_class, sizes=((40, 30), (25, 50))):
@@ -86,42 +87,17 @@ def test_bad_arguments_exit_2_with_one_line(argv, argument, capsys, tmp_path, mo
     assert not (tmp_path / "x.npz").exists()
 
 
-_TINY = {}
-
-
-def _tiny_tfds_name():
-    """A real tensorflow-datasets builder (registered once) whose images differ in size."""
-    if not _TINY:
-        tfds = pytest.importorskip("tensorflow_datasets")
-
-        class TinyShapes(tfds.core.GeneratorBasedBuilder):
-            VERSION = tfds.core.Version("1.0.0")
-
-            def _info(self):
-                return self.dataset_info_from_configs(
-                    features=tfds.features.FeaturesDict({
-                        "image": tfds.features.Image(shape=(None, None, 3)),
-                        "label": tfds.features.ClassLabel(names=["disc", "square", "star"])}),
-                    supervised_keys=("image", "label"))
-
-            def _split_generators(self, dl_manager):
-                return {"train": self._generate_examples(0, 21),
-                        "test": self._generate_examples(100, 9)}
-
-            def _generate_examples(self, start, count):
-                for i in range(start, start + count):
-                    image = np.full((10 + i % 7, 12 + i % 5, 3), i % 250, np.uint8)
-                    yield i, {"image": image, "label": i % 3}
-
-        _TINY["name"] = TinyShapes.name
-    return _TINY["name"]
+def _tiny_shape(i):
+    return np.full((10 + i % 7, 12 + i % 5, 3), i % 250, np.uint8)
 
 
 @pytest.fixture
 def tiny_tfds(tmp_path, monkeypatch):
     """The tiny dataset prepared in an empty tensorflow-datasets folder of its own."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    name = _tiny_tfds_name()
+    name = local_builder("TinyShapes", tfds.features.Image(shape=(None, None, 3)),
+                         ["disc", "square", "star"], {"train": (0, 21), "test": (100, 9)},
+                         _tiny_shape).name
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     tfds.builder(name, data_dir=str(tmp_path / "tfds")).download_and_prepare()
     return name

@@ -11,6 +11,7 @@ from PIL import Image
 import common.data as data
 from common.data import imaging, load_dataset, split_names, tfds_source
 from common.errors import UsageError
+from tests.common.tfds_builders import local_builder
 
 
 @pytest.fixture(autouse=True)
@@ -22,35 +23,6 @@ def _offline(tmp_path, monkeypatch):
 
 def _colour(seed: int, size: int = 8) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
-def _local_builder(class_name: str, image: object, class_names: list[str],
-                   splits: dict[str, tuple[int, int]], make_image) -> type:
-    """A tensorflow-datasets builder named after `class_name` (``MextTinyTest`` ->
-    ``mext_tiny_test``) that generates its splits here: ``{split: (first, count)}`` examples
-    ``i`` with image ``make_image(i)`` and label ``i % 3``."""
-    tfds = pytest.importorskip("tensorflow_datasets")
-    # tfds imports it to prepare any dataset but does not declare it (tensorflow/datasets#11212)
-    pytest.importorskip("importlib_resources")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict({
-                "image": image, "label": tfds.features.ClassLabel(names=class_names)}),
-            supervised_keys=("image", "label"),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {name: self._generate_examples(*span) for name, span in splits.items()}
-
-    def _generate_examples(self, first, count):
-        for i in range(first, first + count):
-            yield i, {"image": make_image(i), "label": i % 3}
-
-    return type(class_name, (tfds.core.GeneratorBasedBuilder,), {
-        "VERSION": tfds.core.Version("1.0.0"), "_info": _info,
-        "_split_generators": _split_generators, "_generate_examples": _generate_examples})
 
 
 def test_tfds_offline_error_names_the_alternatives(tmp_path):
@@ -110,7 +82,7 @@ def test_prepare_dataset_opens_a_path_and_never_downloads_offline(tmp_path):
 def tiny_tfds_builder():
     """A small builder of 8x8 images: 6 in train, 3 in test."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    return _local_builder("MextTinyTest", tfds.features.Image(shape=(8, 8, 3)),
+    return local_builder("MextTinyTest", tfds.features.Image(shape=(8, 8, 3)),
                           ["ant", "bee", "cow"], {"train": (0, 6), "test": (0, 3)}, _colour)
 
 
@@ -137,7 +109,7 @@ def varsize_tfds_builder():
     """A builder whose images differ in size (as Imagenette's and Caltech-101's do),
     PNG-encoded so that the expected pixels can be computed exactly."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    return _local_builder(
+    return local_builder(
         "MextVarsizeTest", tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
         ["n0001", "n0002", "n0003"], {"train": (0, 6), "validation": (6, 3)}, _varsize_image)
 
