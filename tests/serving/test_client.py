@@ -404,28 +404,27 @@ def test_retries_unavailable_with_backoff_then_succeeds(serve):
     assert elapsed >= (0.05 + 0.1 + 0.2) / 2  # equal jitter: at least half of each delay
 
 
-def test_gives_up_after_retries(serve):
-    fake, target = serve()
-    fake.fail_first = 100
-    with ServingClient(target, MODEL, retries=2, backoff=0.01) as client:
-        with pytest.raises(ServingError) as caught:
-            client.predict(random_images(4))
-        assert client.retries_done == 2 and client.queries == 0
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
-    assert fake.predict_calls == 3
-
-
 @pytest.mark.parametrize(
-    "code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    ("fault", "kwargs", "retried", "code"),
+    [({"fail_first": 100}, {"retries": 2, "backoff": 0.01}, 2, grpc.StatusCode.UNAVAILABLE),
+     ({"fail_code": grpc.StatusCode.INVALID_ARGUMENT}, {"retries": 5, "backoff": 0.01}, 0,
+      grpc.StatusCode.INVALID_ARGUMENT),
+     ({"fail_code": grpc.StatusCode.RESOURCE_EXHAUSTED}, {"retries": 5, "backoff": 0.01}, 0,
+      grpc.StatusCode.RESOURCE_EXHAUSTED),
+     # a per-RPC deadline: the server may have answered, so it is never retried
+     ({"sleep": 1.0}, {"timeout": 0.2, "retries": 3}, 0, grpc.StatusCode.DEADLINE_EXCEEDED)],
+    ids=["unavailable-gives-up", "invalid-argument", "resource-exhausted", "per-rpc-deadline"],
 )
-def test_no_retry_on_other_codes(serve, code):
+def test_failures_are_retried_only_when_safe(serve, fault, kwargs, retried, code):
     fake, target = serve()
-    fake.fail_code = code
-    with ServingClient(target, MODEL, retries=5, backoff=0.01) as client:
+    for name, value in fault.items():
+        setattr(fake, name, value)
+    with ServingClient(target, MODEL, **kwargs) as client:
         with pytest.raises(ServingError) as caught:
             client.predict(random_images(4))
-        assert client.retries_done == 0
-    assert caught.value.code == code and fake.predict_calls == 1
+        assert client.retries_done == retried and client.queries == 0
+    assert caught.value.code == code and fake.predict_calls == retried + 1
+    assert code.name in str(caught.value) and MODEL in str(caught.value)
 
 
 def test_resource_exhausted_retried_when_configured(serve):
@@ -450,17 +449,6 @@ def test_error_message_names_target_model_and_code(serve):
     )
     assert (err.target, err.model, err.code) == (target, MODEL, grpc.StatusCode.NOT_FOUND)
     assert err.details.startswith("Servable not found")
-
-
-def test_per_rpc_deadline(serve):
-    fake, target = serve()
-    fake.sleep = 1.0
-    with ServingClient(target, MODEL, timeout=0.2, retries=3) as client:
-        with pytest.raises(ServingError) as caught:
-            client.predict(random_images(2))
-        assert client.retries_done == 0  # the server may have answered: never retried
-    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "DEADLINE_EXCEEDED" in str(caught.value) and MODEL in str(caught.value)
 
 
 def test_overall_deadline_stops_sending(serve):
@@ -554,7 +542,7 @@ def test_model_status_and_wait_until_available(serve):
         assert client.model_status() == [VersionStatus(1, "AVAILABLE", "OK", "")]
         fake.status_script = ["LOADING"] * 1000
         with pytest.raises(ServingError, match=r"DEADLINE_EXCEEDED.*version 1 LOADING"):
-            client.wait_until_available(timeout=0.2, poll=0.05)
+            client.wait_until_available(timeout=1.0, poll=0.05)  # 1 s: slack on a loaded machine
         fake.status_script = [grpc.StatusCode.PERMISSION_DENIED]
         with pytest.raises(ServingError, match="PERMISSION_DENIED"):
             client.wait_until_available(timeout=5, poll=0.01)

@@ -17,25 +17,20 @@ restarted (no answered request's charge, PRADA state or audit record lost).
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.config import model_server_config_pb2
 
-from serving import testing
-
-ROOT = Path(__file__).resolve().parents[2]
-HAS_GATEWAY = importlib.util.find_spec("serving.gateway") is not None
+from serving import status, testing
+from serving.embedded.manager import ModelManager
 
 
 # -- SavedModel folders in a half state ----
 def _manager(base: Path):
-    from google.protobuf import text_format
-    from tensorflow_serving.config import model_server_config_pb2
-
-    from serving.embedded.manager import ModelManager
-
     config = model_server_config_pb2.ModelServerConfig()
     text_format.Parse(f'model_config_list {{ config {{ name: "tiny" base_path: "{base}" '
                       'model_platform: "tensorflow" } }', config)
@@ -45,10 +40,6 @@ def _manager(base: Path):
 
 
 def _served_version(manager) -> int | None:
-    from tensorflow_serving.apis import model_pb2
-
-    from serving import status
-
     try:
         return manager.resolve(model_pb2.ModelSpec(name="tiny")).version
     except status.ServingStatus:
@@ -95,8 +86,6 @@ def test_graph_copied_before_variables_is_served_once_whole(tiny_versions, tmp_p
 def test_newest_version_that_fails_to_load_leaves_the_previous_serving(tiny_versions, tmp_path):
     """A version 2 whose graph is garbage: load fails (GetModelStatus shows the error), version
     1 keeps answering; a fixed version 2 (new bytes) is then loaded and 1 retired."""
-    from tensorflow_serving.apis import model_pb2
-
     base = tmp_path / "tiny"
     shutil.copytree(tiny_versions / "1", base / "1")
     manager = _manager(base)
@@ -140,7 +129,6 @@ def test_knockoff_killed_during_training_resumes_without_querying(tmp_path):
 
 
 # -- the gateway under faults ----
-gateway_only = pytest.mark.skipif(not HAS_GATEWAY, reason="serving.gateway not present")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +137,6 @@ def cnn_dir(tmp_path_factory):
     return testing.export_tiny_classifier(tmp_path_factory.mktemp("gwfaults"), "tiny", 1, seed=1)
 
 
-@gateway_only
 @pytest.mark.slow
 def test_upstream_killed_and_restarted_under_load(cnn_dir, tmp_path):
     """8 clients through the gateway; the model server SIGKILLed, restarted on the same port:
@@ -166,7 +153,6 @@ def test_upstream_killed_and_restarted_under_load(cnn_dir, tmp_path):
     assert result["survived"], result
 
 
-@gateway_only
 @pytest.mark.slow
 def test_gateway_sigkilled_under_load_loses_no_answered_charge(cnn_dir, tmp_path):
     """8 clients, PRADA on, SQLite state; the gateway SIGKILLed mid-run and restarted on the

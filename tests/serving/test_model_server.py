@@ -16,6 +16,8 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+import tensorflow as tf
+from google.protobuf import text_format
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -28,31 +30,26 @@ from tensorflow_serving.apis import (
 )
 
 from serving.codec import from_ndarray, to_ndarray
-from tests.serving.tiny_models import CLASS_NAMES, IMAGE_SHAPE, W_EXAMPLES, models_config_text
+from tests.serving.tiny_models import (
+    CLASS_NAMES,
+    IMAGE_SHAPE,
+    W_EXAMPLES,
+    model_spec,
+    models_config_text,
+)
+from tests.serving.tiny_models import predict_request as tiny_request
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.integers(0, 256, size=(5, *IMAGE_SHAPE), dtype=np.uint8)
 
 
 def keras_probs(model, images):
-    import tensorflow as tf
-
     return tf.nn.softmax(model(images.astype(np.float32))).numpy()
 
 
-def predict_request(name="tiny", images=IMAGES, *, version=None, label=None, signature="",
-                    output_filter=(), alias="images"):
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
-    request.model_spec.signature_name = signature
-    if images is not None:
-        request.inputs[alias].CopyFrom(from_ndarray(images, use_tensor_content=True))
-    request.output_filter.extend(output_filter)
-    return request
+def predict_request(images=IMAGES, **kwargs) -> predict_pb2.PredictRequest:
+    """`tiny_models.predict_request` with this module's `IMAGES` by default."""
+    return tiny_request(images, **kwargs)
 
 
 def rpc_error(call, request, **kw) -> grpc.RpcError:
@@ -325,13 +322,8 @@ def test_multi_inference_errors(stub):
 
 # -- ModelService ----------------------------------------------------------------------------------
 def _status_request(name, version=None, label=None):
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = name
-    if version is not None:
-        request.model_spec.version.value = version
-    if label is not None:
-        request.model_spec.version_label = label
-    return request
+    return get_model_status_pb2.GetModelStatusRequest(
+        model_spec=model_spec(name, version=version, label=label))
 
 
 def test_get_model_status(model_stub):
@@ -374,8 +366,6 @@ def test_new_version_folder_is_polled_and_half_written_is_not(server, stub, mode
 
 
 def test_reload_config(server, stub, model_stub):
-    from google.protobuf import text_format
-
     config = model_management_pb2.ReloadConfigRequest()
     text_format.Parse(models_config_text(server.base, policy="specific { versions: 1 }",
                                          labels={"stable": 1}), config.config)
@@ -474,8 +464,18 @@ def test_rest_errors(server, method, path, body, http_code, fragment):
     assert fragment in answer["error"]
 
 
-# -- the server keeps serving after all of the above ---------------------------------------------
-def test_still_correct_afterwards(server, stub):
+# -- refused requests leave the server as it was -------------------------------------------------
+def test_refused_requests_leave_the_server_correct(server, stub):
+    """Requests the server refuses (wrong dtype, wrong rank, truncated content, a missing
+    input, JSON that does not parse) leave it answering as before: all sent here, in this
+    test's own order, so the check holds however the other tests are ordered or spread."""
+    truncated = predict_request(version=1)
+    truncated.inputs["images"].tensor_content = truncated.inputs["images"].tensor_content[:-1]
+    for request in (predict_request(images=IMAGES.astype(np.float32), version=1),
+                    predict_request(images=IMAGES[0], version=1), truncated,
+                    predict_request(images=None, version=1)):
+        assert rpc_error(stub.Predict, request).code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _http(server, "POST", "/v1/models/tiny/versions/1:predict", b"{not json")[0] == 400
     response = stub.Predict(predict_request(version=1), timeout=30)
     np.testing.assert_allclose(to_ndarray(response.outputs["probabilities"]),
                                keras_probs(server.keras_models[1], IMAGES), atol=1e-5)

@@ -7,18 +7,17 @@ reconnecting, by changing the case or whitespace of its key, or by splitting its
 label-only policy never leaks a probability (a hypothesis property on
 `detector.policies.LabelOnly`, and through the gateway on Predict, Classify and
 MultiInference); the admin RPC HandleReloadConfigRequest is not reachable through the gateway.
-The gateway runs in this process (`Gateway(config).start()`), the server too (conftest).
+The gateway runs in this process (`serving.testing.gateway`), the server too (conftest).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import importlib.util
 import io
-import json
 import logging
 import sqlite3
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -26,21 +25,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from tensorflow_serving.config import model_server_config_pb2
 
+from detector.policies import LabelOnly
+from serving import testing
+from serving.codec import to_ndarray
+from serving.gateway.__main__ import main as gateway_main
 from tests.serving.tiny_models import IMAGE_SHAPE
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("serving.gateway") is None
-                                or importlib.util.find_spec("detector.policies") is None,
-                                reason="serving.gateway or detector.policies not present")
+from tests.serving.tiny_models import predict_request as tiny_request
 
 DT = types_pb2.DataType
 TIMEOUT = 15.0
@@ -49,39 +53,24 @@ IMAGES = RNG.integers(0, 256, size=(4, *IMAGE_SHAPE), dtype=np.uint8)
 
 
 def predict_request(n: int = 1, images=None) -> predict_pb2.PredictRequest:
-    images = IMAGES[:n] if images is None else images
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "tiny"
-    proto = request.inputs["images"]
-    proto.dtype = DT.DT_UINT8
-    for d in images.shape:
-        proto.tensor_shape.dim.add().size = d
-    proto.tensor_content = images.tobytes()
-    return request
+    return tiny_request(IMAGES[:n] if images is None else images)
 
 
 def add_key(state, client: str, budget: int | None = None) -> str:
-    from serving.gateway.__main__ import main
-
     out = io.StringIO()
     argv = ["keys", "add", "--state", f"sqlite:{state}", "--client", client]
     if budget is not None:
         argv += ["--budget", str(budget)]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        assert main(argv) == 0
+        assert gateway_main(argv) == 0
     return out.getvalue().strip().splitlines()[-1].strip()
 
 
-def start_gateway(server, tmp_path, policy: dict, **tls):
-    from serving.gateway.config import GatewayConfig
-    from serving.gateway.server import Gateway
-
-    policy_file = tmp_path / "policy.json"
-    policy_file.write_text(json.dumps(policy))
-    config = GatewayConfig(upstream=f"127.0.0.1:{server.port}", port=0, host="127.0.0.1",
-                           policy=str(policy_file), state=f"sqlite:{tmp_path / 'state.db'}",
-                           metrics_port=0, **tls)
-    return Gateway(config).start()
+def start_gateway(server, tmp_path, policy: dict, **tls) -> testing.Running:
+    """The gateway in this process in front of `server`, its state in `tmp_path`/state.db;
+    `tls` are `GatewayConfig`'s TLS fields (a TLS port: not probed with plaintext health)."""
+    return testing.gateway(f"127.0.0.1:{server.port}", policy=policy,
+                           state=tmp_path / "state.db", wait=not tls, **tls)
 
 
 class LogCapture(logging.Handler):
@@ -213,8 +202,6 @@ def test_budget_counts_images_not_requests_or_connections(gw, server):
 def test_concurrent_split_batches_cannot_overdraw(server, tmp_path):
     """A client with budget 20 fires 40 single-image requests from 8 threads at once: exactly
     20 are answered, the rest RESOURCE_EXHAUSTED, and 20 are charged."""
-    from concurrent import futures
-
     key = add_key(tmp_path / "state.db", "dave", budget=20)
     gateway = start_gateway(server, tmp_path, {"auth": {"required": True},
                                                "limits": {"rate_per_second": 10**4,
@@ -239,8 +226,6 @@ def test_no_rpc_reads_another_clients_state(gw):
     stub = gw["stub"]
     names = ("alice", "bob", "carol")
     texts = []
-    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
-
     md = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     md.model_spec.name = "tiny"
     response, err = call(stub.GetModelMetadata, md, gw["keys"]["carol"])
@@ -263,9 +248,9 @@ def test_no_rpc_reads_another_clients_state(gw):
 
 
 def test_keys_never_in_logs_database_or_audit(gw, logs):
-    """After all the requests above: no key (nor its secret part) in any log line at DEBUG,
-    in the SQLite file and its WAL, in the audit table, nor in `keys list`'s output."""
-    from serving.gateway.__main__ import main
+    """After this test's own requests (and any sent before it): no key (nor its secret part)
+    in any log line at DEBUG, in the SQLite file and its WAL, in the audit table, nor in
+    `keys list`'s output."""
 
     stub = gw["stub"]
     for key in gw["keys"].values():  # one more of each kind, to be sure something was logged
@@ -273,7 +258,7 @@ def test_keys_never_in_logs_database_or_audit(gw, logs):
         call(stub.Predict, predict_request(), key.upper())
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        main(["keys", "list", "--state", f"sqlite:{gw['state']}"])
+        gateway_main(["keys", "list", "--state", f"sqlite:{gw['state']}"])
     state = gw["state"]
     raw = b"".join(p.read_bytes() for p in state.parent.glob(state.name + "*"))
     db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
@@ -297,7 +282,6 @@ def test_keys_never_in_logs_database_or_audit(gw, logs):
 def test_handle_reload_config_is_not_exposed(gw, server):
     """UNIMPLEMENTED through the gateway (with a valid key too), and the upstream's config is
     unchanged (an empty config would have unloaded every model)."""
-    from tensorflow_serving.config import model_server_config_pb2
 
     admin = model_service_pb2_grpc.ModelServiceStub(gw["channel"])
     empty = model_server_config_pb2.ModelServerConfig()
@@ -327,7 +311,6 @@ PROBS = hnp.arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(2, 12)),
 def test_label_only_never_leaks_a_probability(probs, seed):
     """Output rows are exact one-hots of the argmax, and any two inputs with the same argmax
     give byte-identical outputs: nothing but the top-1 class can be read from them."""
-    from detector.policies import LabelOnly
 
     probs = probs + 1e-6
     probs = probs / probs.sum(axis=1, keepdims=True)
@@ -356,7 +339,6 @@ def label_only_gw(server, tmp_path_factory):
 
 
 def _floats(proto) -> np.ndarray:
-    from serving.codec import to_ndarray
 
     return np.asarray(to_ndarray(proto), dtype=np.float64)
 
@@ -398,7 +380,6 @@ def test_label_only_through_the_gateway_predict(label_only_gw):
 def test_label_only_through_the_gateway_classify_and_multi_inference(label_only_gw):
     """Classify and MultiInference answers carry class scores too: only 0/1 may come back."""
     stub, key = label_only_gw
-    from tensorflow.core.example import example_pb2
 
     def examples(target):
         for x in ([0.3, -1.2], [2.0, 0.5], [-0.1, 0.05]):
