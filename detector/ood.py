@@ -18,11 +18,13 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.constraints import check_fields
 from common.errors import invalid
 from common.lazy import lazy_exports
 from detector.export import (
@@ -45,6 +47,7 @@ __all__ = [
     "CALIBRATION_NAME",
     "CALIBRATION_RATES",
     "CLASS_NAMES",
+    "OODConfig",
     "OODDetector",
     "calibrate_threshold",
     "detection_metrics",
@@ -165,3 +168,44 @@ class OODDetector:
         limit = self.threshold if threshold is None else float(threshold)
         # In float64: NumPy 2 would round the threshold (just above a float32 score) to float32.
         return self.score(images).astype(np.float64) >= limit
+
+
+@dataclass(frozen=True)
+class OODConfig:
+    """The OOD detector watching a live stream (the gateway policy's ``detectors.ood`` section):
+    which detector scores each query, at which threshold, and the per-client window its verdicts
+    are aggregated over (`detector.aggregate.SlidingWindow`: flag a client once the share of
+    flagged queries among its last `window` reaches `level`, after `min_queries`).
+
+    `path`: the exported detector (`detectors/<name>/<version>`) loaded in process, or
+    `upstream_model`: the name of the same SavedModel served by the upstream TF Serving.
+    `threshold` None: the detector's calibrated one (`path` only: with `upstream_model` its
+    ``calibration.json`` cannot be read, so the threshold must be given; a silent 0.5 would move
+    the operating point far from calibration).
+    """
+
+    path: str | None = field(default=None, metadata={
+        "help": "exported detector folder loaded in process", "rule": "nonempty"})
+    upstream_model: str | None = field(default=None, metadata={
+        "help": "name of the detector's SavedModel served by the upstream", "rule": "nonempty"})
+    threshold: float | None = field(default=None, metadata={
+        "help": "attack-probability threshold; default the calibrated one", "min": 0, "max": 1})
+    window: int = field(default=256, metadata={
+        "help": "per-client window of the last queries' verdicts", "min": 1})
+    level: float = field(default=0.5, metadata={
+        "help": "share of flagged queries in the window that flags the client", "gt": 0,
+        "max": 1})
+    min_queries: int = field(default=64, metadata={
+        "help": "queries a client must have sent before it can be flagged", "min": 1})
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.upstream_model is None):
+            raise invalid("path", self.path, "exactly one of `path` (a detector folder) and "
+                          f"`upstream_model` (received upstream_model={self.upstream_model!r})")
+        check_fields(self)
+        if self.upstream_model is not None and self.threshold is None:
+            raise invalid("threshold", None, "the detector's calibrated threshold (`threshold` "
+                          "in its assets.extra/calibration.json) when `upstream_model` serves it")
+        if self.min_queries > self.window:
+            raise invalid("min_queries", self.min_queries,
+                          f"an integer in [1, window={self.window}]")

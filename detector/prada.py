@@ -32,17 +32,19 @@ resolution of the caller's batches (the reference implementation tests every 10 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from common.constraints import check_fields, check_int
 from common.errors import invalid
 
-__all__ = ["Prada", "PradaVerdict", "pixel_features"]
+__all__ = ["Prada", "PradaConfig", "PradaVerdict", "pixel_features"]
 
 _STATE_KEYS = ("num_classes", "dim", "queries", "set", "set_class", "set_order", "set_sqnorm",
                "set_size", "set_head", "next_order", "class_threshold", "class_count",
@@ -70,40 +72,52 @@ def pixel_features(images: Any) -> np.ndarray:
     return array.reshape(len(array), -1).astype(np.float32) / np.float32(255.0)
 
 
-def _check_number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or not low <= value <= high:
-        raise invalid(name, value, f"a number in [{low}, {high}]")
-    return float(value)
+@dataclass(frozen=True)
+class PradaConfig:
+    """PRADA's hyper-parameters (also the gateway policy's ``detectors.prada`` section).
 
+    `delta` 0.9: measured through the gateway (`python -m benchmarks.prada_bench`), a JBDA stream
+    reaches W 0.89 while natural streams dip to 0.94-0.95, so 0.95 would flag benign clients.
+    """
 
-def _check_count(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise invalid(name, value, f"an integer of at least {low}")
-    return int(value)
+    delta: float = field(default=0.9, metadata={
+        "help": "flag a client when the Shapiro-Wilk W of its distances falls below this",
+        "gt": 0, "lt": 1})
+    min_samples: int = field(default=100, metadata={
+        "help": "distances needed before the first test (Shapiro-Wilk needs 3)", "min": 3})
+    max_set: int = field(default=2000, metadata={
+        "help": "stored growing-set vectors per client, over all classes (FIFO)", "min": 1})
+    max_distances: int = field(default=5000, metadata={
+        "help": "the last distances tested per client", "min": 3})
+    outlier_std: float | None = field(default=3.0, metadata={
+        "help": "drop distances beyond this many standard deviations before the test "
+                "(None: keep all)", "gt": 0})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.max_distances < self.min_samples:
+            raise invalid("max_distances", self.max_distances,
+                          f"at least min_samples ({self.min_samples})")
 
 
 class Prada:
-    """PRADA's per-client detector; hyper-parameters here, the client's state passed in."""
+    """PRADA's per-client detector; hyper-parameters here, the client's state passed in.
 
-    def __init__(
-        self,
-        *,
-        delta: float = 0.9,  # 0.95 flags benign CIFAR-10 replays (their lowest W: 0.94)
-        min_samples: int = 100,
-        max_set: int = 2000,
-        max_distances: int = 5000,
-        outlier_std: float | None = 3.0,
-    ) -> None:
-        self.delta = _check_number("delta", delta, 0.0, 1.0)
-        self.min_samples = _check_count("min_samples", min_samples, 3)
-        self.max_set = _check_count("max_set", max_set, 1)
-        self.max_distances = _check_count("max_distances", max_distances, 3)
-        if self.max_distances < self.min_samples:
-            raise invalid("max_distances", max_distances,
-                          f"at least min_samples ({self.min_samples})")
-        self.outlier_std = None if outlier_std is None else _check_number(
-            "outlier_std", outlier_std, 1e-9, math.inf)
+    ``Prada(config)`` or ``Prada(delta=..., min_samples=...)`` (keywords override `config`'s
+    fields; see `PradaConfig`).
+    """
+
+    def __init__(self, config: PradaConfig | None = None, /, **params: Any) -> None:
+        unknown = sorted(set(params) - {f.name for f in dataclasses.fields(PradaConfig)})
+        if unknown:
+            raise TypeError(f"Prada() got unexpected keyword arguments {unknown}")
+        self.config = dataclasses.replace(config or PradaConfig(), **params)
+        self.delta = float(self.config.delta)
+        self.min_samples = int(self.config.min_samples)
+        self.max_set = int(self.config.max_set)
+        self.max_distances = int(self.config.max_distances)
+        self.outlier_std = None if self.config.outlier_std is None \
+            else float(self.config.outlier_std)
 
     def __repr__(self) -> str:
         return (f"Prada(delta={self.delta}, min_samples={self.min_samples}, "
@@ -114,8 +128,8 @@ class Prada:
 
     def new_state(self, num_classes: int, dim: int) -> dict[str, Any]:
         """A fresh client state for `num_classes` predicted classes and `dim` features."""
-        num_classes = _check_count("num_classes", num_classes, 1)
-        dim = _check_count("dim", dim, 1)
+        num_classes = int(check_int("num_classes", num_classes, min=1))
+        dim = int(check_int("dim", dim, min=1))
         return {
             "num_classes": num_classes,
             "dim": dim,

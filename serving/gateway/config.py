@@ -25,6 +25,14 @@ file before anything starts and names the offending field, what it expected and 
 Every field is optional. Without "detectors" no detector runs; "models" absent or null exposes
 every model of the upstream; `limits.budget` null means no budget (the rate limit still holds).
 
+The detector sections are the detectors' own configs: ``detectors.ood`` is
+`detector.ood.OODConfig` and ``detectors.prada`` is `detector.prada.PradaConfig` (every
+parameter of PRADA can be set, e.g. ``max_distances`` and ``outlier_std``); the gateway builds
+its `detector.monitor.Monitor` from them. ``"output"`` names the victim's class-score output the
+detectors read (default: from the model's signature, as GetModelMetadata describes it: the
+float ``[batch, K]`` output, ``probabilities`` when there are several); every float ``[batch,
+K]`` output is rewritten by the output policies.
+
 Two more actions (`docs/defence.md`):
 
 * **misinform** (Kariyappa & Qureshi's Adaptive Misinformation, `detector.misinformation`):
@@ -42,14 +50,18 @@ Two more actions (`docs/defence.md`):
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.constraints import check_fields, check_int, check_number
 from common.errors import UsageError, invalid
+from detector.ood import OODConfig
+from detector.policies import parse_policy
+from detector.prada import PradaConfig
 
 __all__ = [
     "GatewayConfig",
@@ -63,19 +75,8 @@ __all__ = [
     "policy_from_dict",
 ]
 
-_HOST_PORT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?):"
-                           r"(\d{1,5})$")
 _POLICY_RE = re.compile(r"^(identity|label_only|top_k:\d+|round:\d+|noise:[0-9.eE+-]+|"
                         r"reverse_sigmoid:[0-9.eE+-]+,[0-9.eE+-]+)$")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_output_policy(name: str, spec: Any) -> None:
@@ -84,79 +85,9 @@ def _check_output_policy(name: str, spec: Any) -> None:
     if not isinstance(spec, str) or not _POLICY_RE.match(spec):
         raise invalid(name, spec, expected)
     try:
-        from detector.policies import parse_policy
-    except ImportError:  # the detector package is optional for a gateway without policies
-        return
-    try:
         parse_policy(spec)
     except UsageError as err:
         raise invalid(name, spec, f"{expected} ({err})") from None
-
-
-@dataclass(frozen=True)
-class OODConfig:
-    """Atli et al.'s OOD query classifier, per query, aggregated per client over a window.
-
-    `path`: the exported detector (`detectors/<name>/<version>`) loaded in this process, or
-    `upstream_model`: the name of the same SavedModel served by the upstream (then the gateway
-    sends it a Predict per request). `threshold` None: the detector's calibrated threshold
-    (`path` only: with `upstream_model` the gateway cannot read `calibration.json`, so the
-    threshold must be given; a silent 0.5 would move the operating point far from calibration).
-    """
-
-    path: str | None = None
-    upstream_model: str | None = None
-    threshold: float | None = None
-    window: int = 256
-    level: float = 0.5
-    min_queries: int = 64
-
-    def __post_init__(self) -> None:
-        if (self.path is None) == (self.upstream_model is None):
-            raise invalid("detectors.ood.path", self.path,
-                          "exactly one of `path` (a detector folder) and `upstream_model` "
-                          f"(received upstream_model={self.upstream_model!r})")
-        if self.path is not None and not isinstance(self.path, str):
-            raise invalid("detectors.ood.path", self.path, "a folder path string")
-        if self.upstream_model is not None and (not isinstance(self.upstream_model, str)
-                                                or not self.upstream_model):
-            raise invalid("detectors.ood.upstream_model", self.upstream_model, "a model name")
-        if self.upstream_model is not None and self.threshold is None:
-            raise invalid("detectors.ood.threshold", None,
-                          "the detector's calibrated threshold (`threshold` in its "
-                          "assets.extra/calibration.json) when `upstream_model` serves it")
-        if self.threshold is not None and not (_is_number(self.threshold)
-                                               and 0.0 <= self.threshold <= 1.0):
-            raise invalid("detectors.ood.threshold", self.threshold, "a number in [0, 1] or null")
-        if not _is_int(self.window) or self.window < 1:
-            raise invalid("detectors.ood.window", self.window, "a positive integer")
-        if not _is_number(self.level) or not 0.0 < self.level <= 1.0:
-            raise invalid("detectors.ood.level", self.level, "a number in (0, 1]")
-        if not _is_int(self.min_queries) or not 1 <= self.min_queries <= self.window:
-            raise invalid("detectors.ood.min_queries", self.min_queries,
-                          f"an integer in [1, window={self.window}]")
-
-
-@dataclass(frozen=True)
-class PradaConfig:
-    """PRADA (Juuti et al. 2019): the Shapiro-Wilk test on each client's minimum query distances.
-
-    `delta` 0.9: measured through the gateway (`python -m benchmarks.prada_bench`), a JBDA stream
-    reaches W 0.89 while natural streams dip to 0.94-0.95, so 0.95 would flag benign clients.
-    """
-
-    delta: float = 0.9
-    min_samples: int = 100
-    max_set: int = 2000
-
-    def __post_init__(self) -> None:
-        if not _is_number(self.delta) or not 0.0 < self.delta < 1.0:
-            raise invalid("detectors.prada.delta", self.delta, "a number in (0, 1)")
-        if not _is_int(self.min_samples) or self.min_samples < 3:
-            raise invalid("detectors.prada.min_samples", self.min_samples,
-                          "an integer >= 3 (Shapiro-Wilk needs 3 distances)")
-        if not _is_int(self.max_set) or self.max_set < 1:
-            raise invalid("detectors.prada.max_set", self.max_set, "a positive integer")
 
 
 @dataclass(frozen=True)
@@ -172,10 +103,8 @@ class MisinformationConfig:
     upstream_model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.tau is not None and not _is_number(self.tau):
-            raise invalid("misinformation.tau", self.tau, "a number or null")
-        if not _is_number(self.nu) or self.nu <= 0:
-            raise invalid("misinformation.nu", self.nu, "a number > 0")
+        check_number("misinformation.tau", self.tau, optional=True)
+        check_number("misinformation.nu", self.nu, gt=0)
         if self.function not in ("reverse", "model"):
             raise invalid("misinformation.function", self.function, "'reverse' or 'model'")
         if self.function == "model" and (self.path is None) == (self.upstream_model is None):
@@ -203,8 +132,7 @@ class WatermarkConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.key_file, str) or not self.key_file:
             raise invalid("watermark.key_file", self.key_file, "the path of the secret key file")
-        if not _is_number(self.fraction) or not 0.0 < self.fraction <= 0.5:
-            raise invalid("watermark.fraction", self.fraction, "a number in (0, 0.5]")
+        check_number("watermark.fraction", self.fraction, gt=0, max=0.5)
 
 
 @dataclass(frozen=True)
@@ -224,16 +152,21 @@ class GatewayPolicy:
     on_query: str = "pass"
     misinformation: MisinformationConfig | None = None
     watermark: WatermarkConfig | None = None
+    output: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.auth_required, bool):
             raise invalid("auth.required", self.auth_required, "true or false")
-        if self.budget is not None and (not _is_int(self.budget) or self.budget < 0):
-            raise invalid("limits.budget", self.budget, "a non-negative integer or null")
-        if not _is_number(self.rate_per_second) or self.rate_per_second <= 0:
-            raise invalid("limits.rate_per_second", self.rate_per_second, "a positive number")
-        if not _is_number(self.burst) or self.burst < 1:
-            raise invalid("limits.burst", self.burst, "a number >= 1")
+        check_int("limits.budget", self.budget, min=0, optional=True)
+        check_number("limits.rate_per_second", self.rate_per_second, gt=0)
+        check_number("limits.burst", self.burst, min=1)
+        if self.ood is not None and not isinstance(self.ood, OODConfig):
+            raise invalid("detectors.ood", self.ood, "a JSON object")
+        if self.prada is not None and not isinstance(self.prada, PradaConfig):
+            raise invalid("detectors.prada", self.prada, "a JSON object")
+        if self.output is not None and (not isinstance(self.output, str) or not self.output):
+            raise invalid("output", self.output, "the name of the model's class-score output "
+                          "(float [batch, K]) the detectors read, or null (from the signature)")
         if self.on_flag_action not in ("refuse", "degrade", "misinform"):
             raise invalid("on_flag.action", self.on_flag_action,
                           "'refuse', 'degrade' or 'misinform'")
@@ -295,12 +228,18 @@ def _sub(cls, data: Any, name: str, source: str, prefix: str = "detectors."):
         return None
     if not isinstance(data, dict):
         raise invalid(f"{prefix}{name}", data, f"a JSON object in {source}")
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise invalid(f"{prefix}{name}", f"keys {unknown}",
                       f"only the keys {sorted(known)} in {source}")
-    return cls(**data)
+    try:
+        return cls(**data)
+    except UsageError as err:
+        # the section's own config names its field; the policy names it by its path
+        if err.argument is None or err.argument.startswith(f"{prefix}{name}."):
+            raise
+        raise invalid(f"{prefix}{name}.{err.argument}", err.received, err.expected) from None
 
 
 def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
@@ -308,10 +247,10 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
     if not isinstance(data, dict):
         raise invalid("policy", type(data).__name__, f"a JSON object in {source}")
     unknown = sorted(set(data) - set(_SECTIONS) - {"always", "models", "on_query",
-                                                    "misinformation", "watermark"})
+                                                    "misinformation", "watermark", "output"})
     if unknown:
         raise invalid("policy", f"keys {unknown}", "only the keys auth, limits, detectors, "
-                      "on_flag, always, models, on_query, misinformation, watermark in "
+                      "on_flag, always, models, on_query, misinformation, watermark, output in "
                       f"{source}")
     auth = _section(data, "auth", source)
     limits = _section(data, "limits", source)
@@ -333,6 +272,8 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
         values["always"] = data["always"]
     if "on_query" in data:
         values["on_query"] = data["on_query"]
+    if "output" in data:
+        values["output"] = data["output"]
     values["misinformation"] = _sub(MisinformationConfig, data.get("misinformation"),
                                     "misinformation", source, prefix="")
     values["watermark"] = _sub(WatermarkConfig, data.get("watermark"), "watermark", source,
@@ -372,51 +313,39 @@ def parse_state_url(url: str) -> tuple[str, str]:
     raise invalid("state", url, "sqlite:PATH or redis://HOST:PORT/DB")
 
 
-def _check_upstream(target: Any) -> None:
-    if isinstance(target, str) and target.startswith("unix:") and len(target) > 5 \
-            and not any(c.isspace() for c in target):
-        return
-    match = _HOST_PORT_RE.match(target) if isinstance(target, str) else None
-    if match is None or not 1 <= int(match.group(3)) <= 65535:
-        raise invalid("upstream", target, "HOST:PORT (port 1..65535) or unix:/path/to/socket")
-
-
 @dataclass(frozen=True)
 class GatewayConfig:
     """The gateway server: where it listens, what it forwards to, where it keeps its state."""
 
     upstream: str = field(metadata={"help": "the TF Serving gRPC address: HOST:PORT or "
-                                            "unix:/path/to/socket"})
-    port: int = field(default=8500, metadata={"help": "gRPC port (0: any free port)"})
+                                            "unix:/path/to/socket", "rule": "target"})
+    port: int = field(default=8500, metadata={"help": "gRPC port (0: any free port)",
+                                              "min": 0, "max": 65535})
     host: str = field(default="0.0.0.0", metadata={"help": "address to bind"})
     policy: str | None = field(default=None, metadata={
         "help": "JSON policy file (none: auth required, default limits, no detector)"})
     state: str = field(default="sqlite:gateway_state.db", metadata={
         "help": "per-client state and audit log: sqlite:PATH or redis://HOST:PORT/DB"})
     metrics_port: int = field(default=9102, metadata={
-        "help": "Prometheus /metrics port (0: off)"})
+        "help": "Prometheus /metrics port (0: off)", "min": 0, "max": 65535})
     tls_cert: str | None = field(default=None, metadata={"help": "PEM server certificate"})
     tls_key: str | None = field(default=None, metadata={"help": "PEM server private key"})
     tls_client_ca: str | None = field(default=None, metadata={
         "help": "PEM CA bundle: require client certificates signed by it"})
     upstream_timeout: float = field(default=30.0, metadata={
-        "help": "seconds an upstream call may take when the client sets no shorter deadline"})
+        "help": "seconds an upstream call may take when the client sets no shorter deadline",
+        "gt": 0})
     health_interval: float = field(default=2.0, metadata={
-        "help": "seconds between upstream health probes"})
-    max_workers: int = field(default=16, metadata={"help": "gRPC worker threads"})
+        "help": "seconds between upstream health probes", "gt": 0})
+    max_workers: int = field(default=16, metadata={"help": "gRPC worker threads", "min": 1})
     max_request_mb: int = field(default=64, metadata={
         "help": "largest request accepted, MiB (the gateway faces the internet: a small "
-                "compressed request must not inflate to TF Serving's 2 GiB limit)"})
+                "compressed request must not inflate to TF Serving's 2 GiB limit)",
+        "min": 1, "max": 2047})
 
     def __post_init__(self) -> None:
-        _check_upstream(self.upstream)
-        if not _is_int(self.port) or not 0 <= self.port <= 65535:
-            raise invalid("port", self.port, "an integer in [0, 65535]")
-        if not _is_int(self.metrics_port) or not 0 <= self.metrics_port <= 65535:
-            raise invalid("metrics_port", self.metrics_port, "an integer in [0, 65535]")
+        check_fields(self)
         parse_state_url(self.state)
-        if not _is_int(self.max_request_mb) or not 1 <= self.max_request_mb <= 2047:
-            raise invalid("max_request_mb", self.max_request_mb, "an integer in [1, 2047]")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise invalid("tls_key" if self.tls_key is None else "tls_cert",
                           None, "both --tls-cert and --tls-key, or neither")
@@ -427,12 +356,6 @@ class GatewayConfig:
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise invalid(name, value, "an existing PEM file")
-        if not _is_number(self.upstream_timeout) or self.upstream_timeout <= 0:
-            raise invalid("upstream_timeout", self.upstream_timeout, "a positive number of seconds")
-        if not _is_number(self.health_interval) or self.health_interval <= 0:
-            raise invalid("health_interval", self.health_interval, "a positive number of seconds")
-        if not _is_int(self.max_workers) or self.max_workers < 1:
-            raise invalid("max_workers", self.max_workers, "a positive integer")
         if self.policy is not None:
             load_policy(self.policy)  # validate before anything starts
 

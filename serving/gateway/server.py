@@ -53,7 +53,9 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from common.errors import UsageError
+from common.errors import UsageError, invalid
+from detector.export import ATTACK_CLASS
+from detector.monitor import MAIN_WATCH, Decision, Monitor
 from serving import codec, status
 from serving.gateway.auth import ANONYMOUS, digest_matches, extract_key, hash_key
 from serving.gateway.config import (
@@ -72,6 +74,13 @@ from serving.gateway.store import (
     open_store,
 )
 from serving.ports import check_port_free, port_error
+from serving.signature import (
+    DEFAULT_SIGNATURE,
+    PROBABILITIES,
+    Signature,
+    describe_tensors,
+    select_signature,
+)
 
 __all__ = ["ANONYMOUS", "Gateway", "degrade_predict_response"]
 
@@ -88,7 +97,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 _FLOAT_TYPES = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_DOUBLE, types_pb2.DT_BFLOAT16)
-_PROB_WORDS = ("prob", "score", "softmax", "pred", "output", "dense")
 _UNAVAILABLE_MESSAGE = "Upstream model server unavailable"
 
 
@@ -113,7 +121,40 @@ class _Request:
     verdicts: dict | None = None
 
 
-# -- output policies ---------------------------------------------------------------------------
+# -- class-score outputs and output policies ----------------------------------------------------
+
+@dataclass(frozen=True)
+class ClassOutputs:
+    """A signature's class-score outputs: every float ``[batch, K]`` output (`rewritten` by the
+    output policies: probabilities and logits alike, so neither carries more than the degraded
+    answer) and the one the detectors read (`watched`: the policy's ``output``, else the output
+    named ``probabilities``, else the only one; None: decided from the answer's rows)."""
+
+    rewritten: tuple[str, ...]
+    watched: str | None = None
+
+
+def class_outputs(signature: Signature, named: str | None = None) -> ClassOutputs:
+    """The `ClassOutputs` of `signature` (its float rank-2 outputs); `named` (the policy's
+    ``output``) must be one of its outputs (`UsageError` naming ``output`` otherwise)."""
+    rewritten = tuple(k for k, t in signature.outputs.items()
+                      if t.rank == 2 and t.tf_dtype in _FLOAT_TYPES)
+    if named is not None:
+        if named not in rewritten:
+            raise invalid("output", named, f"a float [batch, K] output of signature "
+                          f"'{signature.name}' ({describe_tensors(signature.outputs)})")
+        return ClassOutputs(rewritten, named)
+    if PROBABILITIES in rewritten:
+        return ClassOutputs(rewritten, PROBABILITIES)
+    return ClassOutputs(rewritten, rewritten[0] if len(rewritten) == 1 else None)
+
+
+def _answer_outputs(resp: predict_pb2.PredictResponse) -> ClassOutputs:
+    """The float rank-2 outputs of an answer, when the signature could not be read."""
+    return ClassOutputs(tuple(alias for alias, proto in resp.outputs.items()
+                              if proto.dtype in _FLOAT_TYPES
+                              and len(proto.tensor_shape.dim) == 2))
+
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - x.max(axis=1, keepdims=True)
@@ -127,61 +168,57 @@ def _is_distribution(arr: np.ndarray) -> bool:
     return bool(np.all(arr >= -1e-6) and np.allclose(arr.sum(axis=1), 1.0, atol=1e-3))
 
 
-def _output_kind(alias: str, arr: np.ndarray) -> str | None:
-    """'probabilities', 'logits' or None (left alone) for a float [N, K] output."""
-    lowered = alias.lower()
-    if "logit" in lowered:
-        return "logits"
-    if _is_distribution(arr):
-        return "probabilities"
-    if any(word in lowered for word in _PROB_WORDS) or arr.shape[1] >= 2:
-        # class scores that are not a distribution: softmax them first. Fail closed: an
-        # unrecognised float [N, K >= 2] output is treated as scores rather than passed on.
-        return "logits"
-    return None
+def as_probabilities(rows: np.ndarray) -> np.ndarray:
+    """Class-score rows as probabilities: unchanged when each row is a distribution, else
+    softmaxed (logits, or scores that are not a distribution: fail closed, never passed on)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows if _is_distribution(rows) else _softmax(rows).astype(np.float32)
 
 
 def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
-                             policy: Callable[[np.ndarray], np.ndarray]) -> bytes:
+                             policy: Callable[[np.ndarray], np.ndarray],
+                             outputs: ClassOutputs | None = None) -> bytes:
     """Rewrite the class-score outputs of a Predict answer with an output policy.
 
-    Float [N, K] outputs named like probabilities (or whose rows are distributions) go through
-    `policy`; outputs named like logits become log(policy(softmax(logits))) (floored at 1e-30)
-    so they carry no more than the degraded probabilities; other outputs are unchanged. The
-    answer keeps its signature (same aliases, dtypes and shapes).
+    `outputs.rewritten` (default: every float [N, K] output of the answer) go through `policy`:
+    rows that are distributions directly, other rows (logits) as log(policy(softmax(rows)))
+    (floored at 1e-30) so they carry no more than the degraded probabilities; other outputs are
+    unchanged. The answer keeps its signature (same aliases, dtypes and shapes).
     """
     resp = response if isinstance(response, predict_pb2.PredictResponse) else \
         predict_pb2.PredictResponse.FromString(response)
-    for alias in list(resp.outputs):
-        proto = resp.outputs[alias]
-        if proto.dtype not in _FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
+    for alias in (outputs or _answer_outputs(resp)).rewritten:
+        proto = resp.outputs.get(alias)
+        if proto is None or proto.dtype not in _FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
             continue
         arr = codec.to_ndarray(proto)
-        kind = _output_kind(alias, arr.astype(np.float32))
-        if kind is None or arr.shape[0] == 0:
+        if arr.shape[0] == 0:
             continue
         work = arr.astype(np.float32)
-        if kind == "logits":
-            out = np.log(np.maximum(policy(_softmax(work)), 1e-30))
-        else:
+        if _is_distribution(work):
             out = policy(work)
+        else:
+            out = np.log(np.maximum(policy(_softmax(work)), 1e-30))
         resp.outputs[alias].CopyFrom(codec.from_ndarray(np.asarray(out).astype(arr.dtype)))
     return resp.SerializeToString()
 
 
-def _class_predictions(resp: predict_pb2.PredictResponse) -> tuple[np.ndarray, int] | None:
-    """The victim's predicted class per row (argmax of its probabilities or logits), and K."""
-    fallback = None
-    for alias, proto in resp.outputs.items():
-        if proto.dtype not in _FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
-            continue
-        arr = codec.to_ndarray(proto)
-        kind = _output_kind(alias, arr.astype(np.float32))
-        if kind == "probabilities":
-            return np.argmax(arr, axis=1), arr.shape[1]
-        if kind == "logits":
-            fallback = np.argmax(arr, axis=1), arr.shape[1]
-    return fallback
+def watched_probabilities(resp: predict_pb2.PredictResponse, outputs: ClassOutputs,
+                          rows: int) -> np.ndarray | None:
+    """The victim's class probabilities ``[rows, K]`` in an answer: the `watched` output, else
+    the first rewritten output whose rows are distributions, else the first one (softmaxed when
+    not a distribution); None when the answer has none with `rows` rows."""
+    candidates = []
+    for alias in ((outputs.watched,) if outputs.watched else outputs.rewritten):
+        proto = resp.outputs.get(alias)
+        if proto is not None and proto.dtype in _FLOAT_TYPES and \
+                len(proto.tensor_shape.dim) == 2:
+            arr = codec.to_ndarray(proto).astype(np.float32)
+            if len(arr) == rows and arr.shape[1] >= 1:
+                if _is_distribution(arr):
+                    return arr
+                candidates.append(arr)
+    return as_probabilities(candidates[0]) if candidates else None
 
 
 def _image_input(req: predict_pb2.PredictRequest) -> tuple[str, Any] | None:
@@ -224,10 +261,9 @@ class Gateway:
         self._client_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._flagged: set[str] = set()
-        self._prada_live: dict[str, tuple[bytes, Any]] = {}
-        self._ood = ood_detector
-        self._window = None
-        self._prada = None
+        self._ood_detector = ood_detector
+        self._monitor: Monitor | None = None
+        self._outputs: dict[tuple, ClassOutputs] = {}
         self._always = None
         self._on_flag = None
         self._misinform = None
@@ -245,25 +281,12 @@ class Gateway:
 
             self._always = None if p.always == "identity" else parse_policy(p.always)
             self._on_flag = parse_policy(p.on_flag_policy)
-        if p.ood is not None:
-            from detector.aggregate import SlidingWindow
-
-            self._window = SlidingWindow(window=p.ood.window, level=p.ood.level,
-                                         min_queries=p.ood.min_queries)
-            if p.ood.path is not None and self._ood is None:
-                from detector.ood import OODDetector
-
-                if not Path(p.ood.path).exists():
-                    raise UsageError(
-                        f"Invalid value for argument `detectors.ood.path`. Received: "
-                        f"detectors.ood.path={p.ood.path!r}. Expected an exported detector "
-                        "folder (detectors/<name>/<version>).")
-                self._ood = OODDetector.load(p.ood.path, threshold=p.ood.threshold)
-        if p.prada is not None:
-            from detector.prada import Prada
-
-            self._prada = Prada(delta=p.prada.delta, min_samples=p.prada.min_samples,
-                                max_set=p.prada.max_set)
+        if p.detectors:
+            if p.ood is not None and p.ood.path is not None and self._ood_detector is None \
+                    and not Path(p.ood.path).exists():
+                raise invalid("detectors.ood.path", p.ood.path, "an exported detector folder "
+                              "(detectors/<name>/<version>)")
+            self._monitor = Monitor.from_configs(p.ood, p.prada, detector=self._ood_detector)
         if p.misinforms:
             self._setup_misinformation()
         if p.watermark is not None:
@@ -272,7 +295,7 @@ class Gateway:
             self._watermarker = Watermarker(read_key(p.watermark.key_file), p.watermark.fraction)
 
     def _ood_threshold(self) -> float:
-        return float(self._ood.threshold if self._ood is not None else self.policy.ood.threshold)
+        return self._monitor.watch(MAIN_WATCH).limit
 
     def _setup_misinformation(self) -> None:
         from detector.misinformation import AdaptiveMisinformation, MisinformationModel
@@ -599,14 +622,58 @@ class Gateway:
         rows = max((_rows(t.tensor_shape.dim) for t in msg.inputs.values()), default=0)
         self._admit(req, rows)
         if not self.policy.inspects:
+            outputs = self._class_outputs(msg.model_spec, context) if self._always else None
             answer = self._forward("Predict", payload, context)
             action = "pass"
             if self._always is not None:
-                answer = degrade_predict_response(answer, self._always)
+                answer = degrade_predict_response(answer, self._always, outputs)
                 action = f"always:{self.policy.always}"
             self._commit(req, None, action)
             return answer
         return self._predict_watched(req, msg, payload, context)
+
+    def _class_outputs(self, spec, context) -> ClassOutputs | None:
+        """The class-score outputs of the signature `spec` asks for (GetModelMetadata, once per
+        model, version and signature); None when the upstream does not describe it (then the
+        answer's own float [N, K] outputs are used)."""
+        version = spec.version.value if spec.HasField("version") else spec.version_label
+        name = spec.signature_name or DEFAULT_SIGNATURE
+        key = (spec.name, version, name)
+        found = self._outputs.get(key)
+        if found is not None:
+            return found
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.CopyFrom(spec)
+        try:
+            answer = get_model_metadata_pb2.GetModelMetadataResponse.FromString(
+                self._forward("GetModelMetadata", request.SerializeToString(), context))
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            if not answer.metadata["signature_def"].Unpack(signature_map):
+                raise KeyError("signature_def")
+            signature = select_signature(signature_map, name, where=f"model '{spec.name}'")
+        except (_Stop, UsageError, KeyError, DecodeError) as err:
+            log.warning("no signature for model %r (%s): class-score outputs taken from the "
+                        "answers", spec.name, getattr(err, "message", err))
+            return None
+        try:
+            found = class_outputs(signature, self.policy.output)
+        except UsageError as err:
+            raise _Stop(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"The gateway policy does not fit model '{spec.name}': {err}",
+                        "invalid") from None
+        self._outputs[key] = found
+        return found
+
+    def _images(self, msg: predict_pb2.PredictRequest) -> np.ndarray | None:
+        found = _image_input(msg)
+        if found is None:
+            return None
+        alias, proto = found
+        try:
+            return codec.to_ndarray(proto)
+        except codec.TensorDecodeError:
+            err = status.tensor_parsing_error(alias)
+            raise _Stop(err.code, err.message, "invalid") from None
 
     def _predict_watched(self, req: _Request, msg: predict_pb2.PredictRequest, payload: bytes,
                          context) -> bytes:
@@ -616,72 +683,27 @@ class Gateway:
             raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
                         f"Client '{req.name}' is flagged for model extraction; "
                         "queries are refused", "refuse")
-        found = _image_input(msg)
-        images = None
-        if found is not None:
-            alias, proto = found
-            try:
-                images = codec.to_ndarray(proto)
-            except codec.TensorDecodeError:
-                err = status.tensor_parsing_error(alias)
-                raise _Stop(err.code, err.message, "invalid") from None
-        ood_verdicts = ood_scores = None
-        if self._window is not None and images is not None and len(images):
-            if self._misinform is not None:  # the switch needs the scores, not only verdicts
-                ood_scores = self._ood_scores(images, context)
-                ood_verdicts = ood_scores >= self._ood_threshold()
-            else:
-                ood_verdicts = self._ood_verdicts(images, context)
+        images = self._images(msg)
+        watched = images is not None and len(images) > 0
+        outputs = self._class_outputs(msg.model_spec, context)
+        scores = None
+        if watched and self._monitor is not None and self._monitor.needs_scores():
+            scores = {name: self._upstream_scores(images, context)
+                      for name in self._monitor.needs_scores()}
         answer = self._forward("Predict", payload, context)
-        resp = None
-        predicted = None
-        rewrites = images is not None and len(images) and (
-            self._prada is not None or self._misinform is not None
-            or self._watermarker is not None)
-        if rewrites:
+        resp = probs = None
+        if watched:
             resp = predict_pb2.PredictResponse.FromString(answer)
-            predicted = _class_predictions(resp)
+            probs = watched_probabilities(resp, outputs or _answer_outputs(resp), len(images))
         with self._client_lock(req.name):
             state = self.store.load_detectors(req.name)
-            verdicts: dict[str, Any] = {}
-            newly = []
-            if ood_verdicts is not None:
-                if state.ood is None:
-                    state.ood = self._window.new_state()
-                flagged, share = self._window.update(state.ood, ood_verdicts)
-                verdicts["ood_attack_queries"] = int(np.count_nonzero(ood_verdicts))
-                verdicts["ood_share"] = round(float(share), 4)
-                if flagged and not state.flagged:
-                    newly.append("ood")
-            if predicted is not None and self._prada is not None:
-                t0 = time.perf_counter()
-                classes, num_classes = predicted
-                features = images.reshape(len(images), -1).astype(np.float32) / 255.0
-                cached = self._prada_live.get(req.name)
-                if state.prada and cached is not None and cached[0] is state.prada:
-                    prada_state = cached[1]  # the store handed back the bytes we wrote last
-                elif state.prada:
-                    prada_state = _prada_loads(self._prada, state.prada)
-                else:
-                    prada_state = self._prada.new_state(num_classes, features.shape[1])
-                verdict = self._prada.update(prada_state, features, classes.astype(np.int64))
-                state.prada = _prada_dumps(self._prada, prada_state)
-                self._prada_live[req.name] = (state.prada, prada_state)
-                self.metrics.detector_latency.labels("prada").observe(time.perf_counter() - t0)
-                verdicts["prada_statistic"] = None if verdict.statistic is None else \
-                    round(float(verdict.statistic), 4)
-                if verdict.flagged and not state.flagged:
-                    newly.append("prada")
-            if newly:
-                state.flagged = True
-                state.flagged_by = ",".join(newly)
-                for name in newly:
-                    self.metrics.flags.labels(name).inc()
-                self._flagged.add(req.name)
-                self.metrics.flagged.set(len(self._flagged))
-                log.warning("client %s flagged by %s", req.name, state.flagged_by)
-            verdicts["flagged"] = state.flagged
-            req.verdicts = verdicts
+            if self._monitor is not None:
+                decision = self._monitor.observe(state, images, probs, scores=scores,
+                                                 client=req.name)
+            else:
+                decision = Decision(flagged=state.flagged, verdicts={"flagged": state.flagged})
+            self._count(req.name, decision)
+            verdicts = req.verdicts = decision.verdicts
             action = "pass"
             if state.flagged and refuse:
                 # charged (the upstream answered) and audited, but the answer is withheld
@@ -694,8 +716,10 @@ class Gateway:
                             f"Client '{req.name}' is flagged for model extraction; "
                             "queries are refused", "refuse_committed")
             policies = []
-            misinform = ood_scores is not None and predicted is not None and (
-                p.on_query == "misinform" or (state.flagged and p.on_flag_action == "misinform"))
+            ood_scores = decision.scores.get(MAIN_WATCH)
+            misinform = self._misinform is not None and ood_scores is not None \
+                and probs is not None and (p.on_query == "misinform" or (
+                    state.flagged and p.on_flag_action == "misinform"))
             if misinform:
                 label_only = (state.flagged and p.on_flag_policy == "label_only") or \
                     p.always == "label_only"
@@ -711,19 +735,19 @@ class Gateway:
                 policies.append(self._always)
                 action = action if action != "pass" else f"always:{p.always}"
             marks = None
-            if self._watermarker is not None and predicted is not None:
-                top1, classes = predicted
-                marks = self._watermarker.choose(req.name, images, top1, classes)
+            if self._watermarker is not None and probs is not None:
+                top1 = np.argmax(probs, axis=1)
+                marks = self._watermarker.choose(req.name, images, top1, probs.shape[1])
                 if len(marks[0]):
                     policies.append(_relabel(marks[0], marks[1]))
                     verdicts["watermarked"] = int(len(marks[0]))
             if policies:
                 answer = degrade_predict_response(resp if resp is not None else answer,
-                                                  _chain(policies))
+                                                  _chain(policies), outputs)
             if marks is not None and len(marks[0]):
                 # stored before the answer leaves (as the audit record below)
                 self.store.add_watermarks(self._watermarker.records(
-                    req.name, images, marks[0], marks[1], predicted[0], marks[2],
+                    req.name, images, marks[0], marks[1], top1, marks[2],
                     model=req.model, now=time.time()))
             self.store.commit(req.name, req.rows, state, AuditRecord(
                 time.time(), req.name, req.method, req.model, req.rows, verdicts, action,
@@ -731,6 +755,16 @@ class Gateway:
             req.admitted = False
         self.metrics.child(self.metrics.queries, req.name).inc(req.rows)
         return answer
+
+    def _count(self, name: str, decision: Decision) -> None:
+        """The monitor's timings and new flags into the metrics."""
+        for detector, seconds in decision.seconds.items():
+            self.metrics.detector_latency.labels(detector).observe(seconds)
+        if decision.newly:
+            for detector in decision.newly:
+                self.metrics.flags.labels(detector).inc()
+            self._flagged.add(name)
+            self.metrics.flagged.set(len(self._flagged))
 
     def _misinformation_policy(self, images: np.ndarray, scores: np.ndarray, label_only: bool,
                                context) -> Callable[[np.ndarray], np.ndarray]:
@@ -740,69 +774,32 @@ class Gateway:
             if self._mis_model is not None:
                 mis = self._mis_model(images)
             else:
-                request = predict_pb2.PredictRequest()
-                request.model_spec.name = self.policy.misinformation.upstream_model
-                request.inputs["images"].CopyFrom(codec.from_ndarray(images.astype(np.uint8),
-                                                                     use_tensor_content=True))
-                answer = predict_pb2.PredictResponse.FromString(
-                    self._forward("Predict", request.SerializeToString(), context))
-                mis = codec.to_ndarray(answer.outputs["probabilities"])
+                mis = self._upstream_predict(self.policy.misinformation.upstream_model,
+                                             images, context)
 
         def apply(probs: np.ndarray) -> np.ndarray:
             return self._misinform(probs, scores, mis, label_only=label_only)
 
         return apply
 
-    def _ood_scores(self, images: np.ndarray, context) -> np.ndarray:
-        """The OOD detector's attack probability per image, float64 (in process or upstream)."""
+    def _upstream_predict(self, model: str, images: np.ndarray, context) -> np.ndarray:
+        """The ``probabilities`` a detector export served by the upstream gives `images`."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.inputs["images"].CopyFrom(codec.from_ndarray(images.astype(np.uint8),
+                                                             use_tensor_content=True))
+        answer = predict_pb2.PredictResponse.FromString(
+            self._forward("Predict", request.SerializeToString(), context))
+        return codec.to_ndarray(answer.outputs["probabilities"])
+
+    def _upstream_scores(self, images: np.ndarray, context) -> np.ndarray:
+        """The upstream-served OOD detector's attack probability per image, float64."""
         t0 = time.perf_counter()
         try:
-            if self._ood is not None:
-                return np.asarray(self._ood.score(images), dtype=np.float64)
-            ood = self.policy.ood
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = ood.upstream_model
-            request.inputs["images"].CopyFrom(codec.from_ndarray(images.astype(np.uint8),
-                                                                 use_tensor_content=True))
-            answer = predict_pb2.PredictResponse.FromString(
-                self._forward("Predict", request.SerializeToString(), context))
-            return codec.to_ndarray(answer.outputs["probabilities"])[:, 1].astype(np.float64)
+            probs = self._upstream_predict(self.policy.ood.upstream_model, images, context)
+            return probs[:, ATTACK_CLASS].astype(np.float64)
         finally:
-            self.metrics.detector_latency.labels("ood").observe(time.perf_counter() - t0)
-
-    def _ood_verdicts(self, images: np.ndarray, context) -> np.ndarray:
-        t0 = time.perf_counter()
-        try:
-            if self._ood is not None:
-                return np.asarray(self._ood.predict(images), dtype=bool)
-            ood = self.policy.ood
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = ood.upstream_model
-            request.inputs["images"].CopyFrom(codec.from_ndarray(images.astype(np.uint8),
-                                                                 use_tensor_content=True))
-            answer = predict_pb2.PredictResponse.FromString(
-                self._forward("Predict", request.SerializeToString(), context))
-            probs = codec.to_ndarray(answer.outputs["probabilities"])
-            # float64, as OODDetector.predict: a float32 compare rounds the threshold
-            return probs[:, 1].astype(np.float64) >= float(ood.threshold)
-        finally:
-            self.metrics.detector_latency.labels("ood").observe(time.perf_counter() - t0)
-
-
-def _prada_dumps(prada: Any, state: Any) -> bytes:
-    if hasattr(prada, "dumps"):
-        return prada.dumps(state)
-    from detector import prada as module
-
-    return module.dumps(state)
-
-
-def _prada_loads(prada: Any, blob: bytes) -> Any:
-    if hasattr(prada, "loads"):
-        return prada.loads(blob)
-    from detector import prada as module
-
-    return module.loads(blob)
+            self.metrics.detector_latency.labels(MAIN_WATCH).observe(time.perf_counter() - t0)
 
 
 def _relabel(rows: np.ndarray, wrong: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -3,7 +3,8 @@
 The upstream is `tests/serving/conftest.py`'s `server` (the `tiny` 8x8 classifier with
 `probabilities` and `logits` outputs, and the `examples` model for Classify/Regress). `gateway`
 is a factory: `gateway(policy=..., store=..., upstream=...)` starts one on a free loopback port
-and stops it after the test.
+and stops it after the test. `BrightIsAttack` is a stand-in OOD detector for `bright` images
+(`dark` ones are benign).
 """
 
 from __future__ import annotations
@@ -31,6 +32,29 @@ def predict_request(images: np.ndarray, model: str = "tiny") -> predict_pb2.Pred
 
 def images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+def bright(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(200, 256, (n, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+def dark(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 60, (n, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+class BrightIsAttack:
+    """A stand-in OOD detector: an image is an attack query when its mean pixel is above 127."""
+
+    threshold = 0.5
+    input_shape = IMAGE_SHAPE
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return (x.reshape(len(x), -1).mean(axis=1) / 255.0).astype(np.float32)
+
 
 
 class Target:

@@ -5,39 +5,24 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import classification_pb2
 
-from serving import codec
-from serving.gateway.config import GatewayPolicy, OODConfig, PradaConfig
-from tests.serving.gateway.conftest import Target, add_client, images
-
-pytest.importorskip("detector.policies")
-pytest.importorskip("detector.aggregate")
-
-
-class BrightIsAttack:
-    """A stand-in OOD detector: an image is an attack query when its mean pixel is above 127."""
-
-    threshold = 0.5
-    input_shape = (8, 8, 3)
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def score(self, x: np.ndarray) -> np.ndarray:
-        return (x.reshape(len(x), -1).mean(axis=1) / 255.0).astype(np.float32)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        return self.score(x) >= self.threshold
-
-
-def bright(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(200, 256, (n, 8, 8, 3), dtype=np.uint8)
-
-
-def dark(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 60, (n, 8, 8, 3), dtype=np.uint8)
+from common.errors import UsageError
+from detector.export import export_detector
+from serving import codec, testing
+from serving.gateway.config import GatewayPolicy, OODConfig, PradaConfig, policy_from_dict
+from serving.gateway.server import ClassOutputs, class_outputs
+from serving.gateway.store import RedisStore, SQLiteStore
+from serving.signature import Signature, TensorInfo
+from tests.serving.gateway.conftest import (
+    BrightIsAttack,
+    Target,
+    add_client,
+    bright,
+    dark,
+    images,
+)
 
 
 def _ood_policy(**kwargs) -> GatewayPolicy:
@@ -89,8 +74,6 @@ def test_ood_flags_attacker_and_degrades_to_label_only(gateway, server):
 
 
 def test_refuse_action_and_flag_survives_restart(gateway, tmp_path):
-    from serving.gateway.store import SQLiteStore
-
     state = f"sqlite:{tmp_path / 'flags.db'}"
     gw = gateway(_ood_policy(on_flag_action="refuse"), state=state,
                  ood_detector=BrightIsAttack())
@@ -121,7 +104,6 @@ def test_refuse_action_and_flag_survives_restart(gateway, tmp_path):
 
 def test_ood_state_kept_in_redis(gateway):
     fakeredis = pytest.importorskip("fakeredis")
-    from serving.gateway.store import RedisStore
 
     shared = fakeredis.FakeServer()
     gw = gateway(_ood_policy(), store=RedisStore(client=fakeredis.FakeRedis(server=shared)),
@@ -154,8 +136,6 @@ def _export_tiny_detector(path):
     """A tiny exported OOD detector (uint8 8x8 -> 2 logits) that calls bright images attacks."""
     import keras
 
-    from detector.ood import export_detector
-
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.GlobalAveragePooling2D()(inputs)
     x = keras.layers.Lambda(lambda t: keras.ops.mean(t, axis=-1, keepdims=True))(x)
@@ -167,7 +147,6 @@ def _export_tiny_detector(path):
 
 
 def test_exported_detector_loaded_from_path(gateway, tmp_path):
-    pytest.importorskip("detector.ood")
     path = _export_tiny_detector(tmp_path / "detectors" / "tiny_ood" / "1")
     policy = GatewayPolicy(ood=OODConfig(path=str(path), window=8, level=0.5, min_queries=4))
     gw = gateway(policy)
@@ -179,9 +158,6 @@ def test_exported_detector_loaded_from_path(gateway, tmp_path):
 
 
 def test_detector_served_by_upstream(gateway, server, tmp_path):
-    pytest.importorskip("detector.ood")
-    from serving import testing
-
     _export_tiny_detector(tmp_path / "models" / "tiny_ood" / "1")
     config = tmp_path / "models.config"
     config.write_text(
@@ -203,7 +179,6 @@ def test_detector_served_by_upstream(gateway, server, tmp_path):
 
 
 def test_prada_flags_synthetic_stream_not_natural(gateway):
-    pytest.importorskip("detector.prada")
     policy = GatewayPolicy(prada=PradaConfig(delta=0.95, min_samples=20, max_set=500),
                            budget=None, rate_per_second=1e6, burst=1e6)
     gw = gateway(policy)
@@ -222,3 +197,54 @@ def test_prada_flags_synthetic_stream_not_natural(gateway):
     assert not gw.store.load_detectors("natural").flagged
     verdicts = gw.store.audit_records()[-1].verdicts
     assert "prada_statistic" in verdicts
+
+
+def test_policy_sections_are_the_detectors_own_configs():
+    policy = policy_from_dict({"detectors": {
+        "prada": {"delta": 0.9, "max_distances": 300, "outlier_std": None},
+        "ood": {"path": "d", "window": 8, "min_queries": 4}}, "output": "logits"})
+    assert policy.prada == PradaConfig(delta=0.9, max_distances=300, outlier_std=None)
+    assert policy.ood == OODConfig(path="d", window=8, min_queries=4)
+    assert policy.output == "logits"
+    with pytest.raises(UsageError, match="argument `detectors.prada.max_distances`"):
+        policy_from_dict({"detectors": {"prada": {"min_samples": 50, "max_distances": 10}}})
+    with pytest.raises(UsageError, match="argument `detectors.prada.outlier_std`"):
+        policy_from_dict({"detectors": {"prada": {"outlier_std": -1}}})
+    with pytest.raises(UsageError, match="argument `output`"):
+        policy_from_dict({"output": ""})
+
+
+def _signature(**outputs) -> Signature:
+    return Signature("serving_default", "tensorflow/serving/predict",
+                     {"images": TensorInfo("images", np.dtype(np.uint8), (None, 8, 8, 3))},
+                     {name: TensorInfo(name, np.dtype(dtype), shape, tf_dtype)
+                      for name, (dtype, shape, tf_dtype) in outputs.items()})
+
+
+def test_the_watched_output_comes_from_the_signature_not_its_name():
+    floats = (np.float32, (None, 10), types_pb2.DT_FLOAT)
+    ids = (np.int64, (None,), types_pb2.DT_INT64)
+    # one float [batch, K] output, whatever its name, is the one watched and rewritten
+    assert class_outputs(_signature(zzz=floats, classes=ids)) == ClassOutputs(("zzz",), "zzz")
+    both = _signature(logits=floats, probabilities=floats, classes=ids)
+    assert class_outputs(both) == ClassOutputs(("logits", "probabilities"), "probabilities")
+    assert class_outputs(both, "logits").watched == "logits"
+    # several and none named probabilities: decided from the answer's rows
+    assert class_outputs(_signature(a=floats, b=floats)).watched is None
+    with pytest.raises(UsageError, match="`output`.*float \\[batch, K\\] output"):
+        class_outputs(both, "classes")
+
+
+def test_policy_output_reads_the_named_output_and_a_wrong_one_is_refused(gateway):
+    policy = GatewayPolicy(prada=PradaConfig(min_samples=3), output="logits")
+    gw = gateway(policy)
+    target = Target(f"127.0.0.1:{gw.port}", add_client(gw.store, "alice"))
+    target.predict(images(16))
+    assert gw.store.audit_records()[-1].verdicts["prada_statistic"] is not None
+    wrong = gateway(GatewayPolicy(prada=PradaConfig(min_samples=3), output="scores"))
+    target = Target(f"127.0.0.1:{wrong.port}", add_client(wrong.store, "bob"))
+    with pytest.raises(grpc.RpcError) as info:
+        target.predict(images(4))
+    assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "`output`" in info.value.details() and "'tiny'" in info.value.details()
+    assert wrong.store.usage("bob") == 0  # refused before the victim answered: not charged

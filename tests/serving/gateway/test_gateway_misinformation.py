@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from common.errors import UsageError
-from detector.misinformation import reverse_distribution
+from detector.misinformation import MisinformationModel, reverse_distribution
 from serving import codec
 from serving.gateway.config import (
     GatewayPolicy,
@@ -17,8 +17,15 @@ from serving.gateway.config import (
     WatermarkConfig,
     policy_from_dict,
 )
-from tests.serving.gateway.conftest import Target, add_client, images
-from tests.serving.gateway.test_gateway_detectors import BrightIsAttack, bright, dark
+from serving.gateway.store import SQLiteStore
+from tests.serving.gateway.conftest import (
+    BrightIsAttack,
+    Target,
+    add_client,
+    bright,
+    dark,
+    images,
+)
 
 
 def _ood():
@@ -70,8 +77,6 @@ def test_on_flag_misinform_label_only_gives_the_misinformation_top1(gateway, ser
 
 
 def test_watermarks_are_answered_stored_and_survive_a_restart(gateway, server, tmp_path):
-    from serving.gateway.store import SQLiteStore
-
     key_file = tmp_path / "wm.key"
     key_file.write_bytes(b"0123456789abcdef0123456789abcdef\n")
     policy = GatewayPolicy(watermark=WatermarkConfig(key_file=str(key_file), fraction=0.3))
@@ -134,8 +139,6 @@ def test_a_short_watermark_key_is_refused_before_start(gateway, tmp_path):
 def test_misinformation_model_loaded_in_process(gateway, server, model_base):
     """`function: model` with `path`: an exported classifier answers the OOD queries (here
     tiny version 1 misinforms for the served tiny version 2)."""
-    from detector.misinformation import MisinformationModel
-
     path = str(model_base[0] / "tiny" / "1")
     policy = GatewayPolicy(ood=_ood(), on_query="misinform", on_flag_action="misinform",
                            on_flag_policy="identity",
