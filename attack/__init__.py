@@ -7,7 +7,8 @@
 
 Attacks (`attack.base.Attack`): `Knockoff` (Orekondy et al. 2019), `SemiSupervisedKnockoff`
 (Jagielski et al. 2020), `Copycat` (da Silva et al. 2018), `JBDA` (Papernot et al. 2017),
-`EquationSolving` (Tramèr et al. 2016), `FEE` (Jagielski et al. 2020). Victims
+`EquationSolving` (Tramèr et al. 2016), `FEE` (Jagielski et al. 2020), `DataFree` (DFME,
+MAZE and a label-only DFMS-HL variant: no natural images). Victims
 (`attack.victim`): `ServingVictim` (gRPC), `RestVictim`, `KerasVictim`, `open_victim`. Each
 attack's command line is ``python -m attack.<module>``.
 
@@ -24,6 +25,7 @@ __all__ = [
     "JBDA",
     "Attack",
     "Copycat",
+    "DataFree",
     "EquationSolving",
     "ExtractionResult",
     "KerasVictim",
@@ -43,6 +45,7 @@ _WHERE = {
     "Knockoff": "attack.knockoff",
     "SemiSupervisedKnockoff": "attack.knockoff",
     "Copycat": "attack.copycat",
+    "DataFree": "attack.datafree",
     "JBDA": "attack.jbda",
     "EquationSolving": "attack.equation_solving",
     "FEE": "attack.fee",

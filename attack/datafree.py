@@ -137,6 +137,9 @@ class DataFreeConfig(AttackConfig):
     checkpoint_every: int = field(default=10, metadata={
         "help": "iterations between checkpoints of generator and surrogate (a resumed run "
                 "replays at most this many from stored queries, paying none again)", "min": 1})
+    keep_queries: bool = field(default=False, metadata={
+        "help": "keep every query block in RUN_DIR/queries/ (uint8 images and latent vectors, "
+                "about 3 KB per 32 px query) instead of deleting them at each checkpoint"})
     epochs: int = field(default=10, metadata={
         "cli": False, "help": "unused: the surrogate is trained online"})
     out: str = field(default="runs/datafree", metadata={
@@ -146,6 +149,9 @@ class DataFreeConfig(AttackConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fields(self)
+        if self.distribute != "none":
+            raise invalid("distribute", self.distribute,
+                          "none (the data-free loop trains generator and surrogate on one device)")
         if self.method == "dfms-hl" and self.directions is not None:
             raise invalid("directions", self.directions,
                           "none with --method dfms-hl (label-only: no gradient estimate)")
@@ -402,7 +408,7 @@ class _DataFreeRun:
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         _save_npz(self.run_dir / STATE_NAME, **arrays)
         for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
-            if int(path.name[2:10]) <= self.iteration:
+            if not self.config.keep_queries and int(path.name[2:10]) <= self.iteration:
                 path.unlink()
         self._add("storage", started)
 

@@ -13,6 +13,11 @@ the report: surrogate accuracy and fidelity against queries, and for the data-fr
 seconds spent on the victim (request to answer, journal included), the generator, the
 surrogate, storage and evaluation, per 1,000 queries. ``results.json`` and ``results.md`` go
 to ``--out``. Timings from a shared machine are inflated; compare them within one run.
+
+``--prada``: the data-free runs keep their query blocks (``--keep-queries``), and the stream
+is replayed in the order it was sent through the project's PRADA (`detector.prada.Prada` with
+its default config, the gateway's; pixel features, the victim's top-1 from the journal, batches
+of 64): the query count at which it first flags the stream, or none.
 """
 
 from __future__ import annotations
@@ -55,12 +60,15 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
         config = DataFreeConfig(**_common(ns, target, seed, out),
                                 method="dfme" if hybrid else method,
                                 natural_share=0.5 if hybrid else 0.0,
-                                transfer_set=str(Path(ns.data) / TINY) if hybrid else None)
+                                transfer_set=str(Path(ns.data) / TINY) if hybrid else None,
+                                keep_queries=ns.prada)
         run_datafree(config)
     wall = time.perf_counter() - started
     report = json.loads((out / "report.json").read_text())
     split = report["extra"].get("time_seconds", {})
+    flagged = prada_first_flag(out) if ns.prada and method != "knockoff" else None
     return {"method": method, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
+            "prada_first_flag": flagged,
             "victim_acc": report["evaluation"]["victim_acc"],
             "surrogate_acc": report["evaluation"]["surrogate_acc"],
             "fidelity_test": report["evaluation"]["fidelity_test"],
@@ -69,6 +77,34 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
             "seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in split.items()},
             "cpu_seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in
                                      report["extra"].get("cpu_seconds", {}).items()}}
+
+
+def prada_first_flag(run_dir: Path, batch: int = 64) -> int | None:
+    """The query count at which PRADA (the gateway's default config) first flags the stream
+    of a data-free run kept with --keep-queries; None when it never does."""
+    from attack.journal import QueryJournal
+    from detector.prada import Prada, pixel_features
+
+    blocks = sorted((run_dir / "queries").glob("it*.npz"))  # it<n>_g<k> before it<n>_s
+    firsts, images = [], []
+    for path in blocks:
+        with np.load(path) as block:
+            firsts.append(int(block["first"]))
+            images.append(block["images"])
+    order = np.argsort(firsts, kind="stable")
+    stream = np.concatenate([images[i] for i in order])
+    with QueryJournal.open(run_dir) as journal:
+        classes = np.empty(len(stream), np.int64)
+        classes[journal.answered_indices()] = np.argmax(journal.responses(), axis=1)
+        num_classes = int(journal.num_classes)
+    prada = Prada()
+    state = prada.new_state(num_classes, int(np.prod(stream.shape[1:])))
+    for start in range(0, len(stream), batch):
+        verdict = prada.update(state, pixel_features(stream[start:start + batch]),
+                               classes[start:start + batch])
+        if verdict.flagged:
+            return verdict.queries
+    return None
 
 
 def _markdown(rows: list[dict], ns, load: str) -> str:
@@ -95,6 +131,11 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
                          "n/a" if np.isnan(split[k]) else f"{split[k]:.2f} ({cpu[k]:.2f})"
                          for k in parts)
                      + f" | {wall:.2f} |")
+    flags = [f"{r['method']} s{r['seed']}: {r['prada_first_flag']}" for r in rows
+             if r["method"] != "knockoff" and "prada_first_flag" in r and ns.prada]
+    if flags:
+        lines += ["", "PRADA (default config) first flags the stream at query: "
+                  + "; ".join(flags)]
     lines += ["", "Curves (surrogate accuracy at each point, first seed):", ""]
     for r in rows:
         if r["seed"] == rows[0]["seed"]:
@@ -115,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-limit", type=int, default=1000)
     parser.add_argument("--curve-points", type=int, default=4)
     parser.add_argument("--knockoff-epochs", type=int, default=10)
+    parser.add_argument("--prada", action="store_true",
+                        help="keep the data-free queries and replay them through PRADA")
     parser.add_argument("--out", default="runs/datafree_bench")
     ns = parser.parse_args(argv)
     config = Path(ns.victims) / "models.config"

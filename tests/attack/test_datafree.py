@@ -182,6 +182,7 @@ def _run_cli(args, capsys):
     (["--natural-share", "1.5", "--transfer-set", "x.npz"], "natural_share"),
     (["--method", "dfms-hl", "--directions", "2"], "directions"),
     (["--transfer-set", "x.npz"], "natural_share"),
+    (["--distribute", "mirrored"], "distribute"),
 ])
 def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, named, capsys,
                                                                       tmp_path):
