@@ -5,14 +5,17 @@ It registers TF Serving's services by name with byte-level handlers: a request a
 client's bytes and, unless the policy has to look inside, leaves for the upstream unchanged; the
 upstream's answer bytes come back unchanged unless an output policy rewrites them. Only
 `Predict` requests are decoded further (to count rows, run the detectors, find the
-probabilities). Per request:
+probabilities: the class-score outputs come from the model's signature, `serving.gateway.outputs`).
+Per request:
 
 1. authenticate the API key (`serving.gateway.auth`): UNAUTHENTICATED when missing or unknown;
 2. rate limit (token bucket, requests/s) and query budget (rows = batch size; a batch that does
    not fit in what is left is refused whole): RESOURCE_EXHAUSTED naming the limit;
-3. detectors (Predict only): the OOD query classifier of Atli et al. (2020) gives one verdict
-   per image, fed into the client's sliding window (`detector.aggregate`); PRADA (Juuti et al.
-   2019) gets the flattened pixels / 255 and the victim's predicted classes;
+3. detectors (Predict only): the gateway hands the images and the victim's probabilities to
+   `detector.monitor.Monitor.observe` under the client's lock, which runs the OOD query
+   classifier of Atli et al. (2020) into the client's window (`detector.aggregate`) and PRADA
+   (Juuti et al. 2019) and says whether the client is flagged; a detector served by the upstream
+   (``detectors.ood.upstream_model``) is asked here and its scores passed in;
 4. a flagged client is refused (PERMISSION_DENIED), its answers degraded
    (`detector.policies`) or misinformed (Adaptive Misinformation, `detector.misinformation`:
    each answer blended with a misinformation function's by the query's OOD score; with
@@ -43,7 +46,6 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
-from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -55,7 +57,10 @@ from tensorflow_serving.apis import (
 
 from common.errors import UsageError, invalid
 from detector.export import ATTACK_CLASS
+from detector.misinformation import AdaptiveMisinformation, MisinformationModel
 from detector.monitor import MAIN_WATCH, Decision, Monitor
+from detector.policies import parse_policy
+from detector.watermark import Watermarker, read_key
 from serving import codec, status
 from serving.gateway.auth import ANONYMOUS, digest_matches, extract_key, hash_key
 from serving.gateway.config import (
@@ -65,6 +70,13 @@ from serving.gateway.config import (
     load_policy,
 )
 from serving.gateway.metrics import GatewayMetrics
+from serving.gateway.outputs import (
+    ClassOutputs,
+    answer_outputs,
+    class_outputs,
+    degrade_predict_response,
+    watched_probabilities,
+)
 from serving.gateway.store import (
     AuditRecord,
     ClientRecord,
@@ -74,13 +86,7 @@ from serving.gateway.store import (
     open_store,
 )
 from serving.ports import check_port_free, port_error
-from serving.signature import (
-    DEFAULT_SIGNATURE,
-    PROBABILITIES,
-    Signature,
-    describe_tensors,
-    select_signature,
-)
+from serving.signature import DEFAULT_SIGNATURE, select_signature
 
 __all__ = ["ANONYMOUS", "Gateway", "degrade_predict_response"]
 
@@ -96,7 +102,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-_FLOAT_TYPES = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_DOUBLE, types_pb2.DT_BFLOAT16)
 _UNAVAILABLE_MESSAGE = "Upstream model server unavailable"
 
 
@@ -119,106 +124,6 @@ class _Request:
     rows: int = 0
     admitted: bool = False
     verdicts: dict | None = None
-
-
-# -- class-score outputs and output policies ----------------------------------------------------
-
-@dataclass(frozen=True)
-class ClassOutputs:
-    """A signature's class-score outputs: every float ``[batch, K]`` output (`rewritten` by the
-    output policies: probabilities and logits alike, so neither carries more than the degraded
-    answer) and the one the detectors read (`watched`: the policy's ``output``, else the output
-    named ``probabilities``, else the only one; None: decided from the answer's rows)."""
-
-    rewritten: tuple[str, ...]
-    watched: str | None = None
-
-
-def class_outputs(signature: Signature, named: str | None = None) -> ClassOutputs:
-    """The `ClassOutputs` of `signature` (its float rank-2 outputs); `named` (the policy's
-    ``output``) must be one of its outputs (`UsageError` naming ``output`` otherwise)."""
-    rewritten = tuple(k for k, t in signature.outputs.items()
-                      if t.rank == 2 and t.tf_dtype in _FLOAT_TYPES)
-    if named is not None:
-        if named not in rewritten:
-            raise invalid("output", named, f"a float [batch, K] output of signature "
-                          f"'{signature.name}' ({describe_tensors(signature.outputs)})")
-        return ClassOutputs(rewritten, named)
-    if PROBABILITIES in rewritten:
-        return ClassOutputs(rewritten, PROBABILITIES)
-    return ClassOutputs(rewritten, rewritten[0] if len(rewritten) == 1 else None)
-
-
-def _answer_outputs(resp: predict_pb2.PredictResponse) -> ClassOutputs:
-    """The float rank-2 outputs of an answer, when the signature could not be read."""
-    return ClassOutputs(tuple(alias for alias, proto in resp.outputs.items()
-                              if proto.dtype in _FLOAT_TYPES
-                              and len(proto.tensor_shape.dim) == 2))
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _is_distribution(arr: np.ndarray) -> bool:
-    if arr.size == 0:
-        return False
-    return bool(np.all(arr >= -1e-6) and np.allclose(arr.sum(axis=1), 1.0, atol=1e-3))
-
-
-def as_probabilities(rows: np.ndarray) -> np.ndarray:
-    """Class-score rows as probabilities: unchanged when each row is a distribution, else
-    softmaxed (logits, or scores that are not a distribution: fail closed, never passed on)."""
-    rows = np.asarray(rows, dtype=np.float32)
-    return rows if _is_distribution(rows) else _softmax(rows).astype(np.float32)
-
-
-def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
-                             policy: Callable[[np.ndarray], np.ndarray],
-                             outputs: ClassOutputs | None = None) -> bytes:
-    """Rewrite the class-score outputs of a Predict answer with an output policy.
-
-    `outputs.rewritten` (default: every float [N, K] output of the answer) go through `policy`:
-    rows that are distributions directly, other rows (logits) as log(policy(softmax(rows)))
-    (floored at 1e-30) so they carry no more than the degraded probabilities; other outputs are
-    unchanged. The answer keeps its signature (same aliases, dtypes and shapes).
-    """
-    resp = response if isinstance(response, predict_pb2.PredictResponse) else \
-        predict_pb2.PredictResponse.FromString(response)
-    for alias in (outputs or _answer_outputs(resp)).rewritten:
-        proto = resp.outputs.get(alias)
-        if proto is None or proto.dtype not in _FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
-            continue
-        arr = codec.to_ndarray(proto)
-        if arr.shape[0] == 0:
-            continue
-        work = arr.astype(np.float32)
-        if _is_distribution(work):
-            out = policy(work)
-        else:
-            out = np.log(np.maximum(policy(_softmax(work)), 1e-30))
-        resp.outputs[alias].CopyFrom(codec.from_ndarray(np.asarray(out).astype(arr.dtype)))
-    return resp.SerializeToString()
-
-
-def watched_probabilities(resp: predict_pb2.PredictResponse, outputs: ClassOutputs,
-                          rows: int) -> np.ndarray | None:
-    """The victim's class probabilities ``[rows, K]`` in an answer: the `watched` output, else
-    the first rewritten output whose rows are distributions, else the first one (softmaxed when
-    not a distribution); None when the answer has none with `rows` rows."""
-    candidates = []
-    for alias in ((outputs.watched,) if outputs.watched else outputs.rewritten):
-        proto = resp.outputs.get(alias)
-        if proto is not None and proto.dtype in _FLOAT_TYPES and \
-                len(proto.tensor_shape.dim) == 2:
-            arr = codec.to_ndarray(proto).astype(np.float32)
-            if len(arr) == rows and arr.shape[1] >= 1:
-                if _is_distribution(arr):
-                    return arr
-                candidates.append(arr)
-    return as_probabilities(candidates[0]) if candidates else None
 
 
 def _image_input(req: predict_pb2.PredictRequest) -> tuple[str, Any] | None:
@@ -277,8 +182,6 @@ class Gateway:
     def _setup_policy(self) -> None:
         p = self.policy
         if p.always != "identity" or p.detectors:
-            from detector.policies import parse_policy
-
             self._always = None if p.always == "identity" else parse_policy(p.always)
             self._on_flag = parse_policy(p.on_flag_policy)
         if p.detectors:
@@ -290,25 +193,19 @@ class Gateway:
         if p.misinforms:
             self._setup_misinformation()
         if p.watermark is not None:
-            from detector.watermark import Watermarker, read_key
-
             self._watermarker = Watermarker(read_key(p.watermark.key_file), p.watermark.fraction)
 
     def _ood_threshold(self) -> float:
         return self._monitor.watch(MAIN_WATCH).limit
 
     def _setup_misinformation(self) -> None:
-        from detector.misinformation import AdaptiveMisinformation, MisinformationModel
-
         m = self.policy.misinformation or MisinformationConfig()
         tau = self._ood_threshold() if m.tau is None else m.tau
         self._misinform = AdaptiveMisinformation(tau=tau, nu=m.nu, function=m.function)
         if m.path is not None:
             if not Path(m.path).exists():
-                raise UsageError(
-                    f"Invalid value for argument `misinformation.path`. Received: "
-                    f"misinformation.path={m.path!r}. Expected an exported misinformation "
-                    "model folder (python -m detector.misinformation).")
+                raise invalid("misinformation.path", m.path, "an exported misinformation model "
+                              "folder (python -m detector.misinformation)")
             self._mis_model = MisinformationModel.load(m.path)
         log.info("misinformation: %r", self._misinform)
 
@@ -334,13 +231,13 @@ class Gateway:
         server.add_generic_rpc_handlers((
             grpc.method_handlers_generic_handler(PREDICTION_SERVICE, {
                 "Predict": h(self._wrap("Predict", self._predict)),
-                "GetModelMetadata": h(self._wrap("GetModelMetadata", self._metadata)),
+                "GetModelMetadata": h(self._wrap("GetModelMetadata", self._describe)),
                 "Classify": h(self._wrap("Classify", self._examples)),
                 "Regress": h(self._wrap("Regress", self._examples)),
                 "MultiInference": h(self._wrap("MultiInference", self._examples)),
             }),
             grpc.method_handlers_generic_handler(MODEL_SERVICE, {
-                "GetModelStatus": h(self._wrap("GetModelStatus", self._model_status)),
+                "GetModelStatus": h(self._wrap("GetModelStatus", self._describe)),
             }),
         ))
         self._health = health.HealthServicer()
@@ -568,23 +465,17 @@ class Gateway:
             return lock
 
     # -- methods -------------------------------------------------------------------------------
-    def _metadata(self, req: _Request, payload: bytes, context) -> bytes:
+    def _describe(self, req: _Request, payload: bytes, context) -> bytes:
+        """GetModelMetadata and GetModelStatus: forwarded, free of charge."""
         self._authenticate(req, context)
-        msg = _parse(get_model_metadata_pb2.GetModelMetadataRequest, payload)
+        for_status = req.method == "GetModelStatus"
+        msg = _parse(get_model_status_pb2.GetModelStatusRequest if for_status
+                     else get_model_metadata_pb2.GetModelMetadataRequest, payload)
         req.model = msg.model_spec.name
-        self._check_model(req.model, version=_version(msg.model_spec))
+        self._check_model(req.model, for_status=for_status,
+                          version=None if for_status else _version(msg.model_spec))
         self._admit(req, 0)
-        answer = self._forward("GetModelMetadata", payload, context)
-        self._commit(req, None, "pass")
-        return answer
-
-    def _model_status(self, req: _Request, payload: bytes, context) -> bytes:
-        self._authenticate(req, context)
-        msg = _parse(get_model_status_pb2.GetModelStatusRequest, payload)
-        req.model = msg.model_spec.name
-        self._check_model(req.model, for_status=True)
-        self._admit(req, 0)
-        answer = self._forward("GetModelStatus", payload, context)
+        answer = self._forward(req.method, payload, context)
         self._commit(req, None, "pass")
         return answer
 
@@ -694,7 +585,7 @@ class Gateway:
         resp = probs = None
         if watched:
             resp = predict_pb2.PredictResponse.FromString(answer)
-            probs = watched_probabilities(resp, outputs or _answer_outputs(resp), len(images))
+            probs = watched_probabilities(resp, outputs or answer_outputs(resp), len(images))
         with self._client_lock(req.name):
             state = self.store.load_detectors(req.name)
             if self._monitor is not None:
@@ -803,8 +694,6 @@ class Gateway:
 
 
 def _relabel(rows: np.ndarray, wrong: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    from detector.watermark import Watermarker
-
     return lambda probs: Watermarker.relabel(probs, rows, wrong)
 
 

@@ -33,6 +33,7 @@ Durability guarantees (what a SIGKILL of the gateway can lose):
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import threading
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from common.errors import UsageError, invalid
+from detector.watermark import WatermarkRecord
+from serving.gateway.config import parse_state_url
 
 __all__ = [
     "AuditRecord",
@@ -188,8 +191,6 @@ CREATE TABLE IF NOT EXISTS watermarks (
 
 
 def _watermark_json(r: Any) -> str:
-    import base64
-
     return json.dumps({"client": r.client, "model": r.model, "digest": r.digest,
                        "label": int(r.label), "true_label": int(r.true_label),
                        "time": float(r.time), "shape": list(r.image.shape),
@@ -198,8 +199,6 @@ def _watermark_json(r: Any) -> str:
 
 def _watermark_from(client: str, model: str, digest: str, label: int, true_label: int,
                     time_: float, shape: Any, blob: bytes) -> Any:
-    from detector.watermark import WatermarkRecord
-
     return WatermarkRecord(client, model, digest, int(label), int(true_label), float(time_),
                            WatermarkRecord.image_from(blob, shape))
 
@@ -557,8 +556,6 @@ class RedisStore:
 
     def watermarks(self, client: str) -> list:
         """A client's watermark records, in the order they were answered."""
-        import base64
-
         out = []
         for raw in self.r.lrange(self._k("watermarks", client), 0, -1):
             d = json.loads(raw)
@@ -596,8 +593,6 @@ def open_store(url: str, *, redis_client: Any = None,
     `create=False` refuses a SQLite file that does not exist yet (the `keys` commands that
     read or change existing clients), rather than creating an empty one.
     """
-    from serving.gateway.config import parse_state_url
-
     kind, target = parse_state_url(url)
     if kind == "sqlite":
         path, _, query = target.partition("?")

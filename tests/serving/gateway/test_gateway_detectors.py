@@ -12,7 +12,7 @@ from common.errors import UsageError
 from detector.export import export_detector
 from serving import codec, testing
 from serving.gateway.config import GatewayPolicy, OODConfig, PradaConfig, policy_from_dict
-from serving.gateway.server import ClassOutputs, class_outputs
+from serving.gateway.outputs import ClassOutputs, class_outputs
 from serving.gateway.store import RedisStore, SQLiteStore
 from serving.signature import Signature, TensorInfo
 from tests.serving.gateway.conftest import (

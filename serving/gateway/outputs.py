@@ -1,0 +1,127 @@
+"""A Predict answer's class scores, as the gateway reads and rewrites them.
+
+Which outputs hold class scores comes from the model's signature (GetModelMetadata,
+`serving.signature`): every float ``[batch, K]`` output (`class_outputs`). Output policies
+rewrite all of them (`degrade_predict_response`): probabilities directly, logits through softmax
+and back to log space, so that no output carries more than the degraded answer. The detectors
+read one (`watched_probabilities`): the policy's ``output``, else the one named
+``probabilities``, else the only one, else the first whose rows are distributions. Whether
+rows are probabilities or logits is decided from the rows (non-negative, summing to 1), never
+from the output's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import predict_pb2
+
+from common.errors import invalid
+from serving import codec
+from serving.signature import PROBABILITIES, Signature, describe_tensors
+
+__all__ = ["ClassOutputs", "answer_outputs", "as_probabilities", "class_outputs",
+           "degrade_predict_response", "watched_probabilities"]
+
+FLOAT_TYPES = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_DOUBLE, types_pb2.DT_BFLOAT16)
+
+
+@dataclass(frozen=True)
+class ClassOutputs:
+    """A signature's class-score outputs: every float ``[batch, K]`` output (`rewritten` by the
+    output policies: probabilities and logits alike, so neither carries more than the degraded
+    answer) and the one the detectors read (`watched`: the policy's ``output``, else the output
+    named ``probabilities``, else the only one; None: decided from the answer's rows)."""
+
+    rewritten: tuple[str, ...]
+    watched: str | None = None
+
+
+def class_outputs(signature: Signature, named: str | None = None) -> ClassOutputs:
+    """The `ClassOutputs` of `signature` (its float rank-2 outputs); `named` (the policy's
+    ``output``) must be one of its outputs (`UsageError` naming ``output`` otherwise)."""
+    rewritten = tuple(k for k, t in signature.outputs.items()
+                      if t.rank == 2 and t.tf_dtype in FLOAT_TYPES)
+    if named is not None:
+        if named not in rewritten:
+            raise invalid("output", named, f"a float [batch, K] output of signature "
+                          f"'{signature.name}' ({describe_tensors(signature.outputs)})")
+        return ClassOutputs(rewritten, named)
+    if PROBABILITIES in rewritten:
+        return ClassOutputs(rewritten, PROBABILITIES)
+    return ClassOutputs(rewritten, rewritten[0] if len(rewritten) == 1 else None)
+
+
+def answer_outputs(resp: predict_pb2.PredictResponse) -> ClassOutputs:
+    """The float rank-2 outputs of an answer, when the signature could not be read."""
+    return ClassOutputs(tuple(alias for alias, proto in resp.outputs.items()
+                              if proto.dtype in FLOAT_TYPES
+                              and len(proto.tensor_shape.dim) == 2))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _is_distribution(arr: np.ndarray) -> bool:
+    if arr.size == 0:
+        return False
+    return bool(np.all(arr >= -1e-6) and np.allclose(arr.sum(axis=1), 1.0, atol=1e-3))
+
+
+def as_probabilities(rows: np.ndarray) -> np.ndarray:
+    """Class-score rows as probabilities: unchanged when each row is a distribution, else
+    softmaxed (logits, or scores that are not a distribution: fail closed, never passed on)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows if _is_distribution(rows) else _softmax(rows).astype(np.float32)
+
+
+def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
+                             policy: Callable[[np.ndarray], np.ndarray],
+                             outputs: ClassOutputs | None = None) -> bytes:
+    """Rewrite the class-score outputs of a Predict answer with an output policy.
+
+    `outputs.rewritten` (default: every float [N, K] output of the answer) go through `policy`:
+    rows that are distributions directly, other rows (logits) as log(policy(softmax(rows)))
+    (floored at 1e-30) so they carry no more than the degraded probabilities; other outputs are
+    unchanged. The answer keeps its signature (same aliases, dtypes and shapes).
+    """
+    resp = response if isinstance(response, predict_pb2.PredictResponse) else \
+        predict_pb2.PredictResponse.FromString(response)
+    for alias in (outputs or answer_outputs(resp)).rewritten:
+        proto = resp.outputs.get(alias)
+        if proto is None or proto.dtype not in FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
+            continue
+        arr = codec.to_ndarray(proto)
+        if arr.shape[0] == 0:
+            continue
+        work = arr.astype(np.float32)
+        if _is_distribution(work):
+            out = policy(work)
+        else:
+            out = np.log(np.maximum(policy(_softmax(work)), 1e-30))
+        resp.outputs[alias].CopyFrom(codec.from_ndarray(np.asarray(out).astype(arr.dtype)))
+    return resp.SerializeToString()
+
+
+def watched_probabilities(resp: predict_pb2.PredictResponse, outputs: ClassOutputs,
+                          rows: int) -> np.ndarray | None:
+    """The victim's class probabilities ``[rows, K]`` in an answer: the `watched` output, else
+    the first rewritten output whose rows are distributions, else the first one (softmaxed when
+    not a distribution); None when the answer has none with `rows` rows."""
+    candidates = []
+    for alias in ((outputs.watched,) if outputs.watched else outputs.rewritten):
+        proto = resp.outputs.get(alias)
+        if proto is not None and proto.dtype in FLOAT_TYPES and \
+                len(proto.tensor_shape.dim) == 2:
+            arr = codec.to_ndarray(proto).astype(np.float32)
+            if len(arr) == rows and arr.shape[1] >= 1:
+                if _is_distribution(arr):
+                    return arr
+                candidates.append(arr)
+    return as_probabilities(candidates[0]) if candidates else None
