@@ -14,10 +14,12 @@ seconds spent on the victim (request to answer, journal included), the generator
 surrogate, storage and evaluation, per 1,000 queries. ``results.json`` and ``results.md`` go
 to ``--out``. Timings from a shared machine are inflated; compare them within one run.
 
-``--prada``: the data-free runs keep their query blocks (``--keep-queries``), and the stream
-is replayed in the order it was sent through the project's PRADA (`detector.prada.Prada` with
-its default config, the gateway's; pixel features, the victim's top-1 from the journal, batches
-of 64): the query count at which it first flags the stream, or none.
+``--flags``: the data-free runs keep their query blocks (``--keep-queries``), and the stream is
+replayed in the order it was sent, with the victim's journaled answers, through the detectors
+the gateway calls (`detector.monitor.Monitor`): PRADA with its default config and, with
+``--detector``, the OOD detector at its calibrated threshold with the default window; the
+query count at which each first flags the stream (offline: the gateway's logic, not its
+process).
 """
 
 from __future__ import annotations
@@ -61,14 +63,14 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
                                 method="dfme" if hybrid else method,
                                 natural_share=0.5 if hybrid else 0.0,
                                 transfer_set=str(Path(ns.data) / TINY) if hybrid else None,
-                                keep_queries=ns.prada)
+                                keep_queries=ns.flags)
         run_datafree(config)
     wall = time.perf_counter() - started
     report = json.loads((out / "report.json").read_text())
     split = report["extra"].get("time_seconds", {})
-    flagged = prada_first_flag(out) if ns.prada and method != "knockoff" else None
+    flagged = first_flags(out, ns.detector) if ns.flags and method != "knockoff" else None
     return {"method": method, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
-            "prada_first_flag": flagged,
+            "first_flagged": flagged,
             "victim_acc": report["evaluation"]["victim_acc"],
             "surrogate_acc": report["evaluation"]["surrogate_acc"],
             "fidelity_test": report["evaluation"]["fidelity_test"],
@@ -79,32 +81,40 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
                                      report["extra"].get("cpu_seconds", {}).items()}}
 
 
-def prada_first_flag(run_dir: Path, batch: int = 64) -> int | None:
-    """The query count at which PRADA (the gateway's default config) first flags the stream
-    of a data-free run kept with --keep-queries; None when it never does."""
-    from attack.journal import QueryJournal
-    from detector.prada import Prada, pixel_features
+def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
+    """The query count at which the gateway's detectors (`detector.monitor.Monitor`, each on its
+    own: PRADA with its default config, and with `detector` the OOD detector with its
+    calibrated threshold and default window) first flag the stream of a data-free run kept
+    with --keep-queries, replayed in the order it was sent in batches of `batch`; None: never."""
+    from types import SimpleNamespace
 
-    blocks = sorted((run_dir / "queries").glob("it*.npz"))  # it<n>_g<k> before it<n>_s
+    from attack.journal import QueryJournal
+    from detector.monitor import Monitor
+    from detector.ood import OODConfig
+    from detector.prada import PradaConfig
+
     firsts, images = [], []
-    for path in blocks:
+    for path in sorted((run_dir / "queries").glob("it*.npz")):
         with np.load(path) as block:
             firsts.append(int(block["first"]))
             images.append(block["images"])
-    order = np.argsort(firsts, kind="stable")
-    stream = np.concatenate([images[i] for i in order])
+    stream = np.concatenate([images[i] for i in np.argsort(firsts, kind="stable")])
     with QueryJournal.open(run_dir) as journal:
-        classes = np.empty(len(stream), np.int64)
-        classes[journal.answered_indices()] = np.argmax(journal.responses(), axis=1)
-        num_classes = int(journal.num_classes)
-    prada = Prada()
-    state = prada.new_state(num_classes, int(np.prod(stream.shape[1:])))
-    for start in range(0, len(stream), batch):
-        verdict = prada.update(state, pixel_features(stream[start:start + batch]),
-                               classes[start:start + batch])
-        if verdict.flagged:
-            return verdict.queries
-    return None
+        answers = np.empty((len(stream), int(journal.num_classes)), np.float32)
+        answers[journal.answered_indices()] = journal.responses()
+    monitors = {"prada": Monitor.from_configs(prada=PradaConfig())}
+    if detector:
+        monitors["ood"] = Monitor.from_configs(ood=OODConfig(path=detector))
+    flags: dict = {"stream": len(stream)}
+    for name, monitor in monitors.items():
+        state = SimpleNamespace(ood=None, prada=None, flagged=False, flagged_by=None)
+        flags[name] = None
+        for start in range(0, len(stream), batch):
+            if monitor.observe(state, stream[start:start + batch],
+                               answers[start:start + batch], client="thief").flagged:
+                flags[name] = min(start + batch, len(stream))
+                break
+    return flags
 
 
 def _markdown(rows: list[dict], ns, load: str) -> str:
@@ -131,10 +141,10 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
                          "n/a" if np.isnan(split[k]) else f"{split[k]:.2f} ({cpu[k]:.2f})"
                          for k in parts)
                      + f" | {wall:.2f} |")
-    flags = [f"{r['method']} s{r['seed']}: {r['prada_first_flag']}" for r in rows
-             if r["method"] != "knockoff" and "prada_first_flag" in r and ns.prada]
+    flags = [f"{r['method']} s{r['seed']}: {r['first_flagged']}" for r in rows
+             if r.get("first_flagged")]
     if flags:
-        lines += ["", "PRADA (default config) first flags the stream at query: "
+        lines += ["", "The gateway's detectors first flag the stream at query (None: never): "
                   + "; ".join(flags)]
     lines += ["", "Curves (surrogate accuracy at each point, first seed):", ""]
     for r in rows:
@@ -156,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-limit", type=int, default=1000)
     parser.add_argument("--curve-points", type=int, default=4)
     parser.add_argument("--knockoff-epochs", type=int, default=10)
-    parser.add_argument("--prada", action="store_true",
-                        help="keep the data-free queries and replay them through PRADA")
+    parser.add_argument("--flags", action="store_true",
+                        help="keep the data-free queries and replay them through the gateway's "
+                             "detectors (PRADA; the OOD detector with --detector)")
+    parser.add_argument("--detector", help="an exported OOD detector (detectors/<name>/<v>)")
     parser.add_argument("--out", default="runs/datafree_bench")
     ns = parser.parse_args(argv)
     config = Path(ns.victims) / "models.config"
