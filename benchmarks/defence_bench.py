@@ -50,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.realistic_adversary import (
+from attack.pipeline import journal_answers
+from benchmarks.harness.defended import (
     BenchConfig,
     Served,
     answer_summary,
@@ -63,7 +64,16 @@ from benchmarks.realistic_adversary import (
     run_knockoff_through,
     split_pool,
 )
+from benchmarks.output_policies import benign_cost
+from common.data import load_dataset
 from common.errors import invalid
+from common.fileio import write_json_atomic
+from detector import evasion
+from detector.aggregate import SlidingWindow
+from detector.ood import OODDetector
+from detector.verify import saved_model_predict, verify_watermarks
+from detector.watermark import image_digest
+from serving.gateway.config import OODConfig, policy_from_dict
 
 __all__ = ["DefenceConfig", "POLICIES", "main", "policy_dict", "run_defence"]
 
@@ -144,15 +154,11 @@ class DefenceConfig(BenchConfig):
         return tuple(int(s) for s in self.seeds.split(","))
 
     def policy(self, name: str, key_file: Path):
-        from serving.gateway.config import policy_from_dict
-
         return policy_from_dict(policy_dict(self, name, key_file))
 
 
 def policy_dict(config: DefenceConfig, name: str, key_file: Path) -> dict:
     """The gateway policy `name` of this benchmark (see the module docstring)."""
-    from serving.gateway.config import OODConfig
-
     default = OODConfig.__dataclass_fields__
     data: dict[str, Any] = {
         "limits": {"budget": None, "rate_per_second": 1e9, "burst": 1e9},
@@ -192,11 +198,6 @@ def _first_flag(window, verdicts: np.ndarray, batch: int) -> int | None:
 
 def measure_evasion(config: DefenceConfig, benign: np.ndarray, camouflage_pool: np.ndarray
                     ) -> list[dict]:
-    from common.data import load_dataset
-    from detector import evasion
-    from detector.aggregate import SlidingWindow
-    from detector.ood import OODDetector
-    from serving.gateway.config import OODConfig
 
     detector = OODDetector.load(config.detector)
     attack = load_dataset(config.transfer_spec, "val", image_size=benign.shape[1], channels=3,
@@ -242,10 +243,6 @@ def _runs(config: DefenceConfig) -> list[tuple[str, str, int]]:
 
 
 def run_defence(config: DefenceConfig) -> dict:
-    from attack.pipeline import journal_answers
-    from common.data import load_dataset
-    from detector.verify import saved_model_predict, verify_watermarks
-
     out = check_run_dir(config)
     parts = _names(config.parts, ("evasion", "attacks", "benign", "verify"), "parts")
     key_file = out / "wm.key"
@@ -329,15 +326,12 @@ def run_defence(config: DefenceConfig) -> dict:
 
 
 def _benign(config, policy, target, store, truth, images, labels) -> dict:
-    from benchmarks.output_policies import benign_cost
     from serving.client import ServingClient
 
     name = "benign"
     with ServingClient(target, config.model, api_key=client_key(store, name),
                        batch_size=config.query_batch) as client:
         answered = np.asarray(client.predict(images), dtype=np.float32)
-    from detector.watermark import image_digest
-
     cost = benign_cost(truth, answered, labels)
     det = store.load_detectors(name)
     marked = {r.digest for r in store.watermarks(name)}
@@ -416,8 +410,6 @@ def _write(config: DefenceConfig, out: Path, results: dict) -> dict:
             if config.misinformation_model else "reverse (the victim's distribution in "
                                                 "reversed rank order)"}
     text = "\n\n".join(f"## {title}\n\n{table}" for title, table in tables)
-    from common.fileio import write_json_atomic
-
     write_json_atomic(out / "results.json", {**meta, **results, "summary": summary,
                                              "verification_summary": vsum})
     (out / "results.md").write_text(f"# Defence benchmark: {config.model}\n\n{text}\n\n"

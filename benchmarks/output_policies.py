@@ -48,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.realistic_adversary import (
+from attack.pipeline import journal_answers, load_test_set
+from benchmarks.harness.defended import (
     BenchConfig,
     Served,
     answer_summary,
@@ -60,6 +61,9 @@ from benchmarks.realistic_adversary import (
     write_results,
 )
 from common.errors import invalid
+from common.fileio import write_json_atomic
+from detector.policies import parse_policy
+from serving.gateway.config import policy_from_dict
 
 __all__ = ["DEFAULT_POLICIES", "PoliciesConfig", "benign_cost", "main", "policy_slug",
            "run_output_policies", "split_policies"]
@@ -74,8 +78,6 @@ def split_policies(text: str) -> tuple[str, ...]:
 
     A comma followed by a number continues the previous spec (reverse_sigmoid's BETA,GAMMA).
     """
-    from detector.policies import parse_policy
-
     if not isinstance(text, str) or not text.strip():
         raise invalid("policies", text, "a comma-separated list of output policies")
     specs: list[str] = []
@@ -160,10 +162,7 @@ _COLUMNS = (
 
 def run_output_policies(config: PoliciesConfig) -> dict:
     """Measure every policy (reusing finished ones) and write OUT/results.{json,md}."""
-    from attack.pipeline import journal_answers, load_test_set
-    from common.fileio import write_json_atomic
     from serving.client import ServingClient
-    from serving.gateway.config import policy_from_dict
 
     out = check_run_dir(config)
     rows = []

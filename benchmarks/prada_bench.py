@@ -50,8 +50,20 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.realistic_adversary import TASKS, TRANSFER
+from attack.jbda import jacobian_augment, reservoir_sample, step_sign
+from attack.pipeline import as_seen_by_victim
+from benchmarks.harness.defended import (
+    Served,
+    VictimData,
+    benchmark_main,
+    client_key,
+    write_results,
+)
+from common.constraints import check_fields
+from common.data import load_dataset
 from common.errors import invalid
+from detector.prada import Prada
+from serving.gateway.config import policy_from_dict
 
 __all__ = ["PradaBenchConfig", "StreamSender", "jbda_stream", "main", "prada_summary",
            "run_prada_bench"]
@@ -62,67 +74,42 @@ log = logging.getLogger(__name__)
 SURROGATE_ARCH = {"filters": (16, 32), "block_dropout": (0.1, 0.2), "dense_units": 64}
 
 
-def _at_least(config: Any, low: int, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise invalid(name, value, f"an integer of at least {low}")
-
-
 @dataclass(frozen=True)
-class PradaBenchConfig:
+class PradaBenchConfig(VictimData):
     """PRADA against a JBDA stream, a Knockoff natural-image stream and benign clients."""
 
-    victims: str = field(default="victims", metadata={
-        "help": "folder of exported victims (<victims>/<model>/<version>/saved_model.pb)"})
-    model: str = field(default="cifar10_cnn", metadata={"help": "the victim's model name"})
-    data_dir: str = field(default="../shared/data", metadata={
-        "help": "folder with the datasets (see DATA.md)"})
     out: str = field(default="runs/prada", metadata={
-        "help": "output folder (its gateway.db is started afresh)", "metavar": "DIR"})
+        "help": "output folder (its gateway.db is started afresh)", "metavar": "DIR",
+        "rule": "nonempty"})
     delta: float = field(default=0.9, metadata={
-        "help": "PRADA's threshold: a client is flagged when Shapiro-Wilk W < delta"})
+        "help": "PRADA's threshold: a client is flagged when Shapiro-Wilk W < delta",
+        "gt": 0, "lt": 1})
     min_samples: int = field(default=100, metadata={
-        "help": "distances PRADA needs before its first test"})
+        "help": "distances PRADA needs before its first test", "min": 3})
     max_set: int = field(default=2000, metadata={
-        "help": "PRADA's stored set per client (oldest dropped beyond it)"})
-    batch: int = field(default=10, metadata={"help": "images per Predict request"})
+        "help": "PRADA's stored set per client (oldest dropped beyond it)", "min": 1})
+    batch: int = field(default=10, metadata={"help": "images per Predict request", "min": 1})
     max_queries: int = field(default=2000, metadata={
-        "help": "queries per stream at most (the JBDA stream's last round is cut to fit)"})
-    jbda_seeds: int = field(default=50, metadata={"help": "JBDA seed images (round 0)"})
+        "help": "queries per stream at most (the JBDA stream's last round is cut to fit)",
+        "min": 1})
+    jbda_seeds: int = field(default=50, metadata={
+        "help": "JBDA seed images (round 0)", "min": 1})
     jbda_rounds: int = field(default=5, metadata={
-        "help": "JBDA augmentation rounds after the seeds (each doubles the set)"})
+        "help": "JBDA augmentation rounds after the seeds (each doubles the set)", "min": 0})
     jbda_lambda: float = field(default=0.1, metadata={
         "metavar": "LAMBDA", "help": "JBDA step lambda on the 0..1 pixel scale (Papernot et "
                                      "al.: 0.1), sent as the pixel step round(255 * lambda)"})
     jbda_tau: int = field(default=3, metadata={
-        "help": "the JBDA step's sign flips every tau rounds"})
+        "help": "the JBDA step's sign flips every tau rounds", "min": 1})
     jbda_epochs: int = field(default=5, metadata={
-        "help": "epochs of the JBDA surrogate's fit each round"})
+        "help": "epochs of the JBDA surrogate's fit each round", "min": 1})
     benign_clients: int = field(default=2, metadata={
-        "help": "benign clients, each with its own slice of the victim's test split"})
-    benign_set: str | None = field(default=None, metadata={
-        "help": "the victim's labelled data: JBDA seeds and benign streams (default: the "
-                "registry's file in --data-dir)", "metavar": "SPEC"})
-    benign_split: str = field(default="test", metadata={"help": "split of the benign streams"})
+        "help": "benign clients, each with its own slice of the victim's test split", "min": 1})
     seed_split: str = field(default="train", metadata={"help": "split of the JBDA seeds"})
-    transfer_set: str | None = field(default=None, metadata={
-        "help": f"the Knockoff stream's natural images (default: --data-dir/{TRANSFER})",
-        "metavar": "SPEC"})
-    transfer_split: str = field(default="train", metadata={"help": "split of the transfer set"})
-    exclude_classes: str | None = field(default=None, metadata={
-        "help": "classes dropped from the transfer set (default with the default transfer "
-                "set: the registry's overlap list)", "metavar": "FILE"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
 
     def __post_init__(self) -> None:
-        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) \
-                or not 0.0 < self.delta < 1.0:
-            raise invalid("delta", self.delta, "a number in (0, 1)")
-        _at_least(self, 3, "min_samples")
-        _at_least(self, 1, "max_set", "batch", "max_queries", "jbda_seeds", "jbda_tau",
-                  "jbda_epochs", "benign_clients")
-        _at_least(self, 0, "jbda_rounds", "seed")
+        check_fields(self)
         if self.max_queries < self.jbda_seeds:
             raise invalid("max_queries", self.max_queries,
                           f"at least --jbda-seeds ({self.jbda_seeds}): the seeds are sent first")
@@ -130,42 +117,7 @@ class PradaBenchConfig:
                 or not 1 / 255 <= self.jbda_lambda <= 1:
             raise invalid("jbda_lambda", self.jbda_lambda,
                           "lambda in [1/255, 1] (at least one pixel level on the wire)")
-        if not self.out:
-            raise invalid("out", self.out, "an output folder")
-        if not (Path(self.victims) / self.model).is_dir():
-            raise invalid("model", self.model,
-                          f"an exported victim folder under {self.victims!r} "
-                          f"({Path(self.victims) / self.model} does not exist)")
-        if self.benign_set is None and self.model not in TASKS:
-            raise invalid("model", self.model,
-                          f"one of {sorted(TASKS)} (or pass --benign-set for another victim)")
-        if (self.benign_set is None or self.transfer_set is None) \
-                and not Path(self.data_dir).is_dir():
-            raise invalid("data_dir", self.data_dir, "an existing folder (see DATA.md)")
-        for given, path in ((self.benign_set, self.benign_spec),
-                            (self.transfer_set, self.transfer_spec)):
-            if given is None and not Path(path).exists():
-                raise invalid("data_dir", self.data_dir, f"a folder holding {Path(path).name}")
-        exclude = self.exclude_spec
-        if exclude is not None and not Path(exclude).is_file():
-            raise invalid("exclude_classes", exclude, "an existing file of class names")
-
-    @property
-    def benign_spec(self) -> str:
-        if self.benign_set is not None:
-            return self.benign_set
-        return str(Path(self.data_dir) / TASKS[self.model].benign)
-
-    @property
-    def transfer_spec(self) -> str:
-        return self.transfer_set or str(Path(self.data_dir) / TRANSFER)
-
-    @property
-    def exclude_spec(self) -> str | None:
-        if self.exclude_classes is not None or self.transfer_set is not None:
-            return self.exclude_classes
-        task = TASKS.get(self.model)
-        return str(Path(self.data_dir) / task.exclude) if task and task.exclude else None
+        self.check_victim_data()
 
     def policy_dict(self) -> dict:
         """The gateway policy: PRADA only, refuse flagged clients, no budget or rate limit."""
@@ -221,7 +173,6 @@ def jbda_stream(sender: StreamSender, seeds: np.ndarray, num_classes: int,
                 config: PradaBenchConfig) -> dict:
     """Send Papernot et al.'s JBDA stream (seeds, then doubling rounds) until refused or
     --max-queries; the surrogate is refit every round on what the victim answered."""
-    from attack.jbda import jacobian_augment, reservoir_sample, step_sign
     from attack.surrogate import SurrogateTrainer
 
     queries = seeds
@@ -259,8 +210,6 @@ def jbda_stream(sender: StreamSender, seeds: np.ndarray, num_classes: int,
 def prada_summary(records: Sequence[Any], state: Any, client: str) -> dict:
     """PRADA's view of `client`: from its stored state (`DetectorState`, whose `prada` bytes are
     a `detector.prada` state) and the audit log's Predict records (`AuditRecord`s)."""
-    from detector.prada import Prada
-
     stats = [r.verdicts.get("prada_statistic") for r in records
              if r.client == client and r.method == "Predict" and r.verdicts]
     stats = [float(s) for s in stats if s is not None]
@@ -296,11 +245,7 @@ def _natural(dataset, n: int, seed: int, salt: int) -> np.ndarray:
 
 def run_prada_bench(config: PradaBenchConfig) -> dict:
     """Send every stream through a fresh PRADA gateway; write OUT/results.{json,md}."""
-    from attack.pipeline import as_seen_by_victim
-    from benchmarks.realistic_adversary import Served, client_key, write_results
-    from common.data import load_dataset
-    from serving.client import ServingClient
-    from serving.gateway.config import policy_from_dict
+    from serving.client import ServingClient  # TensorFlow's protos: after the flags
 
     policy = policy_from_dict(config.policy_dict())
     seeds_set = load_dataset(config.benign_spec, config.seed_split, limit=config.jbda_seeds,
@@ -396,8 +341,6 @@ PROG = "python -m benchmarks.prada_bench"
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark with `argv` (default sys.argv[1:]); exit code 2 on bad input."""
-    from benchmarks.realistic_adversary import benchmark_main
-
     return benchmark_main(PradaBenchConfig, run_prada_bench, argv, prog=PROG, doc=__doc__)
 
 

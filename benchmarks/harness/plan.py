@@ -43,7 +43,7 @@ __all__ = ["SERVER", "Command", "Context", "Step", "StepUnavailable", "closure",
 
 REPO = Path(__file__).resolve().parents[2]
 
-SERVER = "127.0.0.1:0"
+SERVER = "dns:///plan-model-server:8500"
 """The `grpc` value of a command that queries the plan's model server (set when it runs)."""
 _SERVER_SHOWN = "127.0.0.1:<port>"
 

@@ -9,7 +9,6 @@ import pytest
 
 from benchmarks import output_policies as op
 from common.errors import UsageError
-from tests.benchmarks.test_realistic_adversary import tiny_world  # noqa: F401 - fixture
 
 
 def test_split_policies_keeps_reverse_sigmoid_pairs_together():
@@ -51,17 +50,6 @@ def test_benign_cost_on_hand_made_answers():
         op.benign_cost(truth, truth[:2], labels)
 
 
-@pytest.fixture
-def layout(tmp_path):
-    (tmp_path / "victims" / "cifar10_cnn" / "1").mkdir(parents=True)
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("cifar10_jpeg_q75.zip", "tinyimagenet200_val10k_train50pc.zip",
-                 "mobilenet_2_5_224_tf_no_top.h5", "tinyimagenet_cifar10_overlap_wnids.txt"):
-        (data / name).write_bytes(b"")
-    return tmp_path
-
-
 @pytest.mark.parametrize("extra, argument", [  # the flag typed (issue 17)
     (["--policies", "identity,nope"], "`--policies`"),
     (["--policies", ""], "`--policies`"),
@@ -81,7 +69,7 @@ def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, ar
 
 
 @pytest.mark.slow
-def test_end_to_end_identity_costs_nothing_label_only_leaks_only_labels(tiny_world, tmp_path,  # noqa: F811
+def test_end_to_end_identity_costs_nothing_label_only_leaks_only_labels(tiny_world, tmp_path,
                                                                          capsys):
     base, _ = tiny_world
     out = tmp_path / "policies"

@@ -14,21 +14,10 @@ import numpy as np
 import pytest
 
 from benchmarks import prada_bench as pb
+from benchmarks.harness.defended import TRANSFER
 from serving.gateway.store import AuditRecord, DetectorState
-from tests.benchmarks.test_realistic_adversary import SIZE, colour_images, colour_victim
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-@pytest.fixture
-def layout(tmp_path):
-    """A victims folder with a (fake) victim and a data folder with (empty) data files."""
-    (tmp_path / "victims" / "cifar10_cnn" / "1").mkdir(parents=True)
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("cifar10_jpeg_q75.zip", pb.TRANSFER, "tinyimagenet_cifar10_overlap_wnids.txt"):
-        (data / name).write_bytes(b"")
-    return tmp_path
 
 
 @pytest.mark.parametrize("extra, argument", [  # the flag typed (issue 17)
@@ -61,10 +50,10 @@ def test_unparsable_number_exits_2_naming_the_flag(layout, capsys):
 
 
 def test_missing_data_file_is_named(layout, capsys):
-    (layout / "data" / pb.TRANSFER).unlink()
+    (layout / "data" / TRANSFER).unlink()
     assert pb.main(["--victims", str(layout / "victims"), "--data-dir", str(layout / "data"),
                     "--out", str(layout / "o")]) == 2
-    assert pb.TRANSFER in capsys.readouterr().err
+    assert TRANSFER in capsys.readouterr().err
 
 
 def test_policy_is_prada_only_and_refuses(layout):
@@ -107,31 +96,10 @@ def test_prada_summary_reads_the_state_and_the_audit_log():
     assert not fresh["flagged"] and fresh["statistic"] is None and fresh["distances"] == 0
 
 
-# -- end to end on a tiny victim ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    """victims/colours, seeds and benign images, and a transfer set (all natural-looking)."""
-    from victim_export import export_classifier
-
-    base = tmp_path_factory.mktemp("prada_world")
-    export_classifier(colour_victim(), base / "victims", "colours", version=1,
-                      input_shape=(SIZE, SIZE, 3), class_names=("red", "green", "blue"))
-
-    def labels(x):
-        return np.argmax(x.reshape(len(x), -1, 3).mean(1), axis=1).astype(np.int64)
-
-    seeds = colour_images(300, seed=3)
-    benign = colour_images(400, seed=2, offset=90)
-    np.savez(base / "benign.npz", x_train=seeds, y_train=labels(seeds), x_test=benign,
-             y_test=labels(benign), class_names=np.array(["red", "green", "blue"]))
-    transfer = colour_images(400, seed=1, offset=90)
-    np.savez(base / "transfer.npz", x_train=transfer, y_train=np.zeros(400, np.int64))
-    return base
-
-
+# -- end to end on a tiny victim (tests/benchmarks/conftest.py) -------------------------------
 @pytest.mark.slow
-def test_end_to_end_jbda_refused_natural_streams_answered(tiny_world, tmp_path, capsys):
-    base = tiny_world
+def test_end_to_end_jbda_refused_natural_streams_answered(prada_world, tmp_path, capsys):
+    base = prada_world
     out = tmp_path / "bench"
     argv = ["--victims", str(base / "victims"), "--model", "colours",
             "--benign-set", str(base / "benign.npz"), "--transfer-set",

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks import realistic_adversary as ra
+from benchmarks.harness import defended
 from serving.gateway.store import AuditRecord
-
-SIZE = 16
 
 
 def _record(client, rows, *, attack=0, share=0.0, flagged=False, action="pass", code="OK",
@@ -35,7 +34,7 @@ def test_audit_summary_counts_flags_and_degraded_answers():
         _record("naive", 16, attack=16, share=0.96, flagged=True, action="degrade:label_only"),
         _record("naive", 16, code="RESOURCE_EXHAUSTED", action="refuse"),
     ]
-    naive = ra.audit_summary(records, "naive")
+    naive = defended.audit_summary(records, "naive")
     assert naive["queries"] == 80
     assert naive["ood_flagged_queries"] == 77
     assert naive["ood_flag_rate"] == pytest.approx(77 / 80)
@@ -44,17 +43,17 @@ def test_audit_summary_counts_flags_and_degraded_answers():
     assert naive["flagged_after_request_ending_at"] == 64
     assert naive["ood_max_window_share"] == pytest.approx(0.96)
     assert naive["refused_requests"] == 1
-    realistic = ra.audit_summary(records, "realistic")
+    realistic = defended.audit_summary(records, "realistic")
     assert realistic["queries"] == 32 and realistic["ood_flag_rate"] == pytest.approx(1 / 32)
     assert realistic["first_degraded_query"] is None
     assert realistic["flagged_after_request_ending_at"] is None
-    nobody = ra.audit_summary(records, "nobody")
+    nobody = defended.audit_summary(records, "nobody")
     assert nobody["queries"] == 0 and nobody["ood_flag_rate"] is None
 
 
 def test_audit_summary_without_detector_verdicts():
     record = AuditRecord(0.0, "c", "Predict", "m", 10, {}, "always:round:1", "OK", "")
-    summary = ra.audit_summary([record], "c")
+    summary = defended.audit_summary([record], "c")
     assert summary["queries"] == 10
     assert summary["ood_flag_rate"] is None and summary["degraded_queries"] == 0
 
@@ -62,40 +61,27 @@ def test_audit_summary_without_detector_verdicts():
 def test_answer_summary_counts_only_exact_one_hot_rows():
     softmax = np.array([[0.999999, 1e-7, 9e-7], [0.2, 0.3, 0.5]], np.float32)
     one_hot = np.array([[0, 1, 0], [1, 0, 0]], np.float32)
-    summary = ra.answer_summary(np.concatenate([softmax, one_hot]))
+    summary = defended.answer_summary(np.concatenate([softmax, one_hot]))
     assert summary == {"answers": 4, "label_only_answers": 2, "label_only_share": 0.5}
-    assert ra.answer_summary(np.zeros((0, 3)))["label_only_answers"] == 0
+    assert defended.answer_summary(np.zeros((0, 3)))["label_only_answers"] == 0
 
 
 def test_split_pool_is_disjoint_seeded_and_complete():
-    a, b = ra.split_pool(10, 0.5, seed=0)
+    a, b = defended.split_pool(10, 0.5, seed=0)
     assert len(a) == len(b) == 5 and not set(a) & set(b)
     assert sorted(np.concatenate([a, b])) == list(range(10))
-    again, _ = ra.split_pool(10, 0.5, seed=0)
-    other, _ = ra.split_pool(10, 0.5, seed=1)
+    again, _ = defended.split_pool(10, 0.5, seed=0)
+    other, _ = defended.split_pool(10, 0.5, seed=1)
     assert list(a) == list(again) and list(a) != list(other)
     with pytest.raises(Exception, match="pool_fraction"):
-        ra.split_pool(1, 0.5, seed=0)
+        defended.split_pool(1, 0.5, seed=0)
 
 
 def test_markdown_table_formats_cells():
-    table = ra.markdown_table([{"a": 0.123456, "b": None, "c": True}, {"a": 3, "c": False}],
+    table = defended.markdown_table([{"a": 0.123456, "b": None, "c": True}, {"a": 3, "c": False}],
                               [("a", "A"), ("b", "B"), ("c", "C")])
     assert table.splitlines() == ["| A | B | C |", "|---|---|---|", "| 0.1235 | - | yes |",
                                   "| 3 | - | no |"]
-
-
-@pytest.fixture
-def layout(tmp_path):
-    """A victims folder with a (fake) victim, a detector folder and a data folder."""
-    (tmp_path / "victims" / "cifar10_cnn" / "1").mkdir(parents=True)
-    (tmp_path / "det" / "1").mkdir(parents=True)
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("cifar10_jpeg_q75.zip", ra.TRANSFER, ra.WEIGHTS,
-                 "tinyimagenet_cifar10_overlap_wnids.txt"):
-        (data / name).write_bytes(b"")
-    return tmp_path
 
 
 @pytest.mark.parametrize("extra, argument", [  # the flag typed (issue 17)
@@ -124,27 +110,27 @@ def test_unparsable_number_exits_2_naming_the_flag(layout, capsys):
 
 
 def test_missing_data_file_is_named(layout, capsys):
-    (layout / "data" / ra.TRANSFER).unlink()
+    (layout / "data" / defended.TRANSFER).unlink()
     assert ra.main(["--victims", str(layout / "victims"), "--detector", str(layout / "det/1"),
                     "--data-dir", str(layout / "data"), "--out", str(layout / "o")]) == 2
-    assert ra.TRANSFER in capsys.readouterr().err
+    assert defended.TRANSFER in capsys.readouterr().err
 
 
 def test_run_dir_refuses_other_settings(layout):
     config = ra.RealisticConfig(victims=str(layout / "victims"), detector=str(layout / "det/1"),
                                 data_dir=str(layout / "data"), out=str(layout / "o"))
-    ra.check_run_dir(config)
-    ra.check_run_dir(config)  # same settings: fine
+    defended.check_run_dir(config)
+    defended.check_run_dir(config)  # same settings: fine
     from dataclasses import replace
 
     with pytest.raises(Exception, match="`out`.*budget"):
-        ra.check_run_dir(replace(config, budget=5))
+        defended.check_run_dir(replace(config, budget=5))
     saved = json.loads((layout / "o" / "config.json").read_text())
     del saved["window"]  # a field added after the run started counts as its default
     (layout / "o" / "config.json").write_text(json.dumps(saved))
-    ra.check_run_dir(config)
+    defended.check_run_dir(config)
     with pytest.raises(Exception, match="`out`.*window"):
-        ra.check_run_dir(replace(config, window=128))
+        defended.check_run_dir(replace(config, window=128))
 
 
 def test_registry_defaults_resolve_in_data_dir(layout):
@@ -152,63 +138,11 @@ def test_registry_defaults_resolve_in_data_dir(layout):
                                 data_dir=str(layout / "data"))
     assert config.benign_spec.endswith("cifar10_jpeg_q75.zip")
     assert config.exclude_spec.endswith("tinyimagenet_cifar10_overlap_wnids.txt")
-    assert config.weights_spec.endswith(ra.WEIGHTS)
+    assert config.weights_spec.endswith(defended.WEIGHTS)
     assert config.policy().ood.window == 256 and config.policy().on_flag_policy == "label_only"
 
 
-# -- end to end on a tiny victim ------------------------------------------------------------------
-def colour_images(n: int, seed: int, offset: int = 0) -> np.ndarray:
-    """Images with one dominant channel each; `offset` brightens them all."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 120, size=(n, SIZE, SIZE, 3)).astype(np.int64) + offset
-    dominant = rng.integers(0, 3, size=n)
-    images[np.arange(n), :, :, dominant] += rng.integers(40, 130, size=(n, 1, 1))
-    return np.clip(images, 0, 255).astype(np.uint8)
-
-
-def colour_victim():
-    import keras
-
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.GlobalAveragePooling2D()(inputs)
-    x = keras.layers.Rescaling(1 / 40.0)(x)  # logits a few units apart: soft answers
-    outputs = keras.layers.Dense(3, use_bias=False, kernel_initializer="identity")(x)
-    return keras.Model(inputs, outputs)
-
-
-def bright_detector(path: Path) -> Path:
-    """Exported OOD detector: attack iff the mean pixel is above ~127."""
-    import keras
-
-    from detector.ood import export_detector
-
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.GlobalAveragePooling2D()(inputs)
-    x = keras.layers.Lambda(lambda t: keras.ops.mean(t, axis=-1, keepdims=True))(x)
-    outputs = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant(
-        [[-0.1, 0.1]]), bias_initializer=keras.initializers.Constant([12.7, -12.7]))(x)
-    return export_detector(keras.Model(inputs, outputs), path,
-                           {"threshold": 0.5, "target_fpr": 0.01, "benign_class": 0})
-
-
-@pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    """victims/colours, a bright-image detector, a dark benign set and a bright transfer set."""
-    from victim_export import export_classifier
-
-    base = tmp_path_factory.mktemp("world")
-    export_classifier(colour_victim(), base / "victims", "colours", version=1,
-                      input_shape=(SIZE, SIZE, 3), class_names=("red", "green", "blue"))
-    detector = bright_detector(base / "detectors" / "bright" / "1")
-    benign = colour_images(400, seed=2)
-    labels = np.argmax(benign.reshape(len(benign), -1, 3).mean(1), axis=1)
-    np.savez(base / "benign.npz", x_test=benign, y_test=labels.astype(np.int64),
-             class_names=np.array(["red", "green", "blue"]))
-    transfer = colour_images(600, seed=1, offset=90)
-    np.savez(base / "transfer.npz", x_train=transfer, y_train=np.zeros(600, np.int64))
-    return base, detector
-
-
+# -- end to end on a tiny victim (tests/benchmarks/conftest.py) -------------------------------
 def tiny_argv(base: Path, detector: Path, out: Path) -> list[str]:
     return ["--victims", str(base / "victims"), "--model", "colours", "--detector", str(detector),
             "--benign-set", str(base / "benign.npz"), "--transfer-set",
