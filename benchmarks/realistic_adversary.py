@@ -55,7 +55,9 @@ from typing import Any
 import numpy as np
 
 from attack.pipeline import journal_answers
-from benchmarks.harness.defended import (
+from benchmarks.harness.defended import (  # TRANSFER, WEIGHTS, markdown_table: re-exported
+    TRANSFER,
+    WEIGHTS,
     BenchConfig,
     Served,
     answer_summary,
@@ -64,6 +66,7 @@ from benchmarks.harness.defended import (
     check_run_dir,
     client_key,
     knockoff_config,
+    markdown_table,
     run_knockoff_through,
     split_pool,
     write_results,
@@ -73,7 +76,9 @@ from common.errors import invalid
 from detector.ood import OODDetector
 from serving.gateway.config import OODConfig, policy_from_dict
 
-__all__ = ["RealisticConfig", "main", "run_realistic"]
+# What other benchmarks imported from here before the harness existed (benchmarks.evasion_bench).
+__all__ = ["TRANSFER", "WEIGHTS", "RealisticConfig", "benchmark_main", "check_run_dir", "main",
+           "markdown_table", "run_realistic"]
 
 log = logging.getLogger(__name__)
 
