@@ -38,6 +38,7 @@ from detector.export import (
     CALIBRATION_RATES,
     check_new_version,
     check_version_path,
+    describe_calibration,
     read_calibration,
     resolve_version_dir,
     write_calibration,
@@ -68,6 +69,11 @@ _REQUIRED_KEYS = ("benign", "benign_split", "holdout", "seed")
 _REPRODUCE_RTOL = 1e-4
 
 
+def _stored(help: str, **metadata: Any) -> Any:
+    """A value of the stored training config the user may replace (None: the stored one)."""
+    return field(default=None, metadata={"help": help, "rule": "nonempty", **metadata})
+
+
 @dataclass(frozen=True)
 class CalibrateConfig:
     """Recalibrate an exported OOD query detector for another benign false-positive rate on its
@@ -80,18 +86,14 @@ class CalibrateConfig:
     out: str = field(metadata={
         "help": "new version folder <base>/<name>/<version>, e.g. detectors/cifar10_ood/2 (must "
                 "not exist yet)", "metavar": "DIR"})
-    benign: str | None = field(default=None, metadata={
-        "help": "dataset spec of the benign training data; default the one in the training "
-                "config (pass it when that path is not found from here)", "metavar": "SPEC",
-        "rule": "nonempty"})
-    benign_split: str | None = field(default=None, metadata={
-        "help": "split(s) of --benign; default the training config's", "rule": "nonempty"})
-    attack: str | None = field(default=None, metadata={
-        "help": "dataset spec of the attack training data, for the held-out anomalous accuracy; "
-                "default the one in the training config", "metavar": "SPEC",
-        "rule": "nonempty"})
-    attack_split: str | None = field(default=None, metadata={
-        "help": "split(s) of --attack; default the training config's", "rule": "nonempty"})
+    benign: str | None = _stored("dataset spec of the benign training data; default the one in "
+                                 "the training config (pass it when that path is not found from "
+                                 "here)", metavar="SPEC")
+    benign_split: str | None = _stored("split(s) of --benign; default the training config's")
+    attack: str | None = _stored("dataset spec of the attack training data, for the held-out "
+                                 "anomalous accuracy; default the one in the training config",
+                                 metavar="SPEC")
+    attack_split: str | None = _stored("split(s) of --attack; default the training config's")
     exclude_classes: str | None = exclude_field(
         "file of --attack class names to drop; default the training config's")
     heldout_attack: bool = field(default=True, metadata={
@@ -314,20 +316,13 @@ def _main(argv: Sequence[str] | None) -> int:
     config = parse_config(CalibrateConfig, argv, prog=PROG, epilog=EPILOG)
     configure_logging()
     result = recalibrate_detector(config)
-    held = result.calibration["heldout_at_threshold"]
-    anomalous = held["anomalous_accuracy"]
-    auc = result.calibration["heldout_roc_auc"]
-    attack_text = "" if anomalous is None else (f", anomalous accuracy {anomalous:.4f}, ROC AUC "
-                                                f"{auc:.4f}")
-    note = "" if result.calibration["recalibration"]["source_threshold_reproduced"] else \
+    recalibration = result.calibration["recalibration"]
+    note = "" if recalibration["source_threshold_reproduced"] else \
         " WARNING: the source's threshold was not reproduced (other data?)"
-    print(
-        f"{result.path}: threshold {result.threshold:.4g} (benign FPR target "
-        f"{config.target_fpr:g}; recalibrated from {result.source} at "
-        f"{result.calibration['recalibration']['source_threshold']:.4g}); held-out benign "
-        f"accuracy {held['benign_accuracy']:.4f}{attack_text} on "
-        f"{result.calibration['heldout_examples']['benign']} benign held-out images{note}"
-    )
+    print(f"{result.path}: {describe_calibration(result.calibration)} on "
+          f"{result.calibration['heldout_examples']['benign']} benign held-out images "
+          f"(recalibrated from {result.source} at {recalibration['source_threshold']:.4g})"
+          f"{note}")
     return 0
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "CLASS_NAMES",
     "check_new_version",
     "check_version_path",
+    "describe_calibration",
     "export_detector",
     "fit_size",
     "load_probabilities",
@@ -107,6 +108,19 @@ def read_calibration(version_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise invalid("detector", str(version_dir), f"a {CALIBRATION_NAME} with a numeric "
                       "`threshold`")
     return data
+
+
+def describe_calibration(calibration: Mapping[str, Any]) -> str:
+    """One line of a calibration: the threshold, its target rate and the held-out accuracies
+    (the anomalous accuracy and ROC AUC only where attack images were held out)."""
+    held = calibration["heldout_at_threshold"]
+    text = (f"threshold {calibration['threshold']:.4g} (benign FPR target "
+            f"{calibration['target_fpr']:g}); held-out benign accuracy "
+            f"{held['benign_accuracy']:.4f}")
+    if held.get("anomalous_accuracy") is not None:
+        text += (f", anomalous accuracy {held['anomalous_accuracy']:.4f}, ROC AUC "
+                 f"{calibration['heldout_roc_auc']:.4f}")
+    return text
 
 
 def write_calibration(version_dir: str | os.PathLike[str], calibration: Mapping[str, Any]

@@ -29,34 +29,13 @@ from common.errors import invalid
 from common.lazy import lazy_exports
 from detector.export import (
     ATTACK_CLASS,
-    BENIGN_CLASS,
-    CALIBRATION_NAME,
-    CALIBRATION_RATES,
-    CLASS_NAMES,
-    export_detector,
     fit_size,
     load_probabilities,
     read_calibration,
     resolve_version_dir,
 )
-from detector.metrics import calibrate_threshold, detection_metrics, roc_auc, roc_curve
 
-__all__ = [
-    "ATTACK_CLASS",
-    "BENIGN_CLASS",
-    "CALIBRATION_NAME",
-    "CALIBRATION_RATES",
-    "CLASS_NAMES",
-    "OODConfig",
-    "OODDetector",
-    "calibrate_threshold",
-    "detection_metrics",
-    "export_detector",
-    "read_calibration",
-    "resolve_version_dir",
-    "roc_auc",
-    "roc_curve",
-]
+__all__ = ["OODConfig", "OODDetector", "read_calibration", "resolve_version_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +43,15 @@ _SCORE_BATCH = 256
 
 # Names that moved to their own modules, still importable from here (loaded on first use).
 _MOVED = {
-    "DetectorConfig": "detector.config",
-    "DetectorResult": "detector.training",
-    "build_detector_model": "detector.training",
-    "jpeg_reencode": "detector.splits",
-    "load_training_sets": "detector.splits",
-    "train_detector": "detector.training",
-    "training_split": "detector.splits",
+    **dict.fromkeys(("BENIGN_CLASS", "CALIBRATION_NAME", "CALIBRATION_RATES", "CLASS_NAMES",
+                     "export_detector"), "detector.export"),
+    **dict.fromkeys(("calibrate_threshold", "detection_metrics", "roc_auc", "roc_curve"),
+                    "detector.metrics"),
+    **dict.fromkeys(("DetectorConfig",), "detector.config"),
+    **dict.fromkeys(("jpeg_reencode", "load_training_sets", "training_split"),
+                    "detector.splits"),
+    **dict.fromkeys(("DetectorResult", "build_detector_model", "train_detector"),
+                    "detector.training"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _MOVED, globals(), [*__all__, *_MOVED])
 

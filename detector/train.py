@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from common.cli import configure_logging, parse_config, run_cli
 from common.fileio import check_writable
 from detector.config import DetectorConfig
+from detector.export import describe_calibration
 
 __all__ = ["main"]
 
@@ -42,14 +43,9 @@ def _main(argv: Sequence[str] | None) -> int:
     from detector.training import train_detector  # TensorFlow: after the flags are checked
 
     result = train_detector(config)
-    held = result.calibration["heldout_at_threshold"]
     where = result.path or "trained as a worker (the chief exports)"
-    print(
-        f"{where}: threshold {result.threshold:.4g} (benign FPR target "
-        f"{config.target_fpr:g}); held-out benign accuracy {held['benign_accuracy']:.4f}, "
-        f"anomalous accuracy {held['anomalous_accuracy']:.4f}, ROC AUC "
-        f"{result.calibration['heldout_roc_auc']:.4f} ({result.training_seconds:.0f}s training)"
-    )
+    print(f"{where}: {describe_calibration(result.calibration)} "
+          f"({result.training_seconds:.0f}s training)")
     return 0
 
 

@@ -4,7 +4,7 @@ scores passed in by the caller for a detector it serves elsewhere."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,14 +16,10 @@ from detector.ood import OODConfig
 from detector.prada import Prada, PradaConfig
 
 
-@dataclass
-class State:
-    """The gateway's `DetectorState` shape."""
-
-    ood: dict | None = None
-    prada: bytes | None = None
-    flagged: bool = False
-    flagged_by: str = ""
+def State(**fields) -> SimpleNamespace:  # noqa: N802 - stands for the gateway's DetectorState
+    """A client's detector state as the gateway stores it."""
+    return SimpleNamespace(**{"ood": None, "prada": None, "flagged": False, "flagged_by": "",
+                              **fields})
 
 
 class Brightness:

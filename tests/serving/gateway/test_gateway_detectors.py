@@ -15,14 +15,7 @@ from serving.gateway.config import GatewayPolicy, OODConfig, PradaConfig, policy
 from serving.gateway.outputs import ClassOutputs, class_outputs
 from serving.gateway.store import RedisStore, SQLiteStore
 from serving.signature import Signature, TensorInfo
-from tests.serving.gateway.conftest import (
-    BrightIsAttack,
-    Target,
-    add_client,
-    bright,
-    dark,
-    images,
-)
+from tests.serving.gateway.conftest import BrightIsAttack, Target, add_client, bright, dark, images
 
 
 def _ood_policy(**kwargs) -> GatewayPolicy:

@@ -18,14 +18,7 @@ from serving.gateway.config import (
     policy_from_dict,
 )
 from serving.gateway.store import SQLiteStore
-from tests.serving.gateway.conftest import (
-    BrightIsAttack,
-    Target,
-    add_client,
-    bright,
-    dark,
-    images,
-)
+from tests.serving.gateway.conftest import BrightIsAttack, Target, add_client, bright, dark, images
 
 
 def _ood():
