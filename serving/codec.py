@@ -30,6 +30,7 @@ import ml_dtypes
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+from common.constraints import check_int
 from common.errors import invalid
 
 __all__ = [
@@ -247,8 +248,7 @@ def to_ndarray(proto: TensorProto, *, max_bytes: int = DEFAULT_MAX_BYTES) -> np.
     """
     if not isinstance(proto, TensorProto):
         raise invalid("proto", type(proto).__name__, "a tensorflow.TensorProto")
-    if not isinstance(max_bytes, int) or max_bytes < 0:
-        raise invalid("max_bytes", max_bytes, "an int >= 0")
+    check_int("max_bytes", max_bytes, min=0)
     sizes, n = _validated_shape(proto.tensor_shape)
     spec = _SPECS.get(proto.dtype)
     if spec is None:

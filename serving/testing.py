@@ -50,6 +50,7 @@ from typing import Any, Iterable, Sequence
 import grpc
 import numpy as np
 
+from serving.embedded.server import ModelServer, ServerOptions, load_model_server_config
 from serving.ports import pick_unused_port
 
 log = logging.getLogger(__name__)
@@ -197,8 +198,6 @@ def wait_for_health(target: str, *, service: str = "", timeout: float = READY_TI
 
 def models_in_config(path: str | Path) -> list[str]:
     """The model names a text `ModelServerConfig` lists."""
-    from serving.embedded.server import load_model_server_config
-
     return [c.name for c in load_model_server_config(path).model_config_list.config]
 
 
@@ -252,8 +251,6 @@ def model_server(*, config_file: str | Path | None = None, base_path: str | Path
     if not process:
         if flags or log_file is not None or env:
             raise ValueError("model_server: flags, log_file and env need process=True")
-        from serving.embedded.server import ModelServer, ServerOptions
-
         source = ({"model_config_file": str(config_file)} if config_file is not None
                   else {"model_base_path": str(base_path), "model_name": name})
         opts = ServerOptions(port=port or 0, host=host, rest_api_port=0 if rest else None,

@@ -17,6 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.constraints import check_target
+from common.errors import UsageError
+
 __all__ = ["check", "main"]
 
 
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service", default="", help='health service name (default "")')
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     ns = parser.parse_args(argv)
+    try:
+        check_target("target", ns.target)
+    except UsageError as err:
+        parser.error(str(err))  # exit 2: a probe that cannot be right, not an unhealthy server
     status = check(ns.target, service=ns.service, timeout=ns.timeout)
     print(f"{ns.target} {ns.service or '<server>'}: {status}")
     return 0 if status == "SERVING" else 1
