@@ -9,10 +9,13 @@ file: pass, degrade the answer with an output policy, or refuse with a TF-Servin
   `GatewayConfig`, `load_policy`);
 - `serving.gateway.auth`: API keys (SHA-256 only, constant-time comparison);
 - `serving.gateway.store`: per-client state and audit log (`SQLiteStore`, `RedisStore`);
-- `serving.gateway.server`: the servicer (`Gateway`);
+- `serving.gateway.server`: the servicer (`Gateway`); the detection logic it calls is
+  `detector.monitor.Monitor`;
+- `serving.gateway.outputs`: the class-score outputs of an answer (from the model's signature)
+  and their rewriting by output policies;
 - `serving.gateway.metrics`: Prometheus metrics.
 
 Submodules are imported on demand: `from serving.gateway.server import Gateway`.
 """
 
-__all__ = ["auth", "config", "metrics", "server", "store"]
+__all__ = ["auth", "config", "metrics", "outputs", "server", "store"]

@@ -21,7 +21,12 @@ from collections.abc import Sequence
 
 from common import quiet
 from common.cli import ArgumentParser, build_parser, config_from_args, configure_logging, run_cli
+from common.constraints import check_int, check_number
 from common.errors import invalid
+from serving.gateway.auth import ANONYMOUS, generate_key, hash_key
+from serving.gateway.config import GatewayConfig
+from serving.gateway.store import new_record, open_store
+from serving.ports import check_port_free
 
 __all__ = ["main"]
 
@@ -75,19 +80,13 @@ def _keys(argv: Sequence[str]) -> int:
 
 
 def _run_keys(ns: argparse.Namespace) -> int:
-    from serving.gateway.auth import ANONYMOUS, generate_key, hash_key
-    from serving.gateway.store import new_record, open_store
-
     client = getattr(ns, "client", None)
     if client is not None and (not _CLIENT_RE.match(client) or client == ANONYMOUS):
         raise invalid("client", client, "1-64 letters, digits or _ . @ - (not 'anonymous')")
     if ns.action == "add":
-        if ns.budget is not None and ns.budget < 0:
-            raise invalid("budget", ns.budget, "a non-negative integer")
-        for name in ("rate", "burst"):
-            value = getattr(ns, name)
-            if value is not None and not value > 0:
-                raise invalid(name, value, "a positive number")
+        check_int("budget", ns.budget, min=0, optional=True)
+        check_number("rate", ns.rate, gt=0, optional=True)
+        check_number("burst", ns.burst, gt=0, optional=True)
     store = open_store(ns.state, create=ns.action == "add")
     try:
         if ns.action == "list":
@@ -117,9 +116,6 @@ def _run_keys(ns: argparse.Namespace) -> int:
 
 
 def _serve(argv: Sequence[str]) -> int:
-    from serving.gateway.config import GatewayConfig
-    from serving.ports import check_port_free
-
     parser = build_parser(GatewayConfig, prog=PROG, description=__doc__.split("\n\n")[0])
     ns = parser.parse_args(list(argv))
     quiet.configure(ns.verbose)
@@ -129,8 +125,6 @@ def _serve(argv: Sequence[str]) -> int:
     if config.metrics_port:
         check_port_free(config.host, config.metrics_port, "metrics-port",
                         head="Failed to start the metrics server")
-    from serving.gateway.store import open_store
-
     open_store(config.state).close()  # unreachable or unwritable state: one line, before TF
     configure_logging()
     from serving.gateway.server import Gateway  # TensorFlow: once the flags are valid

@@ -18,7 +18,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import codec
+from serving import codec, testing
+from serving.gateway.auth import generate_key, hash_key
+from serving.gateway.store import SQLiteStore, new_record
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -92,9 +94,6 @@ def gateway(server, tmp_path):
     """Factory: start a `Gateway` in-process through `serving.testing` (default: in front of
     `server`, SQLite state in tmp_path; not waiting for the upstream, which a test may keep
     down on purpose); returns the `Gateway`."""
-    from serving import testing
-    from serving.gateway.store import SQLiteStore
-
     started = []
 
     def start(policy=None, *, store=None, upstream: str | None = None, metrics_port: int = 0,
@@ -115,9 +114,6 @@ def gateway(server, tmp_path):
 
 
 def add_client(store, name: str, **limits) -> str:
-    from serving.gateway.auth import generate_key, hash_key
-    from serving.gateway.store import new_record
-
     key = generate_key()
     store.add_client(new_record(name, hash_key(key), **limits))
     return key

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     model_management_pb2,
 )
 
-from serving import testing
+from serving import codec, testing
 from serving.gateway.config import GatewayPolicy
+from serving.gateway.metrics import METRIC_NAMES
+from serving.gateway.store import RedisStore, SQLiteStore
 from tests.serving.gateway.conftest import Target, add_client, images, predict_request
 
 
@@ -185,8 +191,6 @@ def test_malformed_request_bytes(gateway):
 
 
 def test_concurrent_requests_never_overspend(gateway):
-    from concurrent.futures import ThreadPoolExecutor
-
     gw = gateway(GatewayPolicy(budget=20, rate_per_second=1000, burst=1000))
     key = add_client(gw.store, "alice")
     target = Target(f"127.0.0.1:{gw.port}", key)
@@ -209,8 +213,6 @@ def test_concurrent_requests_never_overspend(gateway):
 # -- state survives a restart ----------------------------------------------------------------------
 
 def test_restart_keeps_budget_sqlite(gateway, tmp_path):
-    from serving.gateway.store import SQLiteStore
-
     state = f"sqlite:{tmp_path / 'kept.db'}"
     gw = gateway(GatewayPolicy(budget=10), state=state)
     key = add_client(gw.store, "alice")
@@ -228,8 +230,6 @@ def test_restart_keeps_budget_sqlite(gateway, tmp_path):
 
 def test_restart_keeps_budget_redis(gateway):
     fakeredis = pytest.importorskip("fakeredis")
-    from serving.gateway.store import RedisStore
-
     shared = fakeredis.FakeServer()
     gw = gateway(GatewayPolicy(budget=10),
                  store=RedisStore(client=fakeredis.FakeRedis(server=shared)))
@@ -248,24 +248,18 @@ def test_restart_keeps_budget_redis(gateway):
 # -- upstream down and back, health ----------------------------------------------------------------
 
 def _health(address: str, service: str = "") -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
 def test_health_serving_with_upstream(gateway):
-    from grpc_health.v1 import health_pb2
-
     gw = gateway()
     for service in ("", "tensorflow.serving.PredictionService"):
         assert _health(f"127.0.0.1:{gw.port}", service) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_upstream_down_then_back_without_restart(gateway, server):
-    from grpc_health.v1 import health_pb2
-
     port = testing.pick_unused_port()
     gw = gateway(upstream=f"127.0.0.1:{port}", health_interval=0.2)
     key = add_client(gw.store, "alice")
@@ -296,8 +290,6 @@ def test_upstream_down_then_back_without_restart(gateway, server):
 # -- metrics ---------------------------------------------------------------------------------------
 
 def test_metrics_scrape(gateway):
-    from serving.gateway.metrics import METRIC_NAMES
-
     gw = gateway(metrics_port=testing.pick_unused_port())
     key = add_client(gw.store, "alice")
     Target(f"127.0.0.1:{gw.port}", key).predict(images(2))
@@ -315,9 +307,6 @@ def test_metrics_scrape(gateway):
 # -- TLS -------------------------------------------------------------------------------------------
 
 def _self_signed(tmp_path):
-    import shutil
-    import subprocess
-
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
@@ -341,8 +330,6 @@ def test_tls(gateway, tmp_path):
 
 
 def test_answers_decode_like_direct(gateway, server):
-    from serving import codec
-
     gw = gateway()
     key = add_client(gw.store, "alice")
     x = images(4, seed=3)
@@ -354,14 +341,10 @@ def test_answers_decode_like_direct(gateway, server):
 
 
 def _openssl(*args: str) -> None:
-    import subprocess
-
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 def test_tls_client_certificates_required(gateway, tmp_path):
-    import shutil
-
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     ca_key, ca = tmp_path / "ca.key", tmp_path / "ca.pem"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from common.errors import UsageError
 from serving import testing
 from serving.gateway.__main__ import main
 from serving.gateway.config import GatewayConfig, GatewayPolicy, load_policy, policy_from_dict
+from serving.gateway.server import Gateway
+from serving.gateway.store import SQLiteStore
 from tests.serving.gateway.conftest import Target, images
 
 REPO = Path(__file__).resolve().parents[3]
@@ -43,8 +47,6 @@ def test_keys_add_list_rotate_revoke(tmp_path, capsys, gateway):
     assert key not in out
     raw = (tmp_path / "keys.db").read_bytes()
     assert key.encode() not in raw
-
-    from serving.gateway.store import SQLiteStore
 
     gw = gateway(state=state, store=SQLiteStore(tmp_path / "keys.db"))
     Target(f"127.0.0.1:{gw.port}", key).predict(images(2))
@@ -160,16 +162,21 @@ def test_config_checks_tls_pairs(tmp_path):
     GatewayConfig(upstream="unix:/tmp/tfs.sock")
 
 
-@pytest.mark.slow
-def test_gateway_process_end_to_end(server, tmp_path):
-    """The real command: keys CLI, server process, a query, SIGTERM."""
-    state = f"sqlite:{tmp_path / 'proc.db'}"
+def _gateway_process(server, state: str, tmp_path: Path):
+    """A key for alice added by the keys command, and the gateway started as a process."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     key = subprocess.run([sys.executable, "-m", "serving.gateway", "keys", "add", "--state",
                           state, "--client", "alice"], env=env, cwd=REPO, check=True,
                          capture_output=True, text=True).stdout.strip()
-    gw = testing.gateway(f"127.0.0.1:{server.port}", state=state, process=True,
-                         log_file=tmp_path / "gateway.log")
+    return key, testing.gateway(f"127.0.0.1:{server.port}", state=state, process=True,
+                                log_file=tmp_path / "gateway.log")
+
+
+@pytest.mark.slow
+def test_gateway_process_end_to_end(server, tmp_path):
+    """The real command: keys CLI, server process, a query, SIGTERM."""
+    state = f"sqlite:{tmp_path / 'proc.db'}"
+    key, gw = _gateway_process(server, state, tmp_path)
     try:
         line = next(line for line in gw.log_tail(100_000).splitlines()
                     if "Running gRPC gateway" in line)  # TF's own start-up lines come first
@@ -184,18 +191,8 @@ def test_gateway_process_end_to_end(server, tmp_path):
 @pytest.mark.slow
 def test_sigkill_loses_nothing_answered(server, tmp_path):
     """SIGKILL under load: every answered request is charged and audited (SQLite, WAL)."""
-    import signal
-    import threading
-
-    from serving.gateway.store import SQLiteStore
-
     state = f"sqlite:{tmp_path / 'kill.db'}"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    key = subprocess.run([sys.executable, "-m", "serving.gateway", "keys", "add", "--state",
-                          state, "--client", "alice"], env=env, cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout.strip()
-    gw = testing.gateway(f"127.0.0.1:{server.port}", state=state, process=True,
-                         log_file=tmp_path / "gateway.log")
+    key, gw = _gateway_process(server, state, tmp_path)
     port, proc = gw.port, gw.proc
     answered = []
     stop = threading.Event()
@@ -272,17 +269,6 @@ def test_state_that_cannot_be_used_is_one_line_exit_2(tmp_path, capsys, state, w
     _one_line_error(capsys, "state", *words)
 
 
-@pytest.fixture()
-def held_port():
-    import socket
-
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("flag, words", [
     ("--port", "Failed to BuildAndStart gRPC server"),
     ("--metrics-port", "Failed to start the metrics server"),
@@ -301,8 +287,6 @@ def test_port_in_use_is_one_line_exit_2(tmp_path, capsys, held_port, flag, words
 def test_start_refuses_a_taken_port_in_one_usage_error(tmp_path, held_port, field):
     """The API path (no pre-check in main): start() turns the bind failure into a UsageError
     naming the flag, and leaves nothing serving."""
-    from serving.gateway.server import Gateway
-
     ports = {"port": 0, "metrics_port": 0, field: held_port}
     gw = Gateway(GatewayConfig(upstream="127.0.0.1:8500", host="127.0.0.1",
                                state=f"sqlite:{tmp_path / 'gw.db'}", **ports))
