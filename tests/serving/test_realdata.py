@@ -11,6 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
+
+from common.data import load_dataset
+from serving import testing
+from serving.client import ServingClient
+from victim_export import VictimConfig, read_card, run_victim_export
 
 SHARED = Path(os.environ.get("MEXT_SHARED_DATA",
                              Path(__file__).resolve().parents[2] / ".." / "shared" / "data"))
@@ -23,13 +29,6 @@ pytestmark = [
 
 
 def test_cifar10_victim_through_grpc_equals_in_process(tmp_path):
-    import tensorflow as tf
-
-    from common.data import load_dataset
-    from serving import testing
-    from serving.client import ServingClient
-    from victim_export import VictimConfig, read_card, run_victim_export
-
     train = load_dataset(str(CIFAR), "train", limit=2000, seed=0)
     test = load_dataset(str(CIFAR), "test", limit=300, seed=0)
     config = VictimConfig(dataset=str(CIFAR), arch="cnn", epochs=1, limit=2000, seed=0,
