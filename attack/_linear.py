@@ -21,13 +21,17 @@ with a clear error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from attack.evaluate import Evaluation, evaluate
+from attack.report import write_report
+from common.cli import config_to_dict
+from common.data import load_dataset
 from common.errors import UsageError, invalid
 
 __all__ = [
@@ -38,8 +42,11 @@ __all__ = [
     "check_answers",
     "discover",
     "eval_inputs",
+    "evaluate_recovered",
     "export_recovered",
     "reference_variables",
+    "report_recovered",
+    "softmax",
     "victim_eval_answers",
 ]
 
@@ -260,6 +267,58 @@ class ExactOracle:
 
 # -- evaluation -----------------------------------------------------------------------------------
 
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits [N, K]."""
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def evaluate_recovered(client: Any, iface: VictimInterface, run_dir: Path, config: Any,
+                       recovered: Callable[[np.ndarray], np.ndarray],
+                       test: tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None,
+                       extra: dict[str, Any], queries: int) -> Evaluation | None:
+    """Compare `recovered` (inputs -> logits) with the victim on ``config.noise`` uniform points
+    in [input_low, input_high] and on the `test` images (`eval_inputs`); the errors and the
+    noise fidelity go into `extra`, the test-set evaluation is returned (None without one)."""
+    noise_x = np.random.default_rng(config.seed + 1).uniform(
+        config.input_low, config.input_high, (config.noise, iface.dim))
+    noise_answers = victim_eval_answers(client, iface, run_dir, "noise", noise_x) \
+        if config.noise else None
+    if noise_answers is not None:
+        logits = recovered(noise_x)
+        extra["max_abs_probability_error_noise"] = float(
+            np.abs(softmax(logits) - noise_answers["probabilities"]).max())
+        if "logits" in noise_answers and iface.output_kind == "logits":
+            extra["max_abs_logit_error_noise"] = float(
+                np.abs(logits - noise_answers["logits"]).max())
+        extra["fidelity_noise"] = float(np.mean(
+            np.argmax(logits, 1) == np.argmax(noise_answers["probabilities"], 1)))
+    if test is None:
+        return None
+    tx, labels, names = test
+    victim_test = victim_eval_answers(client, iface, run_dir, "test", tx)
+    extra["max_abs_probability_error_test"] = float(
+        np.abs(softmax(recovered(tx)) - victim_test["probabilities"]).max())
+    return evaluate(recovered, victim_test["probabilities"], labels, test_images=tx,
+                    noise=None if noise_answers is None else (noise_x,
+                                                              noise_answers["probabilities"]),
+                    class_names=names, n_queries=queries)
+
+
+def report_recovered(run_dir: Path, config: Any, evaluation: Evaluation | None,
+                     extra: dict[str, Any], **figures: Any) -> tuple[dict[str, Any], dict]:
+    """Write the run's report; return its paths and the headline (the evaluation's, the
+    noise errors and fidelity found in `extra`, then `figures`)."""
+    paths = write_report(run_dir, config=config_to_dict(config), evaluation=evaluation,
+                         extra=extra)
+    headline = evaluation.headline() if evaluation is not None else {}
+    headline.update({key: extra[key] for key in (
+        "fidelity_noise", "max_abs_logit_error_noise", "max_abs_probability_error_noise")
+        if key in extra})
+    headline.update(figures)
+    return paths, headline
+
 def victim_eval_answers(client: Any, iface: VictimInterface, run_dir: Path, name: str,
                         x: np.ndarray, *, batch_size: int = 256) -> dict[str, np.ndarray]:
     """The victim's probabilities (and logits when exposed) on evaluation points, cached in
@@ -294,8 +353,6 @@ def eval_inputs(spec: str, split: str, limit: int | None, seed: int, iface: Vict
     uint8 pixels p become ``low + p / 255 * (high - low)`` (the dense victims of
     `victim_export` take pixels in [0, 1]).
     """
-    from common.data import load_dataset
-
     shape = iface.input_shape
     channels = shape[-1] if len(shape) == 3 and shape[-1] in (1, 3) else None
     size = tuple(shape[:2]) if len(shape) == 3 else None

@@ -45,6 +45,7 @@ import numpy as np
 
 from attack.config import EndpointPart, ServerPart, SurrogatePart
 from attack.pipeline import ExtractionResult
+from common.data import ImageDataset
 from common.errors import invalid
 
 __all__ = ["Attack", "ExactAttack", "ExtractionResult", "Surrogate", "as_transfer",
@@ -69,8 +70,6 @@ def as_transfer(transfer: Any, argument: str = "transfer"):
     """`transfer` as a `common.data.ImageDataset`: a dataset as it is, a uint8 array
     [N, H, W, 3] with every label 0 (the attacks never read transfer labels, except the
     adaptive strategy's hierarchy, which needs a real dataset)."""
-    from common.data import ImageDataset
-
     if isinstance(transfer, ImageDataset):
         return transfer
     if isinstance(transfer, np.ndarray):
@@ -87,8 +86,6 @@ def as_transfer(transfer: Any, argument: str = "transfer"):
 def _as_test(test: Any):
     if test is None:
         return None
-    from common.data import ImageDataset
-
     if not isinstance(test, ImageDataset):
         raise invalid("test", type(test).__name__,
                       "a labelled common.data.ImageDataset (common.data.load_dataset) or None")
@@ -224,6 +221,7 @@ class Attack(abc.ABC):
         if run_dir is None and resume:
             raise invalid("resume", True, "a run_dir to resume (run_dir=None starts a new "
                                           "temporary one)")
+        self._check_data(data)
         prepared = self._prepare_data(transfer, self._check_test(test), **data)
         fields = {**_surrogate_fields(surrogate), **_endpoint_fields(victim, self.config_class),
                   **prepared.pop("fields"), "resume": bool(resume)}
@@ -239,6 +237,15 @@ class Attack(abc.ABC):
             if temporary and not any(Path(run_dir).iterdir()):
                 Path(run_dir).rmdir()  # refused before anything was written: leave nothing
             raise
+
+    def _check_data(self, data: Mapping[str, Any]) -> None:
+        """Refuse a data argument of `extract` that `_prepare_data` does not name."""
+        params = inspect.signature(self._prepare_data).parameters.values()
+        known = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise invalid(unknown[0], data[unknown[0]],
+                          f"no such data argument of {type(self).__name__}")
 
     def _check_test(self, test: Any) -> Any:
         """The `test` argument of `extract`, checked (a labelled dataset or None)."""
@@ -279,10 +286,7 @@ class ExactAttack(Attack):
                           "a data spec (path or tensorflow-datasets name) or None")
         return test
 
-    def _prepare_data(self, transfer, test, *, reference=None, **data) -> dict:
-        if data:
-            name = sorted(data)[0]
-            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
+    def _prepare_data(self, transfer, test, *, reference=None) -> dict:
         if transfer is not None:
             raise invalid("transfer", type(transfer).__name__,
                           f"None: {type(self).__name__} chooses its own query points")
@@ -303,6 +307,16 @@ class ExactAttack(Attack):
         surrogate = {f.name for f in dataclasses.fields(SurrogatePart)}
         return super()._config(**{k: v for k, v in fields.items() if k not in surrogate})
 
+    @classmethod
+    def run_config(cls, config: Any) -> ExtractionResult:
+        """The CLI's attack: open the config's victim over gRPC and run the attack on it."""
+        from serving.client import ServingClient  # gRPC and TensorFlow: after the flags
+
+        attack = cls.from_config(config)
+        with ServingClient(config.grpc, config.model, version=config.version,
+                           api_key=config.api_key, timeout=config.timeout) as client:
+            return attack._run(client, config, {})
+
 
 def exact_client(victim: Any):
     """The `ServingClient` an exact attack sends float64 points through."""
@@ -315,6 +329,6 @@ def exact_client(victim: Any):
     return client
 
 
-def dataset_source(dataset: Any) -> str:
-    """How a dataset is named in config.json (its source spec and split)."""
-    return str(getattr(dataset, "source", "") or "<array>")
+def dataset_source(dataset: Any) -> str | None:
+    """How a dataset is named in config.json (its source spec and split; None for None)."""
+    return None if dataset is None else str(getattr(dataset, "source", "") or "<array>")

@@ -1,7 +1,8 @@
 """The frozen configs of the attacks, shared by each attack's CLI and its Python API.
 
-A config is composed from parts, each declared once as a frozen dataclass mixin with its own
-validation (`_validate`), so a field, its default, its help text and its checks live in one place:
+A config is composed from parts, each declared once as a frozen dataclass mixin, so a field, its
+default, its help text and its rule (metadata checked by `common.constraints.check_fields`) live
+in one place; a part whose rules involve files or other fields adds a `_validate`:
 
 * `ServerPart`: how to reach a TF Serving model (grpc, model, version, api_key, timeout,
   query_batch); the exact attacks (equation solving, FEE) use only this;
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.backbone_specs import get_backbone_spec, parse_arch_args
+from common.constraints import check_fields
 from common.distribute import check_distribute
 from common.errors import invalid
 
@@ -40,6 +42,7 @@ __all__ = [
     "RESUME_NEUTRAL_FIELDS",
     "AttackConfig",
     "CopycatConfig",
+    "DomainPart",
     "EndpointPart",
     "EvaluationPart",
     "ExactEvaluationPart",
@@ -52,8 +55,6 @@ __all__ = [
     "validate_parts",
 ]
 
-_TARGET = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(\d{1,5})$|^(unix|dns|unix-abstract):.+$")
-_REST_URL = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[^\s:/\[\]@]+)(:\d{1,5})?/?$")
 _GRANULARITY = re.compile(r"^(probs|top1|topk:\d+)$")
 
 OUTPUT_KINDS = ("auto", "probabilities", "logits", "labels", "topk")
@@ -68,28 +69,11 @@ RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc", "r
                          "output_kind", "distribute")
 
 
-def _positive_ints(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise invalid(name, value, "a positive integer")
-
-
-def _non_negative_ints(config, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise invalid(name, value, "a non-negative integer")
-
-
-def _optional_positive_int(config, name: str) -> None:
-    value = getattr(config, name)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise invalid(name, value, "a positive integer or None")
-
-
 def validate_parts(config) -> None:
-    """Run the `_validate` of every part `config` is composed of, endpoint first."""
+    """Check every field's declared rule (`common.constraints.check_fields`), then run the
+    `_validate` of every part `config` is composed of (the rules that involve files or several
+    fields), endpoint first."""
+    check_fields(config)
     for part in _PARTS:
         if isinstance(config, part):
             part._validate(config)
@@ -101,28 +85,20 @@ class ServerPart:
     """How to reach the victim on a TF Serving server: gRPC target, model, version, pacing."""
 
     grpc: str = field(default="localhost:8500", metadata={
-        "help": "the victim's TF Serving gRPC endpoint HOST:PORT", "metavar": "HOST:PORT"})
+        "help": "the victim's TF Serving gRPC endpoint HOST:PORT", "metavar": "HOST:PORT",
+        "rule": "target"})
     model: str = field(default="default", metadata={
-        "help": "model name on the server (TF Serving's default name is 'default')"})
-    version: int | None = field(default=None, metadata={"help": "model version (default: latest)"})
+        "help": "model name on the server (TF Serving's default name is 'default')",
+        "rule": "nonempty"})
+    version: int | None = field(default=None, metadata={
+        "help": "model version (default: latest)", "min": 0})
     api_key: str | None = field(default=None, metadata={
         "help": "API key sent as x-api-key metadata (for a gateway in front of TF Serving)"})
-    timeout: float = field(default=60.0, metadata={"help": "deadline of one Predict, seconds"})
-    query_batch: int = field(default=64, metadata={"help": "images per Predict request"})
+    timeout: float = field(default=60.0, metadata={
+        "help": "deadline of one Predict, seconds", "gt": 0})
+    query_batch: int = field(default=64, metadata={"help": "images per Predict request",
+                                                   "min": 1})
 
-    def _validate(self) -> None:
-        if not isinstance(self.grpc, str) or not _TARGET.match(self.grpc):
-            raise invalid("grpc", self.grpc, "HOST:PORT (e.g. localhost:8500)")
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise invalid("model", self.model, "a model name")
-        if self.version is not None and (isinstance(self.version, bool)
-                                         or not isinstance(self.version, int)
-                                         or self.version < 0):
-            raise invalid("version", self.version, "a non-negative integer or None")
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) \
-                or not self.timeout > 0:
-            raise invalid("timeout", self.timeout, "a positive number of seconds")
-        _positive_ints(self, "query_batch")
 
 
 @dataclass(frozen=True)
@@ -132,12 +108,13 @@ class EndpointPart(ServerPart):
 
     rest: str | None = field(default=None, metadata={
         "help": "the victim's TF Serving REST endpoint, e.g. http://host:8501 (when given, "
-                "REST :predict is used instead of --grpc)", "metavar": "URL"})
+                "REST :predict is used instead of --grpc)", "metavar": "URL", "rule": "url"})
     signature: str | None = field(default=None, metadata={
-        "help": "serving signature to query; none: serving_default", "metavar": "NAME"})
+        "help": "serving signature to query; none: serving_default", "metavar": "NAME",
+        "rule": "nonempty"})
     output: str | None = field(default=None, metadata={
         "help": "output tensor to learn from; none: chosen from the signature and stated in "
-                "the report", "metavar": "NAME"})
+                "the report", "metavar": "NAME", "rule": "nonempty"})
     output_kind: str = field(default="auto", metadata={
         "help": "what that output holds: probabilities, logits (softmax applied), labels "
                 "(class ids, label-only), topk (scores+classes pairs), or auto (decided from "
@@ -148,27 +125,10 @@ class EndpointPart(ServerPart):
         "choices": INPUT_RANGES, "metavar": "auto|0,255|0,1|-1,1"})
     num_classes: int | None = field(default=None, metadata={
         "help": "the victim's number of classes K, for outputs that do not tell it (class ids "
-                "only, top-k pairs); none: read from the signature", "metavar": "K"})
-    in_flight: int = field(default=4, metadata={"help": "Predict requests in flight at once"})
+                "only, top-k pairs); none: read from the signature", "metavar": "K", "min": 2})
+    in_flight: int = field(default=4, metadata={"help": "Predict requests in flight at once",
+                                                "min": 1})
 
-    def _validate(self) -> None:
-        if self.num_classes is not None and (isinstance(self.num_classes, bool)
-                                             or not isinstance(self.num_classes, int)
-                                             or self.num_classes < 2):
-            raise invalid("num_classes", self.num_classes, "an integer >= 2, or none")
-        if self.rest is not None and (not isinstance(self.rest, str)
-                                      or not _REST_URL.match(self.rest)):
-            raise invalid("rest", self.rest, "http://HOST:PORT or https://HOST:PORT "
-                                             "(e.g. http://localhost:8501)")
-        for name in ("signature", "output"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise invalid(name, value, "a non-empty name or None")
-        if self.output_kind not in OUTPUT_KINDS:
-            raise invalid("output_kind", self.output_kind, "one of " + ", ".join(OUTPUT_KINDS))
-        if self.input_range not in INPUT_RANGES:
-            raise invalid("input_range", self.input_range, "one of " + ", ".join(INPUT_RANGES))
-        _positive_ints(self, "in_flight")
 
 
 @dataclass(frozen=True)
@@ -185,26 +145,24 @@ class SurrogatePart:
         "metavar": "KEY=VALUE"})
     input_size: int | None = field(default=None, metadata={
         "help": "surrogate input side in pixels (default: the backbone's default)",
-        "metavar": "PX"})
-    epochs: int = field(default=10, metadata={"help": "surrogate training epochs"})
-    batch_size: int = field(default=64, metadata={"help": "surrogate training batch size"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "surrogate learning rate"})
+        "metavar": "PX", "min": 8})
+    epochs: int = field(default=10, metadata={"help": "surrogate training epochs", "min": 1})
+    batch_size: int = field(default=64, metadata={"help": "surrogate training batch size",
+                                                  "min": 1})
+    learning_rate: float = field(default=1e-3, metadata={"help": "surrogate learning rate",
+                                                         "gt": 0})
     distribute: str = field(default="none", metadata={
         "help": "surrogate training strategy: none (one device) or mirrored (every GPU of "
                 "this machine); --batch-size is the global batch, split evenly over the GPUs "
-                "(docs/distributed.md)", "choices": ("none", "mirrored")})
+                "(docs/distributed.md)", "choices": ("none", "mirrored"),
+        "check": False})  # multiworker gets its own message below
 
     def _validate(self) -> None:
-        _positive_ints(self, "epochs", "batch_size")
         if check_distribute(self.distribute) == "multiworker":
             raise invalid("distribute", self.distribute,
                           "none or mirrored for an attack (each worker would send the queries "
                           "again); train on a run's journal with SurrogateTrainer(distribute="
                           "'multiworker') instead")
-        if self.input_size is not None and self.input_size < 8:
-            raise invalid("input_size", self.input_size, "at least 8 pixels, or None")
-        if not self.learning_rate > 0:
-            raise invalid("learning_rate", self.learning_rate, "a positive number")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise invalid("weights", self.weights, "imagenet, none, or an existing weights file")
         get_backbone_spec(self.backbone, argument="backbone")
@@ -224,13 +182,10 @@ class EvaluationPart:
         "help": "labelled test data of the victim's task (evaluation only)", "metavar": "SPEC"})
     test_split: str = field(default="test", metadata={"help": "split of --test-set"})
     test_limit: int | None = field(default=None, metadata={
-        "help": "evaluate on at most this many test images"})
+        "help": "evaluate on at most this many test images", "min": 1})
     noise: int = field(default=1000, metadata={
-        "help": "uniform-noise images to measure fidelity on (Jagielski et al.)"})
+        "help": "uniform-noise images to measure fidelity on (Jagielski et al.)", "min": 0})
 
-    def _validate(self) -> None:
-        _non_negative_ints(self, "noise")
-        _optional_positive_int(self, "test_limit")
 
 
 @dataclass(frozen=True)
@@ -239,18 +194,12 @@ class RunPart:
 
     out: str = field(default="runs/attack", metadata={
         "help": "run directory (config, journal, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR"})
+        "metavar": "RUN_DIR", "rule": "nonempty"})
     resume: bool = field(default=False, metadata={
-        "help": "continue the run in RUN_DIR without re-sending answered queries"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+        "help": "continue the run in RUN_DIR without re-sending answered queries",
+        "check": True})
+    seed: int = field(default=0, metadata={"help": "random seed", "check": True})
 
-    def _validate(self) -> None:
-        if not isinstance(self.out, str) or not self.out:
-            raise invalid("out", self.out, "a run directory path")
-        if not isinstance(self.resume, bool):
-            raise invalid("resume", self.resume, "true or false")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise invalid("seed", self.seed, "an integer")
 
 
 @dataclass(frozen=True)
@@ -262,10 +211,36 @@ class ExactEvaluationPart(EvaluationPart):
         "help": "labelled images of the victim's task, for fidelity (evaluation only; pixels "
                 "mapped to [low, high])", "metavar": "SPEC"})
     noise: int = field(default=10_000, metadata={
-        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)"})
+        "help": "uniform random inputs in [low, high] to measure fidelity on (evaluation only)",
+        "min": 0})
+    reference: str | None = field(default=None, metadata={
+        "help": "the victim's SavedModel version folder, to measure the parameter error "
+                "(evaluation only; the attack never reads it)", "metavar": "DIR"})
+
+    def _validate(self) -> None:
+        if self.reference is not None and not Path(self.reference).is_dir():
+            raise invalid("reference", self.reference, "an existing SavedModel version folder")
 
 
-_PARTS = (ServerPart, EndpointPart, SurrogatePart, EvaluationPart, RunPart)
+@dataclass(frozen=True)
+class DomainPart:
+    """The exact attacks' input domain [input_low, input_high] (line origins, random points;
+    test pixels are mapped there)."""
+
+    input_low: float = field(default=0.0, metadata={
+        "help": "lowest input value of the victim's domain (victim_export dense victims: 0)",
+        "check": True})
+    input_high: float = field(default=1.0, metadata={
+        "help": "highest input value of the victim's domain (victim_export dense victims: 1)",
+        "check": True})
+
+    def _validate(self) -> None:
+        if not self.input_high > self.input_low:
+            raise invalid("input_high", self.input_high, f"a number above input_low="
+                                                         f"{self.input_low}")
+
+
+_PARTS = (SurrogatePart, ExactEvaluationPart, DomainPart)  # rules beyond their fields'
 
 
 # -- the learning attacks --------------------------------------------------------------------------
@@ -278,11 +253,10 @@ class AttackConfig(RunPart, EvaluationPart, SurrogatePart, EndpointPart):
 
     curve_points: int = field(default=4, metadata={
         "help": "points of the accuracy/fidelity-vs-queries curve (surrogates trained on "
-                "journal prefixes; 1: only the final surrogate)"})
+                "journal prefixes; 1: only the final surrogate)", "min": 1})
 
     def __post_init__(self) -> None:
         validate_parts(self)
-        _positive_ints(self, "curve_points")
 
 
 _TRANSFER_HELP = ("the attacker's natural images: any spec of the data layer (image folder or "
@@ -293,21 +267,20 @@ _TRANSFER_HELP = ("the attacker's natural images: any spec of the data layer (im
 class TransferPart:
     """The attacker's pool of natural images (Knockoff, Copycat) and the share held out."""
 
-    transfer_set: str = field(kw_only=True, metadata={"help": _TRANSFER_HELP, "metavar": "SPEC"})
+    transfer_set: str = field(kw_only=True, metadata={"help": _TRANSFER_HELP, "metavar": "SPEC",
+                                                      "rule": "nonempty"})
     transfer_split: str = field(default="train", metadata={
         "help": "split(s) of the transfer set, e.g. train or train+val"})
     exclude_classes: str | None = field(default=None, metadata={
         "help": "file of class names (one a line) to drop from the transfer set",
         "metavar": "FILE"})
     heldout: int = field(default=1000, metadata={
-        "help": "transfer images held out of the attack to measure fidelity off the test set"})
+        "help": "transfer images held out of the attack to measure fidelity off the test set",
+        "min": 0})
 
     def _validate(self) -> None:
-        if not self.transfer_set:
-            raise invalid("transfer_set", self.transfer_set, "a dataset spec")
         if self.exclude_classes is not None and not Path(self.exclude_classes).is_file():
             raise invalid("exclude_classes", self.exclude_classes, "an existing file")
-        _non_negative_ints(self, "heldout")
 
 
 _PARTS = (TransferPart, *_PARTS)
@@ -317,7 +290,8 @@ _PARTS = (TransferPart, *_PARTS)
 class KnockoffConfig(AttackConfig, TransferPart):
     """Steal a TF Serving image classifier through its Predict API (Knockoff Nets)."""
 
-    budget: int = field(default=10_000, metadata={"help": "number of queries (images) to send"})
+    budget: int = field(default=10_000, metadata={"help": "number of queries (images) to send",
+                                                   "min": 1})
     strategy: str = field(default="random", metadata={
         "help": "sampling strategy: random, adaptive (Knockoff's bandit), or ActiveThief's "
                 "uncertainty, kcenter, dfal (rounds chosen by the surrogate trained so far)",
@@ -327,10 +301,10 @@ class KnockoffConfig(AttackConfig, TransferPart):
     active_rounds: int = field(default=9, metadata={
         "help": "uncertainty/kcenter/dfal: selection rounds after the random seed set (the "
                 "budget is split into rounds+1 equal parts; the surrogate is retrained from "
-                "scratch on every answer before each round)"})
+                "scratch on every answer before each round)", "min": 1})
     active_pool: int = field(default=0, metadata={
         "help": "uncertainty/kcenter/dfal: unqueried images scored per round, a seeded random "
-                "subset (0: all of them)"})
+                "subset (0: all of them)", "min": 0})
     granularity: str = field(default="probs", metadata={
         "help": "train on: probs (what the victim returns), top1 (one-hot), topk:K",
         "metavar": "probs|top1|topk:K"})
@@ -339,27 +313,21 @@ class KnockoffConfig(AttackConfig, TransferPart):
                 "learning-based attack: FixMatch-style confident pseudo-labels on a weakly "
                 "augmented view, trained on a strongly augmented view)"})
     unlabelled: int = field(default=0, metadata={
-        "help": "with --semi-supervised: how many unqueried transfer images to learn from"})
+        "help": "with --semi-supervised: how many unqueried transfer images to learn from",
+        "min": 0})
     confidence: float = field(default=0.9, metadata={
-        "help": "with --semi-supervised: the surrogate's confidence for a pseudo-label"})
+        "help": "with --semi-supervised: the surrogate's confidence for a pseudo-label",
+        "gt": 0, "lt": 1})
     consistency_weight: float = field(default=1.0, metadata={
-        "help": "with --semi-supervised: weight of the unlabelled (consistency) loss"})
+        "help": "with --semi-supervised: weight of the unlabelled (consistency) loss", "min": 0})
     out: str = field(default="runs/knockoff", metadata={
         "help": "run directory (config, journal, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR"})
+        "metavar": "RUN_DIR", "rule": "nonempty"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_ints(self, "budget")
-        _non_negative_ints(self, "unlabelled")
-        if self.strategy not in ("random", "adaptive", "uncertainty", "kcenter", "dfal"):
-            raise invalid("strategy", self.strategy,
-                          "one of 'random', 'adaptive', 'uncertainty', 'kcenter', 'dfal'")
-        _positive_ints(self, "active_rounds")
-        _non_negative_ints(self, "active_pool")
-        if self.reward not in ("cert", "div", "loss", "all"):
-            raise invalid("reward", self.reward, "one of 'cert', 'div', 'loss', 'all'")
-        if not _GRANULARITY.match(self.granularity) or self.granularity == "topk:0":
+        if not isinstance(self.granularity, str) or not _GRANULARITY.match(self.granularity) \
+                or self.granularity == "topk:0":
             raise invalid("granularity", self.granularity, "probs, top1 or topk:K with K >= 1")
         if self.semi_supervised and self.unlabelled < 1:
             raise invalid("unlabelled", self.unlabelled,
@@ -370,10 +338,6 @@ class KnockoffConfig(AttackConfig, TransferPart):
         if self.unlabelled and not self.semi_supervised:
             raise invalid("semi_supervised", self.semi_supervised,
                           f"--semi-supervised to use --unlabelled {self.unlabelled}")
-        if not 0.0 < self.confidence < 1.0:
-            raise invalid("confidence", self.confidence, "a probability in (0, 1)")
-        if not self.consistency_weight >= 0:
-            raise invalid("consistency_weight", self.consistency_weight, "a number >= 0")
 
 
 @dataclass(frozen=True)
@@ -383,25 +347,23 @@ class CopycatConfig(AttackConfig, TransferPart):
     transfer_set: str = field(kw_only=True, metadata={
         "help": "non-problem-domain natural images (da Silva et al.'s 'fake dataset'): any "
                 "spec of the data layer",
-        "metavar": "SPEC"})
+        "metavar": "SPEC", "rule": "nonempty"})
     budget: int = field(default=10_000, metadata={
-        "help": "queries with non-problem-domain images (phase 1)"})
+        "help": "queries with non-problem-domain images (phase 1)", "min": 1})
     pd_set: str | None = field(default=None, metadata={
         "help": "a few problem-domain images for the optional second phase", "metavar": "SPEC"})
     pd_split: str = field(default="train", metadata={"help": "split of --pd-set"})
     pd_budget: int = field(default=0, metadata={
-        "help": "queries with problem-domain images (phase 2; 0: no second phase)"})
+        "help": "queries with problem-domain images (phase 2; 0: no second phase)", "min": 0})
     pd_epochs: int = field(default=5, metadata={
         "help": "fine-tuning passes of phase 2 over its images (mixed with as many phase-1 "
-                "images)"})
+                "images)", "min": 1})
     out: str = field(default="runs/copycat", metadata={
         "help": "run directory (config, journal, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR"})
+        "metavar": "RUN_DIR", "rule": "nonempty"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive_ints(self, "budget", "pd_epochs")
-        _non_negative_ints(self, "pd_budget")
         if self.pd_budget and not self.pd_set:
             raise invalid("pd_set", self.pd_set,
                           f"a problem-domain dataset spec for --pd-budget {self.pd_budget}")
@@ -413,41 +375,36 @@ class JBDAConfig(AttackConfig):
 
     seed_set: str = field(kw_only=True, metadata={
         "help": "in-domain images the seeds are drawn from (balanced over its classes; the "
-                "labels are never used)", "metavar": "SPEC"})
+                "labels are never used)", "metavar": "SPEC", "rule": "nonempty"})
     seed_split: str = field(default="train", metadata={"help": "split of --seed-set"})
-    seeds: int = field(default=150, metadata={"help": "number of seed images (round 0)"})
+    seeds: int = field(default=150, metadata={"help": "number of seed images (round 0)",
+                                               "min": 1})
     budget: int = field(default=1000, metadata={
-        "help": "total queries, seeds included; the last round is cut to fit"})
-    rounds: int = field(default=4, metadata={"help": "augmentation rounds after the seeds"})
+        "help": "total queries, seeds included; the last round is cut to fit", "min": 1})
+    rounds: int = field(default=4, metadata={"help": "augmentation rounds after the seeds",
+                                             "min": 0})
     per_round: int | None = field(default=None, metadata={
         "help": "reservoir bound on new queries per round (Juuti et al.); none: every image "
-                "so far gets a neighbour (Papernot et al., the set doubles)"})
+                "so far gets a neighbour (Papernot et al., the set doubles)", "min": 1})
     step: float = field(default=0.1, metadata={
         "flag": "--lambda", "metavar": "LAMBDA",
         "help": "augmentation step lambda on the 0..1 pixel scale; sent as the integer pixel "
-                "step round(255 * lambda)"})
+                "step round(255 * lambda)", "gt": 0, "max": 1})
     tau: int = field(default=3, metadata={
-        "help": "the step's sign flips every tau rounds (Papernot et al.'s periodic step)"})
+        "help": "the step's sign flips every tau rounds (Papernot et al.'s periodic step)",
+        "min": 1})
     curve_points: int = field(default=4, metadata={
-        "cli": False, "help": "unused: JBDA's curve has one point per round"})
+        "cli": False, "help": "unused: JBDA's curve has one point per round", "min": 1})
     out: str = field(default="runs/jbda", metadata={
         "help": "run directory (config, journal, query images, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR"})
+        "metavar": "RUN_DIR", "rule": "nonempty"})
 
     def __post_init__(self) -> None:
-        if not self.seed_set:
-            raise invalid("seed_set", self.seed_set, "a dataset spec")
         super().__post_init__()
-        _positive_ints(self, "seeds", "budget", "tau")
-        _non_negative_ints(self, "rounds")
         if self.budget < self.seeds:
             raise invalid("budget", self.budget,
                           f"at least the number of seeds ({self.seeds}): the seeds are queried "
                           "first")
-        if self.per_round is not None and self.per_round < 1:
-            raise invalid("per_round", self.per_round, "a positive integer or none")
-        if not 0 < self.step <= 1:
-            raise invalid("step", self.step, "lambda in (0, 1] (fraction of the pixel range)")
         if round(255 * self.step) < 1:
             raise invalid("step", self.step, "at least 1/255 (one pixel level on the wire)")
 

@@ -25,10 +25,12 @@ import numpy as np
 
 from attack.base import Attack, as_transfer, dataset_source
 from attack.config import CopycatConfig
+from attack.evaluate import default_budgets
 from attack.pipeline import (
     ExtractionResult,
     answers_as_probabilities,
     as_seen_by_victim,
+    attack_main,
     begin_run,
     finish,
     journal_answers,
@@ -40,6 +42,8 @@ from attack.pipeline import (
     trainer_kwargs,
     victim_signature,
 )
+from attack.responses import Granularity, apply_granularity, detect_granularity
+from common.data import load_dataset
 from common.errors import invalid
 
 __all__ = ["Copycat", "CopycatConfig", "one_hot_top1", "run_copycat"]
@@ -51,8 +55,6 @@ FINE_TUNE_LR_FACTOR = 0.1  # phase 2 fine-tunes at a tenth of the training learn
 
 def one_hot_top1(responses: np.ndarray) -> np.ndarray:
     """Copycat's targets: one-hot rows at the arg-max of whatever the victim returned."""
-    from attack.responses import Granularity, apply_granularity
-
     return apply_granularity(responses, Granularity("top1"))
 
 
@@ -74,18 +76,15 @@ class Copycat(Attack):
         return {**super()._placeholders(),
                 **({"pd_set": "<given to extract>"} if self.params.get("pd_budget") else {})}
 
-    def _prepare_data(self, transfer, test, *, problem_domain=None, **data) -> dict:
-        if data:
-            name = sorted(data)[0]
-            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
+    def _prepare_data(self, transfer, test, *, problem_domain=None) -> dict:
         transfer = as_transfer(transfer)
         pd = None if problem_domain is None else as_transfer(problem_domain, "problem_domain")
         if self.params.get("pd_budget") and pd is None:
             raise invalid("problem_domain", None,
                           f"problem-domain images for pd_budget={self.params['pd_budget']}")
         return {"fields": {"transfer_set": dataset_source(transfer),
-                           "pd_set": None if pd is None else dataset_source(pd),
-                           "test_set": None if test is None else dataset_source(test)},
+                           "pd_set": dataset_source(pd),
+                           "test_set": dataset_source(test)},
                 "transfer": transfer, "test": test,
                 "problem_domain": None if pd is None else pd.images}
 
@@ -99,8 +98,6 @@ class Copycat(Attack):
 
 def run_copycat(config: CopycatConfig, *, on_progress=None) -> ExtractionResult:
     """The CLI's attack: load the data of `config`, open its victim, run `Copycat`."""
-    from common.data import load_dataset
-
     transfer = load_dataset(config.transfer_set, config.transfer_split,
                             exclude_classes=config.exclude_classes)
     test = load_test_set(config)
@@ -115,9 +112,6 @@ def run_copycat(config: CopycatConfig, *, on_progress=None) -> ExtractionResult:
 
 def _run_copycat(victim, config: CopycatConfig, transfer, test, pd_images,
                  on_progress) -> ExtractionResult:
-    from attack.evaluate import default_budgets
-    from attack.responses import detect_granularity
-
     order = np.random.default_rng(config.seed).permutation(len(transfer))
     heldout_idx = np.sort(order[:config.heldout])
     pool = transfer.images[np.sort(order[config.heldout:])]
@@ -213,8 +207,6 @@ example (steal the CIFAR-10 victim from its labels, then fine-tune on 500 CIFAR 
 
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from attack.pipeline import attack_main
-
     return attack_main(CopycatConfig, run_copycat, argv, prog=PROG, epilog=EPILOG,
                        total=lambda c: c.budget + c.pd_budget)
 

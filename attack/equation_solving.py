@@ -34,10 +34,8 @@ answer, float64 bit-exact), report.{json,md}; ``--resume`` replays the journal.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -46,13 +44,16 @@ from attack._linear import (
     ExactOracle,
     discover,
     eval_inputs,
+    evaluate_recovered,
     export_recovered,
     reference_variables,
-    victim_eval_answers,
+    report_recovered,
+    softmax,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import ExactEvaluationPart, RunPart, ServerPart, validate_parts
-from attack.pipeline import ExtractionResult
+from attack.config import DomainPart, ExactEvaluationPart, RunPart, ServerPart, validate_parts
+from attack.journal import QueryJournal
+from attack.pipeline import ExtractionResult, exact_main, prepare_run_dir
 from common.errors import UsageError, invalid
 
 __all__ = ["EquationSolving", "EquationSolvingConfig", "EquationSolvingResult", "align_softmax",
@@ -64,62 +65,31 @@ DESIGNS = ("basis", "random")
 
 
 @dataclass(frozen=True)
-class EquationSolvingConfig(RunPart, ExactEvaluationPart, ServerPart):
+class EquationSolvingConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
     """Recover a softmax/logistic regression exactly from its probabilities (Tramèr et al.)."""
 
-    query_batch: int = field(default=256, metadata={"help": "query points per Predict request"})
+    query_batch: int = field(default=256, metadata={"help": "query points per Predict request",
+                                                    "min": 1})
     out: str = field(default="runs/equation_solving", metadata={
         "help": "run directory (config, journal, recovered model, report)",
-        "metavar": "RUN_DIR"})
+        "metavar": "RUN_DIR", "rule": "nonempty"})
     output: str = field(default="probabilities", metadata={
         "help": "the output to solve from: probabilities (Tramèr et al.; weights up to a shared "
                 "shift), logits (when exposed: every weight) or auto (logits if exposed)",
         "choices": OUTPUT_CHOICES})
     budget: int | None = field(default=None, metadata={
-        "help": "most queries the attack may send (at least d + 1; default: d + 1 + --verify)"})
+        "help": "most queries the attack may send (at least d + 1; default: d + 1 + --verify)",
+        "min": 1})
     design: str = field(default="basis", metadata={
         "help": "query points: basis (the all-low input and one feature raised to high at a "
                 "time: best conditioned) or random (uniform in [low, high], as in the paper)",
         "choices": DESIGNS})
     verify: int = field(default=16, metadata={
         "help": "extra random queries that check the solution (the answers must be a softmax "
-                "regression's); cut to what --budget leaves"})
-    input_low: float = field(default=0.0, metadata={
-        "help": "lowest input value of the victim's domain (victim_export dense victims: 0; "
-                "test images are mapped to [low, high])"})
-    input_high: float = field(default=1.0, metadata={
-        "help": "highest input value of the victim's domain (victim_export dense victims: 1)"})
-    reference: str | None = field(default=None, metadata={
-        "help": "the victim's SavedModel version folder, to measure the parameter error "
-                "(evaluation only; the attack never reads it)", "metavar": "DIR"})
+                "regression's); cut to what --budget leaves", "min": 0})
 
     def __post_init__(self) -> None:
-        _check_common(self)
-        if self.design not in DESIGNS:
-            raise invalid("design", self.design, "one of " + ", ".join(DESIGNS))
-        if isinstance(self.verify, bool) or not isinstance(self.verify, int) or self.verify < 0:
-            raise invalid("verify", self.verify, "a non-negative integer")
-
-
-def _check_common(config) -> None:
-    """The parts' checks plus those shared with `attack.fee.FeeConfig`."""
-    validate_parts(config)
-    if config.output not in OUTPUT_CHOICES:
-        raise invalid("output", config.output, "one of " + ", ".join(OUTPUT_CHOICES))
-    if config.budget is not None and (isinstance(config.budget, bool)
-                                      or not isinstance(config.budget, int)
-                                      or config.budget < 1):
-        raise invalid("budget", config.budget, "a positive integer or None")
-    for name in ("input_low", "input_high"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
-            raise invalid(name, value, "a finite number")
-    if not config.input_high > config.input_low:
-        raise invalid("input_high", config.input_high, f"a number above input_low="
-                                                       f"{config.input_low}")
-    if config.reference is not None and not Path(config.reference).is_dir():
-        raise invalid("reference", config.reference, "an existing SavedModel version folder")
+        validate_parts(self)
 
 
 @dataclass(frozen=True)
@@ -193,12 +163,6 @@ def predict_logits(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.float64) @ w + b
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def align_softmax(w: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The canonical representative of a softmax regression: class K's weights subtracted."""
     return w - w[:, -1:], b - b[-1]
@@ -222,22 +186,11 @@ def reference_softmax(variables: list[np.ndarray], d: int, k: int) -> tuple[np.n
 
 def run_equation_solving(config: EquationSolvingConfig) -> EquationSolvingResult:
     """The CLI's attack: open the config's victim, run `EquationSolving`."""
-    from serving.client import ServingClient
-
-    attack = EquationSolving.from_config(config)
-    with ServingClient(config.grpc, config.model, version=config.version,
-                       api_key=config.api_key, timeout=config.timeout) as client:
-        return attack._run(client, config, {})
+    return EquationSolving.run_config(config)
 
 
 def _solve(client, config: EquationSolvingConfig) -> EquationSolvingResult:
     """The whole attack: discover, check the budget, query, solve, verify, export, report."""
-    from attack.evaluate import evaluate
-    from attack.journal import QueryJournal
-    from attack.pipeline import prepare_run_dir
-    from attack.report import write_report
-    from common.cli import config_to_dict
-
     iface = discover(client, config.output)
     d, k = iface.dim, iface.num_classes
     minimum = d + 1
@@ -302,29 +255,8 @@ def _solve(client, config: EquationSolvingConfig) -> EquationSolvingResult:
                          "classes (recovered with w_K = 0, b_K = 0); the function exactly"),
         "recovered_export": str(exported),
     }
-    evaluation = None
-    noise_x = np.random.default_rng(config.seed + 1).uniform(
-        config.input_low, config.input_high, (config.noise, d))
-    noise_answers = victim_eval_answers(client, iface, run_dir, "noise", noise_x) \
-        if config.noise else None
-    if noise_answers is not None:
-        probs = softmax(recovered(noise_x))
-        extra["max_abs_probability_error_noise"] = float(
-            np.abs(probs - noise_answers["probabilities"]).max())
-    if test is not None:
-        tx, labels, names = test
-        victim_test = victim_eval_answers(client, iface, run_dir, "test", tx)
-        extra["max_abs_probability_error_test"] = float(
-            np.abs(softmax(recovered(tx)) - victim_test["probabilities"]).max())
-        evaluation = evaluate(
-            recovered, victim_test["probabilities"], labels, test_images=tx,
-            noise=None if noise_answers is None else (noise_x,
-                                                      noise_answers["probabilities"]),
-            class_names=names, n_queries=queries)
-    elif noise_answers is not None:
-        agree = np.argmax(recovered(noise_x), 1) == np.argmax(noise_answers["probabilities"],
-                                                               1)
-        extra["fidelity_noise"] = float(agree.mean())
+    evaluation = evaluate_recovered(client, iface, run_dir, config, recovered, test, extra,
+                                    queries)
     if config.reference:
         true_w, true_b = reference_softmax(reference_variables(config.reference), d, k)
         aw, ab = align_softmax(w, b)
@@ -336,14 +268,10 @@ def _solve(client, config: EquationSolvingConfig) -> EquationSolvingResult:
             "max_abs_bias_error": float(np.abs(ab - tb).max()),
             "max_abs_true_weight": float(np.abs(tw).max()),
         }
-    paths = write_report(run_dir, config=config_to_dict(config), evaluation=evaluation,
-                         extra=extra)
-    headline = evaluation.headline() if evaluation is not None else {}
-    headline = {**headline, "queries": queries,
-                **{k2: extra[k2] for k2 in ("fidelity_noise",) if k2 in extra}}
-    if "parameter_error" in extra:
-        headline["max_abs_weight_error"] = extra["parameter_error"]["max_abs_weight_error"]
-        headline["max_abs_bias_error"] = extra["parameter_error"]["max_abs_bias_error"]
+    errors = {key: extra["parameter_error"][key] for key in (
+        "max_abs_weight_error", "max_abs_bias_error") if "parameter_error" in extra}
+    paths, headline = report_recovered(run_dir, config, evaluation, extra, queries=queries,
+                                       **errors)
     return EquationSolvingResult(
         run_dir, queries, headline, journal=run_dir / "journal.bin",
         report=paths.get("markdown"),
@@ -365,23 +293,10 @@ example (an MNIST softmax regression served in float64):
 """
 
 
-def _main(argv) -> int:
-    from common.cli import configure_logging, parse_config
-
-    config = parse_config(EquationSolvingConfig, argv, prog=PROG, epilog=EPILOG)
-    configure_logging()
-    result = run_equation_solving(config)
-    figures = "  ".join(f"{key}={value:.6g}" for key, value in result.headline.items()
-                        if isinstance(value, float))
-    print(f"{result.queries} queries -> {result.run_dir / 'report.md'}  {figures}")
-    return 0
-
-
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from attack.pipeline import run_attack_cli  # a ServingError is one line; no TF for --help
-
-    return run_attack_cli(_main, argv, prog=PROG)
+    return exact_main(EquationSolvingConfig, run_equation_solving, argv, prog=PROG,
+                      epilog=EPILOG)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from common.constraints import check_int, is_int
 from common.errors import invalid
 
 __all__ = [
@@ -97,8 +98,7 @@ def per_class_accuracy(
 
 def uniform_noise_images(n: int, shape: Sequence[int], seed: int) -> np.ndarray:
     """`n` images of independent uniform pixels in 0..255, uint8 [n, *shape], seeded."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise invalid("n", n, "a non-negative integer")
+    check_int("n", n, min=0)
     dims = tuple(int(v) for v in shape)
     if len(dims) != 3 or dims[2] != 3 or min(dims) < 1:
         raise invalid("shape", tuple(shape), "(height, width, 3)")
@@ -240,18 +240,15 @@ def default_budgets(total: int, points: int = 5) -> list[int]:
 
     ``default_budgets(10000, 5) == [625, 1250, 2500, 5000, 10000]``.
     """
-    if isinstance(total, bool) or not isinstance(total, (int, np.integer)) or total < 1:
-        raise invalid("total", total, "a positive integer")
-    if isinstance(points, bool) or not isinstance(points, (int, np.integer)) or points < 1:
-        raise invalid("points", points, "a positive integer")
+    check_int("total", total, min=1)
+    check_int("points", points, min=1)
     budgets = {max(1, int(total) >> shift) for shift in range(int(points))}
     return sorted(budgets)
 
 
 def _check_budgets(budgets: Iterable[int]) -> list[int]:
     values = list(budgets)
-    if not values or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1
-                         for b in values):
+    if not values or any(not is_int(b) or b < 1 for b in values):
         raise invalid("budgets", values, "a non-empty list of positive integers")
     if len(set(values)) != len(values):
         raise invalid("budgets", values, "distinct budgets")

@@ -63,14 +63,16 @@ from attack._linear import (
     VictimInterface,
     discover,
     eval_inputs,
+    evaluate_recovered,
     export_recovered,
     reference_variables,
-    victim_eval_answers,
+    report_recovered,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import ExactEvaluationPart, RunPart, ServerPart
-from attack.equation_solving import _check_common, softmax, targets
-from attack.pipeline import ExtractionResult
+from attack.config import DomainPart, ExactEvaluationPart, RunPart, ServerPart, validate_parts
+from attack.equation_solving import targets
+from attack.journal import QueryJournal
+from attack.pipeline import ExtractionResult, exact_main, prepare_run_dir
 from common.errors import UsageError, invalid
 
 __all__ = ["FEE", "FeeConfig", "FeeResult", "Network", "align_network", "extract_network", "main",
@@ -80,74 +82,55 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FeeConfig(RunPart, ExactEvaluationPart, ServerPart):
+class FeeConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
     """Extract a one-hidden-layer ReLU network exactly (Jagielski et al. 2020)."""
 
-    query_batch: int = field(default=512, metadata={"help": "query points per Predict request"})
+    query_batch: int = field(default=512, metadata={"help": "query points per Predict request",
+                                                    "min": 1})
     out: str = field(default="runs/fee", metadata={
         "help": "run directory (config, journal, recovered model, report)",
-        "metavar": "RUN_DIR"})
+        "metavar": "RUN_DIR", "rule": "nonempty"})
     resume: bool = field(default=False, metadata={
-        "help": "continue the run in RUN_DIR, replaying the journaled answers"})
-    seed: int = field(default=0, metadata={"help": "random seed (lines, random points)"})
+        "help": "continue the run in RUN_DIR, replaying the journaled answers", "check": True})
+    seed: int = field(default=0, metadata={"help": "random seed (lines, random points)",
+                                           "check": True})
     output: str = field(default="auto", metadata={
         "help": "the output to extract from: logits (exact), probabilities (log-probability "
                 "differences: last layer up to a shared row) or auto (logits if exposed)",
         "choices": OUTPUT_CHOICES})
     budget: int | None = field(default=None, metadata={
-        "help": "most queries the attack may send (default: no limit)"})
+        "help": "most queries the attack may send (default: no limit)", "min": 1})
     hidden: int | None = field(default=None, metadata={
         "help": "the victim's number of hidden units when known: lines are added until that "
-                "many are found (and --hybrid fills missing ones)"})
-    lines: int = field(default=3, metadata={"help": "random lines searched for critical points"})
+                "many are found (and --hybrid fills missing ones)", "min": 1})
+    lines: int = field(default=3, metadata={"help": "random lines searched for critical points",
+                                            "min": 1})
     max_lines: int = field(default=20, metadata={
-        "help": "most lines when --hidden units are not all found after --lines"})
+        "help": "most lines when --hidden units are not all found after --lines", "min": 1})
     line_range: float | None = field(default=None, metadata={
         "help": "half-length T of each line (t in [-T, T]); default 1000 with logits, 250 with "
                 "probabilities (halved on a line while the softmax saturates there)",
-        "metavar": "T"})
+        "metavar": "T", "gt": 0})
     segments: int = field(default=64, metadata={
-        "help": "equal pieces each line is cut into before the binary search"})
-    input_low: float = field(default=0.0, metadata={
-        "help": "lowest input value of the victim's domain (line origins, random points)"})
-    input_high: float = field(default=1.0, metadata={
-        "help": "highest input value of the victim's domain"})
+        "help": "equal pieces each line is cut into before the binary search", "min": 1})
     hybrid: bool = field(default=False, metadata={
         "help": "fine-tune the recovered network on extra queried points (learning-based "
-                "repair of an imperfect recovery)"})
+                "repair of an imperfect recovery)", "check": True})
     hybrid_queries: int = field(default=2000, metadata={
-        "help": "random queries for --hybrid fine-tuning"})
-    hybrid_steps: int = field(default=300, metadata={"help": "Adam steps of --hybrid"})
+        "help": "random queries for --hybrid fine-tuning", "min": 1})
+    hybrid_steps: int = field(default=300, metadata={"help": "Adam steps of --hybrid", "min": 1})
     hybrid_set: str | None = field(default=None, metadata={
         "help": "natural images (any data spec; pixels mapped to [low, high]) queried for "
                 "--hybrid instead of uniform points: the learning attack's in-distribution "
                 "data", "metavar": "SPEC"})
     hybrid_split: str = field(default="train", metadata={"help": "split of --hybrid-set"})
-    hybrid_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of --hybrid"})
-    reference: str | None = field(default=None, metadata={
-        "help": "the victim's SavedModel version folder, to measure the parameter error "
-                "(evaluation only; the attack never reads it)", "metavar": "DIR"})
+    hybrid_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of --hybrid",
+                                                     "gt": 0})
 
     def __post_init__(self) -> None:
-        _check_common(self)
-        for name in ("lines", "max_lines", "segments", "hybrid_queries", "hybrid_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise invalid(name, value, "a positive integer")
+        validate_parts(self)
         if self.max_lines < self.lines:
             raise invalid("max_lines", self.max_lines, f"at least --lines ({self.lines})")
-        if self.hidden is not None and (isinstance(self.hidden, bool)
-                                        or not isinstance(self.hidden, int) or self.hidden < 1):
-            raise invalid("hidden", self.hidden, "a positive integer or None")
-        if self.line_range is not None and (
-                isinstance(self.line_range, bool) or not isinstance(self.line_range, (int, float))
-                or not math.isfinite(self.line_range) or self.line_range <= 0):
-            raise invalid("line_range", self.line_range, "a positive number or None")
-        if not isinstance(self.hybrid, bool):
-            raise invalid("hybrid", self.hybrid, "true or false")
-        if isinstance(self.hybrid_lr, bool) or not isinstance(self.hybrid_lr, (int, float)) \
-                or not self.hybrid_lr > 0:
-            raise invalid("hybrid_lr", self.hybrid_lr, "a positive number")
         if self.hybrid_set is not None and not self.hybrid:
             raise invalid("hybrid_set", self.hybrid_set, "None unless --hybrid is given")
 
@@ -530,22 +513,11 @@ def _as_logits(net: Network, kind: str) -> Network:
 
 def run_fee(config: FeeConfig) -> FeeResult:
     """The CLI's attack: open the config's victim, run `FEE`."""
-    from serving.client import ServingClient
-
-    attack = FEE.from_config(config)
-    with ServingClient(config.grpc, config.model, version=config.version,
-                       api_key=config.api_key, timeout=config.timeout) as client:
-        return attack._run(client, config, {})
+    return FEE.run_config(config)
 
 
 def _extract(client, config: FeeConfig) -> FeeResult:
     """The whole attack: discover, extract, evaluate, export, report."""
-    from attack.evaluate import evaluate
-    from attack.journal import QueryJournal
-    from attack.pipeline import prepare_run_dir
-    from attack.report import write_report
-    from common.cli import config_to_dict
-
     iface: VictimInterface = discover(client, config.output)
     d, k = iface.dim, iface.num_classes
     half = config.line_range or (1000.0 if iface.output_kind == "logits" else 250.0)
@@ -599,30 +571,8 @@ def _extract(client, config: FeeConfig) -> FeeResult:
             "constant)"),
         "recovered_export": str(exported),
     }
-    noise_x = np.random.default_rng(config.seed + 1).uniform(
-        config.input_low, config.input_high, (config.noise, d))
-    noise_answers = victim_eval_answers(client, iface, run_dir, "noise", noise_x) \
-        if config.noise else None
-    evaluation = None
-    if noise_answers is not None:
-        extra["max_abs_probability_error_noise"] = float(
-            np.abs(softmax(recovered(noise_x)) - noise_answers["probabilities"]).max())
-        if "logits" in noise_answers and iface.output_kind == "logits":
-            extra["max_abs_logit_error_noise"] = float(
-                np.abs(recovered(noise_x) - noise_answers["logits"]).max())
-        extra["fidelity_noise"] = float(np.mean(
-            np.argmax(recovered(noise_x), 1) == np.argmax(noise_answers["probabilities"],
-                                                          1)))
-    if test is not None:
-        tx, labels, names = test
-        victim_test = victim_eval_answers(client, iface, run_dir, "test", tx)
-        extra["max_abs_probability_error_test"] = float(
-            np.abs(softmax(recovered(tx)) - victim_test["probabilities"]).max())
-        evaluation = evaluate(
-            recovered, victim_test["probabilities"], labels, test_images=tx,
-            noise=None if noise_answers is None else (noise_x,
-                                                      noise_answers["probabilities"]),
-            class_names=names, n_queries=queries)
+    evaluation = evaluate_recovered(client, iface, run_dir, config, recovered, test, extra,
+                                    queries)
     if config.reference:
         variables = reference_variables(config.reference)
         kernels = [v for v in variables if v.ndim == 2]
@@ -632,17 +582,12 @@ def _extract(client, config: FeeConfig) -> FeeResult:
                           f"the variables of a {d}-h-{k} network (two dense layers)")
         extra["parameter_error"] = align_network(net, kernels[0], vectors[0], kernels[1],
                                                  vectors[1], iface.output_kind)
-    paths = write_report(run_dir, config=config_to_dict(config), evaluation=evaluation,
-                         extra=extra)
-    headline = evaluation.headline() if evaluation is not None else {}
-    headline = {**headline, "queries": queries, "hidden_found": stats["hidden_found"]}
-    for key in ("fidelity_noise", "max_abs_logit_error_noise", "max_abs_probability_error_noise"):
-        if key in extra:
-            headline[key] = extra[key]
-    if "parameter_error" in extra:
-        errors = extra["parameter_error"]
-        headline["max_param_error"] = max(errors[key] for key in errors
-                                          if key.startswith("max_abs_error"))
+    errors = extra.get("parameter_error")
+    if errors is not None:
+        errors = {"max_param_error": max(errors[key] for key in errors
+                                         if key.startswith("max_abs_error"))}
+    paths, headline = report_recovered(run_dir, config, evaluation, extra, queries=queries,
+                                       hidden_found=stats["hidden_found"], **(errors or {}))
     return FeeResult(run_dir, queries, headline, journal=run_dir / "journal.bin",
                      report=paths.get("markdown"),
                      figures=tuple(v for k, v in paths.items() if k.endswith("_plot")),
@@ -663,23 +608,9 @@ example (an MNIST 784-16-10 ReLU network served in float64 with its logits):
 """
 
 
-def _main(argv) -> int:
-    from common.cli import configure_logging, parse_config
-
-    config = parse_config(FeeConfig, argv, prog=PROG, epilog=EPILOG)
-    configure_logging()
-    result = run_fee(config)
-    figures = "  ".join(f"{key}={value:.6g}" for key, value in result.headline.items()
-                        if isinstance(value, (int, float)) and not isinstance(value, bool))
-    print(f"{result.queries} queries -> {result.run_dir / 'report.md'}  {figures}")
-    return 0
-
-
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from attack.pipeline import run_attack_cli  # a ServingError is one line; no TF for --help
-
-    return run_attack_cli(_main, argv, prog=PROG)
+    return exact_main(FeeConfig, run_fee, argv, prog=PROG, epilog=EPILOG)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from attack.base import Attack, as_transfer, dataset_source
 from attack.config import JBDAConfig
 from attack.pipeline import (
     ExtractionResult,
+    attack_main,
     begin_run,
     finish,
     journal_answers,
@@ -57,7 +58,8 @@ from attack.pipeline import (
     trainer_kwargs,
     victim_signature,
 )
-from common.errors import UsageError, invalid
+from common.data import load_dataset
+from common.errors import UsageError
 
 __all__ = [
     "JBDA",
@@ -188,16 +190,13 @@ class JBDA(Attack):
     data_fields = ("seed_set", "seed_split")
     name = "jbda"
 
-    def _prepare_data(self, transfer, test, **data) -> dict:
-        if data:
-            name = sorted(data)[0]
-            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
+    def _prepare_data(self, transfer, test) -> dict:
         pool = as_transfer(transfer)
         seeds = self.params.get("seeds", JBDA.hyper_parameters()["seeds"])
         seed = self.params.get("seed", 0)
         chosen = np.sort(np.random.default_rng(seed).permutation(len(pool))[:seeds])
         return {"fields": {"seed_set": dataset_source(pool),
-                           "test_set": None if test is None else dataset_source(test)},
+                           "test_set": dataset_source(test)},
                 "seeds": pool.images[chosen], "test": test}
 
     def _run(self, victim, config: JBDAConfig, data: dict, on_progress=None
@@ -209,8 +208,6 @@ class JBDA(Attack):
 
 def run_jbda(config: JBDAConfig, *, on_progress=None) -> ExtractionResult:
     """The CLI's attack: load the data of `config`, open its victim, run `JBDA`."""
-    from common.data import load_dataset
-
     seeds = load_dataset(config.seed_set, config.seed_split, limit=config.seeds,
                          seed=config.seed).images
     test = load_test_set(config)
@@ -299,8 +296,6 @@ example (150 CIFAR-10 seeds, 4 rounds of at most 400 new queries each):
 
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from attack.pipeline import attack_main
-
     return attack_main(JBDAConfig, run_jbda, argv, prog=PROG, epilog=EPILOG)
 
 

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from common.constraints import check_int, is_int
 from common.errors import UsageError, invalid
 
 try:  # POSIX: one writer per journal; elsewhere the lock is skipped.
@@ -153,11 +154,7 @@ def _next_valid_record(raw: bytes, data: memoryview, start: int) -> int | None:
 def _check_num_classes(num_classes: int | None) -> int | None:
     if num_classes is None:
         return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise invalid("num_classes", num_classes, "a positive integer or None")
-    if num_classes < 1:
-        raise invalid("num_classes", num_classes, "a positive integer or None")
-    return int(num_classes)
+    return int(check_int("num_classes", num_classes, min=1))
 
 
 def _as_indices(indices: Any) -> np.ndarray:
@@ -321,7 +318,7 @@ class QueryJournal:
             )
         stored = header.get("num_classes")
         if stored is not None:
-            if isinstance(stored, bool) or not isinstance(stored, int) or stored < 1:
+            if not is_int(stored) or stored < 1:
                 raise JournalCorrupt(self.path, offset, f"num_classes={stored!r} in the header")
             self._num_classes = stored
 

@@ -48,12 +48,15 @@ import numpy as np
 
 from attack.base import Attack, as_transfer, dataset_source
 from attack.config import KnockoffConfig
+from attack.hierarchy import hierarchy_for
+from attack.journal import QueryJournal, release_unjournaled
 from attack.papers import ATLI_ANCHORS, ATLI_SOURCE
 from attack.pipeline import (
     AnswerCheck,
     ExtractionResult,
     answers_as_probabilities,
     as_seen_by_victim,
+    attack_main,
     begin_run,
     finish,
     journal_answers,
@@ -66,6 +69,9 @@ from attack.pipeline import (
     trainer_kwargs,
     victim_signature,
 )
+from attack.responses import apply_granularity, detect_granularity, parse_granularity
+from attack.strategies import ACTIVE, ActiveStrategy, AdaptiveStrategy, RandomStrategy
+from common.data import load_dataset
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
@@ -79,8 +85,6 @@ KnockoffResult = ExtractionResult  # what `run_knockoff` returns (the shared res
 
 # -- querying --------------------------------------------------------------------------------------
 def _targets(responses: np.ndarray, granularity: str) -> np.ndarray:
-    from attack.responses import apply_granularity, parse_granularity
-
     return apply_granularity(responses, parse_granularity(granularity))
 
 
@@ -98,10 +102,6 @@ def extract(client, transfer, config: KnockoffConfig, run_dir: Path, *,
     journaled. `check` (default: `AnswerCheck.for_run`) checks the first batch's answers
     before anything else is sent.
     """
-    from attack.hierarchy import hierarchy_for
-    from attack.journal import QueryJournal, release_unjournaled
-    from attack.strategies import ACTIVE, ActiveStrategy, AdaptiveStrategy, RandomStrategy
-
     if check is None:
         check = AnswerCheck.for_run(client, run_dir, config.query_batch)
     journal = QueryJournal.open(run_dir)
@@ -206,8 +206,6 @@ def _unlabelled_indices(config: KnockoffConfig, pool_size: int,
 def check_granularity(granularity: str, num_classes: int) -> None:
     """`UsageError` naming ``--granularity`` when topk:K asks for more classes than the victim
     has (checked after GetModelMetadata, before any query)."""
-    from attack.responses import parse_granularity
-
     parsed = parse_granularity(granularity)
     if parsed.kind == "topk" and parsed.k > num_classes:
         raise invalid("granularity", granularity,
@@ -230,21 +228,16 @@ class Knockoff(Attack):
     data_fields = ("transfer_set", "transfer_split", "exclude_classes")
     name = "knockoff"
 
-    def _prepare_data(self, transfer, test, **data) -> dict:
-        if data:
-            name = sorted(data)[0]
-            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
+    def _prepare_data(self, transfer, test) -> dict:
         transfer = as_transfer(transfer)
         return {"fields": {"transfer_set": dataset_source(transfer),
-                           "test_set": None if test is None else dataset_source(test)},
+                           "test_set": dataset_source(test)},
                 "transfer": transfer, "test": test}
 
     def _run(self, victim, config: KnockoffConfig, data: dict, on_progress=None
              ) -> ExtractionResult:
         """The whole attack: query, train, evaluate, export, report. Resumable at every
         stage."""
-        from attack.responses import detect_granularity
-
         transfer, test = data["transfer"], data["test"]
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(transfer))
@@ -322,8 +315,6 @@ class SemiSupervisedKnockoff(Knockoff):
 
 def run_knockoff(config: KnockoffConfig, *, on_progress=None) -> KnockoffResult:
     """The CLI's attack: load the data of `config`, open its victim, run `Knockoff`."""
-    from common.data import load_dataset
-
     transfer = load_dataset(config.transfer_set, config.transfer_split,
                             exclude_classes=config.exclude_classes)
     test = load_test_set(config)
@@ -350,8 +341,6 @@ example (steal the CIFAR-10 victim served by the embedded server or TF Serving):
 
 def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
-    from attack.pipeline import attack_main
-
     return attack_main(KnockoffConfig, run_knockoff, argv, prog=PROG, epilog=EPILOG)
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,10 +43,24 @@ from typing import Any
 
 import numpy as np
 
+from attack import victim as _victim
 from attack.config import RESUME_NEUTRAL_FIELDS
-from common.cli import config_to_dict, save_config
+from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
+from attack.journal import QueryJournal
+from attack.report import write_report
+from common.cli import (
+    as_flags,
+    config_to_dict,
+    configure_logging,
+    parse_config,
+    run_cli,
+    save_config,
+)
+from common.constraints import is_number
+from common.data import load_dataset
 from common.errors import UsageError, invalid
-from common.fileio import write_json_atomic
+from common.fileio import check_writable, write_error, write_json_atomic
+from common.progress import Progress
 
 __all__ = [
     "AnswerCheck",
@@ -113,8 +129,6 @@ def prepare_run_dir(config: Any) -> Path:
     absolute path or a symlink to it are the same run), and path settings compare as the files
     they name. A refused resume says which flags to give back, never to start over.
     """
-    from common.cli import as_flags
-    from common.fileio import check_writable, write_error
 
     run_dir = Path(config.out)
     saved_path = run_dir / "config.json"
@@ -157,7 +171,6 @@ def prepare_run_dir(config: Any) -> Path:
 def _same_setting(saved: Any, current: Any) -> bool:
     """Whether a saved config value and the current one are the same setting: equal, or paths
     naming the same file or folder (relative or absolute, trailing slash, symlinks)."""
-    import os
 
     if saved == current:
         return True
@@ -188,9 +201,8 @@ def _defaults_like(config: Any) -> Any:
 def open_victim(config: Any):
     """The `attack.victim.Victim` of the config's endpoint (gRPC, or REST with ``--rest``);
     use it as a context manager."""
-    from attack.victim import open_victim as _open
 
-    return _open(config)
+    return _victim.open_victim(config)
 
 
 def victim_signature(victim, config: Any):
@@ -231,7 +243,6 @@ class AnswerCheck:
     def for_run(cls, victim, run_dir: Path, query_batch: int) -> AnswerCheck:
         """The check of a run: on resume, the journal's answers are checked at once (before
         anything is sent), under this run's interpretation of them."""
-        from attack.journal import QueryJournal
 
         check = cls(victim, run_dir, query_batch)
         if not check.done and (Path(run_dir) / "journal.bin").is_file():
@@ -285,7 +296,6 @@ def as_seen_by_victim(images: np.ndarray, info) -> np.ndarray:
 
 def load_test_set(config: Any):
     """The labelled test set of `config` (None without ``--test-set``)."""
-    from common.data import load_dataset
 
     if not config.test_set:
         return None
@@ -347,7 +357,6 @@ def query_in_order(client, run_dir: Path, images: Callable[[np.ndarray], np.ndar
     no client can know whether the server charged them). With `check`, the first batch is sent
     alone and its answers checked before anything else is sent. Returns query statistics.
     """
-    from attack.journal import QueryJournal
 
     order = np.asarray(order, dtype=np.int64)
     with QueryJournal.open(run_dir) as journal:
@@ -380,7 +389,6 @@ def query_in_order(client, run_dir: Path, images: Callable[[np.ndarray], np.ndar
 
 def journal_answers(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(indices, responses) of the journal, in answer order."""
-    from attack.journal import QueryJournal
 
     with QueryJournal.open(run_dir) as journal:
         return journal.answered_indices().copy(), journal.responses().copy()
@@ -439,8 +447,6 @@ def finish(client, info, config: Any, run_dir: Path, *, queries: int, train: Tra
     gives the curve's points (`curve_budgets`, default `config.curve_points` halvings of
     `queries`); finished points are kept in RUN_DIR/curve.json and never trained again.
     """
-    from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
-    from attack.report import write_report
     from attack.surrogate import export_surrogate
 
     final = train(queries, "final")
@@ -485,9 +491,8 @@ def finish(client, info, config: Any, run_dir: Path, *, queries: int, train: Tra
     described = describe_victim(client, info, config)
     notes: list[str] = []
     if victim_test is not None:
-        from attack.victim import consistency
 
-        notes = consistency(evaluation.victim_acc, victim_test, info.num_classes)
+        notes = _victim.consistency(evaluation.victim_acc, victim_test, info.num_classes)
         for note in notes:
             log.warning("victim accuracy: %s", note)
         described["accuracy_measured"] = evaluation.victim_acc
@@ -529,9 +534,7 @@ def summary_line(result: AttackResult) -> str:
 def run_attack_cli(body: Callable[[Any], int], argv, *, prog: str) -> int:
     """`common.cli.run_cli` plus a `ServingError` (unreachable host, unknown model) as one
     line on stderr and exit code 2."""
-    import sys
 
-    from common.cli import run_cli
 
     try:
         return run_cli(body, argv, prog=prog)
@@ -552,16 +555,32 @@ def attack_main(config_cls: type, run: Callable[..., AttackResult], argv, *, pro
     summary line; bad input is one line on stderr and exit code 2."""
 
     def body(args) -> int:
-        from common.cli import configure_logging, parse_config
 
         config = parse_config(config_cls, args, prog=prog, epilog=epilog)
         configure_logging()
-        from common.progress import Progress
 
         target = total(config) if total is not None else config.budget
         with Progress(target, unit="query", what=prog.split(".")[-1]) as bar:
             result = run(config, on_progress=lambda done, _total: bar.update(done))
         print(summary_line(result))
+        return 0
+
+    return run_attack_cli(body, argv, prog=prog)
+
+
+def exact_main(config_cls: type, run: Callable[[Any], AttackResult], argv, *, prog: str,
+               epilog: str) -> int:
+    """The shared `main` of the exact attacks (equation solving, FEE): parse the config, run
+    the attack, print the queries, the report path and every numeric headline figure."""
+
+    def body(args) -> int:
+
+        config = parse_config(config_cls, args, prog=prog, epilog=epilog)
+        configure_logging()
+        result = run(config)
+        figures = "  ".join(f"{key}={value:.6g}" for key, value in result.headline.items()
+                            if is_number(value))
+        print(f"{result.queries} queries -> {result.run_dir / 'report.md'}  {figures}")
         return 0
 
     return run_attack_cli(body, argv, prog=prog)

@@ -23,14 +23,13 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from attack.evaluate import Evaluation
 from common.errors import invalid
-from common.fileio import write_json_atomic, write_text_atomic
+from common.fileio import write_atomic, write_json_atomic, write_text_atomic
 
 __all__ = [
     "CURVE_PLOT_NAME",
@@ -304,18 +303,7 @@ def _save_figure(figure: Any, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=100)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
 
 
 def _nan(value: Any) -> float:

@@ -16,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 
+from common.constraints import check_int
 from common.errors import invalid
 
 __all__ = ["Granularity", "apply_granularity", "detect_granularity", "parse_granularity"]
@@ -43,8 +44,7 @@ class Granularity:
                 raise invalid("k", self.k, "1 (or None) for granularity top1")
             object.__setattr__(self, "k", 1)
         elif self.kind == "topk":
-            if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
-                raise invalid("k", self.k, "an integer >= 1 for granularity topk")
+            check_int("k", self.k, min=1, expected="an integer >= 1 for granularity topk")
             object.__setattr__(self, "k", int(self.k))
         else:
             raise invalid("kind", self.kind, '"probs", "top1" or "topk"')

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common.constraints import check_int, check_number
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
@@ -141,14 +142,11 @@ def fit_semi_supervised(trainer, images: np.ndarray, targets: np.ndarray,
         raise invalid("targets", f"array of shape {targets.shape}",
                       f"non-negative rows [{len(images)}, {trainer.num_classes}]")
     targets = targets / targets.sum(axis=1, keepdims=True)
-    if not 0.0 < confidence < 1.0:
-        raise invalid("confidence", confidence, "a probability in (0, 1)")
-    if not weight >= 0:
-        raise invalid("weight", weight, "a number >= 0")
+    check_number("confidence", confidence, gt=0, lt=1, expected="a probability in (0, 1)")
+    check_number("weight", weight, min=0, expected="a number >= 0")
     if ratio is None:
         ratio = min(MAX_RATIO, math.ceil(len(unlabelled) / len(images)))
-    if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
-        raise invalid("ratio", ratio, "a positive integer or None")
+    check_int("ratio", ratio, min=1, expected="a positive integer or None")
 
     settings = {"confidence": confidence, "weight": weight, "ratio": ratio,
                 "method": "fixmatch-lite-1"}

@@ -53,6 +53,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from attack.hierarchy import Hierarchy
+from common.constraints import check_int
 from common.errors import UsageError, invalid
 
 __all__ = [
@@ -303,9 +304,7 @@ def _indices(values: object, argument: str, size: int) -> np.ndarray:
 
 
 def _count(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise invalid("n", n, "a non-negative integer")
-    return int(n)
+    return int(check_int("n", n, min=0))
 
 
 def _exhausted(n: int, remaining: int, total: int) -> TransferSetExhausted:
@@ -328,7 +327,44 @@ def _check_state(state: object, kind: str, expected: dict[str, Any]) -> dict[str
     return state
 
 
-class RandomStrategy:
+class _PoolStrategy:
+    """What the random and the active strategies share: a pool of `num_items` transfer-set
+    images, each selected at most once, `exclude`d ones never (answered before a resume)."""
+
+    name = ""
+
+    def __init__(self, num_items: int, seed: int,
+                 exclude: Iterable[int] | np.ndarray | None) -> None:
+        self.num_items = int(check_int("num_items", num_items, min=1,
+                                       expected="a positive number of transfer-set images"))
+        self.seed = int(seed)
+        self._used = np.zeros(self.num_items, dtype=bool)
+        self._excluded = _indices([] if exclude is None else exclude, "exclude", self.num_items)
+        self._used[self._excluded] = True
+
+    @property
+    def remaining(self) -> int:
+        return int(self.num_items - self._used.sum())
+
+    def exclude(self, indices: Iterable[int] | np.ndarray) -> None:
+        """Never select `indices` (queries sent outside this strategy, e.g. re-sent after a
+        crash)."""
+        self._used[_indices(indices, "indices", self.num_items)] = True
+
+    def update(self, indices: np.ndarray, victim_probs: np.ndarray,
+               surrogate_log_probs: np.ndarray | None = None) -> dict[str, Any]:
+        """Marks `indices` used and returns {}: these strategies learn nothing from the answers
+        (an active one learns in the surrogate before its next `plan`)."""
+        self.exclude(indices)
+        return {}
+
+    def _restore_used(self, used: np.ndarray) -> None:
+        self._used[:] = False
+        self._used[used] = True
+        self._used[self._excluded] = True
+
+
+class RandomStrategy(_PoolStrategy):
     """Transfer-set images in a seeded random order, each at most once.
 
     `exclude` (e.g. the journal's answered indices on resume) are never selected; the others come
@@ -339,25 +375,9 @@ class RandomStrategy:
 
     def __init__(self, num_items: int, seed: int = 0, *,
                  exclude: Iterable[int] | np.ndarray | None = None) -> None:
-        if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or (
-                num_items < 1):
-            raise invalid("num_items", num_items, "a positive number of transfer-set images")
-        self.num_items = int(num_items)
-        self.seed = int(seed)
+        super().__init__(num_items, seed, exclude)
         self._order = np.random.default_rng(self.seed).permutation(self.num_items)
-        self._used = np.zeros(self.num_items, dtype=bool)
-        self._excluded = _indices([] if exclude is None else exclude, "exclude", self.num_items)
-        self._used[self._excluded] = True
         self._cursor = 0
-
-    @property
-    def remaining(self) -> int:
-        return int(self.num_items - self._used.sum())
-
-    def exclude(self, indices: Iterable[int] | np.ndarray) -> None:
-        """Never select `indices` (queries sent outside this strategy, e.g. re-sent after a
-        crash)."""
-        self._used[_indices(indices, "indices", self.num_items)] = True
 
     def select(self, n: int) -> np.ndarray:
         n = _count(n)
@@ -380,12 +400,6 @@ class RandomStrategy:
         self._used[picked] = True
         return picked.astype(np.int64)
 
-    def update(self, indices: np.ndarray, victim_probs: np.ndarray,
-               surrogate_log_probs: np.ndarray | None = None) -> dict[str, Any]:
-        """Random sampling learns nothing from the answers: marks `indices` used, returns {}."""
-        self.exclude(indices)
-        return {}
-
     def state(self) -> dict[str, Any]:
         return {"kind": self.name, "version": _STATE_VERSION, "num_items": self.num_items,
                 "seed": self.seed, "used": np.flatnonzero(self._used).tolist()}
@@ -393,10 +407,7 @@ class RandomStrategy:
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore `state`; indices excluded at construction stay excluded."""
         state = _check_state(state, self.name, {"num_items": self.num_items, "seed": self.seed})
-        used = _indices(state["used"], "state", self.num_items)
-        self._used[:] = False
-        self._used[used] = True
-        self._used[self._excluded] = True
+        self._restore_used(_indices(state["used"], "state", self.num_items))
         self._cursor = 0
 
 
@@ -424,9 +435,7 @@ class AdaptiveStrategy:
                           f"indices into the hierarchy's {hierarchy.num_classes} classes")
         if reward not in REWARDS:
             raise invalid("reward", reward, f"one of {', '.join(REWARDS)}")
-        if isinstance(diversity_window, bool) or not isinstance(diversity_window, int) or (
-                diversity_window < 1):
-            raise invalid("diversity_window", diversity_window, "a positive integer")
+        check_int("diversity_window", diversity_window, min=1)
         if not 0.0 < eps < 1.0:
             raise invalid("eps", eps, "a number in (0, 1)")
         self.labels = labels.astype(np.int64)
@@ -700,8 +709,7 @@ def deepfool_distances(model: Any, inputs: np.ndarray, *, max_iter: int = 20,
     """
     import tensorflow as tf
 
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise invalid("max_iter", max_iter, "a positive integer")
+    check_int("max_iter", max_iter, min=1)
     if not 0.0 <= overshoot < 1.0:
         raise invalid("overshoot", overshoot, "a number in [0, 1)")
     x_all = np.asarray(inputs, dtype=np.float32)
@@ -763,7 +771,7 @@ def _model_inputs(model: Any, images: np.ndarray) -> np.ndarray:
     return tf.clip_by_value(tf.round(resized), 0, 255).numpy().astype(np.float32)
 
 
-class ActiveStrategy:
+class ActiveStrategy(_PoolStrategy):
     """ActiveThief's selection (module docstring): `kind` is ``uncertainty``, ``kcenter`` or
     ``dfal``.
 
@@ -782,27 +790,15 @@ class ActiveStrategy:
                  candidates: int | None = None, max_iter: int = 20) -> None:
         if kind not in ACTIVE:
             raise invalid("strategy", kind, f"one of {', '.join(ACTIVE)}")
-        if isinstance(num_items, bool) or not isinstance(num_items, (int, np.integer)) or (
-                num_items < 1):
-            raise invalid("num_items", num_items, "a positive number of transfer-set images")
-        if candidates is not None and (isinstance(candidates, bool) or not isinstance(
-                candidates, (int, np.integer)) or candidates < 1):
-            raise invalid("candidates", candidates, "a positive number of images or None")
+        super().__init__(num_items, seed, exclude)
+        check_int("candidates", candidates, min=1, optional=True,
+                  expected="a positive number of images or None")
         self.name = kind
-        self.num_items = int(num_items)
-        self.seed = int(seed)
         self.candidates = None if candidates is None else int(candidates)
         self.max_iter = max_iter
         self._rng = np.random.default_rng([self.seed, 11])
-        self._used = np.zeros(self.num_items, dtype=bool)
-        self._excluded = _indices([] if exclude is None else exclude, "exclude", self.num_items)
-        self._used[self._excluded] = True
         self._queue = np.zeros(0, dtype=np.int64)
         self._rounds = 0
-
-    @property
-    def remaining(self) -> int:
-        return int(self.num_items - self._used.sum())
 
     @property
     def queued(self) -> int:
@@ -817,7 +813,7 @@ class ActiveStrategy:
     def exclude(self, indices: Iterable[int] | np.ndarray) -> None:
         """Never select `indices` (sent outside this strategy, e.g. re-sent after a crash)."""
         index = _indices(indices, "indices", self.num_items)
-        self._used[index] = True
+        super().exclude(index)
         self._queue = self._queue[~np.isin(self._queue, index)]
 
     def plan(self, n: int, surrogate: Any = None, images: np.ndarray | None = None
@@ -867,12 +863,6 @@ class ActiveStrategy:
         self._used[picked] = True
         return picked
 
-    def update(self, indices: np.ndarray, victim_probs: np.ndarray,
-               surrogate_log_probs: np.ndarray | None = None) -> dict[str, Any]:
-        """Marks `indices` used; the learning happens in the surrogate before `plan`."""
-        self.exclude(indices)
-        return {}
-
     def state(self) -> dict[str, Any]:
         return {"kind": self.name, "version": _STATE_VERSION, "num_items": self.num_items,
                 "seed": self.seed, "candidates": self.candidates,
@@ -893,9 +883,7 @@ class ActiveStrategy:
         except (KeyError, TypeError, ValueError) as err:
             raise invalid("state", f"unreadable {self.name} state ({err})",
                           "the JSON written by ActiveStrategy.state()") from None
-        self._used[:] = False
-        self._used[used] = True
-        self._used[self._excluded] = True
+        self._restore_used(used)
         self._queue = queue[~self._used[queue]]
         self._rounds = rounds
         self._rng = rng

@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from common.backbones import build_classifier
+from common.constraints import check_choice, check_int, check_number
 from common.distribute import (
     check_distribute,
     check_global_batch,
@@ -76,12 +77,6 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return (z - np.log(np.exp(z).sum(axis=-1, keepdims=True))).astype(np.float32)
-
-
-def _check_positive_int(argument: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise invalid(argument, value, "a positive integer")
-    return int(value)
 
 
 def _check_images(images: Any, argument: str = "images") -> np.ndarray:
@@ -187,16 +182,12 @@ class SurrogateTrainer:
         arch_kwargs: Mapping[str, Any] | None = None,
         distribute: str = "none",
     ) -> None:
-        self.epochs = _check_positive_int("epochs", epochs)
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.epochs = int(check_int("epochs", epochs, min=1))
+        self.batch_size = int(check_int("batch_size", batch_size, min=1))
         for argument, rate in (("lr", lr), ("online_lr", lr if online_lr is None else online_lr)):
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) \
-                    or not math.isfinite(rate) or rate <= 0:
-                raise invalid(argument, rate, "a positive finite learning rate")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise invalid("seed", seed, "a non-negative integer")
-        if augment not in AUGMENTATIONS:
-            raise invalid("augment", augment, "one of " + ", ".join(map(repr, AUGMENTATIONS)))
+            check_number(argument, rate, gt=0, expected="a positive finite learning rate")
+        check_int("seed", seed, min=0)
+        check_choice("augment", augment, AUGMENTATIONS)
         self.lr = float(lr)
         self.online_lr = float(lr if online_lr is None else online_lr)
         self.seed = int(seed)
@@ -431,7 +422,7 @@ class SurrogateTrainer:
         Each pass makes ceil(N / batch_size) gradient steps with Adam at `online_lr`.
         Returns the mean soft cross-entropy of the last pass (before its updates).
         """
-        steps = _check_positive_int("steps", steps)
+        steps = int(check_int("steps", steps, min=1))
         images, targets = self._check_pair(images, targets)
         if self._mode != "online":
             self._compile("online")

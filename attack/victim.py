@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from attack import probe
+from common.constraints import check_int
 from common.errors import invalid
 
 __all__ = [
@@ -94,11 +95,8 @@ class Victim(abc.ABC):
         self.output_kind_flag = _check_choice("output_kind", output_kind,
                                               ("auto", *OUTPUT_KINDS))
         self.input_range_flag = probe.parse_input_range(input_range)
-        if num_classes is not None and (isinstance(num_classes, bool)
-                                        or not isinstance(num_classes, int) or num_classes < 2):
-            raise invalid("num_classes", num_classes, "an integer >= 2 or None")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise invalid("batch_size", batch_size, "an integer >= 1")
+        check_int("num_classes", num_classes, min=2, optional=True)
+        check_int("batch_size", batch_size, min=1, expected="an integer >= 1")
         self.num_classes_flag = num_classes
         self.batch_size = batch_size
         self._lock = threading.Lock()
@@ -407,7 +405,24 @@ class Victim(abc.ABC):
 
 
 # -- gRPC ------------------------------------------------------------------------------------------
-class ServingVictim(Victim):
+class _ClientVictim(Victim):
+    """A victim behind a client (gRPC or REST): the query count, the model name and closing
+    are the client's."""
+
+    client: Any
+
+    @property
+    def queries(self) -> int:
+        return self.client.queries
+
+    def model_name(self) -> str:
+        return self.client.model
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ServingVictim(_ClientVictim):
     """A TF Serving model over gRPC, through `serving.client.ServingClient` (retries, bounded
     requests in flight, one `ServingError` type). Pass a `client` or the endpoint."""
 
@@ -441,22 +456,12 @@ class ServingVictim(Victim):
         out = self.client.predict(x, outputs=list(names), on_send=on_send, on_result=on_result)
         return out
 
-    @property
-    def queries(self) -> int:
-        return self.client.queries
-
     def target(self) -> str:
         return self.client.target
 
-    def model_name(self) -> str:
-        return self.client.model
-
-    def close(self) -> None:
-        self.client.close()
-
 
 # -- REST ------------------------------------------------------------------------------------------
-class RestVictim(Victim):
+class RestVictim(_ClientVictim):
     """A TF Serving model through its REST API only (``http://host:8501``): the signature from
     ``GET /v1/models/NAME/metadata``, answers from ``:predict`` with rows (``instances``)."""
 
@@ -483,18 +488,8 @@ class RestVictim(Victim):
         info = self._info
         return self.client.predict(x, info, names, on_send=on_send, on_result=on_result)
 
-    @property
-    def queries(self) -> int:
-        return self.client.queries
-
     def target(self) -> str:
         return self.client.url
-
-    def model_name(self) -> str:
-        return self.client.model
-
-    def close(self) -> None:
-        self.client.close()
 
 
 # -- in-process ------------------------------------------------------------------------------------

@@ -60,9 +60,11 @@ from common.backbone_specs import (
     BACKBONE_SPECS,
     BackboneSpec,
     backbone_names,
+    get_backbone_spec,
     parse_arch_args,
     resolve_weights,
 )
+from common.constraints import check_int, is_int
 from common.errors import UsageError, invalid
 
 __all__ = [
@@ -377,10 +379,7 @@ def get_backbone(name: str, *, argument: str = "backbone") -> Backbone:
 
     Raises `UsageError` naming `argument` and listing the known names when `name` is unknown.
     """
-    entry = _REGISTRY.get(name.strip().lower()) if isinstance(name, str) else None
-    if entry is None:
-        raise invalid(argument, name, "one of " + ", ".join(backbone_names()))
-    return entry
+    return _REGISTRY[get_backbone_spec(name, argument=argument).name.lower()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,11 +433,9 @@ def build_classifier(
             resnet34, ...).
     """
     entry = get_backbone(name)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 2:
-        raise invalid("num_classes", num_classes, "an integer of at least 2")
+    check_int("num_classes", num_classes, min=2, expected="an integer of at least 2")
     size = entry.default_size if input_size is None else input_size
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < entry.min_size:
+    if not is_int(size) or size < entry.min_size:
         raise invalid("input_size", input_size,
                       f"an integer of at least {entry.min_size} for backbone `{entry.name}`")
     if not 0.0 <= float(dropout) < 1.0:

@@ -19,7 +19,8 @@ batch size), ``float`` is any real number but a bool, ``str`` a string, ``bool``
 None`` also accepts None; ``tuple[X, ...]`` checks each item. Bounds: ``min``/``max``
 (inclusive), ``gt``/``lt`` (exclusive); ``choices`` (which the command line also offers);
 ``rule`` names a check of `RULES` for strings (``target``: a gRPC target; ``host_port``: HOST:PORT
-only; ``url``: an http(s) URL; ``nonempty``). A field without any of these keys, or with
+only; ``url``: an http(s) URL; ``nonempty``). ``"check": True`` checks the type alone (a seed is
+any integer, a flag ``True`` or ``False``). A field without any of these keys, or with
 ``"check": False``, is left to the config's own code.
 
 The message is the toolkit's one line (`common.errors.invalid`): the argument, what was received
@@ -252,7 +253,8 @@ def check_fields(config: Any) -> None:
         hints = _HINTS[cls] = typing.get_type_hints(cls)
     for f in dataclasses.fields(config):
         meta = f.metadata
-        if meta.get("check", True) is False or not any(key in meta for key in _RULE_KEYS):
+        if meta.get("check") is False or not (meta.get("check") is True
+                                               or any(key in meta for key in _RULE_KEYS)):
             continue
         base, optional, sequence = _split_type(hints.get(f.name, Any))
         value = getattr(config, f.name)

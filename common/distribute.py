@@ -39,12 +39,12 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import field
 from typing import Any
 
-from common.errors import invalid
+from common.constraints import check_choice, check_host_port, is_int
+from common.errors import UsageError, invalid
 
 __all__ = [
     "DISTRIBUTE_HELP",
@@ -74,7 +74,6 @@ DISTRIBUTE_HELP = (
     "evenly over the replicas (see docs/distributed.md)")
 
 _JOBS = ("chief", "worker")
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 _STRATEGY: dict[str, Any] = {}  # one strategy per process (MultiWorker can be created once)
 
 
@@ -114,10 +113,11 @@ def parse_tf_config(text: str | None) -> dict[str, Any]:
         if not isinstance(addresses, list) or not addresses:
             raise invalid(TF_CONFIG_VAR, shown, f"cluster.{job} as a non-empty list of host:port")
         for address in addresses:
-            match = _ADDRESS.match(address) if isinstance(address, str) else None
-            if match is None or not 0 < int(match.group(2)) < 65536:
+            try:
+                check_host_port(TF_CONFIG_VAR, address)
+            except UsageError:
                 raise invalid(TF_CONFIG_VAR, shown,
-                              f"host:port addresses in cluster.{job}, not {address!r}")
+                              f"host:port addresses in cluster.{job}, not {address!r}") from None
             if address in seen:
                 raise invalid(TF_CONFIG_VAR, shown, f"each address once, not {address!r} twice")
             seen.add(address)
@@ -130,7 +130,7 @@ def parse_tf_config(text: str | None) -> dict[str, Any]:
         raise invalid(TF_CONFIG_VAR, shown, "task.type among the cluster's jobs "
                       f"({', '.join(sorted(cluster))}), not {kind!r}")
     count = len(cluster[kind])
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
+    if not is_int(index) or not 0 <= index < count:
         raise invalid(TF_CONFIG_VAR, shown, f"task.index in 0..{count - 1} for {count} {kind} "
                       f"address(es), not {index!r}")
     return {"cluster": {job: list(cluster[job]) for job in cluster},
@@ -145,8 +145,7 @@ def _short(text: str, limit: int = 120) -> str:
 def check_distribute(value: Any, argument: str = "distribute",
                      environ: Mapping[str, str] | None = None) -> str:
     """`value` when it names a strategy (and, for multiworker, ``TF_CONFIG`` is valid)."""
-    if value not in STRATEGIES:
-        raise invalid(argument, value, "one of " + ", ".join(STRATEGIES))
+    check_choice(argument, value, STRATEGIES)
     if value == "multiworker":
         parse_tf_config((os.environ if environ is None else environ).get(TF_CONFIG_VAR))
     return value

@@ -20,21 +20,25 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from common.errors import UsageError, invalid
 
-__all__ = ["check_writable", "write_error", "write_json_atomic", "write_text_atomic"]
+__all__ = ["check_writable", "write_atomic", "write_error", "write_json_atomic",
+           "write_text_atomic"]
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Replace `path` with `text` atomically; the parent folder must exist."""
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO], object], *,
+                 mode: Literal["w", "wb"] = "wb") -> Path:
+    """Replace `path` with what ``write(handle)`` writes, atomically (a synced temp file in the
+    same folder, then renamed over `path`); the parent folder must exist."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # readable by a serving container running as another user
@@ -43,6 +47,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Replace `path` with `text` atomically; the parent folder must exist."""
+    return write_atomic(path, lambda handle: handle.write(text), mode="w")
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, sort_keys: bool = False) -> Path:

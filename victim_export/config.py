@@ -7,13 +7,13 @@ Python API (`run_victim_export(VictimConfig(...))`). It validates every field in
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.backbone_specs import get_backbone_spec, parse_arch_args, resolve_weights
+from common.constraints import check_choice, check_fields, check_int
 from common.distribute import check_distribute, distribute_field
 from common.errors import invalid
 from victim_export.dense_archs import check_dense_args, is_dense_arch
@@ -54,11 +54,14 @@ class VictimConfig:
     dataset: str = field(metadata={
         "help": "dataset spec: a tensorflow-datasets name (cifar10), an image folder or .zip "
                 "(class per sub-folder), a Tiny-ImageNet folder, or .npz/.npy arrays",
-        "metavar": "SPEC"})
-    train_split: str = field(default="train", metadata={"help": "split to train (and validate) on"})
-    test_split: str = field(default="test", metadata={"help": "split to report accuracy on"})
+        "metavar": "SPEC", "rule": "nonempty"})
+    train_split: str = field(default="train", metadata={"help": "split to train (and validate) on",
+                                                        "rule": "nonempty"})
+    test_split: str = field(default="test", metadata={"help": "split to report accuracy on",
+                                                      "rule": "nonempty"})
     data_dir: str | None = field(default=None, metadata={
-        "help": "tensorflow-datasets data directory (tfds names only)", "metavar": "DIR"})
+        "help": "tensorflow-datasets data directory (tfds names only)", "metavar": "DIR",
+        "rule": "nonempty"})
     arch: str = field(default="cnn", metadata={
         "help": "architecture: cnn, resnet34 or a Keras Applications name (ResNet50, MobileNet, "
                 "EfficientNetB0, ...); or a dense victim of the exact attacks on pixels in "
@@ -75,41 +78,46 @@ class VictimConfig:
     input_size: int | None = field(default=None, metadata={
         "help": "square input side the victim is served at; default: the dataset's image size "
                 "for cnn/resnet34, the architecture's default size otherwise", "metavar": "PX"})
-    epochs: int = field(default=30, metadata={"help": "maximum number of training epochs"})
-    batch_size: int = field(default=128, metadata={"help": "training batch size"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "initial learning rate"})
+    epochs: int = field(default=30, metadata={"help": "maximum number of training epochs",
+                                              "min": 1})
+    batch_size: int = field(default=128, metadata={"help": "training batch size", "min": 1})
+    learning_rate: float = field(default=1e-3, metadata={"help": "initial learning rate",
+                                                         "gt": 0})
     optimizer: str = field(default="adam", metadata={
         "help": "optimizer (sgd: momentum 0.9, Nesterov)", "choices": OPTIMIZERS})
     weight_decay: float = field(default=0.0, metadata={
-        "help": "decoupled weight decay of the optimizer (0: none)"})
+        "help": "decoupled weight decay of the optimizer (0: none)", "min": 0})
     schedule: str = field(default="cosine", metadata={
         "help": "learning-rate schedule: cosine decay over all epochs, reduce on plateau of the "
                 "validation loss, or constant", "choices": SCHEDULES})
-    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing in [0, 1)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing in [0, 1)",
+                                                          "min": 0, "lt": 1})
     dropout: float = field(default=0.0, metadata={
-        "help": "dropout rate before the final dense layer"})
+        "help": "dropout rate before the final dense layer", "min": 0, "lt": 1})
     augment: str = field(default="crop+flip", metadata={
         "help": "training augmentation: random crop after zero padding by 1/8 of the side, "
                 "horizontal flip (use crop or none for traffic signs), both, or none",
         "choices": AUGMENTATIONS})
     val_split: float = field(default=0.1, metadata={
-        "help": "fraction of the training split held out for early stopping (0: none)"})
+        "help": "fraction of the training split held out for early stopping (0: none)",
+        "min": 0, "lt": 0.5})
     patience: int = field(default=5, metadata={
         "help": "epochs without validation-accuracy gain before stopping (0: never stop early; "
-                "the best epoch's weights are kept either way)"})
+                "the best epoch's weights are kept either way)", "min": 0})
     limit: int | None = field(default=None, metadata={
         "help": "use at most this many training images (a seeded random subset), for quick runs",
-        "metavar": "N"})
-    seed: int = field(default=0, metadata={"help": "random seed (data split, shuffling, init)"})
+        "metavar": "N", "min": 2})
+    seed: int = field(default=0, metadata={"help": "random seed (data split, shuffling, init)",
+                                           "min": 0})
     out: str = field(default="victims", metadata={
         "help": "model base directory: receives <name>/<version>/, <name>/card.json and "
-                "models.config", "metavar": "DIR"})
+                "models.config", "metavar": "DIR", "rule": "nonempty"})
     name: str | None = field(default=None, metadata={
         "help": "model name (TF Serving's model_spec.name); default <dataset>_<arch>"})
     version: int | None = field(default=None, metadata={
-        "help": "version number to export; default: the next free integer"})
+        "help": "version number to export; default: the next free integer", "min": 1})
     export_logits: bool = field(default=False, metadata={
-        "help": "also export a `logits` output beside `probabilities`"})
+        "help": "also export a `logits` output beside `probabilities`", "check": True})
     input_dtype: str | None = field(default=None, metadata={
         "help": "dtype of the serving input: uint8 (raw pixels 0..255), float32 or float64 "
                 "(image backbones: pixels 0..255; dense archs: pixels in [0, 1]; float64 also "
@@ -118,11 +126,11 @@ class VictimConfig:
         "metavar": "uint8|float32|float64"})
     flatten: bool = field(default=False, metadata={
         "help": "serve a flat input [batch, H*W*C] (reshaped inside the graph) instead of "
-                "[batch, H, W, C]; float input dtypes only"})
+                "[batch, H, W, C]; float input dtypes only", "check": True})
     test_fraction: float = field(default=0.2, metadata={
         "help": "when --train-split equals --test-split (a dataset with one split, e.g. the "
                 "MNIST test set), hold out this seeded fraction of it as the test set "
-                "(0: train and test on the whole split)"})
+                "(0: train and test on the whole split)", "min": 0, "max": 0.9})
     container_base_path: str = field(default="/models", metadata={
         "help": "where the out directory is mounted in the TF Serving container; models.config "
                 "gets base_path <this>/<name>. '' or 'local': the local absolute path",
@@ -130,11 +138,7 @@ class VictimConfig:
     distribute: str = distribute_field()
 
     def __post_init__(self) -> None:
-        _check_text("dataset", self.dataset)
-        _check_text("train_split", self.train_split)
-        _check_text("test_split", self.test_split)
-        if self.data_dir is not None:
-            _check_text("data_dir", self.data_dir)
+        check_fields(self)
         if not isinstance(self.arch_args, tuple):
             raise invalid("arch_args", self.arch_args, "a tuple of KEY=VALUE strings")
         if not isinstance(self.weights, str):
@@ -165,42 +169,20 @@ class VictimConfig:
             resolve_weights(self.weights, backbone=backbone)
             if self.weights.strip().lower() in ("none", "imagenet", ""):
                 object.__setattr__(self, "weights", self.weights.strip().lower() or "none")
-            if self.input_size is not None:
-                _check_int("input_size", self.input_size, backbone.min_size,
-                           f" (the minimum of {backbone.name})")
+            check_int("input_size", self.input_size, min=backbone.min_size, optional=True,
+                      expected=f"an integer of at least {backbone.min_size} (the minimum of "
+                               f"{backbone.name})")
             if self.input_dtype is None:
                 object.__setattr__(self, "input_dtype", "uint8")
-        _check_choice("input_dtype", self.input_dtype, INPUT_DTYPES)
-        if not isinstance(self.flatten, bool):
-            raise invalid("flatten", self.flatten, "true or false")
+        check_choice("input_dtype", self.input_dtype, INPUT_DTYPES)
         if self.flatten and self.input_dtype == "uint8":
             raise invalid("flatten", self.flatten,
                           "false with a uint8 input (flat inputs are float32/float64)")
-        _check_float("test_fraction", self.test_fraction, 0.0, 0.9)
-        _check_int("epochs", self.epochs, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_float("learning_rate", self.learning_rate, 0.0, math.inf, low_open=True)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_float("weight_decay", self.weight_decay, 0.0, math.inf)
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_float("label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
-        _check_float("dropout", self.dropout, 0.0, 1.0, high_open=True)
-        _check_choice("augment", self.augment, AUGMENTATIONS)
-        _check_float("val_split", self.val_split, 0.0, 0.5, high_open=True)
-        _check_int("patience", self.patience, 0)
-        if self.limit is not None:
-            _check_int("limit", self.limit, 2)
-        _check_int("seed", self.seed, 0)
-        _check_text("out", self.out)
         if self.name is not None and (not isinstance(self.name, str)
                                       or not MODEL_NAME_RE.match(self.name)):
             raise invalid("name", self.name,
                           "a model name of letters, digits, '_', '.' or '-' (not starting "
                           "with '.', '_' or '-')")
-        if self.version is not None:
-            _check_int("version", self.version, 1)
-        if not isinstance(self.export_logits, bool):
-            raise invalid("export_logits", self.export_logits, "true or false")
         if not isinstance(self.container_base_path, str) or not (
             self.container_base_path in ("", "local")
             or self.container_base_path.startswith("/")
@@ -224,33 +206,3 @@ class VictimConfig:
     def model_dir(self) -> Path:
         """``<out>/<model_name>``: holds the integer version folders and card.json."""
         return Path(self.out) / self.model_name
-
-
-def _check_text(argument: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise invalid(argument, value, "a non-empty string")
-
-
-def _check_int(argument: str, value: object, minimum: int, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise invalid(argument, value, f"an integer of at least {minimum}{why}")
-
-
-def _check_float(argument: str, value: object, low: float, high: float, *,
-                 low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and \
-             (value < high if high_open else value <= high)
-    if not ok:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        span = f"a number in {left}{low:g}, {high:g}{right}" if math.isfinite(high) \
-            else f"a number {'>' if low_open else '>='} {low:g}"
-        raise invalid(argument, value, span)
-
-
-def _check_choice(argument: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise invalid(argument, value, "one of " + ", ".join(choices))
-

@@ -31,6 +31,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from common.constraints import check_int
 from common.data import ImageDataset
 from common.errors import UsageError, invalid
 from common.progress import keras_verbose
@@ -88,9 +89,7 @@ def build_dense_classifier(
     """
     arch = dense_arch(name)
     del positive  # a data setting of logreg (see one_vs_rest), not a layer setting
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
-            or num_classes < 2:
-        raise invalid("num_classes", num_classes, "an integer of at least 2")
+    check_int("num_classes", num_classes, min=2, expected="an integer of at least 2")
     if arch.name == "logreg" and num_classes != 2:
         raise invalid("num_classes", num_classes,
                       "2 for logreg (pass --arch-args positive=N for class N against the rest)")

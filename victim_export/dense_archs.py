@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.constraints import is_int
 from common.errors import invalid
 
 __all__ = ["DENSE_ARCHS", "DenseArch", "check_dense_args", "dense_arch", "is_dense_arch"]
@@ -54,10 +55,9 @@ def check_dense_args(name: str, kwargs: dict[str, Any]) -> None:
         allowed = ", ".join(f"{a}=..." for a in arch.arguments) or "none"
         raise invalid("arch_args", unknown, f"arguments of `{arch.name}`: {allowed}")
     hidden = kwargs.get("hidden", 16)
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+    if not is_int(hidden) or hidden < 1:
         raise invalid("arch_args", f"hidden={hidden!r}", "hidden=H with an integer H >= 1")
     positive = kwargs.get("positive")
-    if positive is not None and (isinstance(positive, bool) or not isinstance(positive, int)
-                                 or positive < 0):
+    if positive is not None and (not is_int(positive) or positive < 0):
         raise invalid("arch_args", f"positive={positive!r}",
                       "positive=N with N a class index >= 0")

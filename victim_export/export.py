@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from common.constraints import check_int, is_int
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
 
@@ -116,7 +117,7 @@ def _check_shape(model: keras.Model, input_shape: Sequence[int] | None,
                       if image else "a single-input model with a fixed input shape")
     shape = tuple(model_shape) if input_shape is None else tuple(input_shape)
     if (image and (len(shape) != 3 or shape[2] != 3)) or not shape or any(
-        not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1 for v in shape
+        not is_int(v) or v < 1 for v in shape
     ):
         raise invalid("input_shape", input_shape,
                       "(height, width, 3) with positive integers" if image
@@ -193,8 +194,8 @@ def export_classifier(
     existing_card = read_card(model_dir)
     if version is None:
         version = next_version(model_dir)
-    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise invalid("version", version, "a positive integer")
+    else:
+        check_int("version", version, min=1)
     final = model_dir / str(version)
     if final.exists():
         raise invalid("version", version,

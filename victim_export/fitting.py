@@ -44,10 +44,17 @@ def split_validation(
     """(fit, validation): a seeded `fraction` of `dataset` held out for validation (none at 0)."""
     if fraction <= 0:
         return dataset, None
+    return split_off(dataset, fraction, seed, "val_split", "validation")
+
+
+def split_off(dataset: ImageDataset, fraction: float, seed: int, argument: str,
+              what: str) -> tuple[ImageDataset, ImageDataset]:
+    """(rest, held out): a seeded `fraction` of `dataset` held out as the `what` images;
+    `argument` is named when a side would be empty."""
     count = int(round(len(dataset) * fraction))
     if count < 1 or count >= len(dataset):
-        raise invalid("val_split", fraction,
-                      f"a fraction leaving at least one training and one validation image of "
+        raise invalid(argument, fraction,
+                      f"a fraction leaving at least one training and one {what} image of "
                       f"{len(dataset)}")
     order = np.random.default_rng(seed).permutation(len(dataset))
     return dataset.subset(np.sort(order[count:])), dataset.subset(np.sort(order[:count]))

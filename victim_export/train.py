@@ -44,7 +44,7 @@ from common.progress import keras_verbose
 from victim_export.config import VictimConfig
 from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
 from victim_export.export import export_classifier, next_version, read_card
-from victim_export.fitting import TrainedVictim, optimizer_for, split_validation
+from victim_export.fitting import TrainedVictim, optimizer_for, split_off, split_validation
 from victim_export.models_config import MODELS_CONFIG_NAME, read_models_config, write_models_config
 
 __all__ = [
@@ -171,13 +171,7 @@ def split_holdout(dataset: ImageDataset, fraction: float, seed: int) -> tuple[Im
     Used when a dataset has one split only (``../shared/data/mnist_test10k_uint8.npz`` holds the
     10,000 MNIST test digits: 8,000 train / 2,000 test with the default fraction 0.2).
     """
-    count = int(round(len(dataset) * fraction))
-    if count < 1 or count >= len(dataset):
-        raise invalid("test_fraction", fraction,
-                      f"a fraction leaving at least one training and one test image of "
-                      f"{len(dataset)}")
-    order = np.random.default_rng(seed).permutation(len(dataset))
-    return dataset.subset(np.sort(order[count:])), dataset.subset(np.sort(order[:count]))
+    return split_off(dataset, fraction, seed, "test_fraction", "test")
 
 
 def load_splits(config: VictimConfig) -> tuple[ImageDataset, ImageDataset]:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from common.errors import UsageError
-from tests.attack.conftest import CLASSES, colour_images, colour_victim
+from serving.testing import COLOUR_CLASSES as CLASSES
+from serving.testing import colour_images, colour_victim
 
 SURROGATE = dict(backbone="cnn", weights="none", input_size=16, epochs=8, batch_size=32,
                  learning_rate=3e-3)

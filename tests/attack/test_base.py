@@ -5,6 +5,7 @@ validated before any side effect."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 
 import pytest
@@ -22,6 +23,7 @@ from attack.config import (
     SurrogatePart,
 )
 from common.errors import UsageError
+from tests.attack.helpers import assert_refused
 
 # config.json keys of a KnockoffConfig before the endpoint part existed (the flat layout)
 OLD_KNOCKOFF_KEYS = {
@@ -128,3 +130,23 @@ def test_cli_refuses_bad_endpoint_flags_with_one_line(capsys, tmp_path, argv, fr
     err = capsys.readouterr().err.strip().splitlines()
     assert any(fragment in line for line in err), err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("attack, argv, fragment", [
+    ("knockoff", ["--backbone", "nope"], "`--backbone`"),
+    ("knockoff", ["--budget", "0"], "`--budget`"),
+    ("knockoff", ["--granularity", "top2"], "`--granularity`"),
+    ("knockoff", ["--grpc", "no-port"], "`--grpc`"),
+    ("copycat", ["--pd-budget", "10"], "`--pd-set`"),
+    ("copycat", ["--budget", "0"], "`--budget`"),
+    ("copycat", ["--backbone", "nope"], "`--backbone`"),
+    ("jbda", ["--lambda", "0"], "`--lambda`"),
+    ("jbda", ["--per-round", "0"], "`--per-round`"),
+    ("jbda", ["--tau", "0"], "`--tau`"),
+])
+def test_cli_bad_input_is_one_line_exit_2_before_any_file(capsys, tmp_path, attack, argv,
+                                                          fragment):
+    main = importlib.import_module(f"attack.{attack}").main
+    data = ["--seed-set", "x.npz"] if attack == "jbda" else ["--transfer-set", "x.npz"]
+    code = main([*data, "--weights", "none", "--out", str(tmp_path / "r"), *argv])
+    assert_refused(capsys, code, fragment, unwritten=tmp_path / "r")

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.attack.helpers import save_label_only
+
 SHAPE = (6, 6, 1)
 D = 36
 K = 4
@@ -33,15 +35,7 @@ def _label_only_victim(path):
     import tensorflow as tf
 
     w = tf.constant(np.random.default_rng(1).normal(size=(D, K)))
-
-    class LabelOnly(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, *SHAPE], tf.float64, name="images")])
-        def serve(self, images):
-            scores = tf.reshape(images, [-1, D]) @ w
-            return {"probabilities": tf.one_hot(tf.argmax(scores, 1), K, dtype=tf.float64)}
-
-    module = LabelOnly()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    save_label_only(path, SHAPE, lambda images: tf.reshape(images, [-1, D]) @ w, K)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.attack.helpers import save_label_only
+
 D, H, K = 20, 8, 3
 
 
@@ -26,15 +28,7 @@ def _label_only(path, params):
     import tensorflow as tf
 
     w1, b1, w2, b2 = (tf.constant(p) for p in params)
-
-    class LabelOnly(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, D], tf.float64, name="images")])
-        def serve(self, images):
-            logits = tf.nn.relu(images @ w1 + b1) @ w2 + b2
-            return {"probabilities": tf.one_hot(tf.argmax(logits, 1), K, dtype=tf.float64)}
-
-    module = LabelOnly()
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    save_label_only(path, (D,), lambda images: tf.nn.relu(images @ w1 + b1) @ w2 + b2, K)
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,15 @@ from attack.jbda import (
     step_sign,
 )
 from common.errors import UsageError
+from tests.attack.helpers import assert_refused, tiny_config
 
 
 def make_config(target, data_files, out, **overrides) -> JBDAConfig:
-    transfer, test = data_files
-    values = dict(seed_set=str(test), seed_split="test", seeds=30, budget=130, rounds=3,
-                  per_round=40, grpc=target, model="colours", backbone="cnn", weights="none",
-                  input_size=16, epochs=8, batch_size=16, learning_rate=3e-3, query_batch=16,
-                  in_flight=1, test_set=str(test), noise=50, out=str(out), seed=0)
-    values.update(overrides)
-    return JBDAConfig(**values)
+    _, test = data_files
+    return tiny_config(JBDAConfig, target, out, **{
+        "seed_set": str(test), "seed_split": "test", "seeds": 30, "budget": 130, "rounds": 3,
+        "per_round": 40, "epochs": 8, "batch_size": 16, "query_batch": 16, "in_flight": 1,
+        "test_set": str(test), "noise": 50, **overrides})
 
 
 def linear_model(weights: np.ndarray, size: int):
@@ -113,24 +112,7 @@ def test_budget_smaller_than_the_seeds_exits_2(capsys, data_files, tmp_path):
     _, test = data_files
     code = main(["--seed-set", str(test), "--seeds", "50", "--budget", "10",
                  "--out", str(tmp_path / "r"), "--weights", "none"])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`--budget`" in err[0] and "seeds" in err[0], err
-    assert not (tmp_path / "r").exists()
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--lambda", "0"], "`--lambda`"),
-    (["--per-round", "0"], "`--per-round`"),
-    (["--tau", "0"], "`--tau`"),
-])
-def test_cli_bad_input(capsys, data_files, tmp_path, args, fragment):
-    _, test = data_files
-    code = main(["--seed-set", str(test), "--out", str(tmp_path / "r"), "--weights", "none",
-                 *args])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and fragment in err[0], err
+    assert_refused(capsys, code, "`--budget`", "seeds", unwritten=tmp_path / "r")
 
 
 def test_jbda_learns_the_victim_with_bounded_rounds(served_victim, data_files, tmp_path):

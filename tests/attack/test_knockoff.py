@@ -8,23 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from attack.config import KnockoffConfig
 from attack.knockoff import extract, main, prepare_run_dir, run_knockoff
 from common.errors import UsageError
-
-
-def make_config(target, data_files, out, **overrides) -> KnockoffConfig:
-    transfer, test = data_files
-    values = dict(transfer_set=str(transfer), grpc=target, model="colours", budget=400,
-                  backbone="cnn", weights="none", input_size=16, epochs=8, batch_size=32,
-                  learning_rate=3e-3, query_batch=32, in_flight=2, test_set=str(test),
-                  heldout=100, noise=100, curve_points=2, out=str(out), seed=0)
-    values.update(overrides)
-    return KnockoffConfig(**values)
+from tests.attack.helpers import assert_refused, knockoff_config
 
 
 def test_knockoff_learns_the_victim(served_victim, data_files, tmp_path):
-    config = make_config(served_victim, data_files, tmp_path / "run")
+    config = knockoff_config(served_victim, data_files, tmp_path / "run")
     result = run_knockoff(config)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert result.queries == 400
@@ -54,8 +44,8 @@ def test_interrupted_query_phase_resumes_without_paying_twice(served_victim, dat
     from common.data import load_dataset
     from serving.client import ServingClient
 
-    config = make_config(served_victim, data_files, tmp_path / "run", budget=300,
-                         strategy=strategy)
+    config = knockoff_config(served_victim, data_files, tmp_path / "run", budget=300,
+                             strategy=strategy)
     transfer = load_dataset(config.transfer_set, "train")
     run_dir = prepare_run_dir(config)
 
@@ -99,27 +89,12 @@ def dataclass_replace(config, **changes):
 
 
 def test_resume_refuses_another_config(served_victim, data_files, tmp_path):
-    config = make_config(served_victim, data_files, tmp_path / "run")
+    config = knockoff_config(served_victim, data_files, tmp_path / "run")
     prepare_run_dir(config)
     with pytest.raises(UsageError, match=r"`--resume`.*--budget 400 \(now --budget 500\)"):
         prepare_run_dir(dataclass_replace(config, budget=500, resume=True))
     with pytest.raises(UsageError, match="`out`.*pass --resume"):
         prepare_run_dir(config)
-
-
-@pytest.mark.parametrize("args, fragment", [
-    (["--backbone", "nope"], "`--backbone`"),
-    (["--budget", "0"], "`--budget`"),
-    (["--granularity", "top2"], "`--granularity`"),
-    (["--grpc", "no-port"], "`--grpc`"),
-])
-def test_cli_bad_input_one_line_exit_2(capsys, data_files, tmp_path, args, fragment):
-    transfer, _ = data_files
-    code = main(["--transfer-set", str(transfer), "--out", str(tmp_path / "r"), *args])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and fragment in err[0], err
-    assert not (tmp_path / "r").exists()  # nothing written before validation
 
 
 def test_cli_unreachable_host_and_unknown_model(capsys, served_victim, data_files, tmp_path):
@@ -142,15 +117,13 @@ def test_cli_refuses_topk_above_the_victims_classes_before_any_query(capsys, ser
                  "--granularity", "topk:5", "--budget", "100", "--heldout", "100",
                  "--backbone", "cnn", "--weights", "none",
                  "--out", str(tmp_path / "r")])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "granularity" in err[0] and "at most 3" in err[0], err
-    assert not (tmp_path / "r").exists()  # refused before the run directory and any query
+    # refused before the run directory and any query
+    assert_refused(capsys, code, "granularity", "at most 3", unwritten=tmp_path / "r")
 
 
 def test_adaptive_strategy_end_to_end(served_victim, data_files, tmp_path):
-    config = make_config(served_victim, data_files, tmp_path / "run", strategy="adaptive",
-                         budget=256, curve_points=1)
+    config = knockoff_config(served_victim, data_files, tmp_path / "run", strategy="adaptive",
+                             budget=256, curve_points=1)
     run_knockoff(config)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["evaluation"]["fidelity_test"] > 0.6
@@ -171,7 +144,7 @@ def _numbers(obj):
 
 
 def test_bad_arch_args_refused_before_the_run_directory(served_victim, data_files, tmp_path):
-    config = make_config(served_victim, data_files, tmp_path / "run", arch_args=("nope=1",))
+    config = knockoff_config(served_victim, data_files, tmp_path / "run", arch_args=("nope=1",))
     with pytest.raises(UsageError, match="backbone `cnn`.*nope"):
         run_knockoff(config)
     assert not (tmp_path / "run").exists()

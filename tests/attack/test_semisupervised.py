@@ -14,8 +14,8 @@ from attack.knockoff import main, run_knockoff
 from attack.semisupervised import fit_semi_supervised, strong_augment, weak_augment
 from attack.surrogate import SurrogateTrainer
 from common.errors import UsageError
-from tests.attack.conftest import colour_images, colour_victim
-from tests.attack.test_knockoff import make_config
+from serving.testing import colour_images, colour_victim
+from tests.attack.helpers import assert_refused, knockoff_config
 
 
 def victim_targets(images: np.ndarray) -> np.ndarray:
@@ -65,9 +65,9 @@ def test_threshold_gates_the_pseudo_labels_and_it_learns(tmp_path):
 
 
 def test_knockoff_semi_supervised_end_to_end(served_victim, data_files, tmp_path):
-    config = make_config(served_victim, data_files, tmp_path / "run", budget=60,
-                         semi_supervised=True, unlabelled=300, confidence=0.7, epochs=6,
-                         batch_size=20, curve_points=1)
+    config = knockoff_config(served_victim, data_files, tmp_path / "run", budget=60,
+                             semi_supervised=True, unlabelled=300, confidence=0.7, epochs=6,
+                             batch_size=20, curve_points=1)
     result = run_knockoff(config)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert result.queries == 60
@@ -80,15 +80,13 @@ def test_unlabelled_needs_the_option_and_enough_images(capsys, served_victim, da
     transfer, _ = data_files
     code = main(["--transfer-set", str(transfer), "--unlabelled", "10",
                  "--out", str(tmp_path / "a")])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "`--semi-supervised`" in err[0], err
+    assert_refused(capsys, code, "`--semi-supervised`")
     code = main(["--transfer-set", str(transfer), "--semi-supervised",
                  "--out", str(tmp_path / "a")])
     assert code == 2
     assert "`--unlabelled`" in capsys.readouterr().err
-    config = make_config(served_victim, data_files, tmp_path / "b", budget=400,
-                         semi_supervised=True, unlabelled=200)
+    config = knockoff_config(served_victim, data_files, tmp_path / "b", budget=400,
+                             semi_supervised=True, unlabelled=200)
     with pytest.raises(UsageError, match="`unlabelled`.*at most 100"):
         run_knockoff(config)  # 600 transfer images - 100 held out - 400 queried
     assert not (tmp_path / "b").exists()

@@ -502,7 +502,8 @@ def test_knockoff_with_an_active_strategy_learns_and_resumes(tmp_path, kind):
     from attack import KerasVictim, Knockoff, Surrogate
     from attack.journal import QueryJournal
     from common.data import ImageDataset
-    from tests.attack.conftest import CLASSES, colour_images, colour_victim
+    from serving.testing import COLOUR_CLASSES as CLASSES
+    from serving.testing import colour_images, colour_victim
 
     model = colour_victim()
     transfer = colour_images(400, seed=1)
@@ -535,7 +536,7 @@ def test_active_run_stopped_mid_round_resumes_without_paying_twice(tmp_path):
     sends only the 70 missing ones, each image once, and finishes the planned rounds."""
     from attack import KerasVictim, Knockoff, Surrogate
     from attack.journal import QueryJournal
-    from tests.attack.conftest import colour_images, colour_victim
+    from serving.testing import colour_images, colour_victim
 
     model = colour_victim()
     transfer = colour_images(300, seed=1)

@@ -8,20 +8,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from keras.applications import (
-    convnext,
-    densenet,
-    efficientnet,
-    efficientnet_v2,
-    inception_v3,
-    mobilenet,
-    mobilenet_v2,
-    mobilenet_v3,
-    resnet,
-    resnet_v2,
-    vgg16,
-    xception,
-)
+from keras import applications as apps
 
 from common.backbones import (
     BackbonePreprocess,
@@ -43,23 +30,23 @@ REQUIRED = [
 
 # name -> (its Keras module's preprocess_input, expected mapping of raw pixels, default size)
 PAIRING = {
-    "ResNet50": (resnet.preprocess_input, "caffe", 224),
-    "ResNet101": (resnet.preprocess_input, "caffe", 224),
-    "ResNet50V2": (resnet_v2.preprocess_input, "tf", 224),
-    "MobileNet": (mobilenet.preprocess_input, "tf", 224),
-    "MobileNetV2": (mobilenet_v2.preprocess_input, "tf", 224),
-    "MobileNetV3Small": (mobilenet_v3.preprocess_input, "identity", 224),
-    "MobileNetV3Large": (mobilenet_v3.preprocess_input, "identity", 224),
-    "EfficientNetB0": (efficientnet.preprocess_input, "identity", 224),
-    "EfficientNetB1": (efficientnet.preprocess_input, "identity", 240),
-    "EfficientNetB2": (efficientnet.preprocess_input, "identity", 260),
-    "EfficientNetB3": (efficientnet.preprocess_input, "identity", 300),
-    "EfficientNetV2B0": (efficientnet_v2.preprocess_input, "identity", 224),
-    "DenseNet121": (densenet.preprocess_input, "torch", 224),
-    "VGG16": (vgg16.preprocess_input, "caffe", 224),
-    "InceptionV3": (inception_v3.preprocess_input, "tf", 299),
-    "Xception": (xception.preprocess_input, "tf", 299),
-    "ConvNeXtTiny": (convnext.preprocess_input, "identity", 224),
+    "ResNet50": (apps.resnet.preprocess_input, "caffe", 224),
+    "ResNet101": (apps.resnet.preprocess_input, "caffe", 224),
+    "ResNet50V2": (apps.resnet_v2.preprocess_input, "tf", 224),
+    "MobileNet": (apps.mobilenet.preprocess_input, "tf", 224),
+    "MobileNetV2": (apps.mobilenet_v2.preprocess_input, "tf", 224),
+    "MobileNetV3Small": (apps.mobilenet_v3.preprocess_input, "identity", 224),
+    "MobileNetV3Large": (apps.mobilenet_v3.preprocess_input, "identity", 224),
+    "EfficientNetB0": (apps.efficientnet.preprocess_input, "identity", 224),
+    "EfficientNetB1": (apps.efficientnet.preprocess_input, "identity", 240),
+    "EfficientNetB2": (apps.efficientnet.preprocess_input, "identity", 260),
+    "EfficientNetB3": (apps.efficientnet.preprocess_input, "identity", 300),
+    "EfficientNetV2B0": (apps.efficientnet_v2.preprocess_input, "identity", 224),
+    "DenseNet121": (apps.densenet.preprocess_input, "torch", 224),
+    "VGG16": (apps.vgg16.preprocess_input, "caffe", 224),
+    "InceptionV3": (apps.inception_v3.preprocess_input, "tf", 299),
+    "Xception": (apps.xception.preprocess_input, "tf", 299),
+    "ConvNeXtTiny": (apps.convnext.preprocess_input, "identity", 224),
     "cnn": (None, "tf", 32),
     "resnet34": (None, "torch", 224),
 }

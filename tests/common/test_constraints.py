@@ -69,6 +69,23 @@ def test_fields_without_rules_are_left_alone() -> None:
     assert Job(free=-5).free == -5
 
 
+@dataclass(frozen=True)
+class Typed:
+    seed: int = field(default=0, metadata={"help": "any integer", "check": True})
+    resume: bool = field(default=False, metadata={"help": "a flag", "check": True})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def test_check_true_checks_the_type_alone() -> None:
+    assert Typed(seed=-3, resume=True).seed == -3
+    with pytest.raises(UsageError, match=r"`seed`.*Expected an integer\."):
+        Typed(seed=True)
+    with pytest.raises(UsageError, match=r"`resume`.*Expected True or False\."):
+        Typed(resume=1)
+
+
 def test_the_command_line_reports_a_rule_under_its_flag(capsys) -> None:
     def main(argv=None) -> int:
         return cli.run_cli(lambda a: (cli.parse_config(Job, a, prog="job"), 0)[1], argv,

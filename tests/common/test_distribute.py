@@ -36,12 +36,11 @@ from common.distribute import (
 from common.errors import UsageError
 from detector.ood import DetectorConfig
 from serving.testing import pick_unused_port
+from tests.common.distribute_child import TINY_CNN, colour_task
 from victim_export.config import VictimConfig
 
 CHILD = Path(__file__).with_name("distribute_child.py")
 ROOT = Path(__file__).resolve().parents[2]
-TINY_CNN = {"filters": [8, 16], "block_dropout": [0.0, 0.0], "dense_units": 16,
-            "dense_dropout": 0.0}
 
 
 def tf_config(index: int, kind: str = "worker", **cluster) -> str:
@@ -55,7 +54,7 @@ def test_strategy_names_are_checked():
     assert STRATEGIES == ("none", "mirrored", "multiworker")
     assert check_distribute("none") == "none" and check_distribute("mirrored") == "mirrored"
     with pytest.raises(UsageError, match=r"`distribute`.*Received: distribute='tpu'.*one of "
-                                         r"none, mirrored, multiworker"):
+                                         r"'none', 'mirrored', 'multiworker'"):
         check_distribute("tpu")
 
 
@@ -127,7 +126,7 @@ def test_every_training_config_checks_distribute(tmp_path, monkeypatch):
     assert KnockoffConfig(transfer_set="t", distribute="mirrored").distribute == "mirrored"
     for build in (lambda d: VictimConfig(dataset="d", distribute=d),
                   lambda d: DetectorConfig(**det, distribute=d)):
-        with pytest.raises(UsageError, match="`distribute`.*one of none, mirrored"):
+        with pytest.raises(UsageError, match="`distribute`.*one of 'none', 'mirrored'"):
             build("gpus")
         with pytest.raises(UsageError, match="`TF_CONFIG`"):
             build("multiworker")
@@ -155,17 +154,6 @@ def test_the_cli_flag_reaches_the_config(tmp_path):
 
 
 # -- training under a strategy, in-process (one CPU device) --------------------------------------
-
-def colour_task(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    images = rng.integers(0, 70, (n, 16, 16, 3)).astype(np.uint8)
-    for c in range(3):
-        images[labels == c, :, :, c] += 160
-    targets = np.full((n, 3), 0.1, np.float32)
-    targets[np.arange(n), labels] = 0.8
-    return images, targets, labels
-
 
 @pytest.mark.slow
 def test_surrogate_trains_and_resumes_under_a_mirrored_strategy(tmp_path):

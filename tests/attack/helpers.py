@@ -1,0 +1,55 @@
+"""What the attack tests share besides fixtures (those live in conftest.py): configs of the
+learning attacks against the colour victim with a tiny surrogate, the check of a refused command
+line, and a label-only float64 victim for the exact attacks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from attack.config import KnockoffConfig
+
+TINY = dict(model="colours", backbone="cnn", weights="none", input_size=16, learning_rate=3e-3,
+            seed=0)
+"""The settings every end-to-end config shares: the colour victim, a tiny CNN surrogate."""
+
+
+def tiny_config(config_cls: type, target: str, out: Path, **values):
+    """`config_cls` against the colour victim served at `target`, run directory `out`."""
+    return config_cls(**{**TINY, "grpc": target, "out": str(out), **values})
+
+
+def knockoff_config(target: str, data_files, out: Path, **overrides) -> KnockoffConfig:
+    """A Knockoff run of 400 queries that learns the colour victim in seconds."""
+    transfer, test = data_files
+    return tiny_config(KnockoffConfig, target, out, **{
+        "transfer_set": str(transfer), "budget": 400, "epochs": 8, "batch_size": 32,
+        "query_batch": 32, "in_flight": 2, "test_set": str(test), "heldout": 100,
+        "noise": 100, "curve_points": 2, **overrides})
+
+
+def assert_refused(capsys, code: int, *fragments: str, unwritten: Path | None = None) -> None:
+    """A command line refused its input: exit code 2, one line on stderr holding every one of
+    `fragments`, and (when given) `unwritten` not created."""
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(fragment in err[0] for fragment in fragments), err
+    if unwritten is not None:
+        assert not unwritten.exists()  # nothing written before validation
+
+
+def save_label_only(path: Path, input_shape: tuple[int, ...],
+                    scores: Callable[..., object], num_classes: int) -> None:
+    """A SavedModel at `path` whose float64 `probabilities` are one-hot rows of
+    ``argmax(scores(images))`` (a label-only API)."""
+    import tensorflow as tf
+
+    class LabelOnly(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float64,
+                                                    name="images")])
+        def serve(self, images):
+            return {"probabilities": tf.one_hot(tf.argmax(scores(images), 1), num_classes,
+                                                dtype=tf.float64)}
+
+    module = LabelOnly()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
