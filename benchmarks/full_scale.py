@@ -36,6 +36,9 @@ from benchmarks.full_data import (
 )
 from benchmarks.harness import Command, Context, Step, StepUnavailable
 from benchmarks.study import (
+    COPYCAT,
+    JBDA,
+    KNOCKOFF_RUNS,
     POLICIES,
     REALISTIC_MAX_BUDGET,
     Scale,
@@ -135,32 +138,15 @@ def build_full_plan(scale: Scale, ctx: Context) -> list[Step]:
                            **values)
 
     cifar10 = data_file(ctx, "cifar10")
+    steps += [knockoff(name, title, model, **options)
+              for name, title, model, options in KNOCKOFF_RUNS if model in VICTIMS]
     steps += [
-        knockoff("knockoff_cifar10_cnn_probs", "Knockoff, CIFAR-10 CNN, probabilities",
-                 "cifar10_cnn"),
-        knockoff("knockoff_cifar10_cnn_top1", "Knockoff, CIFAR-10 CNN, top-1 only",
-                 "cifar10_cnn", granularity="top1"),
-        knockoff("knockoff_cifar10_cnn_adaptive", "Knockoff adaptive, CIFAR-10 CNN",
-                 "cifar10_cnn", strategy="adaptive"),
-        knockoff("knockoff_cifar10_resnet34_probs",
-                 "Knockoff, CIFAR-10 ResNet-34, probabilities", "cifar10_resnet34"),
-        knockoff("knockoff_cifar10_cnn_same_arch",
-                 "Knockoff, CIFAR-10 CNN, surrogate of the victim's architecture (cnn)",
-                 "cifar10_cnn", same_arch=True),
-        knockoff("knockoff_gtsrb_resnet34_probs", "Knockoff, GTSRB ResNet-34, probabilities",
-                 "gtsrb_resnet34"),
-        knockoff("knockoff_caltech256_resnet34_probs",
-                 "Knockoff, Caltech256 ResNet-34, probabilities", "caltech256_resnet34"),
-        knockoff("knockoff_cubs200_resnet34_probs",
-                 "Knockoff, CUBS200 ResNet-34, probabilities", "cubs200_resnet34"),
-        attack_step(ctx, scale, "attack.copycat", "copycat_cifar10_cnn",
-                    "Copycat CNN (top-1 only, + 200 in-domain images), CIFAR-10 CNN",
-                    "cifar10_cnn", needs=("victim_cifar10_cnn", "data_imagenet", "data_cifar10"),
+        attack_step(ctx, scale, "attack.copycat", *COPYCAT, "cifar10_cnn",
+                    needs=("victim_cifar10_cnn", "data_imagenet", "data_cifar10"),
                     transfer_set=imagenet, transfer_split="train", budget=scale.copycat_budget,
                     heldout=scale.heldout, pd_set=cifar10, pd_split="train", pd_budget=200,
                     **surrogate, test_set=cifar10),
-        attack_step(ctx, scale, "attack.jbda", "jbda_cifar10_cnn",
-                    "JBDA (Jacobian-based augmentation), CIFAR-10 CNN", "cifar10_cnn",
+        attack_step(ctx, scale, "attack.jbda", *JBDA, "cifar10_cnn",
                     needs=("victim_cifar10_cnn", "data_cifar10"), seed_set=cifar10,
                     seed_split="train", **jbda_values(scale), **surrogate, test_set=cifar10),
     ]

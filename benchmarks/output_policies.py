@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -223,8 +222,7 @@ def run_output_policies(config: PoliciesConfig) -> dict:
         + ("the answers as received." if config.granularity == "probs"
            else "the argmax of each answer only (--granularity top1)."),
     ]
-    table = write_results(out, f"Output policies: {config.model}", rows, _COLUMNS, meta, notes)
-    return {"table": table, "rows": rows, "meta": meta}
+    return write_results(out, f"Output policies: {config.model}", rows, _COLUMNS, meta, notes)
 
 
 PROG = "python -m benchmarks.output_policies"
@@ -236,5 +234,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -330,10 +329,9 @@ def run_prada_bench(config: PradaBenchConfig) -> dict:
         "Juuti et al. (2019) detect JBDA-style attacks; Atli et al. (2020) note that PRADA does "
         "not flag Knockoff's natural-image queries.",
     ]
-    table = write_results(out, f"PRADA through the gateway: {config.model}", rows, _COLUMNS,
-                          meta, notes, meta_key="config",
-                          table_rows=[{**r, "seconds": f"{r['seconds']:.1f}"} for r in rows])
-    return {"table": table, "rows": rows, "meta": meta}
+    return write_results(out, f"PRADA through the gateway: {config.model}", rows, _COLUMNS,
+                         meta, notes, meta_key="config",
+                         table_rows=[{**r, "seconds": f"{r['seconds']:.1f}"} for r in rows])
 
 
 PROG = "python -m benchmarks.prada_bench"
@@ -345,5 +343,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,28 +54,21 @@ from typing import Any
 import numpy as np
 
 from attack.pipeline import journal_answers
-from benchmarks.harness.defended import (  # TRANSFER, WEIGHTS, markdown_table: re-exported
+from benchmarks.harness import defended
+
+# also imported from here (benchmarks.evasion_bench)
+from benchmarks.harness.defended import (
     TRANSFER,
     WEIGHTS,
-    BenchConfig,
-    Served,
-    answer_summary,
-    audit_summary,
     benchmark_main,
     check_run_dir,
-    client_key,
-    knockoff_config,
     markdown_table,
-    run_knockoff_through,
-    split_pool,
-    write_results,
 )
 from common.data import load_dataset
 from common.errors import invalid
 from detector.ood import OODDetector
 from serving.gateway.config import OODConfig, policy_from_dict
 
-# What other benchmarks imported from here before the harness existed (benchmarks.evasion_bench).
 __all__ = ["TRANSFER", "WEIGHTS", "RealisticConfig", "benchmark_main", "check_run_dir", "main",
            "markdown_table", "run_realistic"]
 
@@ -88,7 +80,7 @@ def _ood_default(name: str) -> Any:
 
 
 @dataclass(frozen=True)
-class RealisticConfig(BenchConfig):
+class RealisticConfig(defended.BenchConfig):
     """Naive (Tiny-ImageNet) against realistic (held-out victim-domain) Knockoff attackers."""
 
     detector: str | None = field(default=None, metadata={
@@ -159,7 +151,7 @@ def run_realistic(config: RealisticConfig) -> dict:
     benign = load_dataset(config.benign_spec, config.benign_split)
     split_file = out / "data" / "victim_domain_split.npz"
     if not split_file.is_file():
-        pool_idx, eval_idx = split_pool(len(benign), config.pool_fraction, config.seed)
+        pool_idx, eval_idx = defended.split_pool(len(benign), config.pool_fraction, config.seed)
         split_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = split_file.with_name("tmp_split.npz")
         np.savez(tmp, x_train=benign.images[pool_idx], y_train=benign.labels[pool_idx],
@@ -179,22 +171,23 @@ def run_realistic(config: RealisticConfig) -> dict:
          f"({n_pool} images)"),
     ]
     rows = []
-    with Served(config.victims, config.model) as served:
+    with defended.Served(config.victims, config.model) as served:
         gw, store = served.gateway(policy, out / "gateway.db")
         try:
             target = f"127.0.0.1:{gw.port}"
             for name, spec, split, exclude, pool in scenarios:
                 run_dir = out / name
-                kconfig = knockoff_config(
+                done = (run_dir / "report.json").is_file()
+                kconfig = defended.knockoff_config(
                     config, out=run_dir, grpc=target,
-                    api_key=client_key(store, name) if not (run_dir / "report.json").is_file()
-                    else "unused", transfer_set=spec, transfer_split=split,
-                    exclude_classes=exclude, test_set=str(split_file), test_split="test")
+                    api_key="unused" if done else defended.client_key(store, name),
+                    transfer_set=spec, transfer_split=split, exclude_classes=exclude,
+                    test_set=str(split_file), test_split="test")
                 log.info("%s attacker: %d queries from %s", name, config.budget, pool)
-                report = run_knockoff_through(served, kconfig)
+                report = defended.run_knockoff_through(served, kconfig)
                 _, responses = journal_answers(run_dir)
-                rows.append(_row(name, pool, audit_summary(store.audit_records(), name),
-                                 answer_summary(responses[:config.budget]),
+                rows.append(_row(name, pool, defended.audit_summary(store.audit_records(), name),
+                                 defended.answer_summary(responses[:config.budget]),
                                  store.load_detectors(name), report))
         finally:
             gw.stop()
@@ -216,8 +209,8 @@ def run_realistic(config: RealisticConfig) -> dict:
         f"Surrogate: Knockoff random, {config.backbone} {' '.join(config.arch_args)} at "
         f"{config.input_size} px, {config.epochs} epochs, trained on what it received.",
     ]
-    table = write_results(out, f"Realistic adversary: {config.model}", rows, _COLUMNS, meta, notes)
-    return {"table": table, "rows": rows, "meta": meta}
+    return defended.write_results(out, f"Realistic adversary: {config.model}", rows, _COLUMNS,
+                                  meta, notes)
 
 
 PROG = "python -m benchmarks.realistic_adversary"
@@ -229,5 +222,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

@@ -40,19 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from attack.papers import PAPER_DETECTOR, PAPER_KNOCKOFF
+from benchmarks import harness
 from benchmarks.full_scale import build_full_plan
-from benchmarks.harness import (
-    Context,
-    Step,
-    StepUnavailable,
-    closure,
-    machine,
-    print_commands,
-    run_step,
-    versions,
-)
+from benchmarks.harness import Context, Step
 from benchmarks.results_page import write_results_page
 from benchmarks.study import (
+    COPYCAT,
+    JBDA,
+    KNOCKOFF_RUNS,
     POLICIES,
     REALISTIC_MAX_BUDGET,
     SCALES,
@@ -70,8 +65,7 @@ from common.cli import ArgumentParser, run_cli
 from common.errors import UsageError, invalid
 from common.fileio import check_writable
 
-__all__ = ["PAPER_DETECTOR", "PAPER_KNOCKOFF", "SCALES", "Context", "Scale", "Step",
-           "StepUnavailable", "build_plan", "main", "run_step"]
+__all__ = ["SCALES", "Scale", "build_plan", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -138,28 +132,14 @@ def _cpu_plan(scale: Scale, ctx: Context) -> list[Step]:
         return attack_step(ctx, scale, "attack.knockoff", name, title, model,
                            needs=(f"victim_{model}",), **values)
 
+    steps += [knockoff(name, title, model, **options)
+              for name, title, model, options in KNOCKOFF_RUNS if model in VICTIMS]
     steps += [
-        knockoff("knockoff_cifar10_cnn_probs", "Knockoff, CIFAR-10 CNN, probabilities",
-                 "cifar10_cnn"),
-        knockoff("knockoff_cifar10_cnn_top1", "Knockoff, CIFAR-10 CNN, top-1 only",
-                 "cifar10_cnn", granularity="top1"),
-        knockoff("knockoff_cifar10_cnn_adaptive", "Knockoff adaptive, CIFAR-10 CNN",
-                 "cifar10_cnn", strategy="adaptive"),
-        knockoff("knockoff_cifar10_resnet34_probs",
-                 "Knockoff, CIFAR-10 ResNet-34, probabilities", "cifar10_resnet34"),
-        # the victim's own architecture at its own input size, from scratch
-        knockoff("knockoff_cifar10_cnn_same_arch",
-                 "Knockoff, CIFAR-10 CNN, surrogate of the victim's architecture (cnn)",
-                 "cifar10_cnn", same_arch=True),
-        knockoff("knockoff_gtsrb_resnet34_probs", "Knockoff, GTSRB ResNet-34, probabilities",
-                 "gtsrb_resnet34"),
-        attack_step(ctx, scale, "attack.copycat", "copycat_cifar10_cnn",
-                    "Copycat CNN (top-1 only, + 200 in-domain images), CIFAR-10 CNN",
-                    "cifar10_cnn", needs=("victim_cifar10_cnn",), **cifar_tiny,
+        attack_step(ctx, scale, "attack.copycat", *COPYCAT, "cifar10_cnn",
+                    needs=("victim_cifar10_cnn",), **cifar_tiny,
                     budget=scale.copycat_budget, heldout=scale.heldout, pd_set=f(CIFAR10),
                     pd_split="train", pd_budget=200, **surrogate, test_set=f(CIFAR10)),
-        attack_step(ctx, scale, "attack.jbda", "jbda_cifar10_cnn",
-                    "JBDA (Jacobian-based augmentation), CIFAR-10 CNN", "cifar10_cnn",
+        attack_step(ctx, scale, "attack.jbda", *JBDA, "cifar10_cnn",
                     needs=("victim_cifar10_cnn",), seed_set=f(CIFAR10), seed_split="train",
                     **jbda_values(scale), **surrogate, test_set=f(CIFAR10)),
     ]
@@ -231,7 +211,7 @@ def _run(ctx: Context, plan: list[Step]) -> tuple[dict[str, dict[str, Any]], lis
                 failures.append(step.name)
                 continue
             try:
-                results[step.name] = run_step(ctx, step)
+                results[step.name] = harness.run_step(ctx, step)
                 print(f"[{step.name}] done in {results[step.name]['seconds']} s", flush=True)
             except RuntimeError as err:
                 print(f"[{step.name}] {err}", file=sys.stderr, flush=True)
@@ -256,7 +236,7 @@ def _main(argv: list[str] | None = None) -> int:
             unknown = [n for n in ns.only if n not in names]
             if unknown:
                 raise invalid("--only", " ".join(unknown), "step names from --list")
-            plan = closure(plan, ns.only)
+            plan = harness.closure(plan, ns.only)
         if not ns.list and not data.is_dir():
             raise invalid("--data-dir", ns.data_dir, "the folder holding the shared data "
                           "(cifar10_jpeg_q75.zip, ...)")
@@ -271,7 +251,7 @@ def _main(argv: list[str] | None = None) -> int:
             print(f"{step.name}: {step.title}{needs}")
         return 0
     if ns.dry_run:
-        print_commands(ctx, plan)
+        harness.print_commands(ctx, plan)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     out.mkdir(parents=True, exist_ok=True)
@@ -284,7 +264,7 @@ def _main(argv: list[str] | None = None) -> int:
             results[step.name] = json.loads(done.read_text())
     results = {name: results[name] for name in names if name in results}
     page = write_results_page(out, scale.name, results, failures,
-                              versions=versions(), machine=machine(),
+                              versions=harness.versions(), machine=harness.machine(),
                               wall_seconds=time.time() - started,
                               paper_knockoff=PAPER_KNOCKOFF, paper_detector=PAPER_DETECTOR)
     print(f"results page: {page}")

@@ -27,9 +27,10 @@ from detector.evaluate import EvaluateConfig
 from detector.ood import DetectorConfig
 from victim_export.config import VictimConfig
 
-__all__ = ["DEFENDED", "EXACT", "POLICIES", "PRADA_TITLE", "REALISTIC_MAX_BUDGET", "SCALES",
-           "Scale", "attack_step", "defended_step", "dense_victim_steps", "detector_step",
-           "exact_step", "exact_steps", "jbda_values", "prada_step", "victim_step"]
+__all__ = ["COPYCAT", "DEFENDED", "EXACT", "JBDA", "KNOCKOFF_RUNS", "POLICIES", "PRADA_TITLE",
+           "REALISTIC_MAX_BUDGET", "SCALES", "Scale", "attack_step", "defended_step",
+           "dense_victim_steps", "detector_step", "exact_step", "exact_steps", "jbda_values",
+           "prada_step", "victim_step"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,28 @@ DEFENDED = {"realistic_adversary": (RealisticConfig,
             "output_policies": (PoliciesConfig, "Output policies")}
 PRADA_TITLE = "PRADA against JBDA and natural-image streams"
 REALISTIC_MAX_BUDGET = 5000  # the realistic adversary owns half of CIFAR-10's test split
+# Knockoff's runs: (step, title, victim, options); a plan runs those whose victim it trains.
+KNOCKOFF_RUNS = (
+    ("knockoff_cifar10_cnn_probs", "Knockoff, CIFAR-10 CNN, probabilities", "cifar10_cnn", {}),
+    ("knockoff_cifar10_cnn_top1", "Knockoff, CIFAR-10 CNN, top-1 only", "cifar10_cnn",
+     {"granularity": "top1"}),
+    ("knockoff_cifar10_cnn_adaptive", "Knockoff adaptive, CIFAR-10 CNN", "cifar10_cnn",
+     {"strategy": "adaptive"}),
+    ("knockoff_cifar10_resnet34_probs", "Knockoff, CIFAR-10 ResNet-34, probabilities",
+     "cifar10_resnet34", {}),
+    # the victim's own architecture at its own input size, from scratch
+    ("knockoff_cifar10_cnn_same_arch",
+     "Knockoff, CIFAR-10 CNN, surrogate of the victim's architecture (cnn)", "cifar10_cnn",
+     {"same_arch": True}),
+    ("knockoff_gtsrb_resnet34_probs", "Knockoff, GTSRB ResNet-34, probabilities",
+     "gtsrb_resnet34", {}),
+    ("knockoff_caltech256_resnet34_probs", "Knockoff, Caltech256 ResNet-34, probabilities",
+     "caltech256_resnet34", {}),
+    ("knockoff_cubs200_resnet34_probs", "Knockoff, CUBS200 ResNet-34, probabilities",
+     "cubs200_resnet34", {}),
+)
+COPYCAT = ("copycat_cifar10_cnn", "Copycat CNN (top-1 only, + 200 in-domain images), CIFAR-10 CNN")
+JBDA = ("jbda_cifar10_cnn", "JBDA (Jacobian-based augmentation), CIFAR-10 CNN")
 POLICIES = "identity,label_only,round:1,noise:0.2,reverse_sigmoid:0.7,0.4"
 
 

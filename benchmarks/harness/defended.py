@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,9 +361,10 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> 
 
 def write_results(out: Path, title: str, rows: list[dict], columns, meta: dict,
                   notes: Sequence[str] = (), *, meta_key: str | None = None,
-                  table_rows: list[dict] | None = None) -> str:
+                  table_rows: list[dict] | None = None) -> dict[str, Any]:
     """OUT/results.json (`meta` beside the rows, or under `meta_key`) and OUT/results.md (the
-    table of `table_rows`, default `rows`); returns the Markdown table."""
+    table of `table_rows`, default `rows`); returns the Markdown table, the rows and `meta`
+    (what a benchmark's run returns)."""
     table = markdown_table(rows if table_rows is None else table_rows, columns)
     write_json_atomic(out / "results.json",
                       {"rows": rows, meta_key: meta} if meta_key else {**meta, "rows": rows})
@@ -370,7 +372,7 @@ def write_results(out: Path, title: str, rows: list[dict], columns, meta: dict,
     md += [f"- {line}" for line in notes]
     md += ["", "```json", json.dumps(meta, indent=1, default=str), "```", ""]
     (out / "results.md").write_text("\n".join(md))
-    return table
+    return {"table": table, "rows": rows, "meta": meta}
 
 
 
@@ -378,6 +380,8 @@ def benchmark_main(config_cls, run, argv: Sequence[str] | None, *, prog: str,
                    doc: str) -> int:
     """The CLI of a defended benchmark: parse `config_cls` from `argv`, `run(config)` (which
     returns its table), print it and the files written; exit code 2 on bad input."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
+
     def _main(args) -> int:
         config = parse_config(config_cls, args, prog=prog, description=doc.split("\n\n")[0])
         configure_logging()
