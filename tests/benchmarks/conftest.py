@@ -30,6 +30,20 @@ def layout(tmp_path):
     return tmp_path
 
 
+@pytest.fixture
+def one_line_error(layout, capsys):
+    """`check(main, argv, argument)`: `main(argv + ["--out", <layout>/out])` exits 2 with one
+    line on stderr naming `argument`, and writes nothing."""
+    def check(main, argv, argument):
+        out = layout / "out"
+        assert main([*argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and argument in err[0], err
+        assert not out.exists()
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """victims/colours, a bright-image detector, a dark benign set and a bright transfer set."""

@@ -58,14 +58,10 @@ def test_benign_cost_on_hand_made_answers():
     (["--model", "nope"], "`--model`"),
     (["--data-dir", "/no/such/data"], "`--data-dir`"),
 ])
-def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument, capsys):
-    out = layout / "out"
-    argv = ["--victims", str(layout / "victims"), "--data-dir", str(layout / "data"),
-            "--out", str(out), *extra]
-    assert op.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and argument in err[0], err
-    assert not out.exists()
+def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument,
+                                                               one_line_error):
+    one_line_error(op.main, ["--victims", str(layout / "victims"), "--data-dir",
+                             str(layout / "data"), *extra], argument)
 
 
 @pytest.mark.slow

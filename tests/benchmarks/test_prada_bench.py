@@ -34,14 +34,10 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
     (["--data-dir", "/no/such/data"], "`--data-dir`"),
     (["--exclude-classes", "/no/such.txt"], "`--exclude-classes`"),
 ])
-def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument, capsys):
-    out = layout / "out"
-    argv = ["--victims", str(layout / "victims"), "--data-dir", str(layout / "data"),
-            "--out", str(out), *extra]
-    assert pb.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and argument in err[0], err
-    assert not out.exists()
+def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument,
+                                                               one_line_error):
+    one_line_error(pb.main, ["--victims", str(layout / "victims"), "--data-dir",
+                             str(layout / "data"), *extra], argument)
 
 
 def test_unparsable_number_exits_2_naming_the_flag(layout, capsys):

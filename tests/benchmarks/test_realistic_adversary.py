@@ -94,14 +94,11 @@ def test_markdown_table_formats_cells():
     (["--data-dir", "/no/such/data"], "`--data-dir`"),
     (["--weights", "/no/such.h5"], "`--weights`"),
 ])
-def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument, capsys):
-    out = layout / "out"
-    argv = ["--victims", str(layout / "victims"), "--detector", str(layout / "det" / "1"),
-            "--data-dir", str(layout / "data"), "--out", str(out), *extra]
-    assert ra.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and argument in err[0], err
-    assert not out.exists()
+def test_bad_arguments_exit_2_with_one_line_and_create_nothing(layout, extra, argument,
+                                                               one_line_error):
+    one_line_error(ra.main, ["--victims", str(layout / "victims"), "--detector",
+                             str(layout / "det" / "1"), "--data-dir", str(layout / "data"),
+                             *extra], argument)
 
 
 def test_unparsable_number_exits_2_naming_the_flag(layout, capsys):
