@@ -10,13 +10,9 @@ from __future__ import annotations
 import sys
 
 from serving.embedded.cli import build_parser, main, options_from_args
-from serving.embedded.server import (
-    MAX_MESSAGE_BYTES,
-    ModelServer,
-    ServerOptions,
-    load_model_server_config,
-)
+from serving.embedded.server import ModelServer, ServerOptions, load_model_server_config
 from serving.ports import check_port_free, port_error
+from serving.status import GRPC_MAX_MESSAGE_BYTES as MAX_MESSAGE_BYTES
 
 __all__ = ["MAX_MESSAGE_BYTES", "ModelServer", "ServerOptions", "build_parser", "check_port_free",
            "load_model_server_config", "main", "options_from_args", "port_error"]

@@ -23,20 +23,18 @@ from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_p
 
 from serving import testing
 from serving.status import GRPC_MAX_MESSAGE_BYTES
-from tests.serving.tiny_models import (  # noqa: F401 - IMAGE_SHAPE: tests/serving/test_deploy.py
-    IMAGE_SHAPE,
-    export_examples_model,
-    export_tiny,
-    models_config_text,
-)
+from tests.serving import tiny_models
+
+IMAGE_SHAPE = tiny_models.IMAGE_SHAPE  # tests/serving/test_deploy.py imports it from here
 
 
 @pytest.fixture(scope="session")
 def model_base(tmp_path_factory):
     """A models folder: `tiny` (versions 1, 2) and `examples` (version 1), with Keras models."""
     base = tmp_path_factory.mktemp("models")
-    models = {1: export_tiny(base, "tiny", 1, seed=1), 2: export_tiny(base, "tiny", 2, seed=2)}
-    export_examples_model(base / "examples" / "1")
+    models = {version: tiny_models.export_tiny(base, "tiny", version, seed=version)
+              for version in (1, 2)}
+    tiny_models.export_examples_model(base / "examples" / "1")
     return base, models
 
 
@@ -48,7 +46,7 @@ def server(model_base, tmp_path_factory):
     base = tmp_path_factory.mktemp("served")
     shutil.copytree(src, base, dirs_exist_ok=True)
     config = base / "models.config"
-    config.write_text(models_config_text(base))
+    config.write_text(tiny_models.models_config_text(base))
     with testing.model_server(config_file=config, rest=True, poll_seconds=0.2) as running:
         srv = running.obj
         srv.base = base

@@ -234,10 +234,13 @@ def _x_scores(rows):
     return e / e.sum(1, keepdims=True)
 
 
+def to_examples(request_type, signature: str):
+    """A Classify or Regress request to signature `signature` of the `examples` model."""
+    return request_type(model_spec=model_spec("examples", signature=signature))
+
+
 def test_classify(stub):
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = "examples"
-    request.model_spec.signature_name = "classify_x"
+    request = to_examples(classification_pb2.ClassificationRequest, "classify_x")
     request.input.example_list.examples.extend([example(1, 2), example(-1, 0.5)])
     response = stub.Classify(request, timeout=30)
     assert response.model_spec.version.value == 1
@@ -248,9 +251,7 @@ def test_classify(stub):
 
 
 def test_classify_with_context_merges_features(stub):
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = "examples"
-    request.model_spec.signature_name = "scores_only"
+    request = to_examples(classification_pb2.ClassificationRequest, "scores_only")
     ctx = request.input.example_list_with_context
     ctx.context.CopyFrom(example(5, 5))
     ctx.examples.add()  # empty example: takes x from the context
@@ -262,18 +263,14 @@ def test_classify_with_context_merges_features(stub):
 
 
 def test_regress(stub):
-    request = regression_pb2.RegressionRequest()
-    request.model_spec.name = "examples"
-    request.model_spec.signature_name = "regress_x"
+    request = to_examples(regression_pb2.RegressionRequest, "regress_x")
     request.input.example_list.examples.extend([example(1, 2), example(-1, 0.5)])
     response = stub.Regress(request, timeout=30)
     np.testing.assert_allclose([r.value for r in response.result.regressions], [3.0, -0.5])
 
 
 def test_classify_errors(stub):
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = "examples"
-    request.model_spec.signature_name = "regress_x"
+    request = to_examples(classification_pb2.ClassificationRequest, "regress_x")
     request.input.example_list.examples.add().CopyFrom(example(1, 2))
     err = rpc_error(stub.Classify, request)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT

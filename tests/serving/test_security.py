@@ -29,8 +29,6 @@ from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
     inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
@@ -226,6 +224,8 @@ def test_no_rpc_reads_another_clients_state(gw):
     stub = gw["stub"]
     names = ("alice", "bob", "carol")
     texts = []
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
+
     md = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
     md.model_spec.name = "tiny"
     response, err = call(stub.GetModelMetadata, md, gw["keys"]["carol"])
