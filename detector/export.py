@@ -37,6 +37,7 @@ __all__ = [
     "export_detector",
     "fit_size",
     "load_probabilities",
+    "load_signature",
     "read_calibration",
     "resolve_version_dir",
     "write_calibration",
@@ -132,6 +133,22 @@ def write_calibration(version_dir: str | os.PathLike[str], calibration: Mapping[
     return target
 
 
+def load_signature(version_dir: Path, *, argument: str, shown: str | None = None) -> Any:
+    """The ``serving_default`` signature of the SavedModel in `version_dir` (a concrete
+    function; it keeps the loaded model alive). `UsageError` naming `argument` (the setting,
+    e.g. ``detector``), with the path as the user gave it (`shown`), when it cannot be loaded."""
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(version_dir))
+        signature = loaded.signatures["serving_default"]
+    except (OSError, KeyError, ValueError) as err:
+        raise invalid(argument, str(version_dir) if shown is None else shown,
+                      f"a SavedModel with a serving_default signature ({err})") from err
+    signature.keepalive = loaded  # a signature alone does not keep its variables alive
+    return signature
+
+
 def load_probabilities(version_dir: Path, *, argument: str, shown: str | None = None
                        ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int, int]]:
     """(uint8 images -> float32 probabilities, the signature's image shape) of an export.
@@ -141,23 +158,18 @@ def load_probabilities(version_dir: Path, *, argument: str, shown: str | None = 
     """
     import tensorflow as tf
 
-    shown = str(version_dir) if shown is None else shown
-    try:
-        loaded = tf.saved_model.load(str(version_dir))
-        signature = loaded.signatures["serving_default"]
-    except (OSError, KeyError, ValueError) as err:
-        raise invalid(argument, shown, f"a SavedModel with a serving_default signature ({err})") \
-            from err
+    signature = load_signature(version_dir, argument=argument, shown=shown)
     spec = signature.structured_input_signature[1].get("images")
     if spec is None or spec.shape.rank != 4:
-        raise invalid(argument, shown, "a signature with an `images` [batch, H, W, 3] input")
+        raise invalid(argument, str(version_dir) if shown is None else shown,
+                      "a signature with an `images` [batch, H, W, 3] input")
     shape = tuple(int(v) for v in spec.shape[1:])
 
     def probabilities(images: np.ndarray) -> np.ndarray:
         out = signature(images=tf.constant(images, dtype=tf.uint8))
         return np.asarray(out["probabilities"], dtype=np.float32)
 
-    probabilities.keepalive = loaded  # type: ignore[attr-defined]
+    probabilities.keepalive = signature  # type: ignore[attr-defined]
     return probabilities, shape  # type: ignore[return-value]
 
 

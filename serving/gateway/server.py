@@ -147,11 +147,14 @@ class Gateway:
     ...                            state="sqlite:/tmp/gw.db")) as gw:
     ...     target = f"127.0.0.1:{gw.port}"
 
-    `policy`, `store` and `ood_detector` override what the config would load (tests, embedding).
+    `policy`, `store` and `ood_detector` override what the config would load (tests, embedding);
+    `monitor` replaces the `detector.monitor.Monitor` built from the policy's detector sections
+    (more scorers and windows, see its module doc).
     """
 
     def __init__(self, config: GatewayConfig, *, policy: GatewayPolicy | None = None,
-                 store: StateStore | None = None, ood_detector: Any = None) -> None:
+                 store: StateStore | None = None, ood_detector: Any = None,
+                 monitor: Monitor | None = None) -> None:
         self.config = config
         self.policy = policy if policy is not None else load_policy(config.policy)
         self.metrics = GatewayMetrics()
@@ -167,7 +170,7 @@ class Gateway:
         self._locks_guard = threading.Lock()
         self._flagged: set[str] = set()
         self._ood_detector = ood_detector
-        self._monitor: Monitor | None = None
+        self._monitor: Monitor | None = monitor
         self._outputs: dict[tuple, ClassOutputs] = {}
         self._always = None
         self._on_flag = None
@@ -181,10 +184,11 @@ class Gateway:
     # -- policy objects ------------------------------------------------------------------------
     def _setup_policy(self) -> None:
         p = self.policy
-        if p.always != "identity" or p.detectors:
+        self._inspects = p.inspects or self._monitor is not None
+        if p.always != "identity" or p.detectors or self._monitor is not None:
             self._always = None if p.always == "identity" else parse_policy(p.always)
             self._on_flag = parse_policy(p.on_flag_policy)
-        if p.detectors:
+        if p.detectors and self._monitor is None:
             if p.ood is not None and p.ood.path is not None and self._ood_detector is None \
                     and not Path(p.ood.path).exists():
                 raise invalid("detectors.ood.path", p.ood.path, "an exported detector folder "
@@ -494,7 +498,7 @@ class Gateway:
         for spec in specs:
             self._check_model(spec.name, version=_version(spec))
         req.model = specs[0].name if specs else ""
-        if self.policy.inspects or self._always is not None:
+        if self._inspects or self._always is not None:
             raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
                         f"{req.method} is not available through this gateway: its policy "
                         "inspects and rewrites Predict answers only", "refuse")
@@ -512,7 +516,7 @@ class Gateway:
         self._check_model(req.model, version=_version(msg.model_spec))
         rows = max((_rows(t.tensor_shape.dim) for t in msg.inputs.values()), default=0)
         self._admit(req, rows)
-        if not self.policy.inspects:
+        if not self._inspects:
             outputs = self._class_outputs(msg.model_spec, context) if self._always else None
             answer = self._forward("Predict", payload, context)
             action = "pass"

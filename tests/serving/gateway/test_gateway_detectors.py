@@ -9,10 +9,19 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import classification_pb2
 
 from common.errors import UsageError
+from detector.aggregate import SlidingWindow
 from detector.export import export_detector
+from detector.monitor import DetectorScorer, Monitor, Watch
 from serving import codec, testing
-from serving.gateway.config import GatewayPolicy, OODConfig, PradaConfig, policy_from_dict
+from serving.gateway.config import (
+    GatewayConfig,
+    GatewayPolicy,
+    OODConfig,
+    PradaConfig,
+    policy_from_dict,
+)
 from serving.gateway.outputs import ClassOutputs, class_outputs
+from serving.gateway.server import Gateway
 from serving.gateway.store import RedisStore, SQLiteStore
 from serving.signature import Signature, TensorInfo
 from tests.serving.gateway.conftest import BrightIsAttack, Target, add_client, bright, dark, images
@@ -241,3 +250,33 @@ def test_policy_output_reads_the_named_output_and_a_wrong_one_is_refused(gateway
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "`output`" in info.value.details() and "'tiny'" in info.value.details()
     assert wrong.store.usage("bob") == 0  # refused before the victim answered: not charged
+
+
+class Everything:
+    """A plugged-in scorer that finds every query out of distribution."""
+
+    threshold = 0.5
+
+    def score(self, images, probabilities):
+        assert probabilities.shape == (len(images), 3)  # the victim's answer rows
+        return np.ones(len(images))
+
+
+def test_a_monitor_with_more_watches_is_plugged_in(server, tmp_path):
+    monitor = Monitor([Watch("ood", DetectorScorer(BrightIsAttack()), SlidingWindow(8, 0.5, 4)),
+                       Watch("everything", Everything(), SlidingWindow(8, 0.5, 2))])
+    store = SQLiteStore(tmp_path / "gw.db")
+    config = GatewayConfig(upstream=f"127.0.0.1:{server.port}", host="127.0.0.1", port=0,
+                           metrics_port=0, state=f"sqlite:{tmp_path / 'gw.db'}")
+    try:
+        with Gateway(config, policy=GatewayPolicy(), store=store, monitor=monitor) as gw:
+            target = Target(f"127.0.0.1:{gw.port}", add_client(store, "eve"))
+            assert not _is_one_hot(_probs(target.predict(dark(1))))
+            assert _is_one_hot(_probs(target.predict(dark(1))))  # 2 queries: flagged
+            state = store.load_detectors("eve")
+            assert state.flagged_by == "everything" and state.ood["watches"]["everything"]
+            verdicts = store.audit_records()[-1].verdicts
+            assert verdicts["everything_attack_queries"] == 1
+            assert verdicts["ood_attack_queries"] == 0
+    finally:
+        store.close()
