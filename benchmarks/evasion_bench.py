@@ -8,8 +8,9 @@ Per seed, two detectors are trained with `detector.ood.train_detector` on the sa
 (`--train-limit` CIFAR-10 *train* images against as many Tiny-ImageNet *train* images of the
 176 classes that do not overlap CIFAR-10; MobileNet alpha 0.25 from the ImageNet weights in
 `--data-dir`): **old** as shipped (half of the images JPEG re-encoded, `jpeg_augment=0.5`) and
-**new**, whose benign *and* attack images all went through `detector.evasion.augment` first
-(90% of them get a random JPEG/resize/blur/noise, so the transform is never the signal). The
+**new**, whose benign *and* attack training images went through `detector.evasion.augment`
+(`--augment` 0.9: 90% of them get a random JPEG/resize/blur/noise, so the transform is never
+the signal; `DetectorConfig.augment`). The
 scores compared (`detector.robust`): each detector's attack probability, the victim's
 max-softmax (``1 - max p`` of its answer, what the gateway sees), the Mahalanobis distance on
 the new detector's penultimate features (class means of the benign training images), and their
@@ -28,7 +29,9 @@ classes, `--eval-limit` images), benign clients are CIFAR-10 *test* images.
   `--min-queries`); camouflage streams mix 25/50/75% CIFAR-10 images into the attack (and 50%
   into a JPEG-75 attack);
 * benign clients: `--benign-clients` clients of `--client-queries` clean CIFAR-10 test images
-  each (and the same clients JPEG-encoding at quality 50), how many are flagged by each.
+  each (and the same clients JPEG-encoding at quality 50), how many are flagged by each; and
+  the first `--eval-limit` / `--client-queries` of them sending their images under each
+  transform (a benign user's resized, blurred or noisy photos).
 
 Output: OUT/results.{json,md} and one OUT/seed_<n>.json per seed (a re-run reuses finished
 seeds). Everything in one process, no server: the gateway runs the same objects.
@@ -93,6 +96,9 @@ class EvasionConfig:
     input_size: int = field(default=96, metadata={
         "help": "detector backbone input side, px", "min": 32})
     epochs: int = field(default=2, metadata={"help": "detector training epochs", "min": 1})
+    augment: float = field(default=0.9, metadata={
+        "help": "share of the new detector's training images (both sets) given a random evasion",
+        "gt": 0, "max": 1})
     fpr: float = field(default=0.02, metadata={
         "help": "benign false-positive rate every threshold is calibrated for", "gt": 0, "lt": 1})
     window: int = field(default=256, metadata={"help": "binomial window, queries", "min": 1})
@@ -135,21 +141,12 @@ def _train(config: EvasionConfig, seed: int, kind: str, benign, attack, out: Pat
                                                                         / "1"),
         exclude_classes=str(data / OVERLAP), backbone="MobileNet", arch_args=("alpha=0.25",),
         weights=str(data / WEIGHTS), input_size=config.input_size, epochs=config.epochs,
-        target_fpr=config.fpr, seed=seed, jpeg_augment=0.5 if kind == "old" else 0.0)
-    if kind == "new":
-        benign = _replace_images(benign, evasion.augment(benign.images, seed=10 * seed + 1))
-        attack = _replace_images(attack, evasion.augment(attack.images, seed=10 * seed + 2))
+        target_fpr=config.fpr, seed=seed, jpeg_augment=0.5 if kind == "old" else 0.0,
+        augment=0.0 if kind == "old" else config.augment)
     result = train_detector(dconfig, benign=benign, attack=attack, export=False)
     log.info("seed %d %s detector: held-out %s, %.0f s", seed, kind,
              result.calibration["heldout_at_threshold"], result.training_seconds)
-    return result.model, result.training_seconds, benign
-
-
-def _replace_images(dataset, images):
-    from common.data import ImageDataset
-
-    return ImageDataset(images, dataset.labels, dataset.class_names, dataset.source,
-                        dataset.class_descriptions)
+    return result.model, result.training_seconds
 
 
 def _two_outputs(model):
@@ -205,16 +202,17 @@ def run_seed(config: EvasionConfig, seed: int, data: dict[str, Any], victim) -> 
     out = Path(config.out)
     models = {}
     seconds = {}
-    new_benign = None
     for kind in ("old", "new"):
-        model, seconds[kind], fitted = _train(config, seed, kind, data["train_benign"],
-                                              data["train_attack"], out)
+        model, seconds[kind] = _train(config, seed, kind, data["train_benign"],
+                                      data["train_attack"], out)
         models[kind] = _two_outputs(model)
-        if kind == "new":
-            new_benign = fitted
     views = dict(data["views"])
     views["calibration"] = data["calibration"]
-    views["train_benign_new"] = new_benign.images
+    # The Mahalanobis class means: the benign training images, augmented as the new
+    # detector's were.
+    new_benign = data["train_benign"]
+    views["train_benign_new"] = evasion.augment(new_benign.images, seed=seed + 5,
+                                                share=config.augment)
     raw: dict[str, dict[str, np.ndarray]] = {}
     for name, images in views.items():
         old_score, _ = models["old"](images)
@@ -280,6 +278,22 @@ def run_seed(config: EvasionConfig, seed: int, data: dict[str, Any], victim) -> 
                                           is not None for f in flags))
             row[f"{s}_query_fpr"] = float(flags.mean())
         flags = (c["old"] >= thresholds["old"]).reshape(config.benign_clients, -1)
+        row["old_level_flagged"] = int(sum(first_flag(old_window, f, config.query_batch)
+                                           is not None for f in flags))
+        clients.append(row)
+    # The first clients again, each image under a transform (the benign evaluation views).
+    per_client = config.client_queries
+    shown = config.eval_limit // per_client
+    for name, level in TRANSFORMS[1:]:
+        tag = f"{name}:{level:g}"
+        c = raw[f"benign/{tag}"]
+        row = {"clients": f"{tag} ({shown} clients)"}
+        for s in SCORES:
+            flags = (c[s][:shown * per_client] >= thresholds[s]).reshape(shown, -1)
+            row[f"{s}_flagged"] = int(sum(first_flag(binomial, f, config.query_batch)
+                                          is not None for f in flags))
+            row[f"{s}_query_fpr"] = float(flags.mean())
+        flags = (c["old"][:shown * per_client] >= thresholds["old"]).reshape(shown, -1)
         row["old_level_flagged"] = int(sum(first_flag(old_window, f, config.query_batch)
                                            is not None for f in flags))
         clients.append(row)
