@@ -81,19 +81,27 @@ def as_probabilities(rows: np.ndarray) -> np.ndarray:
     return rows if _is_distribution(rows) else _softmax(rows).astype(np.float32)
 
 
+def _rewritten(resp: predict_pb2.PredictResponse, outputs: ClassOutputs | None) -> tuple[str, ...]:
+    """`outputs.rewritten`, then the answer's other float [N, K] outputs."""
+    return tuple(dict.fromkeys((outputs.rewritten if outputs else ())
+                               + answer_outputs(resp).rewritten))
+
+
 def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
                              policy: Callable[[np.ndarray], np.ndarray],
                              outputs: ClassOutputs | None = None) -> bytes:
     """Rewrite the class-score outputs of a Predict answer with an output policy.
 
-    `outputs.rewritten` (default: every float [N, K] output of the answer) go through `policy`:
-    rows that are distributions directly, other rows (logits) as log(policy(softmax(rows)))
-    (floored at 1e-30) so they carry no more than the degraded probabilities; other outputs are
-    unchanged. The answer keeps its signature (same aliases, dtypes and shapes).
+    `outputs.rewritten` and every float [N, K] output of the answer itself (fail closed: a
+    signature read before the model was reloaded cannot leave a new output untouched) go
+    through `policy`: rows that are distributions directly, other rows (logits) as
+    log(policy(softmax(rows))) (floored at 1e-30) so they carry no more than the degraded
+    probabilities; other outputs are unchanged. The answer keeps its signature (same aliases,
+    dtypes and shapes).
     """
     resp = response if isinstance(response, predict_pb2.PredictResponse) else \
         predict_pb2.PredictResponse.FromString(response)
-    for alias in (outputs or answer_outputs(resp)).rewritten:
+    for alias in _rewritten(resp, outputs):
         proto = resp.outputs.get(alias)
         if proto is None or proto.dtype not in FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
             continue
@@ -112,10 +120,13 @@ def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
 def watched_probabilities(resp: predict_pb2.PredictResponse, outputs: ClassOutputs,
                           rows: int) -> np.ndarray | None:
     """The victim's class probabilities ``[rows, K]`` in an answer: the `watched` output, else
-    the first rewritten output whose rows are distributions, else the first one (softmaxed when
-    not a distribution); None when the answer has none with `rows` rows."""
+    (none named, or not in this answer) the first class-score output whose rows are
+    distributions, else the first one (softmaxed when not a distribution); None when the answer
+    has none with `rows` rows."""
     candidates = []
-    for alias in ((outputs.watched,) if outputs.watched else outputs.rewritten):
+    aliases = (outputs.watched,) if outputs.watched in resp.outputs else \
+        _rewritten(resp, outputs)
+    for alias in aliases:
         proto = resp.outputs.get(alias)
         if proto is not None and proto.dtype in FLOAT_TYPES and \
                 len(proto.tensor_shape.dim) == 2:

@@ -589,6 +589,9 @@ class Gateway:
         resp = probs = None
         if watched:
             resp = predict_pb2.PredictResponse.FromString(answer)
+            if outputs is not None and outputs.watched is not None \
+                    and outputs.watched not in resp.outputs:
+                self._outputs.clear()  # a new version since the signature was read: ask again
             probs = watched_probabilities(resp, outputs or answer_outputs(resp), len(images))
         with self._client_lock(req.name):
             state = self.store.load_detectors(req.name)

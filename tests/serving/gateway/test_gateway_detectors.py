@@ -6,12 +6,13 @@ import grpc
 import numpy as np
 import pytest
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import classification_pb2
+from tensorflow_serving.apis import classification_pb2, predict_pb2
 
 from common.errors import UsageError
 from detector.aggregate import SlidingWindow
 from detector.export import export_detector
 from detector.monitor import DetectorScorer, Monitor, Watch
+from detector.policies import LabelOnly
 from serving import codec, testing
 from serving.gateway.config import (
     GatewayConfig,
@@ -20,7 +21,12 @@ from serving.gateway.config import (
     PradaConfig,
     policy_from_dict,
 )
-from serving.gateway.outputs import ClassOutputs, class_outputs
+from serving.gateway.outputs import (
+    ClassOutputs,
+    class_outputs,
+    degrade_predict_response,
+    watched_probabilities,
+)
 from serving.gateway.server import Gateway
 from serving.gateway.store import RedisStore, SQLiteStore
 from serving.signature import Signature, TensorInfo
@@ -280,3 +286,17 @@ def test_a_monitor_with_more_watches_is_plugged_in(server, tmp_path):
             assert verdicts["ood_attack_queries"] == 0
     finally:
         store.close()
+
+
+def test_rewriting_fails_closed_on_outputs_the_signature_did_not_list():
+    answer = predict_pb2.PredictResponse()
+    probs = np.array([[0.7, 0.2, 0.1]], np.float32)
+    answer.outputs["probabilities"].CopyFrom(codec.from_ndarray(probs))
+    answer.outputs["new_logits"].CopyFrom(codec.from_ndarray(np.log(probs)))
+    out = predict_pb2.PredictResponse.FromString(degrade_predict_response(
+        answer, LabelOnly(), ClassOutputs(("probabilities",), "probabilities")))
+    assert _is_one_hot(_probs(out))
+    logits = codec.to_ndarray(out.outputs["new_logits"])
+    assert logits.argmax() == 0 and len(np.unique(np.round(logits, 3))) == 2
+    # a watched output missing from the answer: the answer's own class scores are read
+    assert watched_probabilities(answer, ClassOutputs(("gone",), "gone"), 1).shape == (1, 3)
