@@ -115,15 +115,13 @@ def _sampled(config: PrepareConfig, ds: FullDataset) -> dict[str, ImageDataset]:
     val, test = ds.samples or (0, 0)
     counts = {"train": config.train_count or 0, "val": val, "test": test}
     total = sum(counts.values())
-    have = count_images(config.source, "train")
-    if total > have and config.source.startswith("tfds:"):
-        name = config.source.removeprefix("tfds:")
-        raise invalid("train_count", config.train_count,
-                      f"at most {have - val - test} ({name} has {have} train images, "
-                      f"{val} + {test} of them go to val and test)")
-    if total > have:
-        raise invalid("source", config.source, f"a folder of at least {total} images in class "
-                                               f"sub-folders (found {have})")
+    if config.source.startswith("tfds:"):  # a folder too small is the data layer's error
+        have = count_images(config.source, "train")
+        if total > have:
+            name = config.source.removeprefix("tfds:")
+            raise invalid("train_count", config.train_count,
+                          f"at most {have - val - test} ({name} has {have} train images, "
+                          f"{val} + {test} of them go to val and test)")
     data = sample_dataset(config.source, "train", total, image_size=ds.size,
                           channels=ds.channels, seed=config.seed)
     out, start = {}, 0

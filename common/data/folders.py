@@ -31,16 +31,12 @@ class Container:
         self.spec = spec
         self.path = path
         self._zip: zipfile.ZipFile | None = None
-        self._stats: dict[str, tuple[int, int]] = {}
         if path.is_dir():
+            self.names = []
             for folder, subfolders, files in os.walk(path):
                 subfolders.sort()
                 rel = Path(folder).relative_to(path).as_posix()
-                for name in sorted(files):
-                    stat = os.stat(os.path.join(folder, name))
-                    key = name if rel == "." else f"{rel}/{name}"
-                    self._stats[key] = (stat.st_size, stat.st_mtime_ns)
-            self.names = list(self._stats)
+                self.names += [name if rel == "." else f"{rel}/{name}" for name in sorted(files)]
         else:
             try:
                 self._zip = zipfile.ZipFile(path)
