@@ -60,7 +60,7 @@ from benchmarks.realistic_adversary import (
 from common.constraints import check_fields
 from common.errors import invalid
 from detector import evasion
-from detector.aggregate import BinomialWindow, SlidingWindow
+from detector.aggregate import BinomialWindow, SlidingWindow, first_flag
 from detector.robust import CombinedScore, MahalanobisScore, threshold_at_fpr
 
 __all__ = ["EvasionConfig", "main", "run_evasion"]
@@ -168,17 +168,6 @@ def _two_outputs(model):
         return np.asarray(score, np.float64), np.asarray(feats, np.float64)
 
     return run
-
-
-# -- windows -----------------------------------------------------------------------------------
-def first_flag(window: Any, verdicts: np.ndarray, batch: int) -> int | None:
-    """The query at which a client sending `verdicts` in batches of `batch` is flagged."""
-    state = window.new_state()
-    for start in range(0, len(verdicts), batch):
-        window.update(state, verdicts[start:start + batch])
-        if state["flagged_at"] is not None:
-            return int(state["flagged_at"])
-    return None
 
 
 # -- one seed ------------------------------------------------------------------------------------
@@ -371,19 +360,15 @@ def _cell(stats: dict[str, Any], digits: int = 3) -> str:
 
 def summarise(seeds: list[dict]) -> dict[str, list[dict]]:
     """Per-row statistics over seeds (mean ± std; flag queries per seed)."""
-    out: dict[str, list[dict]] = {"evasion": [], "clients": []}
-    for i, row in enumerate(seeds[0]["evasion"]):
-        summary = {"evasion": row["evasion"]}
-        for key in row:
-            if key != "evasion":
-                summary[key] = _stats([s["evasion"][i][key] for s in seeds])
-        out["evasion"].append(summary)
-    for i, row in enumerate(seeds[0]["clients"]):
-        summary = {"clients": row["clients"]}
-        for key in row:
-            if key != "clients":
-                summary[key] = _stats([s["clients"][i][key] for s in seeds])
-        out["clients"].append(summary)
+    out: dict[str, list[dict]] = {}
+    for part, label in (("evasion", "evasion"), ("clients", "clients")):
+        out[part] = []
+        for i, row in enumerate(seeds[0][part]):
+            summary = {label: row[label]}
+            for key in row:
+                if key != label:
+                    summary[key] = _stats([s[part][i][key] for s in seeds])
+            out[part].append(summary)
     return out
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from common.constraints import check_int, check_number
 from common.errors import invalid
 
-__all__ = ["BinomialWindow", "SlidingWindow", "binomial_critical_counts"]
+__all__ = ["BinomialWindow", "SlidingWindow", "binomial_critical_counts", "first_flag"]
 
 
 def _verdict_bits(verdicts: Any) -> np.ndarray:
@@ -93,17 +93,15 @@ class SlidingWindow:
         new = _verdict_bits(verdicts)
         queries = int(state.get("queries", 0))
         if state.get("flagged_at") is None and len(new):
-            # Share after each verdict of the batch, over the window ending there.
+            # The window ending after each verdict of the batch: its flagged count and size.
             history = np.concatenate([np.asarray(bits, dtype=int), new])
             ends = np.arange(len(bits) + 1, len(history) + 1)
             cumulative = np.r_[0, np.cumsum(history)]
             starts = np.maximum(0, ends - self.window)
-            sizes = ends - starts
-            shares = (cumulative[ends] - cumulative[starts]) / sizes
             seen = queries + np.arange(1, len(new) + 1)
-            # A window never holds more than the client has sent, so `sizes` is the count too.
-            hits = np.flatnonzero((shares >= self.level) & (np.minimum(seen, sizes)
-                                                            >= self.min_queries))
+            # A window never holds more than the client has sent, so its size is the count too.
+            sizes = np.minimum(seen, ends - starts)
+            hits = np.flatnonzero(self._flags(cumulative[ends] - cumulative[starts], sizes))
             if hits.size:
                 state["flagged_at"] = int(seen[hits[0]])
         bits.extend(int(b) for b in new)
@@ -111,9 +109,24 @@ class SlidingWindow:
             del bits[: len(bits) - self.window]
         state["queries"] = queries + len(new)
         state["flagged_queries"] = int(state.get("flagged_queries", 0)) + int(new.sum())
-        share = self.share(state)
-        flagged = len(bits) >= self.min_queries and share >= self.level
-        return bool(flagged), share
+        flagged = self._flags(np.array([sum(bits)]), np.array([len(bits)]))[0]
+        return bool(flagged), self.share(state)
+
+    def _flags(self, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Whether windows of `sizes` verdicts holding `counts` flagged ones flag the client."""
+        return (sizes >= self.min_queries) & (counts / np.maximum(sizes, 1) >= self.level)
+
+
+def first_flag(window: SlidingWindow, verdicts: Any, batch: int) -> int | None:
+    """The query at which a fresh client sending `verdicts` in requests of `batch` is flagged
+    by `window` (None: never within them)."""
+    state = window.new_state()
+    array = _verdict_bits(verdicts)
+    for start in range(0, len(array), batch):
+        window.update(state, array[start:start + batch])
+        if state["flagged_at"] is not None:
+            return int(state["flagged_at"])
+    return None
 
 
 def binomial_critical_counts(window: int, fpr: float, alpha: float) -> np.ndarray:
@@ -163,29 +176,6 @@ class BinomialWindow(SlidingWindow):
         return (f"BinomialWindow(window={self.window}, fpr={self.fpr}, alpha={self.alpha}, "
                 f"min_queries={self.min_queries})")
 
-    def _flagged(self, count: int, size: int) -> bool:
-        return size >= self.min_queries and count >= int(self.critical[size])
-
-    def update(self, state: dict[str, Any], verdicts: Any) -> tuple[bool, float]:
-        """Add a batch of verdicts (bool ``[N]``, oldest first); return (flagged, share).
-
-        As `SlidingWindow.update`, with the binomial test in place of the fixed level."""
-        bits = self._check_state(state)
-        new = _verdict_bits(verdicts)
-        queries = int(state.get("queries", 0))
-        if state.get("flagged_at") is None and len(new):
-            history = np.concatenate([np.asarray(bits, dtype=int), new])
-            ends = np.arange(len(bits) + 1, len(history) + 1)
-            cumulative = np.r_[0, np.cumsum(history)]
-            starts = np.maximum(0, ends - self.window)
-            sizes = ends - starts
-            counts = cumulative[ends] - cumulative[starts]
-            hits = np.flatnonzero((sizes >= self.min_queries) & (counts >= self.critical[sizes]))
-            if hits.size:
-                state["flagged_at"] = queries + int(hits[0]) + 1
-        bits.extend(int(b) for b in new)
-        if len(bits) > self.window:
-            del bits[: len(bits) - self.window]
-        state["queries"] = queries + len(new)
-        state["flagged_queries"] = int(state.get("flagged_queries", 0)) + int(new.sum())
-        return self._flagged(int(sum(bits)), len(bits)), self.share(state)
+    def _flags(self, counts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        return (sizes >= self.min_queries) & (counts >= self.critical[np.minimum(sizes,
+                                                                                 self.window)])

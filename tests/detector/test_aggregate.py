@@ -164,3 +164,12 @@ def test_binomial_window_bad_parameters(kwargs):
 
     with pytest.raises(UsageError):
         BinomialWindow(**{"window": 16, "fpr": 0.02, "alpha": 1e-3, "min_queries": 4, **kwargs})
+
+
+def test_first_flag_replays_a_stream_in_requests():
+    from detector.aggregate import first_flag
+
+    window = SlidingWindow(window=8, level=0.5, min_queries=4)
+    verdicts = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0], bool)
+    assert first_flag(window, verdicts, batch=3) == 8  # exact inside the third request
+    assert first_flag(window, np.zeros(50, bool), batch=16) is None
