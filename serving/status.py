@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 import grpc
 
@@ -167,6 +167,16 @@ class ServingStatus(Exception):
         return f"ServingStatus({self.code.name}, {self.message!r})"
 
 
+class _Fixed(NamedTuple):
+    """A TF Serving status whose message takes no argument: calling it makes the exception."""
+
+    code: grpc.StatusCode
+    message: str
+
+    def __call__(self) -> ServingStatus:
+        return ServingStatus(self.code, self.message)
+
+
 def http_status(code: grpc.StatusCode) -> int:
     """The HTTP status TF Serving's REST API answers for a gRPC code (http_server.cc)."""
     return HTTP_STATUS[code]
@@ -250,16 +260,14 @@ def _set(names: Iterable[str]) -> str:
 
 # -- servable lookup: server_core.cc, core/basic_manager.cc, core/manager.h -------------------
 
-def missing_model_spec() -> ServingStatus:
-    """Request without a model_spec (predict_impl.cc, get_model_metadata_impl.cc,
-    classification_service.cc, regression_service.cc, get_model_status_impl.cc)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+missing_model_spec = _Fixed(StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+"""Request without a model_spec (predict_impl.cc, get_model_metadata_impl.cc,
+classification_service.cc, regression_service.cc, get_model_status_impl.cc)."""
 
 
-def model_spec_missing_name() -> ServingStatus:
-    """ModelSpec with an empty name, every gRPC lookup (ServerCore::ServableRequestFromModelSpec,
-    server_core.cc). Also what a MultiInference request with no tasks gets."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+model_spec_missing_name = _Fixed(StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
+"""ModelSpec with an empty name, every gRPC lookup (ServerCore::ServableRequestFromModelSpec,
+server_core.cc). Also what a MultiInference request with no tasks gets."""
 
 
 def servable_not_found(name: str, version: int | None = None) -> ServingStatus:
@@ -279,11 +287,11 @@ def unknown_version_label(label: str) -> ServingStatus:
                          f"Unrecognized servable version label: {label}")
 
 
-def version_labels_not_allowed() -> ServingStatus:
-    """A version_label with ServerCore::Options.allow_version_labels false (server_core.cc)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         "ModelSpec has 'version_label' set, but it is not currently allowed by "
-                         "the server.")
+version_labels_not_allowed = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "ModelSpec has 'version_label' set, but it is not currently allowed by "
+    "the server.")
+"""A version_label with ServerCore::Options.allow_version_labels false (server_core.cc)."""
 
 
 def model_labels_not_ready(label: str) -> ServingStatus:
@@ -448,10 +456,10 @@ def check_output_filter(output_filter: Iterable[str], outputs: Iterable[str]) ->
 
 # -- GetModelMetadata: servables/tensorflow/get_model_metadata_impl.cc ------------------------
 
-def metadata_field_missing() -> ServingStatus:
-    """Empty metadata_field list; checked before the servable lookup."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         "GetModelMetadataRequest must specify at least one metadata_field")
+metadata_field_missing = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "GetModelMetadataRequest must specify at least one metadata_field")
+"""Empty metadata_field list; checked before the servable lookup."""
 
 
 def metadata_field_unsupported(field: str) -> ServingStatus:
@@ -469,10 +477,9 @@ def no_signature_with_name(name: str) -> ServingStatus:
                          f"No signature was found with the name: {name}")
 
 
-def expected_one_input() -> ServingStatus:
-    """A classify/regress signature without exactly one input (PreProcessClassification,
-    PreProcessRegression)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "Expected one input Tensor.")
+expected_one_input = _Fixed(StatusCode.INVALID_ARGUMENT, "Expected one input Tensor.")
+"""A classify/regress signature without exactly one input (PreProcessClassification,
+PreProcessRegression)."""
 
 
 def classify_expected_outputs(count: int) -> ServingStatus:
@@ -481,9 +488,8 @@ def classify_expected_outputs(count: int) -> ServingStatus:
                          f"Expected one or two output Tensors, found {count}")
 
 
-def regress_expected_one_output() -> ServingStatus:
-    """A regress signature without exactly one output (PreProcessRegression)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "Expected one output Tensor.")
+regress_expected_one_output = _Fixed(StatusCode.INVALID_ARGUMENT, "Expected one output Tensor.")
+"""A regress signature without exactly one output (PreProcessRegression)."""
 
 
 def classify_inputs_missing(signature_text: str) -> ServingStatus:
@@ -512,10 +518,9 @@ def regress_output_missing(signature_text: str) -> ServingStatus:
                          f"No regression outputs found in SignatureDef: {signature_text}")
 
 
-def input_empty() -> ServingStatus:
-    """Classify/Regress/MultiInference Input with no examples, or no Input at all
-    (InputToSerializedExampleTensor, servables/tensorflow/util.cc)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "Input is empty.")
+input_empty = _Fixed(StatusCode.INVALID_ARGUMENT, "Input is empty.")
+"""Classify/Regress/MultiInference Input with no examples, or no Input at all
+(InputToSerializedExampleTensor, servables/tensorflow/util.cc)."""
 
 
 def classify_bad_output_shape(name: str, shape: Iterable[int], batch: int) -> ServingStatus:
@@ -565,16 +570,17 @@ def regress_bad_output_dtype(dtype: int | str | object) -> ServingStatus:
 
 # -- MultiInference: servables/tensorflow/multi_inference.cc ----------------------------------
 
-def multi_inference_empty_model_name() -> ServingStatus:
-    """A task whose ModelSpec has no name (after the first task resolved a servable)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
+multi_inference_empty_model_name = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "Found ModelSpec with an empty model name.")
+"""A task whose ModelSpec has no name (after the first task resolved a servable)."""
 
 
-def multi_inference_different_models() -> ServingStatus:
-    """Tasks naming different models."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         "All ModelSpecs in a MultiInferenceRequest must access the same model "
-                         "name.")
+multi_inference_different_models = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "All ModelSpecs in a MultiInferenceRequest must access the same model "
+    "name.")
+"""Tasks naming different models."""
 
 
 def multi_inference_duplicate_signature(name: str) -> ServingStatus:
@@ -593,19 +599,19 @@ def multi_inference_unsupported_method(method: str) -> ServingStatus:
     return ServingStatus(StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
 
 
-def multi_inference_input_mismatch() -> ServingStatus:
-    """Tasks whose signatures read different input tensors."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         "Input tensor must be the same for all Signatures.")
+multi_inference_input_mismatch = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "Input tensor must be the same for all Signatures.")
+"""Tasks whose signatures read different input tensors."""
 
 
 # -- config and HandleReloadConfigRequest: model_service_impl.cc, server_core.cc --------------
 
-def custom_model_config_unsupported() -> ServingStatus:
-    """HandleReloadConfigRequest with anything but model_config_list (model_service_impl.cc)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         "ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                         "Only ModelConfigList is currently supported")
+custom_model_config_unsupported = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+    "Only ModelConfigList is currently supported")
+"""HandleReloadConfigRequest with anything but model_config_list (model_service_impl.cc)."""
 
 
 def duplicate_model_in_config(name: str) -> ServingStatus:
@@ -621,12 +627,12 @@ def relative_base_path(name: str, base_path: str) -> ServingStatus:
                          f"base_path()={base_path}")
 
 
-def missing_platform() -> ServingStatus:
-    """A ModelConfig without model_platform (GetPlatform, server_core.cc). The config file has
-    no default platform; only --model_name/--model_base_path fill in "tensorflow"."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
-                         "ModelServerConfig::model_platform.")
+missing_platform = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+    "ModelServerConfig::model_platform.")
+"""A ModelConfig without model_platform (GetPlatform, server_core.cc). The config file has
+no default platform; only --model_name/--model_base_path fill in "tensorflow"."""
 
 
 def unsupported_platform(name: str, platform: str) -> ServingStatus:
@@ -653,17 +659,17 @@ def label_to_unavailable_version(label: str, version: int, name: str) -> Serving
                          "not currently available for inference")
 
 
-def config_labels_not_allowed() -> ServingStatus:
-    """A config with version_labels while labels are disabled (UpdateModelVersionLabelMap)."""
-    return ServingStatus(StatusCode.FAILED_PRECONDITION,
-                         "Model version labels are not currently allowed by the server.")
+config_labels_not_allowed = _Fixed(
+    StatusCode.FAILED_PRECONDITION,
+    "Model version labels are not currently allowed by the server.")
+"""A config with version_labels while labels are disabled (UpdateModelVersionLabelMap)."""
 
 
-def config_transition_not_allowed() -> ServingStatus:
-    """A reload away from ModelConfigList (ServerCore::ReloadConfig)."""
-    return ServingStatus(StatusCode.FAILED_PRECONDITION,
-                         "Cannot transition to requested config. It is only legal to transition "
-                         "from one ModelConfigList to another.")
+config_transition_not_allowed = _Fixed(
+    StatusCode.FAILED_PRECONDITION,
+    "Cannot transition to requested config. It is only legal to transition "
+    "from one ModelConfigList to another.")
+"""A reload away from ModelConfigList (ServerCore::ReloadConfig)."""
 
 
 def models_not_available(
@@ -706,10 +712,9 @@ def malformed_request(http_method: str, path: str) -> ServingStatus:
     return ServingStatus(StatusCode.INVALID_ARGUMENT, f"Malformed request: {http_method} {path}")
 
 
-def missing_model_name() -> ServingStatus:
-    """REST GET /v1/models (no name) for status or metadata. gRPC says
-    `model_spec_missing_name` (lookups) or `model_not_found_in_status("")` instead."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
+missing_model_name = _Fixed(StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
+"""REST GET /v1/models (no name) for status or metadata. gRPC says
+`model_spec_missing_name` (lookups) or `model_not_found_in_status("")` instead."""
 
 
 def version_not_numeric(text: str) -> ServingStatus:
@@ -731,48 +736,47 @@ def json_parse_error(reason: str, offset: int) -> ServingStatus:
                          f"JSON Parse error: {reason} at offset: {offset}")
 
 
-def json_document_empty() -> ServingStatus:
-    """Empty body (ParseJson; no final period, unlike rapidjson's own text)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "JSON Parse error: The document is empty")
+def _json_value_error(value: object, complaint: str) -> ServingStatus:
+    """TF Serving's REST complaint about a JSON value: "JSON Value: <value> <complaint>"."""
+    return ServingStatus(StatusCode.INVALID_ARGUMENT,
+                         f"JSON Value: {json_value_to_string(value)} {complaint}")
+
+
+json_document_empty = _Fixed(StatusCode.INVALID_ARGUMENT, "JSON Parse error: The document is empty")
+"""Empty body (ParseJson; no final period, unlike rapidjson's own text)."""
 
 
 def json_not_object(value: object) -> ServingStatus:
     """A body that parses but is not a JSON object (ParseJson)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         f"JSON Value: {json_value_to_string(value)} Is not object")
+    return _json_value_error(value, "Is not object")
 
 
 def signature_name_not_string(document: object) -> ServingStatus:
     """"signature_name" present but not a string (FormatSignatureError)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         f"JSON Value: {json_value_to_string(document)} not formatted correctly. "
-                         "'signature_name' key must be a string value.")
+    return _json_value_error(document, "not formatted correctly. 'signature_name' key must be a "
+                                       "string value.")
 
 
-def missing_inputs_or_instances() -> ServingStatus:
-    """Predict body with neither key (FillPredictRequestFromJson)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT, "Missing 'inputs' or 'instances' key")
+missing_inputs_or_instances = _Fixed(
+    StatusCode.INVALID_ARGUMENT,
+    "Missing 'inputs' or 'instances' key")
+"""Predict body with neither key (FillPredictRequestFromJson)."""
 
 
 def both_inputs_and_instances(document: object) -> ServingStatus:
     """Predict body with both keys (FillPredictRequestFromJson; trailing space as source)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         f"JSON Value: {json_value_to_string(document)} Not formatted correctly "
-                         "expecting only one of 'inputs' or 'instances' keys to exist ")
+    return _json_value_error(document, "Not formatted correctly expecting only one of 'inputs' or "
+                                       "'instances' keys to exist ")
 
 
 def instances_not_list(document: object) -> ServingStatus:
     """"instances" that is not an array (FillPredictRequestFromJson; "Excepting" as source)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         f"JSON Value: {json_value_to_string(document)} Excepting 'instances' to "
-                         "be an list/array")
+    return _json_value_error(document, "Excepting 'instances' to be an list/array")
 
 
 def instances_empty(document: object) -> ServingStatus:
     """"instances": [] (FillPredictRequestFromJson)."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         f"JSON Value: {json_value_to_string(document)} No values in 'instances' "
-                         "array")
+    return _json_value_error(document, "No values in 'instances' array")
 
 
 def no_input_map(signature_name: str) -> ServingStatus:
@@ -791,9 +795,8 @@ def missing_named_input(name: str) -> ServingStatus:
 def json_type_error(value: object, json_type: str, dtype: int | str | object) -> ServingStatus:
     """A JSON value the input's dtype cannot take (TypeError in json_tensor.cc). `json_type`:
     Null, False, True, Object, Array, String or Number."""
-    return ServingStatus(StatusCode.INVALID_ARGUMENT,
-                         f"JSON Value: {json_value_to_string(value)} Type: {json_type} is not of "
-                         f"expected type: {tf_dtype_name(dtype)}")
+    return _json_value_error(value,
+                             f"Type: {json_type} is not of expected type: {tf_dtype_name(dtype)}")
 
 
 def instances_element_error(index: int, error: ServingStatus,
