@@ -110,7 +110,3 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     server.stop()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
