@@ -1,29 +1,42 @@
-"""``python -m detector.verify``: was a suspect model stolen from ours? DAWN's watermark test.
+"""``python -m detector.verify``: was a suspect model stolen from ours? DAWN watermarks or
+conferrable fingerprints.
 
-DAWN (Szyller et al. 2021, `detector.watermark`): the gateway answered a keyed fraction of a
-client's queries with a wrong label and kept them. A surrogate trained on those answers tends to
-reproduce the wrong labels; a model that never saw them agrees with each one with probability at
-most ``1 / (K - 1)`` (the wrong label is drawn by the key uniformly among the K-1 classes other
-than the victim's top-1, independently of any model that did not see the answers). So with n
-replayed watermark queries of which k are answered with the wrong label by the suspect, the
-one-sided binomial test ``P[Binomial(n, 1/(K-1)) >= k]`` is a valid p-value for "the suspect did
-not learn from these answers"; the suspect is declared stolen when it is below ``--alpha``.
+``--method watermark`` (DAWN, Szyller et al. 2021, `detector.watermark`): the gateway answered a
+keyed fraction of a client's queries with a wrong label (the victim's top-1 probability swapped
+with that of a keyed class drawn uniformly among the K-1 others) and kept them. For a model that
+never saw those answers the wrong label is independent of its scores, so its *rank* among the
+suspect's K-1 classes other than the victim's answer is uniform on 1..K-1. The test replays at
+most ``--max-queries`` watermark queries and sums the ranks: ``P[S <= sum]`` for S a sum of n
+independent uniform ranks (exact by convolution; a Hoeffding bound above K = 257) is a valid
+p-value for "the suspect did not learn from these answers"; the suspect is declared stolen
+below ``--alpha``. A surrogate trained on the swapped probabilities often keeps the victim's
+top-1 and learns the wrong label as its runner-up, which the rank test sees and DAWN's original
+statistic (the suspect's top-1 equals the wrong label, binomial against 1/(K-1); reported
+beside it) does not.
+
+``--method fingerprint`` (`detector.fingerprint`, Lukas et al. 2021): sends at most
+``--max-queries`` conferrable adversarial examples built once from the victim and counts how
+often the suspect gives the victim's label; binomial tail against the set's calibrated null
+rate. Needs no gateway and no record of the thief's queries.
 
     python -m detector.verify --suspect 127.0.0.1:8600 --suspect-model stolen \\
         --victim victims/cifar10_cnn --watermarks sqlite:gateway_state.db --client mallory
+    python -m detector.verify --method fingerprint --suspect their_model/1 \\
+        --fingerprints fingerprints.npz
 
 `--suspect` and `--victim` are a served model (HOST:PORT, with ``--suspect-model`` /
 ``--victim-model``) or a SavedModel folder on disk (a version folder or a model folder holding
 integer versions; uint8 ``images`` -> ``probabilities``). `--watermarks` is an ``.npz`` written by
 `detector.watermark.save_watermarks` or the gateway's state (``sqlite:PATH`` or
-``redis://...``) with ``--client``. At most ``--max-queries`` watermarks are replayed against the
-suspect (the queries spent); the victim answers the same images to check that the class counts
-match and that the victim itself does not give the wrong labels. Bad input (an unreachable
-suspect, a different class count, no watermark for the client) is one line and exit code 2.
+``redis://...``) with ``--client``. The victim (required for watermarks, optional for
+fingerprints) answers the same images as a check; its queries are not counted. Bad input (an
+unreachable suspect, a different class count, no watermark for the client, a missing
+fingerprint file) is one line and exit code 2.
 
 This is a command-line tool at the edge: the served case opens a gRPC client
 (`serving.client`) and the state case the gateway's store, both imported only when used; the
-test itself (`verify_watermarks`) is numpy and scipy.
+tests themselves (`verify_watermarks`, `detector.fingerprint.verify_fingerprints`) are numpy and
+scipy.
 """
 
 from __future__ import annotations
@@ -36,14 +49,16 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from common.errors import UsageError, invalid
+from detector.fingerprint import FingerprintResult, load_fingerprints, verify_fingerprints
 from detector.watermark import WatermarkRecord, agreement, load_watermarks
 
-__all__ = ["VerifyConfig", "VerifyResult", "main", "run_verify", "saved_model_predict",
-           "verify_watermarks"]
+__all__ = ["VerifyConfig", "VerifyResult", "main", "rank_sum_p_value", "run_verify",
+           "saved_model_predict", "verify_watermarks", "watermark_ranks"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +69,8 @@ _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The test's outcome: k of n watermark queries answered with the wrong label."""
+    """The test's outcome on n replayed watermark queries: the rank test decides; how many the
+    suspect answered with the wrong label (its top-1) is reported beside it."""
 
     stolen: bool
     p_value: float
@@ -66,19 +82,54 @@ class VerifyResult:
     suspect_queries: int
     victim_agreeing: int | None = None
     suspect_top1_agreement: float | None = None
+    mean_rank: float = float("nan")
+    top1_p_value: float = float("nan")
 
     def line(self) -> str:
         decision = "STOLEN (watermarks reproduced)" if self.stolen else "not identified"
-        text = (f"{decision}: the suspect gave the watermark's wrong label on {self.agreeing} of "
-                f"{self.compared} watermark queries (chance for a model that never saw them "
-                f"<= 1/(K-1) = {self.chance:.4f}, K={self.classes}); one-sided binomial p-value "
-                f"{self.p_value:.3g} (alpha {self.alpha:g}); {self.suspect_queries} queries to "
-                "the suspect")
+        text = (f"{decision}: on {self.compared} watermark queries the watermark's wrong label "
+                f"ranks {self.mean_rank:.2f} on average among the suspect's {self.classes - 1} "
+                f"classes other than the victim's answer (a model that never saw them: uniform, "
+                f"mean {self.classes / 2:.1f}); exact rank-sum p-value {self.p_value:.3g} "
+                f"(alpha {self.alpha:g}); its top-1 is the wrong label on {self.agreeing} "
+                f"(chance <= 1/(K-1) = {self.chance:.4f}, binomial p {self.top1_p_value:.3g}); "
+                f"{self.suspect_queries} queries to the suspect")
         if self.victim_agreeing is not None:
             text += (f"; the victim itself gives the wrong label on {self.victim_agreeing} of "
                      f"them and its own top-1 on {self.suspect_top1_agreement:.0%} of the "
                      "suspect's answers")
         return text
+
+
+def watermark_ranks(scores: np.ndarray, wrong: np.ndarray, answered: np.ndarray) -> np.ndarray:
+    """Rank (1 = highest) of each wrong label among the K-1 classes other than the victim's
+    answer `answered`, in the suspect's `scores` [N, K]; a tie counts against the watermark (the
+    test stays valid: ties can only make the statistic larger)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rows = np.arange(len(scores))
+    own = scores[rows, wrong][:, None]
+    higher = scores >= own
+    higher[rows, answered] = False
+    return higher.sum(axis=1)  # counts the wrong label itself, so ranks start at 1
+
+
+def rank_sum_p_value(ranks: np.ndarray, classes: int) -> tuple[float, str]:
+    """``P[S <= sum(ranks)]`` for S a sum of n independent uniform ranks on 1..K-1: exact (a
+    convolution) up to K-1 = 256, else Hoeffding's bound ``exp(-2 n d^2 / (K-2)^2)`` with d
+    the mean rank's distance below K/2. Returns (p-value, "exact" or "Hoeffding bound")."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    n, m = len(ranks), classes - 1
+    total = int(ranks.sum())
+    if m <= 256:
+        pmf = np.ones(1)
+        uniform = np.full(m, 1.0 / m)
+        for _ in range(n):
+            pmf = np.convolve(pmf, uniform)
+        return float(min(1.0, pmf[: total - n + 1].sum())), "exact"
+    gap = (m + 1) / 2.0 - total / n
+    if gap <= 0:
+        return 1.0, "Hoeffding bound"
+    return float(np.exp(-2.0 * n * gap ** 2 / (m - 1) ** 2)), "Hoeffding bound"
 
 
 def _predict_classes(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
@@ -128,7 +179,10 @@ def verify_watermarks(suspect: Callable[[np.ndarray], np.ndarray],
     predicted = suspect_probs.argmax(axis=1)
     k, n = agreement(chosen, predicted)
     chance = 1.0 / (classes - 1)
-    p_value = float(binomtest(k, n, chance, alternative="greater").pvalue)
+    top1_p = float(binomtest(k, n, chance, alternative="greater").pvalue)
+    ranks = watermark_ranks(suspect_probs, np.array([r.label for r in chosen]),
+                            np.array([r.true_label for r in chosen]))
+    p_value, _ = rank_sum_p_value(ranks, classes)
     victim_k = top1 = None
     if victim_probs is not None:
         victim_k, _ = agreement(chosen, victim_probs.argmax(axis=1))
@@ -136,7 +190,8 @@ def verify_watermarks(suspect: Callable[[np.ndarray], np.ndarray],
     return VerifyResult(stolen=p_value < alpha, p_value=p_value, agreeing=k, compared=n,
                         chance=chance, alpha=float(alpha), classes=int(classes),
                         suspect_queries=n, victim_agreeing=victim_k,
-                        suspect_top1_agreement=top1)
+                        suspect_top1_agreement=top1, mean_rank=float(ranks.mean()),
+                        top1_p_value=top1_p)
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -146,17 +201,30 @@ def _is_target(text: str) -> bool:
     return bool(m) and 1 <= int(m.group(3)) <= 65535
 
 
+METHODS = ("watermark", "fingerprint")
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
-    """Replay a client's DAWN watermarks against a suspect model."""
+    """Test a suspect model: replay a client's DAWN watermarks, or send conferrable
+    fingerprints."""
 
     suspect: str = field(metadata={"help": "the suspect: HOST:PORT (served) or a SavedModel "
                                            "folder", "metavar": "HOST:PORT|PATH"})
-    victim: str = field(metadata={"help": "our model: HOST:PORT (served) or a SavedModel folder",
-                                  "metavar": "HOST:PORT|PATH"})
-    watermarks: str = field(metadata={
+    victim: str | None = field(default=None, metadata={
+        "help": "our model: HOST:PORT (served) or a SavedModel folder (required with "
+                "--method watermark; with fingerprint it is only a check)",
+        "metavar": "HOST:PORT|PATH"})
+    method: str = field(default="watermark", metadata={
+        "help": "watermark: DAWN, the gateway's watermark queries; fingerprint: conferrable "
+                "adversarial examples from detector.fingerprint (no gateway needed)",
+        "choices": METHODS})
+    watermarks: str | None = field(default=None, metadata={
         "help": "watermarks: an .npz from detector.watermark, or the gateway state "
                 "(sqlite:PATH or redis://HOST:PORT/DB, with --client)", "metavar": "SOURCE"})
+    fingerprints: str | None = field(default=None, metadata={
+        "help": "the fingerprint .npz (detector.fingerprint) for --method fingerprint",
+        "metavar": "FILE"})
     client: str | None = field(default=None, metadata={
         "help": "the client whose watermarks to replay (required with a gateway state)"})
     suspect_model: str | None = field(default=None, metadata={
@@ -166,7 +234,7 @@ class VerifyConfig:
     api_key: str | None = field(default=None, metadata={
         "help": "API key for a served suspect behind a gateway"})
     max_queries: int = field(default=100, metadata={
-        "help": "at most this many watermark queries are sent to the suspect"})
+        "help": "at most this many queries are sent to the suspect"})
     alpha: float = field(default=0.01, metadata={
         "help": "significance level: stolen when the p-value is below it"})
     timeout: float = field(default=10.0, metadata={"help": "seconds per request to a server"})
@@ -174,8 +242,15 @@ class VerifyConfig:
         "help": "also write the result as JSON here", "metavar": "FILE"})
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise invalid("method", self.method, " or ".join(METHODS))
+        if self.method == "watermark" and not self.victim:
+            raise invalid("victim", self.victim, "our model, HOST:PORT or a SavedModel folder "
+                          "(required with --method watermark)")
         for name in ("suspect", "victim"):
             value = getattr(self, name)
+            if name == "victim" and value is None:
+                continue
             if not isinstance(value, str) or not value:
                 raise invalid(name, value, "HOST:PORT or a SavedModel folder")
             if not _is_target(value) and not Path(value).is_dir():
@@ -191,7 +266,21 @@ class VerifyConfig:
             raise invalid("alpha", self.alpha, "a number in (0, 1)")
         if not isinstance(self.timeout, (int, float)) or self.timeout <= 0:
             raise invalid("timeout", self.timeout, "a positive number of seconds")
+        if self.method == "fingerprint":
+            if not self.fingerprints or not Path(self.fingerprints).is_file():
+                raise invalid("fingerprints", self.fingerprints, "an existing fingerprint .npz "
+                              "(with --method fingerprint)")
+            if self.watermarks:
+                raise invalid("watermarks", self.watermarks, "no watermarks with --method "
+                              "fingerprint")
+            return
+        if self.fingerprints:
+            raise invalid("fingerprints", self.fingerprints, "no fingerprints with --method "
+                          "watermark (add --method fingerprint)")
         source = self.watermarks
+        if not source:
+            raise invalid("watermarks", source, "an .npz, sqlite:PATH or redis://... "
+                          "(required with --method watermark)")
         if source.startswith(("sqlite:", "redis://", "rediss://", "unix://")):
             if not self.client:
                 raise invalid("client", self.client,
@@ -305,15 +394,24 @@ def _open(config: VerifyConfig, who: str):
     return saved_model_predict(where, who)
 
 
-def run_verify(config: VerifyConfig) -> VerifyResult:
-    """Load the watermarks, open both models, replay and test (see the module docstring)."""
-    records = _load_records(config)
+def run_verify(config: VerifyConfig) -> VerifyResult | FingerprintResult:
+    """Load the watermarks or fingerprints, open the models, query the suspect and test (see
+    the module docstring)."""
+    if config.method == "fingerprint":
+        evidence: Any = load_fingerprints(config.fingerprints)
+    else:
+        evidence = _load_records(config)
     suspect = _open(config, "suspect")
     victim = None
     try:
-        victim = _open(config, "victim")
-        result = verify_watermarks(suspect, records, victim=victim,
-                                   max_queries=config.max_queries, alpha=config.alpha)
+        if config.victim:
+            victim = _open(config, "victim")
+        if config.method == "fingerprint":
+            result = verify_fingerprints(suspect, evidence, victim=victim,
+                                         max_queries=config.max_queries, alpha=config.alpha)
+        else:
+            result = verify_watermarks(suspect, evidence, victim=victim,
+                                       max_queries=config.max_queries, alpha=config.alpha)
     finally:
         for model in (suspect, victim):
             if model is not None and hasattr(model, "close"):
@@ -321,9 +419,11 @@ def run_verify(config: VerifyConfig) -> VerifyResult:
     if config.json_out:
         from common.fileio import write_json_atomic
 
-        write_json_atomic(config.json_out, {**asdict(result), "suspect": config.suspect,
+        write_json_atomic(config.json_out, {**asdict(result), "method": config.method,
+                                            "suspect": config.suspect,
                                             "victim": config.victim,
                                             "watermarks": config.watermarks,
+                                            "fingerprints": config.fingerprints,
                                             "client": config.client})
     return result
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from common.errors import UsageError
-from detector.verify import main, verify_watermarks
+from detector.verify import main, rank_sum_p_value, verify_watermarks, watermark_ranks
 from detector.watermark import Watermarker, save_watermarks
 
 K = 5
@@ -67,6 +67,39 @@ def test_independent_models_are_not_identified(world):
         result = verify_watermarks(model, records, victim=victim)
         assert not result.stolen and result.p_value > 0.05
         assert result.agreeing <= result.compared * 0.25
+
+
+def test_runner_up_watermarks_are_identified_by_the_rank_test(world):
+    """A thief's surrogate that keeps the victim's top-1 but learnt the watermark's wrong label
+    as its second choice (what training on swapped probabilities tends to give): the top-1
+    test sees nothing, the rank test identifies it."""
+    victim, _, _, records = world
+    table = {r.digest: r for r in records}
+    from detector.watermark import image_digest
+
+    def runner_up(images):
+        out = np.full((len(images), K), 0.05)
+        for i, image in enumerate(images):
+            r = table[image_digest(image)]
+            out[i, r.true_label], out[i, r.label] = 0.6, 0.2
+        return out
+
+    result = verify_watermarks(runner_up, records, victim=victim)
+    assert result.agreeing == 0 and result.top1_p_value == 1.0
+    assert result.mean_rank == 1.0 and result.stolen and result.p_value < 1e-6
+    assert "ranks 1.00 on average" in result.line()
+
+
+def test_rank_test_is_calibrated_and_ties_count_against():
+    rng = np.random.default_rng(0)
+    p = np.array([rank_sum_p_value(rng.integers(1, 10, 60), 10)[0] for _ in range(400)])
+    assert 0.02 <= np.mean(p < 0.05) <= 0.09 and np.mean(p < 0.01) <= 0.03
+    assert rank_sum_p_value(np.ones(5, int), 3) == (pytest.approx(0.5 ** 5), "exact")
+    assert rank_sum_p_value(np.full(20, 1), 1001)[1] == "Hoeffding bound"
+    scores = np.array([[0.5, 0.2, 0.2, 0.1], [0.1, 0.7, 0.1, 0.1]])
+    # row 0: wrong label 2 ties with class 1 -> rank 2; row 1: victim answered 1, label 0
+    # ties with 2 and 3 -> rank 3
+    assert watermark_ranks(scores, np.array([2, 0]), np.array([0, 1])).tolist() == [2, 3]
 
 
 def test_query_budget_is_respected(world):
