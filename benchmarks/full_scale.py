@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from benchmarks import study
 from benchmarks.full_data import (
     DATASETS,
     DatasetUnavailable,
@@ -35,22 +36,6 @@ from benchmarks.full_data import (
     resolve,
 )
 from benchmarks.harness import Command, Context, Step, StepUnavailable
-from benchmarks.study import (
-    COPYCAT,
-    JBDA,
-    KNOCKOFF_RUNS,
-    POLICIES,
-    REALISTIC_MAX_BUDGET,
-    Scale,
-    attack_step,
-    defended_step,
-    dense_victim_steps,
-    detector_step,
-    exact_steps,
-    jbda_values,
-    prada_step,
-    victim_step,
-)
 
 __all__ = ["DETECTORS", "RESNET50_WEIGHTS", "SURROGATE", "VICTIMS", "build_full_plan",
            "data_file"]
@@ -88,7 +73,7 @@ def _surrogate(ctx: Context) -> dict[str, Any]:
     return {"backbone": SURROGATE, "weights": str(local) if local.is_file() else "imagenet"}
 
 
-def _data_step(ctx: Context, scale: Scale, key: str) -> Step:
+def _data_step(ctx: Context, scale: study.Scale, key: str) -> Step:
     """Resolve dataset `key` on this machine (a local copy or tensorflow-datasets) and write
     its fixed-size copy (`benchmarks.full_data`, `PrepareConfig`)."""
     ds = DATASETS[key]
@@ -110,19 +95,19 @@ def _data_step(ctx: Context, scale: Scale, key: str) -> Step:
     return Step(f"data_{key}", f"dataset {ds.title}", (), (), summarize, prepare=prepare)
 
 
-def build_full_plan(scale: Scale, ctx: Context) -> list[Step]:
+def build_full_plan(scale: study.Scale, ctx: Context) -> list[Step]:
     """The full-scale experiments in the order they run (each after the steps it needs)."""
     imagenet = data_file(ctx, "imagenet")
     surrogate = {**_surrogate(ctx), "input_size": scale.surrogate_size,
                  "epochs": scale.surrogate_epochs}
     steps = [_data_step(ctx, scale, key) for key in DATASETS]
     for name, (dataset, arch, arch_args, augment) in VICTIMS.items():
-        steps.append(victim_step(
+        steps.append(study.victim_step(
             ctx, name, needs=(f"data_{dataset}",), dataset=data_file(ctx, dataset), arch=arch,
             epochs=scale.victim_epochs[name], patience=VICTIM_PATIENCE, augment=augment,
             arch_args=(a.format(width=scale.resnet_width) for a in arch_args),
             figures={"architecture": arch, "dataset": dataset}))
-    steps += dense_victim_steps(ctx, scale, data_file(ctx, "mnist"), needs=("data_mnist",))
+    steps += study.dense_victim_steps(ctx, scale, data_file(ctx, "mnist"), needs=("data_mnist",))
 
     def knockoff(name: str, title: str, model: str, *, same_arch: bool = False,
                  **values: Any) -> Step:
@@ -133,25 +118,26 @@ def build_full_plan(scale: Scale, ctx: Context) -> list[Step]:
                   "heldout": scale.heldout, "strategy": "random", "granularity": "probs",
                   **network, "test_set": data_file(ctx, dataset),
                   "curve_points": 4 if name == "knockoff_cifar10_cnn_probs" else 1, **values}
-        return attack_step(ctx, scale, "attack.knockoff", name, title, model,
-                           needs=(f"victim_{model}", "data_imagenet", f"data_{dataset}"),
-                           **values)
+        return study.attack_step(ctx, scale, "attack.knockoff", name, title, model,
+                                 needs=(f"victim_{model}", "data_imagenet", f"data_{dataset}"),
+                                 **values)
 
     cifar10 = data_file(ctx, "cifar10")
     steps += [knockoff(name, title, model, **options)
-              for name, title, model, options in KNOCKOFF_RUNS if model in VICTIMS]
+              for name, title, model, options in study.KNOCKOFF_RUNS if model in VICTIMS]
     steps += [
-        attack_step(ctx, scale, "attack.copycat", *COPYCAT, "cifar10_cnn",
-                    needs=("victim_cifar10_cnn", "data_imagenet", "data_cifar10"),
-                    transfer_set=imagenet, transfer_split="train", budget=scale.copycat_budget,
-                    heldout=scale.heldout, pd_set=cifar10, pd_split="train", pd_budget=200,
-                    **surrogate, test_set=cifar10),
-        attack_step(ctx, scale, "attack.jbda", *JBDA, "cifar10_cnn",
-                    needs=("victim_cifar10_cnn", "data_cifar10"), seed_set=cifar10,
-                    seed_split="train", **jbda_values(scale), **surrogate, test_set=cifar10),
+        study.attack_step(ctx, scale, "attack.copycat", *study.COPYCAT, "cifar10_cnn",
+                          needs=("victim_cifar10_cnn", "data_imagenet", "data_cifar10"),
+                          transfer_set=imagenet, transfer_split="train",
+                          budget=scale.copycat_budget, heldout=scale.heldout, pd_set=cifar10,
+                          pd_split="train", pd_budget=200, **surrogate, test_set=cifar10),
+        study.attack_step(ctx, scale, "attack.jbda", *study.JBDA, "cifar10_cnn",
+                          needs=("victim_cifar10_cnn", "data_cifar10"), seed_set=cifar10,
+                          seed_split="train", **study.jbda_values(scale), **surrogate,
+                          test_set=cifar10),
     ]
-    steps += exact_steps(ctx, scale, data_file(ctx, "mnist"), needs=("data_mnist",))
-    steps += [detector_step(
+    steps += study.exact_steps(ctx, scale, data_file(ctx, "mnist"), needs=("data_mnist",))
+    steps += [study.detector_step(
         ctx, scale, name, f"OOD query detector, {name} against ImageNet",
         needs=(f"data_{name}", "data_imagenet"),
         train={"benign": data_file(ctx, name), "attack": imagenet, "attack_split": "val",
@@ -163,18 +149,18 @@ def build_full_plan(scale: Scale, ctx: Context) -> list[Step]:
     defended = {"benign_set": cifar10, "transfer_set": imagenet, **_surrogate(ctx),
                 "arch_args": ()}
     steps += [
-        prada_step(ctx, scale, "cifar10_cnn", needs=("victim_cifar10_cnn", "data_cifar10",
-                                                     "data_imagenet"),
-                   benign_set=cifar10, transfer_set=imagenet, transfer_split="test"),
-        defended_step(ctx, scale, "realistic_cifar10_cnn", "realistic_adversary", "cifar10_cnn",
-                      needs=("victim_cifar10_cnn", "data_cifar10", "data_imagenet",
-                             "detector_cifar10"),
-                      **defended, transfer_split="test",
-                      budget=min(REALISTIC_MAX_BUDGET, scale.policy_budget),
-                      detector=str(ctx.path("detector_cifar10", "detector", "1"))),
-        defended_step(ctx, scale, "policies_cifar10_cnn", "output_policies", "cifar10_cnn",
-                      needs=("victim_cifar10_cnn", "data_cifar10", "data_imagenet"),
-                      **defended, transfer_split="train", budget=scale.policy_budget,
-                      policies=POLICIES),
+        study.prada_step(ctx, scale, "cifar10_cnn",
+                         needs=("victim_cifar10_cnn", "data_cifar10", "data_imagenet"),
+                         benign_set=cifar10, transfer_set=imagenet, transfer_split="test"),
+        study.defended_step(ctx, scale, "realistic_cifar10_cnn", "realistic_adversary",
+                            "cifar10_cnn", needs=("victim_cifar10_cnn", "data_cifar10",
+                                                  "data_imagenet", "detector_cifar10"),
+                            **defended, transfer_split="test",
+                            budget=min(study.REALISTIC_MAX_BUDGET, scale.policy_budget),
+                            detector=str(ctx.path("detector_cifar10", "detector", "1"))),
+        study.defended_step(ctx, scale, "policies_cifar10_cnn", "output_policies", "cifar10_cnn",
+                            needs=("victim_cifar10_cnn", "data_cifar10", "data_imagenet"),
+                            **defended, transfer_split="train", budget=scale.policy_budget,
+                            policies=study.POLICIES),
     ]
     return steps

@@ -37,6 +37,7 @@ and the wall time. Output: a table on stdout, OUT/results.{json,md}.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -58,10 +59,9 @@ from benchmarks.harness.defended import (
     client_key,
     write_results,
 )
-from common.constraints import check_fields
 from common.data import load_dataset
 from common.errors import invalid
-from detector.prada import Prada
+from detector.prada import Prada, PradaConfig
 from serving.gateway.config import policy_from_dict
 
 __all__ = ["PradaBenchConfig", "StreamSender", "jbda_stream", "main", "prada_summary",
@@ -74,19 +74,16 @@ SURROGATE_ARCH = {"filters": (16, 32), "block_dropout": (0.1, 0.2), "dense_units
 
 
 @dataclass(frozen=True)
-class PradaBenchConfig(VictimData):
-    """PRADA against a JBDA stream, a Knockoff natural-image stream and benign clients."""
+class PradaBenchConfig(VictimData, PradaConfig):
+    """PRADA against a JBDA stream, a Knockoff natural-image stream and benign clients.
+
+    PRADA's own fields (`detector.prada.PradaConfig`: delta, min_samples, max_set, ...) go into
+    the gateway policy's ``detectors.prada`` section as they are.
+    """
 
     out: str = field(default="runs/prada", metadata={
         "help": "output folder (its gateway.db is started afresh)", "metavar": "DIR",
         "rule": "nonempty"})
-    delta: float = field(default=0.9, metadata={
-        "help": "PRADA's threshold: a client is flagged when Shapiro-Wilk W < delta",
-        "gt": 0, "lt": 1})
-    min_samples: int = field(default=100, metadata={
-        "help": "distances PRADA needs before its first test", "min": 3})
-    max_set: int = field(default=2000, metadata={
-        "help": "PRADA's stored set per client (oldest dropped beyond it)", "min": 1})
     batch: int = field(default=10, metadata={"help": "images per Predict request", "min": 1})
     max_queries: int = field(default=2000, metadata={
         "help": "queries per stream at most (the JBDA stream's last round is cut to fit)",
@@ -108,7 +105,7 @@ class PradaBenchConfig(VictimData):
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
 
     def __post_init__(self) -> None:
-        check_fields(self)
+        PradaConfig.__post_init__(self)  # the field rules of all parts, PRADA's own checks
         if self.max_queries < self.jbda_seeds:
             raise invalid("max_queries", self.max_queries,
                           f"at least --jbda-seeds ({self.jbda_seeds}): the seeds are sent first")
@@ -120,11 +117,9 @@ class PradaBenchConfig(VictimData):
 
     def policy_dict(self) -> dict:
         """The gateway policy: PRADA only, refuse flagged clients, no budget or rate limit."""
+        prada = {f.name: getattr(self, f.name) for f in dataclasses.fields(PradaConfig)}
         return {"limits": {"budget": None, "rate_per_second": 1e9, "burst": 1e9},
-                "detectors": {"prada": {"delta": float(self.delta),
-                                        "min_samples": self.min_samples,
-                                        "max_set": self.max_set}},
-                "on_flag": {"action": "refuse"}}
+                "detectors": {"prada": prada}, "on_flag": {"action": "refuse"}}
 
 
 # -- one client's stream through the gateway -------------------------------------------------------

@@ -40,27 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from attack.papers import PAPER_DETECTOR, PAPER_KNOCKOFF
-from benchmarks import harness
+from benchmarks import harness, study
 from benchmarks.full_scale import build_full_plan
 from benchmarks.harness import Context, Step
 from benchmarks.results_page import write_results_page
-from benchmarks.study import (
-    COPYCAT,
-    JBDA,
-    KNOCKOFF_RUNS,
-    POLICIES,
-    REALISTIC_MAX_BUDGET,
-    SCALES,
-    Scale,
-    attack_step,
-    defended_step,
-    dense_victim_steps,
-    detector_step,
-    exact_steps,
-    jbda_values,
-    prada_step,
-    victim_step,
-)
+from benchmarks.study import SCALES, Scale
 from common.cli import ArgumentParser, run_cli
 from common.errors import UsageError, invalid
 from common.fileio import check_writable
@@ -113,12 +97,12 @@ def _cpu_plan(scale: Scale, ctx: Context) -> list[Step]:
     steps = []
     for name, (dataset, arch, arch_args, augment) in VICTIMS.items():
         limit = {"limit": scale.victim_limit} if scale.victim_limit else {}
-        steps.append(victim_step(
+        steps.append(study.victim_step(
             ctx, name, dataset=f(dataset), arch=arch, epochs=scale.victim_epochs[name],
             augment=augment, arch_args=(a.format(width=scale.resnet_width) for a in arch_args),
             **limit,
             figures={"architecture": arch, "dataset": dataset}))
-    steps += dense_victim_steps(ctx, scale, f(MNIST))
+    steps += study.dense_victim_steps(ctx, scale, f(MNIST))
 
     def knockoff(name: str, title: str, model: str, *, same_arch: bool = False,
                  **values: Any) -> Step:
@@ -129,24 +113,24 @@ def _cpu_plan(scale: Scale, ctx: Context) -> list[Step]:
                   "heldout": scale.heldout, "strategy": "random", "granularity": "probs",
                   **network, "test_set": f(CIFAR10 if cifar else GTSRB),
                   "curve_points": 4 if name in CURVES else 1, **values}
-        return attack_step(ctx, scale, "attack.knockoff", name, title, model,
-                           needs=(f"victim_{model}",), **values)
+        return study.attack_step(ctx, scale, "attack.knockoff", name, title, model,
+                                 needs=(f"victim_{model}",), **values)
 
     steps += [knockoff(name, title, model, **options)
-              for name, title, model, options in KNOCKOFF_RUNS if model in VICTIMS]
+              for name, title, model, options in study.KNOCKOFF_RUNS if model in VICTIMS]
     steps += [
-        attack_step(ctx, scale, "attack.copycat", *COPYCAT, "cifar10_cnn",
-                    needs=("victim_cifar10_cnn",), **cifar_tiny,
-                    budget=scale.copycat_budget, heldout=scale.heldout, pd_set=f(CIFAR10),
-                    pd_split="train", pd_budget=200, **surrogate, test_set=f(CIFAR10)),
-        attack_step(ctx, scale, "attack.jbda", *JBDA, "cifar10_cnn",
-                    needs=("victim_cifar10_cnn",), seed_set=f(CIFAR10), seed_split="train",
-                    **jbda_values(scale), **surrogate, test_set=f(CIFAR10)),
+        study.attack_step(ctx, scale, "attack.copycat", *study.COPYCAT, "cifar10_cnn",
+                          needs=("victim_cifar10_cnn",), **cifar_tiny,
+                          budget=scale.copycat_budget, heldout=scale.heldout, pd_set=f(CIFAR10),
+                          pd_split="train", pd_budget=200, **surrogate, test_set=f(CIFAR10)),
+        study.attack_step(ctx, scale, "attack.jbda", *study.JBDA, "cifar10_cnn",
+                          needs=("victim_cifar10_cnn",), seed_set=f(CIFAR10), seed_split="train",
+                          **study.jbda_values(scale), **surrogate, test_set=f(CIFAR10)),
     ]
-    steps += exact_steps(ctx, scale, f(MNIST))
+    steps += study.exact_steps(ctx, scale, f(MNIST))
     for name, (benign, exclude, target_fpr) in DETECTORS.items():
         excluded = {"exclude_classes": f(OVERLAP)} if exclude else {}
-        steps.append(detector_step(
+        steps.append(study.detector_step(
             ctx, scale, name, f"OOD query detector, {name}", needs=(),
             train={"benign": f(benign), "attack": f(TRANSFER), "attack_split": "train",
                    **excluded, "backbone": "MobileNet", **mobilenet, "input_size": 96,
@@ -154,14 +138,14 @@ def _cpu_plan(scale: Scale, ctx: Context) -> list[Step]:
             evaluate={"benign": f(benign), "benign_split": "test", "attack": f(TRANSFER),
                       "attack_split": "val", **excluded}))
     steps += [
-        prada_step(ctx, scale, "cifar10_cnn", needs=("victim_cifar10_cnn",)),
-        defended_step(ctx, scale, "realistic_cifar10_cnn", "realistic_adversary", "cifar10_cnn",
-                      needs=("victim_cifar10_cnn", "detector_cifar10"),
-                      budget=min(scale.policy_budget, REALISTIC_MAX_BUDGET),
-                      detector=str(ctx.path("detector_cifar10", "detector", "1"))),
-        defended_step(ctx, scale, "policies_cifar10_cnn", "output_policies", "cifar10_cnn",
-                      needs=("victim_cifar10_cnn",), budget=scale.policy_budget,
-                      policies=POLICIES),
+        study.prada_step(ctx, scale, "cifar10_cnn", needs=("victim_cifar10_cnn",)),
+        study.defended_step(ctx, scale, "realistic_cifar10_cnn", "realistic_adversary",
+                            "cifar10_cnn", needs=("victim_cifar10_cnn", "detector_cifar10"),
+                            budget=min(scale.policy_budget, study.REALISTIC_MAX_BUDGET),
+                            detector=str(ctx.path("detector_cifar10", "detector", "1"))),
+        study.defended_step(ctx, scale, "policies_cifar10_cnn", "output_policies", "cifar10_cnn",
+                            needs=("victim_cifar10_cnn",), budget=scale.policy_budget,
+                            policies=study.POLICIES),
     ]
     return steps
 

@@ -17,8 +17,10 @@ for the steps that need it, through `serving.testing`.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -52,13 +54,18 @@ class StepUnavailable(RuntimeError):
     """A step that cannot run on this machine (missing data); `str(err)` is the one-line reason."""
 
 
+@functools.lru_cache(maxsize=None)
+def _parser(cls: type, module: str) -> argparse.ArgumentParser:
+    return build_parser(cls, prog=f"python -m {module}")
+
+
 def _parsed_back(cls: type, argv: list[str], module: str) -> dict[str, Any]:
     """`argv` parsed by `cls`'s command-line parser (`common.cli.build_parser`) as field values;
     `ValueError` with argparse's one line when it does not parse."""
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            namespace = build_parser(cls, prog=f"python -m {module}").parse_args(argv)
+            namespace = _parser(cls, module).parse_args(argv)
     except SystemExit:
         raise ValueError(" ".join(err.getvalue().split())) from None
     values = {}

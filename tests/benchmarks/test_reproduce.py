@@ -23,8 +23,9 @@ def test_list_prints_every_step_in_dependency_order(capsys):
     lines = capsys.readouterr().out.splitlines()
     names = [line.split(":")[0] for line in lines]
     assert names[0].startswith("victim_")
+    plan = {s.name: s for s in reproduce.build_plan(reproduce.SCALES["cpu"])}
     for i, name in enumerate(names):
-        step = next(s for s in reproduce.build_plan(reproduce.SCALES["cpu"]) if s.name == name)
+        step = plan[name]
         assert all(need in names[:i] for need in step.needs), name
 
 
