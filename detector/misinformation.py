@@ -56,6 +56,7 @@ __all__ = [
     "AdaptiveMisinformation",
     "MisinformationConfig",
     "MisinformationModel",
+    "SwitchConfig",
     "main",
     "reverse_distribution",
     "switch_weight",
@@ -111,6 +112,38 @@ def _normalise(values: np.ndarray) -> np.ndarray:
     sums = values.sum(axis=1, keepdims=True)
     sums[sums <= 0] = 1.0
     return values / sums
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    """Adaptive Misinformation in use (the gateway policy's ``misinformation`` section): the
+    switch's `tau` (None: the OOD detector's threshold) and `nu`, and the misinformation
+    function: "reverse" (the victim's probabilities in reversed rank order, no model) or "model"
+    (`path`: an export of ``python -m detector.misinformation`` loaded in process, or
+    `upstream_model`: the same SavedModel served by the upstream)."""
+
+    tau: float | None = field(default=None, metadata={
+        "help": "OOD score at which answers are half misinformation (None: the detector's "
+                "threshold)"})
+    nu: float = field(default=50.0, metadata={"help": "steepness of the switch", "gt": 0})
+    function: str = field(default="reverse", metadata={
+        "help": "misinformation function", "choices": FUNCTIONS})
+    path: str | None = field(default=None, metadata={
+        "help": "misinformation model export (function 'model')", "rule": "nonempty"})
+    upstream_model: str | None = field(default=None, metadata={
+        "help": "misinformation model served by the upstream (function 'model')",
+        "rule": "nonempty"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        check_number("tau", self.tau, optional=True)
+        if self.function == "model" and (self.path is None) == (self.upstream_model is None):
+            raise invalid("path", self.path, "exactly one of `path` and `upstream_model` with "
+                          f"function 'model' (received upstream_model={self.upstream_model!r})")
+        if self.function == "reverse" and (self.path is not None
+                                           or self.upstream_model is not None):
+            raise invalid("function", self.function,
+                          "'model' when `path` or `upstream_model` is given")
 
 
 class AdaptiveMisinformation:

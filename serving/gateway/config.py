@@ -27,7 +27,8 @@ every model of the upstream; `limits.budget` null means no budget (the rate limi
 
 The detector sections are the detectors' own configs: ``detectors.ood`` is
 `detector.ood.OODConfig` and ``detectors.prada`` is `detector.prada.PradaConfig` (every
-parameter of PRADA can be set, e.g. ``max_distances`` and ``outlier_std``); the gateway builds
+parameter of PRADA can be set, e.g. ``max_distances`` and ``outlier_std``), and
+``misinformation`` is `detector.misinformation.SwitchConfig`; the gateway builds
 its `detector.monitor.Monitor` from them. ``"output"`` names the victim's class-score output the
 detectors read (default: from the model's signature, as GetModelMetadata describes it: the
 float ``[batch, K]`` output, ``probabilities`` when there are several); every float ``[batch,
@@ -59,6 +60,7 @@ from typing import Any
 
 from common.constraints import check_fields, check_int, check_number
 from common.errors import UsageError, invalid
+from detector.misinformation import SwitchConfig as MisinformationConfig
 from detector.ood import OODConfig
 from detector.policies import parse_policy
 from detector.prada import PradaConfig
@@ -88,37 +90,6 @@ def _check_output_policy(name: str, spec: Any) -> None:
         parse_policy(spec)
     except UsageError as err:
         raise invalid(name, spec, f"{expected} ({err})") from None
-
-
-@dataclass(frozen=True)
-class MisinformationConfig:
-    """Adaptive Misinformation: the switch's `tau` (None: the OOD detector's threshold) and `nu`,
-    and the misinformation function: "reverse" (the victim's probabilities in reversed rank
-    order, no model) or "model" (`path` in process, or `upstream_model` served upstream)."""
-
-    tau: float | None = None
-    nu: float = 50.0
-    function: str = "reverse"
-    path: str | None = None
-    upstream_model: str | None = None
-
-    def __post_init__(self) -> None:
-        check_number("misinformation.tau", self.tau, optional=True)
-        check_number("misinformation.nu", self.nu, gt=0)
-        if self.function not in ("reverse", "model"):
-            raise invalid("misinformation.function", self.function, "'reverse' or 'model'")
-        if self.function == "model" and (self.path is None) == (self.upstream_model is None):
-            raise invalid("misinformation.path", self.path,
-                          "exactly one of `path` and `upstream_model` with function 'model' "
-                          f"(received upstream_model={self.upstream_model!r})")
-        if self.function == "reverse" and (self.path is not None
-                                           or self.upstream_model is not None):
-            raise invalid("misinformation.function", self.function,
-                          "'model' when `path` or `upstream_model` is given")
-        for name in ("path", "upstream_model"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise invalid(f"misinformation.{name}", value, "a non-empty string or null")
 
 
 @dataclass(frozen=True)

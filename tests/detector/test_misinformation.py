@@ -9,6 +9,7 @@ from common.errors import UsageError
 from detector.misinformation import (
     AdaptiveMisinformation,
     MisinformationConfig,
+    SwitchConfig,
     reverse_distribution,
     switch_weight,
 )
@@ -95,3 +96,15 @@ def test_training_config_checks_before_any_work(tmp_path):
         MisinformationConfig(data="x", out=str(tmp_path / "mis" / "latest"))
     with pytest.raises(UsageError, match="`epochs`"):
         MisinformationConfig(data="x", out=str(tmp_path / "mis" / "1"), epochs=0)
+
+
+def test_switch_config_is_what_the_gateway_policy_embeds():
+    assert SwitchConfig() == SwitchConfig(tau=None, nu=50.0, function="reverse")
+    with pytest.raises(UsageError, match="`path`.*exactly one of"):
+        SwitchConfig(function="model")
+    with pytest.raises(UsageError, match="`function`.*'model' when"):
+        SwitchConfig(path="m/1")
+    with pytest.raises(UsageError, match="`function`.*one of 'reverse', 'model'"):
+        SwitchConfig(function="shuffle")
+    with pytest.raises(UsageError, match="`tau`"):
+        SwitchConfig(tau=float("inf"))
