@@ -277,10 +277,12 @@ def conferrable_examples(seeds: np.ndarray, seed_labels: np.ndarray, surrogates:
 def build_fingerprints(victim: Predict, seeds: np.ndarray, surrogates: Sequence[Any],
                        references: Sequence[Any], calibration: Sequence[Predict], *,
                        count: int = 100, eps: float = 12.0, steps: int = 40,
-                       seed: int = 0, info: dict[str, Any] | None = None) -> FingerprintSet:
+                       step_size: float = 1.0, weight: float = 1.0, seed: int = 0,
+                       info: dict[str, Any] | None = None) -> FingerprintSet:
     """Conferrable examples from `seeds` (uint8), kept where the victim answers the target, the
     `count` most conferrable, with the null rate calibrated on `calibration` (independent
-    models as callables uint8 -> scores, not among `references`)."""
+    models as callables uint8 -> scores, not among `references`). `weight`: how much the
+    references' probability of the target is pushed down (`conferrable_examples`)."""
     if not calibration:
         raise invalid("calibration", "0 models", "at least one independent model that did not "
                       "help build the fingerprints (the null rate is measured on it)")
@@ -288,7 +290,7 @@ def build_fingerprints(victim: Predict, seeds: np.ndarray, surrogates: Sequence[
     classes = victim_seed.shape[1]
     images, targets, scores = conferrable_examples(
         seeds, victim_seed.argmax(1), surrogates, references, classes=classes, eps=eps,
-        steps=steps, rng=np.random.default_rng(seed))
+        steps=steps, step_size=step_size, weight=weight, rng=np.random.default_rng(seed))
     answered = _scores(victim, images, "victim").argmax(1)
     keep = np.flatnonzero(answered == targets)
     if not len(keep):
@@ -305,7 +307,8 @@ def build_fingerprints(victim: Predict, seeds: np.ndarray, surrogates: Sequence[
              "agreement %s of %d; null rate %.4f", len(keep), len(seeds),
              int(np.sum(answered == targets)), rates, len(labels), null_rate)
     meta = {"method": "conferrable adversarial examples (Lukas et al. 2021)", "eps": eps,
-            "steps": steps, "seeds": len(seeds), "victim_hits": int(np.sum(answered == targets)),
+            "steps": steps, "step_size": step_size, "weight": weight, "seeds": len(seeds),
+            "victim_hits": int(np.sum(answered == targets)),
             "surrogates": len(surrogates), "references": len(references),
             "calibration_agreeing": rates, "calibration_confidence": CALIBRATION_CONFIDENCE,
             "conferrability": [float(s) for s in scores[keep]], **(info or {})}
