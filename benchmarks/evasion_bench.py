@@ -33,8 +33,15 @@ classes, `--eval-limit` images), benign clients are CIFAR-10 *test* images.
   the first `--eval-limit` / `--client-queries` of them sending their images under each
   transform (a benign user's resized, blurred or noisy photos).
 
+With `--gateway-detector DIR` (an exported detector), the evading clients (1,000 attack images:
+plain, JPEG 75 and 50, camouflage 50% and 75%, camouflage 50% + JPEG 75) and three benign
+clients also go through the real gateway (in process, gRPC, SQLite state) in front of the
+embedded model server serving `--victim`: once with the policy's default window and once with
+a `detector.monitor.Monitor` whose watch is that detector with `BinomialWindow` at its
+calibrated rate; each client stops at its flag. `--gateway-only` runs just that part.
+
 Output: OUT/results.{json,md} and one OUT/seed_<n>.json per seed (a re-run reuses finished
-seeds). Everything in one process, no server: the gateway runs the same objects.
+seeds), OUT/gateway.{json,md}.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.realistic_adversary import (
+from benchmarks.harness.defended import (
     TRANSFER,
     WEIGHTS,
     benchmark_main,
@@ -110,6 +117,13 @@ class EvasionConfig:
     client_queries: int = field(default=500, metadata={
         "help": "queries per benign client", "min": 1})
     query_batch: int = field(default=64, metadata={"help": "images per request", "min": 1})
+    gateway_detector: str | None = field(default=None, metadata={
+        "help": "an exported detector (python -m detector.train): also stream the evading "
+                "clients through the real gateway in front of the served victim, with the "
+                "policy's window and with the binomial window (fpr = the detector's calibrated "
+                "rate)", "metavar": "DIR"})
+    gateway_only: bool = field(default=False, metadata={
+        "help": "only the gateway part (needs --gateway-detector); no detector training"})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -128,6 +142,11 @@ class EvasionConfig:
                 raise invalid("data_dir", self.data_dir, f"a folder holding {name} (DATA.md)")
         if not Path(self.victim).is_dir():
             raise invalid("victim", self.victim, "an exported victim folder")
+        if self.gateway_detector is not None and not Path(self.gateway_detector).is_dir():
+            raise invalid("gateway_detector", self.gateway_detector, "an exported detector "
+                          "folder (detectors/<name>/<version>)")
+        if self.gateway_only and self.gateway_detector is None:
+            raise invalid("gateway_only", True, "--gateway-detector as well")
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -304,6 +323,111 @@ class _Named:
         raise invalid("score", self.name, "precomputed component scores (use combine())")
 
 
+# -- through the real gateway -----------------------------------------------------------------
+GATEWAY_STREAMS = (("none", None, 0.0), ("jpeg:75", ("jpeg", 75), 0.0),
+                   ("jpeg:50", ("jpeg", 50), 0.0), ("camouflage:0.5", None, 0.5),
+                   ("camouflage:0.75", None, 0.75), ("camouflage:0.5+jpeg:75", ("jpeg", 75), 0.5))
+GATEWAY_BENIGN_CLIENTS = 3
+
+
+def _served_victim(path: str) -> tuple[Path, str]:
+    """(victims folder, model name) of an exported victim's model or version folder."""
+    folder = Path(path).resolve()
+    if (folder / "saved_model.pb").is_file():
+        folder = folder.parent
+    return folder.parent, folder.name
+
+
+def _stream(store, target: str, model: str, name: str, images: np.ndarray, batch: int
+            ) -> tuple[int | None, np.ndarray]:
+    """Send `images` as client `name` until it is flagged; (flagged_at, answers)."""
+    from benchmarks.harness.defended import client_key
+    from serving.client import ServingClient
+
+    answers = []
+    with ServingClient(target, model, api_key=client_key(store, name),
+                       batch_size=batch) as client:
+        for start in range(0, len(images), batch):
+            answers.append(np.asarray(client.predict(images[start:start + batch]), np.float32))
+            ood = store.load_detectors(name).ood or {}
+            if ood.get("flagged_at") is not None:
+                return int(ood["flagged_at"]), np.concatenate(answers)
+    return None, np.concatenate(answers)
+
+
+def run_gateway(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
+    """Evading clients through two gateways in front of the served victim: the detector with
+    the policy's default window, and with `BinomialWindow` at its calibrated rate."""
+    from benchmarks.harness.defended import Served
+    from detector.monitor import Monitor, Watch
+    from detector.ood import OODDetector
+    from detector.robust import DetectorScore
+    from serving.gateway.config import GatewayConfig, policy_from_dict
+    from serving.gateway.server import Gateway
+    from serving.gateway.store import SQLiteStore
+
+    out = Path(config.out) / "gateway"
+    out.mkdir(parents=True, exist_ok=True)
+    detector = OODDetector.load(config.gateway_detector)
+    fpr = float(detector.calibration.get("target_fpr", config.fpr))
+    victims, model = _served_victim(config.victim)
+    views = data["views"]
+    attack, pool = views["attack/none"], views["pool"]
+    benign = views["clients/none"]
+    streams = {}
+    for tag, transform, share in GATEWAY_STREAMS:
+        images = attack if transform is None else views[f"attack/{transform[0]}:"
+                                                        f"{transform[1]:g}"]
+        if share:
+            images, _ = evasion.camouflage(images, pool, share, seed=3)
+        streams[tag] = images
+    per_client = config.client_queries
+    for i in range(GATEWAY_BENIGN_CLIENTS):
+        streams[f"benign_{i + 1}"] = benign[i * per_client:(i + 1) * per_client]
+    windows = {"policy window (256, 0.5, 64)": None,
+               f"binomial (256, fpr {fpr:g}, alpha {config.alpha:g}, min {config.min_queries})":
+               BinomialWindow(config.window, fpr, config.alpha, config.min_queries)}
+    rows = []
+    with Served(str(victims), model) as served:
+        truth = served.direct(benign[:GATEWAY_BENIGN_CLIENTS * per_client]).argmax(axis=1)
+        for index, (label, window) in enumerate(windows.items()):
+            db = out / f"gateway_{index}.db"
+            for stale in out.glob(f"gateway_{index}.db*"):
+                stale.unlink()
+            policy = {"on_flag": {"action": "degrade", "policy": "label_only"},
+                      "models": [model]}
+            monitor = None
+            if window is None:
+                policy["detectors"] = {"ood": {"path": str(config.gateway_detector)}}
+            else:
+                monitor = Monitor([Watch("ood", DetectorScore(detector), window)])
+            store = SQLiteStore(db)
+            gw = Gateway(GatewayConfig(upstream=served.upstream, port=0, host="127.0.0.1",
+                                       metrics_port=0, state=f"sqlite:{db}"),
+                         policy=policy_from_dict(policy), store=store,
+                         ood_detector=detector if window is None else None,
+                         monitor=monitor).start()
+            try:
+                target = f"127.0.0.1:{gw.port}"
+                row: dict[str, Any] = {"window": label}
+                changed = 0
+                for name, images in streams.items():
+                    flagged_at, answers = _stream(store, target, model, name, images,
+                                                  config.query_batch)
+                    row[name] = flagged_at
+                    if name.startswith("benign"):
+                        i = int(name.split("_")[1]) - 1
+                        own = truth[i * per_client:(i + 1) * per_client][:len(answers)]
+                        changed += int((answers.argmax(axis=1) != own).sum())
+                row["benign_top1_changed"] = changed
+                rows.append(row)
+                log.info("gateway %s: %s", label, row)
+            finally:
+                gw.stop()
+                store.close()
+    return rows
+
+
 # -- the run -----------------------------------------------------------------------------------
 def _data(config: EvasionConfig) -> dict[str, Any]:
     from common.data import load_dataset
@@ -405,6 +529,9 @@ def run_evasion(config: EvasionConfig) -> dict:
     data = None
     victim = None
     seeds = []
+    if config.gateway_only:
+        rows = run_gateway(config, _data(config))
+        return _write_gateway(out, rows)
     for seed in config.seeds:
         path = out / f"seed_{seed}.json"
         if path.is_file():
@@ -432,7 +559,25 @@ def run_evasion(config: EvasionConfig) -> dict:
     write_json_atomic(out / "results.json", {**meta, "summary": summary, "seeds": seeds})
     (out / "results.md").write_text(f"# Evasion benchmark\n\n{table}\n\n```json\n"
                                     f"{json.dumps(meta, indent=1)}\n```\n")
+    if config.gateway_detector is not None:
+        gateway = _write_gateway(out, run_gateway(config, data or _data(config)))
+        table += "\n\n" + gateway["table"]
     return {"table": table, "summary": summary}
+
+
+def _write_gateway(out: Path, rows: list[dict]) -> dict:
+    """OUT/gateway.{json,md}: the query at which each client was flagged, per gateway."""
+    from common.fileio import write_json_atomic
+
+    names = [k for k in rows[0] if k not in ("window", "benign_top1_changed")]
+    table = markdown_table(
+        [{k: ("never" if v is None else v) for k, v in r.items()} for r in rows],
+        [("window", "gateway window")] + [(n, n) for n in names]
+        + [("benign_top1_changed", "benign answers with another top-1")])
+    write_json_atomic(out / "gateway.json", {"rows": rows})
+    text = "## Clients through the real gateway: query at which each was flagged\n\n" + table
+    (out / "gateway.md").write_text(text + "\n")
+    return {"table": text, "rows": rows}
 
 
 PROG = "python -m benchmarks.evasion_bench"
