@@ -151,9 +151,10 @@ class BinomialWindow(SlidingWindow):
 
     Same state and `update` contract as `SlidingWindow` (the gateway stores either); checked
     after every single verdict once the client has sent `min_queries`. The test is repeated at
-    every query, so a benign client's chance of ever being flagged grows with its traffic: about
-    ``alpha * queries / window`` overlapping-window tests' worth (a small `alpha`, 1e-6 by
-    default, keeps it negligible), and more if its true false-positive rate exceeds `fpr`.
+    every query, so a benign client's chance of ever being flagged grows with its traffic:
+    simulated at exactly `fpr` 0.02 and window 256, about ``5 * alpha * queries / window``
+    (a small `alpha`, 1e-6 by default, keeps it near 2e-3 per 100,000 queries), and more if
+    its true false-positive rate exceeds `fpr`.
     """
 
     def __init__(self, window: int = 256, fpr: float = 0.02, alpha: float = 1e-6,
