@@ -21,10 +21,12 @@ import time
 
 import numpy as np
 
+from attack.strategies import ActiveStrategy
+from serving.testing import colour_images, colour_victim
+
 
 def run(strategy: str, budget: int, rounds: int, seed: int, pool: np.ndarray,
         victim_probs: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> float:
-    from attack.strategies import ActiveStrategy
     from attack.surrogate import SurrogateTrainer
 
     def trainer() -> SurrogateTrainer:
@@ -62,8 +64,6 @@ def main(argv=None) -> int:
     parser.add_argument("--strategies", nargs="+",
                         default=["random", "uncertainty", "kcenter", "dfal"])
     args = parser.parse_args(argv)
-
-    from serving.testing import colour_images, colour_victim
 
     victim = colour_victim()
     pool = colour_images(600, seed=1)

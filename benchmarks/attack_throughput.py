@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from attack.config import KnockoffConfig
+from attack.knockoff import extract, prepare_run_dir
+from common.data import load_dataset
 from common.errors import UsageError, invalid
 from serving import testing
 
@@ -43,15 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             raise invalid("model-dir", ns.model_dir, "a folder with integer version sub-folders")
         if ns.queries < ns.batch:
             raise invalid("queries", ns.queries, f"at least --batch ({ns.batch})")
-        from common.data import load_dataset
 
         transfer = load_dataset(ns.transfer_set, ns.split)
     except UsageError as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from attack.config import KnockoffConfig
-    from attack.knockoff import extract, prepare_run_dir
     from serving.client import ServingClient
 
     server = testing.model_server(base_path=model_dir, name="victim", process=True)

@@ -28,6 +28,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.data import load_dataset
+from common.distribute import is_chief, make_strategy
+from serving.testing import pick_unused_port
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "cifar10_jpeg_q75.zip"
 TINY_CNN = {"filters": [16, 32], "block_dropout": [0.0, 0.0], "dense_units": 64,
@@ -76,8 +80,6 @@ class _EpochTimes:
 
 def _load(args):
     import numpy as np
-
-    from common.data import load_dataset
 
     train = load_dataset(args.data, "train", limit=args.train, seed=0, channels=3)
     test = load_dataset(args.data, "test", limit=args.test, seed=0, channels=3)
@@ -128,8 +130,6 @@ def _local(args) -> dict:
 
 
 def _worker(args) -> int:
-    from common.distribute import is_chief, make_strategy
-
     strategy = make_strategy("multiworker")  # before any other TensorFlow operation
     train, test, targets = _load(args)
     result = _train_once(args, train, test, targets, "multiworker", args.seeds[0])
@@ -140,8 +140,6 @@ def _worker(args) -> int:
 
 
 def _multiworker(args) -> dict:
-    from serving.testing import pick_unused_port
-
     ports = [pick_unused_port() for _ in range(args.workers)]
     cluster = {"worker": [f"localhost:{port}" for port in ports]}
     base = [sys.executable, "-m", "benchmarks.distribute_bench", "--data", args.data,

@@ -32,8 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data import load_dataset
 from common.errors import UsageError, invalid
+from detector.ood import export_detector
 from serving import testing
+from serving.gateway.auth import generate_key, hash_key
+from serving.gateway.config import policy_from_dict
+from serving.gateway.store import SQLiteStore, new_record
 
 __all__ = ["main"]
 
@@ -52,7 +57,6 @@ def _export_stand_in_detector(base: Path) -> Path:
     import keras
 
     from common.backbones import build_classifier
-    from detector.ood import export_detector
 
     keras.utils.set_random_seed(0)
     classifier = build_classifier("mobilenet", 2, input_size=96, weights="none", alpha=0.25)
@@ -66,16 +70,12 @@ def _export_stand_in_detector(base: Path) -> Path:
 def _cifar_test(data: Path | None, limit: int) -> np.ndarray | None:
     if data is None or not (data / "cifar10_jpeg_q75.zip").is_file():
         return None
-    from common.data import load_dataset
 
     return load_dataset(str(data / "cifar10_jpeg_q75.zip"), "test", limit=limit).images
 
 
 def _gateway_key(work: Path, name: str) -> tuple[str, Path]:
     """A SQLite state for gateway `name` with one client, "bench"; (its key, the file)."""
-    from serving.gateway.auth import generate_key, hash_key
-    from serving.gateway.store import SQLiteStore, new_record
-
     db = work / f"{name}.db"
     store = SQLiteStore(db)
     key = generate_key()
@@ -172,11 +172,7 @@ def _latency(ns: argparse.Namespace, batches: list[int]) -> int:
 
 
 def _flagging(ns: argparse.Namespace) -> int:
-    from common.data import load_dataset
     from serving.client import ServingClient, ServingError
-    from serving.gateway.auth import generate_key, hash_key
-    from serving.gateway.config import policy_from_dict
-    from serving.gateway.store import SQLiteStore, new_record
 
     data = Path(ns.data)
     tiny = data / "tinyimagenet200_val10k_train50pc.zip"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attack.journal import QueryJournal
 from serving import testing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
               f"victims={ns.victims!r}. Expected a folder holding models.config.",
               file=sys.stderr)
         return 2
-    from attack.journal import QueryJournal
 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     server = testing.model_server(config_file=config, process=True)

@@ -34,6 +34,7 @@ import grpc
 import numpy as np
 
 from serving import testing
+from serving.gateway.__main__ import main as gateway_main
 
 __all__ = ["DEFAULT_POLICY", "LoadResult", "add_key", "audit_summary", "drive", "main",
            "predict_request"]
@@ -59,8 +60,6 @@ def add_key(state: Path, client: str, *, budget: int | None = None,
     """`python -m serving.gateway keys add` (run in this process): the key it prints once."""
     import contextlib
     import io
-
-    from serving.gateway.__main__ import main as gateway_main
 
     argv = ["keys", "add", "--state", f"sqlite:{state}", "--client", client]
     for flag, value in (("--budget", budget), ("--rate", rate), ("--burst", burst)):

@@ -43,6 +43,7 @@ COMMANDS: list[tuple[str, str, list[str]]] = [
     ("attack.jbda", "attack.jbda", []),
     ("attack.equation_solving", "attack.equation_solving", []),
     ("attack.fee", "attack.fee", []),
+    ("attack.datafree", "attack.datafree", []),
     ("detector.train", "detector.train", []),
     ("detector.evaluate", "detector.evaluate", []),
     ("detector.calibrate", "detector.calibrate", []),

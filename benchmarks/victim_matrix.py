@@ -39,6 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
+from attack import Knockoff, Surrogate, probe
+from attack.journal import QueryJournal
+from attack.victim import RestVictim, ServingVictim, consistency
+from common.data import load_dataset
+from serving import testing
+from tests import victim_matrix as vm
+from tests.victim_matrix import Entry
+
 log = logging.getLogger(__name__)
 
 PHASES = ("understand", "accuracy", "throughput", "attack", "targets")
@@ -68,8 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_data(data_dir: Path, args):
-    from common.data import load_dataset
-
     cifar = data_dir / "cifar10_jpeg_q75.zip"
     tiny = data_dir / "tinyimagenet200_val10k_train50pc.zip"
     for path in (cifar, tiny):
@@ -110,8 +116,6 @@ def train_cifar_core(train, epochs: int, out: Path):
 
 
 def victim_for(entry, server, interface: str = "grpc", **flags):
-    from attack.victim import RestVictim, ServingVictim
-
     kw = dict(signature=entry.signature, num_classes=10 if entry.num_classes else None,
               **flags)
     if interface == "rest":
@@ -146,8 +150,6 @@ def phase_understand(entries, server, transfer, repeats: int) -> dict:
 
 
 def phase_accuracy(entries, server, core, test) -> dict:
-    from attack.victim import consistency
-
     truth_probs = np.asarray(core.predict(test.images.astype(np.float32) / 255.0, verbose=0))
     truth = float((truth_probs.argmax(1) == test.labels).mean())
     out = {"truth": truth}
@@ -191,8 +193,6 @@ def phase_throughput(entries, server, transfer, repeats: int) -> dict:
 
 
 def phase_attack(entries, server, transfer, test, args, data_dir: Path, out: Path) -> dict:
-    from attack import Knockoff, Surrogate
-
     surrogate = Surrogate(backbone="mobilenet",
                           weights=str(data_dir / "mobilenet_2_5_224_tf_no_top.h5"),
                           arch_args=("alpha=0.25",), input_size=96,
@@ -214,8 +214,6 @@ def phase_attack(entries, server, transfer, test, args, data_dir: Path, out: Pat
         log.info("attack %s seed %d: %s", entry.name, seed, head)
         return head
 
-    from tests.victim_matrix import Entry
-
     reference = Entry("reference", "0,255", "probabilities", "probabilities")
     partial = out / "attack_partial.json"
     for entry, seeds in [(reference, args.seeds)] + [(e, args.seeds[:1]) for e in entries]:
@@ -231,9 +229,6 @@ def phase_targets(out: Path, attack: dict, seed: int) -> dict:
     (`attack.probe.to_probabilities` with the kind the victim used) and compared on the same
     query numbers: the largest absolute difference and the top-1 agreement. Top-k answers are
     compared with the reference's answers cut to the same top-k and renormalised."""
-    from attack import probe
-    from attack.journal import QueryJournal
-
     def targets(name: str, kind: str) -> tuple[np.ndarray, np.ndarray]:
         with QueryJournal.open(out / "runs" / f"{name}_s{seed}") as journal:
             indices, responses = journal.answered_indices(), journal.responses()
@@ -263,8 +258,6 @@ def phase_targets(out: Path, attack: dict, seed: int) -> dict:
 
 def serve_phases(phases: list[str], args, data_dir: Path, out: Path, vm) -> dict:
     """The phases that need the data, the trained victim and the server."""
-    from serving import testing
-
     train, test, transfer = load_data(data_dir, args)
     start = time.perf_counter()
     core = train_cifar_core(train, args.epochs, out)
@@ -300,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-
-    from tests import victim_matrix as vm
 
     if args.deterministic:
         import tensorflow as tf
