@@ -223,7 +223,8 @@ def run(config: CompareConfig) -> dict:
     name = Path(config.victim).resolve().name
     rows: list[dict] = []
     with model_server(base_path=config.victim, name=name) as server:
-        victim = ServingVictim(server.target, name, input_range="0,255", output_kind="probabilities")
+        victim = ServingVictim(server.target, name, input_range="0,255",
+                               output_kind="probabilities")
         victim_acc = float((victim.predict(test.images).argmax(1) == test.labels).mean())
         for seed in config.seeds:
             order = np.random.default_rng(seed).permutation(len(pool.images))
