@@ -122,6 +122,10 @@ class EvasionConfig:
                 "clients through the real gateway in front of the served victim, with the "
                 "policy's window and with the binomial window (fpr = the detector's calibrated "
                 "rate)", "metavar": "DIR"})
+    thief_budget: int = field(default=0, metadata={
+        "help": "with --gateway-detector: also run Knockoff thieves (JPEG-75 queries; 50%% "
+                "camouflage) of this many queries through both gateways (0: not run)",
+        "min": 0})
     gateway_only: bool = field(default=False, metadata={
         "help": "only the gateway part (needs --gateway-detector); no detector training"})
 
@@ -355,21 +359,111 @@ def _stream(store, target: str, model: str, name: str, images: np.ndarray, batch
     return None, np.concatenate(answers)
 
 
-def run_gateway(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
-    """Evading clients through two gateways in front of the served victim: the detector with
-    the policy's default window, and with `BinomialWindow` at its calibrated rate."""
-    from benchmarks.harness.defended import Served
-    from detector.monitor import Monitor, Watch
+def _gateway_windows(config: EvasionConfig, out: Path) -> tuple[Any, dict[str, Any]]:
+    """The loaded detector and the two windows compared (None: the policy's own)."""
     from detector.ood import OODDetector
+
+    out.mkdir(parents=True, exist_ok=True)
+    detector = OODDetector.load(config.gateway_detector)
+    fpr = float(detector.calibration.get("target_fpr", config.fpr))
+    return detector, {
+        "policy window (256, 0.5, 64)": None,
+        f"binomial (256, fpr {fpr:g}, alpha {config.alpha:g}, min {config.min_queries})":
+            BinomialWindow(config.window, fpr, config.alpha, config.min_queries)}
+
+
+def _gateway(served, path: str, detector, window, model: str, db: Path):
+    """A started in-process gateway (flagged clients get labels only) watching with
+    `detector`: through the policy's window when `window` is None, else a `Monitor` with it."""
+    from detector.monitor import Monitor, Watch
     from detector.robust import DetectorScore
     from serving.gateway.config import GatewayConfig, policy_from_dict
     from serving.gateway.server import Gateway
     from serving.gateway.store import SQLiteStore
 
+    for stale in db.parent.glob(db.name + "*"):
+        stale.unlink()
+    policy = {"on_flag": {"action": "degrade", "policy": "label_only"}, "models": [model]}
+    monitor = None
+    if window is None:
+        policy["detectors"] = {"ood": {"path": str(path)}}
+    else:
+        monitor = Monitor([Watch("ood", DetectorScore(detector), window)])
+    store = SQLiteStore(db)
+    gw = Gateway(GatewayConfig(upstream=served.upstream, port=0, host="127.0.0.1",
+                               metrics_port=0, state=f"sqlite:{db}"),
+                 policy=policy_from_dict(policy), store=store,
+                 ood_detector=detector if window is None else None, monitor=monitor).start()
+    return gw, store
+
+
+THIEVES = (("jpeg:75", ("jpeg", 75), 0.0), ("camouflage:0.5", None, 0.5))
+
+
+def run_thieves(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
+    """Knockoff thieves (JPEG-75 queries; 50% camouflage) through both gateways: the
+    surrogate / victim accuracy ratio on CIFAR-10 test images no client sent."""
+    from benchmarks.harness.defended import (
+        BenchConfig,
+        Served,
+        client_key,
+        knockoff_config,
+        run_knockoff_through,
+    )
+
+    out = Path(config.out) / "thieves"
+    detector, windows = _gateway_windows(config, out)
+    victims, model = _served_victim(config.victim)
+    views = data["views"]
+    # CIFAR-10 test images no client of this benchmark sends (the benign clients send the
+    # first ones), with their true labels.
+    evaluation = views["clients/none"][-2000:]
+    test_file = out / "evaluation.npz"
+    np.savez(test_file, x_test=evaluation, y_test=data["client_labels"][-2000:])
+    transfer = data["thief_pool"]
+    bench = BenchConfig(victims=str(victims), model=model, data_dir=config.data_dir,
+                        budget=config.thief_budget, out=str(out), input_size=64, epochs=3,
+                        noise=0, query_batch=config.query_batch, seed=0)
+    rows = []
+    with Served(str(victims), model) as served:
+        for thief, transform, share in THIEVES:
+            images = transfer if transform is None else \
+                evasion.apply(transform[0], transfer, transform[1])
+            if share:
+                images, _ = evasion.camouflage(images, views["pool"], share, seed=3)
+            pool_file = out / f"pool_{thief.replace(':', '_')}.npz"
+            np.savez(pool_file, x_train=images, y_train=np.zeros(len(images), np.int64))
+            for index, (label, window) in enumerate(windows.items()):
+                run_dir = out / f"{thief.replace(':', '_')}_{index}"
+                gw, store = _gateway(served, config.gateway_detector, detector, window, model,
+                                     out / f"gateway_{thief.replace(':', '_')}_{index}.db")
+                try:
+                    kconfig = knockoff_config(
+                        bench, out=run_dir, grpc=f"127.0.0.1:{gw.port}",
+                        api_key=client_key(store, "thief"), transfer_set=str(pool_file),
+                        transfer_split="train", exclude_classes=None,
+                        test_set=str(test_file), test_split="test")
+                    report = run_knockoff_through(served, kconfig)
+                    ood = store.load_detectors("thief").ood or {}
+                finally:
+                    gw.stop()
+                    store.close()
+                ev = report.get("evaluation") or {}
+                rows.append({"thief": thief, "window": label, "flagged_at":
+                             ood.get("flagged_at"), "ratio": ev.get("ratio"),
+                             "surrogate_acc": ev.get("surrogate_acc"),
+                             "victim_acc": ev.get("victim_acc")})
+                log.info("thief %s, %s: %s", thief, label, rows[-1])
+    return rows
+
+
+def run_gateway(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
+    """Evading clients through two gateways in front of the served victim: the detector with
+    the policy's default window, and with `BinomialWindow` at its calibrated rate."""
+    from benchmarks.harness.defended import Served
+
     out = Path(config.out) / "gateway"
-    out.mkdir(parents=True, exist_ok=True)
-    detector = OODDetector.load(config.gateway_detector)
-    fpr = float(detector.calibration.get("target_fpr", config.fpr))
+    detector, windows = _gateway_windows(config, out)
     victims, model = _served_victim(config.victim)
     views = data["views"]
     attack, pool = views["attack/none"], views["pool"]
@@ -384,29 +478,12 @@ def run_gateway(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
     per_client = config.client_queries
     for i in range(GATEWAY_BENIGN_CLIENTS):
         streams[f"benign_{i + 1}"] = benign[i * per_client:(i + 1) * per_client]
-    windows = {"policy window (256, 0.5, 64)": None,
-               f"binomial (256, fpr {fpr:g}, alpha {config.alpha:g}, min {config.min_queries})":
-               BinomialWindow(config.window, fpr, config.alpha, config.min_queries)}
     rows = []
     with Served(str(victims), model) as served:
         truth = served.direct(benign[:GATEWAY_BENIGN_CLIENTS * per_client]).argmax(axis=1)
         for index, (label, window) in enumerate(windows.items()):
-            db = out / f"gateway_{index}.db"
-            for stale in out.glob(f"gateway_{index}.db*"):
-                stale.unlink()
-            policy = {"on_flag": {"action": "degrade", "policy": "label_only"},
-                      "models": [model]}
-            monitor = None
-            if window is None:
-                policy["detectors"] = {"ood": {"path": str(config.gateway_detector)}}
-            else:
-                monitor = Monitor([Watch("ood", DetectorScore(detector), window)])
-            store = SQLiteStore(db)
-            gw = Gateway(GatewayConfig(upstream=served.upstream, port=0, host="127.0.0.1",
-                                       metrics_port=0, state=f"sqlite:{db}"),
-                         policy=policy_from_dict(policy), store=store,
-                         ood_detector=detector if window is None else None,
-                         monitor=monitor).start()
+            gw, store = _gateway(served, config.gateway_detector, detector, window, model,
+                                 out / f"gateway_{index}.db")
             try:
                 target = f"127.0.0.1:{gw.port}"
                 row: dict[str, Any] = {"window": label}
@@ -442,17 +519,25 @@ def _data(config: EvasionConfig) -> dict[str, Any]:
     attack = load_dataset(str(data / TRANSFER), "val", image_size=size, channels=3,
                           exclude_classes=str(data / OVERLAP), limit=config.eval_limit,
                           seed=0).images
-    test = load_dataset(str(data / BENIGN), "test", channels=3).images
+    test_set = load_dataset(str(data / BENIGN), "test", channels=3)
+    test = test_set.images
     order = np.random.default_rng(0).permutation(len(test))
     calibration = test[order[:CALIBRATION_IMAGES]]
     pool = test[order[CALIBRATION_IMAGES:CALIBRATION_IMAGES + POOL_IMAGES]]
     start = CALIBRATION_IMAGES + POOL_IMAGES
-    clients = test[order[start:start + config.benign_clients * config.client_queries]]
+    client_rows = order[start:start + config.benign_clients * config.client_queries]
+    clients = test[client_rows]
     if len(clients) < config.eval_limit:
         raise invalid("eval_limit", config.eval_limit,
                       f"at most the benign clients' {len(clients)} images")
+    thief_pool = None
+    if config.thief_budget:
+        thief_pool = load_dataset(str(data / TRANSFER), "train", image_size=size, channels=3,
+                                  exclude_classes=str(data / OVERLAP),
+                                  limit=config.thief_budget, seed=7).images
     return {"train_benign": train_benign, "train_attack": train_attack, "calibration":
-            calibration, "views": _views(config, attack, clients, pool)}
+            calibration, "views": _views(config, attack, clients, pool),
+            "client_labels": test_set.labels[client_rows], "thief_pool": thief_pool}
 
 
 def _victim(path: str):
@@ -530,8 +615,12 @@ def run_evasion(config: EvasionConfig) -> dict:
     victim = None
     seeds = []
     if config.gateway_only:
-        rows = run_gateway(config, _data(config))
-        return _write_gateway(out, rows)
+        data = _data(config)
+        result = _write_gateway(out, run_gateway(config, data))
+        if config.thief_budget:
+            thieves = _write_thieves(out, run_thieves(config, data))
+            result["table"] += "\n\n" + thieves["table"]
+        return result
     for seed in config.seeds:
         path = out / f"seed_{seed}.json"
         if path.is_file():
@@ -560,9 +649,26 @@ def run_evasion(config: EvasionConfig) -> dict:
     (out / "results.md").write_text(f"# Evasion benchmark\n\n{table}\n\n```json\n"
                                     f"{json.dumps(meta, indent=1)}\n```\n")
     if config.gateway_detector is not None:
-        gateway = _write_gateway(out, run_gateway(config, data or _data(config)))
-        table += "\n\n" + gateway["table"]
+        data = data or _data(config)
+        table += "\n\n" + _write_gateway(out, run_gateway(config, data))["table"]
+        if config.thief_budget:
+            table += "\n\n" + _write_thieves(out, run_thieves(config, data))["table"]
     return {"table": table, "summary": summary}
+
+
+def _write_thieves(out: Path, rows: list[dict]) -> dict:
+    """OUT/thieves.{json,md}: each Knockoff thief's flag and surrogate / victim ratio."""
+    from common.fileio import write_json_atomic
+
+    table = markdown_table([{k: ("never" if v is None and k == "flagged_at" else v)
+                             for k, v in r.items()} for r in rows],
+                           [("thief", "thief"), ("window", "gateway window"),
+                            ("flagged_at", "flagged at query"), ("victim_acc", "victim acc"),
+                            ("surrogate_acc", "surrogate acc"), ("ratio", "ratio")])
+    write_json_atomic(out / "thieves.json", {"rows": rows})
+    text = "## Knockoff thieves through the real gateway (flagged: labels only)\n\n" + table
+    (out / "thieves.md").write_text(text + "\n")
+    return {"table": text, "rows": rows}
 
 
 def _write_gateway(out: Path, rows: list[dict]) -> dict:
