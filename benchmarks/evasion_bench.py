@@ -70,7 +70,7 @@ from detector import evasion
 from detector.aggregate import BinomialWindow, SlidingWindow, first_flag
 from detector.robust import CombinedScore, MahalanobisScore, threshold_at_fpr
 
-__all__ = ["EvasionConfig", "main", "run_evasion"]
+__all__ = ["EvasionConfig", "main", "run_evasion", "summarise", "tables"]
 
 log = logging.getLogger(__name__)
 
@@ -581,27 +581,28 @@ def summarise(seeds: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _tables(summary: dict[str, list[dict]]) -> str:
+def tables(summary: dict[str, list[dict]], scores: Sequence[str] = SCORES) -> str:
+    """The Markdown tables of `summarise`'s output, for the `scores` compared."""
     per_query = [r for r in summary["evasion"] if "old_anomalous" in r]
     camo = [r for r in summary["evasion"] if "old_stream_share" in r]
     t1 = markdown_table([{"evasion": r["evasion"], **{s: _cell(r[f"{s}_anomalous"])
-                                                      for s in SCORES}} for r in per_query],
-                        [("evasion", "evasion")] + [(s, s) for s in SCORES])
+                                                      for s in scores}} for r in per_query],
+                        [("evasion", "evasion")] + [(s, s) for s in scores])
     t2 = markdown_table([{"evasion": r["evasion"], **{s: _cell(r[f"{s}_benign"])
-                                                      for s in SCORES}} for r in per_query],
-                        [("evasion", "benign images under")] + [(s, s) for s in SCORES])
+                                                      for s in scores}} for r in per_query],
+                        [("evasion", "benign images under")] + [(s, s) for s in scores])
     t3 = markdown_table([{"evasion": r["evasion"], "old_level": _cell(r["old_level_flagged_at"]),
-                          **{s: _cell(r[f"{s}_flagged_at"]) for s in SCORES}}
+                          **{s: _cell(r[f"{s}_flagged_at"]) for s in scores}}
                          for r in per_query + camo],
                         [("evasion", "client's stream"), ("old_level", "old + level 0.5")]
-                        + [(s, f"{s} + binomial") for s in SCORES])
+                        + [(s, f"{s} + binomial") for s in scores])
     t4 = markdown_table([{"clients": r["clients"],
                           "old_level": _cell(r["old_level_flagged"]),
                           **{s: f"{_cell(r[f'{s}_flagged'], 1)} (FPR "
-                                f"{_cell(r[f'{s}_query_fpr'])})" for s in SCORES}}
+                                f"{_cell(r[f'{s}_query_fpr'])})" for s in scores}}
                          for r in summary["clients"]],
                         [("clients", "benign clients send"), ("old_level", "old + level 0.5")]
-                        + [(s, f"{s} + binomial") for s in SCORES])
+                        + [(s, f"{s} + binomial") for s in scores])
     return "\n\n".join([
         "## Anomalous accuracy at the calibrated threshold (attack images flagged)", t1,
         "## Benign accuracy under the same transform (benign images not flagged)", t2,
@@ -635,7 +636,7 @@ def run_evasion(config: EvasionConfig) -> dict:
         write_json_atomic(path, result)
         seeds.append(result)
     summary = summarise(seeds)
-    table = _tables(summary)
+    table = tables(summary)
     from common.fileio import write_json_atomic
 
     meta = {"victim": config.victim, "seeds": list(config.seeds), "fpr": config.fpr,
