@@ -61,7 +61,7 @@ from benchmarks.harness.defended import (
     knockoff_config,
     markdown_table,
     run_knockoff_through,
-    split_pool,
+    victim_domain_split,
 )
 from benchmarks.output_policies import benign_cost
 from common.data import load_dataset
@@ -248,15 +248,7 @@ def run_defence(config: DefenceConfig) -> dict:
     if not key_file.is_file():
         key_file.write_bytes(WATERMARK_KEY)
     benign_set = load_dataset(config.benign_spec, config.benign_split)
-    split_file = out / "data" / "victim_domain_split.npz"
-    if not split_file.is_file():
-        pool_idx, eval_idx = split_pool(len(benign_set), config.pool_fraction, 0)
-        split_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = split_file.with_name("tmp_split.npz")
-        np.savez(tmp, x_train=benign_set.images[pool_idx], y_train=benign_set.labels[pool_idx],
-                 x_test=benign_set.images[eval_idx], y_test=benign_set.labels[eval_idx],
-                 class_names=np.asarray(benign_set.class_names))
-        tmp.replace(split_file)
+    split_file = victim_domain_split(out, benign_set, config.pool_fraction, 0)
     with np.load(split_file) as data:
         pool, evaluation, eval_labels = data["x_train"], data["x_test"], data["y_test"]
     results: dict[str, Any] = {}

@@ -51,8 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from attack.pipeline import journal_answers
 from benchmarks.harness import defended
 
@@ -149,15 +147,7 @@ def run_realistic(config: RealisticConfig) -> dict:
     """Run both attackers (resuming what is done) and write OUT/results.{json,md}."""
     out = check_run_dir(config)
     benign = load_dataset(config.benign_spec, config.benign_split)
-    split_file = out / "data" / "victim_domain_split.npz"
-    if not split_file.is_file():
-        pool_idx, eval_idx = defended.split_pool(len(benign), config.pool_fraction, config.seed)
-        split_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = split_file.with_name("tmp_split.npz")
-        np.savez(tmp, x_train=benign.images[pool_idx], y_train=benign.labels[pool_idx],
-                 x_test=benign.images[eval_idx], y_test=benign.labels[eval_idx],
-                 class_names=np.asarray(benign.class_names))
-        tmp.replace(split_file)
+    split_file = defended.victim_domain_split(out, benign, config.pool_fraction, config.seed)
     n_pool = int(round(len(benign) * config.pool_fraction))
     del benign
     policy = config.policy()

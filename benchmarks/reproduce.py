@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from attack.papers import PAPER_DETECTOR, PAPER_KNOCKOFF
-from benchmarks import harness, study
-from benchmarks.full_scale import build_full_plan
+from benchmarks import harness
 from benchmarks.harness import Context, Step
 from benchmarks.results_page import write_results_page
-from benchmarks.study import SCALES, Scale
+from benchmarks.scales import SCALES, Scale
 from common.cli import ArgumentParser, run_cli
 from common.errors import UsageError, invalid
 from common.fileio import check_writable
@@ -88,6 +87,8 @@ def default_context(scale: Scale) -> Context:
 
 def _cpu_plan(scale: Scale, ctx: Context) -> list[Step]:
     """The cpu and smoke plans: the shared data's CIFAR-10, GTSRB, MNIST and Tiny-ImageNet."""
+    from benchmarks import study  # the packages' configs (numpy, grpc): after the flags
+
     f = ctx.file
     mobilenet = {"arch_args": ("alpha=0.25",), "weights": f(MOBILENET)}
     tiny = {"transfer_set": f(TRANSFER), "transfer_split": "train+val"}
@@ -154,7 +155,11 @@ def build_plan(scale: Scale, ctx: Context | None = None) -> list[Step]:
     """The experiments in the order they run (each after the steps it needs); every command's
     config values are checked against its command line here, before anything runs."""
     ctx = ctx or default_context(scale)
-    return build_full_plan(scale, ctx) if scale.imagenet else _cpu_plan(scale, ctx)
+    if scale.imagenet:
+        from benchmarks.full_scale import build_full_plan  # as `study`: after the flags
+
+        return build_full_plan(scale, ctx)
+    return _cpu_plan(scale, ctx)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,14 +6,13 @@ toolkit adds PRADA, output policies, Copycat, JBDA, equation solving and functio
 extraction. Each builder here returns a `benchmarks.harness.Step` whose commands are the
 toolkit's own configs (`VictimConfig`, `KnockoffConfig`, `DetectorConfig`, ...); the cpu plan
 (`benchmarks.reproduce`) and the full plan (`benchmarks.full_scale`) differ only in the data,
-surrogates and sizes they pass. `Scale` holds the sizes of each plan.
+surrogates and sizes they pass (`benchmarks.scales`: the sizes of each plan).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from attack.config import CopycatConfig, JBDAConfig, KnockoffConfig
@@ -23,6 +22,7 @@ from benchmarks.harness import SERVER, Command, Context, Step
 from benchmarks.output_policies import PoliciesConfig
 from benchmarks.prada_bench import PradaBenchConfig
 from benchmarks.realistic_adversary import RealisticConfig
+from benchmarks.scales import SCALES, Scale
 from detector.evaluate import EvaluateConfig
 from detector.ood import DetectorConfig
 from victim_export.config import VictimConfig
@@ -32,52 +32,6 @@ __all__ = ["COPYCAT", "DEFENDED", "EXACT", "JBDA", "KNOCKOFF_RUNS", "POLICIES", 
            "dense_victim_steps", "detector_step", "exact_step", "exact_steps", "jbda_values",
            "prada_step", "victim_step"]
 
-
-@dataclass(frozen=True)
-class Scale:
-    """How big each experiment is at one scale."""
-
-    name: str
-    victim_epochs: dict[str, int]
-    victim_limit: int | None
-    budget: int
-    heldout: int
-    surrogate_size: int
-    surrogate_epochs: int
-    test_limit: int | None
-    detector_limit: int | None
-    detector_epochs: int
-    policy_budget: int
-    copycat_budget: int
-    jbda_seeds: int
-    jbda_rounds: int
-    fee_hidden: tuple[int, ...]
-    resnet_width: int = 64  # ResNet-34 victims' base width (He et al.: 64)
-    imagenet: bool = False  # the full-scale plan (benchmarks.full_scale): ImageNet, tfds
-    prada_queries: int = 2000  # queries per PRADA stream at most
-
-
-SCALES = {
-    "smoke": Scale("smoke", {"cifar10_cnn": 1, "cifar10_resnet34": 1, "gtsrb_resnet34": 1},
-                   victim_limit=2000, budget=600, heldout=100, surrogate_size=64,
-                   surrogate_epochs=1, test_limit=500, detector_limit=600, detector_epochs=1,
-                   policy_budget=300, copycat_budget=300, jbda_seeds=20, jbda_rounds=2,
-                   fee_hidden=(8,), resnet_width=16, prada_queries=300),
-    # cpu: the CIFAR-10 ResNet-34 keeps its depth at a quarter of the width (16): at width 64
-    # with the CIFAR stem one epoch costs about 15 minutes on 2 cores, at width 16 about 1.5
-    # (GTSRB's ResNet-34 has the ImageNet stem, cheap at 32 px, and keeps width 64).
-    "cpu": Scale("cpu", {"cifar10_cnn": 10, "cifar10_resnet34": 5, "gtsrb_resnet34": 4},
-                 victim_limit=None, budget=8000, heldout=600, surrogate_size=96,
-                 surrogate_epochs=8, test_limit=None, detector_limit=10000, detector_epochs=6,
-                 policy_budget=6000, copycat_budget=8000, jbda_seeds=150, jbda_rounds=4,
-                 fee_hidden=(16, 32, 64), resnet_width=16),
-    "full": Scale("full", {"cifar10_cnn": 60, "cifar10_resnet34": 100, "gtsrb_resnet34": 60,
-                           "caltech256_resnet34": 100, "cubs200_resnet34": 100},
-                  victim_limit=None, budget=100000, heldout=2000, surrogate_size=224,
-                  surrogate_epochs=100, test_limit=None, detector_limit=None, detector_epochs=20,
-                  policy_budget=100000, copycat_budget=100000, jbda_seeds=500, jbda_rounds=6,
-                  fee_hidden=(16, 32, 64, 128), imagenet=True),
-}
 
 # The attacks each step may run: module -> its config class and the title of its steps.
 ATTACKS = {"attack.knockoff": KnockoffConfig, "attack.copycat": CopycatConfig,

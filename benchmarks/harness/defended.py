@@ -38,7 +38,7 @@ from serving.gateway.store import SQLiteStore, new_record
 __all__ = ["TASKS", "TRANSFER", "WEIGHTS", "BenchConfig", "Served", "Task", "VictimData",
            "answer_summary", "audit_summary", "benchmark_main", "check_run_dir", "client_key",
            "knockoff_config", "markdown_table", "run_knockoff_through", "split_pool",
-           "write_results"]
+           "victim_domain_split", "write_results"]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,22 @@ def split_pool(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     if not 0 < cut < n:
         raise invalid("pool_fraction", fraction, f"a share leaving both halves of {n} non-empty")
     return np.sort(order[:cut]), np.sort(order[cut:])
+
+
+def victim_domain_split(out: Path, dataset: Any, fraction: float, seed: int) -> Path:
+    """OUT/data/victim_domain_split.npz, written once: `dataset` (an `ImageDataset`) cut by
+    `split_pool` into the realistic attacker's pool (``train``) and the evaluation half that no
+    attacker queries (``test``)."""
+    split_file = out / "data" / "victim_domain_split.npz"
+    if not split_file.is_file():
+        pool_idx, eval_idx = split_pool(len(dataset), fraction, seed)
+        split_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = split_file.with_name("tmp_split.npz")
+        np.savez(tmp, x_train=dataset.images[pool_idx], y_train=dataset.labels[pool_idx],
+                 x_test=dataset.images[eval_idx], y_test=dataset.labels[eval_idx],
+                 class_names=np.asarray(dataset.class_names))
+        tmp.replace(split_file)
+    return split_file
 
 
 # -- the served victim and the gateway ------------------------------------------------------------

@@ -33,12 +33,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.cli import as_flags, build_parser
 from common.errors import UsageError
 from common.fileio import write_json_atomic
-from serving import testing
+
+if TYPE_CHECKING:  # grpc: imported when a server starts, so that --help answers fast
+    from serving import testing
 
 __all__ = ["SERVER", "Command", "Context", "Step", "StepUnavailable", "closure", "machine",
            "print_commands", "run_step", "shown", "versions"]
@@ -175,6 +177,8 @@ class Context:
     def server(self) -> str:
         """Start (once) the embedded model server over `<out>/victims/models.config`."""
         if "victims" not in self.servers:
+            from serving import testing
+
             self.servers["victims"] = testing.model_server(
                 config_file=self.path("victims", "models.config"), process=True)
         return self.servers["victims"].target
