@@ -263,7 +263,7 @@ class ServingClient(BaseClient):
         check_number("timeout", timeout, gt=0, expected=_SECONDS)
         check_number("poll", poll, gt=0, expected=_SECONDS)
         give_up = time.monotonic() + timeout
-        last = "no answer yet"
+        last, answered = "no answer yet", False
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec())
         while True:
             self._check_open()
@@ -280,9 +280,12 @@ class ServingClient(BaseClient):
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                 ):
                     raise self._error("GetModelStatus", code, details) from err
-                last = f"{code.name}: {details}"
+                if code != grpc.StatusCode.DEADLINE_EXCEEDED or not answered:
+                    # our own poll running out says nothing new about a model that answered
+                    last = f"{code.name}: {details}"
             else:
                 self._count(requests=1)
+                answered = True
                 statuses = [_version_status(v) for v in response.model_version_status]
                 available = [s.version for s in statuses if s.state == "AVAILABLE"]
                 if available:
