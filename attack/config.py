@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.backbone_specs import get_backbone_spec, parse_arch_args
 from common.constraints import check_fields
@@ -52,6 +53,8 @@ __all__ = [
     "ServerPart",
     "SurrogatePart",
     "TransferPart",
+    "query_batch_field",
+    "run_dir_field",
     "validate_parts",
 ]
 
@@ -67,6 +70,19 @@ INPUT_RANGES = ("auto", "0,255", "0,1", "-1,1")
 # (`--resume --output-kind logits` re-reads the same raw answers the right way).
 RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc", "rest",
                          "output_kind", "distribute")
+
+
+def run_dir_field(default: str, holds: str = "config, journal, checkpoints, surrogate, "
+                                              "report") -> Any:
+    """The ``out`` field (``--out RUN_DIR``) every attack declares, with its default folder and
+    what the run directory `holds`."""
+    return field(default=default, metadata={"help": f"run directory ({holds})",
+                                            "metavar": "RUN_DIR", "rule": "nonempty"})
+
+
+def query_batch_field(default: int, what: str = "images") -> Any:
+    """The ``query_batch`` field: `what` is sent per Predict request, `default` at a time."""
+    return field(default=default, metadata={"help": f"{what} per Predict request", "min": 1})
 
 
 def validate_parts(config) -> None:
@@ -96,8 +112,7 @@ class ServerPart:
         "help": "API key sent as x-api-key metadata (for a gateway in front of TF Serving)"})
     timeout: float = field(default=60.0, metadata={
         "help": "deadline of one Predict, seconds", "gt": 0})
-    query_batch: int = field(default=64, metadata={"help": "images per Predict request",
-                                                   "min": 1})
+    query_batch: int = query_batch_field(64)
 
 
 
@@ -192,9 +207,7 @@ class EvaluationPart:
 class RunPart:
     """The run directory, resumption and the seed."""
 
-    out: str = field(default="runs/attack", metadata={
-        "help": "run directory (config, journal, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR", "rule": "nonempty"})
+    out: str = run_dir_field("runs/attack")
     resume: bool = field(default=False, metadata={
         "help": "continue the run in RUN_DIR without re-sending answered queries",
         "check": True})
@@ -320,9 +333,7 @@ class KnockoffConfig(AttackConfig, TransferPart):
         "gt": 0, "lt": 1})
     consistency_weight: float = field(default=1.0, metadata={
         "help": "with --semi-supervised: weight of the unlabelled (consistency) loss", "min": 0})
-    out: str = field(default="runs/knockoff", metadata={
-        "help": "run directory (config, journal, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR", "rule": "nonempty"})
+    out: str = run_dir_field("runs/knockoff")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -358,9 +369,7 @@ class CopycatConfig(AttackConfig, TransferPart):
     pd_epochs: int = field(default=5, metadata={
         "help": "fine-tuning passes of phase 2 over its images (mixed with as many phase-1 "
                 "images)", "min": 1})
-    out: str = field(default="runs/copycat", metadata={
-        "help": "run directory (config, journal, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR", "rule": "nonempty"})
+    out: str = run_dir_field("runs/copycat")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -395,9 +404,8 @@ class JBDAConfig(AttackConfig):
         "min": 1})
     curve_points: int = field(default=4, metadata={
         "cli": False, "help": "unused: JBDA's curve has one point per round", "min": 1})
-    out: str = field(default="runs/jbda", metadata={
-        "help": "run directory (config, journal, query images, checkpoints, surrogate, report)",
-        "metavar": "RUN_DIR", "rule": "nonempty"})
+    out: str = run_dir_field("runs/jbda", "config, journal, query images, checkpoints, "
+                                          "surrogate, report")
 
     def __post_init__(self) -> None:
         super().__post_init__()

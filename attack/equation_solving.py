@@ -51,7 +51,15 @@ from attack._linear import (
     softmax,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import DomainPart, ExactEvaluationPart, RunPart, ServerPart, validate_parts
+from attack.config import (
+    DomainPart,
+    ExactEvaluationPart,
+    RunPart,
+    ServerPart,
+    query_batch_field,
+    run_dir_field,
+    validate_parts,
+)
 from attack.journal import QueryJournal
 from attack.pipeline import ExtractionResult, exact_main, prepare_run_dir
 from common.errors import UsageError, invalid
@@ -68,11 +76,8 @@ DESIGNS = ("basis", "random")
 class EquationSolvingConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
     """Recover a softmax/logistic regression exactly from its probabilities (Tramèr et al.)."""
 
-    query_batch: int = field(default=256, metadata={"help": "query points per Predict request",
-                                                    "min": 1})
-    out: str = field(default="runs/equation_solving", metadata={
-        "help": "run directory (config, journal, recovered model, report)",
-        "metavar": "RUN_DIR", "rule": "nonempty"})
+    query_batch: int = query_batch_field(256, "query points")
+    out: str = run_dir_field("runs/equation_solving", "config, journal, recovered model, report")
     output: str = field(default="probabilities", metadata={
         "help": "the output to solve from: probabilities (Tramèr et al.; weights up to a shared "
                 "shift), logits (when exposed: every weight) or auto (logits if exposed)",

@@ -69,7 +69,15 @@ from attack._linear import (
     report_recovered,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import DomainPart, ExactEvaluationPart, RunPart, ServerPart, validate_parts
+from attack.config import (
+    DomainPart,
+    ExactEvaluationPart,
+    RunPart,
+    ServerPart,
+    query_batch_field,
+    run_dir_field,
+    validate_parts,
+)
 from attack.equation_solving import targets
 from attack.journal import QueryJournal
 from attack.pipeline import ExtractionResult, exact_main, prepare_run_dir
@@ -85,11 +93,8 @@ log = logging.getLogger(__name__)
 class FeeConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
     """Extract a one-hidden-layer ReLU network exactly (Jagielski et al. 2020)."""
 
-    query_batch: int = field(default=512, metadata={"help": "query points per Predict request",
-                                                    "min": 1})
-    out: str = field(default="runs/fee", metadata={
-        "help": "run directory (config, journal, recovered model, report)",
-        "metavar": "RUN_DIR", "rule": "nonempty"})
+    query_batch: int = query_batch_field(512, "query points")
+    out: str = run_dir_field("runs/fee", "config, journal, recovered model, report")
     resume: bool = field(default=False, metadata={
         "help": "continue the run in RUN_DIR, replaying the journaled answers", "check": True})
     seed: int = field(default=0, metadata={"help": "random seed (lines, random points)",
