@@ -159,7 +159,14 @@ def test_end_to_end_naive_flagged_realistic_not_and_resume_reuses(tiny_world, tm
     results = json.loads((out / "results.json").read_text())
     rows = {r["attacker"]: r for r in results["rows"]}
     naive, realistic = rows["naive"], rows["realistic"]
-    assert naive["queries"] == realistic["queries"] == 160
+    # The gateway audits every query a client sent: the 160 of the budget (journaled) and the
+    # attack's output-kind probe before them (attack.victim.Victim.understand: 16 images, not
+    # journaled, counted in report.json's victim.probe_queries).
+    for name, row in rows.items():
+        probes = json.loads((out / name / "report.json").read_text())["extra"]["victim"][
+            "probe_queries"]
+        assert probes == 16
+        assert row["n_queries"] == 160 and row["queries"] == 160 + probes, name
     # naive: every query looks like an attack, flagged as soon as min_queries allows
     assert naive["flagged"] and naive["flagged_by"] == "ood"
     assert naive["flagged_at"] == 16
@@ -179,4 +186,4 @@ def test_end_to_end_naive_flagged_realistic_not_and_resume_reuses(tiny_world, tm
     assert ra.main(tiny_argv(base, detector, out)) == 0
     assert (out / "naive" / "report.json").stat().st_mtime_ns == before
     again = json.loads((out / "results.json").read_text())
-    assert [r["queries"] for r in again["rows"]] == [160, 160]
+    assert [r["queries"] for r in again["rows"]] == [176, 176]
