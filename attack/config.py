@@ -46,6 +46,7 @@ __all__ = [
     "DomainPart",
     "EndpointPart",
     "EvaluationPart",
+    "ExactConfig",
     "ExactEvaluationPart",
     "JBDAConfig",
     "KnockoffConfig",
@@ -254,6 +255,15 @@ class DomainPart:
 
 
 _PARTS = (SurrogatePart, ExactEvaluationPart, DomainPart)  # rules beyond their fields'
+
+
+@dataclass(frozen=True)
+class ExactConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
+    """What the exact attacks (`attack.equation_solving`, `attack.fee`) share: the victim's
+    server, the input domain, the evaluation and the run."""
+
+    def __post_init__(self) -> None:
+        validate_parts(self)
 
 
 # -- the learning attacks --------------------------------------------------------------------------

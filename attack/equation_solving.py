@@ -51,15 +51,7 @@ from attack._linear import (
     softmax,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import (
-    DomainPart,
-    ExactEvaluationPart,
-    RunPart,
-    ServerPart,
-    query_batch_field,
-    run_dir_field,
-    validate_parts,
-)
+from attack.config import ExactConfig, query_batch_field, run_dir_field
 from attack.journal import QueryJournal
 from attack.pipeline import ExtractionResult, exact_main, prepare_run_dir
 from common.errors import UsageError, invalid
@@ -73,7 +65,7 @@ DESIGNS = ("basis", "random")
 
 
 @dataclass(frozen=True)
-class EquationSolvingConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
+class EquationSolvingConfig(ExactConfig):
     """Recover a softmax/logistic regression exactly from its probabilities (Tramèr et al.)."""
 
     query_batch: int = query_batch_field(256, "query points")
@@ -92,9 +84,6 @@ class EquationSolvingConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart
     verify: int = field(default=16, metadata={
         "help": "extra random queries that check the solution (the answers must be a softmax "
                 "regression's); cut to what --budget leaves", "min": 0})
-
-    def __post_init__(self) -> None:
-        validate_parts(self)
 
 
 @dataclass(frozen=True)

@@ -69,15 +69,7 @@ from attack._linear import (
     report_recovered,
 )
 from attack.base import ExactAttack, exact_client
-from attack.config import (
-    DomainPart,
-    ExactEvaluationPart,
-    RunPart,
-    ServerPart,
-    query_batch_field,
-    run_dir_field,
-    validate_parts,
-)
+from attack.config import ExactConfig, query_batch_field, run_dir_field
 from attack.equation_solving import targets
 from attack.journal import QueryJournal
 from attack.pipeline import ExtractionResult, exact_main, prepare_run_dir
@@ -90,7 +82,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FeeConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
+class FeeConfig(ExactConfig):
     """Extract a one-hidden-layer ReLU network exactly (Jagielski et al. 2020)."""
 
     query_batch: int = query_batch_field(512, "query points")
@@ -133,7 +125,7 @@ class FeeConfig(RunPart, ExactEvaluationPart, DomainPart, ServerPart):
                                                      "gt": 0})
 
     def __post_init__(self) -> None:
-        validate_parts(self)
+        super().__post_init__()
         if self.max_lines < self.lines:
             raise invalid("max_lines", self.max_lines, f"at least --lines ({self.lines})")
         if self.hybrid_set is not None and not self.hybrid:
