@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -730,18 +729,14 @@ def test_map_command():
                    "2"]
 
 
-def _stop_all(procs: list[subprocess.Popen]) -> list[int]:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    codes = []
-    for proc in procs:
-        try:
-            codes.append(proc.wait(timeout=30))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            codes.append(proc.wait())
-    return codes
+def _start(args: list[str], port: int, log: Path, *, cwd: Path, env: dict) -> testing.Running:
+    """`python *args` exactly as given (a compose command line, so not through
+    `testing.model_server`/`testing.gateway`, which write their own flags), stderr in `log`;
+    stopped by `testing.Running.stop` like every other server of the tests."""
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    return testing.Running(port, proc=proc, log=log, args=[sys.executable, *args])
 
 
 @pytest.fixture(scope="module")
@@ -769,7 +764,7 @@ def deployment(model_base, tmp_path_factory):
     sock_dir = Path(tempfile.mkdtemp(prefix="mx", dir="/tmp"))
     logs = tmp_path_factory.mktemp("logs")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    procs: list[subprocess.Popen] = []
+    servers: list[testing.Running] = []
     redis_server = None
     result = {"models": {"cifar10_cnn": tiny[1], "gtsrb_resnet34": tiny[2]}, "mnt": mnt,
               "socket": sock_dir / "tfs.sock", "env": env, "logs": logs}
@@ -778,10 +773,8 @@ def deployment(model_base, tmp_path_factory):
         tfs_ports = {"--port": port(), "--rest_api_port": port()}
         tfs_args = map_command(compose["tfserving"]["command"],
                                {"/models": mnt, "/config": mnt, "/sock": sock_dir}, tfs_ports, {})
-        tfs_log = logs / "tfserving.log"
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "serving.model_server", *tfs_args, "--host=127.0.0.1"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=tfs_log.open("w")))
+        servers.append(_start(["-m", "serving.model_server", *tfs_args, "--host=127.0.0.1"],
+                              tfs_ports["--port"], logs / "tfserving.log", cwd=ROOT, env=env))
         result.update(tfs_port=tfs_ports["--port"], tfs_args=tfs_args)
         if HAS_GATEWAY:
             from serving.gateway.__main__ import main as gateway_main
@@ -800,20 +793,17 @@ def deployment(model_base, tmp_path_factory):
             result["key"] = out.getvalue().strip()
             entry = compose["gateway"]["entrypoint"]
             assert entry[0] == "python"
-            gw_log = logs / "gateway.log"
-            procs.append(subprocess.Popen(
-                [sys.executable, *entry[1:], *gw_args, "--host", "127.0.0.1"],
-                cwd=logs, env=env, stdout=subprocess.DEVNULL, stderr=gw_log.open("w")))
+            servers.append(_start([*entry[1:], *gw_args, "--host", "127.0.0.1"],
+                                  gw_ports["--port"], logs / "gateway.log", cwd=logs, env=env))
             result.update(gw_port=gw_ports["--port"], metrics_port=gw_ports["--metrics-port"],
-                          gw_args=gw_args, gw_log=gw_log, state=state)
-        testing.wait_for_health(f"127.0.0.1:{tfs_ports['--port']}", proc=procs[0],
-                                log_file=tfs_log, timeout=120)
-        if HAS_GATEWAY:
-            testing.wait_for_health(f"127.0.0.1:{result['gw_port']}", proc=procs[1],
-                                    log_file=result["gw_log"], timeout=120)
+                          gw_args=gw_args, state=state)
+        for server in servers:
+            testing.wait_for_health(server.target, proc=server.proc, log_file=server.log,
+                                    timeout=120)
         yield result
     finally:
-        codes = _stop_all(procs)
+        # the gateway first, while its upstream still answers
+        codes = [server.stop() for server in reversed(servers)]
         if redis_server is not None:
             redis_server.shutdown()
             redis_server.server_close()
