@@ -15,7 +15,10 @@ import numpy as np
 import pytest
 
 import quickstart
+from common.data import load_dataset
+from common.errors import UsageError
 from quickstart import PROFILES, build_parser, fetch_online, resolve_sources, settings_from
+from tests.common.tfds_builders import local_builder
 
 
 @pytest.fixture(autouse=True)
@@ -117,49 +120,20 @@ def test_the_left_out_classes_are_imagenette_classes():
 
 
 # -- the online path against local builders --------------------------------------------------------
+def _noise(shape):
+    return lambda i: np.random.default_rng(i).integers(0, 256, shape(i), dtype=np.uint8)
+
+
 @pytest.fixture(scope="module")
 def local_builders():
     """Two builders that generate their data: a fixed-size 'CIFAR' and natural images of
     varying size with Imagenette's train/validation splits and wnid class names."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("importlib_resources")  # tfds needs it to prepare, undeclared
-
-    def image(i, shape):
-        return np.random.default_rng(i).integers(0, 256, shape, dtype=np.uint8)
-
-    class MextQsCifar(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 3)),
-                "label": tfds.features.ClassLabel(names=["airplane", "dog"])}),
-                supervised_keys=("image", "label"))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(4), "test": self._generate_examples(2)}
-
-        def _generate_examples(self, count):
-            for i in range(count):
-                yield i, {"image": image(i, (8, 8, 3)), "label": i % 2}
-
-    class MextQsNette(tfds.core.GeneratorBasedBuilder):
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3)),
-                "label": tfds.features.ClassLabel(names=["n01", "n02", "n03"])}),
-                supervised_keys=("image", "label"))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 9),
-                    "validation": self._generate_examples(9, 6)}
-
-        def _generate_examples(self, first, count):
-            for i in range(first, first + count):
-                yield i, {"image": image(i, (20 + i, 16 + 2 * i, 3)), "label": i % 3}
-
+    local_builder("MextQsCifar", tfds.features.Image(shape=(8, 8, 3)), ["airplane", "dog"],
+                  {"train": (0, 4), "test": (0, 2)}, _noise(lambda i: (8, 8, 3)))
+    local_builder("MextQsNette", tfds.features.Image(shape=(None, None, 3)),
+                  ["n01", "n02", "n03"], {"train": (0, 9), "validation": (9, 6)},
+                  _noise(lambda i: (20 + i, 16 + 2 * i, 3)))
     return "mext_qs_cifar", "mext_qs_nette"
 
 
@@ -171,8 +145,6 @@ def test_fetch_online_downloads_and_leaves_the_victims_classes_out(local_builder
     out = tmp_path / "run"
     kwargs = dict(dataset=cifar, transfer=nette, overlap={"n02": "a dog"}, size=8,
                   data_dir=data_dir)
-    from common.errors import UsageError
-
     with pytest.raises(UsageError, match="not prepared"):  # offline: nothing is downloaded
         fetch_online(out, **kwargs)
     assert not (out / "data" / "imagenette8.npz").exists()
@@ -185,8 +157,6 @@ def test_fetch_online_downloads_and_leaves_the_victims_classes_out(local_builder
         assert set(arrays["y_train"].tolist()) == {0, 1}
     assert (out / "data" / "imagenette_cifar10_classes.txt").read_text() == "n02  # a dog\n"
     # the prepared file is what the attack and the detector read, through the data layer
-    from common.data import load_dataset
-
     monkeypatch.setenv("MEXT_OFFLINE", "1")
     assert len(load_dataset(str(path), "validation")) == 4
     assert load_dataset(f"tfds:{cifar}", "test", data_dir=data_dir).class_names == (
