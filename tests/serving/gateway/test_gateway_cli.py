@@ -286,7 +286,8 @@ def test_port_in_use_is_one_line_exit_2(tmp_path, capsys, held_port, flag, words
 @pytest.mark.parametrize("field", ["port", "metrics_port"])
 def test_start_refuses_a_taken_port_in_one_usage_error(tmp_path, held_port, field):
     """The API path (no pre-check in main): start() turns the bind failure into a UsageError
-    naming the flag, and leaves nothing serving."""
+    naming the flag, and leaves nothing serving. `Gateway.start` itself is under test (and
+    the object it leaves behind), so not through `serving.testing.gateway`, which calls it."""
     ports = {"port": 0, "metrics_port": 0, field: held_port}
     gw = Gateway(GatewayConfig(upstream="127.0.0.1:8500", host="127.0.0.1",
                                state=f"sqlite:{tmp_path / 'gw.db'}", **ports))
