@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.errors import invalid
-from detector.aggregate import SlidingWindow
+from detector.aggregate import BinomialWindow, SlidingWindow
 from detector.ood import OODConfig, OODDetector
 from detector.prada import Prada, PradaConfig, pixel_features
 
@@ -156,10 +156,17 @@ class Monitor:
         """
         watches = []
         if ood is not None:
-            window = SlidingWindow(window=ood.window, level=ood.level,
-                                   min_queries=ood.min_queries)
             if detector is None and ood.path is not None:
                 detector = OODDetector.load(ood.path, threshold=ood.threshold)
+            window = SlidingWindow(window=ood.window, level=ood.level,
+                                   min_queries=ood.min_queries)
+            if ood.aggregate == "binomial":
+                fpr = ood.fpr if ood.fpr is not None else \
+                    (getattr(detector, "calibration", None) or {}).get("target_fpr")
+                if fpr is None:
+                    raise invalid("detectors.ood.fpr", None, "the detector's benign "
+                                  "false-positive rate (its calibration has no target_fpr)")
+                window = BinomialWindow(ood.window, fpr, ood.alpha, ood.min_queries)
             scorer = None if detector is None else DetectorScorer(detector)
             watches.append(Watch(MAIN_WATCH, scorer, window,
                                  threshold=None if scorer is not None else ood.threshold))

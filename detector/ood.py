@@ -178,6 +178,16 @@ class OODConfig:
         "max": 1})
     min_queries: int = field(default=64, metadata={
         "help": "queries a client must have sent before it can be flagged", "min": 1})
+    aggregate: str = field(default="level", metadata={
+        "help": "level: flag at a share of `level`; binomial: flag when the flagged queries "
+                "exceed what a benign client at false-positive rate `fpr` reaches with "
+                "probability `alpha` (detector.aggregate.BinomialWindow; survives JPEG and "
+                "camouflage, docs/defence.md)", "choices": ("level", "binomial")})
+    fpr: float | None = field(default=None, metadata={
+        "help": "binomial: the detector's benign per-query false-positive rate; default its "
+                "calibrated target_fpr (`path` only)", "gt": 0, "lt": 1})
+    alpha: float = field(default=1e-6, metadata={
+        "help": "binomial: significance of each test", "gt": 0, "lt": 1})
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.upstream_model is None):
@@ -190,3 +200,6 @@ class OODConfig:
         if self.min_queries > self.window:
             raise invalid("min_queries", self.min_queries,
                           f"an integer in [1, window={self.window}]")
+        if self.aggregate == "binomial" and self.upstream_model is not None and self.fpr is None:
+            raise invalid("fpr", None, "the detector's benign false-positive rate (`target_fpr` "
+                          "in its calibration.json) when `upstream_model` serves it")

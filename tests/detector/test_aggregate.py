@@ -173,3 +173,32 @@ def test_first_flag_replays_a_stream_in_requests():
     verdicts = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0], bool)
     assert first_flag(window, verdicts, batch=3) == 8  # exact inside the third request
     assert first_flag(window, np.zeros(50, bool), batch=16) is None
+
+
+def test_the_policy_section_can_ask_for_the_binomial_window():
+    from detector.aggregate import BinomialWindow
+    from detector.monitor import Monitor
+    from detector.ood import OODConfig
+    from serving.gateway.config import policy_from_dict
+
+    class Detector:
+        threshold = 0.8
+        calibration = {"target_fpr": 0.02}
+
+        def score(self, images):
+            return np.zeros(len(images))
+
+    monitor = Monitor.from_configs(OODConfig(path="d", aggregate="binomial", min_queries=32),
+                                   detector=Detector())
+    window = monitor.watch("ood").window
+    assert isinstance(window, BinomialWindow) and window.fpr == 0.02 and window.alpha == 1e-6
+    policy = policy_from_dict({"detectors": {"ood": {"path": "d", "aggregate": "binomial",
+                                                     "fpr": 0.04, "alpha": 1e-4}}})
+    window = Monitor.from_configs(policy.ood, detector=Detector()).watch("ood").window
+    assert (window.fpr, window.alpha) == (0.04, 1e-4)
+    assert type(Monitor.from_configs(OODConfig(path="d"), detector=Detector())
+                .watch("ood").window) is SlidingWindow
+    with pytest.raises(UsageError, match="`fpr`"):
+        OODConfig(upstream_model="m", threshold=0.8, aggregate="binomial")
+    with pytest.raises(UsageError, match="aggregate"):
+        OODConfig(path="d", aggregate="mean")
