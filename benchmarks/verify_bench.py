@@ -70,6 +70,8 @@ class VerifyBenchConfig:
         "help": "epochs of the independent, reference and defender's surrogate models"})
     thief_budget: int = field(default=4000, metadata={"help": "queries per thief"})
     thief_epochs: int = field(default=6, metadata={"help": "thief surrogate epochs"})
+    thief_augment: str = field(default="crop+flip", metadata={
+        "help": "thief training augmentation (attack.surrogate: none, flip, crop, crop+flip)"})
     seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "thief seeds"})
     independents: int = field(default=10, metadata={"help": "independently trained models"})
     fingerprint_seeds: int = field(default=600, metadata={
@@ -110,7 +112,7 @@ class _Models:
         self.classes = classes
 
     def train(self, name: str, arch: str, images: np.ndarray, targets: np.ndarray, *,
-              seed: int, epochs: int) -> Any:
+              seed: int, epochs: int, augment: str = "crop+flip") -> Any:
         from attack.surrogate import SurrogateTrainer
 
         started = time.perf_counter()
@@ -118,7 +120,7 @@ class _Models:
             targets = np.eye(self.classes, dtype=np.float32)[targets]
         trainer = SurrogateTrainer("cnn", "none", 32, self.classes, epochs=epochs,
                                    batch_size=128, lr=2e-3, seed=seed,
-                                   checkpoint_dir=self.root / name, augment="crop+flip",
+                                   checkpoint_dir=self.root / name, augment=augment,
                                    arch_kwargs=ARCHS[arch])
         model = trainer.fit(images, targets)
         log.info("%s (%s): %s in %.0f s", name, arch,
@@ -205,7 +207,8 @@ def run(config: VerifyBenchConfig) -> dict[str, Any]:
             targets = answers if kind != "knockoff-top1" else \
                 np.eye(classes, dtype=np.float32)[answers.argmax(1)]
             thieves[client] = models.train(client, arch, pools[pool], targets, seed=s,
-                                           epochs=config.thief_epochs)
+                                           epochs=config.thief_epochs,
+                                           augment=config.thief_augment)
         ft_idx = np.random.default_rng([s, 2]).choice(len(train), ft_count, replace=False)
         for kind in ("knockoff-probs", "realistic"):
             client = f"{kind}-{s}"

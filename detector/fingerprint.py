@@ -221,7 +221,8 @@ def keras_predict(model: Any, batch_size: int = 256) -> Predict:
 def conferrable_examples(seeds: np.ndarray, seed_labels: np.ndarray, surrogates: Sequence[Any],
                          references: Sequence[Any], *, classes: int, eps: float = 12.0,
                          steps: int = 40, step_size: float = 1.0, weight: float = 1.0,
-                         rng: np.random.Generator | None = None, batch_size: int = 128
+                         rng: np.random.Generator | None = None, batch_size: int = 128,
+                         targets: np.ndarray | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Targeted PGD towards a random class other than `seed_labels` that the surrogates (Keras
     logits models) follow and the references do not.
@@ -239,7 +240,9 @@ def conferrable_examples(seeds: np.ndarray, seed_labels: np.ndarray, surrogates:
     rng = rng or np.random.default_rng(0)
     seeds = np.asarray(seeds, dtype=np.uint8)
     seed_labels = np.asarray(seed_labels, dtype=np.int64)
-    targets = (seed_labels + rng.integers(1, classes, len(seeds))) % classes
+    if targets is None:
+        targets = (seed_labels + rng.integers(1, classes, len(seeds))) % classes
+    targets = np.asarray(targets, dtype=np.int64)
 
     def probs(models, x):
         return tf.stack([tf.nn.softmax(m(x, training=False)) for m in models])  # [M, B, K]
