@@ -230,7 +230,7 @@ def conferrable_examples(seeds: np.ndarray, seed_labels: np.ndarray, surrogates:
     Loss per image: ``-log mean_S p_S(t) - weight * log(1 - max_R p_R(t))``; signed-gradient
     steps of `step_size` pixels within ``|x - seed| <= eps``, rounded to uint8. Returns (images
     uint8, targets int64, conferrability ``mean_S p_S(t) * (1 - max_R p_R(t))`` on the rounded
-    images).
+    images). `targets`: the target class per seed instead of random ones.
     """
     import tensorflow as tf
 
