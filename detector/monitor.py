@@ -24,7 +24,7 @@ flagged when its score is >= threshold, compared in float64); a window is any ob
 ``new_state() -> dict`` (JSON-serialisable) and ``update(state, verdicts) -> (flagged,
 share)``. Give them to the monitor as ``Watch(name, scorer, window)``::
 
-    monitor = Monitor([Watch("ood", DetectorScorer(detector), SlidingWindow(256, 0.5, 64)),
+    monitor = Monitor([Watch("ood", DetectorScore(detector), SlidingWindow(256, 0.5, 64)),
                        Watch("energy", EnergyScorer(...), BinomialWindow(256, fpr=0.01))],
                       prada=Prada(PradaConfig()))
 
@@ -52,8 +52,9 @@ from common.errors import invalid
 from detector.aggregate import BinomialWindow, SlidingWindow
 from detector.ood import OODConfig, OODDetector
 from detector.prada import Prada, PradaConfig, pixel_features
+from detector.robust import DetectorScore
 
-__all__ = ["Decision", "DetectorScorer", "Monitor", "Scorer", "Watch", "Window"]
+__all__ = ["Decision", "DetectorScore", "Monitor", "Scorer", "Watch", "Window"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,23 +75,6 @@ class Window(Protocol):
     def new_state(self) -> dict[str, Any]: ...
 
     def update(self, state: dict[str, Any], verdicts: Any) -> tuple[bool, float]: ...
-
-
-class DetectorScorer:
-    """An OOD detector with ``score(images)`` and ``threshold`` (`OODDetector`) as a `Scorer`."""
-
-    def __init__(self, detector: Any) -> None:
-        self.detector = detector
-
-    @property
-    def threshold(self) -> float:
-        return float(self.detector.threshold)
-
-    def score(self, images: np.ndarray, probabilities: np.ndarray | None = None) -> np.ndarray:
-        return np.asarray(self.detector.score(images), dtype=np.float64)
-
-    def __repr__(self) -> str:
-        return f"DetectorScorer({self.detector!r})"
 
 
 @dataclass(frozen=True)
@@ -167,7 +151,7 @@ class Monitor:
                     raise invalid("detectors.ood.fpr", None, "the detector's benign "
                                   "false-positive rate (its calibration has no target_fpr)")
                 window = BinomialWindow(ood.window, fpr, ood.alpha, ood.min_queries)
-            scorer = None if detector is None else DetectorScorer(detector)
+            scorer = None if detector is None else DetectorScore(detector)
             watches.append(Watch(MAIN_WATCH, scorer, window,
                                  threshold=None if scorer is not None else ood.threshold))
         return cls(watches, prada=None if prada is None else Prada(prada))

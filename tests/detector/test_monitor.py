@@ -11,7 +11,7 @@ import pytest
 
 from common.errors import UsageError
 from detector.aggregate import SlidingWindow
-from detector.monitor import Decision, DetectorScorer, Monitor, Watch
+from detector.monitor import Decision, DetectorScore, Monitor, Watch
 from detector.ood import OODConfig
 from detector.prada import Prada, PradaConfig
 
@@ -131,7 +131,7 @@ def test_from_configs_loads_nothing_it_is_given_and_checks_its_watches():
                                    PradaConfig(max_distances=300, outlier_std=None),
                                    detector=detector)
     assert monitor.names == ("ood", "prada") and monitor.needs_scores() == ()
-    assert isinstance(monitor.watch("ood").scorer, DetectorScorer)
+    assert isinstance(monitor.watch("ood").scorer, DetectorScore)
     assert monitor.prada.max_distances == 300 and monitor.prada.outlier_std is None
     with pytest.raises(UsageError, match="distinct names"):
         Monitor([Watch("ood", detector, SlidingWindow()), Watch("ood", detector, SlidingWindow())])

@@ -11,7 +11,7 @@ from tensorflow_serving.apis import classification_pb2, predict_pb2
 from common.errors import UsageError
 from detector.aggregate import SlidingWindow
 from detector.export import export_detector
-from detector.monitor import DetectorScorer, Monitor, Watch
+from detector.monitor import DetectorScore, Monitor, Watch
 from detector.policies import LabelOnly
 from serving import codec, testing
 from serving.gateway.config import (
@@ -269,7 +269,7 @@ class Everything:
 
 
 def test_a_monitor_with_more_watches_is_plugged_in(server, tmp_path):
-    monitor = Monitor([Watch("ood", DetectorScorer(BrightIsAttack()), SlidingWindow(8, 0.5, 4)),
+    monitor = Monitor([Watch("ood", DetectorScore(BrightIsAttack()), SlidingWindow(8, 0.5, 4)),
                        Watch("everything", Everything(), SlidingWindow(8, 0.5, 2))])
     store = SQLiteStore(tmp_path / "gw.db")
     config = GatewayConfig(upstream=f"127.0.0.1:{server.port}", host="127.0.0.1", port=0,
