@@ -123,6 +123,12 @@ def _network(config: CompareConfig, num_classes: int, image_shape, seed: int):
 
 
 def _accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
+    import tensorflow as tf
+
+    size = tuple(model.input_shape[1:3])
+    if tuple(images.shape[1:3]) != size:  # our trainer's resize (antialiased, rounded to pixels)
+        images = tf.clip_by_value(tf.round(tf.image.resize(images, size, antialias=True)),
+                                  0, 255).numpy()
     logits = model.predict(images.astype("float32"), batch_size=256, verbose=0)
     return float((np.argmax(logits, 1) == labels).mean())
 
@@ -136,7 +142,8 @@ def _ours(method: str, config: CompareConfig, victim, transfer: np.ndarray, budg
                           epochs=config.epochs, batch_size=config.batch_size)
     attack = (Knockoff if method == "ours-knockoff" else Copycat)(
         budget=budget, heldout=0, noise=0, seed=seed, curve_points=1)
-    result = attack.extract(victim, transfer, surrogate=surrogate, run_dir=run_dir)
+    result = attack.extract(victim, transfer, surrogate=surrogate, run_dir=run_dir,
+                            resume=(run_dir / "config.json").is_file())
     return result.surrogate
 
 
