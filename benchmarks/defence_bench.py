@@ -68,7 +68,7 @@ from common.data import load_dataset
 from common.errors import invalid
 from common.fileio import write_json_atomic
 from detector import evasion
-from detector.aggregate import SlidingWindow
+from detector.aggregate import SlidingWindow, first_flag
 from detector.ood import OODDetector
 from detector.verify import saved_model_predict, verify_watermarks
 from detector.watermark import image_digest
@@ -186,15 +186,6 @@ def policy_dict(config: DefenceConfig, name: str, key_file: Path) -> dict:
 
 
 # -- 1. the detector under evasion -----------------------------------------------------------
-def _first_flag(window, verdicts: np.ndarray, batch: int) -> int | None:
-    state = window.new_state()
-    for start in range(0, len(verdicts), batch):
-        window.update(state, verdicts[start:start + batch])
-        if state["flagged_at"] is not None:
-            return int(state["flagged_at"])
-    return None
-
-
 def measure_evasion(config: DefenceConfig, benign: np.ndarray, camouflage_pool: np.ndarray
                     ) -> list[dict]:
 
@@ -214,7 +205,7 @@ def measure_evasion(config: DefenceConfig, benign: np.ndarray, camouflage_pool: 
         rows.append({"evasion": name if name == "none" else f"{name}:{level:g}",
                      "anomalous_accuracy": float(flagged.mean()),
                      "benign_accuracy": float(1.0 - benign_flagged.mean()),
-                     "flagged_at": _first_flag(window, flagged, config.query_batch),
+                     "flagged_at": first_flag(window, flagged, config.query_batch),
                      "n_attack": int(len(a)), "n_benign": int(len(b))})
         log.info("evasion %s: %s", name, rows[-1])
     for share in CAMOUFLAGE:
@@ -225,7 +216,7 @@ def measure_evasion(config: DefenceConfig, benign: np.ndarray, camouflage_pool: 
                      "anomalous_accuracy": float(verdicts.mean()),
                      "benign_accuracy": float(1.0 - pool_flags.mean()),
                      "stream_flag_share": float(flags.mean()),
-                     "flagged_at": _first_flag(window, flags, config.query_batch),
+                     "flagged_at": first_flag(window, flags, config.query_batch),
                      "n_attack": int(len(attack)), "n_benign": int((~is_attack).sum())})
         log.info("camouflage %s: %s", share, rows[-1])
     return rows

@@ -60,15 +60,22 @@ import numpy as np
 from benchmarks.harness.defended import (
     TRANSFER,
     WEIGHTS,
+    BenchConfig,
+    Served,
     benchmark_main,
     check_run_dir,
+    client_key,
+    knockoff_config,
     markdown_table,
+    run_knockoff_through,
 )
 from common.constraints import check_fields
+from common.data import load_dataset
 from common.errors import invalid
+from common.fileio import write_json_atomic
 from detector import evasion
 from detector.aggregate import BinomialWindow, SlidingWindow, first_flag
-from detector.robust import CombinedScore, MahalanobisScore, threshold_at_fpr
+from detector.robust import CombinedScore, DetectorScore, MahalanobisScore, threshold_at_fpr
 
 __all__ = ["EvasionConfig", "main", "run_evasion", "summarise", "tables"]
 
@@ -345,7 +352,6 @@ def _served_victim(path: str) -> tuple[Path, str]:
 def _stream(store, target: str, model: str, name: str, images: np.ndarray, batch: int
             ) -> tuple[int | None, np.ndarray]:
     """Send `images` as client `name` until it is flagged; (flagged_at, answers)."""
-    from benchmarks.harness.defended import client_key
     from serving.client import ServingClient
 
     answers = []
@@ -376,7 +382,6 @@ def _gateway(served, path: str, detector, window, model: str, db: Path):
     """A started in-process gateway (flagged clients get labels only) watching with
     `detector`: through the policy's window when `window` is None, else a `Monitor` with it."""
     from detector.monitor import Monitor, Watch
-    from detector.robust import DetectorScore
     from serving.gateway.config import GatewayConfig, policy_from_dict
     from serving.gateway.server import Gateway
     from serving.gateway.store import SQLiteStore
@@ -403,13 +408,6 @@ THIEVES = (("jpeg:75", ("jpeg", 75), 0.0), ("camouflage:0.5", None, 0.5))
 def run_thieves(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
     """Knockoff thieves (JPEG-75 queries; 50% camouflage) through both gateways: the
     surrogate / victim accuracy ratio on CIFAR-10 test images no client sent."""
-    from benchmarks.harness.defended import (
-        BenchConfig,
-        Served,
-        client_key,
-        knockoff_config,
-        run_knockoff_through,
-    )
 
     out = Path(config.out) / "thieves"
     detector, windows = _gateway_windows(config, out)
@@ -460,7 +458,6 @@ def run_thieves(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
 def run_gateway(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
     """Evading clients through two gateways in front of the served victim: the detector with
     the policy's default window, and with `BinomialWindow` at its calibrated rate."""
-    from benchmarks.harness.defended import Served
 
     out = Path(config.out) / "gateway"
     detector, windows = _gateway_windows(config, out)
@@ -507,7 +504,6 @@ def run_gateway(config: EvasionConfig, data: dict[str, Any]) -> list[dict]:
 
 # -- the run -----------------------------------------------------------------------------------
 def _data(config: EvasionConfig) -> dict[str, Any]:
-    from common.data import load_dataset
 
     data = Path(config.data_dir)
     train_benign = load_dataset(str(data / BENIGN), "train", channels=3,
@@ -631,13 +627,11 @@ def run_evasion(config: EvasionConfig) -> dict:
             data = _data(config)
             victim = _victim(config.victim)
         result = run_seed(config, seed, data, victim)
-        from common.fileio import write_json_atomic
 
         write_json_atomic(path, result)
         seeds.append(result)
     summary = summarise(seeds)
     table = tables(summary)
-    from common.fileio import write_json_atomic
 
     meta = {"victim": config.victim, "seeds": list(config.seeds), "fpr": config.fpr,
             "window": config.window, "alpha": config.alpha, "min_queries": config.min_queries,
@@ -659,7 +653,6 @@ def run_evasion(config: EvasionConfig) -> dict:
 
 def _write_thieves(out: Path, rows: list[dict]) -> dict:
     """OUT/thieves.{json,md}: each Knockoff thief's flag and surrogate / victim ratio."""
-    from common.fileio import write_json_atomic
 
     table = markdown_table([{k: ("never" if v is None and k == "flagged_at" else v)
                              for k, v in r.items()} for r in rows],
@@ -674,7 +667,6 @@ def _write_thieves(out: Path, rows: list[dict]) -> dict:
 
 def _write_gateway(out: Path, rows: list[dict]) -> dict:
     """OUT/gateway.{json,md}: the query at which each client was flagged, per gateway."""
-    from common.fileio import write_json_atomic
 
     names = [k for k in rows[0] if k not in ("window", "benign_top1_changed")]
     table = markdown_table(

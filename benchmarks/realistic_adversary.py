@@ -53,22 +53,13 @@ from typing import Any
 
 from attack.pipeline import journal_answers
 from benchmarks.harness import defended
-
-# also imported from here (benchmarks.evasion_bench)
-from benchmarks.harness.defended import (
-    TRANSFER,
-    WEIGHTS,
-    benchmark_main,
-    check_run_dir,
-    markdown_table,
-)
+from benchmarks.harness.defended import benchmark_main, check_run_dir
 from common.data import load_dataset
 from common.errors import invalid
 from detector.ood import OODDetector
 from serving.gateway.config import OODConfig, policy_from_dict
 
-__all__ = ["TRANSFER", "WEIGHTS", "RealisticConfig", "benchmark_main", "check_run_dir", "main",
-           "markdown_table", "run_realistic"]
+__all__ = ["RealisticConfig", "main", "run_realistic"]
 
 log = logging.getLogger(__name__)
 

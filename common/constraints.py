@@ -39,6 +39,8 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
+
 from common.errors import invalid
 
 __all__ = [
@@ -66,29 +68,13 @@ _SCHEMES = ("unix:", "unix-abstract:", "dns:")
 
 def is_int(value: Any) -> bool:
     """An integer (Python or numpy) that is not a bool."""
-    return isinstance(value, (int, _np_integer())) and not isinstance(value, bool)
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def is_number(value: Any) -> bool:
     """A real number (int or float, Python or numpy) that is not a bool."""
-    return isinstance(value, (int, float, _np_integer(), _np_floating())) \
+    return isinstance(value, (int, float, np.integer, np.floating)) \
         and not isinstance(value, bool)
-
-
-def _np_integer() -> type:
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover - numpy is a dependency of the toolkit
-        return int
-    return numpy.integer
-
-
-def _np_floating() -> type:
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover
-        return float
-    return numpy.floating
 
 
 def _fmt(number: float) -> str:
