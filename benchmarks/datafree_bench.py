@@ -14,6 +14,12 @@ seconds spent on the victim (request to answer, journal included), the generator
 surrogate, storage and evaluation, per 1,000 queries. ``results.json`` and ``results.md`` go
 to ``--out``. Timings from a shared machine are inflated; compare them within one run.
 
+Another task: ``--test-set`` (e.g. ``../shared/data/gtsrb32_uint8_npy.tar.xz`` against a GTSRB
+victim) replaces CIFAR-10, ``--natural-share`` sets the hybrid's share of natural images. Each
+row counts the classes the surrogate copies poorly (test accuracy below 50%, and at 0%; Atli et
+al.'s finding on GTSRB), and ``results.md`` puts the per-class accuracies of every method (mean
+over seeds) beside the victim's.
+
 ``--flags``: the data-free runs keep their query blocks (``--keep-queries``), and the stream is
 replayed in the order it was sent, with the victim's journaled answers, through the detectors
 the gateway calls (`detector.monitor.Monitor`): PRADA with its default config and, with
@@ -37,9 +43,16 @@ CIFAR = "cifar10_jpeg_q75.zip"
 TINY = "tinyimagenet200_val10k_train50pc.zip"
 
 
+LOW = 0.5  # a class the surrogate gets below this accuracy is copied poorly
+
+
+def _test_set(ns) -> str:
+    return ns.test_set or str(Path(ns.data) / CIFAR)
+
+
 def _common(ns, target: str, seed: int, out: Path) -> dict:
     return dict(grpc=target, model=ns.model, budget=ns.budget, backbone="cnn", weights="none",
-                input_size=32, batch_size=64, test_set=str(Path(ns.data) / CIFAR),
+                input_size=32, batch_size=64, test_set=_test_set(ns),
                 test_limit=ns.test_limit, noise=200, curve_points=ns.curve_points, seed=seed,
                 out=str(out))
 
@@ -61,7 +74,7 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
         hybrid = method == "hybrid"
         config = DataFreeConfig(**_common(ns, target, seed, out),
                                 method="dfme" if hybrid else method,
-                                natural_share=0.5 if hybrid else 0.0,
+                                natural_share=ns.natural_share if hybrid else 0.0,
                                 transfer_set=str(Path(ns.data) / TINY) if hybrid else None,
                                 keep_queries=ns.flags)
         run_datafree(config)
@@ -74,11 +87,44 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
             "victim_acc": report["evaluation"]["victim_acc"],
             "surrogate_acc": report["evaluation"]["surrogate_acc"],
             "fidelity_test": report["evaluation"]["fidelity_test"],
+            **class_counts(report["evaluation"]["per_class_surrogate"]),
+            "per_class_victim": report["evaluation"]["per_class_victim"],
+            "per_class_surrogate": report["evaluation"]["per_class_surrogate"],
             "curve": [{k: p.get(k) for k in ("queries", "surrogate_acc", "fidelity_test")}
                       for p in report["curve"]],
             "seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in split.items()},
             "cpu_seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in
                                      report["extra"].get("cpu_seconds", {}).items()}}
+
+
+def class_counts(per_class: dict) -> dict:
+    """How many classes (with test images) the surrogate gets below `LOW` and at exactly 0."""
+    values = [v for v in per_class.values() if v is not None]
+    return {"classes": len(values), "classes_below_50": sum(v < LOW for v in values),
+            "classes_at_0": sum(v == 0 for v in values)}
+
+
+def per_class_table(rows: list[dict]) -> list[str]:
+    """Markdown: per class, the victim's test accuracy and each method's surrogate accuracy
+    (mean over its seeds), sorted by the victim's class order; `*` marks a mean below `LOW`."""
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    names = list(rows[0]["per_class_surrogate"])
+    victim = {name: np.nanmean([_nan(r["per_class_victim"].get(name)) for r in rows])
+              for name in names}
+    means = {m: {name: np.nanmean([_nan(r["per_class_surrogate"].get(name)) for r in rows
+                                   if r["method"] == m]) for name in names} for m in methods}
+    lines = ["| class | victim | " + " | ".join(methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for name in names:
+        if np.isnan(victim[name]):
+            continue  # no test image of this class drawn
+        cells = [f"{means[m][name]:.2f}{'*' if means[m][name] < LOW else ''}" for m in methods]
+        lines.append(f"| {name} | {victim[name]:.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _nan(value) -> float:
+    return np.nan if value is None else float(value)
 
 
 def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
@@ -118,15 +164,17 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
 
 
 def _markdown(rows: list[dict], ns, load: str) -> str:
+    victim_acc = float(np.mean([r["victim_acc"] for r in rows]))
     lines = [f"# Data-free extraction, {ns.budget:,} queries per run", "",
              f"Victim `{ns.model}` served by the embedded server (own process), gRPC; "
-             f"surrogate `cnn` from scratch at 32 px; test: {ns.test_limit} CIFAR-10 images. "
+             f"surrogate `cnn` from scratch at 32 px; test: {ns.test_limit} images of "
+             f"`{Path(_test_set(ns)).name}` (victim {victim_acc:.4f} on them, mean over seeds). "
              f"Load at the start: {load}.", "",
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
              "CPU is the server process's and not counted there).", "",
-             "| method | seeds | surrogate acc (mean ± sd) | fidelity | victim | "
-             "generator | surrogate | storage | whole run |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | seeds | surrogate acc (mean ± sd) | ratio | fidelity | classes < 50% "
+             "| at 0% | victim | generator | surrogate | storage | whole run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         acc = np.array([r["surrogate_acc"] for r in mine])
@@ -136,8 +184,12 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
         cpu = {k: np.mean([r["cpu_seconds_per_1000"].get(k, np.nan) for r in mine])
                for k in parts}
         wall = np.mean([1000 * r["wall_seconds"] / r["budget"] for r in mine])
+        ratio = acc / np.array([r["victim_acc"] for r in mine])
+        below = "/".join(str(r.get("classes_below_50", "?")) for r in mine)
+        zero = "/".join(str(r.get("classes_at_0", "?")) for r in mine)
         lines.append(f"| {method} | {len(mine)} | {acc.mean():.4f} ± {acc.std():.4f} | "
-                     f"{fid.mean():.4f} | " + " | ".join(
+                     f"{ratio.mean():.3f}x | {fid.mean():.4f} | {below} of "
+                     f"{mine[0].get('classes', '?')} | {zero} | " + " | ".join(
                          "n/a" if np.isnan(split[k]) else f"{split[k]:.2f} ({cpu[k]:.2f})"
                          for k in parts)
                      + f" | {wall:.2f} |")
@@ -151,6 +203,9 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
         if r["seed"] == rows[0]["seed"]:
             lines.append(f"- {r['method']}: " + ", ".join(
                 f"{p['queries']:,}: {p['surrogate_acc']:.4f}" for p in r["curve"]))
+    if rows and rows[0].get("per_class_surrogate"):
+        lines += ["", "Per class, test accuracy of the victim and of each method's surrogate "
+                  f"(mean over seeds; * below {LOW:.0%}):", "", *per_class_table(rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--test-set", help="labelled test data of the victim's task (any "
+                        "data-layer spec); default: CIFAR-10 in --data")
     parser.add_argument("--test-limit", type=int, default=1000)
+    parser.add_argument("--natural-share", type=float, default=0.5,
+                        help="the hybrid's share of natural images in each surrogate batch")
     parser.add_argument("--curve-points", type=int, default=4)
     parser.add_argument("--knockoff-epochs", type=int, default=10)
     parser.add_argument("--flags", action="store_true",
@@ -181,11 +240,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: argument --budget: expected at least 1000, received "
               f"{ns.budget}", file=sys.stderr)
         return 2
-    for name in (CIFAR, TINY):
+    for name in (TINY,) if ns.test_set else (CIFAR, TINY):
         if not (Path(ns.data) / name).is_file():
             print(f"{parser.prog}: error: argument --data: expected a folder with {name}, "
                   f"received {ns.data}", file=sys.stderr)
             return 2
+    if ns.test_set and not Path(ns.test_set).exists():
+        print(f"{parser.prog}: error: argument --test-set: expected an existing data set, "
+              f"received {ns.test_set}", file=sys.stderr)
+        return 2
+    if not 0 < ns.natural_share <= 1:
+        print(f"{parser.prog}: error: argument --natural-share: expected a share in (0, 1], "
+              f"received {ns.natural_share}", file=sys.stderr)
+        return 2
     import os
 
     from serving import testing

@@ -20,20 +20,35 @@ from victim_export.dense_archs import check_dense_args, is_dense_arch
 
 __all__ = [
     "AUGMENTATIONS",
+    "AUGMENTATION_PARTS",
     "INPUT_DTYPES",
     "OPTIMIZERS",
     "SCHEDULES",
     "VictimConfig",
+    "augmentation_parts",
     "default_model_name",
 ]
 
 INPUT_DTYPES = ("uint8", "float32", "float64")
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+AUGMENTATION_PARTS = ("rotate", "crop", "flip", "color")
+# "none" or any non-empty combination of the parts, joined by "+" in AUGMENTATION_PARTS' order
+# (the order they are applied in): "crop", "crop+flip", "rotate+crop+color", ...
+AUGMENTATIONS = ("none", *(
+    "+".join(part for bit, part in enumerate(AUGMENTATION_PARTS) if mask >> bit & 1)
+    for mask in range(1, 2 ** len(AUGMENTATION_PARTS))
+))
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "plateau", "constant")
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ARCHIVE_SUFFIXES = (".tar.xz", ".tar.gz", ".tar.bz2", ".tgz", ".tar", ".zip", ".npz", ".npy")
+
+
+def augmentation_parts(augment: str) -> frozenset[str]:
+    """The parts of an `AUGMENTATIONS` value (``"rotate+crop"`` -> {"rotate", "crop"}; "none":
+    none); `UsageError` naming `augment` for anything else."""
+    check_choice("augment", augment, AUGMENTATIONS)
+    return frozenset() if augment == "none" else frozenset(augment.split("+"))
 
 
 def default_model_name(dataset: str, arch: str) -> str:
@@ -95,8 +110,11 @@ class VictimConfig:
     dropout: float = field(default=0.0, metadata={
         "help": "dropout rate before the final dense layer", "min": 0, "lt": 1})
     augment: str = field(default="crop+flip", metadata={
-        "help": "training augmentation: random crop after zero padding by 1/8 of the side, "
-                "horizontal flip (use crop or none for traffic signs), both, or none",
+        "help": "training augmentation: none, or parts joined by '+' in this order: rotate "
+                "(+/-15 degrees), crop (random crop after zero padding by 1/8 of the side), "
+                "flip (horizontal), color (brightness +/-0.25 of full scale, contrast "
+                "x0.6-1.4); e.g. crop+flip for natural images, rotate+crop+color for traffic "
+                "signs (never flip)", "metavar": "none|PART+PART",
         "choices": AUGMENTATIONS})
     val_split: float = field(default=0.1, metadata={
         "help": "fraction of the training split held out for early stopping (0: none)",

@@ -41,7 +41,7 @@ from common.distribute import (
 from common.errors import UsageError, invalid
 from common.fileio import check_writable
 from common.progress import keras_verbose
-from victim_export.config import VictimConfig
+from victim_export.config import VictimConfig, augmentation_parts
 from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
 from victim_export.export import export_classifier, next_version, read_card
 from victim_export.fitting import TrainedVictim, optimizer_for, split_off, split_validation
@@ -62,6 +62,10 @@ logger = logging.getLogger(__name__)
 
 # Resized training images are cached in memory by tf.data only below this many bytes.
 _CACHE_LIMIT_BYTES = 2 << 30
+# The "rotate" and "color" augmentations' ranges (small: a sign's class survives them).
+_MAX_ROTATION_DEGREES = 15.0
+_MAX_BRIGHTNESS = 0.25
+_CONTRAST_RANGE = (0.6, 1.4)
 
 
 def make_dataset(
@@ -81,10 +85,15 @@ def make_dataset(
 
     Images of another size are resized (bilinear, antialiased) and rounded back to uint8 pixel
     values, as a client would send them. With `shuffle_seed`, examples are reshuffled every
-    epoch and `augment` ("flip", "crop", "crop+flip": zero-pad by size/8 then random crop) draws
-    its randomness from per-example stateless seeds derived from `shuffle_seed`.
+    epoch and `augment` (`AUGMENTATIONS`: "none" or "+"-joined parts, applied in this order:
+    "rotate" (up to +/-15 degrees about the centre, edges reflected), "crop" (zero-pad by size/8
+    then random crop), "flip" (horizontal), "color" (brightness +/-25% of full scale and contrast
+    x0.6-1.4, clipped and rounded back to whole pixel values)) draws its randomness from
+    per-example stateless seeds derived from `shuffle_seed`. Traffic signs: "rotate+crop+color"
+    (no flip: a mirrored sign is another sign).
     """
-    if augment != "none" and shuffle_seed is None:
+    parts = augmentation_parts(augment)
+    if parts and shuffle_seed is None:
         raise invalid("augment", augment, "'none' when not shuffling (evaluation data)")
     labels = np.asarray(labels)
     soft = labels.ndim == 2
@@ -109,17 +118,22 @@ def make_dataset(
 
     def finish(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor | None = None):
         if seed is not None:
-            crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-            if "crop" in augment:
+            crop_seed, flip_seed, rotate_seed, color_seed = tf.unstack(
+                tf.random.experimental.stateless_split(seed, 4))
+            if "rotate" in parts:
+                image = _random_rotate(image, rotate_seed, _MAX_ROTATION_DEGREES)
+            if "crop" in parts:
                 image = tf.image.pad_to_bounding_box(image, pad, pad, size + 2 * pad,
                                                      size + 2 * pad)
                 image = tf.image.stateless_random_crop(image, (size, size, 3), seed=crop_seed)
-            if "flip" in augment:
+            if "flip" in parts:
                 image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+            if "color" in parts:
+                image = _random_color(image, color_seed)
         target = label if soft else tf.one_hot(label, num_classes)
         return tf.cast(image, tf.float32), target
 
-    if augment != "none":
+    if parts:
         seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
         seeds = seeds.batch(2, drop_remainder=True)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
@@ -129,6 +143,34 @@ def make_dataset(
     else:
         ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _random_rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float) -> tf.Tensor:
+    """`image` (uint8 [H, W, C]) rotated by a seeded uniform angle in +/-`max_degrees` about its
+    centre (bilinear, edges reflected, rounded back to uint8), as Keras' RandomRotation does."""
+    angle = tf.random.stateless_uniform((), seed, -1.0, 1.0) * (max_degrees * math.pi / 180.0)
+    height = tf.cast(tf.shape(image)[0], tf.float32)
+    width = tf.cast(tf.shape(image)[1], tf.float32)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    x_offset = ((width - 1) - (cos * (width - 1) - sin * (height - 1))) / 2.0
+    y_offset = ((height - 1) - (sin * (width - 1) + cos * (height - 1))) / 2.0
+    transform = tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])[tf.newaxis]
+    rotated = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(image, tf.float32)[tf.newaxis], transforms=transform,
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="REFLECT")[0]
+    return tf.cast(tf.clip_by_value(tf.round(rotated), 0, 255), tf.uint8)
+
+
+def _random_color(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """`image` (uint8) with seeded random brightness (+/-`_MAX_BRIGHTNESS` of 255) and contrast
+    (`_CONTRAST_RANGE`), clipped and rounded back to uint8 pixel values."""
+    brightness_seed, contrast_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    pixels = tf.cast(image, tf.float32)
+    pixels = tf.image.stateless_random_brightness(pixels, _MAX_BRIGHTNESS * 255.0,
+                                                  seed=brightness_seed)
+    pixels = tf.image.stateless_random_contrast(pixels, *_CONTRAST_RANGE, seed=contrast_seed)
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
 
 
 def evaluate_classifier(

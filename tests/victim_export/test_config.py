@@ -30,7 +30,8 @@ from victim_export.config import VictimConfig, default_model_name
         ({"schedule": "step"}, "argument `schedule`"),
         ({"label_smoothing": 1.0}, r"argument `label_smoothing`.*\[0, 1\)"),
         ({"dropout": -0.1}, "argument `dropout`"),
-        ({"augment": "rotate"}, r"argument `augment`.*'none', 'flip', 'crop', 'crop\+flip'"),
+        ({"augment": "blur"}, r"argument `augment`.*'none', 'rotate', 'crop', 'rotate\+crop'"),
+        ({"augment": "flip+crop"}, r"argument `augment`.*'crop\+flip'"),  # parts in order
         ({"val_split": 0.5}, r"argument `val_split`.*\[0, 0.5\)"),
         ({"patience": -1}, "argument `patience`"),
         ({"limit": 1}, "argument `limit`"),
@@ -86,9 +87,9 @@ def test_cli_validation_error_is_one_line_exit_2_and_writes_nothing(tmp_path, ca
 
 
 def test_cli_argparse_error_exits_2(capsys):
-    assert main(["--dataset", "d", "--augment", "rotate"]) == 2
+    assert main(["--dataset", "d", "--augment", "blur"]) == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'rotate'" in err
+    assert "invalid choice: 'blur'" in err
     # one line with a pointer to --help, not the whole usage first (issue 17, case 9)
     assert err.count("\n") == 1 and "usage:" not in err
     assert err.rstrip().endswith("(see python -m victim_export --help)")
@@ -107,5 +108,5 @@ def test_cli_help_has_a_worked_example(capsys):
     assert main(["--help"]) == 0
     text = capsys.readouterr().out
     assert "python -m victim_export --dataset ../shared/data/cifar10_jpeg_q75.zip" in text
-    assert "--augment {none,flip,crop,crop+flip}" in text
+    assert "--augment none|PART+PART" in text and "rotate+crop+color for traffic" in text
     assert "--export-logits, --no-export-logits" in text

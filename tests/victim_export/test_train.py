@@ -59,6 +59,59 @@ def test_augmentation_is_seeded_changes_per_epoch_and_flip_really_flips():
     assert any(x.tobytes() not in originals and x.tobytes() not in mirrored for x in crops)
 
 
+def test_rotation_keeps_the_centre_and_plain_images_and_is_seeded():
+    # A plain image stays plain (edges reflected, nothing black comes in); a centred square
+    # keeps its centre but its corners move; the same seed draws the same angles.
+    plain = np.full((1, 16, 16, 3), 120, np.uint8)
+    square = np.zeros((8, 16, 16, 3), np.uint8)
+    square[:, 4:12, 4:12] = 255
+    images = np.concatenate([plain, square])
+    kwargs = dict(size=16, num_classes=3, batch_size=16, shuffle_seed=3, augment="rotate")
+    labels = np.arange(len(images)) % 3
+    (x, y), = _batches(make_dataset(images, labels, **kwargs))
+    (again, _), = _batches(make_dataset(images, labels, **kwargs))
+    np.testing.assert_array_equal(x, again)
+    np.testing.assert_array_equal(x, np.round(x))
+    order = np.argmax(y, axis=1)  # the batch is shuffled: find the plain image by content
+    flat = [i for i in range(len(x)) if x[i].min() == x[i].max()]
+    assert len(flat) == 1 and x[flat[0]].min() == 120 and order[flat[0]] == 0
+    squares = np.delete(x, flat, axis=0)
+    assert (squares[:, 7:9, 7:9] == 255).all()  # the centre stays inside the square
+    assert sum(not np.array_equal(s, square[0]) for s in squares) >= 6  # most rotated
+    assert np.abs(squares.mean(axis=(1, 2, 3)) - square[0].mean()).max() < 30  # small angles
+
+
+def test_color_changes_brightness_and_contrast_within_whole_pixels():
+    # mid-grey images (clipping would hide a contrast gain), class c brighter in channel c
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 64)
+    images = rng.integers(90, 150, (64, 16, 16, 3)).astype(np.uint8)
+    images[np.arange(64), :, :, labels] += 30
+    kwargs = dict(size=16, num_classes=3, batch_size=64, shuffle_seed=2)
+    (plain, _), = _batches(make_dataset(images, labels, augment="none", **kwargs))
+    (x, _), = _batches(make_dataset(images, labels, augment="color", **kwargs))
+    np.testing.assert_array_equal(x, np.round(x))
+    assert x.min() >= 0 and x.max() <= 255
+    means, stds = x.mean(axis=(1, 2, 3)), x.std(axis=(1, 2, 3))
+    plain_means, plain_stds = plain.mean(axis=(1, 2, 3)), plain.std(axis=(1, 2, 3))
+    # the same images in the same shuffled order, each with its own brightness and contrast
+    assert np.abs(means - plain_means).max() > 20 and np.abs(means - plain_means).max() < 70
+    assert (stds / plain_stds).max() > 1.1 and (stds / plain_stds).min() < 0.9
+    # colour shifts every channel alike: the class's bright channel stays the brightest
+    np.testing.assert_array_equal(np.argmax(x.mean(axis=(1, 2)), axis=1),
+                                  np.argmax(plain.mean(axis=(1, 2)), axis=1))
+
+
+def test_traffic_sign_augmentation_parts_in_order():
+    images, labels = make_images(16, seed=0)
+    (x, _), = _batches(make_dataset(images, labels, size=16, num_classes=3, batch_size=16,
+                                    shuffle_seed=1, augment="rotate+crop+color"))
+    assert x.shape == (16, 16, 16, 3)
+    with pytest.raises(UsageError, match="augment"):
+        make_dataset(images, labels, size=16, num_classes=3, batch_size=4, shuffle_seed=1,
+                     augment="color+crop")
+
+
 def _tiny_args(tiny_npz, out, *extra):
     return ["--dataset", str(tiny_npz), "--epochs", "2", "--batch-size", "16", "--out", str(out),
             "--name", "tiny", "--seed", "1", "--learning-rate", "0.003",

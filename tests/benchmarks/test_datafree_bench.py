@@ -1,0 +1,73 @@
+"""benchmarks.datafree_bench: one-line bad input before the server starts or anything is written,
+and the per-class counts and table of its results (hand-made rows: no attack is run here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.datafree_bench import _markdown, class_counts, main, per_class_table
+
+
+@pytest.fixture
+def victims(layout):
+    (layout / "victims" / "models.config").write_text("model_config_list {}\n")
+    return layout / "victims"
+
+
+@pytest.mark.parametrize("extra, argument", [
+    (["--budget", "999"], "--budget"),
+    (["--test-set", "missing.tar.xz"], "--test-set"),
+    (["--natural-share", "0"], "--natural-share"),
+    (["--natural-share", "1.5"], "--natural-share"),
+])
+def test_bad_input_is_one_line(layout, victims, one_line_error, extra, argument):
+    one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"), *extra],
+                   argument)
+
+
+def test_a_folder_without_models_config_or_the_transfer_set_is_named(layout, victims,
+                                                                     one_line_error):
+    one_line_error(main, ["--victims", str(layout), "--data", str(layout / "data")],
+                   "--victims")
+    (layout / "data" / "tinyimagenet200_val10k_train50pc.zip").unlink()
+    one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"),
+                          "--test-set", str(layout / "data" / "cifar10_jpeg_q75.zip")], "--data")
+
+
+def test_class_counts_skip_classes_without_test_images():
+    counts = class_counts({"a": 0.0, "b": 0.49, "c": 0.5, "d": None, "e": 1.0})
+    assert counts == {"classes": 4, "classes_below_50": 2, "classes_at_0": 1}
+
+
+def _row(method, seed, surrogate, victim_acc=0.9, acc=0.5):
+    victim = {"stop": 1.0, "yield": 0.8, "rare": 0.5}
+    return {"method": method, "seed": seed, "budget": 5000, "wall_seconds": 50.0,
+            "victim_acc": victim_acc, "surrogate_acc": acc, "fidelity_test": acc,
+            "first_flagged": None, **class_counts(surrogate),
+            "per_class_victim": victim, "per_class_surrogate": surrogate,
+            "curve": [{"queries": 5000, "surrogate_acc": acc, "fidelity_test": acc}],
+            "seconds_per_1000": {}, "cpu_seconds_per_1000": {}}
+
+
+def test_per_class_table_means_over_seeds_and_marks_poor_classes():
+    rows = [_row("knockoff", 0, {"stop": 0.9, "yield": 0.2, "rare": 0.0}),
+            _row("knockoff", 1, {"stop": 0.7, "yield": 0.6, "rare": None}),
+            _row("dfme", 0, {"stop": 0.1, "yield": 0.0, "rare": 0.0})]
+    lines = per_class_table(rows)
+    assert lines[0] == "| class | victim | knockoff | dfme |"
+    assert lines[2] == "| stop | 1.00 | 0.80 | 0.10* |"
+    assert lines[3] == "| yield | 0.80 | 0.40* | 0.00* |"
+    assert lines[4] == "| rare | 0.50 | 0.00* | 0.00* |"  # seed 1 drew no image of it
+
+
+def test_markdown_states_ratio_and_poor_classes_per_seed():
+    class Args:
+        budget, model, test_limit, test_set, data = 5000, "gtsrb_cnn", 2000, "x/gtsrb.npz", "d"
+
+    rows = [_row("knockoff", 0, {"stop": 0.9, "yield": 0.2, "rare": 0.0}, acc=0.45),
+            _row("knockoff", 1, {"stop": 0.7, "yield": 0.6, "rare": 0.6}, acc=0.36)]
+    text = _markdown(rows, Args, "load average 1.00")
+    assert "2000 images of `gtsrb.npz` (victim 0.9000" in text
+    assert "| knockoff | 2 | 0.4050 ± 0.0450 | 0.450x |" in text
+    assert "| 2/0 of 3 | 1/0 |" in text
+    assert "| yield | 0.80 | 0.40* |" in text
