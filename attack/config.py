@@ -40,6 +40,7 @@ from common.errors import invalid
 __all__ = [
     "INPUT_RANGES",
     "OUTPUT_KINDS",
+    "RECIPE_LEGACY",
     "RESUME_NEUTRAL_FIELDS",
     "AttackConfig",
     "CopycatConfig",
@@ -71,6 +72,12 @@ INPUT_RANGES = ("auto", "0,255", "0,1", "-1,1")
 # (`--resume --output-kind logits` re-reads the same raw answers the right way).
 RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc", "rest",
                          "output_kind", "distribute")
+
+
+RECIPE_LEGACY = {"target_temperature": 1.0, "mixup": 0.0, "label_smoothing": 0.0,
+                 "warmup": 0.0, "ema": 0.0}
+"""The surrogate training-recipe settings under which `SurrogateTrainer.fit` trains as it was first
+written: plain soft cross-entropy, cosine decay from the peak rate, no mixing, no weight average."""
 
 
 def run_dir_field(default: str, holds: str = "config, journal, checkpoints, surrogate, "
@@ -167,6 +174,23 @@ class SurrogatePart:
                                                   "min": 1})
     learning_rate: float = field(default=1e-3, metadata={"help": "surrogate learning rate",
                                                          "gt": 0})
+    target_temperature: float = field(default=1.0, metadata={
+        "help": "surrogate training: the victim's probability rows are raised to the power "
+                "1/T and renormalised (T < 1 sharpens them towards the top-1; 1 keeps them)",
+        "metavar": "T", "gt": 0})
+    mixup: float = field(default=0.0, metadata={
+        "help": "surrogate training: mixup Beta(a, a) parameter (images and targets mixed "
+                "within a batch); 0: off", "metavar": "A", "min": 0})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "surrogate training: label smoothing of the cross-entropy", "min": 0, "lt": 1})
+    warmup: float = field(default=0.0, metadata={
+        "help": "surrogate training: fraction of the steps with a linear warm-up of the "
+                "learning rate before the cosine decay", "metavar": "FRACTION", "min": 0,
+        "lt": 1})
+    ema: float = field(default=0.0, metadata={
+        "help": "surrogate training: momentum of an exponential moving average of the "
+                "weights, used as the final surrogate; 0: off", "metavar": "MOMENTUM", "min": 0,
+        "lt": 1})
     distribute: str = field(default="none", metadata={
         "help": "surrogate training strategy: none (one device) or mirrored (every GPU of "
                 "this machine); --batch-size is the global batch, split evenly over the GPUs "
@@ -187,6 +211,12 @@ class SurrogatePart:
     def arch_kwargs(self) -> dict:
         """`arch_args` as constructor keyword arguments: ``alpha=0.25`` -> ``{"alpha": 0.25}``."""
         return parse_arch_args(self.arch_args)
+
+    def recipe_kwargs(self) -> dict:
+        """The training-recipe keyword arguments of `attack.surrogate.SurrogateTrainer`."""
+        return {"target_temperature": self.target_temperature, "mixup": self.mixup,
+                "label_smoothing": self.label_smoothing, "warmup": self.warmup,
+                "ema": self.ema}
 
 
 @dataclass(frozen=True)

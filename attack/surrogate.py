@@ -10,7 +10,10 @@ label the target rows are one-hot and this is ordinary cross-entropy.
 (`common.backbones.build_classifier`: raw float pixels in, logits out, preprocessing inside),
 feeds it through the victim trainer's `tf.data` pipeline (`victim_export.train.make_dataset`:
 resize to the surrogate's input size, seeded shuffle, crop/flip augmentation) and trains with
-Adam under a cosine learning-rate schedule. With a `checkpoint_dir`, `fit` resumes a killed run
+Adam under a cosine learning-rate schedule. Its recipe options (`RECIPE_DEFAULTS` leaves each
+off) sharpen the victim's rows (a temperature), mix images and targets (mixup), smooth the
+labels, warm the rate up and keep an exponential moving average of the weights; the attacks'
+`attack.Surrogate` chooses their values. With a `checkpoint_dir`, `fit` resumes a killed run
 from its last finished epoch (`keras.callbacks.BackupAndRestore`, keeping the previous backup
 until the new one is written) and remembers a finished run, so a resumed attack never trains
 twice on the same data. `partial_fit` makes the cheap online updates of the adaptive strategy;
@@ -42,6 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from attack.config import RECIPE_LEGACY
 from common.backbones import build_classifier
 from common.constraints import check_choice, check_int, check_number
 from common.distribute import (
@@ -59,11 +63,18 @@ from victim_export.export import export_classifier
 from victim_export.models_config import write_models_config
 from victim_export.train import make_dataset
 
-__all__ = ["AUGMENTATIONS", "SurrogateTrainer", "export_surrogate", "log_softmax"]
+__all__ = ["AUGMENTATIONS", "RECIPE_DEFAULTS", "SurrogateTrainer", "export_surrogate",
+           "log_softmax", "sharpen"]
 
 logger = logging.getLogger(__name__)
 
 AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+
+RECIPE_DEFAULTS = dict(RECIPE_LEGACY)
+"""The training-recipe options of `fit` and the values that leave it as it was first written
+(plain soft cross-entropy, cosine schedule from the peak rate, no mixing, no weight average)."""
+
+_MIXUP_SEED_OFFSET = 1_000_003  # mixup's random stream differs from the augmentation's
 
 BACKUP_DIR_NAME = "backup"
 FINAL_WEIGHTS_NAME = "final.weights.h5"
@@ -77,6 +88,41 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return (z - np.log(np.exp(z).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+def sharpen(targets: np.ndarray, temperature: float) -> np.ndarray:
+    """Probability rows raised to the power 1/`temperature` and renormalised (float32).
+
+    T < 1 moves each row towards its top-1, T > 1 towards uniform; T = 1 and one-hot rows are
+    returned unchanged. Computed in log space, so small probabilities do not underflow.
+    """
+    targets = np.asarray(targets, dtype=np.float32)
+    if temperature == 1.0:
+        return targets
+    with np.errstate(divide="ignore"):
+        logs = np.log(targets.astype(np.float64)) / temperature
+    logs -= logs.max(axis=-1, keepdims=True)
+    out = np.exp(logs)
+    return (out / out.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _mixup(dataset: tf.data.Dataset, alpha: float, seed: int) -> tf.data.Dataset:
+    """Batches mixed with themselves in reverse order by a Beta(alpha, alpha) weight per batch
+    (images and soft targets alike), drawn from seeded stateless streams: reproducible."""
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    seeds = seeds.batch(2, drop_remainder=True)
+
+    def mix(batch, seed):
+        images, targets = batch
+        first, second = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        a = tf.random.stateless_gamma([], first, alpha=alpha)
+        b = tf.random.stateless_gamma([], second, alpha=alpha)
+        weight = a / tf.maximum(a + b, 1e-12)
+        return (weight * images + (1 - weight) * tf.reverse(images, [0]),
+                weight * targets + (1 - weight) * tf.reverse(targets, [0]))
+
+    return tf.data.Dataset.zip((dataset, seeds)).map(
+        mix, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def _check_images(images: Any, argument: str = "images") -> np.ndarray:
@@ -153,6 +199,16 @@ class SurrogateTrainer:
         checkpoint_dir: where `fit` keeps its resumable state (a folder only this trainer uses);
             None trains without checkpoints.
         augment: "none", "flip", "crop" or "crop+flip" (zero-pad by size/8, random crop).
+        target_temperature: `fit` trains on the targets raised to the power 1/T and
+            renormalised: T < 1 sharpens the victim's probability rows towards its top-1, T > 1
+            softens them; 1 keeps them (one-hot rows are unchanged by any T).
+        mixup: Beta(a, a) parameter of mixup in `fit` (Zhang et al. 2018): each batch is mixed
+            with itself in reverse order, images and targets with the same weight; 0: off.
+        label_smoothing: label smoothing of `fit`'s cross-entropy (0: none).
+        warmup: the fraction of `fit`'s steps over which the rate rises linearly from 0 to `lr`
+            before the cosine decay (0: none).
+        ema: momentum of an exponential moving average of the weights kept during `fit` and
+            written into the network at its end (Keras' ``use_ema``); 0: off.
         dropout: dropout rate before the final dense layer.
         online_lr: the constant learning rate of `partial_fit`; default `lr`.
         arch_kwargs: passed to the backbone constructor (``{"alpha": 0.25}`` for MobileNet).
@@ -177,6 +233,11 @@ class SurrogateTrainer:
         seed: int = 0,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         augment: str = "crop+flip",
+        target_temperature: float = 1.0,
+        mixup: float = 0.0,
+        label_smoothing: float = 0.0,
+        warmup: float = 0.0,
+        ema: float = 0.0,
         dropout: float = 0.0,
         online_lr: float | None = None,
         arch_kwargs: Mapping[str, Any] | None = None,
@@ -188,6 +249,14 @@ class SurrogateTrainer:
             check_number(argument, rate, gt=0, expected="a positive finite learning rate")
         check_int("seed", seed, min=0)
         check_choice("augment", augment, AUGMENTATIONS)
+        check_number("target_temperature", target_temperature, gt=0)
+        check_number("mixup", mixup, min=0)
+        check_number("label_smoothing", label_smoothing, min=0, lt=1)
+        check_number("warmup", warmup, min=0, lt=1)
+        check_number("ema", ema, min=0, lt=1)
+        self.recipe = {"target_temperature": float(target_temperature), "mixup": float(mixup),
+                       "label_smoothing": float(label_smoothing), "warmup": float(warmup),
+                       "ema": float(ema)}
         self.lr = float(lr)
         self.online_lr = float(lr if online_lr is None else online_lr)
         self.seed = int(seed)
@@ -257,11 +326,18 @@ class SurrogateTrainer:
     def _compile(self, mode: str, steps_per_epoch: int = 1) -> keras.Model:
         """Compile the network `mode` trains: `model` itself, or for a distributed `fit` its
         copy built and compiled under the strategy's scope (starting from the initial weights)."""
+        recipe = self.recipe if mode == "fit" else RECIPE_DEFAULTS
         if mode == "fit":
-            rate: Any = keras.optimizers.schedules.CosineDecay(
-                self.lr, decay_steps=max(1, self.epochs * steps_per_epoch))
+            total = max(1, self.epochs * steps_per_epoch)
+            warm = min(total - 1, round(recipe["warmup"] * total))
+            if warm > 0:
+                rate: Any = keras.optimizers.schedules.CosineDecay(
+                    0.0, decay_steps=total - warm, warmup_target=self.lr, warmup_steps=warm)
+            else:
+                rate = keras.optimizers.schedules.CosineDecay(self.lr, decay_steps=total)
         else:
             rate = self.online_lr
+        ema = recipe["ema"]
         model = self.model
         with scope(self._strategy if mode == "fit" else None):
             if mode == "fit" and self._strategy is not None:
@@ -271,8 +347,10 @@ class SurrogateTrainer:
                 model = self._fit_model
                 model.set_weights(self._initial_weights)
             model.compile(
-                optimizer=keras.optimizers.Adam(rate),
-                loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+                optimizer=keras.optimizers.Adam(rate, use_ema=ema > 0,
+                                                ema_momentum=ema or 0.99),
+                loss=keras.losses.CategoricalCrossentropy(
+                    from_logits=True, label_smoothing=recipe["label_smoothing"]),
                 metrics=[keras.metrics.CategoricalAccuracy(name="agreement")],
             )
         self._mode = mode
@@ -287,6 +365,8 @@ class SurrogateTrainer:
             "augment": self.augment, "arch_kwargs": self._arch_kwargs,
             "images_shape": list(images.shape),
         }  # not the strategy: the same settings train the same model on any number of devices
+        if self.recipe != RECIPE_DEFAULTS:  # a run trained before these options existed resumes
+            settings["recipe"] = self.recipe
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         digest.update(np.ascontiguousarray(images).data)
         digest.update(np.ascontiguousarray(targets).data)
@@ -388,6 +468,7 @@ class SurrogateTrainer:
             return self.model
 
         self.model.set_weights(self._initial_weights)
+        targets = sharpen(targets, self.recipe["target_temperature"])
         steps = math.ceil(count / self.batch_size)
         model = self._compile("fit", steps)
         # Keras leaves a restored epoch on the model after a resumed fit; start from scratch.
@@ -402,6 +483,8 @@ class SurrogateTrainer:
         dataset = make_dataset(images, targets, size=self.input_size,
                                num_classes=self.num_classes, batch_size=self.batch_size,
                                shuffle_seed=self.seed, augment=self.augment)
+        if self.recipe["mixup"] > 0:
+            dataset = _mixup(dataset, self.recipe["mixup"], self.seed + _MIXUP_SEED_OFFSET)
         history = model.fit(shard_by_data(dataset, self._strategy), epochs=self.epochs,
                             callbacks=all_callbacks, shuffle=False, verbose=0)
         model._initial_epoch = None

@@ -15,6 +15,12 @@ number of epochs, and scores every surrogate on the same held-out labelled image
 * ``ours-copycat`` / ``art-copycat``: Copycat CNN (da Silva et al. 2018), top-1 labels of
   non-problem-domain images, phase 1 only on both sides.
 
+``--recipes`` runs our attacks under several training recipes of `attack.Surrogate` (e.g.
+``default`` and ``target_temperature=1``, the trainer as first written) beside one ART run.
+Every row is kept in OUT/rows.json with the settings it was measured under; a later run with
+the same settings keeps those rows instead of training (and paying the victim) again, so
+recipes can be added one invocation at a time beside the ART rows already measured.
+
 Every figure is the surrogate's top-1 accuracy on the test images and its ratio to the victim's
 accuracy on the same images measured through the same gRPC path; per method and budget the mean
 and the sample standard deviation over the seeds. ART is a benchmark dependency only
@@ -32,7 +38,10 @@ Example (the README's numbers; the victim is the quick start's CIFAR-10 CNN)::
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import statistics
 import sys
 import time
@@ -42,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attack.config import RECIPE_LEGACY
+from attack.config import SurrogatePart as Surrogate
 from common import cli
 from common.constraints import check_fields
 from common.data import load_dataset
@@ -52,6 +63,8 @@ log = logging.getLogger(__name__)
 
 PROG = "python -m benchmarks.art_compare"
 METHODS = ("ours-knockoff", "art-knockoff", "ours-copycat", "art-copycat")
+RECIPE_KEYS = ("target_temperature", "mixup", "label_smoothing", "warmup", "ema",
+               "learning_rate", "batch_size")
 
 
 @dataclass(frozen=True)
@@ -80,8 +93,17 @@ class CompareConfig:
         "help": "methods to run", "choices": METHODS})
     test_limit: int = field(default=5000, metadata={
         "help": "test images scored (the first of a seeded per-class choice)", "min": 1})
+    recipes: tuple[str, ...] = field(default=("default",), metadata={
+        "help": "our surrogate training recipes to run, each 'default' (attack.Surrogate's "
+                "defaults) or comma-separated KEY=VALUE over " + ", ".join(RECIPE_KEYS)
+                + " (e.g. target_temperature=1,mixup=0); ART runs once whatever they are",
+        "metavar": "RECIPE"})
     out: str = field(default="results/art_compare", metadata={
-        "help": "folder for results.json and results.md"})
+        "help": "folder for rows.json, results.json and results.md; rows already in its "
+                "rows.json with the same settings are kept, not run again"})
+    runs: str | None = field(default=None, metadata={
+        "help": "folder for our attacks' run directories (journals, checkpoints); "
+                "default: OUT/runs", "metavar": "DIR"})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -92,6 +114,60 @@ class CompareConfig:
         if not version_dirs:
             raise invalid("victim", self.victim,
                           "a model base path holding <version>/saved_model.pb")
+        for recipe in self.recipes:
+            parse_recipe(recipe)
+
+
+def parse_recipe(spec: str) -> dict:
+    """Our trainer's settings named by a recipe spec: {} for 'default', else KEY=VALUE pairs
+    over `RECIPE_KEYS` (floats; batch_size an int)."""
+    if spec == "default":
+        return {}
+    out: dict = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in RECIPE_KEYS or key in out:
+            raise invalid("recipes", spec, "'default' or distinct KEY=VALUE pairs joined by "
+                          "commas, KEY one of " + ", ".join(RECIPE_KEYS))
+        try:
+            out[key] = int(value) if key == "batch_size" else float(value)
+        except ValueError:
+            raise invalid("recipes", spec, f"a number for {key}") from None
+    try:
+        check_fields(Surrogate(**out))  # the field rules (ranges) of attack.Surrogate
+    except UsageError as err:
+        raise invalid("recipes", spec, f"values attack.Surrogate accepts ({err})") from None
+    return out
+
+
+def _settings(config: CompareConfig, victim_accuracy: float) -> dict:
+    """What every method's row depends on, apart from its own recipe: a row measured under the
+    same settings is reused instead of run (and paid) again."""
+    return {"victim": Path(config.victim).resolve().name, "victim_accuracy": victim_accuracy,
+            "test_set": Path(config.test_set).name, "test_limit": config.test_limit,
+            "transfer_set": Path(config.transfer_set).name,
+            "transfer_split": config.transfer_split,
+            "exclude_classes": config.exclude_classes and Path(config.exclude_classes).name,
+            "weights": Path(config.weights).name, "backbone": config.backbone,
+            "alpha": config.alpha, "input_size": config.input_size, "epochs": config.epochs,
+            "batch_size": config.batch_size}
+
+
+def resolved_recipe(config: CompareConfig, spec: str) -> dict:
+    """Every setting of our trainer's recipe that `spec` leaves in force (defaults included)."""
+    surrogate = Surrogate(**{"batch_size": config.batch_size, **parse_recipe(spec)})
+    return {key: getattr(surrogate, key) for key in RECIPE_KEYS}
+
+
+def label(method: str, recipe: dict | None, config: CompareConfig) -> str:
+    """``ours-knockoff`` for the trainer as first written (`RECIPE_LEGACY`, Adam 1e-3, the
+    benchmark's batch), else the method with what differs: ``ours-knockoff[mixup=0.2]``."""
+    if recipe is None:
+        return method
+    legacy = {**RECIPE_LEGACY, "learning_rate": 1e-3, "batch_size": config.batch_size}
+    diff = [f"{key}={recipe[key]:g}" for key in RECIPE_KEYS if recipe[key] != legacy[key]]
+    return f"{method}[{','.join(diff)}]" if diff else method
 
 
 def _art():
@@ -133,13 +209,13 @@ def _accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     return float((np.argmax(logits, 1) == labels).mean())
 
 
-def _ours(method: str, config: CompareConfig, victim, transfer: np.ndarray, budget: int,
-          seed: int, run_dir: Path):
-    from attack import Copycat, Knockoff, Surrogate
+def _ours(config: CompareConfig, victim, transfer: np.ndarray, budget: int, seed: int,
+          run_dir: Path, method: str, recipe: dict):
+    from attack import Copycat, Knockoff
 
     surrogate = Surrogate(backbone=config.backbone, weights=config.weights,
                           arch_args=(f"alpha={config.alpha}",), input_size=config.input_size,
-                          epochs=config.epochs, batch_size=config.batch_size)
+                          epochs=config.epochs, **recipe)
     attack = (Knockoff if method == "ours-knockoff" else Copycat)(
         budget=budget, heldout=0, noise=0, seed=seed, curve_points=1)
     result = attack.extract(victim, transfer, surrogate=surrogate, run_dir=run_dir,
@@ -185,18 +261,20 @@ def _art_attack(method: str, config: CompareConfig, victim, transfer: np.ndarray
     return network
 
 
-def _summary(rows: list[dict], budgets, methods) -> dict:
+def _summary(rows: list[dict]) -> dict:
+    """Mean and sample sd per method label and budget, with the per-seed accuracies."""
+    groups: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (r["budget"], r["seed"])):
+        groups.setdefault(f"{row['label']}@{row['budget']}", []).append(row)
     out = {}
-    for budget in budgets:
-        for method in methods:
-            acc = [r["accuracy"] for r in rows if r["budget"] == budget and r["method"] == method]
-            ratio = [r["ratio"] for r in rows if r["budget"] == budget and r["method"] == method]
-            if acc:
-                out[f"{method}@{budget}"] = {
-                    "seeds": len(acc), "accuracy_mean": statistics.fmean(acc),
+    for key, group in groups.items():
+        acc = [r["accuracy"] for r in group]
+        ratio = [r["ratio"] for r in group]
+        out[key] = {"seeds": len(acc), "accuracy_mean": statistics.fmean(acc),
                     "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                     "ratio_mean": statistics.fmean(ratio),
-                    "ratio_sd": statistics.stdev(ratio) if len(ratio) > 1 else 0.0}
+                    "ratio_sd": statistics.stdev(ratio) if len(ratio) > 1 else 0.0,
+                    "per_seed": {str(r["seed"]): r["accuracy"] for r in group}}
     return out
 
 
@@ -205,16 +283,28 @@ def _markdown(result: dict) -> str:
              f"Victim `{result['victim']}`: {result['victim_accuracy']:.4f} on "
              f"{result['test_images']} test images through gRPC. Surrogate {result['surrogate']}."
              f" Seeds {result['seeds']}. Machine: {result['machine']}.", "",
-             "| method @ budget | seeds | surrogate accuracy | ratio |", "|---|---|---|---|"]
+             "| method @ budget | seeds | surrogate accuracy | ratio | per seed |",
+             "|---|---|---|---|---|"]
     for key, s in result["summary"].items():
+        seeds = ", ".join(f"{seed}: {acc:.4f}" for seed, acc in s["per_seed"].items())
         lines.append(f"| {key} | {s['seeds']} | {s['accuracy_mean']:.4f} +/- "
-                     f"{s['accuracy_sd']:.4f} | {s['ratio_mean']:.3f} +/- {s['ratio_sd']:.3f} |")
+                     f"{s['accuracy_sd']:.4f} | {s['ratio_mean']:.3f} +/- {s['ratio_sd']:.3f} "
+                     f"| {seeds} |")
     return "\n".join(lines) + "\n"
 
 
-def run(config: CompareConfig) -> dict:
-    import os
+def _load_rows(path: Path) -> list[dict]:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, json.JSONDecodeError) as err:
+        raise invalid("out", str(path.parent), f"a readable rows.json or none ({err})") from None
+    return [r for r in rows if isinstance(r, dict) and "settings" in r] \
+        if isinstance(rows, list) else []
 
+
+def run(config: CompareConfig) -> dict:
     from attack import ServingVictim
     from serving.testing import model_server
 
@@ -228,40 +318,57 @@ def run(config: CompareConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     name = Path(config.victim).resolve().name
-    rows: list[dict] = []
+    runs = Path(config.runs) if config.runs else out / "runs"
+    rows = _load_rows(out / "rows.json")
     with model_server(base_path=config.victim, name=name) as server:
         victim = ServingVictim(server.target, name, input_range="0,255",
                                output_kind="probabilities")
         victim_acc = float((victim.predict(test.images).argmax(1) == test.labels).mean())
+        settings = _settings(config, victim_acc)
+        jobs = [(method, recipe) for method in config.methods
+                for recipe in (config.recipes if method.startswith("ours-") else (None,))]
         for seed in config.seeds:
             order = np.random.default_rng(seed).permutation(len(pool.images))
             for budget in config.budgets:
                 if budget > len(order):
                     raise invalid("budgets", budget, f"at most {len(order)} (the transfer set)")
                 transfer = pool.images[order[:budget]]
-                for method in config.methods:
+                for method, spec in jobs:
+                    recipe = None if spec is None else resolved_recipe(config, spec)
+                    name = label(method, recipe, config)
+                    if any(r["label"] == name and r["budget"] == budget and r["seed"] == seed
+                           and r["settings"] == settings for r in rows):
+                        log.info("%s budget %d seed %d: measured before, kept", name, budget,
+                                 seed)
+                        continue
                     start = time.perf_counter()
                     if method.startswith("ours-"):
-                        model = _ours(method, config, victim, transfer, budget, seed,
-                                      out / f"{method}-{budget}-{seed}")
+                        slug = re.sub(r"[^\w.=,-]+", "_", name)
+                        model = _ours(config, victim, transfer, budget, seed,
+                                      runs / f"{slug}-{budget}-{seed}", method, recipe)
                     else:
                         model = _art_attack(method, config, victim, transfer, budget, seed,
                                             num_classes)
                     acc = _accuracy(model, test.images, test.labels)
-                    rows.append({"method": method, "budget": budget, "seed": seed,
-                                 "accuracy": acc, "ratio": acc / victim_acc,
-                                 "seconds": round(time.perf_counter() - start, 1)})
-                    log.info("%s budget %d seed %d: %.4f (%.3fx)", method, budget, seed, acc,
+                    rows = [r for r in rows if not (r["label"] == name and r["budget"] == budget
+                                                    and r["seed"] == seed)]
+                    rows.append({"method": method, "recipe": recipe, "label": name,
+                                 "budget": budget, "seed": seed, "accuracy": acc,
+                                 "ratio": acc / victim_acc,
+                                 "seconds": round(time.perf_counter() - start, 1),
+                                 "load": round(os.getloadavg()[0], 2), "settings": settings})
+                    log.info("%s budget %d seed %d: %.4f (%.3fx)", name, budget, seed, acc,
                              acc / victim_acc)
                     write_json_atomic(out / "rows.json", rows)
     import art
 
+    rows = [r for r in rows if r["settings"] == settings]
     result = {"victim": name, "victim_accuracy": victim_acc, "test_images": len(test.labels),
               "surrogate": f"{config.backbone} alpha {config.alpha} at {config.input_size} px, "
                            f"weights {Path(config.weights).name}, {config.epochs} epochs",
               "seeds": list(config.seeds), "art_version": art.__version__,
               "machine": f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end",
-              "rows": rows, "summary": _summary(rows, config.budgets, config.methods)}
+              "rows": rows, "summary": _summary(rows)}
     write_json_atomic(out / "results.json", result)
     write_text_atomic(out / "results.md", _markdown(result))
     return result

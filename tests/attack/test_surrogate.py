@@ -15,8 +15,10 @@ from attack.surrogate import (
     BACKUP_DIR_NAME,
     FINAL_WEIGHTS_NAME,
     SurrogateTrainer,
+    _mixup,
     export_surrogate,
     log_softmax,
+    sharpen,
 )
 from common.errors import UsageError
 from victim_export.train import make_dataset
@@ -98,6 +100,66 @@ def test_soft_cross_entropy_training_learns_the_victim():
     agreement = (log_probs.argmax(1) == held_targets.argmax(1)).mean()
     assert agreement > 0.8 > before + 0.2  # chance is 1/3
     np.testing.assert_allclose(t.predict_probs(held_images), np.exp(log_probs), rtol=1e-6)
+
+
+def test_sharpen_raises_rows_to_one_over_t_and_keeps_one_hot_rows():
+    rows = np.array([[0.6, 0.3, 0.1], [0.0, 1.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(sharpen(rows, 1.0), rows)
+    sharp = sharpen(rows, 0.5)
+    np.testing.assert_allclose(sharp[0], np.array([36, 9, 1]) / 46, rtol=1e-6)
+    np.testing.assert_array_equal(sharp[1], rows[1])
+    soft = sharpen(rows[:1], 2.0)[0]
+    np.testing.assert_allclose(soft, np.sqrt(rows[0]) / np.sqrt(rows[0]).sum(), rtol=1e-6)
+    tiny = sharpen(np.array([[1 - 1e-30, 1e-30, 0.0]], np.float32), 0.1)
+    assert np.all(np.isfinite(tiny)) and tiny[0, 0] == 1.0
+
+
+def test_mixup_mixes_images_and_targets_with_one_weight_per_batch():
+    images, targets, _ = toy_task(8, seed=0)
+    plain = make_dataset(images, targets, size=16, num_classes=3, batch_size=8)
+    (x0, y0), = [(x.numpy(), y.numpy()) for x, y in plain]
+    (x, y), = [(x.numpy(), y.numpy()) for x, y in _mixup(plain, 0.4, seed=3)]
+    # the weight is read off the targets (rows 0 and 7 differ), then checked on every pixel
+    col = int(np.argmax(np.abs(y0[0] - y0[7])))
+    weight = (y[0, col] - y0[7, col]) / (y0[0, col] - y0[7, col])
+    assert 0 <= weight <= 1 and not np.allclose(x, x0)
+    np.testing.assert_allclose(x, weight * x0 + (1 - weight) * x0[::-1], atol=1e-3)
+    np.testing.assert_allclose(y, weight * y0 + (1 - weight) * y0[::-1], atol=1e-5)
+    again, = [x.numpy() for x, _ in _mixup(plain, 0.4, seed=3)]
+    np.testing.assert_array_equal(again, x)  # seeded: the same stream on every run
+
+
+def test_warmup_rises_to_the_peak_then_the_cosine_decays_and_ema_is_on():
+    t = trainer(epochs=4, warmup=0.25, ema=0.9)
+    model = t._compile("fit", steps_per_epoch=6)  # 24 steps: 6 warm-up, 18 decay
+    rates = [float(model.optimizer._learning_rate(step)) for step in (0, 3, 6, 23)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(1.5e-3)
+    assert rates[2] == pytest.approx(3e-3) and 0 < rates[3] < 1e-4
+    assert model.optimizer.use_ema and model.optimizer.ema_momentum == pytest.approx(0.9)
+    legacy = trainer(epochs=4)._compile("fit", steps_per_epoch=6)
+    assert float(legacy.optimizer._learning_rate(0)) == pytest.approx(3e-3)
+    assert not legacy.optimizer.use_ema
+
+
+def test_only_a_changed_recipe_changes_the_fingerprint():
+    images, targets, _ = toy_task(8, seed=0)
+    legacy = trainer()
+    assert legacy.recipe == {"target_temperature": 1.0, "mixup": 0.0, "label_smoothing": 0.0,
+                             "warmup": 0.0, "ema": 0.0}
+    same = trainer(target_temperature=1.0, mixup=0.0)
+    assert legacy._fingerprint(images, targets) == same._fingerprint(images, targets)
+    other = trainer(target_temperature=0.5)
+    assert legacy._fingerprint(images, targets) != other._fingerprint(images, targets)
+
+
+@pytest.mark.slow
+def test_every_recipe_option_at_once_still_learns_the_victim():
+    images, targets, _ = toy_task(192, seed=0)
+    held_images, _, held_labels = toy_task(60, seed=1)
+    t = trainer(epochs=4, target_temperature=0.5, mixup=0.4, label_smoothing=0.1,
+                warmup=0.25, ema=0.9)
+    t.fit(images, targets)
+    assert (t.predict_probs(held_images).argmax(1) == held_labels).mean() > 0.8  # chance 1/3
 
 
 def test_interrupted_fit_resumes_from_the_last_finished_epoch(tmp_path):
@@ -194,7 +256,11 @@ def test_bad_arguments_raise_usage_errors_naming_them():
     images, targets, _ = toy_task(4, seed=0)
     for kwargs, argument in [({"epochs": 0}, "epochs"), ({"batch_size": 1.5}, "batch_size"),
                              ({"lr": -1.0}, "lr"), ({"augment": "rotate"}, "augment"),
-                             ({"seed": -2}, "seed"), ({"online_lr": 0.0}, "online_lr")]:
+                             ({"seed": -2}, "seed"), ({"online_lr": 0.0}, "online_lr"),
+                             ({"target_temperature": 0}, "target_temperature"),
+                             ({"mixup": -0.1}, "mixup"),
+                             ({"label_smoothing": 1}, "label_smoothing"),
+                             ({"warmup": 1.0}, "warmup"), ({"ema": 1}, "ema")]:
         with pytest.raises(UsageError, match=f"`{argument}`"):
             trainer(**kwargs)
     with pytest.raises(UsageError, match="backbone"):

@@ -37,13 +37,57 @@ def test_a_folder_without_a_savedmodel_is_refused(tmp_path, capsys) -> None:
     assert "--victim" in err and "saved_model.pb" in err
 
 
-def test_summary_reports_mean_and_spread_per_method_and_budget() -> None:
-    rows = [{"method": "ours-knockoff", "budget": 10, "seed": s, "accuracy": a, "ratio": a / 0.5}
+def test_summary_reports_mean_spread_and_seeds_per_label_and_budget() -> None:
+    rows = [{"label": "ours-knockoff", "budget": 10, "seed": s, "accuracy": a, "ratio": a / 0.5}
             for s, a in enumerate((0.30, 0.40, 0.50))]
-    summary = art_compare._summary(rows, (10,), ("ours-knockoff", "art-knockoff"))
-    assert list(summary) == ["ours-knockoff@10"]
+    rows.append({"label": "ours-knockoff[mixup=0.2]", "budget": 10, "seed": 0, "accuracy": 0.6,
+                 "ratio": 1.2})
+    summary = art_compare._summary(rows)
+    assert list(summary) == ["ours-knockoff@10", "ours-knockoff[mixup=0.2]@10"]
     s = summary["ours-knockoff@10"]
     assert s["seeds"] == 3
     assert s["accuracy_mean"] == pytest.approx(0.40)
     assert s["accuracy_sd"] == pytest.approx(0.10)
     assert s["ratio_mean"] == pytest.approx(0.80)
+    assert s["per_seed"] == {"0": 0.30, "1": 0.40, "2": 0.50}
+    assert summary["ours-knockoff[mixup=0.2]@10"]["accuracy_sd"] == 0.0
+
+
+def test_recipes_parse_to_trainer_settings_and_name_what_differs(victim_dir) -> None:
+    config = art_compare.CompareConfig(victim=str(victim_dir), test_set="x", transfer_set="y",
+                                       recipes=("default", "mixup=0.2,batch_size=32"))
+    assert art_compare.parse_recipe("default") == {}
+    assert art_compare.parse_recipe("mixup=0.2,batch_size=32") == {"mixup": 0.2,
+                                                                   "batch_size": 32}
+    legacy = {"target_temperature": 1, "mixup": 0, "label_smoothing": 0, "warmup": 0,
+              "ema": 0, "learning_rate": 1e-3, "batch_size": 64}
+    assert art_compare.label("ours-copycat", legacy, config) == "ours-copycat"
+    assert art_compare.label("art-copycat", None, config) == "art-copycat"
+    recipe = art_compare.resolved_recipe(config, "target_temperature=1,mixup=0.2,"
+                                                 "batch_size=32")
+    assert recipe["mixup"] == 0.2 and recipe["batch_size"] == 32
+    assert art_compare.label("ours-knockoff", {**legacy, "mixup": 0.2, "batch_size": 32},
+                             config) == "ours-knockoff[mixup=0.2,batch_size=32]"
+
+
+@pytest.mark.parametrize("recipe", ["mixup", "speed=2", "mixup=0.1,mixup=0.2", "mixup=x",
+                                    "target_temperature=0", "warmup=1.5"])
+def test_bad_recipes_are_refused_before_anything_runs(victim_dir, tmp_path, capsys,
+                                                      recipe) -> None:
+    argv = ["--victim", str(victim_dir), "--test-set", "x.npz", "--transfer-set", "y.npz",
+            "--out", str(tmp_path / "out"), "--recipes", recipe]
+    assert art_compare.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--recipes" in err[0] and recipe in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_rows_of_other_runs_are_read_back_only_when_they_carry_settings(tmp_path) -> None:
+    path = tmp_path / "rows.json"
+    assert art_compare._load_rows(path) == []
+    path.write_text('[{"label": "art-knockoff", "settings": {"epochs": 5}}, {"label": "x"}]')
+    assert art_compare._load_rows(path) == [{"label": "art-knockoff",
+                                             "settings": {"epochs": 5}}]
+    path.write_text("[{")
+    with pytest.raises(art_compare.UsageError, match="rows.json"):
+        art_compare._load_rows(path)
