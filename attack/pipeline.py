@@ -400,7 +400,7 @@ def trainer_kwargs(config: Any, num_classes: int) -> dict:
     return dict(backbone=config.backbone, weights=config.weights, input_size=config.input_size,
                 num_classes=num_classes, epochs=config.epochs, batch_size=config.batch_size,
                 lr=config.learning_rate, seed=config.seed, arch_kwargs=config.arch_kwargs(),
-                distribute=config.distribute)
+                distribute=config.distribute, **config.recipe_kwargs())
 
 
 def surrogate_trainer(run_dir: Path | None, kwargs: Mapping[str, Any], tag: str | None):
