@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from attack.config import KnockoffConfig
+from attack.config import CopycatConfig, KnockoffConfig
+from attack.copycat import run_copycat
 from attack.evaluate import uniform_noise_images
 from attack.knockoff import run_knockoff
 from attack.pipeline import load_test_set, run_attack_cli
@@ -164,8 +165,9 @@ class BenchConfig(VictimData):
 
 
 # -- run folder ------------------------------------------------------------------------------------
-def check_run_dir(config: Any) -> Path:
-    """Create OUT with config.json, or check that an existing one ran with the same settings."""
+def check_run_dir(config: Any, *, free: Sequence[str] = ()) -> Path:
+    """Create OUT with config.json, or check that an existing one ran with the same settings
+    (the fields named in `free` may differ: a benchmark keys its sub-runs by them)."""
     out = Path(config.out)
     saved = out / "config.json"
     if saved.is_file():
@@ -179,7 +181,8 @@ def check_run_dir(config: Any) -> Path:
             elif f.default_factory is not dataclasses.MISSING:
                 defaults[f.name] = f.default_factory()
         defaults = json.loads(json.dumps(defaults))
-        differing = sorted(k for k in now if before.get(k, defaults.get(k)) != now[k])
+        differing = sorted(k for k in now if k not in free
+                           and before.get(k, defaults.get(k)) != now[k])
         if differing:
             raise invalid("out", str(out),
                           "a new folder, or the settings it was started with (differs in "
@@ -257,24 +260,32 @@ def client_key(store, name: str) -> str:
 
 
 # -- one Knockoff attack through a gateway --------------------------------------------------------
-def knockoff_config(config: BenchConfig, *, out: Path, grpc: str, api_key: str,
+def knockoff_config(config: BenchConfig, *, out: Path, grpc: str, api_key: str | None,
                     transfer_set: str, transfer_split: str, exclude_classes: str | None,
                     test_set: str, test_split: str, test_limit: int | None = None,
-                    granularity: str = "probs"):
-    """The `KnockoffConfig` of one sub-run: the benchmark's surrogate, budget and seed."""
-    return KnockoffConfig(
+                    granularity: str = "probs", attack: str = "knockoff"):
+    """The attack config of one sub-run: the benchmark's surrogate, budget and seed; a
+    `KnockoffConfig` (random strategy, training on `granularity`), or with ``attack="copycat"``
+    a `CopycatConfig` (Copycat CNN: the top-1 of every answer, no problem-domain phase)."""
+    common = dict(
         grpc=grpc, model=config.model, api_key=api_key, transfer_set=transfer_set,
         transfer_split=transfer_split, exclude_classes=exclude_classes, budget=config.budget,
-        strategy="random", granularity=granularity, heldout=0, backbone=config.backbone,
+        heldout=0, backbone=config.backbone,
         weights=config.weights_spec, arch_args=tuple(config.arch_args),
         input_size=config.input_size, epochs=config.epochs, batch_size=config.batch_size,
         learning_rate=config.learning_rate, query_batch=config.query_batch,
         test_set=test_set, test_split=test_split, test_limit=test_limit, noise=config.noise,
         curve_points=1, out=str(out), resume=(out / "config.json").is_file(), seed=config.seed)
+    if attack == "copycat":
+        return CopycatConfig(**common)
+    if attack != "knockoff":
+        raise invalid("attack", attack, "knockoff or copycat")
+    return KnockoffConfig(**common, strategy="random", granularity=granularity)
 
 
 def run_knockoff_through(served: Served, kconfig) -> dict:
-    """Run (or resume, or reuse) one Knockoff sub-run; evaluation answers come from `served`.
+    """Run (or resume, or reuse) one Knockoff (or Copycat: a `CopycatConfig`) sub-run;
+    evaluation answers come from `served`.
 
     The test and noise answers of the evaluator's cache (RUN_DIR/eval/) are the undefended
     victim's, written before the attack starts, so the gateway sees only attack queries.
@@ -295,7 +306,7 @@ def run_knockoff_through(served: Served, kconfig) -> dict:
         path = cache / f"{name}.npy"
         if not (path.is_file() and len(np.load(path)) == len(images)):
             np.save(path, served.direct(images))
-    run_knockoff(kconfig)
+    (run_copycat if isinstance(kconfig, CopycatConfig) else run_knockoff)(kconfig)
     return json.loads(report.read_text())
 
 

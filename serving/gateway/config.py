@@ -47,6 +47,13 @@ Two more actions (`docs/defence.md`):
 * **watermark** (DAWN, `detector.watermark`): `"watermark": {"key_file": PATH, "fraction":
   0.005}` answers that keyed fraction of each client's Predict queries with a wrong label and
   keeps them in the state store for `python -m detector.verify`.
+
+``"per_model": {"cifar10_cnn": {...}, "gtsrb_resnet34": {...}}`` gives a model its own
+``detectors``, ``on_flag``, ``on_query``, ``misinformation``, ``watermark``, ``always`` and
+``output`` (each key given replaces the policy's for that model's Predict calls; auth, limits and
+models stay global). A client's detector state is one per client, whatever model it asks: the
+OOD window counts the flagged queries to every model (the binomial window stays exact when the
+models' detectors are calibrated at the same FPR), and a flag holds for every model.
 """
 
 from __future__ import annotations
@@ -124,6 +131,7 @@ class GatewayPolicy:
     misinformation: MisinformationConfig | None = None
     watermark: WatermarkConfig | None = None
     output: str | None = None
+    per_model: tuple[tuple[str, GatewayPolicy], ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.auth_required, bool):
@@ -157,6 +165,17 @@ class GatewayPolicy:
                 not isinstance(self.models, tuple) or not self.models
                 or not all(isinstance(m, str) and m for m in self.models)):
             raise invalid("models", self.models, "a non-empty list of model names, or null")
+
+        for name, sub in self.per_model:
+            if not isinstance(sub, GatewayPolicy) or sub.per_model:
+                raise invalid(f"per_model.{name}", sub, "a model's policy without per_model")
+            if self.models is not None and name not in self.models:
+                raise invalid("per_model", name,
+                              f"a model listed in models ({', '.join(self.models)})")
+
+    def for_model(self, name: str) -> GatewayPolicy:
+        """The policy that decides `name`'s answers: its ``per_model`` entry, else this one."""
+        return next((sub for model, sub in self.per_model if model == name), self)
 
     @property
     def detectors(self) -> bool:
@@ -218,11 +237,12 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
     if not isinstance(data, dict):
         raise invalid("policy", type(data).__name__, f"a JSON object in {source}")
     unknown = sorted(set(data) - set(_SECTIONS) - {"always", "models", "on_query",
-                                                    "misinformation", "watermark", "output"})
+                                                    "misinformation", "watermark", "output",
+                                                    "per_model"})
     if unknown:
         raise invalid("policy", f"keys {unknown}", "only the keys auth, limits, detectors, "
-                      "on_flag, always, models, on_query, misinformation, watermark, output in "
-                      f"{source}")
+                      "on_flag, always, models, on_query, misinformation, watermark, output, "
+                      f"per_model in {source}")
     auth = _section(data, "auth", source)
     limits = _section(data, "limits", source)
     detectors = _section(data, "detectors", source)
@@ -252,7 +272,39 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
     models = data.get("models")
     if models is not None:
         values["models"] = tuple(models) if isinstance(models, list) else models
+    values["per_model"] = _per_model(data, source)
     return GatewayPolicy(**values)
+
+
+# What a per_model entry may set: everything that decides a model's answers.
+PER_MODEL_KEYS = ("detectors", "on_flag", "on_query", "misinformation", "watermark", "always",
+                  "output")
+
+
+def _per_model(data: dict, source: str) -> tuple[tuple[str, GatewayPolicy], ...]:
+    """``per_model``: {model: {key of PER_MODEL_KEYS: ...}}; each entry replaces those keys
+    of the policy for that model's Predict calls (auth, limits and models stay global)."""
+    entries = data.get("per_model")
+    if entries is None:
+        return ()
+    if not isinstance(entries, dict) or not entries:
+        raise invalid("per_model", entries, f"a JSON object of model name -> policy keys in "
+                      f"{source}")
+    shared = {k: v for k, v in data.items() if k != "per_model"}
+    out = []
+    for name, entry in entries.items():
+        if not isinstance(entry, dict):
+            raise invalid(f"per_model.{name}", entry, f"a JSON object in {source}")
+        unknown = sorted(set(entry) - set(PER_MODEL_KEYS))
+        if unknown:
+            raise invalid(f"per_model.{name}", f"keys {unknown}",
+                          f"only the keys {', '.join(PER_MODEL_KEYS)} in {source}")
+        try:
+            out.append((name, policy_from_dict({**shared, **entry}, source)))
+        except UsageError as err:
+            where = f"per_model.{name}" + (f".{err.argument}" if err.argument else "")
+            raise invalid(where, err.received, err.expected or str(err)) from None
+    return tuple(out)
 
 
 def load_policy(path: str | Path | None) -> GatewayPolicy:

@@ -116,6 +116,22 @@ class _Stop(Exception):
 
 
 @dataclass
+class _Rules:
+    """What decides one model's Predict answers, built from its policy (the policy itself, or
+    its ``per_model`` entry): the output policies, the detectors' monitor, Adaptive
+    Misinformation and the watermarker."""
+
+    policy: GatewayPolicy
+    inspects: bool = False
+    always: Any = None
+    on_flag: Any = None
+    monitor: Monitor | None = None
+    misinform: AdaptiveMisinformation | None = None
+    mis_model: Any = None
+    watermarker: Watermarker | None = None
+
+
+@dataclass
 class _Request:
     method: str
     client: ClientRecord | None = None
@@ -169,49 +185,47 @@ class Gateway:
         self._client_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._flagged: set[str] = set()
-        self._ood_detector = ood_detector
-        self._monitor: Monitor | None = monitor
         self._outputs: dict[tuple, ClassOutputs] = {}
-        self._always = None
-        self._on_flag = None
-        self._misinform = None
-        self._mis_model = None
-        self._watermarker = None
-        self._setup_policy()  # detectors load (and fail) before any state is opened
+        # detectors load (and fail) before any state is opened; `ood_detector` and `monitor`
+        # are the policy's own (a per_model entry builds its own from its sections)
+        self._rules = self._build_rules(self.policy, ood_detector, monitor)
+        self._model_rules = {name: self._build_rules(sub, None, None, where=f"per_model.{name}.")
+                             for name, sub in self.policy.per_model}
         self._store_given = store is not None
         self.store: StateStore = store if store is not None else open_store(config.state)
 
     # -- policy objects ------------------------------------------------------------------------
-    def _setup_policy(self) -> None:
-        p = self.policy
-        self._inspects = p.inspects or self._monitor is not None
-        if p.always != "identity" or p.detectors or self._monitor is not None:
-            self._always = None if p.always == "identity" else parse_policy(p.always)
-            self._on_flag = parse_policy(p.on_flag_policy)
-        if p.detectors and self._monitor is None:
-            if p.ood is not None and p.ood.path is not None and self._ood_detector is None \
+    @staticmethod
+    def _build_rules(p: GatewayPolicy, ood_detector: Any, monitor: Monitor | None,
+                     where: str = "") -> _Rules:
+        """The objects of policy `p`; `where` prefixes the field names of its errors."""
+        r = _Rules(p, inspects=p.inspects or monitor is not None, monitor=monitor)
+        if p.always != "identity" or p.detectors or monitor is not None:
+            r.always = None if p.always == "identity" else parse_policy(p.always)
+            r.on_flag = parse_policy(p.on_flag_policy)
+        if p.detectors and monitor is None:
+            if p.ood is not None and p.ood.path is not None and ood_detector is None \
                     and not Path(p.ood.path).exists():
-                raise invalid("detectors.ood.path", p.ood.path, "an exported detector folder "
-                              "(detectors/<name>/<version>)")
-            self._monitor = Monitor.from_configs(p.ood, p.prada, detector=self._ood_detector)
+                raise invalid(f"{where}detectors.ood.path", p.ood.path, "an exported detector "
+                              "folder (detectors/<name>/<version>)")
+            r.monitor = Monitor.from_configs(p.ood, p.prada, detector=ood_detector)
         if p.misinforms:
-            self._setup_misinformation()
+            m = p.misinformation or MisinformationConfig()
+            tau = r.monitor.watch(MAIN_WATCH).limit if m.tau is None else m.tau
+            r.misinform = AdaptiveMisinformation(tau=tau, nu=m.nu, function=m.function)
+            if m.path is not None:
+                if not Path(m.path).exists():
+                    raise invalid(f"{where}misinformation.path", m.path, "an exported "
+                                  "misinformation model folder (python -m "
+                                  "detector.misinformation)")
+                r.mis_model = MisinformationModel.load(m.path)
+            log.info("%smisinformation: %r", where, r.misinform)
         if p.watermark is not None:
-            self._watermarker = Watermarker(read_key(p.watermark.key_file), p.watermark.fraction)
+            r.watermarker = Watermarker(read_key(p.watermark.key_file), p.watermark.fraction)
+        return r
 
-    def _ood_threshold(self) -> float:
-        return self._monitor.watch(MAIN_WATCH).limit
-
-    def _setup_misinformation(self) -> None:
-        m = self.policy.misinformation or MisinformationConfig()
-        tau = self._ood_threshold() if m.tau is None else m.tau
-        self._misinform = AdaptiveMisinformation(tau=tau, nu=m.nu, function=m.function)
-        if m.path is not None:
-            if not Path(m.path).exists():
-                raise invalid("misinformation.path", m.path, "an exported misinformation model "
-                              "folder (python -m detector.misinformation)")
-            self._mis_model = MisinformationModel.load(m.path)
-        log.info("misinformation: %r", self._misinform)
+    def _rules_for(self, model: str) -> _Rules:
+        return self._model_rules.get(model, self._rules)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Gateway":
@@ -498,7 +512,8 @@ class Gateway:
         for spec in specs:
             self._check_model(spec.name, version=_version(spec))
         req.model = specs[0].name if specs else ""
-        if self._inspects or self._always is not None:
+        rules = self._rules_for(req.model)
+        if rules.inspects or rules.always is not None:
             raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
                         f"{req.method} is not available through this gateway: its policy "
                         "inspects and rewrites Predict answers only", "refuse")
@@ -516,18 +531,20 @@ class Gateway:
         self._check_model(req.model, version=_version(msg.model_spec))
         rows = max((_rows(t.tensor_shape.dim) for t in msg.inputs.values()), default=0)
         self._admit(req, rows)
-        if not self._inspects:
-            outputs = self._class_outputs(msg.model_spec, context) if self._always else None
+        rules = self._rules_for(req.model)
+        if not rules.inspects:
+            outputs = self._class_outputs(msg.model_spec, context, rules) if rules.always \
+                else None
             answer = self._forward("Predict", payload, context)
             action = "pass"
-            if self._always is not None:
-                answer = degrade_predict_response(answer, self._always, outputs)
-                action = f"always:{self.policy.always}"
+            if rules.always is not None:
+                answer = degrade_predict_response(answer, rules.always, outputs)
+                action = f"always:{rules.policy.always}"
             self._commit(req, None, action)
             return answer
-        return self._predict_watched(req, msg, payload, context)
+        return self._predict_watched(req, msg, payload, context, rules)
 
-    def _class_outputs(self, spec, context) -> ClassOutputs | None:
+    def _class_outputs(self, spec, context, rules: _Rules) -> ClassOutputs | None:
         """The class-score outputs of the signature `spec` asks for (GetModelMetadata, once per
         model, version and signature); None when the upstream does not describe it (then the
         answer's own float [N, K] outputs are used)."""
@@ -551,7 +568,7 @@ class Gateway:
                         "answers", spec.name, getattr(err, "message", err))
             return None
         try:
-            found = class_outputs(signature, self.policy.output)
+            found = class_outputs(signature, rules.policy.output)
         except UsageError as err:
             raise _Stop(grpc.StatusCode.FAILED_PRECONDITION,
                         f"The gateway policy does not fit model '{spec.name}': {err}",
@@ -571,8 +588,8 @@ class Gateway:
             raise _Stop(err.code, err.message, "invalid") from None
 
     def _predict_watched(self, req: _Request, msg: predict_pb2.PredictRequest, payload: bytes,
-                         context) -> bytes:
-        p = self.policy
+                         context, rules: _Rules) -> bytes:
+        p, monitor = rules.policy, rules.monitor
         refuse = p.on_flag_action == "refuse"
         if refuse and self.store.load_detectors(req.name).flagged:
             raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
@@ -580,11 +597,11 @@ class Gateway:
                         "queries are refused", "refuse")
         images = self._images(msg)
         watched = images is not None and len(images) > 0
-        outputs = self._class_outputs(msg.model_spec, context)
+        outputs = self._class_outputs(msg.model_spec, context, rules)
         scores = None
-        if watched and self._monitor is not None and self._monitor.needs_scores():
-            scores = {name: self._upstream_scores(images, context)
-                      for name in self._monitor.needs_scores()}
+        if watched and monitor is not None and monitor.needs_scores():
+            scores = {name: self._upstream_scores(p.ood.upstream_model, images, context)
+                      for name in monitor.needs_scores()}
         answer = self._forward("Predict", payload, context)
         resp = probs = None
         if watched:
@@ -595,9 +612,9 @@ class Gateway:
             probs = watched_probabilities(resp, outputs or answer_outputs(resp), len(images))
         with self._client_lock(req.name):
             state = self.store.load_detectors(req.name)
-            if self._monitor is not None:
-                decision = self._monitor.observe(state, images, probs, scores=scores,
-                                                 client=req.name)
+            if monitor is not None:
+                decision = monitor.observe(state, images, probs, scores=scores,
+                                           client=req.name)
             else:
                 decision = Decision(flagged=state.flagged, verdicts={"flagged": state.flagged})
             self._count(req.name, decision)
@@ -615,27 +632,28 @@ class Gateway:
                             "queries are refused", "refuse_committed")
             policies = []
             ood_scores = decision.scores.get(MAIN_WATCH)
-            misinform = self._misinform is not None and ood_scores is not None \
+            misinform = rules.misinform is not None and ood_scores is not None \
                 and probs is not None and (p.on_query == "misinform" or (
                     state.flagged and p.on_flag_action == "misinform"))
             if misinform:
                 label_only = (state.flagged and p.on_flag_policy == "label_only") or \
                     p.always == "label_only"
-                policies.append(self._misinformation_policy(images, ood_scores, label_only,
-                                                            context))
-                weights = self._misinform.weights(ood_scores)
+                policies.append(self._misinformation_policy(rules, images, ood_scores,
+                                                            label_only, context))
+                weights = rules.misinform.weights(ood_scores)
                 verdicts["misinformation_weight"] = round(float(weights.mean()), 4)
                 action = "misinform"
             if state.flagged:
-                policies.append(self._on_flag)
+                policies.append(rules.on_flag)
                 action = f"{p.on_flag_action}:{p.on_flag_policy}"
-            if self._always is not None:
-                policies.append(self._always)
+            if rules.always is not None:
+                policies.append(rules.always)
                 action = action if action != "pass" else f"always:{p.always}"
             marks = None
-            if self._watermarker is not None and probs is not None:
+            watermarker = rules.watermarker
+            if watermarker is not None and probs is not None:
                 top1 = np.argmax(probs, axis=1)
-                marks = self._watermarker.choose(req.name, images, top1, probs.shape[1])
+                marks = watermarker.choose(req.name, images, top1, probs.shape[1])
                 if len(marks[0]):
                     policies.append(_relabel(marks[0], marks[1]))
                     verdicts["watermarked"] = int(len(marks[0]))
@@ -644,7 +662,7 @@ class Gateway:
                                                   _chain(policies), outputs)
             if marks is not None and len(marks[0]):
                 # stored before the answer leaves (as the audit record below)
-                self.store.add_watermarks(self._watermarker.records(
+                self.store.add_watermarks(watermarker.records(
                     req.name, images, marks[0], marks[1], top1, marks[2],
                     model=req.model, now=time.time()))
             self.store.commit(req.name, req.rows, state, AuditRecord(
@@ -664,19 +682,19 @@ class Gateway:
             self._flagged.add(name)
             self.metrics.flagged.set(len(self._flagged))
 
-    def _misinformation_policy(self, images: np.ndarray, scores: np.ndarray, label_only: bool,
-                               context) -> Callable[[np.ndarray], np.ndarray]:
+    def _misinformation_policy(self, rules: _Rules, images: np.ndarray, scores: np.ndarray,
+                               label_only: bool, context) -> Callable[[np.ndarray], np.ndarray]:
         """The answer rewrite of Adaptive Misinformation for this batch (its scores fixed)."""
         mis = None
-        if self._misinform.function == "model":
-            if self._mis_model is not None:
-                mis = self._mis_model(images)
+        if rules.misinform.function == "model":
+            if rules.mis_model is not None:
+                mis = rules.mis_model(images)
             else:
-                mis = self._upstream_predict(self.policy.misinformation.upstream_model,
+                mis = self._upstream_predict(rules.policy.misinformation.upstream_model,
                                              images, context)
 
         def apply(probs: np.ndarray) -> np.ndarray:
-            return self._misinform(probs, scores, mis, label_only=label_only)
+            return rules.misinform(probs, scores, mis, label_only=label_only)
 
         return apply
 
@@ -690,11 +708,11 @@ class Gateway:
             self._forward("Predict", request.SerializeToString(), context))
         return codec.to_ndarray(answer.outputs["probabilities"])
 
-    def _upstream_scores(self, images: np.ndarray, context) -> np.ndarray:
+    def _upstream_scores(self, model: str, images: np.ndarray, context) -> np.ndarray:
         """The upstream-served OOD detector's attack probability per image, float64."""
         t0 = time.perf_counter()
         try:
-            probs = self._upstream_predict(self.policy.ood.upstream_model, images, context)
+            probs = self._upstream_predict(model, images, context)
             return probs[:, ATTACK_CLASS].astype(np.float64)
         finally:
             self.metrics.detector_latency.labels(MAIN_WATCH).observe(time.perf_counter() - t0)
