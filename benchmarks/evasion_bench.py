@@ -75,7 +75,13 @@ from common.errors import invalid
 from common.fileio import write_json_atomic
 from detector import evasion
 from detector.aggregate import BinomialWindow, SlidingWindow, first_flag
-from detector.robust import CombinedScore, DetectorScore, MahalanobisScore, threshold_at_fpr
+from detector.robust import (
+    CombinedScore,
+    DetectorScore,
+    MahalanobisScore,
+    threshold_at_fpr,
+    threshold_over_views,
+)
 
 __all__ = ["EvasionConfig", "main", "run_evasion", "summarise", "tables"]
 
@@ -87,6 +93,9 @@ TRANSFORMS = (("none", 0), ("jpeg", 95), ("jpeg", 75), ("jpeg", 50), ("resize", 
               ("blur", 1.0), ("noise", 8.0))
 CAMOUFLAGE = ((0.25, None), (0.5, None), (0.75, None), (0.5, ("jpeg", 75)))
 SCORES = ("old", "new", "max_softmax", "mahalanobis", "combined")
+# An exported detector's score at two thresholds: calibrated on clean benign images, and on
+# the worst of the clean and transformed views of them (`threshold_over_views`).
+EXPORTED_SCORES = ("clean", "transformed")
 CALIBRATION_IMAGES = 1000
 POOL_IMAGES = 1000
 
@@ -133,6 +142,11 @@ class EvasionConfig:
         "help": "with --gateway-detector: also run Knockoff thieves (JPEG-75 queries; 50%% "
                 "camouflage) of this many queries through both gateways (0: not run)",
         "min": 0})
+    detectors: tuple[str, ...] = field(default=(), metadata={
+        "help": "exported detectors (python -m detector.train) to measure instead of training "
+                "the old and new pair per seed: each is thresholded for --fpr on clean benign "
+                "images and on every transform of them (the worst view sets it)",
+        "metavar": "DIR", "rule": "nonempty"})
     gateway_only: bool = field(default=False, metadata={
         "help": "only the gateway part (needs --gateway-detector); no detector training"})
 
@@ -156,6 +170,10 @@ class EvasionConfig:
         if self.gateway_detector is not None and not Path(self.gateway_detector).is_dir():
             raise invalid("gateway_detector", self.gateway_detector, "an exported detector "
                           "folder (detectors/<name>/<version>)")
+        for path in self.detectors:
+            if not Path(path).is_dir():
+                raise invalid("detectors", path, "an exported detector folder "
+                              "(detectors/<name>/<version>)")
         if self.gateway_only and self.gateway_detector is None:
             raise invalid("gateway_only", True, "--gateway-detector as well")
 
@@ -251,76 +269,108 @@ def run_seed(config: EvasionConfig, seed: int, data: dict[str, Any], victim) -> 
         if name != "train_benign_new":
             raw[name]["combined"] = combined.combine([raw[name][p] for p in parts])
     thresholds = {s: threshold_at_fpr(calib[s], config.fpr) for s in SCORES}
+    return {"seed": seed, "thresholds": thresholds, "training_seconds": seconds,
+            **_evaluate(config, raw, thresholds, SCORES, "old")}
 
-    old_window = SlidingWindow(256, 0.5, 64)
+
+def _evaluate(config: EvasionConfig, raw: dict[str, dict[str, np.ndarray]],
+              thresholds: dict[str, float], scores: Sequence[str], level_score: str) -> dict:
+    """The per-query, per-client and benign-client rows of `scores` (each thresholded at its
+    `thresholds` entry) from every view's precomputed `raw` scores; the old window
+    (`SlidingWindow` 256, 0.5, 64) watches `level_score`."""
     binomial = BinomialWindow(config.window, config.fpr, config.alpha, config.min_queries)
+    old_window = SlidingWindow(256, 0.5, 64)
+
     rows = []
-    for name, level in TRANSFORMS:
-        tag = "none" if name == "none" else f"{name}:{level:g}"
+    for name, strength in TRANSFORMS:
+        tag = "none" if name == "none" else f"{name}:{strength:g}"
         a, b = raw[f"attack/{tag}"], raw[f"benign/{tag}"]
         row: dict[str, Any] = {"evasion": tag}
-        for s in SCORES:
+        for s in scores:
             flags = a[s] >= thresholds[s]
             row[f"{s}_anomalous"] = float(flags.mean())
             row[f"{s}_benign"] = float(np.mean(b[s] < thresholds[s]))
             row[f"{s}_flagged_at"] = first_flag(binomial, flags, config.query_batch)
-        row["old_level_flagged_at"] = first_flag(old_window, a["old"] >= thresholds["old"],
-                                                 config.query_batch)
+        level = a[level_score] >= thresholds[level_score]
+        row["old_level_flagged_at"] = first_flag(old_window, level, config.query_batch)
         rows.append(row)
     rng_seed = 3
     for share, transform in CAMOUFLAGE:
         tag = "none" if transform is None else f"{transform[0]}:{transform[1]:g}"
         a = raw[f"attack/{tag}"]
-        index = np.arange(len(a["old"]))
+        index = np.arange(len(a[level_score]))
         # As `detector.evasion.camouflage` mixes images, on the images' precomputed scores.
         rng = np.random.default_rng(rng_seed)
         extra = int(round(len(index) * share / (1.0 - share)))
         picked = rng.choice(POOL_IMAGES, size=extra, replace=extra > POOL_IMAGES)
         order = rng.permutation(len(index) + extra)
         row = {"evasion": f"camouflage:{share:g}" + ("" if transform is None else f"+{tag}")}
-        for s in SCORES:
+        for s in scores:
             stream = np.r_[a[s], raw["pool"][s][picked]][order]
             flags = stream >= thresholds[s]
             row[f"{s}_stream_share"] = float(flags.mean())
             row[f"{s}_flagged_at"] = first_flag(binomial, flags, config.query_batch)
-        stream = np.r_[a["old"], raw["pool"]["old"][picked]][order]
-        row["old_level_flagged_at"] = first_flag(old_window, stream >= thresholds["old"],
+        stream = np.r_[a[level_score], raw["pool"][level_score][picked]][order]
+        row["old_level_flagged_at"] = first_flag(old_window, stream >= thresholds[level_score],
                                                  config.query_batch)
         rows.append(row)
     clients = []
     for view in ("clients/none", "clients/jpeg:50"):
         c = raw[view]
         row = {"clients": view.split("/")[1]}
-        for s in SCORES:
+        for s in scores:
             flags = (c[s] >= thresholds[s]).reshape(config.benign_clients, -1)
             row[f"{s}_flagged"] = int(sum(first_flag(binomial, f, config.query_batch)
                                           is not None for f in flags))
             row[f"{s}_query_fpr"] = float(flags.mean())
-        flags = (c["old"] >= thresholds["old"]).reshape(config.benign_clients, -1)
+        flags = (c[level_score] >= thresholds[level_score]).reshape(config.benign_clients, -1)
         row["old_level_flagged"] = int(sum(first_flag(old_window, f, config.query_batch)
                                            is not None for f in flags))
         clients.append(row)
     # The first clients again, each image under a transform (the benign evaluation views).
     per_client = config.client_queries
     shown = config.eval_limit // per_client
-    for name, level in TRANSFORMS[1:]:
-        tag = f"{name}:{level:g}"
+    for name, strength in TRANSFORMS[1:]:
+        tag = f"{name}:{strength:g}"
         c = raw[f"benign/{tag}"]
         row = {"clients": f"{tag} ({shown} clients)"}
-        for s in SCORES:
+        for s in scores:
             flags = (c[s][:shown * per_client] >= thresholds[s]).reshape(shown, -1)
             row[f"{s}_flagged"] = int(sum(first_flag(binomial, f, config.query_batch)
                                           is not None for f in flags))
             row[f"{s}_query_fpr"] = float(flags.mean())
-        flags = (c["old"][:shown * per_client] >= thresholds["old"]).reshape(shown, -1)
+        flags = (c[level_score][:shown * per_client] >= thresholds[level_score]
+                 ).reshape(shown, -1)
         row["old_level_flagged"] = int(sum(first_flag(old_window, f, config.query_batch)
                                            is not None for f in flags))
         clients.append(row)
-    return {"seed": seed, "thresholds": thresholds, "training_seconds": seconds,
-            "binomial_critical": {str(n): int(binomial.critical[n])
+    return {"binomial_critical": {str(n): int(binomial.critical[n])
                                   for n in (32, 64, 128, config.window)
                                   if n <= config.window},
             "evasion": rows, "clients": clients}
+
+
+def run_exported(config: EvasionConfig, path: str, data: dict[str, Any]) -> dict:
+    """The rows of `_evaluate` for one exported detector at its two thresholds."""
+    from detector.ood import OODDetector
+
+    detector = OODDetector.load(path)
+    views = dict(data["views"])
+    calibration = evasion.transformed_views(data["calibration"], seed=4)
+    views.update({f"calibration/{tag}": images for tag, images in calibration.items()})
+    raw = {}
+    for name, images in views.items():
+        score = detector.score(images).astype(np.float64)
+        raw[name] = {s: score for s in EXPORTED_SCORES}
+    worst, rates = threshold_over_views({tag: raw[f"calibration/{tag}"]["clean"]
+                                         for tag in calibration}, config.fpr)
+    thresholds = {"clean": threshold_at_fpr(raw["calibration/none"]["clean"], config.fpr),
+                  "transformed": worst}
+    log.info("detector %s: thresholds %s; calibration FPR per view at the transformed one %s",
+             path, thresholds, rates)
+    return {"detector": str(path), "thresholds": thresholds, "calibration_fpr": rates,
+            "training_seconds": detector.calibration.get("training_seconds"),
+            **_evaluate(config, raw, thresholds, EXPORTED_SCORES, "clean")}
 
 
 class _Named:
@@ -577,10 +627,12 @@ def summarise(seeds: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def tables(summary: dict[str, list[dict]], scores: Sequence[str] = SCORES) -> str:
-    """The Markdown tables of `summarise`'s output, for the `scores` compared."""
-    per_query = [r for r in summary["evasion"] if "old_anomalous" in r]
-    camo = [r for r in summary["evasion"] if "old_stream_share" in r]
+def tables(summary: dict[str, list[dict]], scores: Sequence[str] = SCORES,
+           level: str = "old + level 0.5") -> str:
+    """The Markdown tables of `summarise`'s output, for the `scores` compared (`level`: the
+    header of the default window's column)."""
+    per_query = [r for r in summary["evasion"] if f"{scores[0]}_anomalous" in r]
+    camo = [r for r in summary["evasion"] if f"{scores[0]}_stream_share" in r]
     t1 = markdown_table([{"evasion": r["evasion"], **{s: _cell(r[f"{s}_anomalous"])
                                                       for s in scores}} for r in per_query],
                         [("evasion", "evasion")] + [(s, s) for s in scores])
@@ -590,14 +642,14 @@ def tables(summary: dict[str, list[dict]], scores: Sequence[str] = SCORES) -> st
     t3 = markdown_table([{"evasion": r["evasion"], "old_level": _cell(r["old_level_flagged_at"]),
                           **{s: _cell(r[f"{s}_flagged_at"]) for s in scores}}
                          for r in per_query + camo],
-                        [("evasion", "client's stream"), ("old_level", "old + level 0.5")]
+                        [("evasion", "client's stream"), ("old_level", level)]
                         + [(s, f"{s} + binomial") for s in scores])
     t4 = markdown_table([{"clients": r["clients"],
                           "old_level": _cell(r["old_level_flagged"]),
                           **{s: f"{_cell(r[f'{s}_flagged'], 1)} (FPR "
                                 f"{_cell(r[f'{s}_query_fpr'])})" for s in scores}}
                          for r in summary["clients"]],
-                        [("clients", "benign clients send"), ("old_level", "old + level 0.5")]
+                        [("clients", "benign clients send"), ("old_level", level)]
                         + [(s, f"{s} + binomial") for s in scores])
     return "\n\n".join([
         "## Anomalous accuracy at the calibrated threshold (attack images flagged)", t1,
@@ -618,22 +670,32 @@ def run_evasion(config: EvasionConfig) -> dict:
             thieves = _write_thieves(out, run_thieves(config, data))
             result["table"] += "\n\n" + thieves["table"]
         return result
-    for seed in config.seeds:
-        path = out / f"seed_{seed}.json"
-        if path.is_file():
+    if config.detectors:
+        for index, detector in enumerate(config.detectors):
+            path = out / f"detector_{index}.json"
+            if not path.is_file():
+                data = data or _data(config)
+                write_json_atomic(path, run_exported(config, detector, data))
             seeds.append(json.loads(path.read_text()))
-            continue
-        if data is None:
-            data = _data(config)
-            victim = _victim(config.victim)
-        result = run_seed(config, seed, data, victim)
-
-        write_json_atomic(path, result)
-        seeds.append(result)
-    summary = summarise(seeds)
-    table = tables(summary)
+        summary = summarise(seeds)
+        table = tables(summary, EXPORTED_SCORES, "clean + level 0.5")
+    else:
+        for seed in config.seeds:
+            path = out / f"seed_{seed}.json"
+            if path.is_file():
+                seeds.append(json.loads(path.read_text()))
+                continue
+            if data is None:
+                data = _data(config)
+                victim = _victim(config.victim)
+            result = run_seed(config, seed, data, victim)
+            write_json_atomic(path, result)
+            seeds.append(result)
+        summary = summarise(seeds)
+        table = tables(summary)
 
     meta = {"victim": config.victim, "seeds": list(config.seeds), "fpr": config.fpr,
+            "detectors": list(config.detectors),
             "window": config.window, "alpha": config.alpha, "min_queries": config.min_queries,
             "train_limit": config.train_limit, "eval_limit": config.eval_limit,
             "epochs": config.epochs, "input_size": config.input_size,

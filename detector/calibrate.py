@@ -10,6 +10,13 @@ for the new rate with `calibrate_threshold`, and writes a NEW version folder: a 
 SavedModel with the updated calibration (TF Serving versions are immutable; the source is never
 touched). `OODDetector.load`, the gateway (``detectors.ood.path``) and ``detector.evaluate`` read
 the threshold from the version they are given, so pointing them at the new version is enough.
+
+``--transforms evasions`` calibrates on the held-out benign images AND on a JPEG-encoded,
+resized, blurred and noisy copy of them (`detector.evasion.CALIBRATION_TRANSFORMS`): the
+threshold is the lowest at which no view exceeds the rate, so a benign user whose photos are
+all, say, blurred is not flagged by a binomial window (`detector.aggregate.BinomialWindow`) that
+assumes the calibrated rate; each view's rate is stored
+(``heldout_benign_fpr_by_transform``).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from common.data import ImageDataset, load_dataset
 from common.errors import UsageError, invalid
 from common.fileio import write_json_atomic
 from detector.config import check_exclude, detector_field, exclude_field
+from detector.evasion import CALIBRATION_TRANSFORMS, transformed_views
 from detector.export import (
     CALIBRATION_NAME,
     CALIBRATION_RATES,
@@ -96,6 +104,12 @@ class CalibrateConfig:
     attack_split: str | None = _stored("split(s) of --attack; default the training config's")
     exclude_classes: str | None = exclude_field(
         "file of --attack class names to drop; default the training config's")
+    transforms: str = field(default="none", metadata={
+        "help": "none: calibrate on the held-out benign images as they are; evasions: on them "
+                "and on a JPEG 95/75/50, resize 0.5, blur 1 and noise 8 copy of them "
+                "(detector.evasion.CALIBRATION_TRANSFORMS), at the lowest threshold where no "
+                "view exceeds --target-fpr, so benign users who send such images stay at the "
+                "rate the binomial window assumes", "choices": ("none", "evasions")})
     heldout_attack: bool = field(default=True, metadata={
         "help": "also score the held-out attack images (anomalous accuracy, ROC AUC); "
                 "--no-heldout-attack calibrates from the benign data alone",
@@ -260,11 +274,21 @@ def recalibrate_detector(config: CalibrateConfig) -> RecalibrationResult:
     benign_scores = detector.score(benign_held.images)
     attack_scores = None if attack_held is None else detector.score(attack_held.images)
 
+    views = {"none": benign_scores}
+    if config.transforms == "evasions":
+        transformed = transformed_views(benign_held.images, CALIBRATION_TRANSFORMS, seed=0)
+        views.update({tag: detector.score(images) for tag, images in transformed.items()
+                      if tag != "none"})
+
+    def calibrated(rate: float) -> float:
+        """The lowest threshold at which no view's benign FPR exceeds `rate`."""
+        return max(calibrate_threshold(scores, rate) for scores in views.values())
+
     target = float(config.target_fpr)
-    threshold = calibrate_threshold(benign_scores, target)
+    threshold = calibrated(target)
     rates = {*CALIBRATION_RATES, target}
     rates.update(float(r) for r in (old.get("thresholds") or {}))
-    thresholds = {f"{rate:g}": calibrate_threshold(benign_scores, rate) for rate in sorted(rates)}
+    thresholds = {f"{rate:g}": calibrated(rate) for rate in sorted(rates)}
     # The held-out split is the training's when the stored threshold comes back.
     old_fpr, old_threshold = old.get("target_fpr"), float(old["threshold"])
     recomputed = calibrate_threshold(benign_scores, float(old_fpr)) \
@@ -288,6 +312,10 @@ def recalibrate_detector(config: CalibrateConfig) -> RecalibrationResult:
                                   for rate, t in thresholds.items()},
         "heldout_at_0.5": _metrics(benign_scores, attack_scores, 0.5),
         "heldout_roc_auc": None if auc is None or math.isnan(auc) else auc,
+        "calibration_transforms": config.transforms,
+        "heldout_benign_fpr_by_transform": {
+            tag: float(np.mean(np.asarray(scores, np.float64) >= threshold))
+            for tag, scores in views.items()},
         "recalibrated_from": str(source),
         "recalibration": {
             "source_threshold": old_threshold,

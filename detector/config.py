@@ -108,6 +108,11 @@ class DetectorConfig:
                 "resize, blur or noise, then JPEG half the time: detector.evasion.augment), so "
                 "a thief's transform is never what the detector learns (0: off; "
                 "benchmarks.evasion_bench measures 0.9)", "min": 0, "max": 1})
+    augment_jpeg: float = field(default=0.5, metadata={
+        "help": "with --augment: probability that an image given a resize, blur or noise is "
+                "JPEG re-encoded afterwards (quality 50-95); 1 leaves no augmented attack image "
+                "without JPEG artefacts, so the codec of JPEG-stored benign data is never the "
+                "signal", "min": 0, "max": 1})
     seed: int = field(default=0, metadata={
         "help": "random seed (subsets, split, shuffling, init)", "min": 0})
     work_dir: str | None = field(default=None, metadata={

@@ -13,7 +13,10 @@ its stream: these functions are those moves, applied to uint8 RGB batches ``[N, 
 * `camouflage` interleaves a share of in-distribution images into the attack stream, as a
   thief who owns some of the victim's own domain would, to keep the window's OOD share low.
 
-`apply(name, images, level, seed)` names them for command lines (`EVASIONS`). Pillow does the
+`apply(name, images, level, seed)` names them for command lines (`EVASIONS`);
+`transformed_views` gives a batch under each of `CALIBRATION_TRANSFORMS`, the views a detector's
+threshold is calibrated on so that benign users' JPEG, resized, blurred or noisy images stay
+within its false-positive rate (`detector.robust.threshold_over_views`). Pillow does the
 image work (its JPEG codec and filters are what a thief would use).
 
 `augment(images, seed=...)` is the defender's side: a seeded random one of these transforms (at a
@@ -32,8 +35,8 @@ import numpy as np
 
 from common.errors import invalid
 
-__all__ = ["AUGMENT_RANGES", "EVASIONS", "apply", "augment", "blur", "camouflage", "jpeg",
-           "noise", "resize"]
+__all__ = ["AUGMENT_RANGES", "CALIBRATION_TRANSFORMS", "EVASIONS", "apply", "augment", "blur",
+           "camouflage", "jpeg", "noise", "resize", "transformed_views"]
 
 
 def _check_images(images: Any) -> np.ndarray:
@@ -148,6 +151,24 @@ def apply(name: str, images: Any, level: float, *, seed: int = 0) -> np.ndarray:
     if name not in EVASIONS:
         raise invalid("evasion", name, f"one of {', '.join(EVASIONS)}")
     return EVASIONS[name](images, level, seed)
+
+
+# The named transforms benign images are calibrated under (`detector.calibrate --transforms
+# evasions`, `benchmarks.evasion_bench`): the issue's JPEG range and one resize, blur and noise
+# a user's photos plausibly carry.
+CALIBRATION_TRANSFORMS: tuple[tuple[str, float], ...] = (
+    ("jpeg", 95), ("jpeg", 75), ("jpeg", 50), ("resize", 0.5), ("blur", 1.0), ("noise", 8.0))
+
+
+def transformed_views(images: Any, transforms: Any = CALIBRATION_TRANSFORMS, *, seed: int = 0
+                      ) -> dict[str, np.ndarray]:
+    """``{"none": images, "jpeg:75": ..., ...}``: `images` as sent and under each
+    ``(name, level)`` of `transforms` (tags as `apply`'s name and level)."""
+    array = _check_images(images)
+    views = {"none": array}
+    for name, level in transforms:
+        views[f"{name}:{level:g}"] = apply(name, array, level, seed=seed)
+    return views
 
 
 # Strengths `augment` draws from, uniformly: what a thief can do for free without making its

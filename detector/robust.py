@@ -24,13 +24,15 @@ anomalous accuracy. This module adds scores that look at other evidence, each an
   ``-log`` of the smallest (a query is as suspicious as its most suspicious view).
 
 `threshold_at_fpr` calibrates any score on benign images (the same rule as
-`detector.ood.calibrate_threshold`, for scores that are not probabilities).
+`detector.ood.calibrate_threshold`, for scores that are not probabilities);
+`threshold_over_views` calibrates on several views of them (clean and each evasion transform,
+`detector.evasion.CALIBRATION_TRANSFORMS`) so that none exceeds the rate.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,6 +49,7 @@ __all__ = [
     "Scorer",
     "calibrate",
     "threshold_at_fpr",
+    "threshold_over_views",
 ]
 
 
@@ -71,6 +74,20 @@ def threshold_at_fpr(benign_scores: Any, fpr: float) -> float:
         raise invalid("benign_scores", "non-finite values", "finite scores")
     allowed = int(math.floor(float(fpr) * scores.size + 1e-9))
     return float(np.nextafter(scores[allowed], np.inf))
+
+
+def threshold_over_views(benign_scores: Mapping[str, Any], fpr: float
+                         ) -> tuple[float, dict[str, float]]:
+    """The lowest threshold at which EVERY view of the benign images (clean, JPEG-encoded,
+    blurred, ...: name -> scores) keeps its false-positive rate at most `fpr`, and each view's
+    rate at it. A benign client who always sends one kind of transformed image then stays at
+    the rate a per-client window (`detector.aggregate.BinomialWindow`) assumes."""
+    if not benign_scores:
+        raise invalid("benign_scores", "no views", "benign scores under at least one view")
+    arrays = {name: np.asarray(v, dtype=np.float64).ravel() for name, v in benign_scores.items()}
+    threshold = max(threshold_at_fpr(v, fpr) for v in arrays.values())
+    return threshold, {name: float(np.mean(v >= threshold)) if v.size else 0.0
+                       for name, v in arrays.items()}
 
 
 def calibrate(scorer: Any, benign_images: Any, benign_probabilities: Any, fpr: float) -> float:

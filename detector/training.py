@@ -185,9 +185,11 @@ def train_detector(
             attack_fit.images, config.jpeg_augment, seed=config.seed + 3))
     if config.augment > 0:
         benign_fit = with_images(benign_fit, augment(benign_fit.images, seed=config.seed + 5,
-                                                     share=config.augment))
+                                                     share=config.augment,
+                                                     then_jpeg=config.augment_jpeg))
         attack_fit = with_images(attack_fit, augment(attack_fit.images, seed=config.seed + 6,
-                                                     share=config.augment))
+                                                     share=config.augment,
+                                                     then_jpeg=config.augment_jpeg))
     images = np.concatenate([benign_fit.images, attack_fit.images])
     labels = np.r_[np.full(len(benign_fit), BENIGN_CLASS), np.full(len(attack_fit),
                                                                     ATTACK_CLASS)]

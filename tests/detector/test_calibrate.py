@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import detector.training as training
+from detector import evasion
 from detector.calibrate import CalibrateConfig, _load_heldout, main
 from detector.evaluate import main as evaluate_main
 from detector.export import CALIBRATION_NAME
@@ -129,6 +130,27 @@ def test_recalibration_writes_a_new_version_with_the_new_threshold(trained, tmp_
     assert third["heldout_at_threshold"]["anomalous_accuracy"] is None
     assert third["recalibration"]["source_threshold_reproduced"] is True
     assert OODDetector.load(source.parent / "3").threshold == third["threshold"]
+
+
+def test_calibration_on_transformed_views_keeps_each_within_the_rate(trained):
+    source = trained["out"]
+    views = source.parent.parent / "views" / "tiny_ood" / "1"
+    assert main(["--detector", str(source), "--target-fpr", "0.05", "--out", str(views),
+                 "--transforms", "evasions"]) == 0
+    one = json.loads((source / CALIBRATION_NAME).read_text())  # training's, clean, at 0.05
+    both = json.loads((views / CALIBRATION_NAME).read_text())
+    assert both["calibration_transforms"] == "evasions"
+    rates = both["heldout_benign_fpr_by_transform"]
+    assert list(rates) == ["none", "jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:1",
+                           "noise:8"]
+    assert all(rate <= 0.05 for rate in rates.values())
+    # The worst view sets the threshold: never below the clean images' own.
+    assert both["threshold"] >= one["threshold"]
+    assert both["recalibration"]["source_threshold_reproduced"] is True
+    detector = OODDetector.load(views)
+    held = trained["benign_held"]
+    assert detector.predict(held).mean() == pytest.approx(rates["none"])
+    assert detector.predict(evasion.blur(held, 1.0)).mean() == pytest.approx(rates["blur:1"])
 
 
 def test_moved_data_is_found_with_overrides_and_named_without(trained, tmp_path, capsys,

@@ -101,3 +101,14 @@ def test_augment_is_seeded_changes_the_share_asked_and_keeps_the_batch():
         evasion.augment(batch, seed=0, share=1.5)
     with pytest.raises(UsageError, match="`images`"):
         evasion.augment(batch[0], seed=0)
+
+
+def test_transformed_views_name_each_calibration_transform(images):
+    views = evasion.transformed_views(images)
+    assert list(views) == ["none", "jpeg:95", "jpeg:75", "jpeg:50", "resize:0.5", "blur:1",
+                           "noise:8"]
+    np.testing.assert_array_equal(views["none"], images)
+    np.testing.assert_array_equal(views["jpeg:50"], evasion.jpeg(images, 50))
+    np.testing.assert_array_equal(views["noise:8"], evasion.noise(images, 8.0, seed=0))
+    assert all(v.shape == images.shape and v.dtype == np.uint8 for v in views.values())
+    assert list(evasion.transformed_views(images, [("blur", 2.0)])) == ["none", "blur:2"]

@@ -17,6 +17,7 @@ from detector.robust import (
     MaxSoftmaxScore,
     calibrate,
     threshold_at_fpr,
+    threshold_over_views,
 )
 
 
@@ -30,6 +31,19 @@ def test_threshold_at_fpr_keeps_the_rate_even_with_ties():
     assert threshold_at_fpr([], 0.1) == math.inf
     with pytest.raises(UsageError, match="`fpr`"):
         threshold_at_fpr(benign, 1.0)
+
+
+def test_threshold_over_views_keeps_every_view_within_the_rate():
+    clean = np.linspace(0.0, 1.0, 100)          # 2 of 100 at or above 0.985
+    blurred = np.linspace(0.2, 1.2, 100)        # the same images scored higher when blurred
+    t, rates = threshold_over_views({"none": clean, "blur:1": blurred}, 0.02)
+    assert t == threshold_at_fpr(blurred, 0.02) > threshold_at_fpr(clean, 0.02)
+    assert rates["blur:1"] == pytest.approx(0.02) and rates["none"] == 0.0
+    assert all(rate <= 0.02 for rate in rates.values())
+    # One view: the plain calibration.
+    assert threshold_over_views({"none": clean}, 0.05)[0] == threshold_at_fpr(clean, 0.05)
+    with pytest.raises(UsageError, match="benign_scores"):
+        threshold_over_views({}, 0.02)
 
 
 def test_max_softmax_and_energy():
@@ -122,18 +136,19 @@ def test_detector_training_augments_both_sets_when_asked(monkeypatch, tmp_path):
     calls = []
     real = training.augment
 
-    def spy(images, *, seed, share):
-        calls.append((len(images), share))
-        return real(images, seed=seed, share=share)
+    def spy(images, *, seed, share, then_jpeg):
+        calls.append((len(images), share, then_jpeg))
+        return real(images, seed=seed, share=share, then_jpeg=then_jpeg)
 
     monkeypatch.setattr(training, "augment", spy)
     config = DetectorConfig(benign="b", attack="a", out=str(tmp_path / "d" / "1"),
                             arch_args=TINY_CNN, epochs=1, batch_size=16, augment=1.0,
-                            jpeg_augment=0.0)
+                            augment_jpeg=1.0, jpeg_augment=0.0)
     result = training.train_detector(config, benign=as_dataset(benign_images(40, 0), "b"),
                                      attack=as_dataset(attack_images(40, 1), "a"),
                                      export=False)
-    assert calls == [(34, 1.0), (34, 1.0)]
+    assert calls == [(34, 1.0, 1.0), (34, 1.0, 1.0)]
     assert result.calibration["config"]["augment"] == 1.0
+    assert result.calibration["config"]["augment_jpeg"] == 1.0
     with pytest.raises(UsageError, match="`augment`"):
         DetectorConfig(benign="b", attack="a", out=str(tmp_path / "d" / "1"), augment=1.5)
