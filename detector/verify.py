@@ -2,17 +2,17 @@
 conferrable fingerprints.
 
 ``--method watermark`` (DAWN, Szyller et al. 2021, `detector.watermark`): the gateway answered a
-keyed fraction of a client's queries with a wrong label (the victim's top-1 probability swapped
-with that of a keyed class drawn uniformly among the K-1 others) and kept them. For a model that
-never saw those answers the wrong label is independent of its scores, so its *rank* among the
-suspect's K-1 classes other than the victim's answer is uniform on 1..K-1. The test replays at
-most ``--max-queries`` watermark queries and sums the ranks: ``P[S <= sum]`` for S a sum of n
-independent uniform ranks (exact by convolution; a Hoeffding bound above K = 257) is a valid
-p-value for "the suspect did not learn from these answers"; the suspect is declared stolen
-below ``--alpha``. A surrogate trained on the swapped probabilities often keeps the victim's
-top-1 and learns the wrong label as its runner-up, which the rank test sees and DAWN's original
-statistic (the suspect's top-1 equals the wrong label, binomial against 1/(K-1); reported
-beside it) does not.
+keyed fraction of a client's queries with a wrong label (a keyed class drawn uniformly among the
+K-1 other than the victim's top-1, given at least 0.9 of the probability) and kept them. For a
+model that never saw those answers the wrong label is independent of its scores, so its *rank*
+among the suspect's K-1 classes other than the victim's answer is uniform on 1..K-1. The test
+replays at most ``--max-queries`` watermark queries and sums the ranks: ``P[S <= sum]`` for S a
+sum of n independent uniform ranks (exact by convolution; a Hoeffding bound above K = 257) is a
+valid p-value for "the suspect did not learn from these answers"; the suspect is declared stolen
+below ``--alpha``. A surrogate that learnt the answers only partly (soft targets, few epochs, a
+later fine-tuning) often keeps the victim's top-1 and ranks the wrong label second or third,
+which the rank test sees and DAWN's original statistic (the suspect's top-1 equals the wrong
+label, binomial against 1/(K-1); reported beside it) does not.
 
 ``--method fingerprint`` (`detector.fingerprint`, Lukas et al. 2021): sends at most
 ``--max-queries`` conferrable adversarial examples built once from the victim and counts how

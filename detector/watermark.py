@@ -11,8 +11,14 @@ again by the same client gets the same answer (a thief cannot find the watermark
 twice); another client, or another key, gets an independent selection.
 
 A watermarked answer swaps the victim's probability of its top-1 class with that of the chosen
-wrong class, so the answer keeps the victim's values and confidence and only the ranking lies
-(a label-only answer is then the wrong label). `WatermarkRecord` is what the gateway stores per
+wrong class and, when the wrong class then holds less than `WATERMARK_MASS` (0.9) of the mass,
+raises it to that and scales the other classes down in proportion (their order kept): the answer
+is a confident wrong one (a label-only answer is the wrong label). The plain swap was too weak
+for a thief that trains on probabilities: on the out-of-domain images a Knockoff thief sends,
+the victim's top-1 probability is about 0.5 (median), so the swapped answer pulled the
+surrogate only half-way to the wrong label and 100 replayed watermarks did not identify it.
+Only the watermarked rows change (their top-1 is wrong either way), so a benign client's cost
+is the watermark fraction of its top-1 answers. `WatermarkRecord` is what the gateway stores per
 marked query (with its audit log, `serving.gateway.store`); `save_watermarks`/`load_watermarks`
 move a client's set to an ``.npz`` file that `python -m detector.verify` replays against a
 suspect model. Numpy and the standard library only.
@@ -43,6 +49,7 @@ __all__ = [
 ]
 
 MIN_KEY_BYTES = 16
+WATERMARK_MASS = 0.9  # the least probability a watermarked answer gives its wrong label
 
 
 def image_digest(image: np.ndarray) -> str:
@@ -136,16 +143,26 @@ class Watermarker:
         return rows, wrong, digests
 
     @staticmethod
-    def relabel(probs: np.ndarray, rows: np.ndarray, wrong: np.ndarray) -> np.ndarray:
+    def relabel(probs: np.ndarray, rows: np.ndarray, wrong: np.ndarray,
+                mass: float = WATERMARK_MASS) -> np.ndarray:
         """`probs` (float32 copy) with each marked row's top entry swapped with its wrong
-        label's, so the wrong label is the row's strict top-1 (a tie becomes its one-hot)."""
+        label's, so the wrong label is the row's strict top-1 (a tie becomes its one-hot), then
+        the wrong label raised to at least `mass` of the row's total, the other entries scaled
+        down in proportion (a row that does not sum to 1, e.g. scores, keeps its sum)."""
         out = np.array(probs, dtype=np.float32, copy=True)
         for i, w in zip(rows, wrong):
-            top = int(np.argmax(out[i]))
-            out[i, top], out[i, w] = out[i, w], out[i, top]
-            if np.count_nonzero(out[i] == out[i, w]) > 1:
-                out[i] = 0.0
-                out[i, w] = 1.0
+            row = out[i].astype(np.float64)
+            top = int(np.argmax(row))
+            row[top], row[w] = row[w], row[top]
+            if np.count_nonzero(row == row[w]) > 1:
+                row[:] = 0.0
+                row[w] = 1.0
+            total, rest = row.sum(), row.sum() - row[w]
+            if total > 0 and row[w] < mass * total:
+                others = np.arange(len(row)) != w
+                row[others] *= (1.0 - mass) * total / rest if rest > 0 else 0.0
+                row[w] = mass * total
+            out[i] = row
         return out
 
     def apply(self, client: str, images: np.ndarray, probs: np.ndarray, *, model: str = "",

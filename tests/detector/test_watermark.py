@@ -1,5 +1,6 @@
 """DAWN watermark selection: deterministic per key, client and image, secret without the key;
-answers that lie only in their ranking; the set stored and restored (file, SQLite, Redis)."""
+answers that give the keyed wrong label at least WATERMARK_MASS (only the marked rows change);
+the set stored and restored (file, SQLite, Redis)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 from common.errors import UsageError
 from detector.watermark import (
+    WATERMARK_MASS,
     Watermarker,
     image_digest,
     load_watermarks,
@@ -65,7 +67,7 @@ def test_wrong_label_is_never_the_top1_and_covers_the_others(digests):
     assert counts[3] == 0 and counts.min() == 0 and sorted(counts)[1] > 70
 
 
-def test_apply_swaps_top1_and_wrong_label_and_keeps_records(images):
+def test_apply_answers_the_wrong_label_confidently_and_keeps_records(images):
     rng = np.random.default_rng(1)
     probs = rng.dirichlet(np.ones(5), size=200).astype(np.float32)
     w = Watermarker(KEY, 0.2)
@@ -74,12 +76,28 @@ def test_apply_swaps_top1_and_wrong_label_and_keeps_records(images):
     assert len(records) == len(marked) > 20
     for i, r in zip(marked, records):
         assert r.label == out[i].argmax() != probs[i].argmax() == r.true_label
-        np.testing.assert_allclose(np.sort(out[i]), np.sort(probs[i]))  # values kept
+        assert out[i, r.label] >= WATERMARK_MASS - 1e-6
+        assert out[i].sum() == pytest.approx(1.0, abs=1e-5)
         np.testing.assert_array_equal(r.image, images[i])
         assert (r.client, r.model, r.time) == ("alice", "m", 12.0)
     again, records2 = w.apply("alice", images[:200], probs)
     np.testing.assert_array_equal(again, out)
     assert [r.digest for r in records2] == [r.digest for r in records]
+
+
+def test_relabel_swaps_then_raises_the_wrong_label_keeping_the_others_order():
+    probs = np.array([[0.5, 0.3, 0.2, 0.0], [0.05, 0.95, 0.0, 0.0], [0.4, 0.4, 0.1, 0.1],
+                      [2.0, 1.0, 1.0, 0.0]], np.float32)
+    out = Watermarker.relabel(probs, np.array([0, 1, 2, 3]), np.array([2, 0, 1, 3]))
+    # row 0: swapped to [0.2, 0.3, 0.5, 0], then the wrong label raised to 0.9, the rest x 0.2
+    np.testing.assert_allclose(out[0], [0.04, 0.06, 0.9, 0.0], atol=1e-6)
+    np.testing.assert_allclose(out[1], [0.95, 0.05, 0.0, 0.0], atol=1e-6)  # already >= 0.9
+    np.testing.assert_array_equal(out[2], [0.0, 1.0, 0.0, 0.0])  # a tie: the one-hot
+    np.testing.assert_allclose(out[3], [0.0, 0.2, 0.2, 3.6], atol=1e-6)  # scores keep their sum
+    np.testing.assert_array_equal(probs[0], np.float32([0.5, 0.3, 0.2, 0.0]))  # input kept
+    np.testing.assert_allclose(Watermarker.relabel(probs, np.array([0]), np.array([1]),
+                                                   mass=0.5)[0], [0.3, 0.5, 0.2, 0.0],
+                               atol=1e-6)
 
 
 def test_bad_arguments():

@@ -83,7 +83,8 @@ def test_watermarks_are_answered_stored_and_survive_a_restart(gateway, server, t
     assert 3 <= len(changed) <= 25
     unchanged = np.setdiff1d(np.arange(40), changed)
     np.testing.assert_allclose(got[unchanged], truth[unchanged], atol=1e-6)
-    np.testing.assert_allclose(np.sort(got, 1), np.sort(truth, 1), atol=1e-6)  # values kept
+    assert np.all(got[changed].max(1) >= 0.9 - 1e-6)  # a confident wrong answer
+    np.testing.assert_allclose(got.sum(1), truth.sum(1), atol=1e-5)
     np.testing.assert_array_equal(_probs(target.predict(x)), got)  # asked again: same answer
     gw.stop()
     reopened = SQLiteStore(state)
