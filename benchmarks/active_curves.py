@@ -481,11 +481,12 @@ def run(config: CurvesConfig) -> dict:
     with model_server(base_path=config.victim, name=name) as server:
         victim = ServingVictim(server.target, name, input_range="0,255",
                                output_kind="probabilities", batch_size=config.query_batch)
-        victim_path = out / "victim.json"
+        victim_path = out / "cache" / "victim.json"
         if victim_path.is_file():
             victim_acc = json.loads(victim_path.read_text())["accuracy"]
         else:
             victim_acc = float((victim.predict(test.images).argmax(1) == test.labels).mean())
+            victim_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(victim_path, {"accuracy": victim_acc,
                                             "test_images": len(test.labels)})
         setting = Setting(config, victim, pool.images, pool_inputs, test_inputs, test.labels,
@@ -494,7 +495,6 @@ def run(config: CurvesConfig) -> dict:
             for strategy in config.strategies:
                 rows += run_curve(setting, strategy, seed,
                                   out / "runs" / f"{strategy}-s{seed}")
-                write_json_atomic(out / "rows.json", rows)
     rows += earlier_points(config, out)
     result = {"victim": name, "victim_accuracy": victim_acc, "test_images": len(test.labels),
               "pool_images": len(pool.images), "surrogate_kind": config.surrogate,
