@@ -113,6 +113,11 @@ class DetectorConfig:
                 "JPEG re-encoded afterwards (quality 50-95); 1 leaves no augmented attack image "
                 "without JPEG artefacts, so the codec of JPEG-stored benign data is never the "
                 "signal", "min": 0, "max": 1})
+    smooth: float = field(default=0.0, metadata={
+        "help": "Gaussian blur of this sigma (pixels of the victim's input) applied inside the "
+                "detector before the backbone, in training and in use: JPEG blocks and pixel "
+                "noise, what cheap evasions change, are gone before the detector looks "
+                "(0: off)", "min": 0, "max": 4})
     seed: int = field(default=0, metadata={
         "help": "random seed (subsets, split, shuffling, init)", "min": 0})
     work_dir: str | None = field(default=None, metadata={

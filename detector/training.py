@@ -91,12 +91,47 @@ def _resolve_sizes(config: DetectorConfig, benign: ImageDataset) -> tuple[int, i
 
 
 
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """The normalised 2-D Gaussian ``[k, k]`` of `sigma` pixels, ``k = 2 ceil(2 sigma) + 1``."""
+    radius = max(1, math.ceil(2 * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-x ** 2 / (2 * sigma ** 2))
+    kernel = np.outer(g, g)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="detector")
+class GaussianSmoothing(keras.layers.Layer):
+    """A fixed Gaussian blur per channel (reflected borders): the detector's input canonical
+    form, so that JPEG blocks and pixel noise never reach the backbone."""
+
+    def __init__(self, sigma: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sigma = float(sigma)
+        self._kernel = gaussian_kernel(self.sigma)
+
+    def call(self, images: Any) -> Any:
+        radius = self._kernel.shape[0] // 2
+        padded = keras.ops.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]],
+                               mode="reflect")
+        channels = images.shape[-1]
+        kernel = np.repeat(self._kernel[:, :, None, None], channels, axis=2)
+        return keras.ops.depthwise_conv(padded, keras.ops.convert_to_tensor(kernel),
+                                        strides=1, padding="valid")
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "sigma": self.sigma}
+
+
 def build_detector_model(config: DetectorConfig, image_size: int, input_size: int) -> Any:
-    """Raw float pixels [image_size, image_size, 3] -> upsample -> backbone -> 2 logits."""
+    """Raw float pixels [image_size, image_size, 3] -> (blur) -> upsample -> backbone ->
+    2 logits."""
     classifier = build_classifier(config.backbone, 2, input_size=input_size,
                                   weights=config.weights, **config.arch_kwargs)
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="images")
     x = inputs
+    if config.smooth > 0:
+        x = GaussianSmoothing(config.smooth, name="smooth")(x)
     if input_size != image_size:
         x = keras.layers.Resizing(input_size, input_size, interpolation="bilinear",
                                   name="to_backbone_size")(x)

@@ -152,3 +152,23 @@ def test_detector_training_augments_both_sets_when_asked(monkeypatch, tmp_path):
     assert result.calibration["config"]["augment_jpeg"] == 1.0
     with pytest.raises(UsageError, match="`augment`"):
         DetectorConfig(benign="b", attack="a", out=str(tmp_path / "d" / "1"), augment=1.5)
+
+
+def test_gaussian_smoothing_keeps_flat_images_and_removes_noise():
+    """The detector's in-model blur (`DetectorConfig.smooth`): normalised, border-safe,
+    serialisable, and it takes pixel noise away."""
+    import keras
+
+    from detector.training import GaussianSmoothing, gaussian_kernel
+
+    kernel = gaussian_kernel(1.0)
+    assert kernel.shape == (5, 5) and kernel.sum() == pytest.approx(1.0)
+    layer = GaussianSmoothing(1.0)
+    flat = np.full((2, 8, 8, 3), 100.0, np.float32)
+    np.testing.assert_allclose(np.asarray(layer(flat)), flat, rtol=1e-5)  # borders too
+    rng = np.random.default_rng(0)
+    noisy = (100.0 + rng.normal(0, 10, (2, 16, 16, 3))).astype(np.float32)
+    out = np.asarray(layer(noisy))
+    assert out.shape == noisy.shape and out.std() < noisy.std() / 2
+    again = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert isinstance(again, GaussianSmoothing) and again.sigma == 1.0
