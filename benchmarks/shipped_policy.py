@@ -148,7 +148,8 @@ def resolve_policy(path: str | Path, model: str, *, detector: str | None = None,
                    key_file: Path | None = None) -> dict:
     """The policy file at `path` with this run's paths: `detector` and `misinformation_model`
     replace ``detectors.ood.path`` and ``misinformation.path`` of the section that decides
-    `model`'s answers; a ``watermark`` anywhere gets `key_file`. `UsageError` (naming
+    `model`'s answers; a ``watermark`` anywhere gets `key_file`; ``models`` and ``per_model``
+    keep `model` only (one victim is served). `UsageError` (naming
     ``policy``, or the policy's field) unless the result is a valid policy exposing `model`
     whose detector and misinformation model exist."""
     try:
@@ -163,6 +164,13 @@ def resolve_policy(path: str | Path, model: str, *, detector: str | None = None,
     models = data.get("models")
     if isinstance(models, list) and model not in models:
         raise invalid("model", model, f"a model the policy exposes ({', '.join(map(str, models))})")
+    if isinstance(data.get("per_model"), dict):
+        # one victim is served here: the other models' entries (and their files) do not apply
+        data["per_model"] = {k: v for k, v in data["per_model"].items() if k == model} or None
+        if data["per_model"] is None:
+            del data["per_model"]
+        if isinstance(models, list):
+            data["models"] = [model]
     section = _section(data, model)
     ood = (section.get("detectors") or {}).get("ood")
     if detector is not None:
@@ -255,6 +263,17 @@ def _run_thief(config: ShippedConfig, served, *, thief: str, seed: int, run_dir:
                    misinformed_requests=_misinformed(store.audit_records(), name),
                    **defended.answer_summary(responses[:config.budget]))
     return row
+
+
+def _defended(config: ShippedConfig, served, gw, store, seed: int, pools: dict[str, Path],
+              split_file: Path) -> list[dict]:
+    rows = []
+    for thief in config.thieves:
+        run_dir = Path(config.out) / "defended" / f"{thief}_s{seed}"
+        rows.append({"gateway": True, **_run_thief(
+            config, served, thief=thief, seed=seed, run_dir=run_dir,
+            grpc=f"127.0.0.1:{gw.port}", store=store, pools=pools, split_file=split_file)})
+    return rows
 
 
 def _misinformed(records, client: str) -> int:
@@ -404,28 +423,27 @@ def run_shipped(config: ShippedConfig) -> dict:
     policy = policy_from_dict(policy_data)
     rows: list[dict] = []
     with defended.Served(config.victims, config.model) as served:
-        for seed in config.undefended_seeds:
-            for thief in config.thieves:
-                run_dir = out / "undefended" / f"{thief}_s{seed}"
-                rows.append({"gateway": False, **_run_thief(
-                    config, served, thief=thief, seed=seed, run_dir=run_dir,
-                    grpc=served.upstream, store=None, pools=pools, split_file=split_file)})
-        gw, store = served.gateway(policy, out / "gateway.db")
-        try:
-            for seed in config.seeds:
-                for thief in config.thieves:
-                    run_dir = out / "defended" / f"{thief}_s{seed}"
-                    rows.append({"gateway": True, **_run_thief(
-                        config, served, thief=thief, seed=seed, run_dir=run_dir,
-                        grpc=f"127.0.0.1:{gw.port}", store=store, pools=pools,
-                        split_file=split_file)})
-        finally:
-            gw.stop()
-            store.close()
+        # benign cost first (cheap next to the thieves, so a run cut short still has it)
         benign = _cached(out / "benign.json", config.benign_clients, lambda: _benign(
             config, served, policy, out, test.images, test.labels))
         latency = _cached(out / "latency.json", config.latency_requests, lambda: _latency(
             config, served, policy, out, evaluation))
+        gw, store = served.gateway(policy, out / "gateway.db")
+        try:
+            # the first defended seed, then the undefended references, then the other seeds
+            for seed in config.seeds[:1]:
+                rows += _defended(config, served, gw, store, seed, pools, split_file)
+            for seed in config.undefended_seeds:
+                for thief in config.thieves:
+                    run_dir = out / "undefended" / f"{thief}_s{seed}"
+                    rows.append({"gateway": False, **_run_thief(
+                        config, served, thief=thief, seed=seed, run_dir=run_dir,
+                        grpc=served.upstream, store=None, pools=pools, split_file=split_file)})
+            for seed in config.seeds[1:]:
+                rows += _defended(config, served, gw, store, seed, pools, split_file)
+        finally:
+            gw.stop()
+            store.close()
     summary = summarise(rows, config.thieves)
     meta = {
         "model": config.model, "policy_file": str(config.policy), "policy": policy_data,

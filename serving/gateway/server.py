@@ -290,10 +290,13 @@ class Gateway:
         self._prober = threading.Thread(target=self._probe_loop, name="gateway-health",
                                         daemon=True)
         self._prober.start()
+        watched = [(model, r.policy) for model, r in
+                   (("", self._rules), *self._model_rules.items())]
         log.info("gateway on %s:%d -> %s (auth %s, detectors: %s)", cfg.host, self.port,
                  cfg.upstream, "required" if self.policy.auth_required else "optional",
-                 ", ".join(n for n, d in (("ood", self.policy.ood), ("prada", self.policy.prada))
-                           if d is not None) or "none")
+                 ", ".join(f"{model + ':' if model else ''}{n}" for model, p in watched
+                           for n, d in (("ood", p.ood), ("prada", p.prada)) if d is not None)
+                 or "none")
         return self
 
     def stop(self, grace: float | None = 0.5) -> None:

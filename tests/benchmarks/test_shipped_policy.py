@@ -119,9 +119,8 @@ def test_the_shipped_policy_names_container_paths_a_run_must_replace(tmp_path):
     got = sp.resolve_policy(sp.SHIPPED_POLICY, "gtsrb_resnet34", detector=str(tmp_path / "det"),
                             misinformation_model=str(tmp_path / "mis"),
                             key_file=tmp_path / "wm.key")
-    section = got["per_model"]["gtsrb_resnet34"]
-    assert section["detectors"]["ood"]["path"] == str(tmp_path / "det")
-    assert "/detectors/" in got["per_model"]["cifar10_cnn"]["detectors"]["ood"]["path"]
+    assert list(got["per_model"]) == got["models"] == ["gtsrb_resnet34"]  # one victim served
+    assert got["per_model"]["gtsrb_resnet34"]["detectors"]["ood"]["path"] == str(tmp_path / "det")
 
 
 # -- end to end on the tiny colour world (tests/benchmarks/conftest.py) ---------------------------
