@@ -40,6 +40,13 @@ embedded model server serving `--victim`: once with the policy's default window 
 a `detector.monitor.Monitor` whose watch is that detector with `BinomialWindow` at its
 calibrated rate; each client stops at its flag. `--gateway-only` runs just that part.
 
+With `--detectors DIR ...` (exported detectors, e.g. ``python -m detector.train --jpeg-augment 1
+--augment 0.8 --smooth 1``), nothing is trained: each detector is measured as above at two
+thresholds, **clean** (calibrated for `--fpr` on the clean calibration images, as
+``detector.train`` does) and **transformed** (the lowest threshold at which the calibration images
+clean AND under each of `detector.evasion.CALIBRATION_TRANSFORMS` stay within `--fpr`, as
+``detector.calibrate --transforms evasions`` does), one OUT/detector_<i>.json each.
+
 Output: OUT/results.{json,md} and one OUT/seed_<n>.json per seed (a re-run reuses finished
 seeds), OUT/gateway.{json,md}.
 """

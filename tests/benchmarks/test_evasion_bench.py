@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.evasion_bench import main, summarise, tables
+from benchmarks.evasion_bench import EXPORTED_SCORES, main, summarise, tables
 
 
 @pytest.mark.parametrize("extra, argument", [
@@ -16,6 +16,7 @@ from benchmarks.evasion_bench import main, summarise, tables
     (["--gateway-only"], "--gateway-only"),
     (["--gateway-detector", "missing"], "--gateway-detector"),
     (["--augment", "0"], "--augment"),
+    (["--detectors", "missing"], "--detectors"),
 ])
 def test_bad_input_is_one_line(layout, one_line_error, extra, argument):
     argv = ["--victim", str(layout / "victims" / "cifar10_cnn"),
@@ -46,3 +47,22 @@ def test_summary_over_seeds():
     assert jpeg["old_flagged_at"] == {"values": [32, None]}
     text = tables(summary, scores=("old",))
     assert "| jpeg:75 | 0.300 ± 0.141 |" in text and "32/never" in text
+
+
+def test_tables_of_an_exported_detector_at_its_two_thresholds():
+    row = {"evasion": "blur:1"}
+    camo = {"evasion": "camouflage:0.5"}
+    clients = {"clients": "blur:1 (4 clients)", "old_level_flagged": 0}
+    for score, (anomalous, flag, fpr) in zip(EXPORTED_SCORES, ((0.6, 40, 0.2), (0.3, 90, 0.01))):
+        row.update({f"{score}_anomalous": anomalous, f"{score}_benign": 1 - fpr,
+                    f"{score}_flagged_at": flag})
+        camo.update({f"{score}_stream_share": anomalous / 2, f"{score}_flagged_at": flag})
+        clients.update({f"{score}_flagged": int(fpr > 0.1) * 4, f"{score}_query_fpr": fpr})
+    row["old_level_flagged_at"] = camo["old_level_flagged_at"] = None
+    text = tables(summarise([{"evasion": [row, camo], "clients": [clients]}]), EXPORTED_SCORES,
+                  "clean + level 0.5")
+    assert "| evasion | clean | transformed |" in text
+    assert "| blur:1 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
+    assert "clean + level 0.5" in text and "old +" not in text
+    assert "| blur:1 (4 clients) | 0.000 ± 0.000 | 4.0 ± 0.0 (FPR 0.200 ± 0.000) | 0.0 ± 0.0 " \
+           "(FPR 0.010 ± 0.000) |" in text
