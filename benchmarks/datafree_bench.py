@@ -8,9 +8,10 @@ The embedded model server runs as its own process over ``--victims`` (a folder w
 through gRPC, one image = one query, with the same small surrogate (the ``cnn`` backbone, no
 pre-training, 32 px): ``dfme``, ``maze``, ``dfms-hl`` (`attack.datafree`), ``hybrid`` (DFME
 with half of every surrogate batch from Tiny-ImageNet) and ``knockoff`` (random Tiny-ImageNet
-queries, `attack.knockoff`, trained offline for ``--knockoff-epochs``). For each run it reads
-the report: surrogate accuracy and fidelity against queries, and for the data-free runs the
-seconds spent on the victim (request to answer, journal included), the generator, the
+queries, `attack.knockoff`, trained offline for ``--knockoff-epochs``; ``knockoff-adaptive``:
+the same with Knockoff's adaptive strategy, the bandit over Tiny-ImageNet's classes). For each
+run it reads the report: surrogate accuracy and fidelity against queries, and for the data-free
+runs the seconds spent on the victim (request to answer, journal included), the generator, the
 surrogate, storage and evaluation, per 1,000 queries. ``results.json`` and ``results.md`` go
 to ``--out``. Timings from a shared machine are inflated; compare them within one run.
 
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "knockoff")
+METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "knockoff", "knockoff-adaptive")
 CIFAR = "cifar10_jpeg_q75.zip"
 TINY = "tinyimagenet200_val10k_train50pc.zip"
 
@@ -61,12 +62,13 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
     """One attack run; its headline, curve and time split from the report."""
     out = Path(ns.out) / f"{method}_s{seed}"
     started = time.perf_counter()
-    if method == "knockoff":
+    if method.startswith("knockoff"):
         from attack.config import KnockoffConfig
         from attack.knockoff import run_knockoff
 
         config = KnockoffConfig(**_common(ns, target, seed, out), transfer_set=str(
-            Path(ns.data) / TINY), epochs=ns.knockoff_epochs, heldout=0)
+            Path(ns.data) / TINY), epochs=ns.knockoff_epochs, heldout=0,
+            strategy="adaptive" if method == "knockoff-adaptive" else "random")
         run_knockoff(config)
     else:
         from attack.datafree import DataFreeConfig, run_datafree
@@ -81,7 +83,8 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
     wall = time.perf_counter() - started
     report = json.loads((out / "report.json").read_text())
     split = report["extra"].get("time_seconds", {})
-    flagged = first_flags(out, ns.detector) if ns.flags and method != "knockoff" else None
+    flagged = (first_flags(out, ns.detector) if ns.flags and not method.startswith("knockoff")
+               else None)
     return {"method": method, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
             "first_flagged": flagged,
             "victim_acc": report["evaluation"]["victim_acc"],
