@@ -53,7 +53,8 @@ def _test_set(ns) -> str:
 
 def _common(ns, target: str, seed: int, out: Path) -> dict:
     return dict(grpc=target, model=ns.model, budget=ns.budget, backbone="cnn", weights="none",
-                input_size=32, batch_size=64, test_set=_test_set(ns),
+                arch_args=tuple(ns.arch_args), input_size=32, batch_size=64,
+                test_set=_test_set(ns),
                 test_limit=ns.test_limit, noise=200, curve_points=ns.curve_points, seed=seed,
                 out=str(out))
 
@@ -168,10 +169,11 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
 
 def _markdown(rows: list[dict], ns, load: str) -> str:
     victim_acc = float(np.mean([r["victim_acc"] for r in rows]))
+    args = " ".join(getattr(ns, "arch_args", ()))
     lines = [f"# Data-free extraction, {ns.budget:,} queries per run", "",
              f"Victim `{ns.model}` served by the embedded server (own process), gRPC; "
-             f"surrogate `cnn` from scratch at 32 px; test: {ns.test_limit} images of "
-             f"`{Path(_test_set(ns)).name}` (victim {victim_acc:.4f} on them, mean over seeds). "
+             f"surrogate `cnn{' ' + args if args else ''}` from scratch at 32 px; test: "
+             f"{ns.test_limit} images of `{Path(_test_set(ns)).name}` (victim {victim_acc:.4f} on them, mean over seeds). "
              f"Load at the start: {load}.", "",
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
              "CPU is the server process's and not counted there).", "",
@@ -228,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the hybrid's share of natural images in each surrogate batch")
     parser.add_argument("--curve-points", type=int, default=4)
     parser.add_argument("--knockoff-epochs", type=int, default=10)
+    parser.add_argument("--arch-args", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="the surrogate cnn's arguments, every method alike (e.g. "
+                             "filters=[16,32,64] dense_units=128: a quarter of the cost)")
     parser.add_argument("--flags", action="store_true",
                         help="keep the data-free queries and replay them through the gateway's "
                              "detectors (PRADA; the OOD detector with --detector)")
