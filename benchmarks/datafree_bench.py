@@ -173,7 +173,8 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
     lines = [f"# Data-free extraction, {ns.budget:,} queries per run", "",
              f"Victim `{ns.model}` served by the embedded server (own process), gRPC; "
              f"surrogate `cnn{' ' + args if args else ''}` from scratch at 32 px; test: "
-             f"{ns.test_limit} images of `{Path(_test_set(ns)).name}` (victim {victim_acc:.4f} on them, mean over seeds). "
+             f"{ns.test_limit} images of `{Path(_test_set(ns)).name}` (victim "
+             f"{victim_acc:.4f} on them, mean over seeds). "
              f"Load at the start: {load}.", "",
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
              "CPU is the server process's and not counted there).", "",
