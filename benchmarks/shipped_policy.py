@@ -37,7 +37,6 @@ settings; the benign and latency measurements are repeated only when their files
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -60,7 +59,7 @@ from common.data import load_dataset
 from common.errors import invalid
 from common.fileio import write_json_atomic
 from detector import evasion
-from serving.gateway.config import policy_from_dict
+from serving.gateway.config import policy_from_dict, read_policy
 
 __all__ = ["THIEVES", "ShippedConfig", "main", "resolve_policy", "run_shipped"]
 
@@ -73,7 +72,7 @@ THIEVES = ("knockoff_probs", "knockoff_top1", "copycat", "knockoff_jpeg75",
 WATERMARK_KEY = b"shipped-policy-bench-key-0000001"  # a benchmark's key; never a deployment's
 LATENCY_BATCHES = (1, 64)
 # What a re-run in the same folder may change: sub-runs are keyed by thief and seed.
-FREE_FIELDS = ("thieves", "seeds", "undefended_seeds")
+FREE_FIELDS = ("thieves", "seeds", "undefended_seeds", "undefended_thieves")
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,10 @@ class ShippedConfig(defended.BenchConfig):
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={
         "help": "seeds of every thief through the defended gateway", "min": 0})
     undefended_seeds: tuple[int, ...] = field(default=(0,), metadata={
-        "help": "seeds of every thief straight to the model server (none: skip)", "min": 0})
+        "help": "seeds of the undefended thieves, straight to the model server (none: skip)",
+        "min": 0})
+    undefended_thieves: tuple[str, ...] = field(default=THIEVES, metadata={
+        "help": "thieves also run undefended, in this order", "choices": THIEVES})
     budget: int = field(default=2000, metadata={"help": "queries per thief", "min": 1})
     epochs: int = field(default=5, metadata={"help": "surrogate training epochs", "min": 1})
     noise: int = field(default=0, metadata={
@@ -152,15 +154,9 @@ def resolve_policy(path: str | Path, model: str, *, detector: str | None = None,
     keep `model` only (one victim is served). `UsageError` (naming
     ``policy``, or the policy's field) unless the result is a valid policy exposing `model`
     whose detector and misinformation model exist."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise invalid("policy", str(path), "an existing JSON policy file") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise invalid("policy", str(path), f"a readable JSON policy file ({err})") from None
+    data = read_policy(path)
     if not isinstance(data, dict):
         raise invalid("policy", str(path), "a JSON object")
-    data = copy.deepcopy(data)
     models = data.get("models")
     if isinstance(models, list) and model not in models:
         raise invalid("model", model, f"a model the policy exposes ({', '.join(map(str, models))})")
@@ -434,7 +430,7 @@ def run_shipped(config: ShippedConfig) -> dict:
             for seed in config.seeds[:1]:
                 rows += _defended(config, served, gw, store, seed, pools, split_file)
             for seed in config.undefended_seeds:
-                for thief in config.thieves:
+                for thief in config.undefended_thieves:
                     run_dir = out / "undefended" / f"{thief}_s{seed}"
                     rows.append({"gateway": False, **_run_thief(
                         config, served, thief=thief, seed=seed, run_dir=run_dir,

@@ -82,6 +82,7 @@ __all__ = [
     "load_policy",
     "parse_state_url",
     "policy_from_dict",
+    "read_policy",
 ]
 
 _POLICY_RE = re.compile(r"^(identity|label_only|top_k:\d+|round:\d+|noise:[0-9.eE+-]+|"
@@ -311,6 +312,12 @@ def load_policy(path: str | Path | None) -> GatewayPolicy:
     """Read and validate a policy file; None gives the default policy (auth on, no detector)."""
     if path is None or path == "":
         return GatewayPolicy()
+    return policy_from_dict(read_policy(path), source=str(path))
+
+
+def read_policy(path: str | Path) -> Any:
+    """The decoded JSON of a policy file, not yet validated; `UsageError` naming ``policy``
+    when it is missing, unreadable or not JSON."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -323,7 +330,7 @@ def load_policy(path: str | Path | None) -> GatewayPolicy:
     except json.JSONDecodeError as err:
         raise invalid("policy", str(path),
                       f"valid JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
-    return policy_from_dict(data, source=str(path))
+    return data
 
 
 def parse_state_url(url: str) -> tuple[str, str]:
