@@ -108,6 +108,9 @@ class VerifyBenchConfig:
         "help": "JPEG quality of the jpeg thief's queries"})
     seeds: tuple[int, ...] = field(default=(0, 1), metadata={"help": "thief seeds"})
     independents: int = field(default=10, metadata={"help": "independently trained models"})
+    independent_limit: int | None = field(default=None, metadata={
+        "help": "train the independent models on this many of the victim's training images "
+                "(stratified; default: all --train-limit)"})
     fingerprint: bool = field(default=True, metadata={
         "help": "also build and test conferrable fingerprints (detector.fingerprint)"})
     fingerprint_seeds: int = field(default=600, metadata={
@@ -125,10 +128,15 @@ class VerifyBenchConfig:
     def __post_init__(self) -> None:
         for name in ("train_limit", "victim_epochs", "model_epochs", "thief_budget",
                      "thief_epochs", "independents", "fingerprint_seeds", "count", "steps",
-                     "max_queries", "finetune_epochs"):
+                     "max_queries", "finetune_epochs", "independent_limit"):
             value = getattr(self, name)
+            if name == "independent_limit" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise invalid(name, value, "a positive integer")
+        if self.independent_limit is not None and self.independent_limit > self.train_limit:
+            raise invalid("independent_limit", self.independent_limit,
+                          f"at most --train-limit ({self.train_limit})")
         if not 0 < self.watermark_fraction <= 0.5:
             raise invalid("watermark_fraction", self.watermark_fraction, "a number in (0, 0.5]")
         if not 0 < self.finetune_fraction <= 1:
@@ -191,6 +199,17 @@ class _Models:
         model.fit(images.astype(np.float32), labels, batch_size=64, epochs=epochs, verbose=0)
         model.save_weights(path)
         return model
+
+
+def _stratified(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` of `labels`, the same share of every class (seed 0)."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(0)
+    share = limit / len(labels)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:int(round(share * np.sum(
+        labels == c)))] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picked))
 
 
 def _accuracy(predict, images, labels) -> float:
@@ -337,11 +356,12 @@ def run(config: VerifyBenchConfig) -> dict[str, Any]:
                 seed=s, epochs=config.finetune_epochs))
 
         # -- independent models (the victim's data, true labels, never queried it) ----------
+        own = _stratified(train.labels, config.independent_limit)
         independents = {}
         for i in range(config.independents):
             arch = INDEPENDENT_ARCHS[i % len(INDEPENDENT_ARCHS)]
             independents[f"independent-{i}-{arch}"] = models.train(
-                f"independent-{i}", arch, train.images, train.labels, seed=100 + i,
+                f"independent-{i}", arch, train.images[own], train.labels[own], seed=100 + i,
                 epochs=config.model_epochs)
 
         fingerprints = _fingerprints(config, out, models, train, eval_x, victim) \
@@ -350,12 +370,13 @@ def run(config: VerifyBenchConfig) -> dict[str, Any]:
         # -- tests -------------------------------------------------------------------------
         rows = []
         replayed: dict[str, np.ndarray] = {}
+        victim_eval = victim(eval_x).argmax(1)
         everyone = {**{k: ("stolen", owner, m) for k, (owner, m) in thieves.items()},
                     **{k: ("independent", None, m) for k, m in independents.items()}}
         for name, (kind, owner, model) in everyone.items():
             predict = keras_predict(model)
             accuracy[name] = _accuracy(predict, eval_x, eval_y)
-            fidelity = float(np.mean(predict(eval_x).argmax(1) == victim(eval_x).argmax(1)))
+            fidelity = float(np.mean(predict(eval_x).argmax(1) == victim_eval))
             row: dict[str, Any] = {"model": name, "kind": kind, "accuracy": accuracy[name],
                                    "fidelity": fidelity}
             if fingerprints is not None:
@@ -365,7 +386,9 @@ def run(config: VerifyBenchConfig) -> dict[str, Any]:
                                          max_queries=config.max_queries)
                 row.update(fingerprint_agreeing=fp.agreeing, fingerprint_compared=fp.compared,
                            fingerprint_p=fp.p_value, fingerprint_identified=fp.stolen)
-            sets = {owner: watermarks[owner]} if kind == "stolen" else watermarks
+            # a thief's own set first; then every other client's: a surrogate of the same
+            # victim that never received those answers must not be identified by them
+            sets = {owner: watermarks[owner], **watermarks} if kind == "stolen" else watermarks
             dawn = []
             for set_owner, records in sets.items():
                 r = verify_watermarks(predict, records, victim=victim,
@@ -483,6 +506,13 @@ def _markdown(results: dict[str, Any]) -> str:
               f"{sum(r['dawn'][0]['top1_p'] < 0.01 for r in stolen)}); independent tests with "
               f"p > 0.05: {sum(d['p'] > 0.05 for d in dawn_indep)} of {len(dawn_indep)} "
               f"({len(indep)} models)"]
+    cross = [d for r in stolen for d in r["dawn"][1:]
+             if d["watermarks_of"] != r["dawn"][0]["watermarks_of"]]
+    if cross:
+        lines.append(f"DAWN, each thief's surrogate against the other thieves' watermark sets "
+                     f"(answers it never received): p > 0.05 in "
+                     f"{sum(d['p'] > 0.05 for d in cross)} of {len(cross)} tests, identified "
+                     f"(p < 0.01) in {sum(d['identified'] for d in cross)}")
     if fp:
         lines.append(f"fingerprints (null rate {results['fingerprint_null_rate']:.4f}): stolen "
                      f"identified at p < 0.01: {sum(r['fingerprint_p'] < 0.01 for r in stolen)} "

@@ -25,6 +25,13 @@ from the surrogates and references, Keras models built by `common.backbones.buil
 `load_fingerprints`): uint8 images, the victim's labels, the null rate and how it was made.
 Numpy, scipy and the standard library at import; TensorFlow only inside `keras_predict` and
 `conferrable_examples` (the models are trained elsewhere, e.g. by `attack.surrogate`).
+
+``python -m detector.fingerprint build --victim HOST:PORT|PATH --data SPEC --out FILE`` builds a
+set end to end (`BuildConfig`, `build_from_data`): the defender's surrogates are distilled from
+the victim's answers on `--limit` images of `--train-split`, the references and calibration
+models trained on the true labels (`attack.surrogate.SurrogateTrainer`), the seeds drawn from
+`--seed-split`; `python -m detector.verify --method fingerprint --fingerprints FILE` tests a
+suspect with it.
 """
 
 from __future__ import annotations
@@ -39,13 +46,17 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import invalid
+from common.constraints import check_fields
+from common.errors import UsageError, invalid
+from detector.suspects import is_target, open_model
 
 __all__ = [
     "FingerprintResult",
+    "BuildConfig",
     "FingerprintSet",
     "agreement_rate_bound",
     "build_fingerprints",
+    "build_from_data",
     "conferrable_examples",
     "keras_predict",
     "load_fingerprints",
@@ -317,3 +328,143 @@ def build_fingerprints(victim: Predict, seeds: np.ndarray, surrogates: Sequence[
             "conferrability": [float(s) for s in scores[keep]], **(info or {})}
     return FingerprintSet(images=images, labels=labels, classes=classes,
                           null_rate=min(null_rate, 1.0 - 1e-9), info=meta)
+
+
+# -- the command line: python -m detector.fingerprint build ------------------------------------
+
+PROG = "python -m detector.fingerprint build"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Build a conferrable fingerprint set of a victim: train the defender's surrogates (on the
+    victim's answers), references and calibration models (on true labels), then search."""
+
+    victim: str = field(metadata={"help": "our model: HOST:PORT (served) or a SavedModel folder",
+                                  "metavar": "HOST:PORT|PATH", "rule": "nonempty"})
+    data: str = field(metadata={
+        "help": "the defender's labelled data of the victim's task (a dataset spec, e.g. "
+                "../shared/data/cifar10_jpeg_q75.zip)", "rule": "nonempty"})
+    out: str = field(metadata={"help": "the fingerprint .npz to write", "metavar": "FILE",
+                               "rule": "nonempty"})
+    victim_model: str | None = field(default=None, metadata={
+        "help": "model name of a served victim"})
+    train_split: str = field(default="train", metadata={
+        "help": "split the defender's models are trained on", "rule": "nonempty"})
+    limit: int = field(default=8000, metadata={
+        "help": "training images (stratified)", "min": 10})
+    seed_split: str = field(default="test", metadata={
+        "help": "split the candidate seed images come from", "rule": "nonempty"})
+    seed_images: int = field(default=600, metadata={"help": "candidate seed images", "min": 1})
+    surrogates: int = field(default=2, metadata={
+        "help": "surrogates the defender distils from the victim", "min": 1})
+    references: int = field(default=1, metadata={
+        "help": "independent reference models (the search pushes them away)", "min": 1})
+    calibration: int = field(default=2, metadata={
+        "help": "independent models the null rate is calibrated on", "min": 1})
+    backbone: str = field(default="cnn", metadata={
+        "help": "the defender's models' backbone (common.backbones)", "rule": "nonempty"})
+    epochs: int = field(default=3, metadata={"help": "training epochs per model", "min": 1})
+    count: int = field(default=100, metadata={"help": "fingerprints kept", "min": 1})
+    eps: float = field(default=12.0, metadata={"help": "L-inf radius in pixels (0..255)",
+                                               "gt": 0, "max": 255})
+    steps: int = field(default=40, metadata={"help": "PGD steps", "min": 1})
+    seed: int = field(default=0, metadata={"help": "seed of the models and the search",
+                                           "min": 0})
+    timeout: float = field(default=10.0, metadata={"help": "seconds per request to a server",
+                                                   "gt": 0})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if is_target(self.victim):
+            if not self.victim_model:
+                raise invalid("victim_model", self.victim_model,
+                              "the model name of the served victim")
+        elif not Path(self.victim).is_dir():
+            raise invalid("victim", self.victim, "HOST:PORT (port 1..65535) or an existing "
+                          "SavedModel folder")
+        from common.data.spec import resolve_spec
+
+        try:
+            resolve_spec(self.data)
+        except UsageError:
+            raise invalid("data", self.data, "an existing dataset file or folder, or a "
+                          "tensorflow-datasets name") from None
+        out = Path(self.out)
+        if out.exists() and not out.is_file():
+            raise invalid("out", self.out, "a file path for the fingerprint .npz")
+        if not out.parent.is_dir():
+            raise invalid("out", self.out, "a file in an existing folder")
+
+
+def build_from_data(config: BuildConfig) -> FingerprintSet:
+    """`BuildConfig`'s whole job: load the data, open the victim, train the defender's models
+    (`attack.surrogate.SurrogateTrainer`, seeds ``seed``, ``seed+1``, ...), search, save."""
+    from attack.surrogate import SurrogateTrainer
+    from common.data import load_dataset
+
+    train = load_dataset(config.data, config.train_split, limit=config.limit, seed=config.seed)
+    seeds = load_dataset(config.data, config.seed_split, limit=config.seed_images,
+                         seed=config.seed).images
+    victim = open_model(config.victim, config.victim_model, "victim", timeout=config.timeout)
+    try:
+        answers = _scores(victim, train.images, "victim")
+        if answers.shape[1] != train.num_classes:
+            raise invalid("data", config.data, f"data of the victim's task ({answers.shape[1]} "
+                          f"classes; the data has {train.num_classes})")
+        size = int(train.images.shape[1])
+        onehot = np.eye(train.num_classes, dtype=np.float32)[train.labels]
+        plan = [("surrogate", answers)] * config.surrogates + \
+            [("reference", onehot)] * config.references + \
+            [("calibration", onehot)] * config.calibration
+        trained: dict[str, list[Any]] = {"surrogate": [], "reference": [], "calibration": []}
+        for i, (role, targets) in enumerate(plan):
+            trainer = SurrogateTrainer(config.backbone, "none", size, train.num_classes,
+                                       epochs=config.epochs, batch_size=128, lr=2e-3,
+                                       seed=config.seed + i)
+            trained[role].append(trainer.fit(train.images, targets))
+            log.info("fingerprint %s model %d of %d trained", role, i + 1, len(plan))
+        fingerprints = build_fingerprints(
+            victim, seeds, trained["surrogate"], trained["reference"],
+            [keras_predict(m) for m in trained["calibration"]], count=config.count,
+            eps=config.eps, steps=config.steps, seed=config.seed,
+            info={"victim": config.victim, "data": config.data, "backbone": config.backbone,
+                  "epochs": config.epochs, "limit": config.limit})
+    finally:
+        if hasattr(victim, "close"):
+            victim.close()
+    save_fingerprints(config.out, fingerprints)
+    return fingerprints
+
+
+def _main(argv: Sequence[str]) -> int:
+    from common.cli import configure_logging, parse_config
+
+    argv = list(argv)
+    if not argv or argv[0] != "build":
+        raise invalid("command", argv[0] if argv else None, "build (the only command: "
+                      f"{PROG} --victim ... --data ... --out FILE)")
+    config = parse_config(BuildConfig, argv[1:], prog=PROG,
+                          description=(BuildConfig.__doc__ or "").split("\n\n")[0])
+    configure_logging()
+    fingerprints = build_from_data(config)
+    print(f"wrote {len(fingerprints)} fingerprints to {config.out} (null rate "
+          f"{fingerprints.null_rate:.4f}; victim hits {fingerprints.info['victim_hits']} of "
+          f"{fingerprints.info['seeds']} seeds)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command with `argv` (default sys.argv[1:]); exit code 2 on bad input."""
+    import sys
+
+    from common.cli import run_cli
+
+    return run_cli(_main, sys.argv[1:] if argv is None else argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    import sys
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,8 +52,9 @@ from typing import Any
 
 import numpy as np
 
-from common.errors import UsageError, invalid
+from common.errors import invalid
 from detector.fingerprint import FingerprintResult, load_fingerprints, verify_fingerprints
+from detector.suspects import is_target, open_model, saved_model_predict
 from detector.watermark import WatermarkRecord, agreement, load_watermarks
 
 __all__ = ["VerifyConfig", "VerifyResult", "main", "rank_sum_p_value", "run_verify",
@@ -63,8 +63,6 @@ __all__ = ["VerifyConfig", "VerifyResult", "main", "rank_sum_p_value", "run_veri
 log = logging.getLogger(__name__)
 
 PROG = "python -m detector.verify"
-_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?):"
-                        r"(\d{1,5})$")
 
 
 @dataclass(frozen=True)
@@ -196,11 +194,6 @@ def verify_watermarks(suspect: Callable[[np.ndarray], np.ndarray],
 
 # -- the command line --------------------------------------------------------------------------
 
-def _is_target(text: str) -> bool:
-    m = _HOST_PORT.match(text)
-    return bool(m) and 1 <= int(m.group(3)) <= 65535
-
-
 METHODS = ("watermark", "fingerprint")
 
 
@@ -253,11 +246,11 @@ class VerifyConfig:
                 continue
             if not isinstance(value, str) or not value:
                 raise invalid(name, value, "HOST:PORT or a SavedModel folder")
-            if not _is_target(value) and not Path(value).is_dir():
+            if not is_target(value) and not Path(value).is_dir():
                 raise invalid(name, value, "HOST:PORT (port 1..65535) or an existing "
                               "SavedModel folder")
             model = getattr(self, f"{name}_model")
-            if _is_target(value) and not model:
+            if is_target(value) and not model:
                 raise invalid(f"{name}_model", model, f"the model name of the served {name}")
         if isinstance(self.max_queries, bool) or not isinstance(self.max_queries, int) \
                 or self.max_queries < 1:
@@ -312,86 +305,10 @@ def _load_records(config: VerifyConfig) -> list[WatermarkRecord]:
     return records
 
 
-def saved_model_predict(path: str, who: str = "model") -> Callable[[np.ndarray], np.ndarray]:
-    """A SavedModel folder as a callable uint8 images -> class scores (its serving_default
-    signature, the `probabilities` output or the first one; images resized to a fixed input)."""
-    import tensorflow as tf
-
-    from detector.ood import resolve_version_dir
-
-    try:
-        version = resolve_version_dir(path)
-    except UsageError:
-        raise invalid(who, path, "a SavedModel version folder (saved_model.pb) or a model "
-                      "folder holding integer versions") from None
-    try:
-        loaded = tf.saved_model.load(str(version))
-        signature = loaded.signatures["serving_default"]
-    except (OSError, KeyError, ValueError) as err:
-        raise invalid(who, path, f"a SavedModel with a serving_default signature ({err})") \
-            from None
-    inputs = signature.structured_input_signature[1]
-    if len(inputs) != 1:
-        raise invalid(who, path, f"a signature with one image input (got {sorted(inputs)})")
-    (name, spec), = inputs.items()
-    size = tuple(spec.shape[1:3]) if spec.shape.rank == 4 else None
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        x = tf.constant(images)
-        if size and None not in size and tuple(images.shape[1:3]) != size:
-            x = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(x, size, antialias=True)),
-                                         0, 255), tf.uint8)
-        outs = signature(**{name: tf.cast(x, spec.dtype)})
-        key = "probabilities" if "probabilities" in outs else sorted(outs)[0]
-        return np.asarray(outs[key], dtype=np.float32)
-
-    predict.keepalive = loaded  # type: ignore[attr-defined]
-    return predict
-
-
-def _served(target: str, model: str, who: str, config: VerifyConfig):
-    import grpc
-
-    channel = grpc.insecure_channel(target)
-    try:  # a cheap reachability check before the TensorFlow-backed client is imported
-        grpc.channel_ready_future(channel).result(timeout=min(config.timeout, 5.0))
-    except grpc.FutureTimeoutError:
-        raise invalid(who, target, f"a reachable TF Serving address (no connection within "
-                      f"{min(config.timeout, 5.0):g} s)") from None
-    finally:
-        channel.close()
-    from serving.client import ServingClient
-
-    client = ServingClient(target, model, api_key=config.api_key if who == "suspect" else None,
-                           timeout=config.timeout, retries=0)
-    try:
-        client.metadata()
-    except UsageError:
-        client.close()
-        raise
-    except Exception as err:  # noqa: BLE001 - unreachable, unknown model...: one line
-        client.close()
-        raise invalid(who, target, f"a reachable TF Serving model {model!r} "
-                      f"({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
-
-    def predict(images: np.ndarray) -> np.ndarray:
-        try:
-            return np.asarray(client.predict(images), dtype=np.float32)
-        except UsageError:
-            raise
-        except Exception as err:  # noqa: BLE001
-            raise invalid(who, target, f"a model that answers Predict ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:200]})") from None
-
-    predict.close = client.close  # type: ignore[attr-defined]
-    return predict
-
-
 def _open(config: VerifyConfig, who: str):
-    where = getattr(config, who)
-    if _is_target(where):
-        return _served(where, getattr(config, f"{who}_model"), who, config)
-    return saved_model_predict(where, who)
+    return open_model(getattr(config, who), getattr(config, f"{who}_model"), who,
+                      timeout=config.timeout,
+                      api_key=config.api_key if who == "suspect" else None)
 
 
 def run_verify(config: VerifyConfig) -> VerifyResult | FingerprintResult:

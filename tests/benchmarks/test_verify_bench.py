@@ -71,7 +71,8 @@ def test_markdown_reports_queries_p_values_and_decisions():
             "top1_p": 0.02, "identified": True, "watermarks_of": "copycat-0"}
     results = {
         "rows": [{"model": "copycat-0", "kind": "stolen", "accuracy": 0.5, "fidelity": 0.6,
-                  "dawn": [dawn]},
+                  "dawn": [dawn, dawn, {**dawn, "watermarks_of": "jpeg-0", "p": 0.3,
+                                        "identified": False}]},
                  {"model": "independent-0-cnn8", "kind": "independent", "accuracy": 0.4,
                   "fidelity": 0.5, "dawn": [{**dawn, "p": 0.4, "top1_p": 0.7,
                                              "identified": False}] * 2}],
@@ -84,4 +85,6 @@ def test_markdown_reports_queries_p_values_and_decisions():
     assert "| 97 per set x 2 sets | - | - | min 0.4 of 2 | min 0.7 | 0 of 2 sets STOLEN |" in text
     assert "stolen identified at p < 0.01: 1 of 1" in text
     assert "independent tests with p > 0.05: 2 of 2 (1 models)" in text
+    assert "other thieves' watermark sets (answers it never received): p > 0.05 in 1 of 1 " \
+        "tests, identified (p < 0.01) in 0" in text
     assert "fingerprint" not in text

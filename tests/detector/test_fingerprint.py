@@ -170,3 +170,51 @@ def test_distilled_surrogate_is_identified_and_independent_model_is_not(tiny_wor
     assert stolen.stolen and stolen.p_value < 0.01, stolen.line()
     innocent = verify_fingerprints(independent, fingerprints, victim=victim)
     assert not innocent.stolen and innocent.p_value > 0.05, innocent.line()
+
+
+# -- python -m detector.fingerprint build ---------------------------------------------------------
+
+def _colour_task(base):
+    """An .npz dataset of the "dominant colour" task (labels: the dominant channel)."""
+    from serving import testing
+
+    data = base / "task.npz"
+    x = testing.colour_images(160, seed=1)
+    y = x.reshape(160, -1, 3).mean(1).argmax(1)
+    np.savez(data, x_train=x[:120], y_train=y[:120], x_test=x[120:], y_test=y[120:])
+    return data
+
+
+@pytest.fixture
+def build_layout(tmp_path):
+    """A victim folder (its contents are checked only when the build starts) and a task."""
+    (tmp_path / "victim" / "1").mkdir(parents=True)
+    return tmp_path / "victim", _colour_task(tmp_path)
+
+
+@pytest.mark.parametrize("argv, argument", [
+    ([], "`command`"),
+    (["make"], "`command`"),
+    (["build", "--victim", "{base}/none", "--data", "{data}", "--out", "{base}/fp.npz"],
+     "`--victim`"),
+    (["build", "--victim", "127.0.0.1:8500", "--data", "{data}", "--out", "{base}/fp.npz"],
+     "`--victim-model`"),
+    (["build", "--victim", "{victim}", "--data", "{base}/none.npz", "--out", "{base}/fp.npz"],
+     "`--data`"),
+    (["build", "--victim", "{victim}", "--data", "{data}", "--out", "{base}/no/fp.npz"],
+     "`--out`"),
+    (["build", "--victim", "{victim}", "--data", "{data}", "--out", "{base}/fp.npz",
+      "--limit", "0"], "`--limit`"),
+    (["build", "--victim", "{victim}", "--data", "{data}", "--out", "{base}/fp.npz",
+      "--eps", "0"], "`--eps`"),
+])
+def test_build_bad_input_is_one_line_and_writes_nothing(build_layout, argv, argument, capsys):
+    from detector.fingerprint import main as build_main
+
+    victim, data = build_layout
+    base = data.parent
+    argv = [a.format(base=base, data=data, victim=victim) for a in argv]
+    assert build_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and argument in err[0], err
+    assert not (base / "fp.npz").exists()
