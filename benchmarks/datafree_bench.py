@@ -9,7 +9,9 @@ through gRPC, one image = one query, with the same small surrogate (the ``cnn`` 
 pre-training, 32 px): ``dfme``, ``maze``, ``dfms-hl`` (`attack.datafree`), ``hybrid`` (DFME
 with half of every surrogate batch from Tiny-ImageNet) and ``knockoff`` (random Tiny-ImageNet
 queries, `attack.knockoff`, trained offline for ``--knockoff-epochs``; ``knockoff-adaptive``:
-the same with Knockoff's adaptive strategy, the bandit over Tiny-ImageNet's classes). For each
+the same with Knockoff's adaptive strategy, the bandit over Tiny-ImageNet's classes;
+``knockoff-mobilenet``: the README's Knockoff surrogate instead, MobileNet alpha 0.25 from the
+ImageNet weights in ``--data`` at 96 px, trained on the victim's 32 px view). For each
 run it reads the report: surrogate accuracy and fidelity against queries, and for the data-free
 runs the seconds spent on the victim (request to answer, journal included), the generator, the
 surrogate, storage and evaluation, per 1,000 queries. ``results.json`` and ``results.md`` go
@@ -39,9 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "knockoff", "knockoff-adaptive")
+METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "knockoff", "knockoff-adaptive",
+           "knockoff-mobilenet")
 CIFAR = "cifar10_jpeg_q75.zip"
 TINY = "tinyimagenet200_val10k_train50pc.zip"
+MOBILENET = "mobilenet_2_5_224_tf_no_top.h5"
+ROW_NAME = "row.json"  # a finished run's row, beside its report (read back by --reuse)
 
 
 LOW = 0.5  # a class the surrogate gets below this accuracy is copied poorly
@@ -60,14 +65,21 @@ def _common(ns, target: str, seed: int, out: Path) -> dict:
 
 
 def run_one(ns, method: str, target: str, seed: int) -> dict:
-    """One attack run; its headline, curve and time split from the report."""
+    """One attack run; its headline, curve and time split from the report (with `ns.reuse`, a
+    finished run's row is read back instead)."""
     out = Path(ns.out) / f"{method}_s{seed}"
+    if getattr(ns, "reuse", False) and (out / ROW_NAME).is_file():
+        return json.loads((out / ROW_NAME).read_text())
     started = time.perf_counter()
     if method.startswith("knockoff"):
         from attack.config import KnockoffConfig
         from attack.knockoff import run_knockoff
 
-        config = KnockoffConfig(**_common(ns, target, seed, out), transfer_set=str(
+        surrogate = _common(ns, target, seed, out)
+        if method == "knockoff-mobilenet":  # the README's Knockoff: pre-trained, 96 px
+            surrogate.update(backbone="mobilenet", arch_args=("alpha=0.25",), input_size=96,
+                             weights=str(Path(ns.data) / MOBILENET))
+        config = KnockoffConfig(**surrogate, transfer_set=str(
             Path(ns.data) / TINY), epochs=ns.knockoff_epochs, heldout=0,
             strategy="adaptive" if method == "knockoff-adaptive" else "random")
         run_knockoff(config)
@@ -86,7 +98,7 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
     split = report["extra"].get("time_seconds", {})
     flagged = (first_flags(out, ns.detector) if ns.flags and not method.startswith("knockoff")
                else None)
-    return {"method": method, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
+    row = {"method": method, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
             "first_flagged": flagged,
             "victim_acc": report["evaluation"]["victim_acc"],
             "surrogate_acc": report["evaluation"]["surrogate_acc"],
@@ -99,6 +111,8 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
             "seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in split.items()},
             "cpu_seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in
                                      report["extra"].get("cpu_seconds", {}).items()}}
+    (out / ROW_NAME).write_text(json.dumps(row, indent=1))
+    return row
 
 
 def class_counts(per_class: dict) -> dict:
@@ -174,8 +188,10 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
              f"Victim `{ns.model}` served by the embedded server (own process), gRPC; "
              f"surrogate `cnn{' ' + args if args else ''}` from scratch at 32 px; test: "
              f"{ns.test_limit} images of `{Path(_test_set(ns)).name}` (victim "
-             f"{victim_acc:.4f} on them, mean over seeds). "
-             f"Load at the start: {load}.", "",
+             f"{victim_acc:.4f} on them, mean over seeds)"
+             + ("; knockoff-mobilenet: MobileNet alpha 0.25, ImageNet weights, 96 px"
+                if any(r["method"] == "knockoff-mobilenet" for r in rows) else "")
+             + f". Load at the start: {load}.", "",
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
              "CPU is the server process's and not counted there).", "",
              "| method | seeds | surrogate acc (mean ± sd) | ratio | fidelity | classes < 50% "
@@ -238,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the data-free queries and replay them through the gateway's "
                              "detectors (PRADA; the OOD detector with --detector)")
     parser.add_argument("--detector", help="an exported OOD detector (detectors/<name>/<v>)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back the rows of runs already finished in --out (their "
+                             f"{ROW_NAME}) instead of running them again")
     parser.add_argument("--out", default="runs/datafree_bench")
     ns = parser.parse_args(argv)
     config = Path(ns.victims) / "models.config"
@@ -249,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: argument --budget: expected at least 1000, received "
               f"{ns.budget}", file=sys.stderr)
         return 2
-    for name in (TINY,) if ns.test_set else (CIFAR, TINY):
+    needed = [TINY] if ns.test_set else [CIFAR, TINY]
+    if "knockoff-mobilenet" in ns.methods:
+        needed.append(MOBILENET)
+    for name in needed:
         if not (Path(ns.data) / name).is_file():
             print(f"{parser.prog}: error: argument --data: expected a folder with {name}, "
                   f"received {ns.data}", file=sys.stderr)

@@ -3,6 +3,8 @@ and the per-class counts and table of its results (hand-made rows: no attack is 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks.datafree_bench import _markdown, class_counts, main, per_class_table
@@ -71,3 +73,19 @@ def test_markdown_states_ratio_and_poor_classes_per_seed():
     assert "| knockoff | 2 | 0.4050 ± 0.0450 | 0.450x |" in text
     assert "| 2/0 of 3 | 1/0 |" in text
     assert "| yield | 0.80 | 0.40* |" in text
+
+
+def test_reuse_reads_a_finished_run_back_and_mobilenet_needs_its_weights(layout, victims,
+                                                                         one_line_error):
+    from types import SimpleNamespace
+
+    from benchmarks.datafree_bench import ROW_NAME, run_one
+
+    row = _row("dfme", 3, {"stop": 0.5, "yield": 0.5, "rare": 0.5})
+    (layout / "b" / "dfme_s3").mkdir(parents=True)
+    (layout / "b" / "dfme_s3" / ROW_NAME).write_text(json.dumps(row))
+    ns = SimpleNamespace(out=str(layout / "b"), reuse=True)
+    assert run_one(ns, "dfme", "unused:1", 3) == row  # nothing sent, nothing trained
+    (layout / "data" / "mobilenet_2_5_224_tf_no_top.h5").unlink()
+    one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"),
+                          "--methods", "knockoff-mobilenet"], "--data")
