@@ -45,7 +45,8 @@ With `--detectors DIR ...` (exported detectors, e.g. ``python -m detector.train 
 thresholds, **clean** (calibrated for `--fpr` on the clean calibration images, as
 ``detector.train`` does) and **transformed** (the lowest threshold at which the calibration images
 clean AND under each of `detector.evasion.CALIBRATION_TRANSFORMS` stay within `--fpr`, as
-``detector.calibrate --transforms evasions`` does), one OUT/detector_<i>.json each.
+``detector.calibrate --transforms evasions`` does), and at its **own** calibrated threshold
+(what the gateway uses), one OUT/detector_<i>.json each.
 
 Output: OUT/results.{json,md} and one OUT/seed_<n>.json per seed (a re-run reuses finished
 seeds), OUT/gateway.{json,md}.
@@ -100,9 +101,10 @@ TRANSFORMS = (("none", 0), ("jpeg", 95), ("jpeg", 75), ("jpeg", 50), ("resize", 
               ("blur", 1.0), ("noise", 8.0))
 CAMOUFLAGE = ((0.25, None), (0.5, None), (0.75, None), (0.5, ("jpeg", 75)))
 SCORES = ("old", "new", "max_softmax", "mahalanobis", "combined")
-# An exported detector's score at two thresholds: calibrated on clean benign images, and on
-# the worst of the clean and transformed views of them (`threshold_over_views`).
-EXPORTED_SCORES = ("clean", "transformed")
+# An exported detector's score at three thresholds: calibrated on clean benign images, on the
+# worst of the clean and transformed views of them (`threshold_over_views`), and its own
+# (``calibration.json``: what the gateway uses).
+EXPORTED_SCORES = ("clean", "transformed", "own")
 CALIBRATION_IMAGES = 1000
 POOL_IMAGES = 1000
 
@@ -152,7 +154,8 @@ class EvasionConfig:
     detectors: tuple[str, ...] = field(default=(), metadata={
         "help": "exported detectors (python -m detector.train) to measure instead of training "
                 "the old and new pair per seed: each is thresholded for --fpr on clean benign "
-                "images and on every transform of them (the worst view sets it)",
+                "images, on every transform of them (the worst view sets it) and at its own "
+                "calibrated threshold",
         "metavar": "DIR", "rule": "nonempty"})
     gateway_only: bool = field(default=False, metadata={
         "help": "only the gateway part (needs --gateway-detector); no detector training"})
@@ -358,7 +361,7 @@ def _evaluate(config: EvasionConfig, raw: dict[str, dict[str, np.ndarray]],
 
 
 def run_exported(config: EvasionConfig, path: str, data: dict[str, Any]) -> dict:
-    """The rows of `_evaluate` for one exported detector at its two thresholds."""
+    """The rows of `_evaluate` for one exported detector at its three thresholds."""
     from detector.ood import OODDetector
 
     detector = OODDetector.load(path)
@@ -372,7 +375,7 @@ def run_exported(config: EvasionConfig, path: str, data: dict[str, Any]) -> dict
     worst, rates = threshold_over_views({tag: raw[f"calibration/{tag}"]["clean"]
                                          for tag in calibration}, config.fpr)
     thresholds = {"clean": threshold_at_fpr(raw["calibration/none"]["clean"], config.fpr),
-                  "transformed": worst}
+                  "transformed": worst, "own": float(detector.threshold)}
     log.info("detector %s: thresholds %s; calibration FPR per view at the transformed one %s",
              path, thresholds, rates)
     return {"detector": str(path), "thresholds": thresholds, "calibration_fpr": rates,

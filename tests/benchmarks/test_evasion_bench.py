@@ -53,7 +53,8 @@ def test_tables_of_an_exported_detector_at_its_two_thresholds():
     row = {"evasion": "blur:1"}
     camo = {"evasion": "camouflage:0.5"}
     clients = {"clients": "blur:1 (4 clients)", "old_level_flagged": 0}
-    for score, (anomalous, flag, fpr) in zip(EXPORTED_SCORES, ((0.6, 40, 0.2), (0.3, 90, 0.01))):
+    figures = ((0.6, 40, 0.2), (0.3, 90, 0.01), (0.4, 60, 0.02))
+    for score, (anomalous, flag, fpr) in zip(EXPORTED_SCORES, figures):
         row.update({f"{score}_anomalous": anomalous, f"{score}_benign": 1 - fpr,
                     f"{score}_flagged_at": flag})
         camo.update({f"{score}_stream_share": anomalous / 2, f"{score}_flagged_at": flag})
@@ -61,8 +62,8 @@ def test_tables_of_an_exported_detector_at_its_two_thresholds():
     row["old_level_flagged_at"] = camo["old_level_flagged_at"] = None
     text = tables(summarise([{"evasion": [row, camo], "clients": [clients]}]), EXPORTED_SCORES,
                   "clean + level 0.5")
-    assert "| evasion | clean | transformed |" in text
-    assert "| blur:1 | 0.600 ± 0.000 | 0.300 ± 0.000 |" in text
+    assert "| evasion | clean | transformed | own |" in text
+    assert "| blur:1 | 0.600 ± 0.000 | 0.300 ± 0.000 | 0.400 ± 0.000 |" in text
     assert "clean + level 0.5" in text and "old +" not in text
     assert "| blur:1 (4 clients) | 0.000 ± 0.000 | 4.0 ± 0.0 (FPR 0.200 ± 0.000) | 0.0 ± 0.0 " \
-           "(FPR 0.010 ± 0.000) |" in text
+           "(FPR 0.010 ± 0.000) | 0.0 ± 0.0 (FPR 0.020 ± 0.000) |" in text
