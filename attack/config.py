@@ -170,14 +170,16 @@ class SurrogatePart:
         "help": "surrogate input side in pixels (default: the backbone's default)",
         "metavar": "PX", "min": 8})
     epochs: int = field(default=10, metadata={"help": "surrogate training epochs", "min": 1})
-    batch_size: int = field(default=64, metadata={"help": "surrogate training batch size",
-                                                  "min": 1})
+    batch_size: int = field(default=64, metadata={
+        "help": "surrogate batch size of the online updates (adaptive strategy) and the "
+                "data-free rounds; the final training on the answers uses --fit-batch-size "
+                "(none: this)", "min": 1})
     learning_rate: float = field(default=1e-3, metadata={"help": "surrogate learning rate",
                                                          "gt": 0})
-    target_temperature: float = field(default=1.0, metadata={
+    target_temperature: float = field(default=0.5, metadata={
         "help": "surrogate training: the victim's probability rows are raised to the power "
-                "1/T and renormalised (T < 1 sharpens them towards the top-1; 1 keeps them)",
-        "metavar": "T", "gt": 0})
+                "1/T and renormalised (T < 1 sharpens them towards the top-1; 1 keeps them, "
+                "the trainer as first written)", "metavar": "T", "gt": 0})
     mixup: float = field(default=0.0, metadata={
         "help": "surrogate training: mixup Beta(a, a) parameter (images and targets mixed "
                 "within a batch); 0: off", "metavar": "A", "min": 0})
@@ -191,6 +193,11 @@ class SurrogatePart:
         "help": "surrogate training: momentum of an exponential moving average of the "
                 "weights, used as the final surrogate; 0: off", "metavar": "MOMENTUM", "min": 0,
         "lt": 1})
+    fit_batch_size: int | None = field(default=32, metadata={
+        "help": "surrogate training: batch size of the final training on the answers (with "
+                "the epochs fixed, a smaller batch makes more steps); none: --batch-size (the "
+                "trainer as first written; with --distribute, the global batch)",
+        "min": 1})
     distribute: str = field(default="none", metadata={
         "help": "surrogate training strategy: none (one device) or mirrored (every GPU of "
                 "this machine); --batch-size is the global batch, split evenly over the GPUs "
@@ -216,7 +223,7 @@ class SurrogatePart:
         """The training-recipe keyword arguments of `attack.surrogate.SurrogateTrainer`."""
         return {"target_temperature": self.target_temperature, "mixup": self.mixup,
                 "label_smoothing": self.label_smoothing, "warmup": self.warmup,
-                "ema": self.ema}
+                "ema": self.ema, "fit_batch_size": self.fit_batch_size}
 
 
 @dataclass(frozen=True)

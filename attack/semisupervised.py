@@ -102,7 +102,7 @@ def _fingerprint(trainer, images, targets, unlabelled, settings: dict) -> str:
     digest = hashlib.sha256()
     described = {"backbone": trainer.backbone, "weights": trainer.weights,
                  "input_size": trainer.input_size, "num_classes": trainer.num_classes,
-                 "epochs": trainer.epochs, "batch_size": trainer.batch_size, "lr": trainer.lr,
+                 "epochs": trainer.epochs, "batch_size": trainer.fit_batch_size, "lr": trainer.lr,
                  "seed": trainer.seed, **settings}
     digest.update(json.dumps(described, sort_keys=True, default=str).encode())
     for array in (images, targets, unlabelled):
@@ -170,7 +170,7 @@ def fit_semi_supervised(trainer, images: np.ndarray, targets: np.ndarray,
     labelled_px = _resized(images, size)
     unlabelled_px = _resized(unlabelled, size)
     model = trainer.model
-    batch = trainer.batch_size
+    batch = trainer.fit_batch_size
     u_batch = batch * ratio
     steps = math.ceil(len(images) / batch)
     schedule = keras.optimizers.schedules.CosineDecay(trainer.lr, decay_steps=trainer.epochs

@@ -209,6 +209,8 @@ class SurrogateTrainer:
             before the cosine decay (0: none).
         ema: momentum of an exponential moving average of the weights kept during `fit` and
             written into the network at its end (Keras' ``use_ema``); 0: off.
+        fit_batch_size: the mini-batch of `fit` when it differs from `batch_size` (which
+            `partial_fit` keeps): with the epochs fixed, a smaller batch makes more steps.
         dropout: dropout rate before the final dense layer.
         online_lr: the constant learning rate of `partial_fit`; default `lr`.
         arch_kwargs: passed to the backbone constructor (``{"alpha": 0.25}`` for MobileNet).
@@ -238,6 +240,7 @@ class SurrogateTrainer:
         label_smoothing: float = 0.0,
         warmup: float = 0.0,
         ema: float = 0.0,
+        fit_batch_size: int | None = None,
         dropout: float = 0.0,
         online_lr: float | None = None,
         arch_kwargs: Mapping[str, Any] | None = None,
@@ -245,6 +248,8 @@ class SurrogateTrainer:
     ) -> None:
         self.epochs = int(check_int("epochs", epochs, min=1))
         self.batch_size = int(check_int("batch_size", batch_size, min=1))
+        self.fit_batch_size = int(check_int("fit_batch_size", fit_batch_size, min=1,
+                                            optional=True) or self.batch_size)
         for argument, rate in (("lr", lr), ("online_lr", lr if online_lr is None else online_lr)):
             check_number(argument, rate, gt=0, expected="a positive finite learning rate")
         check_int("seed", seed, min=0)
@@ -270,7 +275,8 @@ class SurrogateTrainer:
         self._arch_kwargs = dict(arch_kwargs or {})
         self.distribute = check_distribute(distribute)
         self._strategy = make_strategy(self.distribute)
-        check_global_batch(self.batch_size, self._strategy)
+        check_global_batch(self.fit_batch_size, self._strategy,
+                           "batch_size" if fit_batch_size is None else "fit_batch_size")
         self._build_args = dict(num_classes=num_classes, input_size=input_size, weights=weights,
                                 dropout=dropout, **self._arch_kwargs)
 
@@ -361,7 +367,7 @@ class SurrogateTrainer:
         settings = {
             "backbone": self.backbone, "weights": self.weights, "input_size": self.input_size,
             "num_classes": self.num_classes, "epochs": self.epochs,
-            "batch_size": self.batch_size, "lr": self.lr, "seed": self.seed,
+            "batch_size": self.fit_batch_size, "lr": self.lr, "seed": self.seed,
             "augment": self.augment, "arch_kwargs": self._arch_kwargs,
             "images_shape": list(images.shape),
         }  # not the strategy: the same settings train the same model on any number of devices
@@ -469,7 +475,7 @@ class SurrogateTrainer:
 
         self.model.set_weights(self._initial_weights)
         targets = sharpen(targets, self.recipe["target_temperature"])
-        steps = math.ceil(count / self.batch_size)
+        steps = math.ceil(count / self.fit_batch_size)
         model = self._compile("fit", steps)
         # Keras leaves a restored epoch on the model after a resumed fit; start from scratch.
         model._initial_epoch = None
@@ -481,7 +487,7 @@ class SurrogateTrainer:
         all_callbacks.append(_EpochLog(self.epochs))
         all_callbacks.extend(callbacks)
         dataset = make_dataset(images, targets, size=self.input_size,
-                               num_classes=self.num_classes, batch_size=self.batch_size,
+                               num_classes=self.num_classes, batch_size=self.fit_batch_size,
                                shuffle_seed=self.seed, augment=self.augment)
         if self.recipe["mixup"] > 0:
             dataset = _mixup(dataset, self.recipe["mixup"], self.seed + _MIXUP_SEED_OFFSET)

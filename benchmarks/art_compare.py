@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 
 PROG = "python -m benchmarks.art_compare"
 METHODS = ("ours-knockoff", "art-knockoff", "ours-copycat", "art-copycat")
+ART_BATCH = 64
 RECIPE_KEYS = ("target_temperature", "mixup", "label_smoothing", "warmup", "ema",
                "learning_rate", "batch_size")
 
@@ -85,7 +86,9 @@ class CompareConfig:
     alpha: float = field(default=0.25, metadata={"help": "MobileNet width", "gt": 0})
     input_size: int = field(default=96, metadata={"help": "surrogate input side", "min": 32})
     epochs: int = field(default=5, metadata={"help": "training epochs, every method", "min": 1})
-    batch_size: int = field(default=64, metadata={"help": "training batch", "min": 1})
+    batch_size: int = field(default=ART_BATCH, metadata={
+        "help": "ART's training batch (ours: the recipe's, attack.Surrogate's default unless "
+                "the recipe sets batch_size)", "min": 1})
     budgets: tuple[int, ...] = field(default=(5000,), metadata={
         "help": "query budgets", "min": 1})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds", "min": 0})
@@ -120,7 +123,7 @@ class CompareConfig:
 
 def parse_recipe(spec: str) -> dict:
     """Our trainer's settings named by a recipe spec: {} for 'default', else KEY=VALUE pairs
-    over `RECIPE_KEYS` (floats; batch_size an int)."""
+    over `RECIPE_KEYS` (floats; batch_size, our final training's batch, an int)."""
     if spec == "default":
         return {}
     out: dict = {}
@@ -134,6 +137,8 @@ def parse_recipe(spec: str) -> dict:
             out[key] = int(value) if key == "batch_size" else float(value)
         except ValueError:
             raise invalid("recipes", spec, f"a number for {key}") from None
+    if "batch_size" in out:
+        out["fit_batch_size"] = out.pop("batch_size")
     try:
         check_fields(Surrogate(**out))  # the field rules (ranges) of attack.Surrogate
     except UsageError as err:
@@ -150,23 +155,23 @@ def _settings(config: CompareConfig, victim_accuracy: float) -> dict:
             "transfer_split": config.transfer_split,
             "exclude_classes": config.exclude_classes and Path(config.exclude_classes).name,
             "weights": Path(config.weights).name, "backbone": config.backbone,
-            "alpha": config.alpha, "input_size": config.input_size, "epochs": config.epochs,
-            "batch_size": config.batch_size}
+            "alpha": config.alpha, "input_size": config.input_size, "epochs": config.epochs}
 
 
 def resolved_recipe(config: CompareConfig, spec: str) -> dict:
     """Every setting of our trainer's recipe that `spec` leaves in force (defaults included)."""
-    surrogate = Surrogate(**{"batch_size": config.batch_size, **parse_recipe(spec)})
-    return {key: getattr(surrogate, key) for key in RECIPE_KEYS}
+    surrogate = Surrogate(**parse_recipe(spec))
+    recipe = {key: getattr(surrogate, key) for key in RECIPE_KEYS if key != "batch_size"}
+    return {**recipe, "batch_size": surrogate.fit_batch_size or surrogate.batch_size}
 
 
-def label(method: str, recipe: dict | None, config: CompareConfig) -> str:
-    """``ours-knockoff`` for the trainer as first written (`RECIPE_LEGACY`, Adam 1e-3, the
-    benchmark's batch), else the method with what differs: ``ours-knockoff[mixup=0.2]``."""
-    if recipe is None:
-        return method
-    legacy = {**RECIPE_LEGACY, "learning_rate": 1e-3, "batch_size": config.batch_size}
-    diff = [f"{key}={recipe[key]:g}" for key in RECIPE_KEYS if recipe[key] != legacy[key]]
+def label(method: str, recipe: dict) -> str:
+    """The row's name: ``ours-knockoff`` for our trainer as first written (`RECIPE_LEGACY`,
+    Adam 1e-3, batch 64) and ``art-knockoff`` for ART at batch 64, else the method with what
+    differs: ``ours-knockoff[target_temperature=0.5,batch_size=32]``."""
+    legacy = {**RECIPE_LEGACY, "learning_rate": 1e-3, "batch_size": ART_BATCH}
+    diff = [f"{key}={recipe[key]:g}" for key in RECIPE_KEYS
+            if key in recipe and recipe[key] != legacy[key]]
     return f"{method}[{','.join(diff)}]" if diff else method
 
 
@@ -215,7 +220,8 @@ def _ours(config: CompareConfig, victim, transfer: np.ndarray, budget: int, seed
 
     surrogate = Surrogate(backbone=config.backbone, weights=config.weights,
                           arch_args=(f"alpha={config.alpha}",), input_size=config.input_size,
-                          epochs=config.epochs, **recipe)
+                          epochs=config.epochs, fit_batch_size=recipe["batch_size"],
+                          **{k: v for k, v in recipe.items() if k != "batch_size"})
     attack = (Knockoff if method == "ours-knockoff" else Copycat)(
         budget=budget, heldout=0, noise=0, seed=seed, curve_points=1)
     result = attack.extract(victim, transfer, surrogate=surrogate, run_dir=run_dir,
@@ -334,30 +340,33 @@ def run(config: CompareConfig) -> dict:
                     raise invalid("budgets", budget, f"at most {len(order)} (the transfer set)")
                 transfer = pool.images[order[:budget]]
                 for method, spec in jobs:
-                    recipe = None if spec is None else resolved_recipe(config, spec)
-                    name = label(method, recipe, config)
-                    if any(r["label"] == name and r["budget"] == budget and r["seed"] == seed
-                           and r["settings"] == settings for r in rows):
-                        log.info("%s budget %d seed %d: measured before, kept", name, budget,
+                    recipe = ({"batch_size": config.batch_size} if spec is None
+                              else resolved_recipe(config, spec))
+                    row_label = label(method, recipe)
+                    def same(r: dict) -> bool:
+                        return (r["label"], r["budget"], r["seed"], r["settings"]) == (
+                            row_label, budget, seed, settings)
+
+                    if any(same(r) for r in rows):
+                        log.info("%s budget %d seed %d: measured before, kept", row_label, budget,
                                  seed)
                         continue
                     start = time.perf_counter()
                     if method.startswith("ours-"):
-                        slug = re.sub(r"[^\w.=,-]+", "_", name)
+                        slug = re.sub(r"[^\w.=,-]+", "_", row_label)
                         model = _ours(config, victim, transfer, budget, seed,
                                       runs / f"{slug}-{budget}-{seed}", method, recipe)
                     else:
                         model = _art_attack(method, config, victim, transfer, budget, seed,
                                             num_classes)
                     acc = _accuracy(model, test.images, test.labels)
-                    rows = [r for r in rows if not (r["label"] == name and r["budget"] == budget
-                                                    and r["seed"] == seed)]
-                    rows.append({"method": method, "recipe": recipe, "label": name,
+                    rows = [r for r in rows if not same(r)]
+                    rows.append({"method": method, "recipe": recipe, "label": row_label,
                                  "budget": budget, "seed": seed, "accuracy": acc,
                                  "ratio": acc / victim_acc,
                                  "seconds": round(time.perf_counter() - start, 1),
                                  "load": round(os.getloadavg()[0], 2), "settings": settings})
-                    log.info("%s budget %d seed %d: %.4f (%.3fx)", name, budget, seed, acc,
+                    log.info("%s budget %d seed %d: %.4f (%.3fx)", row_label, budget, seed, acc,
                              acc / victim_acc)
                     write_json_atomic(out / "rows.json", rows)
     import art

@@ -148,8 +148,20 @@ def test_only_a_changed_recipe_changes_the_fingerprint():
                              "warmup": 0.0, "ema": 0.0}
     same = trainer(target_temperature=1.0, mixup=0.0)
     assert legacy._fingerprint(images, targets) == same._fingerprint(images, targets)
-    other = trainer(target_temperature=0.5)
-    assert legacy._fingerprint(images, targets) != other._fingerprint(images, targets)
+    for other in (trainer(target_temperature=0.5), trainer(fit_batch_size=16)):
+        assert legacy._fingerprint(images, targets) != other._fingerprint(images, targets)
+    # the test trainers' batch is 32: a fit batch of 32 is the same run
+    assert trainer(fit_batch_size=32)._fingerprint(images, targets) == \
+        legacy._fingerprint(images, targets)
+
+
+def test_fit_batch_size_sets_the_steps_of_fit_and_leaves_partial_fit_alone():
+    images, targets, _ = toy_task(24, seed=0)
+    t = trainer(epochs=1, fit_batch_size=8)
+    t.fit(images, targets)
+    assert int(t.model.optimizer.iterations) == 3  # 24 images in batches of 8
+    t.partial_fit(images, targets)
+    assert int(t.model.optimizer.iterations) == 1  # the online batch stays 32: one step
 
 
 @pytest.mark.slow
@@ -260,7 +272,8 @@ def test_bad_arguments_raise_usage_errors_naming_them():
                              ({"target_temperature": 0}, "target_temperature"),
                              ({"mixup": -0.1}, "mixup"),
                              ({"label_smoothing": 1}, "label_smoothing"),
-                             ({"warmup": 1.0}, "warmup"), ({"ema": 1}, "ema")]:
+                             ({"warmup": 1.0}, "warmup"), ({"ema": 1}, "ema"),
+                             ({"fit_batch_size": 0}, "fit_batch_size")]:
         with pytest.raises(UsageError, match=f"`{argument}`"):
             trainer(**kwargs)
     with pytest.raises(UsageError, match="backbone"):

@@ -58,16 +58,16 @@ def test_recipes_parse_to_trainer_settings_and_name_what_differs(victim_dir) -> 
                                        recipes=("default", "mixup=0.2,batch_size=32"))
     assert art_compare.parse_recipe("default") == {}
     assert art_compare.parse_recipe("mixup=0.2,batch_size=32") == {"mixup": 0.2,
-                                                                   "batch_size": 32}
+                                                                   "fit_batch_size": 32}
     legacy = {"target_temperature": 1, "mixup": 0, "label_smoothing": 0, "warmup": 0,
               "ema": 0, "learning_rate": 1e-3, "batch_size": 64}
-    assert art_compare.label("ours-copycat", legacy, config) == "ours-copycat"
-    assert art_compare.label("art-copycat", None, config) == "art-copycat"
+    assert art_compare.label("ours-copycat", legacy) == "ours-copycat"
+    assert art_compare.label("art-copycat", {"batch_size": 64}) == "art-copycat"
+    assert art_compare.label("art-copycat", {"batch_size": 32}) == "art-copycat[batch_size=32]"
     recipe = art_compare.resolved_recipe(config, "target_temperature=1,mixup=0.2,"
                                                  "batch_size=32")
-    assert recipe["mixup"] == 0.2 and recipe["batch_size"] == 32
-    assert art_compare.label("ours-knockoff", {**legacy, "mixup": 0.2, "batch_size": 32},
-                             config) == "ours-knockoff[mixup=0.2,batch_size=32]"
+    assert recipe == {**legacy, "mixup": 0.2, "batch_size": 32}
+    assert art_compare.label("ours-knockoff", recipe) == "ours-knockoff[mixup=0.2,batch_size=32]"
 
 
 @pytest.mark.parametrize("recipe", ["mixup", "speed=2", "mixup=0.1,mixup=0.2", "mixup=x",
