@@ -33,6 +33,12 @@ example (the CIFAR-10 victim against Tiny-ImageNet queries, pre-trained MobileNe
       --benign-limit 10000 --epochs 3 --out detectors/cifar10_ood/1
   # -> detectors/cifar10_ood/1/ (SavedModel, probabilities[:, 1] = attack)
   #    detectors/cifar10_ood/1/assets.extra/calibration.json (threshold, held-out accuracy)
+
+one that survives JPEG, resize, blur and noise (every image of both sets JPEG-encoded, then the
+same random transforms on both; recalibrate with python -m detector.calibrate --transforms
+evasions and watch it with the binomial window, docs/defence.md):
+  ... the same data and backbone flags ... --benign-limit 12000 --epochs 4 --target-fpr 0.02 \\
+      --jpeg-augment 1 --augment 0.8 --augment-jpeg 0.5 --out detectors/cifar10_ood_robust/1
 """
 
 
