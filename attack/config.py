@@ -197,7 +197,7 @@ class SurrogatePart:
         "help": "surrogate training: batch size of the final training on the answers (with "
                 "the epochs fixed, a smaller batch makes more steps); none: --batch-size (the "
                 "trainer as first written; with --distribute, the global batch)",
-        "min": 1})
+        "metavar": "N|none", "min": 1})
     distribute: str = field(default="none", metadata={
         "help": "surrogate training strategy: none (one device) or mirrored (every GPU of "
                 "this machine); --batch-size is the global batch, split evenly over the GPUs "

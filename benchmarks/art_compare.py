@@ -5,10 +5,11 @@ The best-known public library for model extraction is the Adversarial Robustness
 attacks against ONE victim served by the embedded TF Serving server over gRPC, with the same
 query budget, the same transfer images (one random sample per seed, shared by every method), the
 same surrogate architecture and initial weights (`common.backbones.build_classifier`), the same
-number of epochs, and scores every surrogate on the same held-out labelled images:
+number of epochs and by default the same training batch (32), and scores every surrogate on the
+same held-out labelled images:
 
 * ``ours-knockoff``: `attack.Knockoff` (random sampling, probability targets, our trainer:
-  crop/flip augmentation, cosine schedule);
+  targets sharpened at temperature 0.5, crop/flip augmentation, cosine schedule);
 * ``art-knockoff``: ART `KnockoffNets(sampling_strategy="random", use_probability=...)` through
   a `BlackBoxClassifierNeuralNetwork` whose ``predict_fn`` is our gRPC client, training a
   `TensorFlowV2Classifier` around the same Keras network (Adam, ART's own fit loop);
@@ -16,7 +17,8 @@ number of epochs, and scores every surrogate on the same held-out labelled image
   non-problem-domain images, phase 1 only on both sides.
 
 ``--recipes`` runs our attacks under several training recipes of `attack.Surrogate` (e.g.
-``default`` and ``target_temperature=1``, the trainer as first written) beside one ART run.
+``default`` and ``target_temperature=1,batch_size=64``, the trainer as first written) beside one
+ART run; rows are named by what differs from that first trainer (and ART at batch 64).
 Every row is kept in OUT/rows.json with the settings it was measured under; a later run with
 the same settings keeps those rows instead of training (and paying the victim) again, so
 recipes can be added one invocation at a time beside the ART rows already measured.
@@ -63,7 +65,7 @@ log = logging.getLogger(__name__)
 
 PROG = "python -m benchmarks.art_compare"
 METHODS = ("ours-knockoff", "art-knockoff", "ours-copycat", "art-copycat")
-ART_BATCH = 64
+LEGACY_BATCH = 64  # the batch of the first comparison (both libraries), named in no label
 RECIPE_KEYS = ("target_temperature", "mixup", "label_smoothing", "warmup", "ema",
                "learning_rate", "batch_size")
 
@@ -86,9 +88,9 @@ class CompareConfig:
     alpha: float = field(default=0.25, metadata={"help": "MobileNet width", "gt": 0})
     input_size: int = field(default=96, metadata={"help": "surrogate input side", "min": 32})
     epochs: int = field(default=5, metadata={"help": "training epochs, every method", "min": 1})
-    batch_size: int = field(default=ART_BATCH, metadata={
-        "help": "ART's training batch (ours: the recipe's, attack.Surrogate's default unless "
-                "the recipe sets batch_size)", "min": 1})
+    batch_size: int = field(default=32, metadata={
+        "help": "ART's training batch (ours: the recipe's, attack.Surrogate's default of 32 "
+                "unless the recipe sets batch_size)", "min": 1})
     budgets: tuple[int, ...] = field(default=(5000,), metadata={
         "help": "query budgets", "min": 1})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds", "min": 0})
@@ -169,7 +171,7 @@ def label(method: str, recipe: dict) -> str:
     """The row's name: ``ours-knockoff`` for our trainer as first written (`RECIPE_LEGACY`,
     Adam 1e-3, batch 64) and ``art-knockoff`` for ART at batch 64, else the method with what
     differs: ``ours-knockoff[target_temperature=0.5,batch_size=32]``."""
-    legacy = {**RECIPE_LEGACY, "learning_rate": 1e-3, "batch_size": ART_BATCH}
+    legacy = {**RECIPE_LEGACY, "learning_rate": 1e-3, "batch_size": LEGACY_BATCH}
     diff = [f"{key}={recipe[key]:g}" for key in RECIPE_KEYS
             if key in recipe and recipe[key] != legacy[key]]
     return f"{method}[{','.join(diff)}]" if diff else method
