@@ -19,8 +19,11 @@ example (the small CNN on CIFAR-10, served by the official container):
       --model_config_file=/models/models.config
 
 more:
-  traffic signs (no horizontal flip):  --dataset ../shared/data/gtsrb32_uint8_npy.tar.xz \\
-      --arch resnet34 --augment crop
+  traffic signs (no horizontal flip; 97.5% on GTSRB's test set, docs/victims.md):
+      --dataset ../shared/data/gtsrb32_uint8_npy.tar.xz --arch cnn \\
+      --arch-args "filters=[16,32,64]" "block_dropout=[0.1,0.1,0.2]" dense_units=128 \\
+      dense_dropout=0.3 --augment rotate+crop+color --epochs 10 --learning-rate 0.002 \\
+      --val-split 0 --label-smoothing 0.1 --name gtsrb_cnn
   fine-tune a pre-trained backbone:    --arch MobileNet --arch-args alpha=0.25 \\
       --input-size 96 --weights ../shared/data/mobilenet_2_5_224_tf_no_top.h5
   quick smoke run:                     --limit 5000 --epochs 1
