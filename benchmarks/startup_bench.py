@@ -49,6 +49,7 @@ COMMANDS: list[tuple[str, str, list[str]]] = [
     ("detector.calibrate", "detector.calibrate", []),
     ("detector.misinformation", "detector.misinformation", []),
     ("detector.verify", "detector.verify", []),
+    ("detector.fingerprint build", "detector.fingerprint", ["build"]),
     ("benchmarks.reproduce", "benchmarks.reproduce", []),
     ("quickstart", "quickstart.py", []),
 ]

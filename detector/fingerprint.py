@@ -441,6 +441,11 @@ def _main(argv: Sequence[str]) -> int:
     from common.cli import configure_logging, parse_config
 
     argv = list(argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: {PROG} --victim ... --data ... --out FILE\n\n"
+              f"{' '.join((BuildConfig.__doc__ or '').split(chr(10) * 2)[0].split())}\n"
+              f"`{PROG} --help` lists the options.")
+        return 0
     if not argv or argv[0] != "build":
         raise invalid("command", argv[0] if argv else None, "build (the only command: "
                       f"{PROG} --victim ... --data ... --out FILE)")

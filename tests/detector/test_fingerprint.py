@@ -218,3 +218,12 @@ def test_build_bad_input_is_one_line_and_writes_nothing(build_layout, argv, argu
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and argument in err[0], err
     assert not (base / "fp.npz").exists()
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_top_level_help_names_the_build_command(flag, capsys):
+    from detector.fingerprint import main as build_main
+
+    assert build_main([flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m detector.fingerprint build") and "--help" in out
