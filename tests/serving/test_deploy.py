@@ -147,8 +147,8 @@ def compose_semantic_errors(doc: dict, *, gpu: bool, base: Path = DEPLOY) -> lis
             if dep not in services:
                 errors.append(f"{name}: depends_on {dep!r}, no such service")
         for source, target in _mounts(svc):
-            if target == "/models":
-                continue  # the exported victims (${MODELS_DIR}): user data, not in the repo
+            if target in ("/models", "/detectors", "/secrets"):
+                continue  # victims, detectors, the watermark key: user data, not in the repo
             if source.startswith((".", "/")):
                 if not (base / source).exists():
                     errors.append(f"{name}: bind mount source {source!r} does not exist")
