@@ -70,7 +70,8 @@ from common.fileio import write_json_atomic
 from detector import evasion
 from detector.aggregate import SlidingWindow, first_flag
 from detector.ood import OODDetector
-from detector.verify import saved_model_predict, verify_watermarks
+from detector.suspects import saved_model_predict
+from detector.verify import verify_watermarks
 from detector.watermark import image_digest
 from serving.gateway.config import OODConfig, policy_from_dict
 

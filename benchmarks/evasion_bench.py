@@ -90,6 +90,7 @@ from detector.robust import (
     threshold_at_fpr,
     threshold_over_views,
 )
+from detector.suspects import saved_model_predict
 
 __all__ = ["EvasionConfig", "main", "run_evasion", "summarise", "tables"]
 
@@ -597,8 +598,6 @@ def _data(config: EvasionConfig) -> dict[str, Any]:
 
 
 def _victim(path: str):
-    from detector.verify import saved_model_predict
-
     predict = saved_model_predict(path, "victim")
 
     def probabilities(images: np.ndarray) -> np.ndarray:

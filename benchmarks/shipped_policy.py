@@ -65,8 +65,8 @@ __all__ = ["THIEVES", "ShippedConfig", "main", "resolve_policy", "run_shipped"]
 
 log = logging.getLogger(__name__)
 
-SHIPPED_POLICY = Path(__file__).resolve().parent.parent / "serving" / "deploy" / "config" / \
-    "policy.json"
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_POLICY = REPO / "serving" / "deploy" / "config" / "policy.json"
 THIEVES = ("knockoff_probs", "knockoff_top1", "copycat", "knockoff_jpeg75",
            "knockoff_camouflage50", "realistic")
 WATERMARK_KEY = b"shipped-policy-bench-key-0000001"  # a benchmark's key; never a deployment's
@@ -442,7 +442,7 @@ def run_shipped(config: ShippedConfig) -> dict:
             store.close()
     summary = summarise(rows, config.thieves)
     meta = {
-        "model": config.model, "policy_file": str(config.policy), "policy": policy_data,
+        "model": config.model, "policy_file": _shown(config.policy), "policy": policy_data,
         "budget": config.budget, "seeds": list(config.seeds),
         "undefended_seeds": list(config.undefended_seeds),
         "surrogate": {"backbone": config.backbone, "arch_args": list(config.arch_args),
@@ -503,6 +503,13 @@ def _notes(config: ShippedConfig, benign: dict | None, latency: dict | None,
 
 
 PROG = "python -m benchmarks.shipped_policy"
+
+
+def _shown(path: str) -> str:
+    """`path` as recorded in results: relative to the repository when inside it (no machine path
+    in committed results), else as given."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,11 +54,11 @@ import numpy as np
 
 from common.errors import invalid
 from detector.fingerprint import FingerprintResult, load_fingerprints, verify_fingerprints
-from detector.suspects import is_target, open_model, saved_model_predict
+from detector.suspects import is_target, open_model
 from detector.watermark import WatermarkRecord, agreement, load_watermarks
 
 __all__ = ["VerifyConfig", "VerifyResult", "main", "rank_sum_p_value", "run_verify",
-           "saved_model_predict", "verify_watermarks", "watermark_ranks"]
+           "verify_watermarks", "watermark_ranks"]
 
 log = logging.getLogger(__name__)
 

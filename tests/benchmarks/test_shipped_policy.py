@@ -176,3 +176,8 @@ def test_end_to_end_thieves_benign_clients_and_latency(world, capsys):
     assert sp.main([*argv, "--undefended-seeds"]) == 0
     assert (out / "defended" / "copycat_s0" / "report.json").stat().st_mtime_ns == before
     assert len(json.loads((out / "results.json").read_text())["rows"]) == 6
+
+
+def test_results_name_the_policy_file_without_a_machine_path(tmp_path):
+    assert sp._shown(str(sp.SHIPPED_POLICY)) == "serving/deploy/config/policy.json"
+    assert sp._shown(str(tmp_path / "p.json")) == str(tmp_path / "p.json")
