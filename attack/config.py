@@ -75,9 +75,10 @@ RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc", "r
 
 
 RECIPE_LEGACY = {"target_temperature": 1.0, "mixup": 0.0, "label_smoothing": 0.0,
-                 "warmup": 0.0, "ema": 0.0}
+                 "warmup": 0.0, "ema": 0.0, "color_jitter": 0.0}
 """The surrogate training-recipe settings under which `SurrogateTrainer.fit` trains as it was first
-written: plain soft cross-entropy, cosine decay from the peak rate, no mixing, no weight average."""
+written: plain soft cross-entropy, cosine decay from the peak rate, no mixing, no weight average,
+no colour jitter."""
 
 
 def run_dir_field(default: str, holds: str = "config, journal, checkpoints, surrogate, "
@@ -193,6 +194,11 @@ class SurrogatePart:
         "help": "surrogate training: momentum of an exponential moving average of the "
                 "weights, used as the final surrogate; 0: off", "metavar": "MOMENTUM", "min": 0,
         "lt": 1})
+    color_jitter: float = field(default=0.0, metadata={
+        "help": "surrogate training: strength S of a light random colour change of each "
+                "training image, on the fly after the crop and flip (brightness +/- S x 255, "
+                "contrast and saturation x (1 +/- S)); 0: off", "metavar": "S", "min": 0,
+        "lt": 1})
     fit_batch_size: int | None = field(default=32, metadata={
         "help": "surrogate training: batch size of the final training on the answers (with "
                 "the epochs fixed, a smaller batch makes more steps); none: --batch-size (the "
@@ -223,7 +229,8 @@ class SurrogatePart:
         """The training-recipe keyword arguments of `attack.surrogate.SurrogateTrainer`."""
         return {"target_temperature": self.target_temperature, "mixup": self.mixup,
                 "label_smoothing": self.label_smoothing, "warmup": self.warmup,
-                "ema": self.ema, "fit_batch_size": self.fit_batch_size}
+                "ema": self.ema, "color_jitter": self.color_jitter,
+                "fit_batch_size": self.fit_batch_size}
 
 
 @dataclass(frozen=True)

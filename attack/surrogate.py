@@ -11,7 +11,8 @@ label the target rows are one-hot and this is ordinary cross-entropy.
 feeds it through the victim trainer's `tf.data` pipeline (`victim_export.train.make_dataset`:
 resize to the surrogate's input size, seeded shuffle, crop/flip augmentation) and trains with
 Adam under a cosine learning-rate schedule. Its recipe options (`RECIPE_DEFAULTS` leaves each
-off) sharpen the victim's rows (a temperature), mix images and targets (mixup), smooth the
+off) sharpen the victim's rows (a temperature), jitter each image's colour on the fly (light
+brightness, contrast and saturation changes), mix images and targets (mixup), smooth the
 labels, warm the rate up and keep an exponential moving average of the weights; the attacks'
 `attack.Surrogate` chooses their values. With a `checkpoint_dir`, `fit` resumes a killed run
 from its last finished epoch (`keras.callbacks.BackupAndRestore`, keeping the previous backup
@@ -63,8 +64,8 @@ from victim_export.export import export_classifier
 from victim_export.models_config import write_models_config
 from victim_export.train import make_dataset
 
-__all__ = ["AUGMENTATIONS", "RECIPE_DEFAULTS", "SurrogateTrainer", "export_surrogate",
-           "log_softmax", "sharpen"]
+__all__ = ["AUGMENTATIONS", "RECIPE_DEFAULTS", "SurrogateTrainer", "color_jitter",
+           "export_surrogate", "log_softmax", "sharpen"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ RECIPE_DEFAULTS = dict(RECIPE_LEGACY)
 (plain soft cross-entropy, cosine schedule from the peak rate, no mixing, no weight average)."""
 
 _MIXUP_SEED_OFFSET = 1_000_003  # mixup's random stream differs from the augmentation's
+_JITTER_SEED_OFFSET = 2_000_003  # and so does the colour jitter's
+_FIRST_RECIPE_KEYS = ("target_temperature", "mixup", "label_smoothing", "warmup", "ema")
+"""The recipe options a fingerprint always names once the recipe differs from the defaults; an
+option added later is named only when set, so runs trained before it existed still resume."""
 
 BACKUP_DIR_NAME = "backup"
 FINAL_WEIGHTS_NAME = "final.weights.h5"
@@ -123,6 +128,39 @@ def _mixup(dataset: tf.data.Dataset, alpha: float, seed: int) -> tf.data.Dataset
 
     return tf.data.Dataset.zip((dataset, seeds)).map(
         mix, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def color_jitter(dataset: tf.data.Dataset, strength: float, seed: int) -> tf.data.Dataset:
+    """Batches of float pixels (0..255) with a light random colour change per image.
+
+    Each image gets its own brightness shift (uniform in +/- `strength` x 255), contrast factor
+    and saturation factor (both uniform in 1 +/- `strength`), applied in that order about the
+    image's mean and per-pixel grey level, then clipped and rounded back to whole pixel values.
+    The draws come from seeded stateless streams (one seed pair per batch), so the same seed
+    gives the same images; `strength` 0 returns `dataset` unchanged. Targets pass through: a
+    light change of colour does not change which class the victim saw.
+    """
+    if strength == 0:
+        return dataset
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    seeds = seeds.batch(2, drop_remainder=True)
+
+    def jitter(batch, seed):
+        images, targets = batch
+        images = tf.cast(images, tf.float32)
+        shape = tf.stack([tf.shape(images)[0], 1, 1, 1])
+        draws = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        shift, contrast, saturation = (
+            tf.random.stateless_uniform(shape, draw, -strength, strength) for draw in draws)
+        images = images + shift * 255.0
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        images = mean + (images - mean) * (1.0 + contrast)
+        grey = tf.reduce_mean(images, axis=-1, keepdims=True)
+        images = grey + (images - grey) * (1.0 + saturation)
+        return tf.round(tf.clip_by_value(images, 0.0, 255.0)), targets
+
+    return tf.data.Dataset.zip((dataset, seeds)).map(
+        jitter, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def _check_images(images: Any, argument: str = "images") -> np.ndarray:
@@ -209,6 +247,9 @@ class SurrogateTrainer:
             before the cosine decay (0: none).
         ema: momentum of an exponential moving average of the weights kept during `fit` and
             written into the network at its end (Keras' ``use_ema``); 0: off.
+        color_jitter: strength s of a light random colour change of each training image in
+            `fit`, after `augment` (`color_jitter`: brightness +/- s x 255, contrast and
+            saturation x (1 +/- s)); 0: off.
         fit_batch_size: the mini-batch of `fit` when it differs from `batch_size` (which
             `partial_fit` keeps): with the epochs fixed, a smaller batch makes more steps.
         dropout: dropout rate before the final dense layer.
@@ -240,6 +281,7 @@ class SurrogateTrainer:
         label_smoothing: float = 0.0,
         warmup: float = 0.0,
         ema: float = 0.0,
+        color_jitter: float = 0.0,
         fit_batch_size: int | None = None,
         dropout: float = 0.0,
         online_lr: float | None = None,
@@ -259,9 +301,10 @@ class SurrogateTrainer:
         check_number("label_smoothing", label_smoothing, min=0, lt=1)
         check_number("warmup", warmup, min=0, lt=1)
         check_number("ema", ema, min=0, lt=1)
+        check_number("color_jitter", color_jitter, min=0, lt=1)
         self.recipe = {"target_temperature": float(target_temperature), "mixup": float(mixup),
                        "label_smoothing": float(label_smoothing), "warmup": float(warmup),
-                       "ema": float(ema)}
+                       "ema": float(ema), "color_jitter": float(color_jitter)}
         self.lr = float(lr)
         self.online_lr = float(lr if online_lr is None else online_lr)
         self.seed = int(seed)
@@ -372,7 +415,8 @@ class SurrogateTrainer:
             "images_shape": list(images.shape),
         }  # not the strategy: the same settings train the same model on any number of devices
         if self.recipe != RECIPE_DEFAULTS:  # a run trained before these options existed resumes
-            settings["recipe"] = self.recipe
+            settings["recipe"] = {key: value for key, value in self.recipe.items()
+                                  if key in _FIRST_RECIPE_KEYS or value != RECIPE_DEFAULTS[key]}
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         digest.update(np.ascontiguousarray(images).data)
         digest.update(np.ascontiguousarray(targets).data)
@@ -489,6 +533,8 @@ class SurrogateTrainer:
         dataset = make_dataset(images, targets, size=self.input_size,
                                num_classes=self.num_classes, batch_size=self.fit_batch_size,
                                shuffle_seed=self.seed, augment=self.augment)
+        dataset = color_jitter(dataset, self.recipe["color_jitter"],
+                               self.seed + _JITTER_SEED_OFFSET)
         if self.recipe["mixup"] > 0:
             dataset = _mixup(dataset, self.recipe["mixup"], self.seed + _MIXUP_SEED_OFFSET)
         history = model.fit(shard_by_data(dataset, self._strategy), epochs=self.epochs,

@@ -67,7 +67,7 @@ PROG = "python -m benchmarks.art_compare"
 METHODS = ("ours-knockoff", "art-knockoff", "ours-copycat", "art-copycat")
 LEGACY_BATCH = 64  # the batch of the first comparison (both libraries), named in no label
 RECIPE_KEYS = ("target_temperature", "mixup", "label_smoothing", "warmup", "ema",
-               "learning_rate", "batch_size")
+               "color_jitter", "learning_rate", "batch_size")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from attack.surrogate import (
     FINAL_WEIGHTS_NAME,
     SurrogateTrainer,
     _mixup,
+    color_jitter,
     export_surrogate,
     log_softmax,
     sharpen,
@@ -129,6 +130,45 @@ def test_mixup_mixes_images_and_targets_with_one_weight_per_batch():
     np.testing.assert_array_equal(again, x)  # seeded: the same stream on every run
 
 
+def test_color_jitter_changes_colour_per_image_reproducibly_and_is_off_at_zero():
+    images, targets, _ = toy_task(16, seed=0)
+    plain = make_dataset(images, targets, size=16, num_classes=3, batch_size=8)
+    assert color_jitter(plain, 0.0, seed=3) is plain  # off: the very same pipeline
+    batches = [(x.numpy(), y.numpy()) for x, y in color_jitter(plain, 0.2, seed=3)]
+    assert [b[0].shape for b in batches] == [(8, 16, 16, 3)] * 2
+    x = np.concatenate([b[0] for b in batches])
+    assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 255
+    np.testing.assert_array_equal(x, np.round(x))  # whole pixel values, like the victim's input
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), targets)
+    changed = np.abs(x - images.astype(np.float32)).mean(axis=(1, 2, 3))
+    assert np.all(changed > 0.5) and changed.mean() < 40  # every image, lightly
+    # each image gets its own change: the per-image mean shifts are not one constant
+    shift = (x - images).mean(axis=(1, 2, 3))
+    assert np.std(shift) > 1
+    again = np.concatenate([x.numpy() for x, _ in color_jitter(plain, 0.2, seed=3)])
+    np.testing.assert_array_equal(again, x)  # seeded: the same stream on every run
+    other = np.concatenate([x.numpy() for x, _ in color_jitter(plain, 0.2, seed=4)])
+    assert not np.array_equal(other, x)
+    # the colour jitter leaves the class evident: the dominant channel of these toy images
+    assert (x.mean(axis=(1, 2)).argmax(1) == images.mean(axis=(1, 2)).argmax(1)).mean() > 0.9
+
+
+def test_fit_applies_color_jitter_only_when_asked(monkeypatch):
+    images, targets, _ = toy_task(16, seed=0)
+    import attack.surrogate as surrogate
+
+    seen = []
+
+    def spy(dataset, strength, seed):
+        seen.append(strength)
+        return color_jitter(dataset, strength, seed)
+
+    monkeypatch.setattr(surrogate, "color_jitter", spy)
+    t = trainer(epochs=1, color_jitter=0.1, fit_batch_size=8)
+    t.fit(images, targets)  # (strength 0 returns the pipeline itself: tested above)
+    assert seen == [0.1] and int(t.model.optimizer.iterations) == 2
+
+
 def test_warmup_rises_to_the_peak_then_the_cosine_decays_and_ema_is_on():
     t = trainer(epochs=4, warmup=0.25, ema=0.9)
     model = t._compile("fit", steps_per_epoch=6)  # 24 steps: 6 warm-up, 18 decay
@@ -145,11 +185,19 @@ def test_only_a_changed_recipe_changes_the_fingerprint():
     images, targets, _ = toy_task(8, seed=0)
     legacy = trainer()
     assert legacy.recipe == {"target_temperature": 1.0, "mixup": 0.0, "label_smoothing": 0.0,
-                             "warmup": 0.0, "ema": 0.0}
-    same = trainer(target_temperature=1.0, mixup=0.0)
+                             "warmup": 0.0, "ema": 0.0, "color_jitter": 0.0}
+    same = trainer(target_temperature=1.0, mixup=0.0, color_jitter=0.0)
     assert legacy._fingerprint(images, targets) == same._fingerprint(images, targets)
-    for other in (trainer(target_temperature=0.5), trainer(fit_batch_size=16)):
+    for other in (trainer(target_temperature=0.5), trainer(fit_batch_size=16),
+                  trainer(color_jitter=0.1)):
         assert legacy._fingerprint(images, targets) != other._fingerprint(images, targets)
+    # a recipe option added later is named only when set: a T=0.5 run trained before
+    # color_jitter existed keeps its fingerprint (and resumes instead of training again)
+    before = trainer(target_temperature=0.5)
+    before.recipe = {"target_temperature": 0.5, "mixup": 0.0, "label_smoothing": 0.0,
+                     "warmup": 0.0, "ema": 0.0}  # the recipe as it was before color_jitter
+    assert before._fingerprint(images, targets) == trainer(
+        target_temperature=0.5)._fingerprint(images, targets)
     # the test trainers' batch is 32: a fit batch of 32 is the same run
     assert trainer(fit_batch_size=32)._fingerprint(images, targets) == \
         legacy._fingerprint(images, targets)
@@ -273,6 +321,8 @@ def test_bad_arguments_raise_usage_errors_naming_them():
                              ({"mixup": -0.1}, "mixup"),
                              ({"label_smoothing": 1}, "label_smoothing"),
                              ({"warmup": 1.0}, "warmup"), ({"ema": 1}, "ema"),
+                             ({"color_jitter": -0.1}, "color_jitter"),
+                             ({"color_jitter": 1}, "color_jitter"),
                              ({"fit_batch_size": 0}, "fit_batch_size")]:
         with pytest.raises(UsageError, match=f"`{argument}`"):
             trainer(**kwargs)

@@ -60,7 +60,7 @@ def test_recipes_parse_to_trainer_settings_and_name_what_differs(victim_dir) -> 
     assert art_compare.parse_recipe("mixup=0.2,batch_size=32") == {"mixup": 0.2,
                                                                    "fit_batch_size": 32}
     legacy = {"target_temperature": 1, "mixup": 0, "label_smoothing": 0, "warmup": 0,
-              "ema": 0, "learning_rate": 1e-3, "batch_size": 64}
+              "ema": 0, "color_jitter": 0, "learning_rate": 1e-3, "batch_size": 64}
     assert art_compare.label("ours-copycat", legacy) == "ours-copycat"
     assert art_compare.label("art-copycat", {"batch_size": 64}) == "art-copycat"
     assert art_compare.label("art-copycat", {"batch_size": 32}) == "art-copycat[batch_size=32]"
@@ -68,6 +68,12 @@ def test_recipes_parse_to_trainer_settings_and_name_what_differs(victim_dir) -> 
                                                  "batch_size=32")
     assert recipe == {**legacy, "mixup": 0.2, "batch_size": 32}
     assert art_compare.label("ours-knockoff", recipe) == "ours-knockoff[mixup=0.2,batch_size=32]"
+    # rows measured before color_jitter existed carry no such key and keep their names
+    del recipe["color_jitter"]
+    assert art_compare.label("ours-knockoff", recipe) == "ours-knockoff[mixup=0.2,batch_size=32]"
+    jitter = art_compare.resolved_recipe(config, "color_jitter=0.1")
+    assert art_compare.label("ours-knockoff", jitter) == (
+        "ours-knockoff[target_temperature=0.5,color_jitter=0.1,batch_size=32]")
 
 
 @pytest.mark.parametrize("recipe", ["mixup", "speed=2", "mixup=0.1,mixup=0.2", "mixup=x",
