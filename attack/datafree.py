@@ -45,6 +45,7 @@ of the budget), not retrained on journal prefixes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,8 +79,8 @@ from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["METHODS", "DataFree", "DataFreeConfig", "perturb", "plan_iteration", "quantize",
-           "run_datafree", "zo_gradient"]
+__all__ = ["METHODS", "DataFree", "DataFreeConfig", "ReplayBuffer", "perturb", "plan_iteration",
+           "quantize", "run_datafree", "zo_gradient"]
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,13 @@ METHODS = ("dfme", "maze", "dfms-hl")
 LOSS_OF = {"dfme": "l1", "maze": "kl", "dfms-hl": "ce"}
 DEFAULT_DIRECTIONS = {"dfme": 1, "maze": 10, "dfms-hl": 0}
 STATE_NAME = "datafree_state.npz"
-PARTS = ("victim", "generator", "surrogate", "storage", "evaluation")
+PARTS = ("victim", "generator", "surrogate", "replay", "storage", "evaluation")
 """Where a run's time goes (wall and CPU seconds in the report's ``time_seconds``/``cpu_seconds``:
-the victim part is request to answer, journal included; the server's own CPU is not this
+the victim part is request to answer, journal included, less what the replay steps overlapped
+(they run while a surrogate round's queries are answered); the server's own CPU is not this
 process's)."""
 QUERIES_DIR = "queries"
+REPLAY_DIR = "replay"  # query blocks before the checkpoint still in the replay buffer
 
 
 # -- config ----------------------------------------------------------------------------------------
@@ -124,7 +128,17 @@ class DataFreeConfig(AttackConfig):
         "help": "channels of the generator's last convolution (twice as many before it)",
         "min": 1})
     diversity: float = field(default=1.0, metadata={
-        "help": "dfms-hl: weight of the class-diversity loss", "min": 0})
+        "help": "weight of DFMS-HL's class-diversity loss in the generator's loss, every "
+                "method (negative entropy of the surrogate's batch-mean prediction on the "
+                "generator's images; no query); 0: off", "min": 0})
+    replay_steps: int = field(default=0, metadata={
+        "help": "experience replay (MAZE): extra surrogate steps per iteration, each on a "
+                "batch drawn at random from the answered queries kept (--replay-size), run "
+                "while the iteration's new queries are being answered; 0: each answer trains "
+                "the surrogate once", "min": 0})
+    replay_size: int = field(default=100_000, metadata={
+        "help": "answered queries kept for replay, the oldest dropped first (about 3 KB each "
+                "at 32 px, in memory and in RUN_DIR/replay/)", "min": 1})
     image_size: int | None = field(default=None, metadata={
         "help": "side of the generated images; none: the victim's input size (needed for a "
                 "victim without a fixed size)", "metavar": "PX", "min": 8})
@@ -222,6 +236,50 @@ def plan_iteration(assigned: int, config: DataFreeConfig) -> tuple[int, int]:
     if gen and left < gen + config.batch_size:
         gen = 0
     return gen, min(config.surrogate_steps * config.batch_size, left - gen)
+
+
+class ReplayBuffer:
+    """MAZE's experience replay: the last `capacity` answered queries (uint8 images and the
+    victim's journal-form answers), query number `i` in slot ``i % capacity``.
+
+    Queries are added in the order of their numbers, so the contents depend on how many were
+    added, never on how they were grouped: a resumed run that adds the same queries again from
+    its stored blocks and journal holds the same buffer (`digest` says so).
+    """
+
+    def __init__(self, capacity: int, image_shape: tuple[int, ...], num_classes: int) -> None:
+        self.capacity = int(capacity)
+        self.images = np.zeros((self.capacity, *image_shape), np.uint8)
+        self.answers = np.zeros((self.capacity, num_classes), np.float32)
+        self.count = 0  # queries 0..count-1 seen; the last len(self) of them are kept
+
+    def __len__(self) -> int:
+        return min(self.count, self.capacity)
+
+    def add(self, first: int, images: np.ndarray, answers: np.ndarray) -> None:
+        """Queries first..first+n-1; `first` continues the buffer (a gap leaves stale slots,
+        which `digest` shows; a resumed run skips only queries already dropped)."""
+        if first < self.count:
+            raise invalid("first", first, f"the next query number, at least {self.count}")
+        n = len(images)
+        keep = slice(max(0, n - self.capacity), n)
+        slots = np.arange(first, first + n)[keep] % self.capacity
+        self.images[slots] = images[keep]
+        self.answers[slots] = answers[keep]
+        self.count = first + n
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """`n` queries drawn uniformly with replacement: (images, answers)."""
+        slots = rng.integers(0, len(self), n)
+        return self.images[slots], self.answers[slots]
+
+    def digest(self) -> str:
+        """sha256 of the kept queries in query order and of the count."""
+        slots = np.arange(self.count - len(self), self.count) % self.capacity
+        sha = hashlib.sha256(str(self.count).encode())
+        sha.update(np.ascontiguousarray(self.images[slots]).data)
+        sha.update(np.ascontiguousarray(self.answers[slots]).data)
+        return sha.hexdigest()
 
 
 def _block_path(run_dir: Path, iteration: int, phase: str) -> Path:
@@ -340,6 +398,8 @@ class _DataFreeRun:
         self.opt_s = keras.optimizers.Adam(config.learning_rate)
         self.opt_g.build(self.generator.trainable_variables)
         self.opt_s.build(self.trainer.model.trainable_variables)
+        self.buffer = (ReplayBuffer(min(config.replay_size, config.budget), (*self.size, 3),
+                                    self.num_classes) if config.replay_steps else None)
         self._compile_steps()
 
     def _compile_steps(self) -> None:
@@ -350,7 +410,7 @@ class _DataFreeRun:
         loss_name, surrogate, generator = config.loss(), self.surrogate, self.generator
         s_vars = self.trainer.model.trainable_variables
         g_vars = generator.trainable_variables
-        opt_s, opt_g, k = self.opt_s, self.opt_g, float(self.num_classes)
+        opt_s, opt_g = self.opt_s, self.opt_g
 
         @tf.function(reduce_retracing=True)
         def surrogate_step(x, targets):
@@ -368,24 +428,29 @@ class _DataFreeRun:
         def losses(x, targets):
             return gen.loss_per_image(surrogate.logits(x), targets, loss_name)
 
-        @tf.function(reduce_retracing=True)
-        def ascend(z, grad):
-            # the same z in training mode gives the same images (batch statistics): the
-            # estimated d loss / d pixels is pushed back through the generator, ascending
-            with tf.GradientTape() as tape:
-                pixels = gen.generator_pixels(generator, z, training=True)
-            opt_g.apply_gradients(zip(tape.gradient(pixels, g_vars, output_gradients=-grad),
-                                      g_vars))
+        weight = float(config.diversity)
 
         @tf.function(reduce_retracing=True)
-        def label_only_step(z, diversity_weight):
+        def ascend(z, grad):
+            # the same z in training mode gives the same images (batch statistics): the batch
+            # mean of <pixels, estimated d loss / d pixels> has the estimate, pushed back
+            # through the generator, as its gradient; ascending it, the class diversity
+            # descending (on the surrogate's predictions: exact, no query)
+            with tf.GradientTape() as tape:
+                pixels = gen.generator_pixels(generator, z, training=True)
+                loss = -tf.reduce_mean(tf.reduce_sum(pixels * grad, axis=[1, 2, 3]))
+                if weight:
+                    loss += weight * gen.class_diversity(
+                        tf.nn.softmax(surrogate.logits(pixels), axis=1))
+            opt_g.apply_gradients(zip(tape.gradient(loss, g_vars), g_vars))
+
+        @tf.function(reduce_retracing=True)
+        def label_only_step(z):
             with tf.GradientTape() as tape:
                 pixels = gen.generator_pixels(generator, z, training=True)
                 probs = tf.nn.softmax(surrogate.logits(pixels), axis=1)
                 confidence = tf.reduce_mean(tf.reduce_max(probs, axis=1))
-                mean = tf.reduce_mean(probs, axis=0)
-                diversity = tf.reduce_sum(mean * tf.math.log(mean + 1e-8)) + tf.math.log(k)
-                loss = confidence + diversity_weight * diversity
+                loss = confidence + weight * gen.class_diversity(probs)
             opt_g.apply_gradients(zip(tape.gradient(loss, g_vars), g_vars))
             return loss
 
@@ -405,12 +470,53 @@ class _DataFreeRun:
         meta = {"iteration": self.iteration, "assigned": self.assigned,
                 "natural_used": self.natural_used, "seconds": self.seconds, "cpu": self.cpu,
                 "losses": self.losses[-50:]}
+        if self.buffer is not None:
+            meta["replay"] = {"count": self.buffer.count, "digest": self.buffer.digest()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         _save_npz(self.run_dir / STATE_NAME, **arrays)
-        for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
-            if not self.config.keep_queries and int(path.name[2:10]) <= self.iteration:
-                path.unlink()
+        if not self.config.keep_queries:  # blocks before the checkpoint: replay's or gone
+            kept = self.run_dir / REPLAY_DIR
+            for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
+                if int(path.name[2:10]) > self.iteration:
+                    continue
+                if self.buffer is None:
+                    path.unlink()
+                else:
+                    kept.mkdir(exist_ok=True)
+                    os.replace(path, kept / path.name)
+            if self.buffer is not None:
+                blocks = _blocks(kept)
+                for (_, path), (after, _) in zip(blocks, blocks[1:]):
+                    if after <= self.buffer.count - len(self.buffer):
+                        path.unlink()  # every query of it dropped from the buffer
         self._add("storage", started)
+
+    def _rebuild_replay(self, journal, saved: dict | None) -> None:
+        """The replay buffer as it was at the checkpoint: the stored blocks before it (in
+        RUN_DIR/replay/, or queries/ with --keep-queries) and their journaled answers; checked
+        against the digest the checkpoint recorded."""
+        buffer, start = self.buffer, self.assigned - self.buffer.capacity
+        answers = np.zeros((self.assigned, self.num_classes), np.float32)
+        indices = journal.answered_indices()
+        mask = indices < self.assigned
+        answers[indices[mask]] = journal.responses()[mask]
+        blocks = _blocks(self.run_dir / REPLAY_DIR) + _blocks(self.run_dir / QUERIES_DIR)
+        for first, path in sorted(blocks):
+            if int(path.name[2:10]) > self.iteration:
+                continue
+            with np.load(path) as stored:
+                images = stored["images"]
+            if first + len(images) > max(start, buffer.count):
+                buffer.add(max(first, buffer.count), images[max(0, buffer.count - first):],
+                           answers[max(first, buffer.count):first + len(images)])
+        if buffer.count < self.assigned:  # a checkpoint written without replay
+            buffer.add(self.assigned, buffer.images[:0], answers[:0])
+        if saved is None or saved != {"count": buffer.count, "digest": buffer.digest()}:
+            log.warning("the replay buffer could not be rebuilt as it was at the checkpoint "
+                        "(%s): it replays what it holds, %d of the %d answered queries",
+                        "the checkpoint recorded none" if saved is None else "blocks missing",
+                        len(buffer), self.assigned)
+            self.replay_rebuilt = False
 
     def _load_state(self) -> bool:
         path = self.run_dir / STATE_NAME
@@ -428,6 +534,7 @@ class _DataFreeRun:
                 for variable, value in zip(opt.variables, saved, strict=True):
                     variable.assign(value)
         self.iteration, self.assigned = int(meta["iteration"]), int(meta["assigned"])
+        self.saved_replay = meta.get("replay")
         self.natural_used = int(meta["natural_used"])
         self.seconds.update(meta["seconds"])
         self.cpu.update(meta.get("cpu", {}))
@@ -437,9 +544,10 @@ class _DataFreeRun:
         return True
 
     # -- the victim ----------------------------------------------------------------------------
-    def _ask(self, first: int, images: np.ndarray) -> np.ndarray:
+    def _ask(self, first: int, images: np.ndarray, timed: bool = True) -> np.ndarray:
         """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
-        journaled ones read back, the others sent (the first paid batch alone, checked)."""
+        journaled ones read back, the others sent (the first paid batch alone, checked).
+        `timed`: count the time as the victim's (not when it runs beside the replay steps)."""
         started = _now()
         n = len(images)
         indices = np.arange(first, first + n, dtype=np.int64)
@@ -461,7 +569,8 @@ class _DataFreeRun:
             self.check(raw[rows], journaled=self.journal.num_answered)
             sent += len(rows)
         self.sent += sent
-        self._add("victim", started)
+        if timed:
+            self._add("victim", started)
         return raw
 
     # -- one iteration -------------------------------------------------------------------------
@@ -489,6 +598,8 @@ class _DataFreeRun:
         self._add("generator", started)
         raw = self._ask(first, images)
         started = _now()
+        if self.buffer is not None:
+            self.buffer.add(first, images, raw)
         targets = self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
                                           config.loss())
         losses = self._losses(images.astype(np.float32), targets).numpy().reshape(b, m + 1)
@@ -504,7 +615,7 @@ class _DataFreeRun:
         started = _now()
         z = np.random.default_rng([config.seed, it, 0, step]).standard_normal(
             (config.batch_size, config.latent_dim)).astype(np.float32)
-        self.losses.append(float(self._label_only(z, np.float32(config.diversity))))
+        self.losses.append(float(self._label_only(z)))
         self._add("generator", started)
 
     def _surrogate_round(self, it: int, first: int, count: int) -> None:
@@ -533,15 +644,38 @@ class _DataFreeRun:
             _save_npz(path, images=images, first=np.int64(first))
             self._add("storage", t)
         self.natural_used += n_natural
-        raw = self._ask(first, images)
+        if self.buffer is None or not len(self.buffer):
+            raw = self._ask(first, images)
+        else:  # the replay steps run while the victim answers the new queries
+            answering = self.pool.submit(self._ask, first, images, False)
+            self._replay(it)
+            started = _now()
+            raw = answering.result()
+            self._add("victim", started)
         started = _now()
-        targets = self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
-                                          config.loss())
+        if self.buffer is not None:
+            self.buffer.add(first, images, raw)
+        targets = self._targets(raw)
         x = images.astype(np.float32)
         for start in range(0, count, config.batch_size):
             part = slice(start, start + config.batch_size)
             self._train_s(x[part], targets[part])
         self._add("surrogate", started)
+
+    def _targets(self, raw: np.ndarray) -> np.ndarray:
+        return self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
+                                       self.config.loss())
+
+    def _replay(self, it: int) -> None:
+        """MAZE's experience replay: `replay_steps` surrogate steps, each on a batch drawn from
+        the answered queries kept (seeded by the iteration: a resumed run draws the same)."""
+        config = self.config
+        started = _now()
+        rng = np.random.default_rng([config.seed, it, 3])
+        for _ in range(config.replay_steps):
+            images, raw = self.buffer.sample(rng, config.batch_size)
+            self._train_s(images.astype(np.float32), self._targets(raw))
+        self._add("replay", started)
 
     def _natural_rows(self, n: int) -> np.ndarray:
         order = np.random.default_rng([self.config.seed, 12]).permutation(len(self.natural))
@@ -582,7 +716,8 @@ class _DataFreeRun:
         self._build()
         self.iteration, self.assigned, self.natural_used, self.sent = 0, 0, 0, 0
         self.losses: list[float] = []
-        self._load_state()
+        self.saved_replay, self.replay_rebuilt = None, True
+        resumed = self._load_state()
         self.victim_test = self.noise = None
         curve_path = self.run_dir / "curve.json"
         self.curve = [p for p in (json.loads(curve_path.read_text())
@@ -604,28 +739,36 @@ class _DataFreeRun:
             mask = journal.answered_indices() >= self.assigned
             self.answered = dict(zip(journal.answered_indices()[mask].tolist(),
                                      journal.responses()[mask], strict=True))
-            if not isinstance(self.check, AnswerCheck):  # pragma: no cover
-                raise TypeError("begin_run returned no AnswerCheck")
-            while self.assigned < config.budget:
-                it = self.iteration + 1
-                gen, student = plan_iteration(self.assigned, config)
-                if config.n_directions():
-                    per = gen // config.generator_steps if gen else 0
-                    for step in range(config.generator_steps if gen else 0):
-                        self._generator_step(it, step, self.assigned)
-                        self.assigned += per
-                else:
-                    for step in range(config.generator_steps):
-                        self._label_only_generator_step(it, step)
-                self._surrogate_round(it, self.assigned, student)
-                self.assigned += student
-                self.iteration = it
-                if it % config.checkpoint_every == 0 or self.assigned >= config.budget:
-                    self._save_state()
-                if self.test is not None and any(
-                        m <= self.assigned and not any(p["queries"] >= m for p in self.curve)
-                        for m in milestones):
-                    self._evaluate_point()
+            if resumed and self.buffer is not None:
+                started = _now()
+                self._rebuild_replay(journal, self.saved_replay)
+                self._add("storage", started)
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="datafree-victim")
+            try:
+                if not isinstance(self.check, AnswerCheck):  # pragma: no cover
+                    raise TypeError("begin_run returned no AnswerCheck")
+                while self.assigned < config.budget:
+                    it = self.iteration + 1
+                    gen, student = plan_iteration(self.assigned, config)
+                    if config.n_directions():
+                        per = gen // config.generator_steps if gen else 0
+                        for step in range(config.generator_steps if gen else 0):
+                            self._generator_step(it, step, self.assigned)
+                            self.assigned += per
+                    else:
+                        for step in range(config.generator_steps):
+                            self._label_only_generator_step(it, step)
+                    self._surrogate_round(it, self.assigned, student)
+                    self.assigned += student
+                    self.iteration = it
+                    if it % config.checkpoint_every == 0 or self.assigned >= config.budget:
+                        self._save_state()
+                    if self.test is not None and any(
+                            m <= self.assigned and not any(p["queries"] >= m for p in self.curve)
+                            for m in milestones):
+                        self._evaluate_point()
+            finally:  # an answer in flight is journaled before the run stops
+                self.pool.shutdown()
             answered = journal.num_answered
         if answered != config.budget:  # pragma: no cover - the plan assigns exactly the budget
             raise RuntimeError(f"the journal holds {answered} answers, not the budget "
@@ -640,6 +783,11 @@ class _DataFreeRun:
         extra = {"method": config.method, "loss": config.loss(),
                  "directions": config.n_directions(), "iterations": self.iteration,
                  "natural_queries": self.natural_used,
+                 "diversity": config.diversity,
+                 "replay": None if self.buffer is None else {
+                     "steps": config.replay_steps, "size": self.buffer.capacity,
+                     "kept": len(self.buffer), "digest": self.buffer.digest(),
+                     "rebuilt_on_resume": self.replay_rebuilt},
                  "sent_this_session": self.sent,
                  "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                  "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
@@ -651,6 +799,15 @@ class _DataFreeRun:
         log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         return finish(self.victim, self.info, config, self.run_dir, queries=config.budget,
                       train=train, test=self.test, curve_budgets=points, extra=extra)
+
+
+def _blocks(folder: Path) -> list[tuple[int, Path]]:
+    """(first query number, path) of the query blocks in `folder`, in query order."""
+    found = []
+    for path in folder.glob("it*.npz"):
+        with np.load(path) as stored:
+            found.append((int(stored["first"]), path))
+    return sorted(found)
 
 
 def _now() -> tuple[float, float]:

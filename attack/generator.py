@@ -11,6 +11,11 @@ victim's size. The per-image losses compare the surrogate with the victim's answ
 * ``kl`` (MAZE): KL(victim || surrogate) on the probabilities;
 * ``ce`` (the label-only variant): cross-entropy with the victim's top-1 label.
 
+`class_diversity` is DFMS-HL's class-diversity loss (Sanyal et al. 2022): the negative entropy
+of the batch-mean prediction plus log K, 0 when the batch's predictions average to uniform and
+log K when they all name one class. The data-free loop adds it to every method's generator
+loss, computed on the surrogate (no query needed).
+
 Imported only after a data-free run's flags have been checked (it imports TensorFlow).
 """
 
@@ -22,8 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["LOSSES", "SurrogateView", "build_generator", "generator_pixels", "loss_per_image",
-           "victim_targets"]
+__all__ = ["LOSSES", "SurrogateView", "build_generator", "class_diversity", "generator_pixels",
+           "loss_per_image", "victim_targets"]
 
 LOSSES = ("l1", "kl", "ce")
 _LOG_FLOOR = 1e-8  # probabilities below this are read as this before taking the log (DFME)
@@ -96,3 +101,12 @@ def loss_per_image(logits, targets, loss: str):
         log_p = tf.math.log(tf.maximum(targets, _LOG_FLOOR))
         return tf.reduce_sum(targets * (log_p - log_q), axis=1)
     return -tf.reduce_sum(targets * log_q, axis=1)
+
+
+def class_diversity(probs):
+    """DFMS-HL's class-diversity loss of a batch of predictions `probs` [n, K]: the negative
+    entropy of their mean plus log K (0 for a uniform mean, log K for one class), a tensor."""
+    probs = tf.convert_to_tensor(probs, tf.float32)
+    mean = tf.reduce_mean(probs, axis=0)
+    k = tf.cast(tf.shape(probs)[1], tf.float32)
+    return tf.reduce_sum(mean * tf.math.log(mean + 1e-8)) + tf.math.log(k)

@@ -11,7 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from attack.datafree import DataFreeConfig, main, perturb, plan_iteration, quantize, zo_gradient
+from attack.datafree import (
+    DataFreeConfig,
+    ReplayBuffer,
+    main,
+    perturb,
+    plan_iteration,
+    quantize,
+    zo_gradient,
+)
 from serving.testing import COLOUR_CLASSES, COLOUR_SIZE, colour_images, colour_victim
 
 SMALL = dict(latent_dim=8, generator_width=4, curve_points=1, noise=0)
@@ -78,6 +86,44 @@ def test_the_plan_spends_exactly_the_budget(method, budget):
     assert assigned == budget
 
 
+def _queries(first: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Queries first..first+n-1 of a made-up stream: 2x2 images and answers named by number."""
+    numbers = np.arange(first, first + n)
+    images = np.broadcast_to((numbers % 251).astype(np.uint8)[:, None, None, None],
+                             (n, 2, 2, 3)).copy()
+    return images, np.stack([numbers, -numbers], axis=1).astype(np.float32)
+
+
+def test_replay_buffer_keeps_the_last_queries_whatever_their_grouping():
+    one, other = ReplayBuffer(5, (2, 2, 3), 2), ReplayBuffer(5, (2, 2, 3), 2)
+    one.add(0, *_queries(0, 12))
+    for first, n in ((0, 3), (3, 1), (4, 6), (10, 2)):
+        other.add(first, *_queries(first, n))
+    assert one.count == other.count == 12 and len(one) == 5
+    assert one.digest() == other.digest()
+    images, answers = one.sample(np.random.default_rng(0), 200)
+    assert sorted(set(answers[:, 0].tolist())) == [7, 8, 9, 10, 11]  # the last five only
+    assert (images[:, 0, 0, 0] == answers[:, 0]).all()  # image and answer stay paired
+    with pytest.raises(ValueError, match="first"):
+        one.add(11, *_queries(11, 1))  # query 11 is already in
+    gap = ReplayBuffer(5, (2, 2, 3), 2)
+    gap.add(0, *_queries(0, 6))
+    gap.add(8, *_queries(8, 4))  # 6 and 7 never added: their slots are stale
+    assert gap.count == 12 and gap.digest() != one.digest()
+
+
+def test_class_diversity_on_hand_made_predictions():
+    from attack.generator import class_diversity
+
+    k = 4
+    uniform_mean = np.eye(k)  # each image sure of another class: the mean is uniform
+    assert abs(float(class_diversity(uniform_mean))) < 1e-6
+    one_class = np.tile([[1.0, 0, 0, 0]], (3, 1))
+    assert abs(float(class_diversity(one_class)) - np.log(k)) < 1e-5
+    two = np.array([[0.5, 0.5, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0]])  # mean: two classes
+    assert abs(float(class_diversity(two)) - (np.log(k) - np.log(2))) < 1e-5
+
+
 class _KilledVictim:
     """Builds a KerasVictim whose model call fails after `calls` calls (a kill mid-request:
     the batch was sent, never answered)."""
@@ -139,6 +185,61 @@ def test_killed_run_resumes_without_paying_an_answered_query_again(victim_model,
         for index, answer in first_answers.items():
             np.testing.assert_array_equal(
                 journal.responses()[journal.answered_indices().tolist().index(index)], answer)
+
+
+def _expected_buffer(run_dir, capacity: int, count: int) -> ReplayBuffer:
+    """The buffer rebuilt by hand from RUN_DIR/replay/'s blocks and the journal's answers."""
+    from attack.journal import QueryJournal
+
+    with QueryJournal.open(run_dir) as journal:
+        answers = dict(zip(journal.answered_indices().tolist(), journal.responses().copy(),
+                           strict=True))
+    blocks = []
+    for path in (run_dir / "replay").glob("it*.npz"):
+        with np.load(path) as block:
+            blocks.append((int(block["first"]), block["images"]))
+    buffer = ReplayBuffer(capacity, (COLOUR_SIZE, COLOUR_SIZE, 3), len(COLOUR_CLASSES))
+    for first, images in sorted(blocks, key=lambda b: b[0]):
+        start = max(first, buffer.count)
+        rows = [i for i in range(start, first + len(images)) if i < count]
+        buffer.add(start, images[start - first:start - first + len(rows)],
+                   np.stack([answers[i] for i in rows]))
+    return buffer
+
+
+@pytest.mark.slow  # 10-25 s: two runs, a surrogate export
+def test_replay_buffer_after_a_kill_is_rebuilt_as_it_was_and_nothing_is_paid_twice(
+        victim_model, tmp_path):
+    import json
+
+    from attack.journal import QueryJournal
+
+    budget, size, run_dir = 400, 150, tmp_path / "run"
+    hyper = dict(budget=budget, checkpoint_every=1, replay_steps=2, replay_size=size)
+    first = _KilledVictim(victim_model, calls=16)  # 112 queries per iteration: dies in the 3rd
+    with pytest.raises(KeyboardInterrupt):
+        _extract(first, run_dir, **hyper)
+    with np.load(run_dir / "datafree_state.npz") as state:
+        saved = json.loads(bytes(state["meta"]).decode())["replay"]
+    assert saved["count"] == 224  # two iterations answered and checkpointed
+    # the first iteration's generator block (queries 0-31) left the buffer and the disk
+    assert sorted(p.name for p in (run_dir / "replay").glob("*.npz")) == [
+        "it00000001_s.npz", "it00000002_g0.npz", "it00000002_s.npz"]
+    expected = _expected_buffer(run_dir, size, saved["count"])
+    assert len(expected) == size and expected.digest() == saved["digest"]
+    with QueryJournal.open(run_dir) as journal:
+        answered_first = journal.num_answered
+
+    second = _KilledVictim(victim_model, calls=None)
+    result = _extract(second, run_dir, resume=True, **hyper)
+    assert result.queries == budget
+    assert second.queries == budget - answered_first  # no answered query sent again
+    report = json.loads((run_dir / "report.json").read_text())["extra"]["replay"]
+    assert report["rebuilt_on_resume"] is True  # the digest of the checkpoint, matched
+    assert report["kept"] == size
+    with QueryJournal.open(run_dir) as journal:  # the budget, exactly, with replay
+        assert sorted(journal.answered_indices().tolist()) == list(range(budget))
+    assert _expected_buffer(run_dir, size, budget).digest() == report["digest"]
 
 
 def _test_set(model, n=200):
