@@ -1,0 +1,632 @@
+"""A data-free thief with a procedural prior: `python -m attack.synthetic ...` or `Synthetic`.
+
+For a thief who owns no image of the victim's task but knows what kind of task it is (a
+classifier of pictograms: signs, logos, icons). Queries are drawn from a procedural image
+prior (`attack.prior.ImagePrior`: generic shapes, glyphs, colours, backgrounds, warps, blur,
+lighting, noise; a parameter vector theta in [0, 1]^d per image) and the victim's answers steer
+a black-box search over theta, round by round:
+
+* each round of ``--round-size`` queries splits into fresh random theta (a share
+  ``--explore``; the whole first round) and mutations of per-class **elites**: for every class c
+  the ``--elites`` theta whose answers gave c the highest probability (with a victim that
+  answers top-1 only, the theta it answered c for);
+* the mutations go to the classes in proportion to ``(1 + answers of class c so far) **
+  -balance``, so the classes seen least get the most queries and every class the victim has
+  is pursued (the elite of a class never answered is still the theta that gave it the most
+  probability, so the search climbs towards it); a mutation moves a share ``--mutation-rate``
+  of theta's coordinates by Gaussian steps of ``--mutation-scale`` (and re-draws a few);
+* every answer is kept (replay); after each round the surrogate is updated (warm start) on a
+  sample of the whole replay, ``--online-passes`` times the round's size, shifted by up to
+  ``--shift`` pixels (augmentation that keeps the victim's label), and at the end a final pass
+  trains it on every answer (`attack.surrogate.SurrogateTrainer.fit`, the same recipe as every
+  attack: sharpened targets, cosine schedule, crop augmentation; no flips unless ``--flip``,
+  since a mirrored pictogram can be another class).
+
+The curve of test accuracy against queries is measured on the online surrogate at
+``--curve-points`` budgets (halvings of the budget) and on the final surrogate at the budget;
+the report also states how many answers each class got, which classes the victim never
+answered (named), and where the time went (victim / renderer / search / surrogate).
+
+One image is one query, the budget is spent exactly (the last round is cut), and a run resumes
+after a crash without paying twice: each round's theta (float16, about 170 bytes a query) is
+written to ``RUN_DIR/queries/`` before any of it is sent, every answer is journaled as it
+arrives (`attack.journal`), and the search state (elites, counts) with the surrogate's weights
+is written atomically after every round (``RUN_DIR/synthetic_state.npz``). A resumed run
+re-renders the finished rounds from their theta (the renderer is deterministic) and continues
+the unfinished round from its stored theta, sending only the queries never answered.
+
+This is a new combination, not a published attack: the prior plays the role of Truong et al.'s
+and Kariyappa et al.'s generators (DFME, MAZE: `attack.datafree`), the victim-guided elites that
+of a quality-diversity search (one elite set per class, as MAP-Elites keeps one per niche).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from attack.base import Attack, as_transfer, dataset_source
+from attack.config import AttackConfig
+from attack.pipeline import (
+    ExtractionResult,
+    answers_as_probabilities,
+    as_seen_by_victim,
+    begin_run,
+    cached_victim_probs,
+    finish,
+    load_test_set,
+    open_victim,
+    send_journaled,
+    surrogate_trainer,
+    trainer_kwargs,
+    victim_signature,
+)
+from attack.prior import ImagePrior
+from common.constraints import check_fields
+from common.errors import invalid
+from common.fileio import write_json_atomic
+
+__all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_synthetic",
+           "shift_images"]
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "synthetic_state.npz"
+QUERIES_DIR = "queries"
+PARTS = ("victim", "render", "search", "surrogate", "storage", "evaluation")
+"""Where a run's time goes (``time_seconds``/``cpu_seconds`` in the report; the victim part is
+request to answer, journal included; the server's own CPU is not this process's)."""
+
+
+# -- config ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticConfig(AttackConfig):
+    """Steal an image classifier with a procedural image prior and a victim-guided search."""
+
+    budget: int = field(default=100_000, metadata={
+        "help": "queries (rendered images) to send", "min": 1})
+    round_size: int = field(default=5000, metadata={
+        "help": "queries per round (the elites and the surrogate are updated after each)",
+        "min": 1})
+    explore: float = field(default=0.3, metadata={
+        "help": "share of each round (after the first, all fresh) drawn as fresh random theta; "
+                "the rest mutates the per-class elites", "min": 0, "max": 1})
+    elites: int = field(default=16, metadata={
+        "help": "theta kept per class: those whose answers gave the class the highest "
+                "probability", "min": 1})
+    balance: float = field(default=1.0, metadata={
+        "help": "mutations per class proportional to (1 + answers of the class) ** -balance "
+                "(0: every class alike)", "min": 0})
+    mutation_scale: float = field(default=0.1, metadata={
+        "help": "standard deviation of a mutation's Gaussian step on [0, 1] coordinates",
+        "gt": 0, "max": 1})
+    mutation_rate: float = field(default=0.25, metadata={
+        "help": "share of theta's coordinates one mutation moves (at least one)", "gt": 0,
+        "max": 1})
+    online_passes: float = field(default=2.0, metadata={
+        "help": "surrogate updates after each round: this many times the round's size, "
+                "drawn from the whole replay (0: only the final pass)", "min": 0})
+    shift: int = field(default=3, metadata={
+        "help": "online updates: random shift of up to this many pixels (edge padded)",
+        "min": 0})
+    flip: bool = field(default=False, metadata={
+        "help": "train the surrogate with horizontal flips too (a mirrored pictogram can be "
+                "another class: off by default)"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "side of the rendered images; none: the victim's input size (needed for a "
+                "victim without a fixed size)", "metavar": "PX", "min": 8})
+    transfer_set: str | None = field(default=None, metadata={
+        "help": "optional natural images whose crops become one background kind of the prior "
+                "(any data-layer spec); none: procedural backgrounds only", "metavar": "SPEC"})
+    transfer_split: str = field(default="train", metadata={"help": "split of --transfer-set"})
+    transfer_limit: int = field(default=2000, metadata={
+        "help": "natural backgrounds kept from --transfer-set", "min": 1})
+    backbone: str = field(default="cnn", metadata={
+        "help": "surrogate architecture: a Keras Applications name, cnn (default: the "
+                "victim-sized CNN from scratch) or resnet34"})
+    weights: str = field(default="none", metadata={
+        "help": "surrogate initial weights: imagenet (needs internet), none, or a file",
+        "metavar": "imagenet|none|PATH"})
+    input_size: int | None = field(default=None, metadata={
+        "help": "surrogate input side in pixels (default: the rendered images' size)",
+        "metavar": "PX", "min": 8})
+    epochs: int = field(default=10, metadata={
+        "help": "epochs of the final pass over every answer", "min": 1})
+    out: str = field(default="runs/synthetic", metadata={
+        "help": "run directory (config, journal, query theta, state, surrogate, report)",
+        "metavar": "RUN_DIR"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self)
+        if self.distribute != "none":
+            raise invalid("distribute", self.distribute,
+                          "none (the online rounds train on one device)")
+
+
+# -- the pure parts --------------------------------------------------------------------------------
+class Elites:
+    """Per class, the `size` theta with the highest scores seen so far (a score <= 0 never
+    enters), and how many answers had each class as their top-1.
+
+    `update(theta, probs)` takes a round's theta [m, d] and the victim's rows [m, K] (one-hot
+    for a label-only victim): the score of a theta for class c is its probability of c. Ties
+    keep the elite that was there first.
+    """
+
+    def __init__(self, num_classes: int, size: int, dim: int) -> None:
+        self.theta = np.zeros((num_classes, size, dim), np.float32)
+        self.score = np.zeros((num_classes, size), np.float32)
+        self.seen = np.zeros(num_classes, np.int64)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.seen)
+
+    def counts(self) -> np.ndarray:
+        """Elites held per class (those with a positive score)."""
+        return (self.score > 0).sum(axis=1)
+
+    def update(self, theta: np.ndarray, probs: np.ndarray) -> None:
+        theta, probs = np.asarray(theta, np.float32), np.asarray(probs, np.float32)
+        if probs.shape != (len(theta), self.num_classes):
+            raise invalid("probs", f"shape {probs.shape}",
+                          f"[{len(theta)}, {self.num_classes}] (one row per theta)")
+        if not len(theta):
+            return
+        top = probs.argmax(axis=1)
+        self.seen += np.bincount(top[probs.max(axis=1) > 0], minlength=self.num_classes)
+        size = self.score.shape[1]
+        scores = np.concatenate([self.score, probs.T], axis=1)  # [K, size + m]
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :size]
+        best = np.take_along_axis(scores, order, axis=1)
+        from_old = order < size
+        old = np.take_along_axis(self.theta, np.minimum(order, size - 1)[..., None], axis=1)
+        new = theta[np.maximum(order - size, 0)]
+        self.theta = np.where(from_old[..., None], old, new).astype(np.float32)
+        self.score = np.where(best > 0, best, 0).astype(np.float32)
+
+    def weights(self, balance: float) -> np.ndarray:
+        """Share of the mutations each class gets: (1 + seen) ** -balance over the classes
+        holding an elite, 0 elsewhere; all zero when none holds one."""
+        held = self.counts() > 0
+        w = np.where(held, (1.0 + self.seen) ** -float(balance), 0.0)
+        return w / w.sum() if w.sum() > 0 else w
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"elite_theta": self.theta, "elite_score": self.score, "elite_seen": self.seen}
+
+    def load(self, arrays) -> None:
+        self.theta = np.asarray(arrays["elite_theta"], np.float32)
+        self.score = np.asarray(arrays["elite_score"], np.float32)
+        self.seen = np.asarray(arrays["elite_seen"], np.int64)
+
+
+def plan_round(count: int, elites: Elites, prior_dim: int, config: SyntheticConfig,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(theta [count, d] float32, target class per row, -1 for a fresh one) of one round: a
+    share `config.explore` fresh (all of it while no class holds an elite), the rest mutations
+    of elites of the classes `Elites.weights` picks. Theta is rounded to float16 values, the
+    precision it is stored at, so a resumed run renders exactly what was sent."""
+    weights = elites.weights(config.balance)
+    mutated = 0 if not weights.any() else count - int(round(config.explore * count))
+    target = np.full(count, -1, np.int64)
+    theta = np.empty((count, prior_dim), np.float32)
+    theta[: count - mutated] = rng.random((count - mutated, prior_dim), dtype=np.float32)
+    if mutated:
+        classes = np.repeat(np.arange(len(weights)), rng.multinomial(mutated, weights))
+        held = elites.counts()[classes]
+        parents = elites.theta[classes, (rng.random(mutated) * held).astype(np.int64)]
+        moved = rng.random((mutated, prior_dim)) < config.mutation_rate
+        moved[np.arange(mutated), rng.integers(0, prior_dim, mutated)] = True
+        step = rng.standard_normal((mutated, prior_dim)).astype(np.float32)
+        child = parents + moved * config.mutation_scale * step
+        redraw = rng.random((mutated, prior_dim)) < config.mutation_rate * 0.1
+        child = np.where(redraw, rng.random((mutated, prior_dim), dtype=np.float32), child)
+        theta[count - mutated:] = np.clip(child, 0, 1)
+        target[count - mutated:] = classes
+    order = rng.permutation(count)
+    theta, target = theta[order], target[order]
+    return theta.astype(np.float16).astype(np.float32), target
+
+
+def shift_images(images: np.ndarray, shift: int, rng: np.random.Generator,
+                 flip: bool = False) -> np.ndarray:
+    """Each uint8 image moved by a random whole-pixel offset in [-shift, shift]^2 (edges
+    repeated), and mirrored at random with `flip`."""
+    if shift <= 0 and not flip:
+        return images
+    n, h, w = images.shape[:3]
+    out = images
+    if shift > 0:
+        padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="edge")
+        dy = rng.integers(0, 2 * shift + 1, n)
+        dx = rng.integers(0, 2 * shift + 1, n)
+        rows = dy[:, None] + np.arange(h)[None, :]
+        cols = dx[:, None] + np.arange(w)[None, :]
+        out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if flip:
+        mirror = rng.random(n) < 0.5
+        out = out.copy() if out is images else out
+        out[mirror] = out[mirror, :, ::-1]
+    return out
+
+
+def _block_path(run_dir: Path, round_: int) -> Path:
+    return run_dir / QUERIES_DIR / f"r{round_:06d}.npz"
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    """`arrays` to `path` atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# -- the attack object -----------------------------------------------------------------------------
+class Synthetic(Attack):
+    """Data-free extraction with a procedural image prior and a victim-guided search.
+
+    Hyper-parameters (keyword-only; the ``python -m attack.synthetic`` flags of the same names):
+    ``budget``, ``round_size``, ``explore``, ``elites``, ``balance``, ``mutation_scale``,
+    ``mutation_rate``, ``online_passes``, ``shift``, ``flip``, ``image_size``,
+    ``transfer_limit``, ``curve_points``, ``seed``... `transfer` is None (procedural
+    backgrounds only) or natural images whose crops become one background kind.
+    """
+
+    config_class = SyntheticConfig
+    data_fields = ("transfer_set", "transfer_split")
+    name = "synthetic"
+
+    def _prepare_data(self, transfer, test) -> dict:
+        natural = None if transfer is None else as_transfer(transfer)
+        return {"fields": {"transfer_set": None if natural is None else dataset_source(natural),
+                           "test_set": None if test is None else dataset_source(test)},
+                "natural": natural, "test": test}
+
+    def _run(self, victim, config: SyntheticConfig, data: dict, on_progress=None
+             ) -> ExtractionResult:
+        return _SyntheticRun(victim, config, data["natural"], data["test"], on_progress).run()
+
+
+def run_synthetic(config: SyntheticConfig, *, on_progress=None) -> ExtractionResult:
+    """The CLI's attack: load the data of `config`, open its victim, run `Synthetic`."""
+    from common.data import load_dataset
+
+    natural = (load_dataset(config.transfer_set, config.transfer_split, seed=config.seed,
+                            limit=config.transfer_limit) if config.transfer_set else None)
+    test = load_test_set(config)
+    attack = Synthetic.from_config(config)
+    with open_victim(config) as victim:
+        return attack._run(victim, config, {"natural": natural, "test": test}, on_progress)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+class _SyntheticRun:
+    """One run: the prior, the elites, the replay, the journal and the timers."""
+
+    def __init__(self, victim, config: SyntheticConfig, natural, test, on_progress) -> None:
+        self.victim, self.config, self.test, self.on_progress = victim, config, test, on_progress
+        self.info, self.num_classes = victim_signature(victim, config)
+        size = self.info.image_size
+        if config.image_size is not None:
+            size = (config.image_size, config.image_size)
+        if size is None:
+            raise invalid("image_size", None, "the side of the rendered images: the victim's "
+                          "input has no fixed size")
+        self.size = tuple(int(v) for v in size)
+        self.kwargs = trainer_kwargs(config, self.num_classes)
+        if config.input_size is None:
+            self.kwargs["input_size"] = self.size[0]
+        self.kwargs["augment"] = "crop+flip" if config.flip else "crop"
+        backgrounds = None
+        if natural is not None:
+            images = natural.images[:config.transfer_limit]
+            backgrounds = as_seen_by_victim(images, SimpleNamespace(image_size=self.size))
+        self.prior = ImagePrior(self.size, backgrounds, seed=config.seed)
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+        self.cpu = dict.fromkeys(PARTS, 0.0)
+
+    def _add(self, part: str, started: tuple[float, float]) -> None:
+        wall, cpu = _now()
+        self.seconds[part] += wall - started[0]
+        self.cpu[part] += cpu - started[1]
+
+    # -- state ---------------------------------------------------------------------------------
+    def _save_state(self) -> None:
+        started = _now()
+        arrays = dict(self.elites.state())
+        for k, w in enumerate(self.trainer.model.get_weights()):
+            arrays[f"s_{k:04d}"] = np.asarray(w)
+        meta = {"round": self.round, "assigned": self.assigned, "seconds": self.seconds,
+                "cpu": self.cpu, "hits": self.hits}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        _save_npz(self.run_dir / STATE_NAME, **arrays)
+        self._add("storage", started)
+
+    def _load_state(self) -> None:
+        path = self.run_dir / STATE_NAME
+        if not path.is_file():
+            return
+        with np.load(path) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            self.elites.load(data)
+            self.trainer.model.set_weights(
+                [data[k] for k in sorted(data.files) if k.startswith("s_")])
+        self.round, self.assigned = int(meta["round"]), int(meta["assigned"])
+        self.seconds.update(meta["seconds"])
+        self.cpu.update(meta.get("cpu", {}))
+        self.hits = {k: int(v) for k, v in meta.get("hits", {}).items()}
+        log.info("resumed after round %d (%d queries answered)", self.round, self.assigned)
+
+    # -- the victim ----------------------------------------------------------------------------
+    def _ask(self, first: int, images: np.ndarray) -> np.ndarray:
+        """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
+        journaled ones read back, the others sent (the first paid batch alone, checked)."""
+        started = _now()
+        n = len(images)
+        indices = np.arange(first, first + n, dtype=np.int64)
+        raw = np.zeros((n, self.num_classes), np.float32)
+        todo = []
+        for row, index in enumerate(indices.tolist()):
+            answer = self.answered.pop(index, None)
+            if answer is None:
+                todo.append(row)
+            else:
+                raw[row] = answer
+        todo = np.asarray(todo, np.int64)
+        sent = 0
+        while sent < len(todo):
+            rows = todo[sent:sent + self.check.limit(len(todo) - sent)]
+            raw[rows] = send_journaled(self.victim, self.journal, images[rows], indices[rows],
+                                       lock=self.lock, budget=self.config.budget,
+                                       on_progress=self.on_progress)
+            self.check(raw[rows], journaled=self.journal.num_answered)
+            sent += len(rows)
+        self.sent += sent
+        self._add("victim", started)
+        return raw
+
+    # -- one round -----------------------------------------------------------------------------
+    def _round(self, round_: int, first: int, count: int, replaying: bool) -> None:
+        """Plan (or read back) the round's theta, render, ask, update the elites and the
+        replay; then the online surrogate updates unless `replaying` a finished round."""
+        config = self.config
+        started = _now()
+        path = _block_path(self.run_dir, round_)
+        if path.is_file():  # written before a crash (or a finished round): these, never new
+            with np.load(path) as stored:
+                theta, target = stored["theta"].astype(np.float32), stored["target"]
+        else:
+            theta, target = plan_round(count, self.elites, self.prior.dim, config,
+                                       np.random.default_rng([config.seed, round_]))
+            self._add("search", started)
+            started = _now()
+            _save_npz(path, theta=theta.astype(np.float16), target=target,
+                      first=np.int64(first))
+            self._add("storage", started)
+            started = _now()
+        self._add("search", started)
+        started = _now()
+        images = self.prior.render(theta)
+        self._add("render", started)
+        raw = self._ask(first, images)
+        started = _now()
+        probs = answers_as_probabilities(self.victim, raw)
+        if not replaying:
+            self.elites.update(theta, probs)
+            mutated = target >= 0
+            self.hits["mutations"] += int(mutated.sum())
+            self.hits["on_target"] += int((probs[mutated].argmax(axis=1)
+                                           == target[mutated]).sum())
+        self.images.append(images)
+        self.probs.append(probs)
+        self._add("search", started)
+        if not replaying:
+            self._online(round_, count)
+
+    def _online(self, round_: int, count: int) -> None:
+        config = self.config
+        steps = math.ceil(config.online_passes * count / config.batch_size)
+        if not steps:
+            return
+        started = _now()
+        from attack.surrogate import sharpen
+
+        total = sum(len(p) for p in self.probs)
+        rng = np.random.default_rng([config.seed, round_, 3])
+        picks = np.sort(rng.integers(0, total, steps * config.batch_size))
+        images, targets = _gather(self.images, picks), _gather(self.probs, picks)
+        x = shift_images(images, config.shift, rng, config.flip)
+        order = rng.permutation(len(x))
+        self.trainer.partial_fit(x[order],
+                                 sharpen(targets[order], config.target_temperature))
+        self._add("surrogate", started)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _evaluate_point(self) -> dict:
+        from attack.evaluate import evaluate
+
+        started = _now()
+        result = evaluate(self.trainer.predict_probs, self.victim_test, self.test.labels,
+                          test_images=self.test.images, noise=self.noise,
+                          n_queries=self.assigned)
+        point = {"queries": self.assigned, **result.headline(),
+                 "seconds": round(sum(self.seconds.values()), 3)}
+        log.info("%d queries: online surrogate accuracy %.4f, fidelity %.4f", self.assigned,
+                 point["surrogate_acc"], point["fidelity_test"])
+        self._add("evaluation", started)
+        return point
+
+    # -- the whole run -------------------------------------------------------------------------
+    def run(self) -> ExtractionResult:
+        from attack.evaluate import default_budgets, uniform_noise_images
+        from attack.journal import QueryJournal
+
+        config = self.config
+        probes = self.prior.render(self.prior.sample(64, np.random.default_rng([config.seed,
+                                                                                11])))
+        self.run_dir, self.check = begin_run(self.victim, config, probes)
+        self.trainer = surrogate_trainer(self.run_dir, self.kwargs, "final")
+        self.elites = Elites(self.num_classes, config.elites, self.prior.dim)
+        self.round, self.assigned, self.sent = 0, 0, 0
+        self.hits = {"mutations": 0, "on_target": 0}
+        self.images: list[np.ndarray] = []
+        self.probs: list[np.ndarray] = []
+        self._load_state()
+        curve_path = self.run_dir / "curve.json"
+        self.curve = [p for p in (json.loads(curve_path.read_text())
+                                  if curve_path.is_file() else [])
+                      if p["queries"] <= self.assigned]
+        self.victim_test = self.noise = None
+        if self.test is not None:
+            self.victim_test = cached_victim_probs(self.victim, self.run_dir, "test",
+                                                   self.test.images)
+            if config.noise:
+                noise = uniform_noise_images(config.noise, self.test.images.shape[1:],
+                                             seed=config.seed)
+                self.noise = (noise, cached_victim_probs(self.victim, self.run_dir, "noise",
+                                                         noise))
+        milestones = [b for b in default_budgets(config.budget, config.curve_points)
+                      if b < config.budget]
+        self.lock = threading.Lock()
+        with QueryJournal.open(self.run_dir) as journal:
+            self.journal = journal
+            self.answered = dict(zip(journal.answered_indices().tolist(),
+                                     journal.responses(), strict=True))
+            done, first = self.round, 0
+            for r in range(1, done + 1):  # finished rounds: re-rendered, answers read back
+                count = min(config.round_size, config.budget - first)
+                self._round(r, first, count, replaying=True)
+                first += count
+            while self.assigned < config.budget:
+                r = self.round + 1
+                count = min(config.round_size, config.budget - self.assigned)
+                self._round(r, self.assigned, count, replaying=False)
+                self.assigned += count
+                self.round = r
+                if self.test is not None and any(
+                        m <= self.assigned and not any(p["queries"] >= m for p in self.curve)
+                        for m in milestones):
+                    self.curve.append(self._evaluate_point())
+                    write_json_atomic(curve_path, self.curve)
+                self._save_state()
+            online_final = (self._evaluate_point() if self.test is not None
+                            and config.online_passes > 0 and not self.trainer_fitted()
+                            else None)
+            answered = journal.num_answered
+        if answered != config.budget:  # pragma: no cover - the rounds assign exactly the budget
+            raise RuntimeError(f"the journal holds {answered} answers, not the budget "
+                               f"{config.budget}")
+        images, probs = np.concatenate(self.images), np.concatenate(self.probs)
+        del self.images, self.probs
+        points = [p["queries"] for p in self.curve]
+        started = _now()
+        self.trainer.fit(images, probs)
+        self._add("surrogate", started)
+
+        def train(n: int, tag: str):
+            if tag != "final" and n not in points:
+                raise RuntimeError(f"no curve point at {n} queries")
+            return self.trainer
+
+        extra = self._extra(probs, online_final)
+        log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
+        return finish(self.victim, self.info, config, self.run_dir, queries=config.budget,
+                      train=train, test=self.test, curve_budgets=points, extra=extra)
+
+    def trainer_fitted(self) -> bool:
+        """Whether the final pass finished before (a resumed run after it: the online
+        surrogate of the budget is gone)."""
+        state = self.run_dir / "checkpoints" / "final" / "fit_state.json"
+        return state.is_file() and json.loads(state.read_text()).get("completed", False)
+
+    def _extra(self, probs: np.ndarray, online_final: dict | None) -> dict:
+        names = (self.test.class_names if self.test is not None
+                 and len(self.test.class_names) == self.num_classes
+                 else tuple(str(c) for c in range(self.num_classes)))
+        top = np.bincount(probs.argmax(axis=1), minlength=self.num_classes)
+        best = probs.max(axis=0)
+        never = [names[c] for c in range(self.num_classes) if top[c] == 0]
+        if never:
+            log.warning("the victim never answered %d classes: %s", len(never),
+                        ", ".join(never))
+        budget = self.config.budget
+        hits = self.hits
+        return {
+            "method": "procedural prior + per-class elite search",
+            "prior_dim": self.prior.dim, "rounds": self.round,
+            "natural_backgrounds": 0 if self.prior.backgrounds is None
+            else len(self.prior.backgrounds),
+            "answers_per_class": {names[c]: int(top[c]) for c in range(self.num_classes)},
+            "classes_answered": int((top > 0).sum()),
+            "classes_never_answered": never,
+            "highest_probability_per_class": {names[c]: round(float(best[c]), 4)
+                                              for c in range(self.num_classes)},
+            "mutations": hits["mutations"],
+            "mutations_answered_their_class": hits["on_target"],
+            "online_surrogate_at_budget": online_final,
+            "sent_this_session": self.sent,
+            "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
+            "seconds_per_1000_queries": {k: round(1000 * v / budget, 3)
+                                         for k, v in self.seconds.items()},
+            "trained_on": "the victim's answers as probabilities (sharpened at "
+                          f"T={self.config.target_temperature}), online after each round "
+                          "and in a final pass over every answer",
+        }
+
+
+def _gather(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """Rows `rows` (sorted) of the concatenation of `blocks`, without concatenating them."""
+    ends = np.cumsum([len(b) for b in blocks])
+    which = np.searchsorted(ends, rows, side="right")
+    starts = ends - np.array([len(b) for b in blocks])
+    out = np.empty((len(rows), *blocks[0].shape[1:]), blocks[0].dtype)
+    for k in np.unique(which):
+        mask = which == k
+        out[mask] = blocks[k][rows[mask] - starts[k]]
+    return out
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+# -- command line ----------------------------------------------------------------------------------
+PROG = "python -m attack.synthetic"
+EPILOG = """\
+example (the GTSRB victim, 100,000 rendered queries, no natural image):
+  python -m attack.synthetic --grpc localhost:8500 --model gtsrb_cnn --budget 100000 \\
+      --test-set ../shared/data/gtsrb32_uint8_npy.tar.xz --out runs/synthetic_gtsrb
+  # natural crops as one background kind: --transfer-set SPEC; a REST victim: --rest URL
+  # interrupted? the same command with --resume continues without re-sending answered queries
+"""
+
+
+def main(argv=None) -> int:
+    """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
+    from attack.pipeline import attack_main
+
+    return attack_main(SyntheticConfig, run_synthetic, argv, prog=PROG, epilog=EPILOG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
