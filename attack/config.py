@@ -42,6 +42,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "RECIPE_LEGACY",
     "RESUME_NEUTRAL_FIELDS",
+    "SURROGATE_AUGMENTATIONS",
     "AttackConfig",
     "CopycatConfig",
     "DomainPart",
@@ -79,6 +80,9 @@ RECIPE_LEGACY = {"target_temperature": 1.0, "mixup": 0.0, "label_smoothing": 0.0
 """The surrogate training-recipe settings under which `SurrogateTrainer.fit` trains as it was first
 written: plain soft cross-entropy, cosine decay from the peak rate, no mixing, no weight average,
 no colour jitter."""
+
+SURROGATE_AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+"""The on-the-fly augmentations of the surrogate's training images (`SurrogateTrainer`'s)."""
 
 
 def run_dir_field(default: str, holds: str = "config, journal, checkpoints, surrogate, "
@@ -199,6 +203,10 @@ class SurrogatePart:
                 "training image, on the fly after the crop and flip (brightness +/- S x 255, "
                 "contrast and saturation x (1 +/- S)); 0: off", "metavar": "S", "min": 0,
         "lt": 1})
+    augment: str = field(default="crop+flip", metadata={
+        "help": "surrogate training: on-the-fly augmentation of the training images (crop: "
+                "zero-pad by 1/8 of the side, random crop; flip: horizontal)",
+        "choices": SURROGATE_AUGMENTATIONS})
     fit_batch_size: int | None = field(default=32, metadata={
         "help": "surrogate training: batch size of the final training on the answers (with "
                 "the epochs fixed, a smaller batch makes more steps); none: --batch-size (the "
@@ -229,7 +237,7 @@ class SurrogatePart:
         """The training-recipe keyword arguments of `attack.surrogate.SurrogateTrainer`."""
         return {"target_temperature": self.target_temperature, "mixup": self.mixup,
                 "label_smoothing": self.label_smoothing, "warmup": self.warmup,
-                "ema": self.ema, "color_jitter": self.color_jitter,
+                "ema": self.ema, "color_jitter": self.color_jitter, "augment": self.augment,
                 "fit_batch_size": self.fit_batch_size}
 
 

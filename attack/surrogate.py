@@ -46,7 +46,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from attack.config import RECIPE_LEGACY
+from attack.config import RECIPE_LEGACY, SURROGATE_AUGMENTATIONS
 from common.backbones import build_classifier
 from common.constraints import check_choice, check_int, check_number
 from common.distribute import (
@@ -69,7 +69,7 @@ __all__ = ["AUGMENTATIONS", "RECIPE_DEFAULTS", "SurrogateTrainer", "color_jitter
 
 logger = logging.getLogger(__name__)
 
-AUGMENTATIONS = ("none", "flip", "crop", "crop+flip")
+AUGMENTATIONS = SURROGATE_AUGMENTATIONS
 
 RECIPE_DEFAULTS = dict(RECIPE_LEGACY)
 """The training-recipe options of `fit` and the values that leave it as it was first written

@@ -67,7 +67,8 @@ PROG = "python -m benchmarks.art_compare"
 METHODS = ("ours-knockoff", "art-knockoff", "ours-copycat", "art-copycat")
 LEGACY_BATCH = 64  # the batch of the first comparison (both libraries), named in no label
 RECIPE_KEYS = ("target_temperature", "mixup", "label_smoothing", "warmup", "ema",
-               "color_jitter", "learning_rate", "batch_size")
+               "color_jitter", "augment", "learning_rate", "batch_size")
+LEGACY_AUGMENT = "crop+flip"  # our trainer's augmentation as first written
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class CompareConfig:
 
 def parse_recipe(spec: str) -> dict:
     """Our trainer's settings named by a recipe spec: {} for 'default', else KEY=VALUE pairs
-    over `RECIPE_KEYS` (floats; batch_size, our final training's batch, an int)."""
+    over `RECIPE_KEYS` (floats; batch_size, our final training's batch, an int; augment a
+    name such as none or crop+flip)."""
     if spec == "default":
         return {}
     out: dict = {}
@@ -136,7 +138,8 @@ def parse_recipe(spec: str) -> dict:
             raise invalid("recipes", spec, "'default' or distinct KEY=VALUE pairs joined by "
                           "commas, KEY one of " + ", ".join(RECIPE_KEYS))
         try:
-            out[key] = int(value) if key == "batch_size" else float(value)
+            out[key] = (int(value) if key == "batch_size" else value.strip()
+                        if key == "augment" else float(value))
         except ValueError:
             raise invalid("recipes", spec, f"a number for {key}") from None
     if "batch_size" in out:
@@ -171,9 +174,10 @@ def label(method: str, recipe: dict) -> str:
     """The row's name: ``ours-knockoff`` for our trainer as first written (`RECIPE_LEGACY`,
     Adam 1e-3, batch 64) and ``art-knockoff`` for ART at batch 64, else the method with what
     differs: ``ours-knockoff[target_temperature=0.5,batch_size=32]``."""
-    legacy = {**RECIPE_LEGACY, "learning_rate": 1e-3, "batch_size": LEGACY_BATCH}
-    diff = [f"{key}={recipe[key]:g}" for key in RECIPE_KEYS
-            if key in recipe and recipe[key] != legacy[key]]
+    legacy = {**RECIPE_LEGACY, "augment": LEGACY_AUGMENT, "learning_rate": 1e-3,
+              "batch_size": LEGACY_BATCH}
+    diff = [f"{key}={recipe[key]}" if isinstance(recipe[key], str) else f"{key}={recipe[key]:g}"
+            for key in RECIPE_KEYS if key in recipe and recipe[key] != legacy[key]]
     return f"{method}[{','.join(diff)}]" if diff else method
 
 

@@ -64,6 +64,7 @@ def test_config_json_keeps_the_flat_layout(tmp_path):
 
     keys = set(config_to_dict(knockoff(tmp_path)))
     recipe = {"target_temperature", "mixup", "label_smoothing", "warmup", "ema",
+              "color_jitter", "augment",
               "fit_batch_size"}  # surrogate recipe options: absent from old runs = defaults
     assert keys - OLD_KNOCKOFF_KEYS - {"distribute", "active_rounds", "active_pool"} - recipe \
         == NEW_ENDPOINT_KEYS

@@ -60,7 +60,8 @@ def test_recipes_parse_to_trainer_settings_and_name_what_differs(victim_dir) -> 
     assert art_compare.parse_recipe("mixup=0.2,batch_size=32") == {"mixup": 0.2,
                                                                    "fit_batch_size": 32}
     legacy = {"target_temperature": 1, "mixup": 0, "label_smoothing": 0, "warmup": 0,
-              "ema": 0, "color_jitter": 0, "learning_rate": 1e-3, "batch_size": 64}
+              "ema": 0, "color_jitter": 0, "augment": "crop+flip", "learning_rate": 1e-3,
+              "batch_size": 64}
     assert art_compare.label("ours-copycat", legacy) == "ours-copycat"
     assert art_compare.label("art-copycat", {"batch_size": 64}) == "art-copycat"
     assert art_compare.label("art-copycat", {"batch_size": 32}) == "art-copycat[batch_size=32]"
@@ -69,15 +70,19 @@ def test_recipes_parse_to_trainer_settings_and_name_what_differs(victim_dir) -> 
     assert recipe == {**legacy, "mixup": 0.2, "batch_size": 32}
     assert art_compare.label("ours-knockoff", recipe) == "ours-knockoff[mixup=0.2,batch_size=32]"
     # rows measured before color_jitter existed carry no such key and keep their names
-    del recipe["color_jitter"]
+    del recipe["color_jitter"], recipe["augment"]
     assert art_compare.label("ours-knockoff", recipe) == "ours-knockoff[mixup=0.2,batch_size=32]"
     jitter = art_compare.resolved_recipe(config, "color_jitter=0.1")
     assert art_compare.label("ours-knockoff", jitter) == (
         "ours-knockoff[target_temperature=0.5,color_jitter=0.1,batch_size=32]")
+    plain = art_compare.resolved_recipe(config, "augment=none,learning_rate=0.002")
+    assert plain["augment"] == "none" and art_compare.label("ours-knockoff", plain) == (
+        "ours-knockoff[target_temperature=0.5,augment=none,learning_rate=0.002,batch_size=32]")
 
 
 @pytest.mark.parametrize("recipe", ["mixup", "speed=2", "mixup=0.1,mixup=0.2", "mixup=x",
-                                    "target_temperature=0", "warmup=1.5"])
+                                    "target_temperature=0", "warmup=1.5", "augment=rotate",
+                                    "color_jitter=1"])
 def test_bad_recipes_are_refused_before_anything_runs(victim_dir, tmp_path, capsys,
                                                       recipe) -> None:
     argv = ["--victim", str(victim_dir), "--test-set", "x.npz", "--transfer-set", "y.npz",
