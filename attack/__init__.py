@@ -8,7 +8,8 @@
 Attacks (`attack.base.Attack`): `Knockoff` (Orekondy et al. 2019), `SemiSupervisedKnockoff`
 (Jagielski et al. 2020), `Copycat` (da Silva et al. 2018), `JBDA` (Papernot et al. 2017),
 `EquationSolving` (Tramèr et al. 2016), `FEE` (Jagielski et al. 2020), `DataFree` (DFME,
-MAZE and a label-only DFMS-HL variant: no natural images). Victims
+MAZE and a label-only DFMS-HL variant: no natural images), `Synthetic` (a procedural image
+prior searched by the victim's answers: no natural images). Victims
 (`attack.victim`): `ServingVictim` (gRPC), `RestVictim`, `KerasVictim`, `open_victim`. Each
 attack's command line is ``python -m attack.<module>``.
 
@@ -34,6 +35,7 @@ __all__ = [
     "SemiSupervisedKnockoff",
     "ServingVictim",
     "Surrogate",
+    "Synthetic",
     "Victim",
     "open_victim",
 ]
@@ -46,6 +48,7 @@ _WHERE = {
     "SemiSupervisedKnockoff": "attack.knockoff",
     "Copycat": "attack.copycat",
     "DataFree": "attack.datafree",
+    "Synthetic": "attack.synthetic",
     "JBDA": "attack.jbda",
     "EquationSolving": "attack.equation_solving",
     "FEE": "attack.fee",

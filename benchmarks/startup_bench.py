@@ -44,6 +44,7 @@ COMMANDS: list[tuple[str, str, list[str]]] = [
     ("attack.equation_solving", "attack.equation_solving", []),
     ("attack.fee", "attack.fee", []),
     ("attack.datafree", "attack.datafree", []),
+    ("attack.synthetic", "attack.synthetic", []),
     ("detector.train", "detector.train", []),
     ("detector.evaluate", "detector.evaluate", []),
     ("detector.calibrate", "detector.calibrate", []),

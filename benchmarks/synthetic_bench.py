@@ -1,0 +1,269 @@
+"""The procedural-prior thief (`attack.synthetic`) against a served victim, beside Knockoff.
+
+    python -m benchmarks.synthetic_bench --victims /tmp/assets/G/victims --model gtsrb_cnn \\
+        --test-set ../shared/data/gtsrb32_uint8_npy.tar.xz --budget 100000 --seeds 0 1 2 \\
+        --out results/gtsrb_synthetic
+
+The embedded model server runs as its own process over ``--victims`` (a folder with a
+``models.config``); every run goes through gRPC, one image = one query. ``--methods``:
+``synthetic`` (`attack.synthetic` with its defaults: the ``cnn`` surrogate from scratch at the
+victim's size; ``--set KEY=VALUE`` overrides a field of its config, e.g. ``round_size=10000``),
+and the Knockoff rows of `benchmarks.datafree_bench` (``knockoff-mobilenet``: random
+Tiny-ImageNet queries, MobileNet alpha 0.25 at 96 px from the ImageNet weights in ``--data``,
+``--knockoff-epochs``). Each row reads the run's report: surrogate accuracy, fidelity, classes
+below 50% and at 0%, the curve, seconds per 1,000 queries by part, and for the synthetic runs
+the classes the victim never answered. ``--flags`` replays each synthetic run's query stream
+(re-rendered from its stored theta, in the order sent) through the gateway's detectors
+(`benchmarks.datafree_bench.first_flags`'s logic: PRADA, and the OOD detector of
+``--detector``). ``results.json`` and ``results.md`` (the per-class table of every method, mean
+over seeds, beside the victim's) go to ``--out``; ``--reuse`` reads back finished rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from benchmarks.datafree_bench import (
+    LOW,
+    MOBILENET,
+    ROW_NAME,
+    TINY,
+    class_counts,
+    per_class_table,
+)
+from benchmarks.datafree_bench import run_one as run_knockoff_row
+
+METHODS = ("synthetic", "knockoff", "knockoff-mobilenet")
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        values[key.replace("-", "_")] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def synthetic_config(ns, target: str, seed: int, out: Path):
+    """The `SyntheticConfig` of one benchmark run (raises `UsageError` on a bad --set)."""
+    from attack.synthetic import SyntheticConfig
+
+    values = dict(grpc=target, model=ns.model, budget=ns.budget, test_set=ns.test_set,
+                  test_limit=ns.test_limit, noise=200, curve_points=ns.curve_points,
+                  seed=seed, out=str(out))
+    return SyntheticConfig(**{**values, **_parse_sets(ns.set)})
+
+
+def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
+    """The query count at which PRADA (default config) and, with `detector`, the OOD detector
+    (calibrated threshold, default window) first flag a synthetic run's stream, re-rendered
+    from its stored theta in the order it was sent; None: never."""
+    from attack.journal import QueryJournal
+    from attack.prior import ImagePrior
+    from detector.monitor import Monitor
+    from detector.ood import OODConfig
+    from detector.prada import PradaConfig
+
+    config = json.loads((run_dir / "config.json").read_text())
+    if config.get("transfer_set"):
+        raise ValueError("--flags re-renders procedural backgrounds only (no --transfer-set)")
+    blocks = sorted((run_dir / "queries").glob("r*.npz"))
+    with np.load(blocks[0]) as first:
+        theta0 = first["theta"]
+    with QueryJournal.open(run_dir) as journal:
+        answers = np.empty((journal.num_answered, int(journal.num_classes)), np.float32)
+        answers[journal.answered_indices()] = journal.responses()
+    size = json.loads((run_dir / "victim.json").read_text())["input"]["image_size"]
+    prior = ImagePrior(tuple(size), seed=int(config["seed"]))
+    if theta0.shape[1] != prior.dim:  # pragma: no cover - a run of another prior version
+        raise ValueError(f"theta of {theta0.shape[1]} values, the prior takes {prior.dim}")
+    monitors = {"prada": Monitor.from_configs(prada=PradaConfig())}
+    if detector:
+        monitors["ood"] = Monitor.from_configs(ood=OODConfig(path=detector))
+    flags: dict = {"stream": len(answers)}
+    states = {name: SimpleNamespace(ood=None, prada=None, flagged=False, flagged_by=None)
+              for name in monitors}
+    flags.update(dict.fromkeys(monitors))
+    for path in blocks:
+        with np.load(path) as block:
+            theta, first = block["theta"].astype(np.float32), int(block["first"])
+        images = prior.render(theta)
+        for name, monitor in monitors.items():
+            if flags[name] is not None:
+                continue
+            for start in range(0, len(images), batch):
+                end = min(start + batch, len(images))
+                if monitor.observe(states[name], images[start:end],
+                                   answers[first + start:first + end],
+                                   client="thief").flagged:
+                    flags[name] = first + end
+                    break
+        if all(flags[name] is not None for name in monitors):
+            break
+    return flags
+
+
+def run_synthetic_row(ns, target: str, seed: int) -> dict:
+    out = Path(ns.out) / f"synthetic_s{seed}"
+    if ns.reuse and (out / ROW_NAME).is_file():
+        return json.loads((out / ROW_NAME).read_text())
+    from attack.synthetic import run_synthetic
+
+    config = synthetic_config(ns, target, seed, out)
+    started = time.perf_counter()
+    run_synthetic(config)
+    wall = time.perf_counter() - started
+    report = json.loads((out / "report.json").read_text())
+    extra, evaluation = report["extra"], report["evaluation"]
+    row = {"method": "synthetic", "seed": seed, "budget": ns.budget,
+           "wall_seconds": round(wall, 1), "settings": _parse_sets(ns.set),
+           "first_flagged": first_flags(out, ns.detector) if ns.flags else None,
+           "victim_acc": evaluation["victim_acc"], "surrogate_acc": evaluation["surrogate_acc"],
+           "fidelity_test": evaluation["fidelity_test"],
+           **class_counts(evaluation["per_class_surrogate"]),
+           "per_class_victim": evaluation["per_class_victim"],
+           "per_class_surrogate": evaluation["per_class_surrogate"],
+           "classes_never_answered": extra["classes_never_answered"],
+           "online_at_budget": (extra.get("online_surrogate_at_budget") or {}).get(
+               "surrogate_acc"),
+           "curve": [{k: p.get(k) for k in ("queries", "surrogate_acc", "fidelity_test")}
+                     for p in report["curve"]],
+           "seconds_per_1000": extra["seconds_per_1000_queries"],
+           "cpu_seconds_per_1000": {k: round(1000 * v / ns.budget, 3)
+                                    for k, v in extra["cpu_seconds"].items()}}
+    (out / ROW_NAME).write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _markdown(rows: list[dict], ns, load: str) -> str:
+    lines = [f"# Procedural-prior thief, {ns.budget:,} queries per run", "",
+             f"Victim `{ns.model}` served by the embedded server (own process), gRPC; test: "
+             f"{ns.test_limit or 'all'} images of `{Path(ns.test_set).name}`; settings "
+             f"{_parse_sets(ns.set) or 'defaults'}. Load at the start: {load}.", "",
+             "| method | seeds | surrogate acc (mean ± sd) | ratio | fidelity | classes < 50% "
+             "| at 0% | never answered | victim s/1k | render s/1k | search s/1k "
+             "| surrogate s/1k | whole run s/1k |", "|---" * 13 + "|"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        acc = np.array([r["surrogate_acc"] for r in mine])
+        ratio = acc / np.array([r["victim_acc"] for r in mine])
+        fid = np.mean([r["fidelity_test"] for r in mine])
+        split = {k: np.mean([r["seconds_per_1000"].get(k, np.nan) for r in mine])
+                 for k in ("victim", "render", "search", "surrogate")}
+        if method != "synthetic":
+            split["render"] = split["search"] = np.nan
+        never = "/".join(str(len(r.get("classes_never_answered", []))) for r in mine) \
+            if method == "synthetic" else "n/a"
+        wall = np.mean([1000 * r["wall_seconds"] / r["budget"] for r in mine])
+        lines.append(
+            f"| {method} | {len(mine)} | {acc.mean():.4f} ± {acc.std():.4f} | "
+            f"{ratio.mean():.3f}x ± {ratio.std():.3f} | {fid:.4f} | "
+            + "/".join(str(r["classes_below_50"]) for r in mine) + f" of {mine[0]['classes']} | "
+            + "/".join(str(r["classes_at_0"]) for r in mine) + f" | {never} | "
+            + " | ".join("n/a" if np.isnan(v) else f"{v:.2f}" for v in split.values())
+            + f" | {wall:.2f} |")
+    flags = [f"{r['method']} s{r['seed']}: {r['first_flagged']}" for r in rows
+             if r.get("first_flagged")]
+    if flags:
+        lines += ["", "The gateway's detectors first flag the stream at query (None: never): "
+                  + "; ".join(flags)]
+    lines += ["", "Curves (surrogate accuracy; synthetic: the online surrogate at each point, "
+              "the final pass at the budget):", ""]
+    for r in rows:
+        lines.append(f"- {r['method']} s{r['seed']}: " + ", ".join(
+            f"{p['queries']:,}: {p['surrogate_acc']:.4f}" for p in r["curve"])
+            + (f" (online at the budget {r['online_at_budget']:.4f})"
+               if r.get("online_at_budget") is not None else ""))
+    lines += ["", f"Per class, test accuracy (mean over seeds; * below {LOW:.0%}):", "",
+              *per_class_table(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _fail(parser, argument: str, expected: str, received) -> int:
+    print(f"{parser.prog}: error: argument {argument}: expected {expected}, received "
+          f"{received}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.synthetic_bench",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--victims", required=True, help="folder with models.config")
+    parser.add_argument("--model", default="gtsrb_cnn")
+    parser.add_argument("--data", default="../shared/data", help="the shared data folder")
+    parser.add_argument("--test-set", required=True, help="labelled test data of the victim's "
+                        "task (any data-layer spec)")
+    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--budget", type=int, default=100_000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=["synthetic"], choices=METHODS)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="fields of the synthetic run's config (JSON values)")
+    parser.add_argument("--curve-points", type=int, default=5)
+    parser.add_argument("--knockoff-epochs", type=int, default=5)
+    parser.add_argument("--flags", action="store_true",
+                        help="replay each synthetic stream through PRADA and --detector")
+    parser.add_argument("--detector", help="an exported OOD detector (detectors/<name>/<v>)")
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"read back finished runs' {ROW_NAME} instead of running them")
+    parser.add_argument("--out", default="runs/synthetic_bench")
+    ns = parser.parse_args(argv)
+    if not (Path(ns.victims) / "models.config").is_file():
+        return _fail(parser, "--victims", "a folder with models.config", ns.victims)
+    if not Path(ns.test_set).exists():
+        return _fail(parser, "--test-set", "an existing data set", ns.test_set)
+    if ns.budget < 1:
+        return _fail(parser, "--budget", "at least 1", ns.budget)
+    knockoff = [m for m in ns.methods if m != "synthetic"]
+    for name in ([TINY] if knockoff else []) + (
+            [MOBILENET] if "knockoff-mobilenet" in knockoff else []):
+        if not (Path(ns.data) / name).is_file():
+            return _fail(parser, "--data", f"a folder with {name}", ns.data)
+    from common.errors import UsageError
+
+    try:
+        synthetic_config(ns, "localhost:8500", ns.seeds[0], Path(ns.out) / "check")
+    except (UsageError, TypeError) as err:
+        return _fail(parser, "--set", "fields of attack.synthetic.SyntheticConfig",
+                     f"{ns.set} ({err})")
+    from common.cli import configure_logging
+    from serving import testing
+
+    configure_logging()
+    load = "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + \
+        f" on {os.cpu_count()} cores"
+    Path(ns.out).mkdir(parents=True, exist_ok=True)
+    knockoff_ns = SimpleNamespace(**{**vars(ns), "arch_args": [], "natural_share": 0.5})
+    rows = []
+    with testing.model_server(config_file=Path(ns.victims) / "models.config",
+                              process=True) as server:
+        for seed in ns.seeds:
+            for method in ns.methods:
+                if method == "synthetic":
+                    rows.append(run_synthetic_row(ns, server.target, seed))
+                else:
+                    rows.append(run_knockoff_row(knockoff_ns, method, server.target, seed))
+                print(json.dumps({k: v for k, v in rows[-1].items()
+                                  if not k.startswith("per_class")}), flush=True)
+                (Path(ns.out) / "results.json").write_text(json.dumps(
+                    {"load": load, "rows": rows}, indent=1))
+    text = _markdown(rows, ns, load)
+    (Path(ns.out) / "results.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The procedural-prior thief (`attack.prior`, `attack.synthetic`): renderer, elites, resume.
+
+The renderer and the search's pure parts are checked on hand-made inputs (no TensorFlow): the
+same theta gives the same pixels, the elites keep the best-scoring theta per class, the rarely
+answered classes get the most mutations. End to end (slow: a surrogate is trained and
+exported), an in-process colour victim is killed mid-run and resumed without paying an answered
+query twice, and two victims of `tests.victim_matrix` with foreign signatures (float input in
+[-1, 1]; a named signature answering top-2 pairs) are stolen well above chance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from attack.prior import DIM, KINDS, ImagePrior, glyph_atlas, hsv_to_rgb
+from attack.synthetic import Elites, SyntheticConfig, main, plan_round, shift_images
+from serving.testing import COLOUR_CLASSES, colour_images
+
+SURROGATE = dict(backbone="cnn", weights="none", input_size=16, batch_size=16, epochs=2,
+                 arch_args=("filters=[8,16]", "block_dropout=[0,0]", "dense_units=32"))
+
+
+# -- the renderer ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prior():
+    return ImagePrior((16, 16))
+
+
+def test_render_is_deterministic_uint8_of_the_requested_size(prior):
+    theta = prior.sample(40, np.random.default_rng(0))
+    images = prior.render(theta)
+    assert images.dtype == np.uint8 and images.shape == (40, 16, 16, 3)
+    again = ImagePrior((16, 16)).render(theta.copy())
+    np.testing.assert_array_equal(images, again)  # a new prior with the same seed: same pixels
+    np.testing.assert_array_equal(prior.render(theta[5:9]), images[5:9])  # batch-independent
+    assert prior.render(theta, chunk=7).tobytes() == images.tobytes()
+    # the images differ from each other and use the range
+    assert len({im.tobytes() for im in images}) == 40
+    assert images.min() < 30 and images.max() > 225
+    # out-of-range values are clipped, not extrapolated
+    np.testing.assert_array_equal(prior.render(theta * 3 - 1), prior.render(np.clip(
+        theta * 3 - 1, 0, 1)))
+
+
+def test_render_sizes_and_natural_backgrounds():
+    rect = ImagePrior((12, 20))
+    assert rect.render(rect.sample(3, np.random.default_rng(1))).shape == (3, 12, 20, 3)
+    natural = np.full((2, 16, 16, 3), 77, np.uint8)
+    with_bg = ImagePrior((16, 16), natural)
+    theta = np.full((1, DIM), 0.5, np.float32)
+    theta[0, 0] = 0.99  # background kind: natural (a gradient without natural images)
+    plain = ImagePrior((16, 16)).render(theta)
+    assert not np.array_equal(with_bg.render(theta), plain)
+    with pytest.raises(Exception, match="backgrounds"):
+        ImagePrior((16, 16), np.zeros((2, 8, 8, 3), np.uint8))
+    with pytest.raises(Exception, match="theta"):
+        ImagePrior((16, 16)).render(np.zeros((2, DIM + 1)))
+
+
+def test_each_shape_kind_changes_the_picture(prior):
+    theta = np.full((len(KINDS), DIM), 0.5, np.float32)
+    from attack.prior import LAYOUT
+
+    theta[:, LAYOUT["s0_kind"]] = ((np.arange(len(KINDS)) + 0.5) / len(KINDS))[:, None]
+    theta[:, LAYOUT["s0_size"]] = 0.5
+    theta[:, LAYOUT["s0_fill"]] = (0.0, 1.0, 1.0)  # red on a grey background
+    theta[:, LAYOUT["s0_border"]] = (0.6, 1.0, 1.0)
+    theta[:, LAYOUT["bg_colour"]] = (0.0, 0.0, 0.5)
+    for name in ("s1_on", "s2_on", "g0_on", "g1_on"):
+        theta[:, LAYOUT[name]] = 1.0  # off
+    images = prior.render(theta)
+    assert len({im.tobytes() for im in images}) == len(KINDS)
+
+
+def test_glyph_atlas_and_colours():
+    atlas = glyph_atlas(32)
+    assert atlas.dtype == np.float32 and atlas.shape[1:] == (32, 32)
+    assert atlas.min() >= 0 and atlas.max() <= 1
+    assert (atlas.reshape(len(atlas), -1).max(axis=1) > 0.5).all()  # no empty glyph
+    np.testing.assert_allclose(hsv_to_rgb(np.array([[0.0, 1, 1], [1 / 3, 1, 1], [0, 0, 1]])),
+                               [[1, 0, 0], [0, 1, 0], [1, 1, 1]], atol=1e-6)
+
+
+# -- the search --------------------------------------------------------------------------------
+def test_elites_keep_the_best_theta_per_class_and_count_top_answers():
+    elites = Elites(num_classes=3, size=2, dim=4)
+    theta = np.arange(20, dtype=np.float32).reshape(5, 4) / 20
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1],
+                      [0.9, 0.05, 0.05], [0.2, 0.7, 0.1]], np.float32)
+    elites.update(theta, probs)
+    assert elites.seen.tolist() == [3, 2, 0]
+    np.testing.assert_array_equal(elites.theta[0], theta[[3, 0]])  # 0.9 then 0.7
+    np.testing.assert_array_equal(elites.theta[1], theta[[1, 4]])
+    np.testing.assert_allclose(elites.score[2], [0.1, 0.1])  # never top-1, still pursued
+    # a tie keeps the elite that was there first ahead; a better one enters, the worst leaves
+    elites.update(theta[:1] + 0.5, np.array([[0.9, 0.95, 0.0]], np.float32))
+    np.testing.assert_array_equal(elites.theta[0], [theta[3], theta[0] + 0.5])
+    np.testing.assert_array_equal(elites.theta[1, 0], theta[0] + 0.5)
+    assert elites.seen.tolist() == [3, 3, 0]
+
+
+def test_label_only_answers_make_elites_only_of_the_answered_class():
+    elites = Elites(num_classes=3, size=4, dim=2)
+    elites.update(np.ones((2, 2), np.float32), np.eye(3, dtype=np.float32)[[0, 0]])
+    assert elites.counts().tolist() == [2, 0, 0]
+    w = elites.weights(1.0)
+    assert w.tolist() == [1.0, 0.0, 0.0]  # a class with no elite gets no mutation
+
+
+def test_plan_round_balances_towards_the_classes_seen_least():
+    config = SyntheticConfig(explore=0.25, balance=1.0, elites=4)
+    elites = Elites(num_classes=3, size=4, dim=DIM)
+    theta0, target0 = plan_round(200, elites, DIM, config, np.random.default_rng(0))
+    assert (target0 == -1).all() and theta0.shape == (200, DIM)  # no elite yet: all fresh
+    assert theta0.dtype == np.float32
+    np.testing.assert_array_equal(theta0, theta0.astype(np.float16).astype(np.float32))
+    probs = np.zeros((200, 3), np.float32)
+    probs[:, 0] = 0.9
+    probs[:10, 0], probs[:10, 1] = 0.1, 0.9  # class 1 answered 10 times, class 0 190
+    probs[10:12, 2] = 0.05  # class 2 never top-1, but an elite
+    elites.update(theta0, probs)
+    theta, target = plan_round(4000, elites, DIM, config, np.random.default_rng(1))
+    assert (target == -1).sum() == 1000  # the explore share
+    counts = np.bincount(target[target >= 0], minlength=3)
+    assert counts[2] > counts[1] > counts[0] > 0  # 1/1, 1/11, 1/191
+    # a mutation stays near its parent: most coordinates unchanged
+    moved = (theta[target == 2][:, None, :] != elites.theta[2][None, :2, :]).mean(axis=2)
+    assert moved.min(axis=1).mean() < 0.5
+    again, _ = plan_round(4000, elites, DIM, config, np.random.default_rng(1))
+    np.testing.assert_array_equal(theta, again)
+
+
+def test_shift_images_moves_whole_images():
+    images = np.arange(2 * 6 * 6 * 3, dtype=np.uint8).reshape(2, 6, 6, 3)
+    assert shift_images(images, 0, np.random.default_rng(0)) is images
+    shifted = shift_images(images, 2, np.random.default_rng(0))
+    assert shifted.shape == images.shape and shifted.dtype == np.uint8
+    assert set(np.unique(shifted)) <= set(np.unique(images))
+    flipped = shift_images(images, 0, np.random.default_rng(3), flip=True)
+    assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1])
+               for f, i in zip(flipped, images, strict=True))
+
+
+# -- the attack --------------------------------------------------------------------------------
+class _Victim:
+    """A KerasVictim over the colour victim whose call fails after `calls` calls (a kill
+    mid-request: the batch was journaled as sent, never answered)."""
+
+    def __new__(cls, model, calls):
+        from attack.victim import KerasVictim
+
+        class Victim(KerasVictim):
+            made = 0
+
+            def _call(self, batch):
+                if calls is not None and Victim.made >= calls:
+                    raise KeyboardInterrupt("killed")
+                Victim.made += 1
+                return super()._call(batch)
+
+        return Victim(model, input_range="0,255", output_kind="logits", batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def colour_model():
+    from serving.testing import colour_victim
+
+    return colour_victim()
+
+
+def _colour_test(model):
+    from common.data import ImageDataset
+
+    images = colour_images(200, seed=2)
+    labels = np.argmax(np.asarray(model(images.astype(np.float32))), axis=1)
+    return ImageDataset(images, labels, COLOUR_CLASSES, "colours-test")
+
+
+def _extract(victim, run_dir, *, resume=False, test=None, **hyper):
+    from attack import Surrogate
+    from attack.synthetic import Synthetic
+
+    hyper = {"curve_points": 1, "noise": 0, **hyper}
+    return Synthetic(**hyper).extract(victim, None, surrogate=Surrogate(**SURROGATE),
+                                      run_dir=run_dir, resume=resume, test=test)
+
+
+@pytest.mark.slow  # ~20 s: two runs, a surrogate trained and exported
+def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_model, tmp_path):
+    from attack.journal import QueryJournal
+
+    budget, run_dir = 250, tmp_path / "run"  # rounds of 100, 100, 50
+    first = _Victim(colour_model, calls=9)  # 16 per call: dies in round 2
+    with pytest.raises(KeyboardInterrupt):
+        _extract(first, run_dir, budget=budget, round_size=100)
+    with QueryJournal.open(run_dir) as journal:
+        answered_first = journal.num_answered
+        pending = journal.pending().tolist()
+        first_answers = dict(zip(journal.answered_indices().tolist(),
+                                 journal.responses().copy(), strict=True))
+    assert 100 < answered_first < 200 and pending
+    assert first.queries == answered_first
+    assert (run_dir / "synthetic_state.npz").is_file()  # after round 1
+    assert (run_dir / "queries" / "r000002.npz").is_file()  # round 2's theta, kept
+
+    second = _Victim(colour_model, calls=None)
+    result = _extract(second, run_dir, resume=True, budget=budget, round_size=100,
+                      test=_colour_test(colour_model))
+    assert result.queries == budget
+    assert second.queries == budget - answered_first  # answered queries were not sent again
+    with QueryJournal.open(run_dir) as journal:
+        assert journal.num_answered == budget
+        assert sorted(journal.answered_indices().tolist()) == list(range(budget))
+        index = journal.answered_indices().tolist()
+        for k, answer in first_answers.items():
+            np.testing.assert_array_equal(journal.responses()[index.index(k)], answer)
+    import json
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["extra"]["rounds"] == 3
+    assert sum(report["extra"]["answers_per_class"].values()) == budget
+    assert report["evaluation"]["per_class_surrogate"]
+
+
+@pytest.mark.slow  # ~15 s
+def test_agrees_with_the_colour_victim_well_above_chance(colour_model, tmp_path):
+    from attack import KerasVictim
+
+    victim = KerasVictim(colour_model, input_range="0,255", batch_size=64)
+    result = _extract(victim, tmp_path / "run", budget=600, round_size=200, curve_points=2,
+                      test=_colour_test(colour_model), seed=3)
+    assert result.queries == 600
+    assert result.headline["fidelity_test"] > 0.8  # chance: 1/3
+    assert len(result.report.read_text()) > 0
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    from serving import testing
+    from tests import victim_matrix as vm
+
+    base = tmp_path_factory.mktemp("matrix")
+    paths, _ = vm.export_matrix(base, vm.train_core())
+    with testing.model_server(config_file=base / "models.config") as server:
+        yield server, vm
+
+
+@pytest.mark.slow  # ~1 min: the matrix is trained and exported, two runs over gRPC
+@pytest.mark.parametrize("name", ["float11", "named_topk"])
+def test_matrix_victims_with_foreign_signatures(matrix, name, tmp_path):
+    from attack import ServingVictim
+    from common.data import ImageDataset
+
+    server, vm = matrix
+    entry = next(e for e in vm.MATRIX if e.name == name)
+    images, labels = vm.pattern_images(200, seed=21)
+    test = ImageDataset(images, labels, tuple(str(i) for i in range(vm.K)), "patterns")
+    with ServingVictim(server.target, name, signature=entry.signature,
+                       num_classes=entry.num_classes) as victim:
+        result = _extract(victim, tmp_path / "run", budget=1200, round_size=300, test=test)
+    assert result.victim["input_range"] == entry.input_range
+    assert result.victim["output_kind"] == entry.kind
+    assert result.queries == 1200
+    assert result.headline["fidelity_test"] > 0.45, result.headline  # chance: 1/5
+
+
+# -- the command line --------------------------------------------------------------------------
+@pytest.mark.parametrize("args,named", [
+    (["--budget", "0"], "budget"),
+    (["--round-size", "0"], "round_size"),
+    (["--explore", "1.5"], "explore"),
+    (["--mutation-scale", "0"], "mutation_scale"),
+    (["--elites", "0"], "elites"),
+    (["--balance", "-1"], "balance"),
+    (["--shift", "-1"], "shift"),
+    (["--online-passes", "-0.5"], "online_passes"),
+    (["--distribute", "mirrored"], "distribute"),
+])
+def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, named, capsys,
+                                                                      tmp_path):
+    out = tmp_path / "run"
+    code = main([*args, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and named.replace("_", "-") in err[0].replace("_", "-"), err
+    assert not out.exists()
