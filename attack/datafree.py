@@ -80,7 +80,7 @@ from common.errors import invalid
 from common.fileio import write_json_atomic
 
 __all__ = ["METHODS", "DataFree", "DataFreeConfig", "ReplayBuffer", "perturb", "plan_iteration",
-           "quantize", "run_datafree", "zo_gradient"]
+           "quantize", "run_datafree", "victim_spread", "zo_gradient"]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,12 @@ class DataFreeConfig(AttackConfig):
         "help": "weight of DFMS-HL's class-diversity loss in the generator's loss, every "
                 "method (negative entropy of the surrogate's batch-mean prediction on the "
                 "generator's images; no query); 0: off", "min": 0})
+    diversity_of: str = field(default="auto", metadata={
+        "help": "whose predictions the class diversity spreads: victim (dfme, maze: the "
+                "zeroth-order estimate from the generator step's own queries, no extra query), "
+                "surrogate (exact, through the surrogate) or auto (victim, but surrogate for "
+                "dfms-hl, whose generator step sends nothing)",
+        "choices": ("auto", "victim", "surrogate")})
     replay_steps: int = field(default=0, metadata={
         "help": "experience replay (MAZE): extra surrogate steps per iteration, each on a "
                 "batch drawn at random from the answered queries kept (--replay-size), run "
@@ -169,6 +175,10 @@ class DataFreeConfig(AttackConfig):
         if self.method == "dfms-hl" and self.directions is not None:
             raise invalid("directions", self.directions,
                           "none with --method dfms-hl (label-only: no gradient estimate)")
+        if self.method == "dfms-hl" and self.diversity_of == "victim":
+            raise invalid("diversity_of", self.diversity_of,
+                          "surrogate or auto with --method dfms-hl (its generator step sends "
+                          "no query)")
         if self.natural_share > 0 and not self.transfer_set:
             raise invalid("transfer_set", self.transfer_set,
                           f"a dataset spec of natural images for --natural-share "
@@ -180,6 +190,12 @@ class DataFreeConfig(AttackConfig):
     def n_directions(self) -> int:
         """Random directions per generator image (0 for the label-only method)."""
         return DEFAULT_DIRECTIONS[self.method] if self.directions is None else self.directions
+
+    def diversity_source(self) -> str:
+        """Whose batch-mean prediction the class diversity spreads: victim or surrogate."""
+        if self.diversity_of != "auto":
+            return self.diversity_of
+        return "surrogate" if self.method == "dfms-hl" else "victim"
 
     def loss(self) -> str:
         """The surrogate's loss: l1 (dfme), kl (maze) or ce (dfms-hl)."""
@@ -224,6 +240,21 @@ def zo_gradient(losses: np.ndarray, deltas: np.ndarray) -> np.ndarray:
                       0.0)
     grad = (dims / m) * np.einsum("nm,nmd->nd", weight, flat)
     return grad.reshape(n, *deltas.shape[2:]).astype(np.float32)
+
+
+def victim_spread(probs: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """Per-query terms whose zeroth-order gradients sum to that of the entropy of the victim's
+    batch-mean prediction (DFMS-HL's class diversity, spread on the victim's own answers).
+
+    `probs` [n, M+1, K]: the victim's probabilities at each base image (column 0) and its
+    perturbed copies. With m the mean over the n base images, d H(m) / d x_i equals
+    (1/n) d/dx_i [-sum_k log(m_k) p_ik(x_i)] (the +1 of d(m log m) cancels: each p_i sums to
+    1), so each query's term is -sum_k log(max(m_k, floor)) p_k, [n, M+1]; the floor keeps a
+    class the victim never names from dominating.
+    """
+    probs = np.asarray(probs, np.float64)
+    mean = probs[:, 0].mean(axis=0)
+    return -(probs @ np.log(np.maximum(mean, floor)))
 
 
 def plan_iteration(assigned: int, config: DataFreeConfig) -> tuple[int, int]:
@@ -438,7 +469,7 @@ class _DataFreeRun:
         def losses(x, targets):
             return gen.loss_per_image(surrogate.logits(x), targets, loss_name)
 
-        weight = float(config.diversity)
+        weight = float(config.diversity) if config.diversity_source() == "surrogate" else 0.0
 
         @tf.function(reduce_retracing=True)
         def ascend(z, grad):
@@ -610,9 +641,11 @@ class _DataFreeRun:
         started = _now()
         if self.buffer is not None:
             self.buffer.add(first, images, raw)
-        targets = self.gen.victim_targets(answers_as_probabilities(self.victim, raw),
-                                          config.loss())
+        probs = answers_as_probabilities(self.victim, raw)
+        targets = self.gen.victim_targets(probs, config.loss())
         losses = self._losses(images.astype(np.float32), targets).numpy().reshape(b, m + 1)
+        if config.diversity and config.diversity_source() == "victim":
+            losses = losses + config.diversity * victim_spread(probs.reshape(b, m + 1, -1))
         grouped = images.reshape(b, m + 1, *images.shape[1:]).astype(np.int16)
         self._ascend(z, zo_gradient(losses, grouped[:, 1:] - grouped[:, :1]))
         self.losses.append(float(losses[:, 0].mean()))
@@ -704,7 +737,8 @@ class _DataFreeRun:
                           test_images=self.test.images, noise=self.noise,
                           n_queries=self.assigned)
         point = {"queries": self.assigned, **result.headline(),
-                 "seconds": round(sum(self.seconds.values()), 3)}
+                 "seconds": round(sum(self.seconds.values()), 3),
+                 "parts": {k: round(v, 3) for k, v in self.seconds.items()}}
         log.info("%d queries: surrogate accuracy %.4f, fidelity %.4f", self.assigned,
                  point["surrogate_acc"], point["fidelity_test"])
         self.curve = [p for p in self.curve if p["queries"] != self.assigned] + [point]
@@ -777,6 +811,7 @@ class _DataFreeRun:
             finally:  # an answer in flight is journaled before the run stops
                 self.pool.shutdown()
             answered = journal.num_answered
+            top1 = np.argmax(journal.responses(), axis=1)
         if answered != config.budget:  # pragma: no cover - the plan assigns exactly the budget
             raise RuntimeError(f"the journal holds {answered} answers, not the budget "
                                f"{config.budget}")
@@ -790,7 +825,9 @@ class _DataFreeRun:
         extra = {"method": config.method, "loss": config.loss(),
                  "directions": config.n_directions(), "iterations": self.iteration,
                  "natural_queries": self.natural_used,
-                 "diversity": config.diversity,
+                 "diversity": config.diversity, "diversity_of": config.diversity_source(),
+                 "answer_classes": (np.bincount(top1, minlength=self.num_classes)
+                                    / max(1, len(top1))).round(4).tolist(),
                  "replay": None if self.buffer is None else {
                      "steps": config.replay_steps, "size": self.buffer.capacity,
                      "kept": len(self.buffer), "digest": self.buffer.digest(),

@@ -64,10 +64,32 @@ def _common(ns, target: str, seed: int, out: Path) -> dict:
                 out=str(out))
 
 
-def run_one(ns, method: str, target: str, seed: int) -> dict:
+def variant(method: str, replay: int = 0, diversity: float | None = None) -> str:
+    """A row's name: the method, then its replay steps and class-diversity weight when set."""
+    return method + (f" replay {replay}" if replay else "") + (
+        "" if diversity is None else f" div {diversity:g}")
+
+
+def variants(ns) -> list[tuple[str, int, float | None]]:
+    """(method, replay steps, diversity) of each run per seed: every data-free method with each
+    of ``--replay-steps`` and ``--diversity``, the Knockoff baselines once."""
+    out = []
+    for method in ns.methods:
+        if method.startswith("knockoff"):
+            out.append((method, 0, None))
+            continue
+        out += [(method, replay, diversity) for replay in ns.replay_steps
+                for diversity in (ns.diversity or [None])]
+    return out
+
+
+def run_one(ns, method: str, target: str, seed: int, replay: int = 0,
+            diversity: float | None = None) -> dict:
     """One attack run; its headline, curve and time split from the report (with `ns.reuse`, a
-    finished run's row is read back instead)."""
-    out = Path(ns.out) / f"{method}_s{seed}"
+    finished run's row is read back instead). `replay` (experience replay steps) and
+    `diversity` (None: the attack's default) apply to the data-free methods."""
+    name = variant(method, replay, diversity)
+    out = Path(ns.out) / f"{name.replace(' ', '_')}_s{seed}"
     if getattr(ns, "reuse", False) and (out / ROW_NAME).is_file():
         return json.loads((out / ROW_NAME).read_text())
     started = time.perf_counter()
@@ -87,26 +109,32 @@ def run_one(ns, method: str, target: str, seed: int) -> dict:
         from attack.datafree import DataFreeConfig, run_datafree
 
         hybrid = method == "hybrid"
+        tuned = {} if diversity is None else {"diversity": diversity}
         config = DataFreeConfig(**_common(ns, target, seed, out),
                                 method="dfme" if hybrid else method,
                                 natural_share=ns.natural_share if hybrid else 0.0,
                                 transfer_set=str(Path(ns.data) / TINY) if hybrid else None,
-                                keep_queries=ns.flags)
+                                keep_queries=ns.flags, replay_steps=replay,
+                                replay_size=getattr(ns, "replay_size", 100_000),
+                                generator_width=getattr(ns, "generator_width", 64),
+                                diversity_of=getattr(ns, "diversity_of", "auto"), **tuned)
         run_datafree(config)
     wall = time.perf_counter() - started
     report = json.loads((out / "report.json").read_text())
     split = report["extra"].get("time_seconds", {})
     flagged = (first_flags(out, ns.detector) if ns.flags and not method.startswith("knockoff")
                else None)
-    row = {"method": method, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
+    row = {"method": name, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
             "first_flagged": flagged,
+            "answer_classes": report["extra"].get("answer_classes"),
             "victim_acc": report["evaluation"]["victim_acc"],
             "surrogate_acc": report["evaluation"]["surrogate_acc"],
             "fidelity_test": report["evaluation"]["fidelity_test"],
             **class_counts(report["evaluation"]["per_class_surrogate"]),
             "per_class_victim": report["evaluation"]["per_class_victim"],
             "per_class_surrogate": report["evaluation"]["per_class_surrogate"],
-            "curve": [{k: p.get(k) for k in ("queries", "surrogate_acc", "fidelity_test")}
+            "curve": [{k: p.get(k) for k in ("queries", "surrogate_acc", "fidelity_test",
+                                             "seconds", "parts") if k in p}
                       for p in report["curve"]],
             "seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in split.items()},
             "cpu_seconds_per_1000": {k: round(1000 * v / ns.budget, 3) for k, v in
@@ -139,6 +167,25 @@ def per_class_table(rows: list[dict]) -> list[str]:
         cells = [f"{means[m][name]:.2f}{'*' if means[m][name] < LOW else ''}" for m in methods]
         lines.append(f"| {name} | {victim[name]:.2f} | " + " | ".join(cells) + " |")
     return lines
+
+
+def curve_means(rows: list[dict]) -> list[tuple[int, list[float]]]:
+    """Per query count of the curves of `rows` (one variant's seeds): the accuracies there."""
+    at: dict[int, list[float]] = {}
+    for r in rows:
+        for p in r["curve"]:
+            at.setdefault(int(p["queries"]), []).append(float(p["surrogate_acc"]))
+    return sorted(at.items())
+
+
+def pace(row: dict) -> list[tuple[int, int, float]]:
+    """(from, to, seconds per 1,000 queries) between consecutive curve points that recorded
+    the time per part, evaluation excluded: does the cost stay linear in the budget?"""
+    points = [(0, 0.0)] + [(int(p["queries"]), sum(v for k, v in p["parts"].items()
+                                                    if k != "evaluation"))
+                           for p in row["curve"] if p.get("parts")]
+    return [(a, b, 1000 * (tb - ta) / (b - a))
+            for (a, ta), (b, tb) in zip(points, points[1:]) if b > a]
 
 
 def _nan(value) -> float:
@@ -195,13 +242,13 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
              "CPU is the server process's and not counted there).", "",
              "| method | seeds | surrogate acc (mean ± sd) | ratio | fidelity | classes < 50% "
-             "| at 0% | victim | generator | surrogate | storage | whole run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| at 0% | victim | generator | surrogate | replay | storage | whole run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         acc = np.array([r["surrogate_acc"] for r in mine])
         fid = np.array([r["fidelity_test"] for r in mine])
-        parts = ("victim", "generator", "surrogate", "storage")
+        parts = ("victim", "generator", "surrogate", "replay", "storage")
         split = {k: np.mean([r["seconds_per_1000"].get(k, np.nan) for r in mine]) for k in parts}
         cpu = {k: np.mean([r["cpu_seconds_per_1000"].get(k, np.nan) for r in mine])
                for k in parts}
@@ -220,11 +267,17 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
     if flags:
         lines += ["", "The gateway's detectors first flag the stream at query (None: never): "
                   + "; ".join(flags)]
-    lines += ["", "Curves (surrogate accuracy at each point, first seed):", ""]
-    for r in rows:
-        if r["seed"] == rows[0]["seed"]:
-            lines.append(f"- {r['method']}: " + ", ".join(
-                f"{p['queries']:,}: {p['surrogate_acc']:.4f}" for p in r["curve"]))
+    lines += ["", "Curves (surrogate accuracy at each point, mean ± sd over seeds):", ""]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        lines.append(f"- {method}: " + ", ".join(
+            f"{n:,}: {np.mean(accs):.4f} ± {np.std(accs):.4f}"
+            for n, accs in curve_means([r for r in rows if r["method"] == method])))
+    paced = [(r, pace(r)) for r in rows if pace(r)]
+    if paced:
+        lines += ["", "Seconds per 1,000 queries between curve points (the attack's parts, "
+                  "evaluation excluded):", ""]
+        lines += [f"- {r['method']} s{r['seed']}: " + ", ".join(
+            f"{a:,}-{b:,}: {v:.2f}" for a, b, v in spans) for r, spans in paced]
     if rows and rows[0].get("per_class_surrogate"):
         lines += ["", "Per class, test accuracy of the victim and of each method's surrogate "
                   f"(mean over seeds; * below {LOW:.0%}):", "", *per_class_table(rows)]
@@ -250,6 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch-args", nargs="*", default=[], metavar="KEY=VALUE",
                         help="the surrogate cnn's arguments, every method alike (e.g. "
                              "filters=[16,32,64] dense_units=128: a quarter of the cost)")
+    parser.add_argument("--replay-steps", type=int, nargs="+", default=[0], metavar="N",
+                        help="experience replay steps per iteration of the data-free methods; "
+                             "several values: one run each")
+    parser.add_argument("--replay-size", type=int, default=100_000,
+                        help="answered queries kept for replay")
+    parser.add_argument("--diversity", type=float, nargs="+", metavar="W",
+                        help="class-diversity weight of the data-free generators; several "
+                             "values: one run each (default: the attack's)")
+    parser.add_argument("--diversity-of", default="auto",
+                        choices=("auto", "victim", "surrogate"),
+                        help="whose predictions the class diversity spreads (attack.datafree)")
+    parser.add_argument("--generator-width", type=int, default=64,
+                        help="channels of the generator's last convolution")
     parser.add_argument("--flags", action="store_true",
                         help="keep the data-free queries and replay them through the gateway's "
                              "detectors (PRADA; the OOD detector with --detector)")
@@ -280,6 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: argument --test-set: expected an existing data set, "
               f"received {ns.test_set}", file=sys.stderr)
         return 2
+    for flag, values, least in (("--replay-steps", ns.replay_steps, 0),
+                                ("--diversity", ns.diversity or [], 0),
+                                ("--replay-size", [ns.replay_size], 1),
+                                ("--generator-width", [ns.generator_width], 1)):
+        bad = [v for v in values if v < least]
+        if bad:
+            print(f"{parser.prog}: error: argument {flag}: expected values of at least "
+                  f"{least}, received {bad[0]}", file=sys.stderr)
+            return 2
     if not 0 < ns.natural_share <= 1:
         print(f"{parser.prog}: error: argument --natural-share: expected a share in (0, 1], "
               f"received {ns.natural_share}", file=sys.stderr)
@@ -294,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with testing.model_server(config_file=config, process=True) as server:
         for seed in ns.seeds:
-            for method in ns.methods:
-                rows.append(run_one(ns, method, server.target, seed))
+            for method, replay, diversity in variants(ns):
+                rows.append(run_one(ns, method, server.target, seed, replay, diversity))
                 print(json.dumps(rows[-1]), flush=True)
                 (Path(ns.out) / "results.json").write_text(json.dumps(
                     {"load": load, "rows": rows}, indent=1))

@@ -18,6 +18,7 @@ from attack.datafree import (
     perturb,
     plan_iteration,
     quantize,
+    victim_spread,
     zo_gradient,
 )
 from serving.testing import COLOUR_CLASSES, COLOUR_SIZE, colour_images, colour_victim
@@ -122,6 +123,32 @@ def test_class_diversity_on_hand_made_predictions():
     assert abs(float(class_diversity(one_class)) - np.log(k)) < 1e-5
     two = np.array([[0.5, 0.5, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0]])  # mean: two classes
     assert abs(float(class_diversity(two)) - (np.log(k) - np.log(2))) < 1e-5
+
+
+def test_victim_spread_terms_have_the_gradient_of_the_batch_mean_entropy():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((4, 3))  # a known victim: softmax(x @ w), 3 classes
+    x = rng.standard_normal((5, 4))
+
+    def probs(points):
+        logits = points @ w
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def entropy(points):
+        mean = probs(points).mean(axis=0)
+        return -(mean * np.log(mean)).sum()
+
+    h = 1e-5
+    for i in range(len(x)):
+        for d in range(4):
+            step = np.zeros_like(x)
+            step[i, d] = h
+            true = (entropy(x + step) - entropy(x - step)) / (2 * h)
+            # the terms at x_i and at x_i +/- h (columns: base, plus, minus), m fixed at x
+            columns = np.stack([probs(x), probs(x + step), probs(x - step)], axis=1)
+            terms = victim_spread(columns, floor=0.0)[i]
+            assert abs((terms[1] - terms[2]) / (2 * h) / len(x) - true) < 1e-6
 
 
 class _KilledVictim:
@@ -284,6 +311,9 @@ def _run_cli(args, capsys):
     (["--method", "dfms-hl", "--directions", "2"], "directions"),
     (["--transfer-set", "x.npz"], "natural_share"),
     (["--distribute", "mirrored"], "distribute"),
+    (["--method", "dfms-hl", "--diversity-of", "victim"], "diversity_of"),
+    (["--replay-steps", "-1"], "replay_steps"),
+    (["--replay-size", "0"], "replay_size"),
 ])
 def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, named, capsys,
                                                                       tmp_path):

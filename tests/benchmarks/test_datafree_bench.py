@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from benchmarks.datafree_bench import _markdown, class_counts, main, per_class_table
+from benchmarks.datafree_bench import (
+    _markdown,
+    class_counts,
+    curve_means,
+    main,
+    pace,
+    per_class_table,
+    variants,
+)
 
 
 @pytest.fixture
@@ -21,6 +29,9 @@ def victims(layout):
     (["--test-set", "missing.tar.xz"], "--test-set"),
     (["--natural-share", "0"], "--natural-share"),
     (["--natural-share", "1.5"], "--natural-share"),
+    (["--replay-steps", "0", "-1"], "--replay-steps"),
+    (["--diversity", "-0.5"], "--diversity"),
+    (["--replay-size", "0"], "--replay-size"),
 ])
 def test_bad_input_is_one_line(layout, victims, one_line_error, extra, argument):
     one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"), *extra],
@@ -89,3 +100,23 @@ def test_reuse_reads_a_finished_run_back_and_mobilenet_needs_its_weights(layout,
     (layout / "data" / "mobilenet_2_5_224_tf_no_top.h5").unlink()
     one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"),
                           "--methods", "knockoff-mobilenet"], "--data")
+
+
+def test_variants_cross_replay_and_diversity_for_the_data_free_methods_only():
+    from types import SimpleNamespace
+
+    ns = SimpleNamespace(methods=["dfme", "knockoff"], replay_steps=[0, 5], diversity=[0.0])
+    assert variants(ns) == [("dfme", 0, 0.0), ("dfme", 5, 0.0), ("knockoff", 0, None)]
+    ns.diversity = None
+    assert variants(ns)[:2] == [("dfme", 0, None), ("dfme", 5, None)]
+
+
+def test_curve_means_and_the_pace_between_points():
+    rows = [_row("dfme", 0, {"a": 0.1}), _row("dfme", 1, {"a": 0.1}, acc=0.3)]
+    assert curve_means(rows) == [(5000, [0.5, 0.3])]
+    row = _row("dfme", 0, {"a": 0.1})
+    row["curve"] = [
+        {"queries": 1000, "parts": {"generator": 8.0, "victim": 2.0, "evaluation": 5.0}},
+        {"queries": 3000, "parts": {"generator": 28.0, "victim": 6.0, "evaluation": 9.0}},
+        {"queries": 4000}]  # the final point records no parts
+    assert pace(row) == [(0, 1000, 10.0), (1000, 3000, 12.0)]
