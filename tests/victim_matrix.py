@@ -117,11 +117,12 @@ def _wrapped(core, shape, to_unit, softmax: bool, name: str):
     return keras.Model(inputs, h, name=name)
 
 
-def export_matrix(base: Path, core, *, size: int = SIZE) -> tuple[dict[str, Path], dict]:
+def export_matrix(base: Path, core, *, size: int = SIZE, names=None
+                  ) -> tuple[dict[str, Path], dict]:
     """Every victim of `MATRIX` plus `reference` under `base/<name>/1`, and `base/models.config`
     listing them all, for a `core` taking [0, 1] pixels of `size` x `size` (the benchmark's is
     a CIFAR-10 CNN at 32); returns (the version folders, the Keras models of the
-    `model.export()` victims by name)."""
+    `model.export()` victims by name). `names`: only these victims (None: all)."""
     import keras
     import tensorflow as tf
 
@@ -134,63 +135,65 @@ def export_matrix(base: Path, core, *, size: int = SIZE) -> tuple[dict[str, Path
         paths[name] = base / name / "1"
         return paths[name]
 
+    def wanted(name: str) -> bool:
+        return names is None or name in names
+
     shape = (size, size, 3)
     ident = lambda t: t  # noqa: E731
     unit_from_11 = lambda t: (t + 1.0) / 2.0  # noqa: E731
     unit_from_255 = lambda t: t / 255.0  # noqa: E731
 
-    keras_models = {
-        "keras_export": _wrapped(core, shape, ident, False, "keras_export"),
-        "float01": _wrapped(core, shape, ident, True, "float01"),
-        "float11": _wrapped(core, shape, unit_from_11, True, "float11"),
-        "float255": _wrapped(core, shape, unit_from_255, False, "float255"),
-    }
+    keras_models = {name: _wrapped(core, shape, to_unit, softmax, name)
+                    for name, to_unit, softmax in (("keras_export", ident, False),
+                                                   ("float01", ident, True),
+                                                   ("float11", unit_from_11, True),
+                                                   ("float255", unit_from_255, False))
+                    if wanted(name)}
     for name, model in keras_models.items():
         model.export(str(version_dir(name)), verbose=False)
 
     def probs(x01):
         return tf.nn.softmax(core(x01, training=False))
 
-    module = tf.Module()
-    module.core = core
-    module.uint8 = tf.function(
+    def save(name: str, functions: dict, signatures: dict) -> None:
+        """`functions` (attribute -> tf.function) saved with `signatures` (name -> attribute)."""
+        if not wanted(name):
+            return
+        module = tf.Module()
+        module.core = core
+        for attribute, function in functions.items():
+            setattr(module, attribute, function)
+        tf.saved_model.save(module, str(version_dir(name)), signatures={
+            key: getattr(module, attribute) for key, attribute in signatures.items()})
+
+    save("uint8", {"uint8": tf.function(
         lambda images: {"probabilities": probs(tf.cast(images, tf.float32) / 255.0)},
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])
-    tf.saved_model.save(module, str(version_dir("uint8")), signatures={
-        "serving_default": module.uint8})
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="images")])},
+        {"serving_default": "uint8"})
 
     def scores_ids(image):
         p = probs(image)
         return {"scores": p, "class_ids": tf.argmax(p, axis=-1)}
 
-    module = tf.Module()
-    module.core = core
-    module.f = tf.function(scores_ids, input_signature=[
-        tf.TensorSpec([None, size, size, 3], tf.float32, name="image")])
-    tf.saved_model.save(module, str(version_dir("scores_ids")),
-                        signatures={"serving_default": module.f})
+    save("scores_ids", {"f": tf.function(scores_ids, input_signature=[
+        tf.TensorSpec([None, size, size, 3], tf.float32, name="image")])},
+        {"serving_default": "f"})
 
     def gray(pixels):
         rgb = tf.image.resize(tf.repeat(pixels, 3, axis=-1), (size, size), antialias=True)
         return {"probabilities": probs(rgb)}
 
-    module = tf.Module()
-    module.core = core
-    module.f = tf.function(gray, input_signature=[
-        tf.TensorSpec([None, 28, 28, 1], tf.float32, name="pixels")])
-    tf.saved_model.save(module, str(version_dir("gray28")),
-                        signatures={"serving_default": module.f})
+    save("gray28", {"f": tf.function(gray, input_signature=[
+        tf.TensorSpec([None, 28, 28, 1], tf.float32, name="pixels")])},
+        {"serving_default": "f"})
 
     def variable(x):
         unit = (tf.cast(x, tf.float32) + 1.0) / 2.0
         return {"probabilities": tf.cast(probs(unit), tf.float16)}
 
-    module = tf.Module()
-    module.core = core
-    module.f = tf.function(variable, input_signature=[
-        tf.TensorSpec([None, None, None, 3], tf.float16, name="x")])
-    tf.saved_model.save(module, str(version_dir("variable")),
-                        signatures={"serving_default": module.f})
+    save("variable", {"f": tf.function(variable, input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float16, name="x")])},
+        {"serving_default": "f"})
 
     def top2(image):
         top = tf.math.top_k(probs(image), k=2)
@@ -199,19 +202,18 @@ def export_matrix(base: Path, core, *, size: int = SIZE) -> tuple[dict[str, Path
     def features(x):
         return {"embedding": tf.matmul(x, tf.ones([4, 8]))}
 
-    module = tf.Module()
-    module.core = core
-    module.top2 = tf.function(top2, input_signature=[
-        tf.TensorSpec([None, size, size, 3], tf.float32, name="image")])
-    module.features = tf.function(features, input_signature=[
-        tf.TensorSpec([None, 4], tf.float32, name="x")])
-    tf.saved_model.save(module, str(version_dir("named_topk")), signatures={
-        "serving_default": module.features, "predict_images": module.top2})
+    save("named_topk", {
+        "top2": tf.function(top2, input_signature=[
+            tf.TensorSpec([None, size, size, 3], tf.float32, name="image")]),
+        "features": tf.function(features, input_signature=[
+            tf.TensorSpec([None, 4], tf.float32, name="x")])},
+        {"serving_default": "features", "predict_images": "top2"})
 
-    reference = keras.Sequential([keras.Input(shape), keras.layers.Rescaling(1 / 255.0), core],
-                                 name="reference")
-    export_classifier(reference, base, "reference", version=1, input_shape=shape)
-    paths["reference"] = base / "reference" / "1"
+    if wanted("reference"):
+        reference = keras.Sequential([keras.Input(shape), keras.layers.Rescaling(1 / 255.0),
+                                      core], name="reference")
+        export_classifier(reference, base, "reference", version=1, input_shape=shape)
+        paths["reference"] = base / "reference" / "1"
 
     config = "model_config_list {\n" + "".join(
         f'  config {{\n    name: "{name}"\n    base_path: "{(base / name).resolve()}"\n'

@@ -49,11 +49,19 @@ Two more actions (`docs/defence.md`):
   keeps them in the state store for `python -m detector.verify`.
 
 ``"per_model": {"cifar10_cnn": {...}, "gtsrb_resnet34": {...}}`` gives a model its own
-``detectors``, ``on_flag``, ``on_query``, ``misinformation``, ``watermark``, ``always`` and
-``output`` (each key given replaces the policy's for that model's Predict calls; auth, limits and
-models stay global). A client's detector state is one per client, whatever model it asks: the
-OOD window counts the flagged queries to every model (the binomial window stays exact when the
-models' detectors are calibrated at the same FPR), and a flag holds for every model.
+``detectors``, ``on_flag``, ``on_query``, ``misinformation``, ``watermark``, ``always``,
+``output`` and ``input_range`` (each key given replaces the policy's for that model's Predict
+calls; auth, limits and models stay global). A client's detector state is one per client,
+whatever model it asks: the OOD window counts the flagged queries to every model (the binomial
+window stays exact when the models' detectors are calibrated at the same FPR), and a flag holds
+for every model.
+
+``"input_range"`` says how a model with a float image input reads its pixels (``"0,1"``,
+``"-1,1"`` or ``"0,255"``): the detectors, the misinformation model and the watermark records
+take uint8 pixels 0..255, so the gateway maps a float request back to them. A uint8 input needs
+nothing; a float input without it cannot be watched and its Predict calls are answered
+FAILED_PRECONDITION naming the key (a detector fed float pixels read as 0..255 would see black
+images and pass every thief).
 """
 
 from __future__ import annotations
@@ -84,6 +92,9 @@ __all__ = [
     "policy_from_dict",
     "read_policy",
 ]
+
+INPUT_RANGES = ("0,255", "0,1", "-1,1")
+"""The pixel ranges a float image input may be declared in (``input_range``)."""
 
 _POLICY_RE = re.compile(r"^(identity|label_only|top_k:\d+|round:\d+|noise:[0-9.eE+-]+|"
                         r"reverse_sigmoid:[0-9.eE+-]+,[0-9.eE+-]+)$")
@@ -132,6 +143,7 @@ class GatewayPolicy:
     misinformation: MisinformationConfig | None = None
     watermark: WatermarkConfig | None = None
     output: str | None = None
+    input_range: str | None = None
     per_model: tuple[tuple[str, GatewayPolicy], ...] = ()
 
     def __post_init__(self) -> None:
@@ -147,6 +159,9 @@ class GatewayPolicy:
         if self.output is not None and (not isinstance(self.output, str) or not self.output):
             raise invalid("output", self.output, "the name of the model's class-score output "
                           "(float [batch, K]) the detectors read, or null (from the signature)")
+        if self.input_range is not None and self.input_range not in INPUT_RANGES:
+            raise invalid("input_range", self.input_range, "the pixel range of the model's "
+                          "float image input: '0,1', '-1,1' or '0,255' (null: a uint8 input)")
         if self.on_flag_action not in ("refuse", "degrade", "misinform"):
             raise invalid("on_flag.action", self.on_flag_action,
                           "'refuse', 'degrade' or 'misinform'")
@@ -186,6 +201,12 @@ class GatewayPolicy:
     def misinforms(self) -> bool:
         """Whether any answer can be misinformed (on every query, or once flagged)."""
         return self.on_query == "misinform" or self.on_flag_action == "misinform"
+
+    @property
+    def rewrites(self) -> bool:
+        """Whether an answer can be rewritten (output policy, misinformation, watermark)."""
+        return (self.always != "identity" or self.misinforms or self.watermark is not None
+                or (self.detectors and self.on_flag_action == "degrade"))
 
     @property
     def inspects(self) -> bool:
@@ -239,11 +260,11 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
         raise invalid("policy", type(data).__name__, f"a JSON object in {source}")
     unknown = sorted(set(data) - set(_SECTIONS) - {"always", "models", "on_query",
                                                     "misinformation", "watermark", "output",
-                                                    "per_model"})
+                                                    "input_range", "per_model"})
     if unknown:
         raise invalid("policy", f"keys {unknown}", "only the keys auth, limits, detectors, "
                       "on_flag, always, models, on_query, misinformation, watermark, output, "
-                      f"per_model in {source}")
+                      f"input_range, per_model in {source}")
     auth = _section(data, "auth", source)
     limits = _section(data, "limits", source)
     detectors = _section(data, "detectors", source)
@@ -264,8 +285,9 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
         values["always"] = data["always"]
     if "on_query" in data:
         values["on_query"] = data["on_query"]
-    if "output" in data:
-        values["output"] = data["output"]
+    for key in ("output", "input_range"):
+        if key in data:
+            values[key] = data[key]
     values["misinformation"] = _sub(MisinformationConfig, data.get("misinformation"),
                                     "misinformation", source, prefix="")
     values["watermark"] = _sub(WatermarkConfig, data.get("watermark"), "watermark", source,
@@ -279,7 +301,7 @@ def policy_from_dict(data: Any, source: str = "the policy") -> GatewayPolicy:
 
 # What a per_model entry may set: everything that decides a model's answers.
 PER_MODEL_KEYS = ("detectors", "on_flag", "on_query", "misinformation", "watermark", "always",
-                  "output")
+                  "output", "input_range")
 
 
 def _per_model(data: dict, source: str) -> tuple[tuple[str, GatewayPolicy], ...]:

@@ -7,7 +7,11 @@ and back to log space, so that no output carries more than the degraded answer. 
 read one (`watched_probabilities`): the policy's ``output``, else the one named
 ``probabilities``, else the only one, else the first whose rows are distributions. Whether
 rows are probabilities or logits is decided from the rows (non-negative, summing to 1), never
-from the output's name.
+from the output's name. Class ids beside the scores (an int ``[batch]`` output equal to their
+argmax) follow the rewritten scores, so a label never tells more than the degraded answer. Top-k
+pairs (float ``[batch, k]`` scores with int ``[batch, k]`` class ids) are not class scores: the
+signature's pairs are listed (`ClassOutputs.topk`) so that the gateway can say it cannot
+rewrite them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ __all__ = ["ClassOutputs", "answer_outputs", "as_probabilities", "class_outputs"
            "degrade_predict_response", "watched_probabilities"]
 
 FLOAT_TYPES = (types_pb2.DT_FLOAT, types_pb2.DT_HALF, types_pb2.DT_DOUBLE, types_pb2.DT_BFLOAT16)
+INT_TYPES = (types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8,
+             types_pb2.DT_UINT8, types_pb2.DT_UINT16, types_pb2.DT_UINT32, types_pb2.DT_UINT64)
 
 
 @dataclass(frozen=True)
@@ -38,21 +44,38 @@ class ClassOutputs:
 
     rewritten: tuple[str, ...]
     watched: str | None = None
+    topk: tuple[tuple[str, str], ...] = ()
+    """(scores, class ids) of the signature's top-k pairs: not rewritten, not watched."""
+    float_input: bool = False
+    """Whether the signature's image input (rank 4) is float: pixels in a range to declare."""
 
 
 def class_outputs(signature: Signature, named: str | None = None) -> ClassOutputs:
-    """The `ClassOutputs` of `signature` (its float rank-2 outputs); `named` (the policy's
-    ``output``) must be one of its outputs (`UsageError` naming ``output`` otherwise)."""
-    rewritten = tuple(k for k, t in signature.outputs.items()
-                      if t.rank == 2 and t.tf_dtype in FLOAT_TYPES)
+    """The `ClassOutputs` of `signature` (its float rank-2 outputs that are not the scores of a
+    top-k pair); `named` (the policy's ``output``) must be one of them (`UsageError` naming
+    ``output`` otherwise)."""
+    floats = {k: t for k, t in signature.outputs.items()
+              if t.rank == 2 and t.tf_dtype in FLOAT_TYPES}
+    ints = [t for t in signature.outputs.values() if t.rank == 2 and t.tf_dtype in INT_TYPES]
+    topk = []
+    for ids in ints:  # each int [batch, k] output pairs with the first float of its width
+        scores = next((k for k, t in floats.items() if t.shape[1] == ids.shape[1]
+                       and k not in dict(topk)), None)
+        if scores is not None:
+            topk.append((scores, ids.name))
+    rewritten = tuple(k for k in floats if k not in dict(topk))
+    float_input = any(t.rank == 4 and t.tf_dtype in FLOAT_TYPES
+                      for t in signature.inputs.values())
     if named is not None:
         if named not in rewritten:
             raise invalid("output", named, f"a float [batch, K] output of signature "
                           f"'{signature.name}' ({describe_tensors(signature.outputs)})")
-        return ClassOutputs(rewritten, named)
-    if PROBABILITIES in rewritten:
-        return ClassOutputs(rewritten, PROBABILITIES)
-    return ClassOutputs(rewritten, rewritten[0] if len(rewritten) == 1 else None)
+        watched = named
+    elif PROBABILITIES in rewritten:
+        watched = PROBABILITIES
+    else:
+        watched = rewritten[0] if len(rewritten) == 1 else None
+    return ClassOutputs(rewritten, watched, tuple(topk), float_input)
 
 
 def answer_outputs(resp: predict_pb2.PredictResponse) -> ClassOutputs:
@@ -96,11 +119,13 @@ def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
     signature read before the model was reloaded cannot leave a new output untouched) go
     through `policy`: rows that are distributions directly, other rows (logits) as
     log(policy(softmax(rows))) (floored at 1e-30) so they carry no more than the degraded
-    probabilities; other outputs are unchanged. The answer keeps its signature (same aliases,
-    dtypes and shapes).
+    probabilities; an int class-id output ([N] or [N, 1]) equal to a rewritten output's argmax
+    becomes the rewritten argmax; other outputs are unchanged. The answer keeps its signature
+    (same aliases, dtypes and shapes).
     """
     resp = response if isinstance(response, predict_pb2.PredictResponse) else \
         predict_pb2.PredictResponse.FromString(response)
+    changed = []  # (argmax before, argmax after) of each rewritten output
     for alias in _rewritten(resp, outputs):
         proto = resp.outputs.get(alias)
         if proto is None or proto.dtype not in FLOAT_TYPES or len(proto.tensor_shape.dim) != 2:
@@ -114,7 +139,26 @@ def degrade_predict_response(response: bytes | predict_pb2.PredictResponse,
         else:
             out = np.log(np.maximum(policy(_softmax(work)), 1e-30))
         resp.outputs[alias].CopyFrom(codec.from_ndarray(np.asarray(out).astype(arr.dtype)))
+        changed.append((work.argmax(axis=1), np.asarray(out).argmax(axis=1)))
+    _follow_class_ids(resp, changed)
     return resp.SerializeToString()
+
+
+def _follow_class_ids(resp: predict_pb2.PredictResponse, changed: list) -> None:
+    """Class-id outputs ([N] or [N, 1] ints) that were the argmax of a rewritten output become
+    its new argmax (a label beside degraded scores must not tell the true top-1)."""
+    for alias, proto in resp.outputs.items():
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if proto.dtype not in INT_TYPES or not (len(dims) == 1 or dims[1:] == [1]):
+            continue
+        ids = codec.to_ndarray(proto)
+        flat = ids.reshape(-1)
+        for before, after in changed:
+            if len(before) == len(flat) and np.array_equal(before, flat):
+                if not np.array_equal(before, after):
+                    resp.outputs[alias].CopyFrom(codec.from_ndarray(
+                        after.astype(ids.dtype).reshape(ids.shape)))
+                break
 
 
 def watched_probabilities(resp: predict_pb2.PredictResponse, outputs: ClassOutputs,
@@ -124,7 +168,8 @@ def watched_probabilities(resp: predict_pb2.PredictResponse, outputs: ClassOutpu
     distributions, else the first one (softmaxed when not a distribution); None when the answer
     has none with `rows` rows."""
     candidates = []
-    aliases = (outputs.watched,) if outputs.watched in resp.outputs else \
+    aliases = (outputs.watched,) if outputs.watched is not None \
+        and outputs.watched in resp.outputs else \
         _rewritten(resp, outputs)
     for alias in aliases:
         proto = resp.outputs.get(alias)

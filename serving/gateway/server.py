@@ -556,7 +556,7 @@ class Gateway:
         key = (spec.name, version, name)
         found = self._outputs.get(key)
         if found is not None:
-            return found
+            return self._fits(spec.name, found, rules)
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         request.model_spec.CopyFrom(spec)
         try:
@@ -577,7 +577,46 @@ class Gateway:
                         f"The gateway policy does not fit model '{spec.name}': {err}",
                         "invalid") from None
         self._outputs[key] = found
+        return self._fits(spec.name, found, rules)
+
+    def _fits(self, model: str, found: ClassOutputs, rules: _Rules) -> ClassOutputs:
+        """`found`, unless the rules would rewrite answers whose scores come as top-k pairs
+        (FAILED_PRECONDITION: rewriting the full scores only would leave the pairs telling
+        the truth, and the pairs alone cannot be relabelled or misinformed without K)."""
+        if found.topk and rules.policy.rewrites:
+            pairs = ", ".join(f"'{s}' with '{c}'" for s, c in found.topk)
+            raise _Stop(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"The gateway policy does not fit model '{model}': its answers carry "
+                        f"top-k pairs ({pairs}), which an output policy, misinformation or "
+                        "a watermark cannot rewrite; serve a signature with [batch, K] class "
+                        f"scores, or give {self._key(model, 'on_flag')} the action refuse and "
+                        "no always, on_query, watermark", "invalid")
         return found
+
+    def _key(self, model: str, key: str) -> str:
+        """The policy key that decides `model`: its per_model entry's, else the policy's."""
+        return f"per_model.{model}.{key}" if model in self._model_rules else key
+
+    def _pixels(self, model: str, images: np.ndarray | None, rules: _Rules,
+                outputs: ClassOutputs | None = None) -> np.ndarray | None:
+        """The request's images as uint8 pixels 0..255 (what the detectors, misinformation
+        model and watermark records read), mapped from the model's declared ``input_range``
+        when its input is float (by its signature in `outputs`, else by the request);
+        FAILED_PRECONDITION naming the key when it is not declared. Float pixels for a uint8
+        input are left as they are: the upstream refuses them."""
+        if images is None or images.dtype == np.uint8 or (
+                outputs is not None and not outputs.float_input):
+            return images
+        scale = rules.policy.input_range
+        if scale is None:
+            raise _Stop(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"The gateway policy does not fit model '{model}': its image input is "
+                        f"{images.dtype.name}, and the gateway's detectors and watermarks read "
+                        f"uint8 pixels; set {self._key(model, 'input_range')} to the range "
+                        "the model reads ('0,1', '-1,1' or '0,255')", "invalid")
+        x = images.astype(np.float32)
+        x = {"0,1": x * 255.0, "-1,1": (x + 1.0) * 127.5, "0,255": x}[scale]
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
     def _images(self, msg: predict_pb2.PredictRequest) -> np.ndarray | None:
         found = _image_input(msg)
@@ -598,9 +637,9 @@ class Gateway:
             raise _Stop(grpc.StatusCode.PERMISSION_DENIED,
                         f"Client '{req.name}' is flagged for model extraction; "
                         "queries are refused", "refuse")
-        images = self._images(msg)
-        watched = images is not None and len(images) > 0
         outputs = self._class_outputs(msg.model_spec, context, rules)
+        images = self._pixels(req.model, self._images(msg), rules, outputs)
+        watched = images is not None and len(images) > 0
         scores = None
         if watched and monitor is not None and monitor.needs_scores():
             scores = {name: self._upstream_scores(p.ood.upstream_model, images, context)
