@@ -50,7 +50,6 @@ import hashlib
 import json
 import logging
 import os
-import statistics
 import sys
 import threading
 import time
@@ -64,6 +63,7 @@ import numpy as np
 from attack.journal import QueryJournal, release_unjournaled
 from attack.pipeline import answers_as_probabilities, send_journaled
 from attack.strategies import ACTIVE, ActiveStrategy, RandomStrategy
+from benchmarks.harness.stats import spread
 from common import cli
 from common.constraints import check_fields
 from common.data import load_dataset
@@ -403,9 +403,9 @@ def summarise(rows: list[dict], strategies: Sequence[str], checkpoints: Sequence
         for count in checkpoints:
             acc = [r["accuracy"] for r in rows if r["strategy"] == name and r["queries"] == count]
             if acc:
-                table.setdefault(name, {})[str(count)] = {
-                    "seeds": len(acc), "mean": statistics.fmean(acc),
-                    "sd": statistics.stdev(acc) if len(acc) > 1 else None}
+                s = spread(acc)
+                table.setdefault(name, {})[str(count)] = {"seeds": s.n, "mean": s.mean,
+                                                          "sd": s.sd}
     target_count = str(checkpoints[-1])
     target = table.get("random", {}).get(target_count)
     reach: dict[str, int | None] = {}

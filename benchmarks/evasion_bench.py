@@ -77,6 +77,7 @@ from benchmarks.harness.defended import (
     markdown_table,
     run_knockoff_through,
 )
+from benchmarks.harness.stats import spread
 from common.constraints import check_fields
 from common.data import load_dataset
 from common.errors import invalid
@@ -608,12 +609,13 @@ def _victim(path: str):
 
 
 def _stats(values: Sequence[float | None]) -> dict[str, Any]:
-    known = [v for v in values if v is not None]
-    if len(known) < len(values) or not known:
+    """The results file's form of `spread`: mean, std (0 for one seed), min, max and values;
+    the values alone when a seed has none (a client never flagged)."""
+    s = spread(values)
+    if s.missing or not s.n:
         return {"values": list(values)}
-    arr = np.asarray(known, np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0,
-            "min": float(arr.min()), "max": float(arr.max()), "values": list(values)}
+    return {"mean": s.mean, "std": s.sd if s.sd is not None else 0.0, "min": s.min,
+            "max": s.max, "values": list(values)}
 
 
 def _cell(stats: dict[str, Any], digits: int = 3) -> str:

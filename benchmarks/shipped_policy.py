@@ -53,6 +53,7 @@ import numpy as np
 from attack.pipeline import journal_answers
 from benchmarks.harness import defended
 from benchmarks.harness.defended import benchmark_main, check_run_dir
+from benchmarks.harness.stats import spread
 from benchmarks.output_policies import benign_cost
 from common.constraints import check_fields
 from common.data import load_dataset
@@ -350,18 +351,13 @@ def _latency(config: ShippedConfig, served, policy, out: Path, images: np.ndarra
 
 # -- summary ---------------------------------------------------------------------------------
 def _stats(values: Sequence[float | None]) -> dict[str, Any]:
-    v = np.array([x for x in values if x is not None], dtype=np.float64)
-    return {"mean": float(v.mean()) if len(v) else None,
-            "sd": float(v.std(ddof=1)) if len(v) > 1 else None, "n": int(len(v)),
-            "values": [round(float(x), 4) for x in v]}
+    """The results file's form of `spread` (keys mean, sd, n, values: the known ones)."""
+    s = spread(values)
+    return {"mean": s.mean, "sd": s.sd, "n": s.n, "values": [round(x, 4) for x in s.known]}
 
 
-def _cell(stats: dict[str, Any]) -> str:
-    if stats["mean"] is None:
-        return "-"
-    if stats["sd"] is None:
-        return f"{stats['mean']:.3f}"
-    return f"{stats['mean']:.3f} ± {stats['sd']:.3f}"
+def _cell(values: Sequence[float | None]) -> str:
+    return spread(values).cell()
 
 
 def summarise(rows: list[dict], thieves: Sequence[str]) -> list[dict]:
@@ -374,15 +370,16 @@ def summarise(rows: list[dict], thieves: Sequence[str]) -> list[dict]:
         ratio = _stats([r["ratio"] for r in defended_rows])
         flagged_at = [r.get("flagged_at") for r in defended_rows]
         table.append({
-            "thief": thief, "ratio": ratio, "ratio_cell": _cell(ratio),
+            "thief": thief, "ratio": ratio,
+            "ratio_cell": _cell([r["ratio"] for r in defended_rows]),
             "undefended": _stats([r["ratio"] for r in undefended]),
-            "undefended_cell": _cell(_stats([r["ratio"] for r in undefended])),
+            "undefended_cell": _cell([r["ratio"] for r in undefended]),
             "seeds": f"{ratio['n']} / {len(undefended)}",
             "flagged": f"{sum(bool(r.get('flagged')) for r in defended_rows)}/"
                        f"{len(defended_rows)}",
             "flagged_at": ", ".join("never" if q is None else str(q) for q in flagged_at),
-            "surrogate_acc": _cell(_stats([r["surrogate_acc"] for r in defended_rows])),
-            "victim_acc": _cell(_stats([r["victim_acc"] for r in mine]))})
+            "surrogate_acc": _cell([r["surrogate_acc"] for r in defended_rows]),
+            "victim_acc": _cell([r["victim_acc"] for r in mine])})
     return table
 
 
