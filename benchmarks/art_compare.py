@@ -92,6 +92,10 @@ class CompareConfig:
     batch_size: int = field(default=32, metadata={
         "help": "ART's training batch (ours: the recipe's, attack.Surrogate's default of 32 "
                 "unless the recipe sets batch_size)", "min": 1})
+    art_learning_rate: float = field(default=1e-3, metadata={
+        "help": "the constant Adam learning rate of ART's training (ours: the recipe's peak "
+                "rate, decayed by a cosine); ART's rows name it when it is not 0.001",
+        "gt": 0})
     budgets: tuple[int, ...] = field(default=(5000,), metadata={
         "help": "query budgets", "min": 1})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds", "min": 0})
@@ -248,7 +252,7 @@ def _art_attack(method: str, config: CompareConfig, victim, transfer: np.ndarray
     blackbox = blackbox_cls(predict_fn, input_shape=transfer.shape[1:], nb_classes=num_classes,
                             channels_first=False, clip_values=(0, 255))
     network = _network(config, num_classes, transfer.shape[1:], seed)
-    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer = keras.optimizers.Adam(config.art_learning_rate)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True)
 
     @tf.function
@@ -346,7 +350,8 @@ def run(config: CompareConfig) -> dict:
                     raise invalid("budgets", budget, f"at most {len(order)} (the transfer set)")
                 transfer = pool.images[order[:budget]]
                 for method, spec in jobs:
-                    recipe = ({"batch_size": config.batch_size} if spec is None
+                    recipe = ({"batch_size": config.batch_size,
+                               "learning_rate": config.art_learning_rate} if spec is None
                               else resolved_recipe(config, spec))
                     row_label = label(method, recipe)
                     def same(r: dict) -> bool:

@@ -18,6 +18,7 @@ def victim_dir(tmp_path_factory):
     (["--methods", "art-jbda"], "--methods", "invalid choice"),
     (["--seeds", "1", "1"], "--seeds", "distinct seeds"),
     (["--epochs", "0"], "--epochs", "a positive integer"),
+    (["--art-learning-rate", "0"], "--art-learning-rate", "0"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(victim_dir, tmp_path, capsys, flags, flag,
                                            words) -> None:
@@ -65,6 +66,11 @@ def test_recipes_parse_to_trainer_settings_and_name_what_differs(victim_dir) -> 
     assert art_compare.label("ours-copycat", legacy) == "ours-copycat"
     assert art_compare.label("art-copycat", {"batch_size": 64}) == "art-copycat"
     assert art_compare.label("art-copycat", {"batch_size": 32}) == "art-copycat[batch_size=32]"
+    # ART's rate is named only when it is not the first comparison's 0.001 (rows stay reused)
+    assert art_compare.label("art-knockoff", {"batch_size": 32, "learning_rate": 1e-3}) == (
+        "art-knockoff[batch_size=32]")
+    assert art_compare.label("art-knockoff", {"batch_size": 32, "learning_rate": 2e-3}) == (
+        "art-knockoff[learning_rate=0.002,batch_size=32]")
     recipe = art_compare.resolved_recipe(config, "target_temperature=1,mixup=0.2,"
                                                  "batch_size=32")
     assert recipe == {**legacy, "mixup": 0.2, "batch_size": 32}
