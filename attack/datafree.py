@@ -10,7 +10,6 @@ victim; the surrogate learns from the victim's answers on them. Three methods:
   alone by forward differences along random directions (zeroth order, 1 direction per image);
 * ``maze`` (Kariyappa et al., "MAZE: Data-Free Model Stealing Attack Using Zeroth-Order
   Gradient Estimation", CVPR 2021): the same loop with the KL divergence and 10 directions;
-  MAZE's experience replay is not implemented (the surrogate sees each answer once);
 * ``dfms-hl``: the idea of Sanyal et al. ("Towards Data-Free Model Stealing in a Hard Label
   Setting", CVPR 2022) for victims that answer top-1 only: no victim gradient (hard labels have
   none), the generator is trained against the surrogate alone (towards images the surrogate is
@@ -19,6 +18,18 @@ victim; the surrogate learns from the victim's answers on them. Three methods:
   discriminator against a proxy data set (its generator is pre-trained and regularised as a
   GAN); ``--natural-share`` with ``--transfer-set`` is the nearest thing (natural images mixed
   into every surrogate batch).
+
+Every method's generator also spreads its images over the classes (``--diversity``): DFMS-HL's
+negative entropy of the batch-mean prediction, on the victim's answers for dfme and maze (its
+zeroth-order gradient comes from the generator step's own queries, `victim_spread`) or on the
+surrogate's (exact; dfms-hl, or ``--diversity-of surrogate``).
+
+Experience replay (MAZE, any method): ``--replay-steps R`` adds R surrogate steps per iteration,
+each on a batch drawn from the last ``--replay-size`` answered queries (`ReplayBuffer`), run
+while the victim answers the iteration's new queries. The buffer survives ``--resume``: the
+query blocks before a checkpoint move to ``RUN_DIR/replay/`` (deleted once every query of them
+has left the buffer), and a resumed run rebuilds the buffer from them and the journal, checked
+against the digest the checkpoint recorded.
 
 Hybrid (any method): ``--natural-share S --transfer-set SPEC`` replaces a share S of the
 images of every surrogate batch with natural transfer images (drawn without replacement in a
@@ -45,7 +56,6 @@ of the budget), not retrained on journal prefixes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -53,6 +63,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,12 +316,17 @@ class ReplayBuffer:
         return self.images[slots], self.answers[slots]
 
     def digest(self) -> str:
-        """sha256 of the kept queries in query order and of the count."""
-        slots = np.arange(self.count - len(self), self.count) % self.capacity
-        sha = hashlib.sha256(str(self.count).encode())
-        sha.update(np.ascontiguousarray(self.images[slots]).data)
-        sha.update(np.ascontiguousarray(self.answers[slots]).data)
-        return sha.hexdigest()
+        """CRC-32 of the kept queries' images and answers in query order, and the count (an
+        integrity check, not a secret: no copy of the buffer is made)."""
+        start = self.count - len(self)
+        head, tail = start % self.capacity, (start + len(self) - 1) % self.capacity + 1
+        segments = ([] if not len(self) else [slice(head, tail)] if head < tail
+                    else [slice(head, self.capacity), slice(0, tail)])
+        images = answers = 0
+        for part in segments:
+            images = zlib.crc32(memoryview(self.images[part]).cast("B"), images)
+            answers = zlib.crc32(memoryview(self.answers[part]).cast("B"), answers)
+        return f"{self.count}:{images:08x}:{answers:08x}"
 
 
 def _block_path(run_dir: Path, iteration: int, phase: str) -> Path:
@@ -338,7 +354,8 @@ class DataFree(Attack):
     Hyper-parameters (keyword-only; the ``python -m attack.datafree`` flags of the same names):
     ``method``, ``budget``, ``directions``, ``epsilon``, ``surrogate_steps``,
     ``generator_steps``, ``generator_lr``, ``latent_dim``, ``generator_width``, ``diversity``,
-    ``image_size``, ``natural_share``, ``checkpoint_every``, ``curve_points``, ``seed``.
+    ``diversity_of``, ``replay_steps``, ``replay_size``, ``image_size``, ``natural_share``,
+    ``checkpoint_every``, ``curve_points``, ``seed``.
     `transfer` is None (data-free) or the natural images of ``natural_share``.
     """
 
@@ -439,6 +456,7 @@ class _DataFreeRun:
         self.opt_s = keras.optimizers.Adam(config.learning_rate)
         self.opt_g.build(self.generator.trainable_variables)
         self.opt_s.build(self.trainer.model.trainable_variables)
+        self.firsts: dict[str, int] = {}  # first query number of each block in replay/
         self.buffer = (ReplayBuffer(min(config.replay_size, config.budget), (*self.size, 3),
                                     self.num_classes) if config.replay_steps else None)
         self._compile_steps()
@@ -526,10 +544,11 @@ class _DataFreeRun:
                     kept.mkdir(exist_ok=True)
                     os.replace(path, kept / path.name)
             if self.buffer is not None:
-                blocks = _blocks(kept)
+                blocks = _blocks(kept, self.firsts)
                 for (_, path), (after, _) in zip(blocks, blocks[1:]):
                     if after <= self.buffer.count - len(self.buffer):
                         path.unlink()  # every query of it dropped from the buffer
+                        del self.firsts[path.name]
         self._add("storage", started)
 
     def _rebuild_replay(self, journal, saved: dict | None) -> None:
@@ -541,7 +560,8 @@ class _DataFreeRun:
         indices = journal.answered_indices()
         mask = indices < self.assigned
         answers[indices[mask]] = journal.responses()[mask]
-        blocks = _blocks(self.run_dir / REPLAY_DIR) + _blocks(self.run_dir / QUERIES_DIR)
+        blocks = (_blocks(self.run_dir / REPLAY_DIR, self.firsts)
+                  + _blocks(self.run_dir / QUERIES_DIR))
         for first, path in sorted(blocks):
             if int(path.name[2:10]) > self.iteration:
                 continue
@@ -845,12 +865,16 @@ class _DataFreeRun:
                       train=train, test=self.test, curve_budgets=points, extra=extra)
 
 
-def _blocks(folder: Path) -> list[tuple[int, Path]]:
-    """(first query number, path) of the query blocks in `folder`, in query order."""
+def _blocks(folder: Path, known: dict[str, int] | None = None) -> list[tuple[int, Path]]:
+    """(first query number, path) of the query blocks in `folder`, in query order; `known`
+    caches the first numbers by file name (a block is never rewritten under its name)."""
+    known = {} if known is None else known
     found = []
     for path in folder.glob("it*.npz"):
-        with np.load(path) as stored:
-            found.append((int(stored["first"]), path))
+        if path.name not in known:
+            with np.load(path) as stored:
+                known[path.name] = int(stored["first"])
+        found.append((known[path.name], path))
     return sorted(found)
 
 

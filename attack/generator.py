@@ -13,8 +13,9 @@ victim's size. The per-image losses compare the surrogate with the victim's answ
 
 `class_diversity` is DFMS-HL's class-diversity loss (Sanyal et al. 2022): the negative entropy
 of the batch-mean prediction plus log K, 0 when the batch's predictions average to uniform and
-log K when they all name one class. The data-free loop adds it to every method's generator
-loss, computed on the surrogate (no query needed).
+log K when they all name one class. dfms-hl's generator loss adds it on the surrogate's
+predictions (no query needed); dfme and maze spread the victim's answers instead
+(`attack.datafree.victim_spread`), or the surrogate's with ``--diversity-of surrogate``.
 
 Imported only after a data-free run's flags have been checked (it imports TensorFlow).
 """
