@@ -7,10 +7,11 @@ over the batch in numpy (no TensorFlow): a background (flat, a two-colour gradie
 noise, or a crop of one of the thief's natural images), 1-3 generic shapes (circle, ring,
 triangle, inverted triangle, square, diamond, octagon, 5-7-sided polygon; fill and border
 colours in HSV, so vivid colours, white and black are as likely as muddy ones), inner glyphs
-(PIL's digits and letters, arrows, bars, crosses, blobs, drawn once into an atlas), an affine
-warp of the whole picture, blur, lighting (brightness, contrast, a light gradient) and pixel
-noise. Nothing in it is a template of any task's classes: which shapes, colours and glyphs
-matter is left to the victim's answers (`attack.synthetic`'s search moves theta).
+(PIL's digits, letters and two-digit numbers, arrows, bars, crosses, blobs, drawn once into an
+atlas), an affine warp of the whole picture, blur, lighting (brightness, contrast, a light
+gradient) and pixel noise. Nothing in it is a template of any task's classes: which shapes,
+colours and glyphs matter is left to the victim's answers (`attack.synthetic`'s search moves
+theta).
 
 Edges are anti-aliased from signed distances (coverage = clamp(0.5 - distance in pixels)), so
 one render at the target size costs no supersampling. The renderer is deterministic: the same
@@ -29,13 +30,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from common.errors import invalid
 
-__all__ = ["KINDS", "ImagePrior", "glyph_atlas", "hsv_to_rgb"]
+__all__ = ["KINDS", "PRIOR_VERSION", "ImagePrior", "glyph_atlas", "hsv_to_rgb"]
 
 log = logging.getLogger(__name__)
 
 KINDS = ("circle", "ring", "triangle", "inverted_triangle", "square", "diamond", "octagon",
          "polygon")
 """The shapes a theta's kind coordinate selects, in its order."""
+
+PRIOR_VERSION = 2
+"""What a theta means: raised whenever the renderer draws the same theta differently (a run's
+stored theta are only replayed by the version that wrote them)."""
 
 BACKGROUNDS = ("flat", "gradient", "noise", "natural")
 
@@ -85,16 +90,20 @@ def _colour(hsv: np.ndarray) -> np.ndarray:
 
 
 def glyph_atlas(size: int = _ATLAS, seed: int = 0) -> np.ndarray:
-    """float32 [G, size, size] masks in [0, 1]: the digits and capital letters of PIL's default
-    font, an arrow in 8 directions, bars, a cross, a plus, a bent arrow and 4 seeded blobs."""
+    """float32 [G, size, size] masks in [0, 1]: the digits, capital letters and two-digit
+    numbers 00-99 of PIL's default font, an arrow in 8 directions, bars, a cross, a plus, a bent
+    arrow and 4 seeded blobs."""
     masks = []
     font = ImageFont.load_default(size=int(size * 0.85))
-    for char in "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+    narrow = ImageFont.load_default(size=int(size * 0.6))
+    texts = list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") + [f"{k:02d}" for k in range(100)]
+    for text in texts:
         image = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(image)
-        left, top, right, bottom = draw.textbbox((0, 0), char, font=font)
+        face = font if len(text) == 1 else narrow
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=face)
         draw.text(((size - (right - left)) / 2 - left, (size - (bottom - top)) / 2 - top),
-                  char, fill=255, font=font)
+                  text, fill=255, font=face)
         masks.append(np.asarray(image, np.float32) / 255.0)
     s = size
     arrow = [(0.15, 0.42), (0.55, 0.42), (0.55, 0.22), (0.88, 0.5), (0.55, 0.78), (0.55, 0.58),

@@ -71,7 +71,7 @@ from attack.pipeline import (
     trainer_kwargs,
     victim_signature,
 )
-from attack.prior import ImagePrior
+from attack.prior import PRIOR_VERSION, ImagePrior
 from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
@@ -115,7 +115,9 @@ class SyntheticConfig(AttackConfig):
         "max": 1})
     online_passes: float = field(default=2.0, metadata={
         "help": "surrogate updates after each round: this many times the round's size, "
-                "drawn from the whole replay (0: only the final pass)", "min": 0})
+                "drawn from the whole replay; the curve is this online surrogate's (0: no "
+                "online updates, the curve's points are surrogates trained like the final "
+                "pass on the first answers)", "min": 0})
     shift: int = field(default=3, metadata={
         "help": "online updates: random shift of up to this many pixels (edge padded)",
         "min": 0})
@@ -355,7 +357,8 @@ class _SyntheticRun:
         arrays = dict(self.elites.state())
         for k, w in enumerate(self.trainer.model.get_weights()):
             arrays[f"s_{k:04d}"] = np.asarray(w)
-        meta = {"round": self.round, "assigned": self.assigned, "seconds": self.seconds,
+        meta = {"prior": PRIOR_VERSION, "round": self.round, "assigned": self.assigned,
+                "seconds": self.seconds,
                 "cpu": self.cpu, "hits": self.hits}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
         _save_npz(self.run_dir / STATE_NAME, **arrays)
@@ -367,6 +370,9 @@ class _SyntheticRun:
             return
         with np.load(path) as data:
             meta = json.loads(bytes(data["meta"]).decode())
+            if meta.get("prior") != PRIOR_VERSION:
+                raise invalid("resume", True, f"a run of this prior (version {PRIOR_VERSION}); "
+                              f"{path} was written by version {meta.get('prior')}")
             self.elites.load(data)
             self.trainer.model.set_weights(
                 [data[k] for k in sorted(data.files) if k.startswith("s_")])
@@ -439,6 +445,11 @@ class _SyntheticRun:
         self.images.append(images)
         self.probs.append(probs)
         self._add("search", started)
+        if not replaying:
+            log.info("round %d: %d queries (%d mutations, %.0f%% answered their class); "
+                     "%d of %d classes answered so far", round_, count, int(mutated.sum()),
+                     100 * self.hits["on_target"] / max(1, self.hits["mutations"]),
+                     int((self.elites.seen > 0).sum()), self.num_classes)
         if not replaying:
             self._online(round_, count)
 
@@ -522,7 +533,7 @@ class _SyntheticRun:
                 self._round(r, self.assigned, count, replaying=False)
                 self.assigned += count
                 self.round = r
-                if self.test is not None and any(
+                if self.test is not None and config.online_passes > 0 and any(
                         m <= self.assigned and not any(p["queries"] >= m for p in self.curve)
                         for m in milestones):
                     self.curve.append(self._evaluate_point())
@@ -543,14 +554,21 @@ class _SyntheticRun:
         self._add("surrogate", started)
 
         def train(n: int, tag: str):
-            if tag != "final" and n not in points:
-                raise RuntimeError(f"no curve point at {n} queries")
-            return self.trainer
+            if tag == "final":
+                return self.trainer
+            if config.online_passes > 0:
+                if n not in points:
+                    raise RuntimeError(f"no curve point at {n} queries")
+                return self.trainer  # pragma: no cover - finish reads the point from curve.json
+            refit = surrogate_trainer(self.run_dir, self.kwargs, tag)  # the final recipe
+            refit.fit(images[:n], probs[:n])
+            return refit
 
         extra = self._extra(probs, online_final)
         log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         return finish(self.victim, self.info, config, self.run_dir, queries=config.budget,
-                      train=train, test=self.test, curve_budgets=points, extra=extra)
+                      train=train, test=self.test, extra=extra,
+                      curve_budgets=points if config.online_passes > 0 else None)
 
     def trainer_fitted(self) -> bool:
         """Whether the final pass finished before (a resumed run after it: the online
