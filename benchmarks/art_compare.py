@@ -17,8 +17,12 @@ same held-out labelled images:
   non-problem-domain images, phase 1 only on both sides.
 
 ``--recipes`` runs our attacks under several training recipes of `attack.Surrogate` (e.g.
-``default`` and ``target_temperature=1,batch_size=64``, the trainer as first written) beside one
-ART run; rows are named by what differs from that first trainer (and ART at batch 64).
+``default``, ``target_temperature=1,batch_size=64``, the trainer as first written, or
+``ema=0.99,learning_rate=0.002,augment=none``: a weight average, a higher peak rate, no
+crop/flip; ``color_jitter=0.1`` adds a light colour change of each training image) beside one
+ART run; rows are named by what differs from that first trainer (and ART at batch 64 with Adam
+at 0.001; ``--art-learning-rate`` gives ART another constant rate, so a gain of ours that is only
+its rate shows).
 Every row is kept in OUT/rows.json with the settings it was measured under; a later run with
 the same settings keeps those rows instead of training (and paying the victim) again, so
 recipes can be added one invocation at a time beside the ART rows already measured.
@@ -44,7 +48,6 @@ import json
 import logging
 import os
 import re
-import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -55,6 +58,7 @@ import numpy as np
 
 from attack.config import RECIPE_LEGACY
 from attack.config import SurrogatePart as Surrogate
+from benchmarks.harness.stats import spread
 from common import cli
 from common.constraints import check_fields
 from common.data import load_dataset
@@ -284,12 +288,10 @@ def _summary(rows: list[dict]) -> dict:
         groups.setdefault(f"{row['label']}@{row['budget']}", []).append(row)
     out = {}
     for key, group in groups.items():
-        acc = [r["accuracy"] for r in group]
-        ratio = [r["ratio"] for r in group]
-        out[key] = {"seeds": len(acc), "accuracy_mean": statistics.fmean(acc),
-                    "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                    "ratio_mean": statistics.fmean(ratio),
-                    "ratio_sd": statistics.stdev(ratio) if len(ratio) > 1 else 0.0,
+        acc = spread(r["accuracy"] for r in group)
+        ratio = spread(r["ratio"] for r in group)
+        out[key] = {"seeds": acc.n, "accuracy_mean": acc.mean, "accuracy_sd": acc.sd or 0.0,
+                    "ratio_mean": ratio.mean, "ratio_sd": ratio.sd or 0.0,
                     "per_seed": {str(r["seed"]): r["accuracy"] for r in group}}
     return out
 
