@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import types
 
-import numpy as np
 import pytest
 
 from attack.victim import KerasVictim, RestVictim, ServingVictim
@@ -171,3 +170,18 @@ def test_a_variable_size_victim_needs_the_image_size(matrix, tmp_path):
     with pytest.raises(UsageError, match=r"`image_size`.*no fixed size"):
         _datafree(victim, tmp_path / "run", method="dfms-hl", budget=64)
     assert victim.queries == 0 and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_an_unknown_float_range_in_one_line_before_writing(matrix, tmp_path,
+                                                                          capsys):
+    from attack.datafree import main
+
+    out = tmp_path / "run"
+    code = main(["--grpc", matrix.server.target, "--model", "float01", "--method", "maze",
+                 "--budget", "64", "--backbone", "cnn", "--weights", "none",
+                 "--input-size", "16", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "argument `--input-range`" in err[0] and "--input-range 0,1" in err[0]
+    assert not out.exists()
