@@ -95,10 +95,10 @@ class SyntheticConfig(AttackConfig):
 
     budget: int = field(default=100_000, metadata={
         "help": "queries (rendered images) to send", "min": 1})
-    round_size: int = field(default=5000, metadata={
+    round_size: int = field(default=1000, metadata={
         "help": "queries per round (the elites and the surrogate are updated after each)",
         "min": 1})
-    explore: float = field(default=0.3, metadata={
+    explore: float = field(default=0.2, metadata={
         "help": "share of each round (after the first, all fresh) drawn as fresh random theta; "
                 "the rest mutates the per-class elites", "min": 0, "max": 1})
     elites: int = field(default=16, metadata={
@@ -113,7 +113,7 @@ class SyntheticConfig(AttackConfig):
     mutation_rate: float = field(default=0.25, metadata={
         "help": "share of theta's coordinates one mutation moves (at least one)", "gt": 0,
         "max": 1})
-    online_passes: float = field(default=2.0, metadata={
+    online_passes: float = field(default=1.0, metadata={
         "help": "surrogate updates after each round: this many times the round's size, "
                 "drawn from the whole replay; the curve is this online surrogate's (0: no "
                 "online updates, the curve's points are surrogates trained like the final "
