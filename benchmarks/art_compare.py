@@ -296,6 +296,16 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
+def _machine(rows: list[dict]) -> str:
+    """The CPUs and the load the rows were measured under (1-minute load average as each row
+    finished; the first rows recorded none)."""
+    loads = [r["load"] for r in rows if r.get("load") is not None]
+    text = f"{os.cpu_count()} CPUs"
+    if loads:
+        text += f", load {min(loads):.1f}-{max(loads):.1f} as the rows finished"
+    return text + f", {os.getloadavg()[0]:.1f} at the end"
+
+
 def _markdown(result: dict) -> str:
     lines = [f"# Ours against IBM ART {result['art_version']}", "",
              f"Victim `{result['victim']}`: {result['victim_accuracy']:.4f} on "
@@ -388,8 +398,8 @@ def run(config: CompareConfig) -> dict:
     result = {"victim": name, "victim_accuracy": victim_acc, "test_images": len(test.labels),
               "surrogate": f"{config.backbone} alpha {config.alpha} at {config.input_size} px, "
                            f"weights {Path(config.weights).name}, {config.epochs} epochs",
-              "seeds": list(config.seeds), "art_version": art.__version__,
-              "machine": f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f} at the end",
+              "seeds": sorted({r["seed"] for r in rows}), "art_version": art.__version__,
+              "machine": _machine(rows),
               "rows": rows, "summary": _summary(rows)}
     write_json_atomic(out / "results.json", result)
     write_text_atomic(out / "results.md", _markdown(result))

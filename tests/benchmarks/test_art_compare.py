@@ -108,3 +108,10 @@ def test_rows_of_other_runs_are_read_back_only_when_they_carry_settings(tmp_path
     path.write_text("[{")
     with pytest.raises(art_compare.UsageError, match="rows.json"):
         art_compare._load_rows(path)
+
+
+def test_machine_line_gives_the_load_range_of_the_rows() -> None:
+    rows = [{"load": None}, {"load": 4.97}, {"load": 19.69}, {}]
+    text = art_compare._machine(rows)
+    assert "load 5.0-19.7 as the rows finished" in text and "at the end" in text
+    assert "as the rows finished" not in art_compare._machine([{"load": None}])
