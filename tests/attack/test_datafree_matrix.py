@@ -2,18 +2,23 @@
 
 Fast: what a data-free run refuses before it pays (a float input whose range no synthetic image
 can tell, a label-only victim for the methods that need scores), on tiny in-process models.
-Slow (a trained matrix served in-process over gRPC and REST, ~10-25 s a run on 2 shared
+Slow (a trained matrix served in-process over gRPC and REST, 25-50 s a run on 2 shared
 cores): every method end to end through a representative subset of the matrix (logits, top-k
 on a named signature, class ids, grayscale 28x28, float16 of variable size, [0, 1] / [-1, 1] /
 [0, 255] floats, uint8), each checked for the range and kind it used, the exact budget, the
 victim accuracy the reference victim has (the range was respected) and agreement with the
-victim well above chance.
+victim well above what a constant surrogate gets (the victim's most common answer, ~0.47 on
+this test set). The runs are hybrid (half of every surrogate batch natural images of the task):
+at 640 queries a purely data-free surrogate of this pattern task still answers one class
+(fidelity 0.44-0.48, measured), so only the hybrid tells a working pipeline from a broken one;
+purely data-free learning is tested on the colour victim in tests/attack/test_datafree.py.
 """
 
 from __future__ import annotations
 
 import types
 
+import numpy as np
 import pytest
 
 from attack.victim import KerasVictim, RestVictim, ServingVictim
@@ -119,14 +124,28 @@ def reference_acc(matrix):
     return float((answers.argmax(1) == matrix.test.labels).mean())
 
 
-# (victim, interface, method, victim flags, attack hyper-parameters, kind used)
+@pytest.fixture(scope="module")
+def majority(matrix):
+    """name -> the share of the victim's most common answer on the test set (what a surrogate
+    answering one class agrees with)."""
+    def share(name: str) -> float:
+        entry = next(e for e in vm.MATRIX if e.name == name)
+        with _victim(matrix, name, "keras", input_range=entry.input_range) as v:
+            top = v.predict(matrix.test.images).argmax(1)
+        return float(np.bincount(top).max() / len(top))
+
+    return share
+
+
+# (victim, interface, method, victim flags (none: the range probed), attack hyper-parameters,
+# kind used); every run hybrid, half natural (see the module doc)
 CASES = [
-    ("float11", "grpc", "dfme", {}, {"natural_share": 0.5}, "probabilities"),
+    ("float11", "grpc", "dfme", {}, {}, "probabilities"),
     ("keras_export", "rest", "maze", {"input_range": "0,1"}, {"directions": 2}, "logits"),
-    ("named_topk", "grpc", "maze", {"input_range": "0,1"}, {"directions": 2}, "topk"),
+    ("named_topk", "grpc", "maze", {}, {"directions": 2}, "topk"),
     ("scores_ids", "keras", "dfms-hl", {"input_range": "0,1", "output": "class_ids",
                                         "num_classes": vm.K}, {}, "labels"),
-    ("gray28", "grpc", "dfme", {"input_range": "0,1"}, {}, "probabilities"),
+    ("gray28", "grpc", "dfme", {}, {}, "probabilities"),
     ("variable", "rest", "dfms-hl", {"input_range": "-1,1"}, {"image_size": 24},
      "probabilities"),
     ("float255", "keras", "dfme", {"input_range": "0,255"}, {}, "logits"),
@@ -137,19 +156,19 @@ CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name,interface,method,flags,hyper,kind", CASES,
                          ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
-def test_each_method_steals_a_foreign_export(matrix, reference_acc, name, interface, method,
-                                             flags, hyper, kind, tmp_path):
+def test_each_method_steals_a_foreign_export(matrix, reference_acc, majority, name, interface,
+                                             method, flags, hyper, kind, tmp_path):
     entry = next(e for e in vm.MATRIX if e.name == name)
-    natural = matrix.natural if hyper.get("natural_share") else None
-    result = _datafree(_victim(matrix, name, interface, **flags), tmp_path / "run", natural,
-                       matrix.test, method=method, budget=640, **hyper)
+    result = _datafree(_victim(matrix, name, interface, **flags), tmp_path / "run",
+                       matrix.natural, matrix.test, method=method, budget=640,
+                       **{"natural_share": 0.5, **hyper})
     assert result.queries == 640
     assert result.victim["input_range"] == entry.input_range, result.victim
     assert result.victim["output_kind"] == kind
     head = result.headline
     if name != "gray28":  # the same weights seen through the right range: the same accuracy
         assert abs(head["victim_acc"] - reference_acc) < 1e-9, (head, reference_acc)
-    assert head["fidelity_test"] > 0.4, head  # chance: the victim's majority share, ~0.2
+    assert head["fidelity_test"] > majority(name) + 0.15, (head, majority(name))
     assert not result.notes, result.notes
 
 
