@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from attack.datafree import DataFreeConfig
+
 METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "knockoff", "knockoff-adaptive",
            "knockoff-mobilenet")
 CIFAR = "cifar10_jpeg_q75.zip"
@@ -106,7 +108,7 @@ def run_one(ns, method: str, target: str, seed: int, replay: int = 0,
             strategy="adaptive" if method == "knockoff-adaptive" else "random")
         run_knockoff(config)
     else:
-        from attack.datafree import DataFreeConfig, run_datafree
+        from attack.datafree import run_datafree
 
         hybrid = method == "hybrid"
         tuned = {} if diversity is None else {"diversity": diversity}
@@ -239,8 +241,11 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
              + ("; knockoff-mobilenet: MobileNet alpha 0.25, ImageNet weights, 96 px"
                 if any(r["method"] == "knockoff-mobilenet" for r in rows) else "")
              + f". Load at the start: {load}.", "",
+             "A data-free row without `replay N` ran without experience replay; `div W`: the "
+             "class-diversity weight when not the attack's default.", "",
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
-             "CPU is the server process's and not counted there).", "",
+             "CPU is the server process's and not counted there; with replay, the victim's is the "
+             "wait left after the replay steps it overlaps).", "",
              "| method | seeds | surrogate acc (mean ± sd) | ratio | fidelity | classes < 50% "
              "| at 0% | victim | generator | surrogate | replay | storage | whole run |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -303,9 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch-args", nargs="*", default=[], metavar="KEY=VALUE",
                         help="the surrogate cnn's arguments, every method alike (e.g. "
                              "filters=[16,32,64] dense_units=128: a quarter of the cost)")
-    parser.add_argument("--replay-steps", type=int, nargs="+", default=[0], metavar="N",
-                        help="experience replay steps per iteration of the data-free methods; "
-                             "several values: one run each")
+    parser.add_argument("--replay-steps", type=int, nargs="+", metavar="N",
+                        default=[DataFreeConfig.replay_steps],
+                        help="experience replay steps per iteration of the data-free methods "
+                             "(default: the attack's); several values: one run each")
     parser.add_argument("--replay-size", type=int, default=100_000,
                         help="answered queries kept for replay")
     parser.add_argument("--diversity", type=float, nargs="+", metavar="W",
