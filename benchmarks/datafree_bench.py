@@ -182,10 +182,14 @@ def curve_means(rows: list[dict]) -> list[tuple[int, list[float]]]:
 
 def pace(row: dict) -> list[tuple[int, int, float]]:
     """(from, to, seconds per 1,000 queries) between consecutive curve points that recorded
-    the time per part, evaluation excluded: does the cost stay linear in the budget?"""
+    the time per part and the end of the run, evaluation excluded: does the cost stay linear
+    in the budget?"""
     points = [(0, 0.0)] + [(int(p["queries"]), sum(v for k, v in p["parts"].items()
                                                     if k != "evaluation"))
                            for p in row["curve"] if p.get("parts")]
+    if len(points) > 1 and row.get("seconds_per_1000"):  # the end: the report's split
+        points.append((int(row["budget"]), row["budget"] / 1000 * sum(
+            v for k, v in row["seconds_per_1000"].items() if k != "evaluation")))
     return [(a, b, 1000 * (tb - ta) / (b - a))
             for (a, ta), (b, tb) in zip(points, points[1:]) if b > a]
 

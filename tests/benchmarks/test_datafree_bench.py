@@ -118,5 +118,6 @@ def test_curve_means_and_the_pace_between_points():
     row["curve"] = [
         {"queries": 1000, "parts": {"generator": 8.0, "victim": 2.0, "evaluation": 5.0}},
         {"queries": 3000, "parts": {"generator": 28.0, "victim": 6.0, "evaluation": 9.0}},
-        {"queries": 4000}]  # the final point records no parts
-    assert pace(row) == [(0, 1000, 10.0), (1000, 3000, 12.0)]
+        {"queries": 5000}]  # the final point records no parts: the report's split does
+    row["seconds_per_1000"] = {"generator": 9.0, "victim": 2.0, "evaluation": 3.0}
+    assert pace(row) == [(0, 1000, 10.0), (1000, 3000, 12.0), (3000, 5000, 10.5)]
