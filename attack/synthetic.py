@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import threading
 import time
@@ -74,7 +73,7 @@ from attack.pipeline import (
 from attack.prior import PRIOR_VERSION, ImagePrior
 from common.constraints import check_fields
 from common.errors import invalid
-from common.fileio import write_json_atomic
+from common.fileio import write_atomic, write_json_atomic
 
 __all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_synthetic",
            "shift_images"]
@@ -269,17 +268,9 @@ def _block_path(run_dir: Path, round_: int) -> Path:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    """`arrays` to `path` atomically (temp file, fsync, rename)."""
+    """`arrays` to `path` atomically (`common.fileio.write_atomic`), creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
 
 
 # -- the attack object -----------------------------------------------------------------------------
@@ -387,26 +378,19 @@ class _SyntheticRun:
         """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
         journaled ones read back, the others sent (the first paid batch alone, checked)."""
         started = _now()
-        n = len(images)
-        indices = np.arange(first, first + n, dtype=np.int64)
-        raw = np.zeros((n, self.num_classes), np.float32)
-        todo = []
-        for row, index in enumerate(indices.tolist()):
-            answer = self.answered.pop(index, None)
-            if answer is None:
-                todo.append(row)
-            else:
-                raw[row] = answer
-        todo = np.asarray(todo, np.int64)
-        sent = 0
-        while sent < len(todo):
-            rows = todo[sent:sent + self.check.limit(len(todo) - sent)]
+        indices = np.arange(first, first + len(images), dtype=np.int64)
+        raw = np.zeros((len(images), self.num_classes), np.float32)
+        known = np.array([i in self.answered for i in indices.tolist()], bool)
+        if known.any():
+            raw[known] = np.stack([self.answered.pop(i) for i in indices[known].tolist()])
+        unknown = np.flatnonzero(~known)
+        while len(unknown):
+            rows, unknown = np.split(unknown, [self.check.limit(len(unknown))])
             raw[rows] = send_journaled(self.victim, self.journal, images[rows], indices[rows],
                                        lock=self.lock, budget=self.config.budget,
                                        on_progress=self.on_progress)
             self.check(raw[rows], journaled=self.journal.num_answered)
-            sent += len(rows)
-        self.sent += sent
+            self.sent += len(rows)
         self._add("victim", started)
         return raw
 

@@ -1,6 +1,6 @@
 """What the attack tests share besides fixtures (those live in conftest.py): configs of the
 learning attacks against the colour victim with a tiny surrogate, the check of a refused command
-line, and a label-only float64 victim for the exact attacks."""
+line, a label-only float64 victim for the exact attacks, and a Keras victim killed mid-run."""
 
 from __future__ import annotations
 
@@ -53,3 +53,21 @@ def save_label_only(path: Path, input_shape: tuple[int, ...],
 
     module = LabelOnly()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def killed_keras_victim(model, calls: int | None):
+    """A `KerasVictim` over `model` (0..255 input, logits) whose model call fails with
+    KeyboardInterrupt after `calls` calls (a kill mid-request: the batch was journaled as sent,
+    never answered); None: never killed. Its `queries` counts what was answered."""
+    from attack.victim import KerasVictim
+
+    class Victim(KerasVictim):
+        made = 0
+
+        def _call(self, batch):
+            if calls is not None and Victim.made >= calls:
+                raise KeyboardInterrupt("killed")
+            Victim.made += 1
+            return super()._call(batch)
+
+    return Victim(model, input_range="0,255", output_kind="logits", batch_size=16)

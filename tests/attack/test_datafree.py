@@ -22,6 +22,7 @@ from attack.datafree import (
     zo_gradient,
 )
 from serving.testing import COLOUR_CLASSES, COLOUR_SIZE, colour_images, colour_victim
+from tests.attack.helpers import killed_keras_victim
 
 SMALL = dict(latent_dim=8, generator_width=4, curve_points=1, noise=0)
 SURROGATE = dict(backbone="cnn", weights="none", input_size=COLOUR_SIZE, batch_size=16)
@@ -151,23 +152,7 @@ def test_victim_spread_terms_have_the_gradient_of_the_batch_mean_entropy():
             assert abs((terms[1] - terms[2]) / (2 * h) / len(x) - true) < 1e-6
 
 
-class _KilledVictim:
-    """Builds a KerasVictim whose model call fails after `calls` calls (a kill mid-request:
-    the batch was sent, never answered)."""
-
-    def __new__(cls, model, calls: int | None):
-        from attack.victim import KerasVictim
-
-        class Victim(KerasVictim):
-            made = 0
-
-            def _call(self, batch):
-                if calls is not None and Victim.made >= calls:
-                    raise KeyboardInterrupt("killed")
-                Victim.made += 1
-                return super()._call(batch)
-
-        return Victim(model, input_range="0,255", output_kind="logits", batch_size=16)
+_KilledVictim = killed_keras_victim  # a KerasVictim killed after `calls` calls
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 from attack.prior import DIM, KINDS, ImagePrior, glyph_atlas, hsv_to_rgb
 from attack.synthetic import Elites, SyntheticConfig, main, plan_round, shift_images
 from serving.testing import COLOUR_CLASSES, colour_images
+from tests.attack.helpers import killed_keras_victim
 
 SURROGATE = dict(backbone="cnn", weights="none", input_size=16, batch_size=16, epochs=2,
                  arch_args=("filters=[8,16]", "block_dropout=[0,0]", "dense_units=32"))
@@ -143,25 +144,6 @@ def test_shift_images_moves_whole_images():
 
 
 # -- the attack --------------------------------------------------------------------------------
-class _Victim:
-    """A KerasVictim over the colour victim whose call fails after `calls` calls (a kill
-    mid-request: the batch was journaled as sent, never answered)."""
-
-    def __new__(cls, model, calls):
-        from attack.victim import KerasVictim
-
-        class Victim(KerasVictim):
-            made = 0
-
-            def _call(self, batch):
-                if calls is not None and Victim.made >= calls:
-                    raise KeyboardInterrupt("killed")
-                Victim.made += 1
-                return super()._call(batch)
-
-        return Victim(model, input_range="0,255", output_kind="logits", batch_size=16)
-
-
 @pytest.fixture(scope="module")
 def colour_model():
     from serving.testing import colour_victim
@@ -191,7 +173,7 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
     from attack.journal import QueryJournal
 
     budget, run_dir = 250, tmp_path / "run"  # rounds of 100, 100, 50
-    first = _Victim(colour_model, calls=9)  # 16 per call: dies in round 2
+    first = killed_keras_victim(colour_model, calls=9)  # 16 per call: dies in round 2
     with pytest.raises(KeyboardInterrupt):
         _extract(first, run_dir, budget=budget, round_size=100)
     with QueryJournal.open(run_dir) as journal:
@@ -204,7 +186,7 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
     assert (run_dir / "synthetic_state.npz").is_file()  # after round 1
     assert (run_dir / "queries" / "r000002.npz").is_file()  # round 2's theta, kept
 
-    second = _Victim(colour_model, calls=None)
+    second = killed_keras_victim(colour_model, calls=None)
     result = _extract(second, run_dir, resume=True, budget=budget, round_size=100)
     assert result.queries == budget
     assert second.queries == budget - answered_first  # answered queries were not sent again
