@@ -148,7 +148,7 @@ class DataFreeConfig(AttackConfig):
                 "surrogate (exact, through the surrogate) or auto (victim, but surrogate for "
                 "dfms-hl, whose generator step sends nothing)",
         "choices": ("auto", "victim", "surrogate")})
-    replay_steps: int = field(default=5, metadata={
+    replay_steps: int = field(default=20, metadata={
         "help": "experience replay (MAZE): extra surrogate steps per iteration, each on a "
                 "batch drawn at random from the answered queries kept (--replay-size), run "
                 "while the iteration's new queries are being answered; 0: each answer trains "
