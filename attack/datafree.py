@@ -62,7 +62,6 @@ import math
 import os
 import sys
 import threading
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,9 +77,11 @@ from attack.pipeline import (
     as_seen_by_victim,
     begin_run,
     cached_victim_probs,
+    clock,
     finish,
     load_test_set,
     open_victim,
+    save_npz,
     send_journaled,
     surrogate_trainer,
     trainer_kwargs,
@@ -333,20 +334,6 @@ def _block_path(run_dir: Path, iteration: int, phase: str) -> Path:
     return run_dir / QUERIES_DIR / f"it{iteration:08d}_{phase}.npz"
 
 
-def _save_npz(path: Path, **arrays) -> None:
-    """`arrays` to `path` atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # -- the attack object -----------------------------------------------------------------------------
 class DataFree(Attack):
     """Data-free extraction (DFME, MAZE, DFMS-HL's label-only idea), optionally hybrid.
@@ -428,7 +415,7 @@ class _DataFreeRun:
         self.cpu = dict.fromkeys(PARTS, 0.0)  # this process's CPU seconds per part
 
     def _add(self, part: str, started: tuple[float, float]) -> None:
-        wall, cpu = _now()
+        wall, cpu = clock()
         self.seconds[part] += wall - started[0]
         self.cpu[part] += cpu - started[1]
 
@@ -518,7 +505,7 @@ class _DataFreeRun:
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
-        started = _now()
+        started = clock()
         arrays = {}
         for name, weights in (("g", self.generator.get_weights()),
                               ("s", self.trainer.model.get_weights()),
@@ -532,7 +519,7 @@ class _DataFreeRun:
         if self.buffer is not None:
             meta["replay"] = {"count": self.buffer.count, "digest": self.buffer.digest()}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        _save_npz(self.run_dir / STATE_NAME, **arrays)
+        save_npz(self.run_dir / STATE_NAME, **arrays)
         if not self.config.keep_queries:  # blocks before the checkpoint: replay's or gone
             kept = self.run_dir / REPLAY_DIR
             for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
@@ -609,7 +596,7 @@ class _DataFreeRun:
         """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
         journaled ones read back, the others sent (the first paid batch alone, checked).
         `timed`: count the time as the victim's (not when it runs beside the replay steps)."""
-        started = _now()
+        started = clock()
         n = len(images)
         indices = np.arange(first, first + n, dtype=np.int64)
         raw = np.zeros((n, self.num_classes), np.float32)
@@ -639,7 +626,7 @@ class _DataFreeRun:
         """One DFME/MAZE generator step: images, their perturbed copies, the victim's answers,
         the zeroth-order gradient of the per-image loss, backpropagated through the generator."""
         config, b, m = self.config, self.config.batch_size, self.config.n_directions()
-        started = _now()
+        started = clock()
         path = _block_path(self.run_dir, it, f"g{step}")
         if path.is_file():  # written before a crash: these images, never new ones
             with np.load(path) as stored:
@@ -652,13 +639,13 @@ class _DataFreeRun:
                             np.random.default_rng([config.seed, it, 1, step]))
             images = np.concatenate([base[:, None], moved], axis=1).reshape(-1, *base.shape[1:])
             self._add("generator", started)
-            started = _now()
-            _save_npz(path, z=z, images=images, first=np.int64(first))
+            started = clock()
+            save_npz(path, z=z, images=images, first=np.int64(first))
             self._add("storage", started)
-            started = _now()
+            started = clock()
         self._add("generator", started)
         raw = self._ask(first, images)
-        started = _now()
+        started = clock()
         if self.buffer is not None:
             self.buffer.add(first, images, raw)
         probs = answers_as_probabilities(self.victim, raw)
@@ -675,7 +662,7 @@ class _DataFreeRun:
         """DFMS-HL's idea without queries: the generator moves towards images the surrogate is
         unsure of, spread over the classes (class-diversity loss on the batch-mean prediction)."""
         config = self.config
-        started = _now()
+        started = clock()
         z = np.random.default_rng([config.seed, it, 0, step]).standard_normal(
             (config.batch_size, config.latent_dim)).astype(np.float32)
         self.losses.append(float(self._label_only(z)))
@@ -685,7 +672,7 @@ class _DataFreeRun:
         """`count` queries from the generator (and the natural share), answered, then the
         surrogate's steps over them, one batch each."""
         config = self.config
-        started = _now()
+        started = clock()
         path = _block_path(self.run_dir, it, "s")
         n_natural = int(round(config.natural_share * count)) if self.natural is not None else 0
         if path.is_file():  # written before a crash: these images, never new ones
@@ -703,8 +690,8 @@ class _DataFreeRun:
             if n_natural:
                 images[where] = self.natural[self._natural_rows(n_natural)]
             self._add("generator", started)
-            t = _now()
-            _save_npz(path, images=images, first=np.int64(first))
+            t = clock()
+            save_npz(path, images=images, first=np.int64(first))
             self._add("storage", t)
         self.natural_used += n_natural
         if self.buffer is None or not len(self.buffer):
@@ -712,10 +699,10 @@ class _DataFreeRun:
         else:  # the replay steps run while the victim answers the new queries
             answering = self.pool.submit(self._ask, first, images, False)
             self._replay(it)
-            started = _now()
+            started = clock()
             raw = answering.result()
             self._add("victim", started)
-        started = _now()
+        started = clock()
         if self.buffer is not None:
             self.buffer.add(first, images, raw)
         targets = self._targets(raw)
@@ -733,7 +720,7 @@ class _DataFreeRun:
         """MAZE's experience replay: `replay_steps` surrogate steps, each on a batch drawn from
         the answered queries kept (seeded by the iteration: a resumed run draws the same)."""
         config = self.config
-        started = _now()
+        started = clock()
         rng = np.random.default_rng([config.seed, it, 3])
         for _ in range(config.replay_steps):
             images, raw = self.buffer.sample(rng, config.batch_size)
@@ -752,7 +739,7 @@ class _DataFreeRun:
     def _evaluate_point(self) -> None:
         from attack.evaluate import evaluate
 
-        started = _now()
+        started = clock()
         result = evaluate(self.trainer.predict_probs, self.victim_test, self.test.labels,
                           test_images=self.test.images, noise=self.noise,
                           n_queries=self.assigned)
@@ -801,7 +788,7 @@ class _DataFreeRun:
             self.answered = dict(zip(journal.answered_indices()[mask].tolist(),
                                      journal.responses()[mask], strict=True))
             if resumed and self.buffer is not None:
-                started = _now()
+                started = clock()
                 self._rebuild_replay(journal, self.saved_replay)
                 self._add("storage", started)
             self.pool = ThreadPoolExecutor(1, thread_name_prefix="datafree-victim")
@@ -886,10 +873,6 @@ def _check_kind_fits(method: str, kind: str | None) -> None:
         raise invalid("method", method, "dfms-hl: the victim answers top-1 labels only, and "
                       f"{method}'s victim gradient needs scores (probabilities, logits or "
                       "top-k)")
-
-
-def _now() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
 
 
 def _at_size(images: np.ndarray, info, size: tuple[int, int]) -> np.ndarray:

@@ -59,7 +59,7 @@ from common.cli import (
 from common.constraints import is_number
 from common.data import load_dataset
 from common.errors import UsageError, invalid
-from common.fileio import check_writable, write_error, write_json_atomic
+from common.fileio import check_writable, write_atomic, write_error, write_json_atomic
 from common.progress import Progress
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "attack_main",
     "begin_run",
     "cached_victim_probs",
+    "clock",
     "describe_victim",
     "finish",
     "journal_answers",
@@ -80,6 +81,7 @@ __all__ = [
     "probe_images",
     "query_in_order",
     "run_attack_cli",
+    "save_npz",
     "send_journaled",
     "summary_line",
     "surrogate_trainer",
@@ -292,6 +294,18 @@ def as_seen_by_victim(images: np.ndarray, info) -> np.ndarray:
                                method="bilinear", antialias=True).numpy()
         out[start:start + 1024] = np.clip(np.rint(part), 0, 255)
     return out
+
+
+def save_npz(path: Path, **arrays) -> None:
+    """`arrays` to `path` as an ``.npz``, atomically (`common.fileio.write_atomic`), creating its
+    folder: the run state and query blocks of the generated-query attacks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
+
+
+def clock() -> tuple[float, float]:
+    """(wall, process CPU) seconds now: the start of a timed part of a run."""
+    return time.perf_counter(), time.process_time()
 
 
 def load_test_set(config: Any):

@@ -47,7 +47,6 @@ import logging
 import math
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,9 +61,11 @@ from attack.pipeline import (
     as_seen_by_victim,
     begin_run,
     cached_victim_probs,
+    clock,
     finish,
     load_test_set,
     open_victim,
+    save_npz,
     send_journaled,
     surrogate_trainer,
     trainer_kwargs,
@@ -73,7 +74,7 @@ from attack.pipeline import (
 from attack.prior import PRIOR_VERSION, ImagePrior
 from common.constraints import check_fields
 from common.errors import invalid
-from common.fileio import write_atomic, write_json_atomic
+from common.fileio import write_json_atomic
 
 __all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_synthetic",
            "shift_images"]
@@ -267,12 +268,6 @@ def _block_path(run_dir: Path, round_: int) -> Path:
     return run_dir / QUERIES_DIR / f"r{round_:06d}.npz"
 
 
-def _save_npz(path: Path, **arrays) -> None:
-    """`arrays` to `path` atomically (`common.fileio.write_atomic`), creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda handle: np.savez(handle, **arrays))
-
-
 # -- the attack object -----------------------------------------------------------------------------
 class Synthetic(Attack):
     """Data-free extraction with a procedural image prior and a victim-guided search.
@@ -338,13 +333,13 @@ class _SyntheticRun:
         self.cpu = dict.fromkeys(PARTS, 0.0)
 
     def _add(self, part: str, started: tuple[float, float]) -> None:
-        wall, cpu = _now()
+        wall, cpu = clock()
         self.seconds[part] += wall - started[0]
         self.cpu[part] += cpu - started[1]
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
-        started = _now()
+        started = clock()
         arrays = dict(self.elites.state())
         for k, w in enumerate(self.trainer.model.get_weights()):
             arrays[f"s_{k:04d}"] = np.asarray(w)
@@ -352,7 +347,7 @@ class _SyntheticRun:
                 "seconds": self.seconds,
                 "cpu": self.cpu, "hits": self.hits}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        _save_npz(self.run_dir / STATE_NAME, **arrays)
+        save_npz(self.run_dir / STATE_NAME, **arrays)
         self._add("storage", started)
 
     def _load_state(self) -> None:
@@ -377,7 +372,7 @@ class _SyntheticRun:
     def _ask(self, first: int, images: np.ndarray) -> np.ndarray:
         """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
         journaled ones read back, the others sent (the first paid batch alone, checked)."""
-        started = _now()
+        started = clock()
         indices = np.arange(first, first + len(images), dtype=np.int64)
         raw = np.zeros((len(images), self.num_classes), np.float32)
         known = np.array([i in self.answered for i in indices.tolist()], bool)
@@ -399,7 +394,7 @@ class _SyntheticRun:
         """Plan (or read back) the round's theta, render, ask, update the elites and the
         replay; then the online surrogate updates unless `replaying` a finished round."""
         config = self.config
-        started = _now()
+        started = clock()
         path = _block_path(self.run_dir, round_)
         if path.is_file():  # written before a crash (or a finished round): these, never new
             with np.load(path) as stored:
@@ -408,17 +403,17 @@ class _SyntheticRun:
             theta, target = plan_round(count, self.elites, self.prior.dim, config,
                                        np.random.default_rng([config.seed, round_]))
             self._add("search", started)
-            started = _now()
-            _save_npz(path, theta=theta.astype(np.float16), target=target,
+            started = clock()
+            save_npz(path, theta=theta.astype(np.float16), target=target,
                       first=np.int64(first))
             self._add("storage", started)
-            started = _now()
+            started = clock()
         self._add("search", started)
-        started = _now()
+        started = clock()
         images = self.prior.render(theta)
         self._add("render", started)
         raw = self._ask(first, images)
-        started = _now()
+        started = clock()
         probs = answers_as_probabilities(self.victim, raw)
         if not replaying:
             self.elites.update(theta, probs)
@@ -442,7 +437,7 @@ class _SyntheticRun:
         steps = math.ceil(config.online_passes * count / config.batch_size)
         if not steps:
             return
-        started = _now()
+        started = clock()
         from attack.surrogate import sharpen
 
         total = sum(len(p) for p in self.probs)
@@ -459,7 +454,7 @@ class _SyntheticRun:
     def _evaluate_point(self) -> dict:
         from attack.evaluate import evaluate
 
-        started = _now()
+        started = clock()
         result = evaluate(self.trainer.predict_probs, self.victim_test, self.test.labels,
                           test_images=self.test.images, noise=self.noise,
                           n_queries=self.assigned)
@@ -533,7 +528,7 @@ class _SyntheticRun:
         images, probs = np.concatenate(self.images), np.concatenate(self.probs)
         del self.images, self.probs
         points = [p["queries"] for p in self.curve]
-        started = _now()
+        started = clock()
         self.trainer.fit(images, probs)
         self._add("surrogate", started)
 
@@ -606,10 +601,6 @@ def _gather(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
         mask = which == k
         out[mask] = blocks[k][rows[mask] - starts[k]]
     return out
-
-
-def _now() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
 
 
 # -- command line ----------------------------------------------------------------------------------
