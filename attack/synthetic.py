@@ -15,6 +15,11 @@ a black-box search over theta, round by round:
   is pursued (the elite of a class never answered is still the theta that gave it the most
   probability, so the search climbs towards it); a mutation moves a share ``--mutation-rate``
   of theta's coordinates by Gaussian steps of ``--mutation-scale`` (and re-draws a few);
+* with ``--screen k`` (ActiveThief's selection on a synthetic pool), each round after the
+  first plans and renders k times its size and sends the share the online surrogate scores
+  highest (``--screen-by``: its entropy, or its probability of the classes answered least);
+  the candidates cost rendering and a surrogate prediction, no query, and the chosen theta
+  are written before any is sent, like every round's;
 * every answer is kept (replay); after each round the surrogate is updated (warm start) on a
   sample of the whole replay, ``--online-passes`` times the round's size, shifted by up to
   ``--shift`` pixels (augmentation that keeps the victim's label), and at the end a final pass
@@ -77,7 +82,7 @@ from common.errors import invalid
 from common.fileio import write_json_atomic
 
 __all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_synthetic",
-           "shift_images"]
+           "select_screened", "shift_images"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +118,14 @@ class SyntheticConfig(AttackConfig):
     mutation_rate: float = field(default=0.25, metadata={
         "help": "share of theta's coordinates one mutation moves (at least one)", "gt": 0,
         "max": 1})
+    screen: int = field(default=1, metadata={
+        "help": "surrogate-screened rounds: plan and render this many times a round's queries "
+                "and send the share --screen-by picks, scored by the online surrogate (no "
+                "query; needs --online-passes > 0; 1: send every planned theta)", "min": 1})
+    screen_by: str = field(default="entropy", metadata={
+        "help": "what the screen sends: entropy (the candidates the surrogate is least sure "
+                "of) or rare (those it predicts for the classes the victim answered least)",
+        "choices": ("entropy", "rare")})
     online_passes: float = field(default=1.0, metadata={
         "help": "surrogate updates after each round: this many times the round's size, "
                 "drawn from the whole replay; the curve is this online surrogate's (0: no "
@@ -154,6 +167,9 @@ class SyntheticConfig(AttackConfig):
         if self.distribute != "none":
             raise invalid("distribute", self.distribute,
                           "none (the online rounds train on one device)")
+        if self.screen > 1 and self.online_passes <= 0:
+            raise invalid("screen", self.screen, "1 unless --online-passes > 0 (the online "
+                          "surrogate screens the candidates)")
 
 
 # -- the pure parts --------------------------------------------------------------------------------
@@ -240,6 +256,21 @@ def plan_round(count: int, elites: Elites, prior_dim: int, config: SyntheticConf
     order = rng.permutation(count)
     theta, target = theta[order], target[order]
     return theta.astype(np.float16).astype(np.float32), target
+
+
+def select_screened(probs: np.ndarray, count: int, by: str, seen: np.ndarray) -> np.ndarray:
+    """Indices (ascending) of the `count` candidates a screened round sends, from the
+    surrogate's probabilities `probs` [m, K] of all m candidates: ``entropy``, the highest
+    entropy; ``rare``, the highest probability mass on the classes the victim answered least
+    (each class weighted by (1 + `seen`) ** -1). Ties go to the earlier candidate."""
+    probs = np.asarray(probs, np.float64)
+    if by == "entropy":
+        score = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
+    elif by == "rare":
+        score = probs @ (1.0 / (1.0 + np.asarray(seen, np.float64)))
+    else:
+        raise invalid("screen_by", by, "entropy or rare")
+    return np.sort(np.argsort(-score, kind="stable")[:count])
 
 
 def shift_images(images: np.ndarray, shift: int, rng: np.random.Generator,
@@ -396,12 +427,18 @@ class _SyntheticRun:
         config = self.config
         started = clock()
         path = _block_path(self.run_dir, round_)
+        images = None
         if path.is_file():  # written before a crash (or a finished round): these, never new
             with np.load(path) as stored:
                 theta, target = stored["theta"].astype(np.float32), stored["target"]
         else:
-            theta, target = plan_round(count, self.elites, self.prior.dim, config,
+            # screened: the first round has no trained surrogate (and no elite) to screen with
+            screen = config.screen if round_ > 1 else 1
+            theta, target = plan_round(count * screen, self.elites, self.prior.dim, config,
                                        np.random.default_rng([config.seed, round_]))
+            if screen > 1:
+                theta, target, images = self._screen(theta, target, count, started)
+                started = clock()
             self._add("search", started)
             started = clock()
             save_npz(path, theta=theta.astype(np.float16), target=target,
@@ -409,9 +446,10 @@ class _SyntheticRun:
             self._add("storage", started)
             started = clock()
         self._add("search", started)
-        started = clock()
-        images = self.prior.render(theta)
-        self._add("render", started)
+        if images is None:
+            started = clock()
+            images = self.prior.render(theta)
+            self._add("render", started)
         raw = self._ask(first, images)
         started = clock()
         probs = answers_as_probabilities(self.victim, raw)
@@ -431,6 +469,21 @@ class _SyntheticRun:
                      int((self.elites.seen > 0).sum()), self.num_classes)
         if not replaying:
             self._online(round_, count)
+
+    def _screen(self, theta: np.ndarray, target: np.ndarray, count: int, started
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The `count` of the planned candidates (theta, target) that `select_screened` picks
+        by the online surrogate's answers to their renders, with their images."""
+        self._add("search", started)
+        started = clock()
+        candidates = self.prior.render(theta)
+        self._add("render", started)
+        started = clock()
+        probs = self.trainer.predict_probs(candidates)
+        self._add("surrogate", started)
+        keep = select_screened(probs, count, self.config.screen_by, self.elites.seen)
+        self.hits["screened"] = self.hits.get("screened", 0) + len(theta)
+        return theta[keep], target[keep], candidates[keep]
 
     def _online(self, round_: int, count: int) -> None:
         config = self.config
@@ -579,6 +632,7 @@ class _SyntheticRun:
                                               for c in range(self.num_classes)},
             "mutations": hits["mutations"],
             "mutations_answered_their_class": hits["on_target"],
+            "screened_candidates": hits.get("screened", 0),
             "online_surrogate_at_budget": online_final,
             "sent_this_session": self.sent,
             "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},

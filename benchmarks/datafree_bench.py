@@ -105,6 +105,7 @@ def run_one(ns, method: str, target: str, seed: int, replay: int = 0,
                              weights=str(Path(ns.data) / MOBILENET))
         config = KnockoffConfig(**surrogate, transfer_set=str(
             Path(ns.data) / TINY), epochs=ns.knockoff_epochs, heldout=0,
+            transfer_split=getattr(ns, "knockoff_split", "train"),
             strategy="adaptive" if method == "knockoff-adaptive" else "random")
         run_knockoff(config)
     else:

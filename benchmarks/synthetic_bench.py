@@ -9,7 +9,8 @@ The embedded model server runs as its own process over ``--victims`` (a folder w
 ``synthetic`` (`attack.synthetic` with its defaults: the ``cnn`` surrogate from scratch at the
 victim's size; ``--set KEY=VALUE`` overrides a field of its config, e.g. ``round_size=10000``),
 and the Knockoff rows of `benchmarks.datafree_bench` (``knockoff-mobilenet``: random
-Tiny-ImageNet queries, MobileNet alpha 0.25 at 96 px from the ImageNet weights in ``--data``,
+Tiny-ImageNet queries from the ``--knockoff-split`` of the zip, by default train+val: 20,000
+images, MobileNet alpha 0.25 at 96 px from the ImageNet weights in ``--data``,
 ``--knockoff-epochs``). Each row reads the run's report: surrogate accuracy, fidelity, classes
 below 50% and at 0%, the curve, seconds per 1,000 queries by part, and for the synthetic runs
 the classes the victim never answered. ``--flags`` replays each synthetic run's query stream
@@ -42,6 +43,7 @@ from benchmarks.datafree_bench import (
 from benchmarks.datafree_bench import run_one as run_knockoff_row
 
 METHODS = ("synthetic", "knockoff", "knockoff-mobilenet")
+SPLITS = ("train+val", "train", "val")  # Knockoff's pool: the Tiny-ImageNet zip's splits
 
 
 def _parse_sets(pairs: list[str]) -> dict:
@@ -213,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="fields of the synthetic run's config (JSON values)")
     parser.add_argument("--curve-points", type=int, default=5)
     parser.add_argument("--knockoff-epochs", type=int, default=5)
+    parser.add_argument("--knockoff-split", default="train+val",
+                        help="split(s) of the Tiny-ImageNet zip Knockoff samples its queries "
+                        "from: train+val (20,000 images, the default), train or val (10,000)")
     parser.add_argument("--flags", action="store_true",
                         help="replay each synthetic stream through PRADA and --detector")
     parser.add_argument("--detector", help="an exported OOD detector (detectors/<name>/<v>)")
@@ -226,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(parser, "--test-set", "an existing data set", ns.test_set)
     if ns.budget < 1:
         return _fail(parser, "--budget", "at least 1", ns.budget)
+    if ns.knockoff_split not in SPLITS:
+        return _fail(parser, "--knockoff-split", "one of " + ", ".join(SPLITS),
+                     ns.knockoff_split)
     knockoff = [m for m in ns.methods if m != "synthetic"]
     for name in ([TINY] if knockoff else []) + (
             [MOBILENET] if "knockoff-mobilenet" in knockoff else []):

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 
 from attack.prior import DIM, KINDS, ImagePrior, glyph_atlas, hsv_to_rgb
-from attack.synthetic import Elites, SyntheticConfig, main, plan_round, shift_images
+from attack.synthetic import (
+    Elites,
+    SyntheticConfig,
+    main,
+    plan_round,
+    select_screened,
+    shift_images,
+)
 from serving.testing import COLOUR_CLASSES, colour_images
 from tests.attack.helpers import killed_keras_victim
 
@@ -132,6 +139,22 @@ def test_plan_round_balances_towards_the_classes_seen_least():
     np.testing.assert_array_equal(theta, again)
 
 
+def test_screen_sends_the_most_uncertain_or_the_rarest_candidates():
+    probs = np.array([[1.0, 0.0, 0.0],     # sure of class 0
+                      [0.34, 0.33, 0.33],  # least sure
+                      [0.5, 0.5, 0.0],
+                      [0.1, 0.1, 0.8],     # mostly class 2
+                      [0.5, 0.5, 0.0]], np.float32)  # ties with row 2
+    assert select_screened(probs, 2, "entropy", np.zeros(3)).tolist() == [1, 2]
+    assert select_screened(probs, 5, "entropy", np.zeros(3)).tolist() == [0, 1, 2, 3, 4]
+    seen = np.array([100, 100, 0])  # class 2 never answered: its mass wins
+    assert select_screened(probs, 1, "rare", seen).tolist() == [3]
+    assert select_screened(probs, 2, "rare", seen).tolist() == [1, 3]
+    assert select_screened(probs, 1, "rare", np.array([0, 100, 100])).tolist() == [0]
+    with pytest.raises(Exception, match="screen_by"):
+        select_screened(probs, 1, "margin", seen)
+
+
 def test_shift_images_moves_whole_images():
     images = np.arange(2 * 6 * 6 * 3, dtype=np.uint8).reshape(2, 6, 6, 3)
     assert shift_images(images, 0, np.random.default_rng(0)) is images
@@ -168,14 +191,20 @@ def _extract(victim, run_dir, *, resume=False, test=None, **hyper):
                                       run_dir=run_dir, resume=resume, test=test)
 
 
-@pytest.mark.slow  # ~20 s: two runs, a surrogate trained and exported
-def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_model, tmp_path):
+@pytest.mark.slow  # ~20 s each: two runs, a surrogate trained and exported
+@pytest.mark.parametrize("screen", [1, 3])
+def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_model, tmp_path,
+                                                                       screen):
     from attack.journal import QueryJournal
 
     budget, run_dir = 250, tmp_path / "run"  # rounds of 100, 100, 50
     first = killed_keras_victim(colour_model, calls=9)  # 16 per call: dies in round 2
     with pytest.raises(KeyboardInterrupt):
-        _extract(first, run_dir, budget=budget, round_size=100)
+        _extract(first, run_dir, budget=budget, round_size=100, screen=screen)
+    if screen > 1:  # round 2's chosen theta were written before any was sent
+        with np.load(run_dir / "queries" / "r000002.npz") as block:
+            chosen = block["theta"].copy()
+        assert chosen.shape == (100, DIM)
     with QueryJournal.open(run_dir) as journal:
         answered_first = journal.num_answered
         pending = journal.pending().tolist()
@@ -187,7 +216,11 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
     assert (run_dir / "queries" / "r000002.npz").is_file()  # round 2's theta, kept
 
     second = killed_keras_victim(colour_model, calls=None)
-    result = _extract(second, run_dir, resume=True, budget=budget, round_size=100)
+    result = _extract(second, run_dir, resume=True, budget=budget, round_size=100,
+                      screen=screen)
+    if screen > 1:  # the resumed run sent the stored choice, not a new screen's
+        with np.load(run_dir / "queries" / "r000002.npz") as block:
+            np.testing.assert_array_equal(block["theta"], chosen)
     assert result.queries == budget
     assert second.queries == budget - answered_first  # answered queries were not sent again
     with QueryJournal.open(run_dir) as journal:
@@ -202,6 +235,8 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
     assert report["extra"]["rounds"] == 3
     assert sum(report["extra"]["answers_per_class"].values()) == budget
     assert report["extra"]["sent_this_session"] == budget - answered_first
+    # rounds 2 and 3 screened (300 and 150 candidates), by the first session or the second
+    assert report["extra"]["screened_candidates"] in ((0,) if screen == 1 else (150, 450))
 
 
 @pytest.mark.slow  # ~15 s
@@ -262,6 +297,9 @@ def test_matrix_victims_with_foreign_signatures(matrix, name, tmp_path):
     (["--balance", "-1"], "balance"),
     (["--shift", "-1"], "shift"),
     (["--online-passes", "-0.5"], "online_passes"),
+    (["--screen", "0"], "screen"),
+    (["--screen", "2", "--online-passes", "0"], "screen"),
+    (["--screen-by", "margin"], "screen_by"),
     (["--distribute", "mirrored"], "distribute"),
 ])
 def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, named, capsys,
