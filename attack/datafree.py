@@ -56,12 +56,10 @@ of the budget), not retrained on journal prefixes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import sys
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,27 +67,21 @@ from pathlib import Path
 
 import numpy as np
 
-from attack.base import Attack, as_transfer, dataset_source
 from attack.config import AttackConfig
+from attack.generated import GeneratedAttack, GeneratedRun, prefixed, run_generated
 from attack.pipeline import (
     ExtractionResult,
     answers_as_probabilities,
     as_seen_by_victim,
     begin_run,
-    cached_victim_probs,
     clock,
     finish,
-    load_test_set,
-    open_victim,
     save_npz,
-    send_journaled,
     surrogate_trainer,
-    trainer_kwargs,
-    victim_signature,
 )
+from attack.prior import ImagePrior
 from common.constraints import check_fields
 from common.errors import invalid
-from common.fileio import write_json_atomic
 
 __all__ = ["METHODS", "DataFree", "DataFreeConfig", "ReplayBuffer", "perturb", "plan_iteration",
            "quantize", "run_datafree", "victim_spread", "zo_gradient"]
@@ -97,6 +89,7 @@ __all__ = ["METHODS", "DataFree", "DataFreeConfig", "ReplayBuffer", "perturb", "
 log = logging.getLogger(__name__)
 
 METHODS = ("dfme", "maze", "dfms-hl")
+NATURAL_SOURCES = ("images", "prior")
 LOSS_OF = {"dfme": "l1", "maze": "kl", "dfms-hl": "ce"}
 DEFAULT_DIRECTIONS = {"dfme": 1, "maze": 10, "dfms-hl": 0}
 STATE_NAME = "datafree_state.npz"
@@ -161,8 +154,13 @@ class DataFreeConfig(AttackConfig):
         "help": "side of the generated images; none: the victim's input size (needed for a "
                 "victim without a fixed size)", "metavar": "PX", "min": 8})
     natural_share: float = field(default=0.0, metadata={
-        "help": "hybrid: share of every surrogate batch taken from --transfer-set's natural "
-                "images instead of the generator (0: data-free)", "min": 0, "max": 1})
+        "help": "hybrid: share of every surrogate batch taken from --natural-source instead "
+                "of the generator (0: the generator's images only)", "min": 0, "max": 1})
+    natural_source: str = field(default="images", metadata={
+        "help": "where --natural-share's images come from: images (--transfer-set's natural "
+                "images: not data-free) or prior (attack.prior's procedural renders, "
+                "procedural backgrounds only: no real image at all)",
+        "choices": NATURAL_SOURCES})
     transfer_set: str | None = field(default=None, metadata={
         "help": "natural images for --natural-share (any data-layer spec)", "metavar": "SPEC"})
     transfer_split: str = field(default="train", metadata={"help": "split of --transfer-set"})
@@ -191,7 +189,15 @@ class DataFreeConfig(AttackConfig):
             raise invalid("diversity_of", self.diversity_of,
                           "surrogate or auto with --method dfms-hl (its generator step sends "
                           "no query)")
-        if self.natural_share > 0 and not self.transfer_set:
+        if self.natural_source == "prior":
+            if self.transfer_set:
+                raise invalid("transfer_set", self.transfer_set,
+                              "none with --natural-source prior (its images are rendered, "
+                              "none is read)")
+            if self.natural_share == 0:
+                raise invalid("natural_share", self.natural_share,
+                              "a share in (0, 1] to use --natural-source prior")
+        elif self.natural_share > 0 and not self.transfer_set:
             raise invalid("transfer_set", self.transfer_set,
                           f"a dataset spec of natural images for --natural-share "
                           f"{self.natural_share}")
@@ -335,32 +341,24 @@ def _block_path(run_dir: Path, iteration: int, phase: str) -> Path:
 
 
 # -- the attack object -----------------------------------------------------------------------------
-class DataFree(Attack):
+class DataFree(GeneratedAttack):
     """Data-free extraction (DFME, MAZE, DFMS-HL's label-only idea), optionally hybrid.
 
     Hyper-parameters (keyword-only; the ``python -m attack.datafree`` flags of the same names):
     ``method``, ``budget``, ``directions``, ``epsilon``, ``surrogate_steps``,
     ``generator_steps``, ``generator_lr``, ``latent_dim``, ``generator_width``, ``diversity``,
     ``diversity_of``, ``replay_steps``, ``replay_size``, ``image_size``, ``natural_share``,
-    ``checkpoint_every``, ``curve_points``, ``seed``.
-    `transfer` is None (data-free) or the natural images of ``natural_share``.
+    ``natural_source``, ``checkpoint_every``, ``curve_points``, ``seed``.
+    `transfer` is None (data-free; with ``natural_source="prior"`` the share is rendered by
+    `attack.prior.ImagePrior`) or the natural images of ``natural_share``.
     """
 
     config_class = DataFreeConfig
-    data_fields = ("transfer_set", "transfer_split")
     name = "datafree"
 
     def _placeholders(self) -> dict:
-        return {"transfer_set": "<given to extract>"} if self.params.get("natural_share") else {}
-
-    def _prepare_data(self, transfer, test, **data) -> dict:
-        if data:
-            name = sorted(data)[0]
-            raise invalid(name, data[name], f"no such data argument of {type(self).__name__}")
-        natural = None if transfer is None else as_transfer(transfer)
-        return {"fields": {"transfer_set": None if natural is None else dataset_source(natural),
-                           "test_set": None if test is None else dataset_source(test)},
-                "natural": natural, "test": test}
+        return {"transfer_set": "<given to extract>"} if self.params.get("natural_share") \
+            and self.params.get("natural_source") != "prior" else {}
 
     def _run(self, victim, config: DataFreeConfig, data: dict, on_progress=None
              ) -> ExtractionResult:
@@ -371,36 +369,26 @@ class DataFree(Attack):
 
 def run_datafree(config: DataFreeConfig, *, on_progress=None) -> ExtractionResult:
     """The CLI's attack: load the data of `config`, open its victim, run `DataFree`."""
-    from common.data import load_dataset
-
-    natural = (load_dataset(config.transfer_set, config.transfer_split, seed=config.seed)
-               if config.transfer_set else None)
-    test = load_test_set(config)
-    attack = DataFree.from_config(config)
-    with open_victim(config) as victim:
-        return attack._run(victim, config, {"natural": natural, "test": test}, on_progress)
+    return run_generated(DataFree, config, on_progress=on_progress)
 
 
 # -- the loop --------------------------------------------------------------------------------------
-class _DataFreeRun:
-    """One run: the models, the journal, the stored query blocks and the timers."""
+class _DataFreeRun(GeneratedRun):
+    """One run: the models and the stored query blocks (the journal, the timers, the curve and
+    the state file: `attack.generated.GeneratedRun`)."""
+
+    parts, state_name = PARTS, STATE_NAME
 
     def __init__(self, victim, config: DataFreeConfig, natural, test, on_progress) -> None:
-        self.victim, self.config, self.test, self.on_progress = victim, config, test, on_progress
-        self.info, self.num_classes = victim_signature(victim, config)
-        size = self.info.image_size or (
-            None if config.image_size is None else (config.image_size, config.image_size))
-        if size is None:
-            raise invalid("image_size", None, "the side of the generated images: the victim's "
-                          "input has no fixed size")
-        if config.image_size is not None:
-            size = (config.image_size, config.image_size)
-        self.size = tuple(int(v) for v in size)
-        self.kwargs = trainer_kwargs(config, self.num_classes)
+        super().__init__(victim, config, test, on_progress)
         surrogate_trainer(None, self.kwargs, None)  # checks backbone, weights, size, arch_args
         self.natural = None
         if natural is not None:
             self.natural = _at_size(natural.images, self.info, self.size)
+        # the data-free hybrid: the share rendered by the procedural prior, procedural
+        # backgrounds only (no natural crop), its seeded banks from the run's seed
+        self.prior = (ImagePrior(self.size, None, seed=config.seed)
+                      if config.natural_source == "prior" and config.natural_share else None)
         if natural is None and getattr(victim, "input_range_flag", None) == "auto" \
                 and self.info.input_dtype != np.uint8:
             # measured: noise probes chose the wrong range for 28 of 32 float victims (CIFAR-10
@@ -411,13 +399,6 @@ class _DataFreeRun:
                           "0,255, or natural images (--natural-share with --transfer-set) to "
                           "probe with")
         _check_kind_fits(config.method, getattr(victim, "output_kind", None))
-        self.seconds = dict.fromkeys(PARTS, 0.0)  # wall-clock seconds per part
-        self.cpu = dict.fromkeys(PARTS, 0.0)  # this process's CPU seconds per part
-
-    def _add(self, part: str, started: tuple[float, float]) -> None:
-        wall, cpu = clock()
-        self.seconds[part] += wall - started[0]
-        self.cpu[part] += cpu - started[1]
 
     # -- setup ---------------------------------------------------------------------------------
     def _probe_images(self) -> np.ndarray:
@@ -514,12 +495,10 @@ class _DataFreeRun:
             for k, w in enumerate(weights):
                 arrays[f"{name}_{k:04d}"] = np.asarray(w)
         meta = {"iteration": self.iteration, "assigned": self.assigned,
-                "natural_used": self.natural_used, "seconds": self.seconds, "cpu": self.cpu,
-                "losses": self.losses[-50:]}
+                "natural_used": self.natural_used, "losses": self.losses[-50:]}
         if self.buffer is not None:
             meta["replay"] = {"count": self.buffer.count, "digest": self.buffer.digest()}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        save_npz(self.run_dir / STATE_NAME, **arrays)
+        self._write_state(arrays, meta)
         if not self.config.keep_queries:  # blocks before the checkpoint: replay's or gone
             kept = self.run_dir / REPLAY_DIR
             for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
@@ -567,59 +546,22 @@ class _DataFreeRun:
             self.replay_rebuilt = False
 
     def _load_state(self) -> bool:
-        path = self.run_dir / STATE_NAME
-        if not path.is_file():
+        state = self._read_state()
+        if state is None:
             return False
-        with np.load(path) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-
-            def part(name):
-                return [data[k] for k in sorted(data.files) if k.startswith(name + "_")]
-
-            self.generator.set_weights(part("g"))
-            self.trainer.model.set_weights(part("s"))
-            for opt, saved in ((self.opt_g, part("og")), (self.opt_s, part("os"))):
-                for variable, value in zip(opt.variables, saved, strict=True):
-                    variable.assign(value)
+        meta, data = state
+        self.generator.set_weights(prefixed(data, "g"))
+        self.trainer.model.set_weights(prefixed(data, "s"))
+        for opt, saved in ((self.opt_g, prefixed(data, "og")), (self.opt_s, prefixed(data, "os"))):
+            for variable, value in zip(opt.variables, saved, strict=True):
+                variable.assign(value)
         self.iteration, self.assigned = int(meta["iteration"]), int(meta["assigned"])
         self.saved_replay = meta.get("replay")
         self.natural_used = int(meta["natural_used"])
-        self.seconds.update(meta["seconds"])
-        self.cpu.update(meta.get("cpu", {}))
         self.losses = list(meta.get("losses", []))
         log.info("resumed from the checkpoint after iteration %d (%d queries assigned)",
                  self.iteration, self.assigned)
         return True
-
-    # -- the victim ----------------------------------------------------------------------------
-    def _ask(self, first: int, images: np.ndarray, timed: bool = True) -> np.ndarray:
-        """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
-        journaled ones read back, the others sent (the first paid batch alone, checked).
-        `timed`: count the time as the victim's (not when it runs beside the replay steps)."""
-        started = clock()
-        n = len(images)
-        indices = np.arange(first, first + n, dtype=np.int64)
-        raw = np.zeros((n, self.num_classes), np.float32)
-        todo = []
-        for row, index in enumerate(indices.tolist()):
-            answer = self.answered.pop(index, None)
-            if answer is None:
-                todo.append(row)
-            else:
-                raw[row] = answer
-        todo = np.asarray(todo, np.int64)
-        sent = 0
-        while sent < len(todo):
-            rows = todo[sent:sent + self.check.limit(len(todo) - sent)]
-            raw[rows] = send_journaled(self.victim, self.journal, images[rows], indices[rows],
-                                       lock=self.lock, budget=self.config.budget,
-                                       on_progress=self.on_progress)
-            self.check(raw[rows], journaled=self.journal.num_answered)
-            sent += len(rows)
-        self.sent += sent
-        if timed:
-            self._add("victim", started)
-        return raw
 
     # -- one iteration -------------------------------------------------------------------------
     def _generator_step(self, it: int, step: int, first: int) -> None:
@@ -674,7 +616,8 @@ class _DataFreeRun:
         config = self.config
         started = clock()
         path = _block_path(self.run_dir, it, "s")
-        n_natural = int(round(config.natural_share * count)) if self.natural is not None else 0
+        n_natural = (int(round(config.natural_share * count))
+                     if self.natural is not None or self.prior is not None else 0)
         if path.is_file():  # written before a crash: these images, never new ones
             with np.load(path) as stored:
                 images = stored["images"]
@@ -688,7 +631,7 @@ class _DataFreeRun:
             where[rng.permutation(count)[:n_natural]] = True
             images[~where] = made
             if n_natural:
-                images[where] = self.natural[self._natural_rows(n_natural)]
+                images[where] = self._natural_images(it, n_natural)
             self._add("generator", started)
             t = clock()
             save_npz(path, images=images, first=np.int64(first))
@@ -727,6 +670,15 @@ class _DataFreeRun:
             self._train_s(images.astype(np.float32), self._targets(raw))
         self._add("replay", started)
 
+    def _natural_images(self, it: int, n: int) -> np.ndarray:
+        """The hybrid's `n` images of iteration `it`: the prior's renders of theta drawn from a
+        generator seeded by the iteration (a resumed run renders the same), or the next `n` of
+        the natural images in their seeded order."""
+        if self.prior is not None:
+            rng = np.random.default_rng([self.config.seed, it, 4])
+            return self.prior.render(self.prior.sample(n, rng))
+        return self.natural[self._natural_rows(n)]
+
     def _natural_rows(self, n: int) -> np.ndarray:
         order = np.random.default_rng([self.config.seed, 12]).permutation(len(self.natural))
         positions = np.arange(self.natural_used, self.natural_used + n)
@@ -737,25 +689,10 @@ class _DataFreeRun:
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate_point(self) -> None:
-        from attack.evaluate import evaluate
-
-        started = clock()
-        result = evaluate(self.trainer.predict_probs, self.victim_test, self.test.labels,
-                          test_images=self.test.images, noise=self.noise,
-                          n_queries=self.assigned)
-        point = {"queries": self.assigned, **result.headline(),
-                 "seconds": round(sum(self.seconds.values()), 3),
-                 "parts": {k: round(v, 3) for k, v in self.seconds.items()}}
-        log.info("%d queries: surrogate accuracy %.4f, fidelity %.4f", self.assigned,
-                 point["surrogate_acc"], point["fidelity_test"])
-        self.curve = [p for p in self.curve if p["queries"] != self.assigned] + [point]
-        write_json_atomic(self.run_dir / "curve.json", self.curve)
-        self._add("evaluation", started)
+        self._add_point(self._measure(parts={k: round(v, 3) for k, v in self.seconds.items()}))
 
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> ExtractionResult:
-        from attack.evaluate import default_budgets, uniform_noise_images
-        from attack.journal import QueryJournal
         from attack.pipeline import AnswerCheck
 
         config = self.config
@@ -766,27 +703,8 @@ class _DataFreeRun:
         self.losses: list[float] = []
         self.saved_replay, self.replay_rebuilt = None, True
         resumed = self._load_state()
-        self.victim_test = self.noise = None
-        curve_path = self.run_dir / "curve.json"
-        self.curve = [p for p in (json.loads(curve_path.read_text())
-                                  if curve_path.is_file() else [])
-                      if p["queries"] <= self.assigned]
-        if self.test is not None:
-            self.victim_test = cached_victim_probs(self.victim, self.run_dir, "test",
-                                                   self.test.images)
-            if config.noise:
-                noise = uniform_noise_images(config.noise, self.test.images.shape[1:],
-                                             seed=config.seed)
-                self.noise = (noise, cached_victim_probs(self.victim, self.run_dir, "noise",
-                                                         noise))
-        milestones = [b for b in default_budgets(config.budget, config.curve_points)
-                      if b < config.budget]
-        self.lock = threading.Lock()
-        with QueryJournal.open(self.run_dir) as journal:
-            self.journal = journal
-            mask = journal.answered_indices() >= self.assigned
-            self.answered = dict(zip(journal.answered_indices()[mask].tolist(),
-                                     journal.responses()[mask], strict=True))
+        milestones = self._begin_curve()
+        with self._journal(since=self.assigned) as journal:
             if resumed and self.buffer is not None:
                 started = clock()
                 self._rebuild_replay(journal, self.saved_replay)
@@ -811,9 +729,7 @@ class _DataFreeRun:
                     self.iteration = it
                     if it % config.checkpoint_every == 0 or self.assigned >= config.budget:
                         self._save_state()
-                    if self.test is not None and any(
-                            m <= self.assigned and not any(p["queries"] >= m for p in self.curve)
-                            for m in milestones):
+                    if self.test is not None and self._point_due(milestones):
                         self._evaluate_point()
             finally:  # an answer in flight is journaled before the run stops
                 self.pool.shutdown()
@@ -832,6 +748,7 @@ class _DataFreeRun:
         extra = {"method": config.method, "loss": config.loss(),
                  "directions": config.n_directions(), "iterations": self.iteration,
                  "natural_queries": self.natural_used,
+                 "natural_source": (None if not self.natural_used else config.natural_source),
                  "diversity": config.diversity, "diversity_of": config.diversity_source(),
                  "answer_classes": (np.bincount(top1, minlength=self.num_classes)
                                     / max(1, len(top1))).round(4).tolist(),

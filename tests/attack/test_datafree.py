@@ -199,6 +199,39 @@ def test_killed_run_resumes_without_paying_an_answered_query_again(victim_model,
                 journal.responses()[journal.answered_indices().tolist().index(index)], answer)
 
 
+@pytest.mark.slow  # 10-25 s: two runs, a surrogate export
+def test_prior_hybrid_sends_renders_only_and_resumes_without_paying_twice(victim_model,
+                                                                         tmp_path):
+    """The data-free hybrid: the natural share is the procedural prior's renders of theta
+    seeded by the iteration (no image read), so a killed run resumes on the same queries."""
+    import json
+
+    from attack.journal import QueryJournal
+    from attack.prior import ImagePrior
+
+    budget, run_dir = 400, tmp_path / "run"
+    hyper = dict(budget=budget, checkpoint_every=1, natural_share=0.5, natural_source="prior",
+                 keep_queries=True, replay_steps=2)
+    first = _KilledVictim(victim_model, calls=9)
+    with pytest.raises(KeyboardInterrupt):
+        _extract(first, run_dir, **hyper)
+    with QueryJournal.open(run_dir) as journal:
+        answered_first = journal.num_answered
+    second = _KilledVictim(victim_model, calls=None)
+    result = _extract(second, run_dir, resume=True, **hyper)
+    assert result.queries == budget and second.queries == budget - answered_first
+    extra = json.loads((run_dir / "report.json").read_text())["extra"]
+    assert extra["natural_source"] == "prior" and extra["natural_queries"] > 0
+    prior = ImagePrior((COLOUR_SIZE, COLOUR_SIZE), seed=0)
+    with np.load(run_dir / "queries" / "it00000003_s.npz") as block:
+        sent = block["images"]
+    rendered = prior.render(prior.sample(len(sent) // 2, np.random.default_rng([0, 3, 4])))
+    # half the surrogate round is the prior's renders, in the order drawn; the rest generated
+    matches = [int(np.flatnonzero((sent == image).all(axis=(1, 2, 3)))[0])
+               for image in rendered]
+    assert len(matches) == len(sent) // 2 and matches == sorted(matches)
+
+
 def _expected_buffer(run_dir, capacity: int, count: int) -> ReplayBuffer:
     """The buffer rebuilt by hand from RUN_DIR/replay/'s blocks and the journal's answers."""
     from attack.journal import QueryJournal
@@ -265,14 +298,16 @@ def _test_set(model, n=200):
 @pytest.mark.slow
 @pytest.mark.parametrize("method,hyper", [
     ("dfme", {}), ("maze", {"directions": 2}), ("dfms-hl", {}),
-    ("dfme", {"natural_share": 0.5})])
+    ("dfme", {"natural_share": 0.5}),
+    ("dfme", {"natural_share": 0.5, "natural_source": "prior"})])
 def test_each_method_agrees_with_the_victim_well_above_chance(victim_model, tmp_path, method,
                                                               hyper):
     from attack import KerasVictim, Surrogate
     from attack.datafree import DataFree
 
     victim = KerasVictim(victim_model, input_range="0,255", batch_size=64)
-    transfer = colour_images(600, seed=1) if hyper.get("natural_share") else None
+    transfer = (colour_images(600, seed=1) if hyper.get("natural_share")
+                and hyper.get("natural_source") != "prior" else None)
     result = DataFree(method=method, budget=2000, latent_dim=32, generator_width=16,
                       curve_points=2, noise=200, **hyper).extract(
         victim, transfer, surrogate=Surrogate(**{**SURROGATE, "batch_size": 32}),
@@ -299,6 +334,10 @@ def _run_cli(args, capsys):
     (["--method", "dfms-hl", "--diversity-of", "victim"], "diversity_of"),
     (["--replay-steps", "-1"], "replay_steps"),
     (["--replay-size", "0"], "replay_size"),
+    (["--natural-source", "web"], "natural_source"),
+    (["--natural-source", "prior"], "natural_share"),
+    (["--natural-source", "prior", "--natural-share", "0.5", "--transfer-set", "x.npz"],
+     "transfer_set"),
 ])
 def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, named, capsys,
                                                                       tmp_path):
