@@ -7,7 +7,10 @@ The embedded model server runs as its own process over ``--victims`` (a folder w
 ``models.config``, e.g. the quick start's ``victims/``). Each method of ``--methods`` runs
 through gRPC, one image = one query, with the same small surrogate (the ``cnn`` backbone, no
 pre-training, 32 px): ``dfme``, ``maze``, ``dfms-hl`` (`attack.datafree`), ``hybrid`` (DFME
-with half of every surrogate batch from Tiny-ImageNet) and ``knockoff`` (random Tiny-ImageNet
+with half of every surrogate batch from Tiny-ImageNet: not data-free), ``hybrid-prior`` (DFME
+with that half rendered by the procedural prior, `attack.prior`, procedural backgrounds only:
+data-free, no real image), ``hybrid-prior-hl`` (the same with dfms-hl: top-1 labels only)
+and ``knockoff`` (random Tiny-ImageNet
 queries, `attack.knockoff`, trained offline for ``--knockoff-epochs``; ``knockoff-adaptive``:
 the same with Knockoff's adaptive strategy, the bandit over Tiny-ImageNet's classes;
 ``knockoff-mobilenet``: the README's Knockoff surrogate instead, MobileNet alpha 0.25 from the
@@ -43,8 +46,10 @@ import numpy as np
 
 from attack.datafree import DataFreeConfig
 
-METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "knockoff", "knockoff-adaptive",
-           "knockoff-mobilenet")
+METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "hybrid-prior", "hybrid-prior-hl", "knockoff",
+           "knockoff-adaptive", "knockoff-mobilenet")
+PRIOR_HYBRIDS = {"hybrid-prior": "dfme", "hybrid-prior-hl": "dfms-hl"}
+"""The data-free hybrids: the natural share rendered by the procedural prior (no real image)."""
 CIFAR = "cifar10_jpeg_q75.zip"
 TINY = "tinyimagenet200_val10k_train50pc.zip"
 MOBILENET = "mobilenet_2_5_224_tf_no_top.h5"
@@ -111,11 +116,12 @@ def run_one(ns, method: str, target: str, seed: int, replay: int = 0,
     else:
         from attack.datafree import run_datafree
 
-        hybrid = method == "hybrid"
+        hybrid, prior = method == "hybrid", method in PRIOR_HYBRIDS
         tuned = {} if diversity is None else {"diversity": diversity}
         config = DataFreeConfig(**_common(ns, target, seed, out),
-                                method="dfme" if hybrid else method,
-                                natural_share=ns.natural_share if hybrid else 0.0,
+                                method=PRIOR_HYBRIDS.get(method, "dfme" if hybrid else method),
+                                natural_share=ns.natural_share if hybrid or prior else 0.0,
+                                natural_source="prior" if prior else "images",
                                 transfer_set=str(Path(ns.data) / TINY) if hybrid else None,
                                 keep_queries=ns.flags, replay_steps=replay,
                                 replay_size=getattr(ns, "replay_size", 100_000),
@@ -247,7 +253,10 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
                 if any(r["method"] == "knockoff-mobilenet" for r in rows) else "")
              + f". Load at the start: {load}.", "",
              "A data-free row without `replay N` ran without experience replay; `div W`: the "
-             "class-diversity weight when not the attack's default.", "",
+             "class-diversity weight when not the attack's default. Real images: `hybrid` "
+             "and `knockoff*` query Tiny-ImageNet; `hybrid-prior*` mix the procedural prior's "
+             "renders instead (data-free, like dfme/maze/dfms-hl); `*-hl` and dfms-hl learn "
+             "from top-1 labels only.", "",
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
              "CPU is the server process's and not counted there; with replay, the victim's is the "
              "wait left after the replay steps it overlaps).", "",
@@ -345,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: argument --budget: expected at least 1000, received "
               f"{ns.budget}", file=sys.stderr)
         return 2
-    needed = [TINY] if ns.test_set else [CIFAR, TINY]
+    needed = ([] if ns.test_set else [CIFAR]) + (
+        [TINY] if any(m == "hybrid" or m.startswith("knockoff") for m in ns.methods) else [])
     if "knockoff-mobilenet" in ns.methods:
         needed.append(MOBILENET)
     for name in needed:

@@ -121,3 +121,35 @@ def test_curve_means_and_the_pace_between_points():
         {"queries": 5000}]  # the final point records no parts: the report's split does
     row["seconds_per_1000"] = {"generator": 9.0, "victim": 2.0, "evaluation": 3.0}
     assert pace(row) == [(0, 1000, 10.0), (1000, 3000, 12.0), (3000, 5000, 10.5)]
+
+
+def test_prior_hybrids_are_data_free_and_need_no_tiny_imagenet(layout, victims, one_line_error,
+                                                               monkeypatch):
+    from types import SimpleNamespace
+
+    import attack.datafree
+    from benchmarks.datafree_bench import run_one
+
+    (layout / "data" / "tinyimagenet200_val10k_train50pc.zip").unlink()
+    # the data check passes without Tiny-ImageNet: the next check (--test-set) is the one named
+    one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"),
+                          "--methods", "hybrid-prior", "hybrid-prior-hl",
+                          "--test-set", str(layout / "missing.zip")], "--test-set")
+    one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"),
+                          "--methods", "hybrid-prior", "hybrid"], "--data")
+    seen = []
+
+    def capture(config, **_):
+        seen.append(config)
+        raise KeyboardInterrupt  # stop before any report is read
+
+    monkeypatch.setattr(attack.datafree, "run_datafree", capture)
+    ns = SimpleNamespace(out=str(layout / "b"), reuse=False, model="m", budget=1000,
+                         arch_args=[], test_set=None, data=str(layout / "data"), test_limit=10,
+                         curve_points=1, natural_share=0.5, flags=False)
+    for method in ("hybrid-prior", "hybrid-prior-hl"):
+        with pytest.raises(KeyboardInterrupt):
+            run_one(ns, method, "localhost:1", 0, replay=20)
+    assert [(c.method, c.natural_source, c.natural_share, c.transfer_set, c.replay_steps)
+            for c in seen] == [("dfme", "prior", 0.5, None, 20),
+                               ("dfms-hl", "prior", 0.5, None, 20)]
