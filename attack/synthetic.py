@@ -51,35 +51,27 @@ import json
 import logging
 import math
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from attack.base import Attack, as_transfer, dataset_source
 from attack.config import AttackConfig
+from attack.generated import GeneratedAttack, GeneratedRun, prefixed, run_generated
 from attack.pipeline import (
     ExtractionResult,
     answers_as_probabilities,
     as_seen_by_victim,
     begin_run,
-    cached_victim_probs,
     clock,
     finish,
-    load_test_set,
-    open_victim,
     save_npz,
-    send_journaled,
     surrogate_trainer,
-    trainer_kwargs,
-    victim_signature,
 )
 from attack.prior import PRIOR_VERSION, ImagePrior
 from common.constraints import check_fields
 from common.errors import invalid
-from common.fileio import write_json_atomic
 
 __all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_synthetic",
            "select_screened", "shift_images"]
@@ -145,7 +137,12 @@ class SyntheticConfig(AttackConfig):
                 "(any data-layer spec); none: procedural backgrounds only", "metavar": "SPEC"})
     transfer_split: str = field(default="train", metadata={"help": "split of --transfer-set"})
     transfer_limit: int = field(default=2000, metadata={
-        "help": "natural backgrounds kept from --transfer-set", "min": 1})
+        "help": "natural images kept from --transfer-set (backgrounds, and the pool of "
+                "--natural-share)", "min": 1})
+    natural_share: float = field(default=0.0, metadata={
+        "help": "share of each round sent as the thief's natural images (--transfer-set, "
+                "resized to the victim's input, in a seeded order): a mixed transfer set in one "
+                "budget; 0: rendered images only", "min": 0, "max": 1})
     backbone: str = field(default="cnn", metadata={
         "help": "surrogate architecture: a Keras Applications name, cnn (default: the "
                 "victim-sized CNN from scratch) or resnet34"})
@@ -167,6 +164,9 @@ class SyntheticConfig(AttackConfig):
         if self.distribute != "none":
             raise invalid("distribute", self.distribute,
                           "none (the online rounds train on one device)")
+        if self.natural_share > 0 and not self.transfer_set:
+            raise invalid("natural_share", self.natural_share, "0 without --transfer-set (the "
+                          "natural images it sends)")
         if self.screen > 1 and self.online_passes <= 0:
             raise invalid("screen", self.screen, "1 unless --online-passes > 0 (the online "
                           "surrogate screens the candidates)")
@@ -300,7 +300,7 @@ def _block_path(run_dir: Path, round_: int) -> Path:
 
 
 # -- the attack object -----------------------------------------------------------------------------
-class Synthetic(Attack):
+class Synthetic(GeneratedAttack):
     """Data-free extraction with a procedural image prior and a victim-guided search.
 
     Hyper-parameters (keyword-only; the ``python -m attack.synthetic`` flags of the same names):
@@ -311,14 +311,7 @@ class Synthetic(Attack):
     """
 
     config_class = SyntheticConfig
-    data_fields = ("transfer_set", "transfer_split")
     name = "synthetic"
-
-    def _prepare_data(self, transfer, test) -> dict:
-        natural = None if transfer is None else as_transfer(transfer)
-        return {"fields": {"transfer_set": None if natural is None else dataset_source(natural),
-                           "test_set": None if test is None else dataset_source(test)},
-                "natural": natural, "test": test}
 
     def _run(self, victim, config: SyntheticConfig, data: dict, on_progress=None
              ) -> ExtractionResult:
@@ -327,31 +320,19 @@ class Synthetic(Attack):
 
 def run_synthetic(config: SyntheticConfig, *, on_progress=None) -> ExtractionResult:
     """The CLI's attack: load the data of `config`, open its victim, run `Synthetic`."""
-    from common.data import load_dataset
-
-    natural = (load_dataset(config.transfer_set, config.transfer_split, seed=config.seed,
-                            limit=config.transfer_limit) if config.transfer_set else None)
-    test = load_test_set(config)
-    attack = Synthetic.from_config(config)
-    with open_victim(config) as victim:
-        return attack._run(victim, config, {"natural": natural, "test": test}, on_progress)
+    return run_generated(Synthetic, config, transfer_limit=config.transfer_limit,
+                         on_progress=on_progress)
 
 
 # -- the loop --------------------------------------------------------------------------------------
-class _SyntheticRun:
-    """One run: the prior, the elites, the replay, the journal and the timers."""
+class _SyntheticRun(GeneratedRun):
+    """One run: the prior, the elites, the replay (the journal, the timers, the curve and the
+    state file: `attack.generated.GeneratedRun`)."""
+
+    parts, made, state_name = PARTS, "rendered", STATE_NAME
 
     def __init__(self, victim, config: SyntheticConfig, natural, test, on_progress) -> None:
-        self.victim, self.config, self.test, self.on_progress = victim, config, test, on_progress
-        self.info, self.num_classes = victim_signature(victim, config)
-        size = self.info.image_size
-        if config.image_size is not None:
-            size = (config.image_size, config.image_size)
-        if size is None:
-            raise invalid("image_size", None, "the side of the rendered images: the victim's "
-                          "input has no fixed size")
-        self.size = tuple(int(v) for v in size)
-        self.kwargs = trainer_kwargs(config, self.num_classes)
+        super().__init__(victim, config, test, on_progress)
         if config.input_size is None:
             self.kwargs["input_size"] = self.size[0]
         self.kwargs["augment"] = "crop+flip" if config.flip else "crop"
@@ -360,13 +341,6 @@ class _SyntheticRun:
             images = natural.images[:config.transfer_limit]
             backgrounds = as_seen_by_victim(images, SimpleNamespace(image_size=self.size))
         self.prior = ImagePrior(self.size, backgrounds, seed=config.seed)
-        self.seconds = dict.fromkeys(PARTS, 0.0)
-        self.cpu = dict.fromkeys(PARTS, 0.0)
-
-    def _add(self, part: str, started: tuple[float, float]) -> None:
-        wall, cpu = clock()
-        self.seconds[part] += wall - started[0]
-        self.cpu[part] += cpu - started[1]
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -374,51 +348,24 @@ class _SyntheticRun:
         arrays = dict(self.elites.state())
         for k, w in enumerate(self.trainer.model.get_weights()):
             arrays[f"s_{k:04d}"] = np.asarray(w)
-        meta = {"prior": PRIOR_VERSION, "round": self.round, "assigned": self.assigned,
-                "seconds": self.seconds,
-                "cpu": self.cpu, "hits": self.hits}
-        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-        save_npz(self.run_dir / STATE_NAME, **arrays)
+        self._write_state(arrays, {"prior": PRIOR_VERSION, "round": self.round,
+                                   "assigned": self.assigned, "hits": self.hits})
         self._add("storage", started)
 
     def _load_state(self) -> None:
-        path = self.run_dir / STATE_NAME
-        if not path.is_file():
+        state = self._read_state()
+        if state is None:
             return
-        with np.load(path) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            if meta.get("prior") != PRIOR_VERSION:
-                raise invalid("resume", True, f"a run of this prior (version {PRIOR_VERSION}); "
-                              f"{path} was written by version {meta.get('prior')}")
-            self.elites.load(data)
-            self.trainer.model.set_weights(
-                [data[k] for k in sorted(data.files) if k.startswith("s_")])
+        meta, data = state
+        if meta.get("prior") != PRIOR_VERSION:
+            raise invalid("resume", True, f"a run of this prior (version {PRIOR_VERSION}); "
+                          f"{self.run_dir / STATE_NAME} was written by version "
+                          f"{meta.get('prior')}")
+        self.elites.load(data)
+        self.trainer.model.set_weights(prefixed(data, "s"))
         self.round, self.assigned = int(meta["round"]), int(meta["assigned"])
-        self.seconds.update(meta["seconds"])
-        self.cpu.update(meta.get("cpu", {}))
         self.hits = {k: int(v) for k, v in meta.get("hits", {}).items()}
         log.info("resumed after round %d (%d queries answered)", self.round, self.assigned)
-
-    # -- the victim ----------------------------------------------------------------------------
-    def _ask(self, first: int, images: np.ndarray) -> np.ndarray:
-        """The victim's journal-form answers to query numbers first..first+n-1 (`images`):
-        journaled ones read back, the others sent (the first paid batch alone, checked)."""
-        started = clock()
-        indices = np.arange(first, first + len(images), dtype=np.int64)
-        raw = np.zeros((len(images), self.num_classes), np.float32)
-        known = np.array([i in self.answered for i in indices.tolist()], bool)
-        if known.any():
-            raw[known] = np.stack([self.answered.pop(i) for i in indices[known].tolist()])
-        unknown = np.flatnonzero(~known)
-        while len(unknown):
-            rows, unknown = np.split(unknown, [self.check.limit(len(unknown))])
-            raw[rows] = send_journaled(self.victim, self.journal, images[rows], indices[rows],
-                                       lock=self.lock, budget=self.config.budget,
-                                       on_progress=self.on_progress)
-            self.check(raw[rows], journaled=self.journal.num_answered)
-            self.sent += len(rows)
-        self._add("victim", started)
-        return raw
 
     # -- one round -----------------------------------------------------------------------------
     def _round(self, round_: int, first: int, count: int, replaying: bool) -> None:
@@ -431,30 +378,43 @@ class _SyntheticRun:
         if path.is_file():  # written before a crash (or a finished round): these, never new
             with np.load(path) as stored:
                 theta, target = stored["theta"].astype(np.float32), stored["target"]
+                natural = (stored["natural"] if "natural" in stored.files
+                           else np.full(len(theta), -1, np.int64))
         else:
+            natural = self._natural_indices(round_, count)
+            rendered = count - len(natural)
             # screened: the first round has no trained surrogate (and no elite) to screen with
             screen = config.screen if round_ > 1 else 1
-            theta, target = plan_round(count * screen, self.elites, self.prior.dim, config,
+            theta, target = plan_round(rendered * screen, self.elites, self.prior.dim, config,
                                        np.random.default_rng([config.seed, round_]))
             if screen > 1:
-                theta, target, images = self._screen(theta, target, count, started)
+                theta, target, images = self._screen(theta, target, rendered, started)
                 started = clock()
+            if len(natural):  # the natural images go last, theta 0 and target -2
+                theta = np.concatenate([theta, np.zeros((len(natural), theta.shape[1]),
+                                                        np.float32)])
+                target = np.concatenate([target, np.full(len(natural), -2, np.int64)])
+                natural = np.concatenate([np.full(rendered, -1, np.int64), natural])
+                images = None
+            else:
+                natural = np.full(count, -1, np.int64)
             self._add("search", started)
             started = clock()
             save_npz(path, theta=theta.astype(np.float16), target=target,
-                      first=np.int64(first))
+                      first=np.int64(first), natural=natural)
             self._add("storage", started)
             started = clock()
         self._add("search", started)
         if images is None:
             started = clock()
-            images = self.prior.render(theta)
+            images = self._images(theta, natural)
             self._add("render", started)
         raw = self._ask(first, images)
         started = clock()
         probs = answers_as_probabilities(self.victim, raw)
         if not replaying:
-            self.elites.update(theta, probs)
+            self.elites.update(theta[natural < 0], probs[natural < 0])
+            self.hits["natural"] = self.hits.get("natural", 0) + int((natural >= 0).sum())
             mutated = target >= 0
             self.hits["mutations"] += int(mutated.sum())
             self.hits["on_target"] += int((probs[mutated].argmax(axis=1)
@@ -469,6 +429,34 @@ class _SyntheticRun:
                      int((self.elites.seen > 0).sum()), self.num_classes)
         if not replaying:
             self._online(round_, count)
+
+    def _natural_indices(self, round_: int, count: int) -> np.ndarray:
+        """Indices into the natural pool (`ImagePrior.backgrounds`) of round `round_`'s
+        natural queries (a share `natural_share` of its `count`): the next ones of a seeded
+        permutation of the pool, from where the earlier rounds (of fixed sizes) stopped; the
+        pool is cycled when the budget asks for more than it holds."""
+        share, size = self.config.natural_share, self.config.round_size
+        if share <= 0:
+            return np.zeros(0, np.int64)
+        pool = len(self.prior.backgrounds)
+        order = np.random.default_rng([self.config.seed, 9]).permutation(pool)
+        earlier = sum(int(round(share * min(size, self.config.budget - k * size)))
+                      for k in range(round_ - 1))
+        wanted = int(round(share * count))
+        if earlier + wanted > pool and earlier <= pool:
+            log.warning("natural pool of %d images exhausted: round %d sends some again", pool,
+                        round_)
+        return order[(earlier + np.arange(wanted)) % pool].astype(np.int64)
+
+    def _images(self, theta: np.ndarray, natural: np.ndarray) -> np.ndarray:
+        """The round's images: theta rendered, natural pool images where `natural` >= 0."""
+        if not (natural >= 0).any():
+            return self.prior.render(theta)
+        images = np.empty((len(theta), *self.size, 3), np.uint8)
+        rendered = natural < 0
+        images[rendered] = self.prior.render(theta[rendered])
+        images[~rendered] = self.prior.backgrounds[natural[~rendered]]
+        return images
 
     def _screen(self, theta: np.ndarray, target: np.ndarray, count: int, started
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -505,24 +493,10 @@ class _SyntheticRun:
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate_point(self) -> dict:
-        from attack.evaluate import evaluate
-
-        started = clock()
-        result = evaluate(self.trainer.predict_probs, self.victim_test, self.test.labels,
-                          test_images=self.test.images, noise=self.noise,
-                          n_queries=self.assigned)
-        point = {"queries": self.assigned, **result.headline(),
-                 "seconds": round(sum(self.seconds.values()), 3)}
-        log.info("%d queries: online surrogate accuracy %.4f, fidelity %.4f", self.assigned,
-                 point["surrogate_acc"], point["fidelity_test"])
-        self._add("evaluation", started)
-        return point
+        return self._measure("online surrogate")
 
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> ExtractionResult:
-        from attack.evaluate import default_budgets, uniform_noise_images
-        from attack.journal import QueryJournal
-
         config = self.config
         probes = self.prior.render(self.prior.sample(64, np.random.default_rng([config.seed,
                                                                                 11])))
@@ -534,26 +508,8 @@ class _SyntheticRun:
         self.images: list[np.ndarray] = []
         self.probs: list[np.ndarray] = []
         self._load_state()
-        curve_path = self.run_dir / "curve.json"
-        self.curve = [p for p in (json.loads(curve_path.read_text())
-                                  if curve_path.is_file() else [])
-                      if p["queries"] <= self.assigned]
-        self.victim_test = self.noise = None
-        if self.test is not None:
-            self.victim_test = cached_victim_probs(self.victim, self.run_dir, "test",
-                                                   self.test.images)
-            if config.noise:
-                noise = uniform_noise_images(config.noise, self.test.images.shape[1:],
-                                             seed=config.seed)
-                self.noise = (noise, cached_victim_probs(self.victim, self.run_dir, "noise",
-                                                         noise))
-        milestones = [b for b in default_budgets(config.budget, config.curve_points)
-                      if b < config.budget]
-        self.lock = threading.Lock()
-        with QueryJournal.open(self.run_dir) as journal:
-            self.journal = journal
-            self.answered = dict(zip(journal.answered_indices().tolist(),
-                                     journal.responses(), strict=True))
+        milestones = self._begin_curve()
+        with self._journal() as journal:
             done, first = self.round, 0
             for r in range(1, done + 1):  # finished rounds: re-rendered, answers read back
                 count = min(config.round_size, config.budget - first)
@@ -565,11 +521,9 @@ class _SyntheticRun:
                 self._round(r, self.assigned, count, replaying=False)
                 self.assigned += count
                 self.round = r
-                if self.test is not None and config.online_passes > 0 and any(
-                        m <= self.assigned and not any(p["queries"] >= m for p in self.curve)
-                        for m in milestones):
-                    self.curve.append(self._evaluate_point())
-                    write_json_atomic(curve_path, self.curve)
+                if self.test is not None and config.online_passes > 0 \
+                        and self._point_due(milestones):
+                    self._add_point(self._evaluate_point())
                 self._save_state()
             online_final = (self._evaluate_point() if self.test is not None
                             and config.online_passes > 0 and not self.trainer_fitted()
@@ -633,6 +587,7 @@ class _SyntheticRun:
             "mutations": hits["mutations"],
             "mutations_answered_their_class": hits["on_target"],
             "screened_candidates": hits.get("screened", 0),
+            "natural_queries": hits.get("natural", 0),
             "online_surrogate_at_budget": online_final,
             "sent_this_session": self.sent,
             "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
