@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from attack.datafree import DataFreeConfig
+from benchmarks.harness.runs import detector_monitors, serve_rows, stream_flags
 
 METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "hybrid-prior", "hybrid-prior-hl", "knockoff",
            "knockoff-adaptive", "knockoff-mobilenet")
@@ -210,12 +211,7 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
     own: PRADA with its default config, and with `detector` the OOD detector with its
     calibrated threshold and default window) first flag the stream of a data-free run kept
     with --keep-queries, replayed in the order it was sent in batches of `batch`; None: never."""
-    from types import SimpleNamespace
-
     from attack.journal import QueryJournal
-    from detector.monitor import Monitor
-    from detector.ood import OODConfig
-    from detector.prada import PradaConfig
 
     firsts, images = [], []
     for path in sorted((run_dir / "queries").glob("it*.npz")):
@@ -226,19 +222,7 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
     with QueryJournal.open(run_dir) as journal:
         answers = np.empty((len(stream), int(journal.num_classes)), np.float32)
         answers[journal.answered_indices()] = journal.responses()
-    monitors = {"prada": Monitor.from_configs(prada=PradaConfig())}
-    if detector:
-        monitors["ood"] = Monitor.from_configs(ood=OODConfig(path=detector))
-    flags: dict = {"stream": len(stream)}
-    for name, monitor in monitors.items():
-        state = SimpleNamespace(ood=None, prada=None, flagged=False, flagged_by=None)
-        flags[name] = None
-        for start in range(0, len(stream), batch):
-            if monitor.observe(state, stream[start:start + batch],
-                               answers[start:start + batch], client="thief").flagged:
-                flags[name] = min(start + batch, len(stream))
-                break
-    return flags
+    return stream_flags([(0, stream)], answers, detector_monitors(detector), batch)
 
 
 def _markdown(rows: list[dict], ns, load: str) -> str:
@@ -380,25 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: argument --natural-share: expected a share in (0, 1], "
               f"received {ns.natural_share}", file=sys.stderr)
         return 2
-    import os
-
-    from serving import testing
-
-    load = "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + \
-        f" on {os.cpu_count()} cores"
-    Path(ns.out).mkdir(parents=True, exist_ok=True)
-    rows = []
-    with testing.model_server(config_file=config, process=True) as server:
-        for seed in ns.seeds:
-            for method, replay, diversity in variants(ns):
-                rows.append(run_one(ns, method, server.target, seed, replay, diversity))
-                print(json.dumps(rows[-1]), flush=True)
-                (Path(ns.out) / "results.json").write_text(json.dumps(
-                    {"load": load, "rows": rows}, indent=1))
-    text = _markdown(rows, ns, load)
-    (Path(ns.out) / "results.md").write_text(text)
-    print(text)
-    return 0
+    return serve_rows(config, ns.seeds, variants(ns),
+                      lambda arm, target, seed: run_one(ns, arm[0], target, seed, *arm[1:]),
+                      out=Path(ns.out), markdown=lambda rows, load: _markdown(rows, ns, load))
 
 
 if __name__ == "__main__":

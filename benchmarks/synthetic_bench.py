@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from benchmarks.datafree_bench import (
     per_class_table,
 )
 from benchmarks.datafree_bench import run_one as run_knockoff_row
+from benchmarks.harness.runs import detector_monitors, serve_rows, stream_flags
 
 METHODS = ("synthetic", "knockoff", "knockoff-mobilenet")
 SPLITS = ("train+val", "train", "val")  # Knockoff's pool: the Tiny-ImageNet zip's splits
@@ -74,9 +74,6 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
     from its stored theta in the order it was sent; None: never."""
     from attack.journal import QueryJournal
     from attack.prior import ImagePrior
-    from detector.monitor import Monitor
-    from detector.ood import OODConfig
-    from detector.prada import PradaConfig
 
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("transfer_set"):
@@ -91,30 +88,14 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
     prior = ImagePrior(tuple(size), seed=int(config["seed"]))
     if theta0.shape[1] != prior.dim:  # pragma: no cover - a run of another prior version
         raise ValueError(f"theta of {theta0.shape[1]} values, the prior takes {prior.dim}")
-    monitors = {"prada": Monitor.from_configs(prada=PradaConfig())}
-    if detector:
-        monitors["ood"] = Monitor.from_configs(ood=OODConfig(path=detector))
-    flags: dict = {"stream": len(answers)}
-    states = {name: SimpleNamespace(ood=None, prada=None, flagged=False, flagged_by=None)
-              for name in monitors}
-    flags.update(dict.fromkeys(monitors))
-    for path in blocks:
-        with np.load(path) as block:
-            theta, first = block["theta"].astype(np.float32), int(block["first"])
-        images = prior.render(theta)
-        for name, monitor in monitors.items():
-            if flags[name] is not None:
-                continue
-            for start in range(0, len(images), batch):
-                end = min(start + batch, len(images))
-                if monitor.observe(states[name], images[start:end],
-                                   answers[first + start:first + end],
-                                   client="thief").flagged:
-                    flags[name] = first + end
-                    break
-        if all(flags[name] is not None for name in monitors):
-            break
-    return flags
+
+    def rendered():  # block by block: none rendered once every detector has flagged
+        for path in blocks:
+            with np.load(path) as block:
+                theta, first = block["theta"].astype(np.float32), int(block["first"])
+            yield first, prior.render(theta)
+
+    return stream_flags(rendered(), answers, detector_monitors(detector), batch)
 
 
 def run_synthetic_row(ns, target: str, seed: int) -> dict:
@@ -247,30 +228,19 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(parser, "--set", "fields of attack.synthetic.SyntheticConfig",
                      f"{ns.set} ({err})")
     from common.cli import configure_logging
-    from serving import testing
 
     configure_logging()
-    load = "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + \
-        f" on {os.cpu_count()} cores"
-    Path(ns.out).mkdir(parents=True, exist_ok=True)
     knockoff_ns = SimpleNamespace(**{**vars(ns), "arch_args": [], "natural_share": 0.5})
-    rows = []
-    with testing.model_server(config_file=Path(ns.victims) / "models.config",
-                              process=True) as server:
-        for seed in ns.seeds:
-            for method in ns.methods:
-                if method == "synthetic":
-                    rows.append(run_synthetic_row(ns, server.target, seed))
-                else:
-                    rows.append(run_knockoff_row(knockoff_ns, method, server.target, seed))
-                print(json.dumps({k: v for k, v in rows[-1].items()
-                                  if not k.startswith("per_class")}), flush=True)
-                (Path(ns.out) / "results.json").write_text(json.dumps(
-                    {"load": load, "rows": rows}, indent=1))
-    text = _markdown(rows, ns, load)
-    (Path(ns.out) / "results.md").write_text(text)
-    print(text)
-    return 0
+
+    def run_row(method: str, target: str, seed: int) -> dict:
+        if method == "synthetic":
+            return run_synthetic_row(ns, target, seed)
+        return run_knockoff_row(knockoff_ns, method, target, seed)
+
+    return serve_rows(Path(ns.victims) / "models.config", ns.seeds, ns.methods, run_row,
+                      out=Path(ns.out), markdown=lambda rows, load: _markdown(rows, ns, load),
+                      shown=lambda row: {k: v for k, v in row.items()
+                                         if not k.startswith("per_class")})
 
 
 if __name__ == "__main__":
