@@ -20,6 +20,9 @@ a black-box search over theta, round by round:
   highest (``--screen-by``: its entropy, or its probability of the classes answered least);
   the candidates cost rendering and a surrogate prediction, no query, and the chosen theta
   are written before any is sent, like every round's;
+* with ``--natural-share s`` and ``--transfer-set``, a share s of each round is the thief's
+  natural images instead (resized to the victim's input, the next ones of a seeded order of
+  the pool): Knockoff's queries and the prior's in one budget and one surrogate;
 * every answer is kept (replay); after each round the surrogate is updated (warm start) on a
   sample of the whole replay, ``--online-passes`` times the round's size, shifted by up to
   ``--shift`` pixels (augmentation that keeps the victim's label), and at the end a final pass
@@ -312,6 +315,10 @@ class Synthetic(GeneratedAttack):
 
     config_class = SyntheticConfig
     name = "synthetic"
+
+    def _placeholders(self) -> dict:
+        return {"transfer_set": "<given to extract>"} if self.params.get("natural_share") \
+            else {}
 
     def _run(self, victim, config: SyntheticConfig, data: dict, on_progress=None
              ) -> ExtractionResult:

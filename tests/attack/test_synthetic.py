@@ -182,25 +182,27 @@ def _colour_test(model):
     return ImageDataset(images, labels, COLOUR_CLASSES, "colours-test")
 
 
-def _extract(victim, run_dir, *, resume=False, test=None, **hyper):
+def _extract(victim, run_dir, *, resume=False, test=None, natural=None, **hyper):
     from attack import Surrogate
     from attack.synthetic import Synthetic
 
     hyper = {"curve_points": 1, "noise": 0, **hyper}
-    return Synthetic(**hyper).extract(victim, None, surrogate=Surrogate(**SURROGATE),
+    return Synthetic(**hyper).extract(victim, natural, surrogate=Surrogate(**SURROGATE),
                                       run_dir=run_dir, resume=resume, test=test)
 
 
 @pytest.mark.slow  # ~20 s each: two runs, a surrogate trained and exported
-@pytest.mark.parametrize("screen", [1, 3])
+@pytest.mark.parametrize("screen,natural_share", [(1, 0.0), (3, 0.3)])
 def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_model, tmp_path,
-                                                                       screen):
+                                                                       screen, natural_share):
     from attack.journal import QueryJournal
 
     budget, run_dir = 250, tmp_path / "run"  # rounds of 100, 100, 50
+    hyper = dict(budget=budget, round_size=100, screen=screen, natural_share=natural_share,
+                 natural=colour_images(120, seed=5) if natural_share else None)
     first = killed_keras_victim(colour_model, calls=9)  # 16 per call: dies in round 2
     with pytest.raises(KeyboardInterrupt):
-        _extract(first, run_dir, budget=budget, round_size=100, screen=screen)
+        _extract(first, run_dir, **hyper)
     if screen > 1:  # round 2's chosen theta were written before any was sent
         with np.load(run_dir / "queries" / "r000002.npz") as block:
             chosen = block["theta"].copy()
@@ -216,8 +218,7 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
     assert (run_dir / "queries" / "r000002.npz").is_file()  # round 2's theta, kept
 
     second = killed_keras_victim(colour_model, calls=None)
-    result = _extract(second, run_dir, resume=True, budget=budget, round_size=100,
-                      screen=screen)
+    result = _extract(second, run_dir, resume=True, **hyper)
     if screen > 1:  # the resumed run sent the stored choice, not a new screen's
         with np.load(run_dir / "queries" / "r000002.npz") as block:
             np.testing.assert_array_equal(block["theta"], chosen)
@@ -236,7 +237,16 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
     assert sum(report["extra"]["answers_per_class"].values()) == budget
     assert report["extra"]["sent_this_session"] == budget - answered_first
     # rounds 2 and 3 screened (300 and 150 candidates), by the first session or the second
-    assert report["extra"]["screened_candidates"] in ((0,) if screen == 1 else (150, 450))
+    assert report["extra"]["screened_candidates"] in ((0,) if screen == 1 else (105, 315))
+    # natural images: 30 + 30 + 15, the next ones of one permutation of the pool each round
+    assert report["extra"]["natural_queries"] == (75 if natural_share else 0)
+    natural = []
+    for r in (1, 2, 3):
+        with np.load(run_dir / "queries" / f"r{r:06d}.npz") as block:
+            natural.append(block["natural"])
+    natural = np.concatenate(natural)
+    assert (natural >= 0).sum() == report["extra"]["natural_queries"]
+    assert len(np.unique(natural[natural >= 0])) == (natural >= 0).sum()
 
 
 @pytest.mark.slow  # ~15 s
@@ -300,6 +310,8 @@ def test_matrix_victims_with_foreign_signatures(matrix, name, tmp_path):
     (["--screen", "0"], "screen"),
     (["--screen", "2", "--online-passes", "0"], "screen"),
     (["--screen-by", "margin"], "screen_by"),
+    (["--natural-share", "0.3"], "natural_share"),
+    (["--natural-share", "1.5", "--transfer-set", "x"], "natural_share"),
     (["--distribute", "mirrored"], "distribute"),
 ])
 def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, named, capsys,
