@@ -45,7 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from attack.datafree import DataFreeConfig
-from benchmarks.harness.runs import detector_monitors, serve_rows, stream_flags
+from benchmarks.harness.runs import (
+    detector_monitors,
+    flag_lines,
+    serve_rows,
+    served_arguments,
+    stream_flags,
+    victims_error,
+)
 
 METHODS = ("dfme", "maze", "dfms-hl", "hybrid", "hybrid-prior", "hybrid-prior-hl", "knockoff",
            "knockoff-adaptive", "knockoff-mobilenet")
@@ -265,11 +272,7 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
                          "n/a" if np.isnan(split[k]) else f"{split[k]:.2f} ({cpu[k]:.2f})"
                          for k in parts)
                      + f" | {wall:.2f} |")
-    flags = [f"{r['method']} s{r['seed']}: {r['first_flagged']}" for r in rows
-             if r.get("first_flagged")]
-    if flags:
-        lines += ["", "The gateway's detectors first flag the stream at query (None: never): "
-                  + "; ".join(flags)]
+    lines += flag_lines(rows)
     lines += ["", "Curves (surrogate accuracy at each point, mean ± sd over seeds):", ""]
     for method in dict.fromkeys(r["method"] for r in rows):
         lines.append(f"- {method}: " + ", ".join(
@@ -290,9 +293,7 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.datafree_bench",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--victims", required=True, help="folder with models.config")
-    parser.add_argument("--model", default="cifar10_cnn")
-    parser.add_argument("--data", default="../shared/data", help="the shared data folder")
+    served_arguments(parser, model="cifar10_cnn")
     parser.add_argument("--budget", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -330,9 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/datafree_bench")
     ns = parser.parse_args(argv)
     config = Path(ns.victims) / "models.config"
-    if not config.is_file():
-        print(f"{parser.prog}: error: argument --victims: expected a folder with models.config, "
-              f"received {ns.victims}", file=sys.stderr)
+    if victims_error(parser, ns.victims):
         return 2
     if ns.budget < 1000:
         print(f"{parser.prog}: error: argument --budget: expected at least 1000, received "

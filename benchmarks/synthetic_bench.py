@@ -40,7 +40,14 @@ from benchmarks.datafree_bench import (
     per_class_table,
 )
 from benchmarks.datafree_bench import run_one as run_knockoff_row
-from benchmarks.harness.runs import detector_monitors, serve_rows, stream_flags
+from benchmarks.harness.runs import (
+    detector_monitors,
+    flag_lines,
+    serve_rows,
+    served_arguments,
+    stream_flags,
+    victims_error,
+)
 
 METHODS = ("synthetic", "knockoff", "knockoff-mobilenet")
 SPLITS = ("train+val", "train", "val")  # Knockoff's pool: the Tiny-ImageNet zip's splits
@@ -157,11 +164,7 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
             + "/".join(str(r["classes_at_0"]) for r in mine) + f" | {never} | "
             + " | ".join("n/a" if np.isnan(v) else f"{v:.2f}" for v in split.values())
             + f" | {wall:.2f} |")
-    flags = [f"{r['method']} s{r['seed']}: {r['first_flagged']}" for r in rows
-             if r.get("first_flagged")]
-    if flags:
-        lines += ["", "The gateway's detectors first flag the stream at query (None: never): "
-                  + "; ".join(flags)]
+    lines += flag_lines(rows)
     lines += ["", "Curves (surrogate accuracy; synthetic: the online surrogate at each point, "
               "the final pass at the budget):", ""]
     for r in rows:
@@ -183,9 +186,7 @@ def _fail(parser, argument: str, expected: str, received) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.synthetic_bench",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--victims", required=True, help="folder with models.config")
-    parser.add_argument("--model", default="gtsrb_cnn")
-    parser.add_argument("--data", default="../shared/data", help="the shared data folder")
+    served_arguments(parser, model="gtsrb_cnn")
     parser.add_argument("--test-set", required=True, help="labelled test data of the victim's "
                         "task (any data-layer spec)")
     parser.add_argument("--test-limit", type=int, default=None)
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"read back finished runs' {ROW_NAME} instead of running them")
     parser.add_argument("--out", default="runs/synthetic_bench")
     ns = parser.parse_args(argv)
-    if not (Path(ns.victims) / "models.config").is_file():
-        return _fail(parser, "--victims", "a folder with models.config", ns.victims)
+    if victims_error(parser, ns.victims):
+        return 2
     if not Path(ns.test_set).exists():
         return _fail(parser, "--test-set", "an existing data set", ns.test_set)
     if ns.budget < 1:

@@ -8,18 +8,24 @@ gRPC, one image = one query. What they share lives here:
   `run_rows` and write the Markdown page; `run_rows`: the loop itself, which prints each row
   (the benchmark's own output on stdout, as `main` did) and rewrites ``results.json`` after
   every row, so an interrupted benchmark keeps the rows it paid for;
+* `served_arguments`: the flags naming the served victim and the data (``--victims``,
+  ``--model``, ``--data``), and `victims_error`, the one-line refusal of a ``--victims``
+  folder without a ``models.config``;
 * `load_line`: the machine's load when the benchmark starts (the results' ``load``);
 * `stream_flags`: a run's query stream replayed, in the order it was sent and in batches, with
   the victim's journaled answers through the gateway's detectors (`detector.monitor.Monitor`,
   each on its own: `detector_monitors` builds PRADA with its default config and, with an
   exported OOD detector, the OOD watch at its calibrated threshold): the query count at which
-  each first flags it (the gateway's logic offline, not its process).
+  each first flags it (the gateway's logic offline, not its process), and `flag_lines`, the
+  results page's sentence on them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,10 +33,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["detector_monitors", "load_line", "run_rows", "serve_rows", "stream_flags"]
+__all__ = ["detector_monitors", "flag_lines", "load_line", "run_rows", "serve_rows",
+           "served_arguments", "stream_flags", "victims_error"]
 
 RowFn = Callable[[Any, str, int], dict]
 """``run_row(arm, target, seed) -> row``: one attack run against the server at `target`."""
+
+
+def served_arguments(parser: argparse.ArgumentParser, model: str) -> None:
+    """Add ``--victims`` (required), ``--model`` (default `model`) and ``--data``."""
+    parser.add_argument("--victims", required=True, help="folder with models.config")
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--data", default="../shared/data", help="the shared data folder")
+
+
+def victims_error(parser: argparse.ArgumentParser, victims: str) -> int | None:
+    """2, after one line on stderr naming ``--victims``, when `victims` holds no
+    ``models.config``; None when it does."""
+    if (Path(victims) / "models.config").is_file():
+        return None
+    print(f"{parser.prog}: error: argument --victims: expected a folder with models.config, "
+          f"received {victims}", file=sys.stderr)
+    return 2
 
 
 def load_line() -> str:
@@ -109,3 +133,14 @@ def stream_flags(blocks: Iterable[tuple[int, np.ndarray]], answers: np.ndarray,
         if all(flags[name] is not None for name in monitors):
             break
     return flags
+
+
+def flag_lines(rows: list[dict]) -> list[str]:
+    """The results page's lines on where the detectors first flagged each row's stream
+    (``first_flagged``); none when no row was replayed."""
+    flags = [f"{r['method']} s{r['seed']}: {r['first_flagged']}" for r in rows
+             if r.get("first_flagged")]
+    if not flags:
+        return []
+    return ["", "The gateway's detectors first flag the stream at query (None: never): "
+            + "; ".join(flags)]

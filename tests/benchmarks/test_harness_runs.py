@@ -114,3 +114,27 @@ def test_serve_rows_serves_the_config_in_its_own_process_and_writes_the_page(
         {"arm": "x", "target": "served:8500", "seed": 3}]
     assert (out / "results.md").read_text() == "# 1 row, load 0.5\n"
     assert capsys.readouterr().out.endswith("# 1 row, load 0.5\n\n")  # the page, printed
+
+
+def test_flag_lines_name_each_replayed_row_and_nothing_without_one():
+    rows = [{"method": "dfme", "seed": 0, "first_flagged": {"stream": 9, "prada": None}},
+            {"method": "knockoff", "seed": 0, "first_flagged": None}]
+    assert runs.flag_lines(rows) == [
+        "", "The gateway's detectors first flag the stream at query (None: never): "
+        "dfme s0: {'stream': 9, 'prada': None}"]
+    assert runs.flag_lines(rows[1:]) == []
+
+
+def test_the_served_flags_and_a_victims_folder_without_models_config(tmp_path, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench")
+    runs.served_arguments(parser, model="m")
+    ns = parser.parse_args(["--victims", str(tmp_path)])
+    assert (ns.model, ns.data) == ("m", "../shared/data")
+    assert runs.victims_error(parser, ns.victims) == 2
+    assert capsys.readouterr().err == (f"bench: error: argument --victims: expected a folder "
+                                       f"with models.config, received {tmp_path}\n")
+    (tmp_path / "models.config").write_text("model_config_list {}\n")
+    assert runs.victims_error(parser, ns.victims) is None
+    assert capsys.readouterr().err == ""
