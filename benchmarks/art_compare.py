@@ -44,6 +44,7 @@ Example (the README's numbers; the victim is the quick start's CIFAR-10 CNN)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -189,6 +190,19 @@ def label(method: str, recipe: dict) -> str:
     return f"{method}[{','.join(diff)}]" if diff else method
 
 
+def run_folder(row_label: str, budget: int, seed: int, settings: dict,
+               transfer: np.ndarray) -> str:
+    """The folder of one of our rows' runs (journal, checkpoints) under RUNS: its label, budget
+    and seed, and a digest of the settings and of the transfer images sent. An interrupted row
+    resumes its journal; a run under other settings (another victim served under the same
+    folder name, another transfer file) never does, so no row is trained on another victim's
+    answers."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(transfer).tobytes())
+    slug = re.sub(r"[^\w.=,-]+", "_", row_label)
+    return f"{slug}-{budget}-{seed}-{digest.hexdigest()[:12]}"
+
+
 def _art():
     try:
         import art  # noqa: F401
@@ -228,14 +242,20 @@ def _accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     return float((np.argmax(logits, 1) == labels).mean())
 
 
+def our_surrogate(config: CompareConfig, recipe: dict) -> Surrogate:
+    """Our attacks' surrogate part under `recipe` (`resolved_recipe`): the network of
+    `_network` (same backbone, width, input size and initial weights for a seed), its epochs."""
+    return Surrogate(backbone=config.backbone, weights=config.weights,
+                     arch_args=(f"alpha={config.alpha}",), input_size=config.input_size,
+                     epochs=config.epochs, fit_batch_size=recipe["batch_size"],
+                     **{k: v for k, v in recipe.items() if k != "batch_size"})
+
+
 def _ours(config: CompareConfig, victim, transfer: np.ndarray, budget: int, seed: int,
           run_dir: Path, method: str, recipe: dict):
     from attack import Copycat, Knockoff
 
-    surrogate = Surrogate(backbone=config.backbone, weights=config.weights,
-                          arch_args=(f"alpha={config.alpha}",), input_size=config.input_size,
-                          epochs=config.epochs, fit_batch_size=recipe["batch_size"],
-                          **{k: v for k, v in recipe.items() if k != "batch_size"})
+    surrogate = our_surrogate(config, recipe)
     attack = (Knockoff if method == "ours-knockoff" else Copycat)(
         budget=budget, heldout=0, noise=0, seed=seed, curve_points=1)
     result = attack.extract(victim, transfer, surrogate=surrogate, run_dir=run_dir,
@@ -376,9 +396,9 @@ def run(config: CompareConfig) -> dict:
                         continue
                     start = time.perf_counter()
                     if method.startswith("ours-"):
-                        slug = re.sub(r"[^\w.=,-]+", "_", row_label)
-                        model = _ours(config, victim, transfer, budget, seed,
-                                      runs / f"{slug}-{budget}-{seed}", method, recipe)
+                        folder = run_folder(row_label, budget, seed, settings, transfer)
+                        model = _ours(config, victim, transfer, budget, seed, runs / folder,
+                                      method, recipe)
                     else:
                         model = _art_attack(method, config, victim, transfer, budget, seed,
                                             num_classes)

@@ -1,7 +1,11 @@
-"""`benchmarks.art_compare`: its command line refuses bad input before serving or training."""
+"""`benchmarks.art_compare`: its command line refuses bad input before serving or training,
+and both libraries' rows start from the same surrogate and never share another run's answers."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 
 from benchmarks import art_compare
@@ -115,3 +119,51 @@ def test_machine_line_gives_the_load_range_of_the_rows() -> None:
     text = art_compare._machine(rows)
     assert "load 5.0-19.7 as the rows finished" in text and "at the end" in text
     assert "as the rows finished" not in art_compare._machine([{"load": None}])
+
+
+def test_our_run_folders_differ_with_the_settings_and_the_transfer_images() -> None:
+    settings = {"victim": "cifar10_cnn", "victim_accuracy": 0.6888, "epochs": 5}
+    transfer = np.arange(4 * 8 * 8 * 3, dtype=np.uint8).reshape(4, 8, 8, 3)
+    label = "ours-copycat[ema=0.99,batch_size=32]"
+    name = art_compare.run_folder(label, 4, 1, settings, transfer)
+    assert name.startswith("ours-copycat_ema=0.99,batch_size=32_-4-1-")
+    # the same row resumes its own journal (key order and array identity do not matter)
+    assert art_compare.run_folder(label, 4, 1, dict(reversed(settings.items())),
+                                  transfer.copy()) == name
+    # another victim served under the same folder name: its answers are not this row's
+    assert art_compare.run_folder(label, 4, 1, {**settings, "victim_accuracy": 0.634},
+                                  transfer) != name
+    changed = transfer.copy()
+    changed[3, 7, 7, 2] ^= 1  # another transfer file of the same size
+    assert art_compare.run_folder(label, 4, 1, settings, changed) != name
+    assert art_compare.run_folder(label, 4, 2, settings, transfer) != name
+
+
+@pytest.mark.slow
+def test_ours_and_arts_surrogates_start_from_the_same_weights(victim_dir, tmp_path) -> None:
+    """The network ART trains (`_network`) and the one our attacks' trainer builds from
+    `our_surrogate` hold the same initial weights for a seed, whichever is built first."""
+    from attack.config import CopycatConfig
+    from attack.pipeline import trainer_kwargs
+    from attack.surrogate import SurrogateTrainer
+
+    config = art_compare.CompareConfig(victim=str(victim_dir), test_set="x", transfer_set="y",
+                                       weights="none", input_size=32)
+    recipe = art_compare.resolved_recipe(config, "ema=0.99,learning_rate=0.002,augment=none")
+    surrogate = art_compare.our_surrogate(config, recipe)
+
+    def ours(seed: int) -> list[np.ndarray]:
+        attack_config = CopycatConfig(transfer_set="unused.npz", out=str(tmp_path / "run"),
+                                      seed=seed, **dataclasses.asdict(surrogate))
+        return SurrogateTrainer(**trainer_kwargs(attack_config, 10)).model.get_weights()
+
+    def arts(seed: int) -> list[np.ndarray]:
+        network = art_compare._network(config, 10, (32, 32, 3), seed)
+        return network.get_layer(index=-1).get_weights()  # the classifier behind the resize
+
+    first, second = ours(3), arts(3)
+    assert len(first) == len(second) > 2
+    assert all(np.array_equal(a, b) for a, b in zip(first, second))
+    other = ours(4)
+    assert not all(np.array_equal(a, b) for a, b in zip(other, second))  # the seed matters
+    assert all(np.array_equal(a, b) for a, b in zip(arts(4), other))
