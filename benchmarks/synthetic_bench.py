@@ -40,14 +40,7 @@ from benchmarks.datafree_bench import (
     per_class_table,
 )
 from benchmarks.datafree_bench import run_one as run_knockoff_row
-from benchmarks.harness.runs import (
-    detector_monitors,
-    flag_lines,
-    serve_rows,
-    served_arguments,
-    stream_flags,
-    victims_error,
-)
+from benchmarks.harness import runs
 
 METHODS = ("synthetic", "knockoff", "knockoff-mobilenet")
 SPLITS = ("train+val", "train", "val")  # Knockoff's pool: the Tiny-ImageNet zip's splits
@@ -102,7 +95,7 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
                 theta, first = block["theta"].astype(np.float32), int(block["first"])
             yield first, prior.render(theta)
 
-    return stream_flags(rendered(), answers, detector_monitors(detector), batch)
+    return runs.stream_flags(rendered(), answers, runs.detector_monitors(detector), batch)
 
 
 def run_synthetic_row(ns, target: str, seed: int) -> dict:
@@ -164,7 +157,7 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
             + "/".join(str(r["classes_at_0"]) for r in mine) + f" | {never} | "
             + " | ".join("n/a" if np.isnan(v) else f"{v:.2f}" for v in split.values())
             + f" | {wall:.2f} |")
-    lines += flag_lines(rows)
+    lines += runs.flag_lines(rows)
     lines += ["", "Curves (surrogate accuracy; synthetic: the online surrogate at each point, "
               "the final pass at the budget):", ""]
     for r in rows:
@@ -186,7 +179,7 @@ def _fail(parser, argument: str, expected: str, received) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.synthetic_bench",
                                      description=__doc__.split("\n\n")[0])
-    served_arguments(parser, model="gtsrb_cnn")
+    runs.served_arguments(parser, model="gtsrb_cnn")
     parser.add_argument("--test-set", required=True, help="labelled test data of the victim's "
                         "task (any data-layer spec)")
     parser.add_argument("--test-limit", type=int, default=None)
@@ -207,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"read back finished runs' {ROW_NAME} instead of running them")
     parser.add_argument("--out", default="runs/synthetic_bench")
     ns = parser.parse_args(argv)
-    if victims_error(parser, ns.victims):
+    if runs.victims_error(parser, ns.victims):
         return 2
     if not Path(ns.test_set).exists():
         return _fail(parser, "--test-set", "an existing data set", ns.test_set)
@@ -238,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_synthetic_row(ns, target, seed)
         return run_knockoff_row(knockoff_ns, method, target, seed)
 
-    return serve_rows(Path(ns.victims) / "models.config", ns.seeds, ns.methods, run_row,
-                      out=Path(ns.out), markdown=lambda rows, load: _markdown(rows, ns, load),
-                      shown=lambda row: {k: v for k, v in row.items()
-                                         if not k.startswith("per_class")})
+    return runs.serve_rows(Path(ns.victims) / "models.config", ns.seeds, ns.methods, run_row,
+                           out=Path(ns.out),
+                           markdown=lambda rows, load: _markdown(rows, ns, load),
+                           shown=lambda row: {k: v for k, v in row.items()
+                                              if not k.startswith("per_class")})
 
 
 if __name__ == "__main__":
