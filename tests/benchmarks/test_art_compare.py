@@ -167,3 +167,41 @@ def test_ours_and_arts_surrogates_start_from_the_same_weights(victim_dir, tmp_pa
     other = ours(4)
     assert not all(np.array_equal(a, b) for a, b in zip(other, second))  # the seed matters
     assert all(np.array_equal(a, b) for a, b in zip(arts(4), other))
+
+
+class _CountingVictim:
+    """Answers a fixed probability row per image and keeps every image it was sent."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        assert images.dtype == np.uint8
+        self.seen.extend(images)
+        return np.eye(10, dtype=np.float32)[images[:, 0, 0, 0] % 10]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["art-knockoff", "art-copycat"])
+def test_art_sends_each_transfer_image_once_as_ours_does(victim_dir, monkeypatch,
+                                                        method) -> None:
+    """With the budget equal to the seed's transfer sample (as `run` gives it), ART's random
+    selection sends exactly that sample, each image once and unchanged: the queries ours send
+    (the surrogate is a one-layer stand-in here: what is checked is what reaches the victim)."""
+    pytest.importorskip("art", reason="ART is a benchmark dependency "
+                                      "(pip install -r requirements-bench.txt)")
+    import keras
+
+    def tiny_network(config, num_classes, image_shape, seed):
+        inputs = keras.Input(image_shape)
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(
+            keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))))
+
+    monkeypatch.setattr(art_compare, "_network", tiny_network)
+    config = art_compare.CompareConfig(victim=str(victim_dir), test_set="x", transfer_set="y",
+                                       epochs=1, batch_size=4)
+    transfer = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    victim = _CountingVictim()
+    art_compare._art_attack(method, config, victim, transfer, len(transfer), 0, 10)
+    assert sorted(image.tobytes() for image in victim.seen) == sorted(
+        image.tobytes() for image in transfer)
