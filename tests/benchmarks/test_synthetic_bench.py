@@ -1,0 +1,67 @@
+"""`benchmarks.synthetic_bench`: its refusals (one line, exit 2, nothing written) and its page.
+
+No server, no TensorFlow: the flags are checked before anything starts, and the Markdown page
+is built from hand-made rows (a synthetic variant under its own label keeps its renderer and
+search columns; a Knockoff row has none).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks.synthetic_bench import _markdown, main
+
+
+@pytest.fixture()
+def victims(tmp_path):
+    folder = tmp_path / "victims"
+    folder.mkdir()
+    (folder / "models.config").write_text("model_config_list {}\n")
+    test = tmp_path / "test.npz"
+    test.write_bytes(b"")
+    return folder, test
+
+
+@pytest.mark.parametrize("args,named,expected", [
+    (["--knockoff-split", "test"], "--knockoff-split", "train+val, train, val"),
+    (["--budget", "0"], "--budget", "at least 1"),
+    (["--set", "screen=0"], "--set", "SyntheticConfig"),
+    (["--set", "screen=2", "online_passes=0"], "--set", "online"),
+])
+def test_bad_flags_are_one_line_exit_2_and_nothing_written(victims, tmp_path, capsys, args,
+                                                           named, expected):
+    folder, test = victims
+    out = tmp_path / "out"
+    code = main(["--victims", str(folder), "--test-set", str(test), "--out", str(out), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and named in err[0] and expected in err[0], err
+    assert not out.exists()
+
+
+def _row(method, seed, acc, **extra):
+    per_class = {"0": acc, "1": 0.0}
+    return {"method": method, "seed": seed, "budget": 1000, "wall_seconds": 10.0,
+            "victim_acc": 1.0, "surrogate_acc": acc, "fidelity_test": acc, "classes": 2,
+            "classes_below_50": int(acc < 0.5) + 1, "classes_at_0": 1,
+            "per_class_victim": {"0": 1.0, "1": 1.0}, "per_class_surrogate": per_class,
+            "curve": [{"queries": 1000, "surrogate_acc": acc}], **extra}
+
+
+def test_page_keeps_a_variants_renderer_columns_and_puts_methods_side_by_side():
+    synthetic = {"classes_never_answered": [], "seconds_per_1000": {
+        "victim": 1.0, "render": 2.0, "search": 0.5, "surrogate": 30.0}}
+    rows = [_row("screen 4", 0, 0.6, **synthetic), _row("screen 4", 1, 0.4, **synthetic),
+            _row("knockoff-mobilenet", 0, 0.3, seconds_per_1000={})]
+    ns = SimpleNamespace(budget=1000, model="m", test_limit=None, test_set="t.npz", set=[])
+    page = _markdown(rows, ns, "load average 1 on 2 cores")
+    lines = page.splitlines()
+    variant = next(line for line in lines if line.startswith("| screen 4 | 2 |"))
+    assert "0.5000 ± 0.1000" in variant and "| 2.00 | 0.50 | 30.00 |" in variant
+    assert "| 0/0 |" in variant  # classes never answered, per seed
+    knockoff = next(line for line in lines if line.startswith("| knockoff-mobilenet | 1 |"))
+    assert knockoff.count("n/a") == 5  # never answered; victim, renderer, search, surrogate
+    assert "| class | victim | screen 4 | knockoff-mobilenet |" in lines
+    assert "| 0 | 1.00 | 0.50 | 0.30* |" in lines
