@@ -33,7 +33,10 @@ against the digest the checkpoint recorded.
 
 Hybrid (any method): ``--natural-share S --transfer-set SPEC`` replaces a share S of the
 images of every surrogate batch with natural transfer images (drawn without replacement in a
-seeded order, as the victim sees them), queried and counted like the generator's.
+seeded order, as the victim sees them), queried and counted like the generator's. The
+data-free hybrid, ``--natural-source prior`` (no ``--transfer-set``), fills that share with
+renders of `attack.prior.ImagePrior` (procedural backgrounds only, theta drawn by a generator
+seeded by the iteration): no real image is read or sent.
 
 One image sent is one query, the perturbed copies of the gradient estimate included: a
 generator step costs ``batch_size * (directions + 1)`` queries, a surrogate round
