@@ -25,7 +25,10 @@ at 0.001; ``--art-learning-rate`` gives ART another constant rate, so a gain of 
 its rate shows).
 Every row is kept in OUT/rows.json with the settings it was measured under; a later run with
 the same settings keeps those rows instead of training (and paying the victim) again, so
-recipes can be added one invocation at a time beside the ART rows already measured.
+recipes can be added one invocation at a time beside the ART rows already measured. Our
+attacks' run folders (RUNS/<row>-<budget>-<seed>-<digest>) are named by a digest of those
+settings and of the transfer images sent: an interrupted row resumes its journal, a row under
+other settings (another victim served under the same folder name) never reuses its answers.
 
 Every figure is the surrogate's top-1 accuracy on the test images and its ratio to the victim's
 accuracy on the same images measured through the same gRPC path; per method and budget the mean
