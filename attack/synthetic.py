@@ -402,7 +402,8 @@ class _SyntheticRun(GeneratedRun):
                                                         np.float32)])
                 target = np.concatenate([target, np.full(len(natural), -2, np.int64)])
                 natural = np.concatenate([np.full(rendered, -1, np.int64), natural])
-                images = None
+                if images is not None:  # the screened renders, the pool's images after them
+                    images = np.concatenate([images, self.prior.backgrounds[natural[rendered:]]])
             else:
                 natural = np.full(count, -1, np.int64)
             self._add("search", started)

@@ -1,6 +1,6 @@
 """Data-free extraction against a served victim: where the time goes and what the queries buy.
 
-    python -m benchmarks.datafree_bench --victims /tmp/victims --model cifar10_cnn \\
+    python -m benchmarks.datafree_bench --victims out/quickstart/victims --model cifar10_cnn \\
         --data ../shared/data --budget 10000 --seeds 0 1 --out runs/datafree_bench
 
 The embedded model server runs as its own process over ``--victims`` (a folder with a

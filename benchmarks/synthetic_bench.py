@@ -1,6 +1,6 @@
 """The procedural-prior thief (`attack.synthetic`) against a served victim, beside Knockoff.
 
-    python -m benchmarks.synthetic_bench --victims /tmp/assets/G/victims --model gtsrb_cnn \\
+    python -m benchmarks.synthetic_bench --victims victims --model gtsrb_cnn \\
         --test-set ../shared/data/gtsrb32_uint8_npy.tar.xz --budget 100000 --seeds 0 1 2 \\
         --out results/gtsrb_synthetic
 
