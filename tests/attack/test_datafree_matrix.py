@@ -172,6 +172,33 @@ def test_each_method_steals_a_foreign_export(matrix, reference_acc, majority, na
     assert not result.notes, result.notes
 
 
+# the data-free hybrid (--natural-source prior): no natural image at all, so a float victim's
+# range must be given; (victim, interface, method, victim flags, hyper-parameters, kind used)
+PRIOR_CASES = [
+    ("float11", "grpc", "dfme", {"input_range": "-1,1"}, {}, "probabilities"),
+    ("keras_export", "rest", "maze", {"input_range": "0,1"}, {"directions": 2}, "logits"),
+    ("named_topk", "grpc", "dfms-hl", {"input_range": "0,1"}, {}, "topk"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,interface,method,flags,hyper,kind", PRIOR_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in PRIOR_CASES])
+def test_the_prior_hybrid_steals_a_foreign_export_without_a_natural_image(
+        matrix, reference_acc, majority, name, interface, method, flags, hyper, kind, tmp_path):
+    entry = next(e for e in vm.MATRIX if e.name == name)
+    result = _datafree(_victim(matrix, name, interface, **flags), tmp_path / "run", None,
+                       matrix.test, method=method, budget=640, natural_share=0.5,
+                       natural_source="prior", **hyper)
+    assert result.queries == 640
+    assert result.victim["input_range"] == entry.input_range, result.victim
+    assert result.victim["output_kind"] == kind
+    head = result.headline
+    assert abs(head["victim_acc"] - reference_acc) < 1e-9, (head, reference_acc)
+    assert head["fidelity_test"] > majority(name) + 0.15, (head, majority(name))
+    assert not result.notes, result.notes
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("interface", ["grpc", "rest"])
 def test_dfme_on_class_ids_is_refused_over_the_wire_before_anything_is_written(

@@ -10,6 +10,8 @@ query twice, and two victims of `tests.victim_matrix` with foreign signatures (f
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -278,9 +280,13 @@ def matrix(tmp_path_factory):
         yield server, vm
 
 
-@pytest.mark.slow  # ~1 min: the matrix is trained and exported, two runs over gRPC
-@pytest.mark.parametrize("name", ["float11", "named_topk"])
-def test_matrix_victims_with_foreign_signatures(matrix, name, tmp_path):
+@pytest.mark.slow  # ~1 min: the matrix is trained and exported, three runs over gRPC
+@pytest.mark.parametrize("name,hyper", [
+    ("float11", {}), ("named_topk", {}),
+    # the thief who adapts: screened rounds and a quarter of its natural images, float input
+    ("float11", {"screen": 2, "natural_share": 0.25}),
+], ids=["float11", "named_topk", "float11-screen-natural"])
+def test_matrix_victims_with_foreign_signatures(matrix, name, hyper, tmp_path):
     from attack import ServingVictim
     from common.data import ImageDataset
 
@@ -290,11 +296,16 @@ def test_matrix_victims_with_foreign_signatures(matrix, name, tmp_path):
     test = ImageDataset(images, labels, tuple(str(i) for i in range(vm.K)), "patterns")
     with ServingVictim(server.target, name, signature=entry.signature,
                        num_classes=entry.num_classes) as victim:
-        result = _extract(victim, tmp_path / "run", budget=1200, round_size=300, test=test)
+        natural = vm.pattern_images(600, seed=20)[0] if hyper.get("natural_share") else None
+        result = _extract(victim, tmp_path / "run", budget=1200, round_size=300, test=test,
+                          natural=natural, **hyper)
     assert result.victim["input_range"] == entry.input_range
     assert result.victim["output_kind"] == entry.kind
     assert result.queries == 1200
     assert result.headline["fidelity_test"] > 0.45, result.headline  # chance: 1/5
+    if hyper:  # 4 rounds of 300: 75 natural each; rounds 2-4 screen 2 x 225 rendered
+        extra = json.loads((tmp_path / "run" / "report.json").read_text())["extra"]
+        assert (extra["natural_queries"], extra["screened_candidates"]) == (300, 1350), extra
 
 
 # -- the command line --------------------------------------------------------------------------
