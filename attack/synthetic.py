@@ -50,10 +50,12 @@ of a quality-diversity search (one elite set per class, as MAP-Elites keeps one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,13 +77,15 @@ from attack.pipeline import (
 from attack.prior import PRIOR_VERSION, ImagePrior
 from common.constraints import check_fields
 from common.errors import invalid
+from common.fileio import write_json_atomic
 
-__all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_synthetic",
-           "select_screened", "shift_images"]
+__all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_prior", "run_synthetic",
+           "pool_digest", "select_screened", "sent_queries", "shift_images"]
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "synthetic_state.npz"
+POOL_NAME = "natural_pool.json"  # the digest of the natural images a run draws from
 QUERIES_DIR = "queries"
 PARTS = ("victim", "render", "search", "surrogate", "storage", "evaluation")
 """Where a run's time goes (``time_seconds``/``cpu_seconds`` in the report; the victim part is
@@ -302,6 +306,82 @@ def _block_path(run_dir: Path, round_: int) -> Path:
     return run_dir / QUERIES_DIR / f"r{round_:06d}.npz"
 
 
+def run_prior(size: tuple[int, int], seed: int, natural=None,
+              limit: int | None = None) -> ImagePrior:
+    """The prior of a run at `size` with `seed`: its natural backgrounds (and the pool of
+    ``--natural-share``) are the first `limit` images of `natural` (a data set or uint8
+    images) as the victim receives them."""
+    backgrounds = None
+    if natural is not None:
+        images = getattr(natural, "images", natural)[:limit]
+        backgrounds = as_seen_by_victim(np.asarray(images), SimpleNamespace(image_size=size))
+    return ImagePrior(size, backgrounds, seed=seed)
+
+
+def sent_queries(run_dir: str | Path, natural=None) -> Iterator[tuple[int, np.ndarray]]:
+    """A run's query stream as the victim received it: (first query number, uint8 images) of
+    each stored round, in the order sent, made one round at a time (lazily).
+
+    Nothing but the run directory is needed: the rendered queries are drawn again from their
+    stored theta by the run's prior (its size, seed and natural backgrounds; the renderer is
+    deterministic), the natural ones are the pool images each block names. A run given its
+    natural images through the Python API (not a ``--transfer-set`` spec) needs them again
+    as `natural`; a CLI run's are loaded from its config like the run loaded them."""
+    from common.data import load_dataset
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    size = config.get("image_size")
+    size = ((size, size) if size else
+            tuple(json.loads((run_dir / "victim.json").read_text())["input"]["image_size"]))
+    if natural is None and config.get("transfer_set"):
+        spec, split = config["transfer_set"], config["transfer_split"]
+        head, _, tail = spec.rpartition(":")
+        if not Path(spec).exists() and head and Path(head).exists():
+            spec, split = head, tail  # a data set given to the API: "<source>:<split>"
+        if not Path(spec).exists():
+            raise invalid("natural", None, "the natural images the run was given (its "
+                          f"transfer_set {config['transfer_set']!r} is not a path here)")
+        natural = load_dataset(spec, split, seed=config["seed"],
+                               limit=config["transfer_limit"])
+    prior = run_prior(tuple(int(v) for v in size), int(config["seed"]), natural,
+                      config["transfer_limit"])
+    pool = run_dir / POOL_NAME
+    if pool.is_file() and json.loads(pool.read_text()) != pool_digest(prior.backgrounds):
+        raise invalid("natural", config.get("transfer_set"), "the natural images the run "
+                      f"drew from ({pool} holds their digest; these differ)")
+    for path in sorted((run_dir / QUERIES_DIR).glob("r*.npz")):
+        with np.load(path) as block:
+            theta, first = block["theta"].astype(np.float32), int(block["first"])
+            natural_rows = (block["natural"] if "natural" in block.files
+                            else np.full(len(theta), -1, np.int64))
+        if theta.shape[1] != prior.dim:
+            raise invalid("run_dir", str(run_dir), f"a run of this prior ({prior.dim} values "
+                          f"a theta; {path.name} holds {theta.shape[1]})")
+        yield first, _round_images(prior, theta, natural_rows)
+
+
+def pool_digest(backgrounds: np.ndarray | None) -> dict:
+    """How many natural images a prior holds and their SHA-256 (None without any)."""
+    if backgrounds is None:
+        return {"images": 0, "sha256": None}
+    return {"images": len(backgrounds),
+            "sha256": hashlib.sha256(np.ascontiguousarray(backgrounds).data).hexdigest()}
+
+
+def _round_images(prior: ImagePrior, theta: np.ndarray, natural: np.ndarray) -> np.ndarray:
+    """A round's images: theta rendered, the natural pool's images where `natural` >= 0."""
+    rendered = natural < 0
+    if rendered.all():
+        return prior.render(theta)
+    if prior.backgrounds is None:
+        raise invalid("natural", None, "the natural images of a run with --natural-share")
+    images = np.empty((len(theta), *prior.size, 3), np.uint8)
+    images[rendered] = prior.render(theta[rendered])
+    images[~rendered] = prior.backgrounds[natural[~rendered]]
+    return images
+
+
 # -- the attack object -----------------------------------------------------------------------------
 class Synthetic(GeneratedAttack):
     """Data-free extraction with a procedural image prior and a victim-guided search.
@@ -343,11 +423,7 @@ class _SyntheticRun(GeneratedRun):
         if config.input_size is None:
             self.kwargs["input_size"] = self.size[0]
         self.kwargs["augment"] = "crop+flip" if config.flip else "crop"
-        backgrounds = None
-        if natural is not None:
-            images = natural.images[:config.transfer_limit]
-            backgrounds = as_seen_by_victim(images, SimpleNamespace(image_size=self.size))
-        self.prior = ImagePrior(self.size, backgrounds, seed=config.seed)
+        self.prior = run_prior(self.size, config.seed, natural, config.transfer_limit)
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -358,6 +434,18 @@ class _SyntheticRun(GeneratedRun):
         self._write_state(arrays, {"prior": PRIOR_VERSION, "round": self.round,
                                    "assigned": self.assigned, "hits": self.hits})
         self._add("storage", started)
+
+    def _check_pool(self) -> None:
+        """RUN_DIR/natural_pool.json: the digest of the run's natural images, written by its
+        first session; a resumed run given other images is refused (its blocks' pool indices
+        and rendered backgrounds would name other pictures than those answered)."""
+        path, digest = self.run_dir / POOL_NAME, pool_digest(self.prior.backgrounds)
+        if not path.is_file():
+            write_json_atomic(path, digest)
+        elif json.loads(path.read_text()) != digest:
+            raise invalid("transfer_set", self.config.transfer_set, "the natural images the run "
+                          f"started with ({digest['images']} images here, {path} holds the "
+                          "digest of others)")
 
     def _load_state(self) -> None:
         state = self._read_state()
@@ -415,7 +503,7 @@ class _SyntheticRun(GeneratedRun):
         self._add("search", started)
         if images is None:
             started = clock()
-            images = self._images(theta, natural)
+            images = _round_images(self.prior, theta, natural)
             self._add("render", started)
         raw = self._ask(first, images)
         started = clock()
@@ -455,16 +543,6 @@ class _SyntheticRun(GeneratedRun):
             log.warning("natural pool of %d images exhausted: round %d sends some again", pool,
                         round_)
         return order[(earlier + np.arange(wanted)) % pool].astype(np.int64)
-
-    def _images(self, theta: np.ndarray, natural: np.ndarray) -> np.ndarray:
-        """The round's images: theta rendered, natural pool images where `natural` >= 0."""
-        if not (natural >= 0).any():
-            return self.prior.render(theta)
-        images = np.empty((len(theta), *self.size, 3), np.uint8)
-        rendered = natural < 0
-        images[rendered] = self.prior.render(theta[rendered])
-        images[~rendered] = self.prior.backgrounds[natural[~rendered]]
-        return images
 
     def _screen(self, theta: np.ndarray, target: np.ndarray, count: int, started
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -515,6 +593,7 @@ class _SyntheticRun(GeneratedRun):
         self.hits = {"mutations": 0, "on_target": 0}
         self.images: list[np.ndarray] = []
         self.probs: list[np.ndarray] = []
+        self._check_pool()
         self._load_state()
         milestones = self._begin_curve()
         with self._journal() as journal:

@@ -14,10 +14,12 @@ images, MobileNet alpha 0.25 at 96 px from the ImageNet weights in ``--data``,
 ``--knockoff-epochs``). Each row reads the run's report: surrogate accuracy, fidelity, classes
 below 50% and at 0%, the curve, seconds per 1,000 queries by part, and for the synthetic runs
 the classes the victim never answered. ``--flags`` replays each synthetic run's query stream
-(re-rendered from its stored theta, in the order sent) through the gateway's detectors
+(the images the victim received, in the order sent: rendered ones drawn again from their stored
+theta, natural ones from the run's pool) through the gateway's detectors
 (`benchmarks.datafree_bench.first_flags`'s logic: PRADA, and the OOD detector of
 ``--detector``). ``results.json`` and ``results.md`` (the per-class table of every method, mean
-over seeds, beside the victim's) go to ``--out``; ``--reuse`` reads back finished rows.
+over seeds, beside the victim's) go to ``--out``; ``--reuse`` reads back finished rows (with
+``--flags``, a finished row without flags gets them: its run's stream is replayed).
 """
 
 from __future__ import annotations
@@ -70,38 +72,28 @@ def synthetic_config(ns, target: str, seed: int, out: Path):
 
 def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
     """The query count at which PRADA (default config) and, with `detector`, the OOD detector
-    (calibrated threshold, default window) first flag a synthetic run's stream, re-rendered
-    from its stored theta in the order it was sent; None: never."""
+    (calibrated threshold, default window) first flag a synthetic run's stream: the images the
+    victim received, in the order sent (`attack.synthetic.sent_queries`: the rendered ones
+    drawn again from their stored theta, the natural ones from the run's pool), each with its
+    journaled answer; None: never."""
     from attack.journal import QueryJournal
-    from attack.prior import ImagePrior
+    from attack.synthetic import sent_queries
 
-    config = json.loads((run_dir / "config.json").read_text())
-    if config.get("transfer_set"):
-        raise ValueError("--flags re-renders procedural backgrounds only (no --transfer-set)")
-    blocks = sorted((run_dir / "queries").glob("r*.npz"))
-    with np.load(blocks[0]) as first:
-        theta0 = first["theta"]
     with QueryJournal.open(run_dir) as journal:
         answers = np.empty((journal.num_answered, int(journal.num_classes)), np.float32)
         answers[journal.answered_indices()] = journal.responses()
-    size = json.loads((run_dir / "victim.json").read_text())["input"]["image_size"]
-    prior = ImagePrior(tuple(size), seed=int(config["seed"]))
-    if theta0.shape[1] != prior.dim:  # pragma: no cover - a run of another prior version
-        raise ValueError(f"theta of {theta0.shape[1]} values, the prior takes {prior.dim}")
-
-    def rendered():  # block by block: none rendered once every detector has flagged
-        for path in blocks:
-            with np.load(path) as block:
-                theta, first = block["theta"].astype(np.float32), int(block["first"])
-            yield first, prior.render(theta)
-
-    return runs.stream_flags(rendered(), answers, runs.detector_monitors(detector), batch)
+    return runs.stream_flags(sent_queries(run_dir), answers, runs.detector_monitors(detector),
+                             batch)
 
 
 def run_synthetic_row(ns, target: str, seed: int) -> dict:
     out = Path(ns.out) / f"synthetic_s{seed}"
     if ns.reuse and (out / ROW_NAME).is_file():
-        return json.loads((out / ROW_NAME).read_text())
+        row = json.loads((out / ROW_NAME).read_text())
+        if ns.flags and row.get("first_flagged") is None:  # a finished run replayed now
+            row["first_flagged"] = first_flags(out, ns.detector)
+            (out / ROW_NAME).write_text(json.dumps(row, indent=1))
+        return row
     from attack.synthetic import run_synthetic
 
     config = synthetic_config(ns, target, seed, out)

@@ -266,7 +266,67 @@ def test_agrees_with_the_colour_victim_well_above_chance(colour_model, tmp_path)
     assert set(report["evaluation"]["per_class_surrogate"]) == set(COLOUR_CLASSES)
     assert [p["queries"] for p in report["curve"]] == [400, 600]  # rounds end at 200, 400, 600
     assert report["extra"]["classes_never_answered"] == []
-    assert "per class" in result.report.read_text().lower()
+    assert "per-class accuracy" in result.report.read_text().lower()
+
+
+def _recording_victim(model, calls: int):
+    """A `KerasVictim` that keeps every journaled request's images (``received``, in the order
+    sent) and is killed at its model's call number `calls` (no surrogate is ever trained)."""
+    from attack.victim import KerasVictim
+
+    class Victim(KerasVictim):
+        received: list[np.ndarray] = []
+        made = 0
+
+        def predict(self, images, *, on_send=None, on_result=None):
+            if on_send is not None:  # a paid query (the probe of `understand` is not)
+                Victim.received.append(np.array(images))
+            return super().predict(images, on_send=on_send, on_result=on_result)
+
+        def _call(self, batch):
+            if Victim.made >= calls:
+                raise KeyboardInterrupt("killed")
+            Victim.made += 1
+            return super()._call(batch)
+
+    return Victim(model, input_range="0,255", output_kind="logits", batch_size=16)
+
+
+@pytest.mark.parametrize("given", ["array", "file"])
+def test_sent_queries_replays_the_stream_the_victim_received(colour_model, tmp_path, given):
+    from attack.journal import QueryJournal
+    from attack.synthetic import sent_queries
+    from common.data import load_dataset
+
+    pool = colour_images(90, seed=5)
+    natural = pool
+    if given == "file":  # a data-layer spec: the replay loads it again as the run did
+        np.savez(tmp_path / "natural.npz", x=pool, y=np.zeros(len(pool), np.int64))
+        natural = load_dataset(str(tmp_path / "natural.npz"), "all")
+    run_dir = tmp_path / "run"
+    victim = _recording_victim(colour_model, calls=16)  # 7 calls a round: dies in round 3
+    with pytest.raises(KeyboardInterrupt):  # rendered shapes on natural crops, natural images
+        _extract(victim, run_dir, budget=300, round_size=100, natural_share=0.3,
+                 online_passes=0, natural=natural, seed=4)
+    received = np.concatenate(victim.received)
+    with QueryJournal.open(run_dir) as journal:
+        answered = np.sort(journal.answered_indices())
+    assert 200 < len(answered) < 300 and answered.tolist() == list(range(len(answered)))
+    blocks = list(sent_queries(run_dir, natural=pool if given == "array" else None))
+    assert [first for first, _ in blocks] == [0, 100, 200]
+    replayed = np.concatenate([images for _, images in blocks])
+    assert replayed.shape == (300, 16, 16, 3) and replayed.dtype == np.uint8
+    np.testing.assert_array_equal(replayed[answered], received[answered])
+    with np.load(run_dir / "queries" / "r000002.npz") as block:
+        natural_rows = block["natural"]
+    assert (natural_rows >= 0).sum() == 30  # the natural images are in the stream too
+    np.testing.assert_array_equal(replayed[100:200][natural_rows >= 0],
+                                  pool[natural_rows[natural_rows >= 0]])
+    if given == "array":  # images given to the API are not in the run: asked for by name
+        with pytest.raises(Exception, match="natural"):
+            next(sent_queries(run_dir))
+    with pytest.raises(Exception, match="natural images the run drew from"):
+        next(sent_queries(run_dir, natural=pool[::-1]))
 
 
 @pytest.fixture(scope="module")
