@@ -63,6 +63,7 @@ import logging
 import math
 import os
 import sys
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -71,7 +72,13 @@ from pathlib import Path
 import numpy as np
 
 from attack.config import AttackConfig
-from attack.generated import GeneratedAttack, GeneratedRun, prefixed, run_generated
+from attack.generated import (
+    GeneratedAttack,
+    GeneratedRun,
+    prefixed,
+    read_state,
+    run_generated,
+)
 from attack.pipeline import (
     ExtractionResult,
     answers_as_probabilities,
@@ -86,8 +93,9 @@ from attack.prior import ImagePrior
 from common.constraints import check_fields
 from common.errors import invalid
 
-__all__ = ["METHODS", "DataFree", "DataFreeConfig", "ReplayBuffer", "perturb", "plan_iteration",
-           "quantize", "run_datafree", "victim_spread", "zo_gradient"]
+__all__ = ["METHODS", "DataFree", "DataFreeConfig", "ReplayBuffer", "check_final_pass",
+           "missing_queries", "perturb", "plan_iteration", "quantize", "query_blocks",
+           "run_datafree", "stored_queries", "victim_spread", "zo_gradient"]
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +104,11 @@ NATURAL_SOURCES = ("images", "prior")
 LOSS_OF = {"dfme": "l1", "maze": "kl", "dfms-hl": "ce"}
 DEFAULT_DIRECTIONS = {"dfme": 1, "maze": 10, "dfms-hl": 0}
 STATE_NAME = "datafree_state.npz"
-PARTS = ("victim", "generator", "surrogate", "replay", "storage", "evaluation")
+PARTS = ("victim", "generator", "surrogate", "replay", "storage", "evaluation", "final_pass")
 """Where a run's time goes (wall and CPU seconds in the report's ``time_seconds``/``cpu_seconds``:
 the victim part is request to answer, journal included, less what the replay steps overlapped
 (they run while a surrogate round's queries are answered); the server's own CPU is not this
-process's)."""
+process's; ``final_pass``: the surrogate trained after the budget, reading its images included)."""
 QUERIES_DIR = "queries"
 REPLAY_DIR = "replay"  # query blocks before the checkpoint still in the replay buffer
 
@@ -173,8 +181,16 @@ class DataFreeConfig(AttackConfig):
     keep_queries: bool = field(default=False, metadata={
         "help": "keep every query block in RUN_DIR/queries/ (uint8 images and latent vectors, "
                 "about 3 KB per 32 px query) instead of deleting them at each checkpoint"})
+    final_epochs: int = field(default=10, metadata={
+        "help": "final pass: once the budget is spent, train a surrogate from its initial "
+                "weights on every answered query for this many epochs (SurrogateTrainer.fit, "
+                "the attack recipe; top-1 labels for dfms-hl) and report it as the surrogate "
+                "at the budget, the online one beside it; the query blocks are then kept on "
+                "disk until the end (about 3 KB per 32 px query); 0: off, the online "
+                "surrogate is reported", "min": 0})
     epochs: int = field(default=10, metadata={
-        "cli": False, "help": "unused: the surrogate is trained online"})
+        "cli": False, "help": "unused: the online surrogate's steps are per query; the final "
+                              "pass trains --final-epochs"})
     out: str = field(default="runs/datafree", metadata={
         "help": "run directory (config, journal, query blocks, checkpoint, surrogate, report)",
         "metavar": "RUN_DIR"})
@@ -372,6 +388,7 @@ class DataFree(GeneratedAttack):
 
 def run_datafree(config: DataFreeConfig, *, on_progress=None) -> ExtractionResult:
     """The CLI's attack: load the data of `config`, open its victim, run `DataFree`."""
+    check_final_pass(config)
     return run_generated(DataFree, config, on_progress=on_progress)
 
 
@@ -503,16 +520,18 @@ class _DataFreeRun(GeneratedRun):
             meta["replay"] = {"count": self.buffer.count, "digest": self.buffer.digest()}
         self._write_state(arrays, meta)
         if not self.config.keep_queries:  # blocks before the checkpoint: replay's or gone
+            # (kept to the end for the final pass, which trains on every answered query)
+            final = self.config.final_epochs > 0
             kept = self.run_dir / REPLAY_DIR
             for path in sorted((self.run_dir / QUERIES_DIR).glob("it*.npz")):
                 if int(path.name[2:10]) > self.iteration:
                     continue
-                if self.buffer is None:
+                if self.buffer is None and not final:
                     path.unlink()
                 else:
                     kept.mkdir(exist_ok=True)
                     os.replace(path, kept / path.name)
-            if self.buffer is not None:
+            if self.buffer is not None and not final:
                 blocks = _blocks(kept, self.firsts)
                 for (_, path), (after, _) in zip(blocks, blocks[1:]):
                     if after <= self.buffer.count - len(self.buffer):
@@ -690,6 +709,31 @@ class _DataFreeRun(GeneratedRun):
                         positions[-1] + 1, len(order))
         return order[positions % len(order)]
 
+    # -- the final pass ------------------------------------------------------------------------
+    def _final_pass(self, answers: np.ndarray) -> tuple[object, dict]:
+        """A surrogate trained from its initial weights on every answered query (the images
+        from the stored blocks, the answers from the journal: `answers`, journal form) with
+        the attack recipe, checkpointed in RUN_DIR/checkpoints/final (a kill during it resumes
+        from the last finished epoch, a finished one is loaded); (trainer, what the report
+        says of it)."""
+        config = self.config
+        started = clock()
+        images = stored_queries(self.run_dir, config.budget)
+        probs = answers_as_probabilities(self.victim, answers)
+        labels = config.loss() == "ce"  # label-only: the top-1 labels, as online
+        targets = self.gen.victim_targets(probs, "ce") if labels else probs
+        trainer = surrogate_trainer(self.run_dir, {**self.kwargs, "epochs": config.final_epochs},
+                                    "final")
+        log.info("final pass: %d epochs over the %d answered queries", config.final_epochs,
+                 len(images))
+        trainer.fit(images, targets)
+        self._add("final_pass", started)
+        return trainer, {"epochs": config.final_epochs, "examples": int(len(images)),
+                         "targets": "top-1 labels" if labels else "probabilities",
+                         "loaded_finished_fit": bool(trainer.restored_final),
+                         "first_epoch_this_session": int(trainer.initial_epoch),
+                         "seconds_this_session": round(clock()[0] - started[0], 3)}
+
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate_point(self) -> None:
         self._add_point(self._measure(parts={k: round(v, 3) for k, v in self.seconds.items()}))
@@ -699,6 +743,7 @@ class _DataFreeRun(GeneratedRun):
         from attack.pipeline import AnswerCheck
 
         config = self.config
+        check_final_pass(config)
         self.run_dir, self.check = begin_run(self.victim, config, self._probe_images())
         _check_kind_fits(config.method, getattr(self.victim, "output_kind", None))
         self._build()
@@ -737,16 +782,24 @@ class _DataFreeRun(GeneratedRun):
             finally:  # an answer in flight is journaled before the run stops
                 self.pool.shutdown()
             answered = journal.num_answered
-            top1 = np.argmax(journal.responses(), axis=1)
+            answers = np.zeros((config.budget, self.num_classes), np.float32)
+            indices = journal.answered_indices()
+            answers[indices[indices < config.budget]] = journal.responses()[
+                indices < config.budget]
         if answered != config.budget:  # pragma: no cover - the plan assigns exactly the budget
             raise RuntimeError(f"the journal holds {answered} answers, not the budget "
                                f"{config.budget}")
+        top1 = np.argmax(answers, axis=1)
         points = [p["queries"] for p in self.curve]
+        online = self._measure("online surrogate") if self.test is not None else None
+        final, final_pass = self.trainer, None
+        if config.final_epochs:
+            final, final_pass = self._final_pass(answers)
 
         def train(n: int, tag: str):
             if tag != "final" and n not in points:
                 raise RuntimeError(f"no curve point at {n} queries")
-            return self.trainer
+            return final if tag == "final" else self.trainer
 
         extra = {"method": config.method, "loss": config.loss(),
                  "directions": config.n_directions(), "iterations": self.iteration,
@@ -759,6 +812,9 @@ class _DataFreeRun(GeneratedRun):
                      "steps": config.replay_steps, "size": self.buffer.capacity,
                      "kept": len(self.buffer), "digest": self.buffer.digest(),
                      "rebuilt_on_resume": self.replay_rebuilt},
+                 "surrogate_reported": "final pass" if final_pass else "online",
+                 "online_surrogate_at_budget": online,
+                 "final_pass": final_pass,
                  "sent_this_session": self.sent,
                  "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                  "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
@@ -766,7 +822,11 @@ class _DataFreeRun(GeneratedRun):
                  "trained_on": {"l1": "the victim's probabilities as centred log-probabilities "
                                       "(DFME's logit approximation)",
                                 "kl": "the victim's probabilities (KL)",
-                                "ce": "the victim's top-1 labels"}[config.loss()]}
+                                "ce": "the victim's top-1 labels"}[config.loss()]
+                 + ("; the reported surrogate: a final pass over every answered query ("
+                    + ("the top-1 labels" if config.loss() == "ce" else "the probabilities, "
+                       f"sharpened at T={config.target_temperature}") + ")"
+                    if final_pass else "")}
         log.info("time: %s", ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         return finish(self.victim, self.info, config, self.run_dir, queries=config.budget,
                       train=train, test=self.test, curve_budgets=points, extra=extra)
@@ -783,6 +843,75 @@ def _blocks(folder: Path, known: dict[str, int] | None = None) -> list[tuple[int
                 known[path.name] = int(stored["first"])
         found.append((known[path.name], path))
     return sorted(found)
+
+
+def check_final_pass(config: DataFreeConfig) -> None:
+    """On ``--resume`` with a final pass, `UsageError` (read only: before anything is written)
+    when the images of queries before the run's checkpoint are gone: a run made with
+    ``--final-epochs 0`` and no replay buffer holding them deleted its blocks at each
+    checkpoint, and the final pass trains on every answered query."""
+    if not (config.resume and config.final_epochs):
+        return
+    run_dir = Path(config.out)
+    state = read_state(run_dir / STATE_NAME)
+    if state is None:
+        return
+    meta = state[0]
+    missing = missing_queries(query_blocks(run_dir, int(meta["iteration"])),
+                              int(meta["assigned"]))
+    if missing:
+        a, b = missing[0]
+        raise invalid("final_epochs", config.final_epochs,
+                      f"0 for the run in {run_dir}: the final pass trains on every answered "
+                      f"query, and the images of queries {a}-{b - 1} were deleted at its "
+                      "checkpoints (it ran with --final-epochs 0 and no replay buffer holding "
+                      "them)")
+
+
+def query_blocks(run_dir: Path, iterations: int | None = None) -> list[tuple[int, int, Path]]:
+    """(first query number, number of queries, path) of RUN_DIR's stored query blocks
+    (``replay/`` and ``queries/``), in query order; with `iterations`, only the blocks of
+    iterations 1..`iterations`. The count is read from the block's array header, not its data."""
+    found = []
+    for folder in (run_dir / REPLAY_DIR, run_dir / QUERIES_DIR):
+        for first, path in _blocks(folder):
+            if iterations is None or int(path.name[2:10]) <= iterations:
+                with zipfile.ZipFile(path) as archive, archive.open("images.npy") as member:
+                    version = np.lib.format.read_magic(member)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)(member)
+                found.append((first, int(header[0][0]), path))
+    return sorted(found)
+
+
+def missing_queries(blocks: list[tuple[int, int, Path]], count: int) -> list[tuple[int, int]]:
+    """The ranges [start, stop) of the query numbers 0..count-1 that no block of `blocks`
+    (`query_blocks`) holds."""
+    held = np.zeros(count, bool)
+    for first, n, _ in blocks:
+        held[first:first + n] = True
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], held.astype(np.int8), [1]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+def stored_queries(run_dir: Path, count: int) -> np.ndarray:
+    """The uint8 images of queries 0..count-1 in query order, from RUN_DIR's stored blocks
+    (what the final pass trains on); `RuntimeError` naming the missing queries."""
+    blocks = query_blocks(run_dir)
+    missing = missing_queries(blocks, count)
+    if missing:
+        raise RuntimeError(f"{run_dir}: no stored images for queries " + ", ".join(
+            f"{a}-{b - 1}" for a, b in missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    images = None
+    for first, n, path in blocks:
+        if first >= count:
+            continue
+        with np.load(path) as stored:
+            block = stored["images"][:count - first]
+        if images is None:
+            images = np.empty((count, *block.shape[1:]), np.uint8)
+        images[first:first + len(block)] = block
+    return images
 
 
 def _check_kind_fits(method: str, kind: str | None) -> None:

@@ -105,8 +105,18 @@ def run_one(ns, method: str, target: str, seed: int, replay: int = 0,
     `diversity` (None: the attack's default) apply to the data-free methods."""
     name = variant(method, replay, diversity)
     out = Path(ns.out) / f"{name.replace(' ', '_')}_s{seed}"
-    if getattr(ns, "reuse", False) and (out / ROW_NAME).is_file():
-        return json.loads((out / ROW_NAME).read_text())
+    wanted = getattr(ns, "final_epochs", None)  # None: any final pass (a caller without one)
+    final_epochs = (0 if method.startswith("knockoff") else DataFreeConfig.final_epochs
+                    if wanted is None else wanted)
+    earlier = (json.loads((out / ROW_NAME).read_text())
+               if getattr(ns, "reuse", False) and (out / ROW_NAME).is_file() else None)
+    if earlier is not None and (wanted is None or method.startswith("knockoff")
+                                or earlier.get("final_epochs", 0) == final_epochs):
+        return earlier
+    # --reuse of a data-free run with another final pass: resumed (nothing paid again, the
+    # final pass trained), its earlier wall time kept
+    resume = (getattr(ns, "reuse", False) and not method.startswith("knockoff")
+              and (out / "config.json").is_file())
     started = time.perf_counter()
     if method.startswith("knockoff"):
         from attack.config import KnockoffConfig
@@ -134,14 +144,18 @@ def run_one(ns, method: str, target: str, seed: int, replay: int = 0,
                                 keep_queries=ns.flags, replay_steps=replay,
                                 replay_size=getattr(ns, "replay_size", 100_000),
                                 generator_width=getattr(ns, "generator_width", 64),
-                                diversity_of=getattr(ns, "diversity_of", "auto"), **tuned)
+                                diversity_of=getattr(ns, "diversity_of", "auto"),
+                                final_epochs=final_epochs, resume=resume, **tuned)
         run_datafree(config)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started + (earlier or {}).get("wall_seconds", 0.0)
     report = json.loads((out / "report.json").read_text())
     split = report["extra"].get("time_seconds", {})
     flagged = (first_flags(out, ns.detector) if ns.flags and not method.startswith("knockoff")
                else None)
+    online = report["extra"].get("online_surrogate_at_budget") or {}
     row = {"method": name, "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
+            "final_epochs": final_epochs, "online_acc": online.get("surrogate_acc"),
+            "online_fidelity": online.get("fidelity_test"),
             "first_flagged": flagged,
             "answer_classes": report["extra"].get("answer_classes"),
             "victim_acc": report["evaluation"]["victim_acc"],
@@ -204,9 +218,15 @@ def pace(row: dict) -> list[tuple[int, int, float]]:
                            for p in row["curve"] if p.get("parts")]
     if len(points) > 1 and row.get("seconds_per_1000"):  # the end: the report's split
         points.append((int(row["budget"]), row["budget"] / 1000 * sum(
-            v for k, v in row["seconds_per_1000"].items() if k != "evaluation")))
+            v for k, v in row["seconds_per_1000"].items()
+            if k not in ("evaluation", "final_pass"))))
     return [(a, b, 1000 * (tb - ta) / (b - a))
             for (a, ta), (b, tb) in zip(points, points[1:]) if b > a]
+
+
+def _final_seconds(row: dict) -> float:
+    """Wall seconds of a row's final pass (this session's, or the loaded one's)."""
+    return row["seconds_per_1000"].get("final_pass", 0.0) * row["budget"] / 1000
 
 
 def _nan(value) -> float:
@@ -251,14 +271,18 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
              "Seconds per 1,000 queries, wall clock (attack CPU seconds in brackets; the victim's "
              "CPU is the server process's and not counted there; with replay, the victim's is the "
              "wait left after the replay steps it overlaps).", "",
+             "`final N`: the reported surrogate is the final pass (N epochs from the initial "
+             "weights over every answered query, `--final-epochs`); `online`: the surrogate "
+             "trained during the generator loop, at the budget (mean ± sd).", "",
              "| method | seeds | surrogate acc (mean ± sd) | ratio | fidelity | classes < 50% "
-             "| at 0% | victim | generator | surrogate | replay | storage | whole run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| at 0% | online | victim | generator | surrogate | replay | storage | final pass "
+             "| whole run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         acc = np.array([r["surrogate_acc"] for r in mine])
         fid = np.array([r["fidelity_test"] for r in mine])
-        parts = ("victim", "generator", "surrogate", "replay", "storage")
+        parts = ("victim", "generator", "surrogate", "replay", "storage", "final_pass")
         split = {k: np.mean([r["seconds_per_1000"].get(k, np.nan) for r in mine]) for k in parts}
         cpu = {k: np.mean([r["cpu_seconds_per_1000"].get(k, np.nan) for r in mine])
                for k in parts}
@@ -266,9 +290,14 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
         ratio = acc / np.array([r["victim_acc"] for r in mine])
         below = "/".join(str(r.get("classes_below_50", "?")) for r in mine)
         zero = "/".join(str(r.get("classes_at_0", "?")) for r in mine)
-        lines.append(f"| {method} | {len(mine)} | {acc.mean():.4f} ± {acc.std():.4f} | "
+        online = [r["online_acc"] for r in mine if r.get("online_acc") is not None]
+        epochs = mine[0].get("final_epochs", 0)
+        lines.append(f"| {method}{f' final {epochs}' if epochs else ''} | {len(mine)} | "
+                     f"{acc.mean():.4f} ± {acc.std():.4f} | "
                      f"{ratio.mean():.3f}x | {fid.mean():.4f} | {below} of "
-                     f"{mine[0].get('classes', '?')} | {zero} | " + " | ".join(
+                     f"{mine[0].get('classes', '?')} | {zero} | "
+                     + (f"{np.mean(online):.4f} ± {np.std(online):.4f} | "
+                        if len(online) == len(mine) else "n/a | ") + " | ".join(
                          "n/a" if np.isnan(split[k]) else f"{split[k]:.2f} ({cpu[k]:.2f})"
                          for k in parts)
                      + f" | {wall:.2f} |")
@@ -278,6 +307,13 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
         lines.append(f"- {method}: " + ", ".join(
             f"{n:,}: {np.mean(accs):.4f} ± {np.std(accs):.4f}"
             for n, accs in curve_means([r for r in rows if r["method"] == method])))
+    finals = [r for r in rows if r.get("final_epochs") and r.get("online_acc") is not None]
+    if finals:
+        lines += ["", "At the budget, per seed: the online surrogate (trained during the loop) "
+                  "-> the final pass (the reported surrogate):", ""]
+        lines += [f"- {r['method']} s{r['seed']}: {r['online_acc']:.4f} -> "
+                  f"{r['surrogate_acc']:.4f} ({r['surrogate_acc'] - r['online_acc']:+.4f}; "
+                  f"final pass {_final_seconds(r):.0f} s)" for r in finals]
     paced = [(r, pace(r)) for r in rows if pace(r)]
     if paced:
         lines += ["", "Seconds per 1,000 queries between curve points (the attack's parts, "
@@ -321,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="whose predictions the class diversity spreads (attack.datafree)")
     parser.add_argument("--generator-width", type=int, default=64,
                         help="channels of the generator's last convolution")
+    parser.add_argument("--final-epochs", type=int, default=DataFreeConfig.final_epochs,
+                        metavar="N",
+                        help="the data-free runs' final pass: epochs over every answered query "
+                             "after the budget (0: off, the online surrogate is reported); "
+                             "with --reuse, a finished run made with another value is resumed "
+                             "for its final pass, no query paid again")
     parser.add_argument("--flags", action="store_true",
                         help="keep the data-free queries and replay them through the gateway's "
                              "detectors (PRADA; the OOD detector with --detector)")
@@ -351,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
               f"received {ns.test_set}", file=sys.stderr)
         return 2
     for flag, values, least in (("--replay-steps", ns.replay_steps, 0),
+                                ("--final-epochs", [ns.final_epochs], 0),
                                 ("--diversity", ns.diversity or [], 0),
                                 ("--replay-size", [ns.replay_size], 1),
                                 ("--generator-width", [ns.generator_width], 1)):

@@ -12,15 +12,21 @@ import numpy as np
 import pytest
 
 from attack.datafree import (
+    STATE_NAME,
     DataFreeConfig,
     ReplayBuffer,
     main,
+    missing_queries,
     perturb,
     plan_iteration,
     quantize,
+    query_blocks,
+    stored_queries,
     victim_spread,
     zo_gradient,
 )
+from attack.generated import write_state
+from attack.pipeline import save_npz
 from serving.testing import COLOUR_CLASSES, COLOUR_SIZE, colour_images, colour_victim
 from tests.attack.helpers import killed_keras_victim
 
@@ -338,6 +344,8 @@ def _run_cli(args, capsys):
     (["--natural-source", "prior"], "natural_share"),
     (["--natural-source", "prior", "--natural-share", "0.5", "--transfer-set", "x.npz"],
      "transfer_set"),
+    (["--final-epochs", "-1"], "final_epochs"),
+    (["--final-epochs", "two"], "final_epochs"),
 ])
 def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, named, capsys,
                                                                       tmp_path):
@@ -346,3 +354,156 @@ def test_bad_flags_are_one_line_and_exit_2_before_anything_is_written(args, name
     assert code == 2
     assert len(err) == 1 and named.replace("_", "-") in err[0].replace("_", "-"), err
     assert not out.exists()
+
+
+# -- the final pass --------------------------------------------------------------------------------
+def _block(run_dir, folder: str, iteration: int, phase: str, first: int, n: int) -> None:
+    """A stored query block of `n` 2x2 images, query q's first pixel q % 251."""
+    images = np.zeros((n, 2, 2, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(first, first + n) % 251
+    (run_dir / folder).mkdir(parents=True, exist_ok=True)
+    save_npz(run_dir / folder / f"it{iteration:08d}_{phase}.npz", images=images,
+             first=np.int64(first))
+
+
+def test_the_final_pass_reads_every_stored_query_in_query_order_and_names_a_gap(tmp_path):
+    run = tmp_path / "run"
+    _block(run, "replay", 1, "g0", 0, 32)  # before the checkpoint: moved to replay/
+    _block(run, "replay", 1, "s", 32, 80)
+    _block(run, "queries", 2, "g0", 112, 32)  # after it: still in queries/
+    _block(run, "queries", 2, "s", 144, 56)
+    assert [(first, n, path.parent.name) for first, n, path in query_blocks(run)] == [
+        (0, 32, "replay"), (32, 80, "replay"), (112, 32, "queries"), (144, 56, "queries")]
+    assert [b[:2] for b in query_blocks(run, 1)] == [(0, 32), (32, 80)]  # iteration 1 only
+    images = stored_queries(run, 200)
+    assert images.shape == (200, 2, 2, 3) and images.dtype == np.uint8
+    assert images[:, 0, 0, 0].tolist() == (np.arange(200) % 251).tolist()
+    assert stored_queries(run, 150)[:, 0, 0, 0].tolist() == list(range(150))  # cut at the count
+    assert missing_queries(query_blocks(run), 200) == []
+    assert missing_queries(query_blocks(run), 230) == [(200, 230)]
+    (run / "replay" / "it00000001_s.npz").unlink()
+    assert missing_queries(query_blocks(run), 200) == [(32, 112)]
+    with pytest.raises(RuntimeError, match="queries 32-111"):
+        stored_queries(run, 200)
+
+
+def _listing(folder) -> list[tuple[str, int, int]]:
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in folder.rglob("*"))
+
+
+def test_a_final_pass_over_deleted_queries_is_refused_in_one_line_before_anything_is_written(
+        tmp_path, capsys):
+    """A run made with --final-epochs 0 and no replay buffer deleted its query blocks at each
+    checkpoint: resuming it with a final pass is refused, naming the flag, read only."""
+    run = tmp_path / "run"
+    args = ["--grpc", "localhost:1", "--model", "m", "--budget", "400", "--out", str(run)]
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    write_state(run / STATE_NAME, {}, {"iteration": 2, "assigned": 224})
+    _block(run, "queries", 3, "g0", 224, 32)  # iterations 1-2 gone, iteration 3's kept
+    before = _listing(run)
+    code, err = _run_cli([*args, "--resume", "--final-epochs", "3"], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "final-epochs" in err[0].replace("_", "-") and "queries 0-223" in err[0]
+    assert _listing(run) == before
+    _block(run, "replay", 1, "all", 0, 224)  # every query before the checkpoint is there
+    from attack.datafree import check_final_pass
+
+    check_final_pass(DataFreeConfig(resume=True, final_epochs=3, out=str(run)))  # no error
+    check_final_pass(DataFreeConfig(resume=True, final_epochs=0, out=str(tmp_path / "x")))
+
+
+def _recording(victim, sent: list):
+    """`victim` whose journaled queries (those with an `on_send`) are appended to `sent`."""
+    predict = victim.predict
+
+    def recorded(images, **kwargs):
+        if kwargs.get("on_send") is not None:
+            sent.append(np.array(images, copy=True))
+        return predict(images, **kwargs)
+
+    victim.predict = recorded
+    return victim
+
+
+@pytest.mark.slow  # 30-60 s: three sessions of a run, three final passes, exports
+def test_final_pass_trains_on_exactly_the_answered_queries_and_resumes_paying_nothing(
+        victim_model, tmp_path, monkeypatch):
+    """The final pass trains on every query the victim answered, each once, with no replay
+    buffer holding them (the blocks are kept for it); a finished run resumed with another
+    final pass sends nothing, and a kill during that pass resumes from its last epoch."""
+    import json
+    from collections import Counter
+
+    import keras
+
+    from attack.surrogate import SurrogateTrainer
+
+    budget, run_dir, sent, fitted = 224, tmp_path / "run", [], []
+    hyper = dict(budget=budget, checkpoint_every=1, replay_steps=0, final_epochs=1, noise=20,
+                 curve_points=2)
+    fit = SurrogateTrainer.fit
+
+    class Killer(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt("killed in the final pass")
+
+    def recorded_fit(self, images, targets, *, callbacks=(), kill=False):
+        fitted.append((np.array(images, copy=True), np.array(targets, copy=True)))
+        return fit(self, images, targets, callbacks=[*callbacks, *([Killer()] if kill else [])])
+
+    monkeypatch.setattr(SurrogateTrainer, "fit", recorded_fit)
+    test = _test_set(victim_model, 60)
+    first = _recording(_KilledVictim(victim_model, calls=None), sent)
+    from attack import Surrogate
+    from attack.datafree import DataFree
+
+    def extract(victim, **more):
+        resume = run_dir.exists()
+        return DataFree(**{**SMALL, **hyper, **more}).extract(
+            victim, None, surrogate=Surrogate(**SURROGATE), run_dir=run_dir, resume=resume,
+            test=test)
+
+    extract(first)
+    assert sum(map(len, sent)) == budget and len(fitted) == 1
+    images, targets = fitted[0]
+    # exactly the answered queries, each once (the multiset of images the victim was sent)
+    key = Counter(image.tobytes() for image in np.concatenate(sent))
+    assert len(images) == budget and Counter(image.tobytes() for image in images) == key
+    assert np.allclose(targets.sum(axis=1), 1)  # dfme: the victim's probabilities
+    report = json.loads((run_dir / "report.json").read_text())
+    extra = report["extra"]
+    assert extra["surrogate_reported"] == "final pass"
+    assert extra["final_pass"]["examples"] == budget and extra["final_pass"]["epochs"] == 1
+    assert report["evaluation"]["surrogate_acc"] == report["curve"][-1]["surrogate_acc"]
+    online = extra["online_surrogate_at_budget"]["surrogate_acc"]
+
+    # resumed with 3 epochs, killed after the first: nothing sent, then the pass resumes
+    monkeypatch.setattr(SurrogateTrainer, "fit",
+                        lambda self, x, y, callbacks=(): recorded_fit(self, x, y, kill=True))
+    sent.clear()
+    second = _recording(_KilledVictim(victim_model, calls=None), sent)
+    with pytest.raises(KeyboardInterrupt):
+        extract(second, final_epochs=3)
+    assert second.queries == 0 and not sent  # the test answers cached, no query
+    monkeypatch.setattr(SurrogateTrainer, "fit", recorded_fit)
+    third = _recording(_KilledVictim(victim_model, calls=None), sent)
+    extract(third, final_epochs=3)
+    assert third.queries == 0 and not sent and len(fitted) == 3
+    np.testing.assert_array_equal(fitted[2][0], images)  # the same images, the same order
+    extra = json.loads((run_dir / "report.json").read_text())["extra"]
+    assert extra["final_pass"]["epochs"] == 3 and extra["final_pass"]["examples"] == budget
+    assert extra["final_pass"]["first_epoch_this_session"] == 1  # epoch 1 was done
+    assert extra["sent_this_session"] == 0
+    assert extra["online_surrogate_at_budget"]["surrogate_acc"] == online  # restored, same
+
+    # label-only: the final pass trains on the top-1 labels
+    fitted.clear()
+    label_dir = tmp_path / "hl"
+    DataFree(**{**SMALL, **hyper, "method": "dfms-hl", "budget": 96}).extract(
+        _KilledVictim(victim_model, calls=None), None, surrogate=Surrogate(**SURROGATE),
+        run_dir=label_dir)
+    labels = fitted[0][1]
+    assert len(labels) == 96 and set(np.unique(labels).tolist()) == {0.0, 1.0}
+    assert (labels.sum(axis=1) == 1).all()

@@ -32,6 +32,7 @@ def victims(layout):
     (["--replay-steps", "0", "-1"], "--replay-steps"),
     (["--diversity", "-0.5"], "--diversity"),
     (["--replay-size", "0"], "--replay-size"),
+    (["--final-epochs", "-1"], "--final-epochs"),
 ])
 def test_bad_input_is_one_line(layout, victims, one_line_error, extra, argument):
     one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"), *extra],
@@ -153,3 +154,55 @@ def test_prior_hybrids_are_data_free_and_need_no_tiny_imagenet(layout, victims, 
     assert [(c.method, c.natural_source, c.natural_share, c.transfer_set, c.replay_steps)
             for c in seen] == [("dfme", "prior", 0.5, None, 20),
                                ("dfms-hl", "prior", 0.5, None, 20)]
+
+
+def test_reuse_resumes_a_finished_run_for_another_final_pass(layout, monkeypatch):
+    """--reuse reads a row back when its final pass is the one asked for; a data-free run
+    made with another is resumed (its journal pays nothing again), a folder without a run
+    started afresh, and a Knockoff row is read back whatever the flag."""
+    from types import SimpleNamespace
+
+    import attack.datafree
+    from benchmarks.datafree_bench import ROW_NAME, run_one
+
+    seen = []
+
+    def capture(config, **_):
+        seen.append(config)
+        raise KeyboardInterrupt  # stop before any report is read
+
+    monkeypatch.setattr(attack.datafree, "run_datafree", capture)
+    ns = SimpleNamespace(out=str(layout / "b"), reuse=True, model="m", budget=1000,
+                         arch_args=[], test_set=None, data=str(layout / "data"), test_limit=10,
+                         curve_points=1, natural_share=0.5, flags=False, final_epochs=10)
+    for name, final in (("dfme_s0", 10), ("dfme_s1", None), ("knockoff_s0", None)):
+        row = _row(name.split("_")[0], 0, {"stop": 0.5})
+        if final is not None:
+            row["final_epochs"] = final
+        (layout / "b" / name).mkdir(parents=True)
+        (layout / "b" / name / ROW_NAME).write_text(json.dumps(row))
+    assert run_one(ns, "dfme", "unused:1", 0)["final_epochs"] == 10  # read back
+    assert run_one(ns, "knockoff", "unused:1", 0)["method"] == "knockoff"  # read back
+    (layout / "b" / "dfme_s1" / "config.json").write_text("{}")
+    with pytest.raises(KeyboardInterrupt):
+        run_one(ns, "dfme", "localhost:1", 1)  # its row was made without a final pass
+    with pytest.raises(KeyboardInterrupt):
+        run_one(ns, "dfme", "localhost:1", 2)  # no run there: a new one
+    assert [(c.resume, c.final_epochs, c.out.rsplit("/", 1)[1]) for c in seen] == [
+        (True, 10, "dfme_s1"), (False, 10, "dfme_s2")]
+
+
+def test_markdown_puts_the_online_surrogate_beside_the_final_pass():
+    class Args:
+        budget, model, test_limit, test_set, data = 5000, "cifar10_cnn", 1000, "x/c.zip", "d"
+
+    rows = []
+    for seed, (online, final) in enumerate(((0.30, 0.40), (0.34, 0.42))):
+        row = _row("dfme replay 20", seed, {"stop": 0.5}, acc=final)
+        row.update(final_epochs=10, online_acc=online,
+                   seconds_per_1000={"final_pass": 12.0, "victim": 1.0})
+        rows.append(row)
+    text = _markdown(rows, Args, "load average 1.00")
+    assert "| dfme replay 20 final 10 | 2 | 0.4100 ± 0.0100 |" in text
+    assert "| 0.3200 ± 0.0200 | 1.00 (nan) |" in text  # online, then the victim's seconds
+    assert "- dfme replay 20 s0: 0.3000 -> 0.4000 (+0.1000; final pass 60 s)" in text
