@@ -55,6 +55,18 @@ iterations after it from the stored blocks and journaled answers, sending only t
 were never answered. The surrogate is trained online, so the curve of accuracy and fidelity
 against queries is measured on the surrogate as it is at ``--curve-points`` budgets (halvings
 of the budget), not retrained on journal prefixes.
+
+Final pass (``--final-epochs N``, default 10; 0: off): once the budget is spent, a surrogate is
+trained from its initial weights on every answered query, the images read back from the stored
+blocks (kept to the end for it: ``replay/``) and the answers from the journal, with the recipe
+every attack's offline surrogate uses (`attack.surrogate.SurrogateTrainer.fit`: sharpened
+probabilities, or the top-1 labels for dfms-hl; cosine schedule; crop and flip). It is the
+surrogate reported at the budget (the curve's last point, the exported model); the online
+surrogate's accuracy there stays in the report (``online_surrogate_at_budget``). The pass is
+checkpointed each epoch (RUN_DIR/checkpoints/final: a kill resumes it) and ``--resume`` of a
+finished run trains it alone, no query sent (``final_epochs`` may change on resume); a run
+made with ``--final-epochs 0`` and no replay buffer holding its queries deleted their images,
+and is refused a final pass in one line before anything is written.
 """
 
 from __future__ import annotations
@@ -367,7 +379,7 @@ class DataFree(GeneratedAttack):
     ``method``, ``budget``, ``directions``, ``epsilon``, ``surrogate_steps``,
     ``generator_steps``, ``generator_lr``, ``latent_dim``, ``generator_width``, ``diversity``,
     ``diversity_of``, ``replay_steps``, ``replay_size``, ``image_size``, ``natural_share``,
-    ``natural_source``, ``checkpoint_every``, ``curve_points``, ``seed``.
+    ``natural_source``, ``final_epochs``, ``checkpoint_every``, ``curve_points``, ``seed``.
     `transfer` is None (data-free; with ``natural_source="prior"`` the share is rendered by
     `attack.prior.ImagePrior`) or the natural images of ``natural_share``.
     """
