@@ -124,11 +124,28 @@ def test_curve_means_and_the_pace_between_points():
     assert pace(row) == [(0, 1000, 10.0), (1000, 3000, 12.0), (3000, 5000, 10.5)]
 
 
-def test_prior_hybrids_are_data_free_and_need_no_tiny_imagenet(layout, victims, one_line_error,
-                                                               monkeypatch):
+def _capturing(layout, monkeypatch, **fields):
+    """The bench's namespace (`fields` added) and the list of the data-free configs its rows
+    pass to `run_datafree`, which stops each run before anything is sent."""
     from types import SimpleNamespace
 
     import attack.datafree
+
+    seen = []
+
+    def capture(config, **_):
+        seen.append(config)
+        raise KeyboardInterrupt  # stop before any report is read
+
+    monkeypatch.setattr(attack.datafree, "run_datafree", capture)
+    return SimpleNamespace(out=str(layout / "b"), model="m", budget=1000, arch_args=[],
+                           test_set=None, data=str(layout / "data"), test_limit=10,
+                           curve_points=1, natural_share=0.5, flags=False, **fields), seen
+
+
+def test_prior_hybrids_are_data_free_and_need_no_tiny_imagenet(layout, victims, one_line_error,
+                                                               monkeypatch):
+
     from benchmarks.datafree_bench import run_one
 
     (layout / "data" / "tinyimagenet200_val10k_train50pc.zip").unlink()
@@ -138,16 +155,7 @@ def test_prior_hybrids_are_data_free_and_need_no_tiny_imagenet(layout, victims, 
                           "--test-set", str(layout / "missing.zip")], "--test-set")
     one_line_error(main, ["--victims", str(victims), "--data", str(layout / "data"),
                           "--methods", "hybrid-prior", "hybrid"], "--data")
-    seen = []
-
-    def capture(config, **_):
-        seen.append(config)
-        raise KeyboardInterrupt  # stop before any report is read
-
-    monkeypatch.setattr(attack.datafree, "run_datafree", capture)
-    ns = SimpleNamespace(out=str(layout / "b"), reuse=False, model="m", budget=1000,
-                         arch_args=[], test_set=None, data=str(layout / "data"), test_limit=10,
-                         curve_points=1, natural_share=0.5, flags=False)
+    ns, seen = _capturing(layout, monkeypatch, reuse=False)
     for method in ("hybrid-prior", "hybrid-prior-hl"):
         with pytest.raises(KeyboardInterrupt):
             run_one(ns, method, "localhost:1", 0, replay=20)
@@ -160,21 +168,10 @@ def test_reuse_resumes_a_finished_run_for_another_final_pass(layout, monkeypatch
     """--reuse reads a row back when its final pass is the one asked for; a data-free run
     made with another is resumed (its journal pays nothing again), a folder without a run
     started afresh, and a Knockoff row is read back whatever the flag."""
-    from types import SimpleNamespace
 
-    import attack.datafree
     from benchmarks.datafree_bench import ROW_NAME, run_one
 
-    seen = []
-
-    def capture(config, **_):
-        seen.append(config)
-        raise KeyboardInterrupt  # stop before any report is read
-
-    monkeypatch.setattr(attack.datafree, "run_datafree", capture)
-    ns = SimpleNamespace(out=str(layout / "b"), reuse=True, model="m", budget=1000,
-                         arch_args=[], test_set=None, data=str(layout / "data"), test_limit=10,
-                         curve_points=1, natural_share=0.5, flags=False, final_epochs=10)
+    ns, seen = _capturing(layout, monkeypatch, reuse=True, final_epochs=10)
     for name, final in (("dfme_s0", 10), ("dfme_s1", None), ("knockoff_s0", None)):
         row = _row(name.split("_")[0], 0, {"stop": 0.5})
         if final is not None:
