@@ -145,7 +145,6 @@ def _capturing(layout, monkeypatch, **fields):
 
 def test_prior_hybrids_are_data_free_and_need_no_tiny_imagenet(layout, victims, one_line_error,
                                                                monkeypatch):
-
     from benchmarks.datafree_bench import run_one
 
     (layout / "data" / "tinyimagenet200_val10k_train50pc.zip").unlink()
@@ -168,7 +167,6 @@ def test_reuse_resumes_a_finished_run_for_another_final_pass(layout, monkeypatch
     """--reuse reads a row back when its final pass is the one asked for; a data-free run
     made with another is resumed (its journal pays nothing again), a folder without a run
     started afresh, and a Knockoff row is read back whatever the flag."""
-
     from benchmarks.datafree_bench import ROW_NAME, run_one
 
     ns, seen = _capturing(layout, monkeypatch, reuse=True, final_epochs=10)
