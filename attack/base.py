@@ -55,8 +55,9 @@ log = logging.getLogger(__name__)
 
 Surrogate = SurrogatePart
 """The surrogate to train: backbone, initial weights, arch_args, input size, epochs, batch size,
-learning rate (the ``--backbone``... flags); ``Surrogate()`` is the CLI's default (MobileNet,
-ImageNet weights)."""
+learning rate (the ``--backbone``... flags); ``Surrogate()`` is the generic trainer's default
+(MobileNet, ImageNet weights). ``surrogate=None`` or a mapping of some fields takes the rest
+from the attack's own defaults (Knockoff, Copycat: `attack.config.TransferRecipePart`)."""
 
 ProgressFn = Callable[[int, int], None]
 
@@ -92,11 +93,13 @@ def _as_test(test: Any):
     return test
 
 
-def _surrogate_fields(surrogate: Any) -> dict:
-    if surrogate is None:
-        surrogate = Surrogate()
-    elif isinstance(surrogate, Mapping):
-        surrogate = Surrogate(**surrogate)
+def _surrogate_fields(surrogate: Any, config_class: type = SurrogatePart) -> dict:
+    """The surrogate fields of a run: a `Surrogate` as it is; None or a mapping of some fields
+    over the defaults of `config_class` (Knockoff and Copycat: `TransferRecipePart`'s)."""
+    if surrogate is None or isinstance(surrogate, Mapping):
+        defaults = {f.name: f.default for f in dataclasses.fields(config_class)
+                    if f.name in SurrogatePart.__dataclass_fields__}
+        surrogate = Surrogate(**{**defaults, **(surrogate or {})})
     if not isinstance(surrogate, SurrogatePart):
         raise invalid("surrogate", type(surrogate).__name__,
                       "an attack.Surrogate(backbone=..., weights=..., ...), a mapping of its "
@@ -223,7 +226,8 @@ class Attack(abc.ABC):
                                           "temporary one)")
         self._check_data(data)
         prepared = self._prepare_data(transfer, self._check_test(test), **data)
-        fields = {**_surrogate_fields(surrogate), **_endpoint_fields(victim, self.config_class),
+        fields = {**_surrogate_fields(surrogate, self.config_class),
+                  **_endpoint_fields(victim, self.config_class),
                   **prepared.pop("fields"), "resume": bool(resume)}
         temporary = run_dir is None
         if temporary:

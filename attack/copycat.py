@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from attack.base import Attack, as_transfer, dataset_source
-from attack.config import CopycatConfig
+from attack.config import CopycatConfig, keep_run_settings
 from attack.evaluate import default_budgets
 from attack.pipeline import (
     ExtractionResult,
@@ -91,7 +91,9 @@ class Copycat(Attack):
     def _run(self, victim, config: CopycatConfig, data: dict, on_progress=None
              ) -> ExtractionResult:
         """Phase 1 (non-problem-domain images), optional phase 2 (problem-domain images),
-        train, evaluate, export, report. Resumable at every stage."""
+        train, evaluate, export, report. Resumable at every stage (a run started under
+        earlier defaults resumes with its own: `keep_run_settings`)."""
+        config = keep_run_settings(config)
         return _run_copycat(victim, config, data["transfer"], data["test"],
                             data["problem_domain"] if config.pd_budget else None, on_progress)
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from attack.base import Attack, as_transfer, dataset_source
-from attack.config import JBDAConfig
+from attack.config import JBDAConfig, keep_run_settings
 from attack.pipeline import (
     ExtractionResult,
     attack_main,
@@ -202,7 +202,9 @@ class JBDA(Attack):
     def _run(self, victim, config: JBDAConfig, data: dict, on_progress=None
              ) -> ExtractionResult:
         """Seeds, then rounds of Jacobian-based augmentation labelled by the victim; train,
-        evaluate, export, report. Resumable at every stage."""
+        evaluate, export, report. Resumable at every stage (a run started under earlier
+        defaults resumes with its own: `keep_run_settings`)."""
+        config = keep_run_settings(config)
         return _run_jbda(victim, config, data["seeds"], data["test"], on_progress)
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from attack.base import Attack, as_transfer, dataset_source
-from attack.config import KnockoffConfig
+from attack.config import KnockoffConfig, keep_run_settings
 from attack.hierarchy import hierarchy_for
 from attack.journal import QueryJournal, release_unjournaled
 from attack.papers import ATLI_ANCHORS, ATLI_SOURCE
@@ -237,7 +237,8 @@ class Knockoff(Attack):
     def _run(self, victim, config: KnockoffConfig, data: dict, on_progress=None
              ) -> ExtractionResult:
         """The whole attack: query, train, evaluate, export, report. Resumable at every
-        stage."""
+        stage (a run started under earlier defaults resumes with its own: `keep_run_settings`)."""
+        config = keep_run_settings(config)
         transfer, test = data["transfer"], data["test"]
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(transfer))

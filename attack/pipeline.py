@@ -126,7 +126,9 @@ def prepare_run_dir(config: Any) -> Path:
     """Create RUN_DIR with config.json, or check it on --resume; nothing is written on error.
 
     A field the saved config lacks (a run started before the field existed) counts as its
-    default, so adding an option never locks older runs out of ``--resume``. The run folder is
+    default, so adding an option never locks older runs out of ``--resume``; a surrogate
+    setting whose default changed since counts as what the run trained with (the config's
+    ``run_legacy``, `attack.config.RUN_LEGACY`). The run folder is
     the one that holds the config.json read (so ``runs/k``, ``runs/k/``, ``./runs/k``, its
     absolute path or a symlink to it are the same run), and path settings compare as the files
     they name. A refused resume says which flags to give back, never to start over.
@@ -143,7 +145,8 @@ def prepare_run_dir(config: Any) -> Path:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise invalid("resume", True, f"a readable config.json in {run_dir} ({err})") from None
         current = config_to_dict(config)
-        defaults = config_to_dict(_defaults_like(config))
+        defaults = {**config_to_dict(_defaults_like(config)),
+                    **getattr(config, "run_legacy", {})}
         differing = sorted(k for k in current if k not in RESUME_NEUTRAL_FIELDS and k != "out"
                            and not _same_setting(saved.get(k, defaults.get(k)), current[k]))
         if differing:

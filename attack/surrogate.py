@@ -64,8 +64,8 @@ from victim_export.export import export_classifier
 from victim_export.models_config import write_models_config
 from victim_export.train import make_dataset
 
-__all__ = ["AUGMENTATIONS", "RECIPE_DEFAULTS", "SurrogateTrainer", "color_jitter",
-           "export_surrogate", "log_softmax", "sharpen"]
+__all__ = ["AUGMENTATIONS", "EMA_SPAN", "RECIPE_DEFAULTS", "SurrogateTrainer", "color_jitter",
+           "ema_momentum", "export_surrogate", "log_softmax", "sharpen"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,9 @@ AUGMENTATIONS = SURROGATE_AUGMENTATIONS
 RECIPE_DEFAULTS = dict(RECIPE_LEGACY)
 """The training-recipe options of `fit` and the values that leave it as it was first written
 (plain soft cross-entropy, cosine schedule from the peak rate, no mixing, no weight average)."""
+
+EMA_SPAN = 5
+"""The weight average of a short `fit` spans at most 1/EMA_SPAN of its steps (`ema_momentum`)."""
 
 _MIXUP_SEED_OFFSET = 1_000_003  # mixup's random stream differs from the augmentation's
 _JITTER_SEED_OFFSET = 2_000_003  # and so does the colour jitter's
@@ -93,6 +96,16 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return (z - np.log(np.exp(z).sum(axis=-1, keepdims=True))).astype(np.float32)
+
+
+def ema_momentum(ema: float, steps: int) -> float:
+    """The momentum of `fit`'s weight average for a fit of `steps` optimizer steps: `ema`,
+    capped at ``1 - EMA_SPAN / steps`` so that the average covers at most the last fifth of a
+    short fit (with a momentum of 0.99, a fit of 80 steps would keep 45% of its first step's
+    weights); 0 (off) below EMA_SPAN steps. A fit of 500 steps or more keeps 0.99 as it is."""
+    if ema <= 0:
+        return 0.0
+    return max(0.0, min(float(ema), 1.0 - EMA_SPAN / max(1, steps)))
 
 
 def sharpen(targets: np.ndarray, temperature: float) -> np.ndarray:
@@ -246,7 +259,8 @@ class SurrogateTrainer:
         warmup: the fraction of `fit`'s steps over which the rate rises linearly from 0 to `lr`
             before the cosine decay (0: none).
         ema: momentum of an exponential moving average of the weights kept during `fit` and
-            written into the network at its end (Keras' ``use_ema``); 0: off.
+            written into the network at its end (Keras' ``use_ema``; capped for a short fit by
+            `ema_momentum`); 0: off.
         color_jitter: strength s of a light random colour change of each training image in
             `fit`, after `augment` (`color_jitter`: brightness +/- s x 255, contrast and
             saturation x (1 +/- s)); 0: off.
@@ -386,7 +400,7 @@ class SurrogateTrainer:
                 rate = keras.optimizers.schedules.CosineDecay(self.lr, decay_steps=total)
         else:
             rate = self.online_lr
-        ema = recipe["ema"]
+        ema = recipe["ema"] if mode != "fit" else ema_momentum(recipe["ema"], total)
         model = self.model
         with scope(self._strategy if mode == "fit" else None):
             if mode == "fit" and self._strategy is not None:
@@ -417,6 +431,9 @@ class SurrogateTrainer:
         if self.recipe != RECIPE_DEFAULTS:  # a run trained before these options existed resumes
             settings["recipe"] = {key: value for key, value in self.recipe.items()
                                   if key in _FIRST_RECIPE_KEYS or value != RECIPE_DEFAULTS[key]}
+            steps = self.epochs * math.ceil(len(images) / self.fit_batch_size)
+            if ema_momentum(self.recipe["ema"], steps) != self.recipe["ema"]:  # a short fit
+                settings["ema_momentum"] = ema_momentum(self.recipe["ema"], steps)
         digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
         digest.update(np.ascontiguousarray(images).data)
         digest.update(np.ascontiguousarray(targets).data)

@@ -21,6 +21,7 @@ from attack.config import (
     RunPart,
     ServerPart,
     SurrogatePart,
+    keep_run_settings,
 )
 from common.errors import UsageError
 from tests.attack.helpers import assert_refused
@@ -80,9 +81,11 @@ def test_an_old_config_json_still_resumes(tmp_path):
     saved = json.loads(path.read_text())
     old = {k: v for k, v in saved.items() if k in OLD_KNOCKOFF_KEYS}
     path.write_text(json.dumps(old, sort_keys=True, indent=2))
-    prepare_run_dir(dataclasses.replace(config, resume=True))  # the new fields at defaults
+    # the new fields at defaults, the surrogate's as the run trained (what the attacks resume)
+    prepare_run_dir(keep_run_settings(dataclasses.replace(config, resume=True)))
     with pytest.raises(UsageError, match="input.range"):
-        prepare_run_dir(dataclasses.replace(config, resume=True, input_range="0,1"))
+        prepare_run_dir(keep_run_settings(dataclasses.replace(config, resume=True,
+                                                              input_range="0,1")))
 
 
 def test_output_kind_and_interface_are_resume_neutral(tmp_path):

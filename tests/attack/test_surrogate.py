@@ -17,6 +17,7 @@ from attack.surrogate import (
     SurrogateTrainer,
     _mixup,
     color_jitter,
+    ema_momentum,
     export_surrogate,
     log_softmax,
     sharpen,
@@ -175,7 +176,8 @@ def test_warmup_rises_to_the_peak_then_the_cosine_decays_and_ema_is_on():
     rates = [float(model.optimizer._learning_rate(step)) for step in (0, 3, 6, 23)]
     assert rates[0] == 0.0 and rates[1] == pytest.approx(1.5e-3)
     assert rates[2] == pytest.approx(3e-3) and 0 < rates[3] < 1e-4
-    assert model.optimizer.use_ema and model.optimizer.ema_momentum == pytest.approx(0.9)
+    assert model.optimizer.use_ema  # capped for these 24 steps: the last fifth at most
+    assert model.optimizer.ema_momentum == pytest.approx(1 - 5 / 24)
     legacy = trainer(epochs=4)._compile("fit", steps_per_epoch=6)
     assert float(legacy.optimizer._learning_rate(0)) == pytest.approx(3e-3)
     assert not legacy.optimizer.use_ema
@@ -201,6 +203,22 @@ def test_only_a_changed_recipe_changes_the_fingerprint():
     # the test trainers' batch is 32: a fit batch of 32 is the same run
     assert trainer(fit_batch_size=32)._fingerprint(images, targets) == \
         legacy._fingerprint(images, targets)
+
+
+def test_the_weight_average_of_a_short_fit_spans_its_last_fifth_at_most(monkeypatch):
+    assert ema_momentum(0.99, 500) == 0.99 and ema_momentum(0.99, 785) == 0.99  # 5,000 queries
+    assert ema_momentum(0.99, 80) == pytest.approx(1 - 5 / 80)
+    assert ema_momentum(0.99, 5) == 0.0 and ema_momentum(0.0, 10_000) == 0.0
+    images, targets, _ = toy_task(64, seed=0)
+    short = trainer(epochs=2, ema=0.99)._compile("fit", steps_per_epoch=2)
+    assert not short.optimizer.use_ema  # 4 steps: no average at all
+    # the cap enters the fingerprint only where it bites: a long fit trained before the cap
+    # existed keeps its fingerprint (and is loaded on resume), a short one trains again
+    long_fit, short_fit = trainer(epochs=250, ema=0.99), trainer(epochs=20, ema=0.99)
+    now = [t._fingerprint(images, targets) for t in (long_fit, short_fit)]
+    monkeypatch.setattr("attack.surrogate.ema_momentum", lambda ema, steps: ema)
+    before = [t._fingerprint(images, targets) for t in (long_fit, short_fit)]
+    assert now[0] == before[0] and now[1] != before[1]
 
 
 def test_fit_batch_size_sets_the_steps_of_fit_and_leaves_partial_fit_alone():
