@@ -8,18 +8,21 @@ same surrogate architecture and initial weights (`common.backbones.build_classif
 number of epochs and by default the same training batch (32), and scores every surrogate on the
 same held-out labelled images:
 
-* ``ours-knockoff``: `attack.Knockoff` (random sampling, probability targets, our trainer:
-  targets sharpened at temperature 0.5, crop/flip augmentation, cosine schedule);
+* ``ours-knockoff``: `attack.Knockoff` (random sampling, probability targets, our trainer with
+  the natural-image attacks' defaults, `attack.config.TransferRecipePart`: targets sharpened at
+  temperature 0.5, a weight average (EMA 0.99), peak rate 0.002 decayed by a cosine, no
+  crop/flip);
 * ``art-knockoff``: ART `KnockoffNets(sampling_strategy="random", use_probability=...)` through
   a `BlackBoxClassifierNeuralNetwork` whose ``predict_fn`` is our gRPC client, training a
   `TensorFlowV2Classifier` around the same Keras network (Adam, ART's own fit loop);
 * ``ours-copycat`` / ``art-copycat``: Copycat CNN (da Silva et al. 2018), top-1 labels of
   non-problem-domain images, phase 1 only on both sides.
 
-``--recipes`` runs our attacks under several training recipes of `attack.Surrogate` (e.g.
-``default``, ``target_temperature=1,batch_size=64``, the trainer as first written, or
-``ema=0.99,learning_rate=0.002,augment=none``: a weight average, a higher peak rate, no
-crop/flip; ``color_jitter=0.1`` adds a light colour change of each training image) beside one
+``--recipes`` runs our attacks under several training recipes (e.g. ``default``, Knockoff's
+and Copycat's defaults; ``ema=0,learning_rate=0.001,augment=crop+flip``, their defaults before
+the weight average; ``target_temperature=1,batch_size=64,ema=0,learning_rate=0.001,
+augment=crop+flip``, the trainer as first written; ``mixup=0.2`` or ``label_smoothing=0.1`` on
+top of the defaults; ``color_jitter=0.1`` adds a light colour change of each image) beside one
 ART run; rows are named by what differs from that first trainer (and ART at batch 64 with Adam
 at 0.001; ``--art-learning-rate`` gives ART another constant rate, so a gain of ours that is only
 its rate shows).
@@ -61,7 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from attack.config import RECIPE_LEGACY
-from attack.config import SurrogatePart as Surrogate
+from attack.config import TransferRecipePart as Surrogate
 from benchmarks.harness.stats import spread
 from common import cli
 from common.constraints import check_fields
@@ -98,7 +101,7 @@ class CompareConfig:
     input_size: int = field(default=96, metadata={"help": "surrogate input side", "min": 32})
     epochs: int = field(default=5, metadata={"help": "training epochs, every method", "min": 1})
     batch_size: int = field(default=32, metadata={
-        "help": "ART's training batch (ours: the recipe's, attack.Surrogate's default of 32 "
+        "help": "ART's training batch (ours: the recipe's, the attacks' default of 32 "
                 "unless the recipe sets batch_size)", "min": 1})
     art_learning_rate: float = field(default=1e-3, metadata={
         "help": "the constant Adam learning rate of ART's training (ours: the recipe's peak "
@@ -112,8 +115,9 @@ class CompareConfig:
     test_limit: int = field(default=5000, metadata={
         "help": "test images scored (the first of a seeded per-class choice)", "min": 1})
     recipes: tuple[str, ...] = field(default=("default",), metadata={
-        "help": "our surrogate training recipes to run, each 'default' (attack.Surrogate's "
-                "defaults) or comma-separated KEY=VALUE over " + ", ".join(RECIPE_KEYS)
+        "help": "our surrogate training recipes to run, each 'default' (the defaults of "
+                "attack.knockoff and attack.copycat) or comma-separated KEY=VALUE over them, "
+                "KEY one of " + ", ".join(RECIPE_KEYS)
                 + " (e.g. target_temperature=1,mixup=0); ART runs once whatever they are",
         "metavar": "RECIPE"})
     out: str = field(default="results/art_compare", metadata={
@@ -139,7 +143,7 @@ class CompareConfig:
 def parse_recipe(spec: str) -> dict:
     """Our trainer's settings named by a recipe spec: {} for 'default', else KEY=VALUE pairs
     over `RECIPE_KEYS` (floats; batch_size, our final training's batch, an int; augment a
-    name such as none or crop+flip)."""
+    name such as none or crop+flip), each replacing Knockoff's and Copycat's default."""
     if spec == "default":
         return {}
     out: dict = {}
@@ -157,9 +161,9 @@ def parse_recipe(spec: str) -> dict:
     if "batch_size" in out:
         out["fit_batch_size"] = out.pop("batch_size")
     try:
-        check_fields(Surrogate(**out))  # the field rules (ranges) of attack.Surrogate
+        check_fields(Surrogate(**out))  # the field rules (ranges) of the surrogate part
     except UsageError as err:
-        raise invalid("recipes", spec, f"values attack.Surrogate accepts ({err})") from None
+        raise invalid("recipes", spec, f"values the attacks accept ({err})") from None
     return out
 
 
