@@ -56,7 +56,7 @@ import logging
 import math
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -79,12 +79,17 @@ from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["Elites", "Synthetic", "SyntheticConfig", "plan_round", "run_prior", "run_synthetic",
-           "pool_digest", "select_screened", "sent_queries", "shift_images"]
+__all__ = ["FINAL_PASS_FIELDS", "Elites", "Synthetic", "SyntheticConfig", "plan_round",
+           "pool_digest", "run_prior", "run_synthetic", "select_screened", "sent_queries",
+           "shift_images"]
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "synthetic_state.npz"
+FINAL_PASS_FIELDS = ("epochs",)
+"""Settings no query depends on (the online rounds never read them): ``--resume`` may change
+them, and the final pass (with ``--online-passes 0`` the curve's points too) is trained again
+from the run's answers."""
 POOL_NAME = "natural_pool.json"  # the digest of the natural images a run draws from
 QUERIES_DIR = "queries"
 PARTS = ("victim", "render", "search", "surrogate", "storage", "evaluation")
@@ -586,7 +591,12 @@ class _SyntheticRun(GeneratedRun):
         config = self.config
         probes = self.prior.render(self.prior.sample(64, np.random.default_rng([config.seed,
                                                                                 11])))
-        self.run_dir, self.check = begin_run(self.victim, config, probes)
+        self.retrained = None
+        earlier = self._final_pass_change()
+        self.run_dir, self.check = begin_run(  # the run's own settings apart from the pass's
+            self.victim, config if earlier is None else replace(config, **earlier), probes)
+        if earlier:
+            self._retrain_final_pass(earlier)
         self.trainer = surrogate_trainer(self.run_dir, self.kwargs, "final")
         self.elites = Elites(self.num_classes, config.elites, self.prior.dim)
         self.round, self.assigned, self.sent = 0, 0, 0
@@ -643,6 +653,35 @@ class _SyntheticRun(GeneratedRun):
                       train=train, test=self.test, extra=extra,
                       curve_budgets=points if config.online_passes > 0 else None)
 
+    def _final_pass_change(self) -> dict | None:
+        """On ``--resume``: the saved values of the `FINAL_PASS_FIELDS` this session changes
+        (None when none changes or there is no run to resume)."""
+        path = Path(self.config.out) / "config.json"
+        if not self.config.resume or not path.is_file():
+            return None
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None  # begin_run says what is wrong with it
+        default = SyntheticConfig()
+        earlier = {k: saved.get(k, getattr(default, k)) for k in FINAL_PASS_FIELDS
+                   if saved.get(k, getattr(default, k)) != getattr(self.config, k)}
+        return earlier or None
+
+    def _retrain_final_pass(self, earlier: dict) -> None:
+        """A resumed run whose final pass changes (`FINAL_PASS_FIELDS`): config.json takes the
+        new values, and with ``--online-passes 0`` the curve's points (surrogates trained like
+        the final pass) are dropped to be trained again. The answers are all kept: the final
+        pass is paid by no query."""
+        now = {k: getattr(self.config, k) for k in earlier}
+        log.info("final pass retrained with %s (the run's was %s); no answered query is sent "
+                 "again", now, earlier)
+        path = self.run_dir / "config.json"
+        write_json_atomic(path, {**json.loads(path.read_text()), **now}, sort_keys=True)
+        if self.config.online_passes <= 0:
+            (self.run_dir / "curve.json").unlink(missing_ok=True)
+        self.retrained = {"from": earlier, "to": now}
+
     def trainer_fitted(self) -> bool:
         """Whether the final pass finished before (a resumed run after it: the online
         surrogate of the budget is gone)."""
@@ -677,6 +716,8 @@ class _SyntheticRun(GeneratedRun):
             "natural_queries": hits.get("natural", 0),
             "online_surrogate_at_budget": online_final,
             "sent_this_session": self.sent,
+            "final_pass": {"epochs": self.config.epochs, "examples": budget,
+                           "retrained_on_resume": self.retrained},
             "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
             "seconds_per_1000_queries": {k: round(1000 * v / budget, 3)

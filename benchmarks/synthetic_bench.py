@@ -20,14 +20,21 @@ theta, natural ones from the run's pool) through the gateway's detectors
 ``--detector``). ``results.json`` and ``results.md`` (the per-class table of every method, mean
 over seeds, beside the victim's) go to ``--out``; ``--reuse`` reads back finished rows (with
 ``--flags``, a finished row without flags gets them: its run's stream is replayed).
+
+``--refit-from DIR --set epochs=N`` uses paid answers again: each seed's finished run
+``DIR/synthetic_s<seed>`` is copied to ``--out`` and resumed there with another final pass
+(`attack.synthetic.FINAL_PASS_FIELDS`); every answer is read back from its journal, none is
+sent, and the row is labelled ``synthetic, final pass epochs=N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,8 +93,51 @@ def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
                              batch)
 
 
+def _source(ns, seed: int) -> Path:
+    return Path(ns.refit_from) / f"synthetic_s{seed}"
+
+
+def refit_config(ns, target: str, seed: int, out: Path):
+    """The `SyntheticConfig` that resumes the copy `out` of the finished run of `seed` in
+    ``--refit-from`` with the ``--set`` values of its final pass (raises `UsageError`)."""
+    from attack.synthetic import SyntheticConfig
+    from common.cli import load_config
+
+    saved = load_config(SyntheticConfig, _source(ns, seed) / "config.json")
+    return replace(saved, grpc=target, rest=None, out=str(out), resume=True,
+                   **_parse_sets(ns.set))
+
+
+def _refit_error(ns) -> tuple[str, str, object] | None:
+    """(argument, expected, received) when ``--refit-from`` cannot retrain every seed's run
+    with these flags; None when it can."""
+    from attack.synthetic import FINAL_PASS_FIELDS
+
+    if ns.methods != ["synthetic"]:
+        return "--methods", "synthetic with --refit-from", " ".join(ns.methods)
+    if not ns.set or set(_parse_sets(ns.set)) - set(FINAL_PASS_FIELDS):
+        return ("--set", "with --refit-from, only the final pass's "
+                + ", ".join(FINAL_PASS_FIELDS), ns.set)
+    for seed in ns.seeds:
+        source = _source(ns, seed)
+        if not (source / "report.json").is_file():
+            return "--refit-from", "a folder with finished runs synthetic_s<seed>", str(source)
+        budget = json.loads((source / "config.json").read_text())["budget"]
+        if ns.budget not in (None, budget):
+            return "--budget", f"the runs' budget ({budget}) or none with --refit-from", \
+                ns.budget
+        ns.budget = budget
+    return None
+
+
 def run_synthetic_row(ns, target: str, seed: int) -> dict:
     out = Path(ns.out) / f"synthetic_s{seed}"
+    refit = ns.refit_from is not None
+    if refit and not out.exists():  # a copy: the finished run itself is left as it is
+        partial = out.with_name(out.name + ".copying")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(_source(ns, seed), partial, ignore=shutil.ignore_patterns(ROW_NAME))
+        partial.rename(out)
     if ns.reuse and (out / ROW_NAME).is_file():
         row = json.loads((out / ROW_NAME).read_text())
         if ns.flags and row.get("first_flagged") is None:  # a finished run replayed now
@@ -96,14 +146,21 @@ def run_synthetic_row(ns, target: str, seed: int) -> dict:
         return row
     from attack.synthetic import run_synthetic
 
-    config = synthetic_config(ns, target, seed, out)
+    config = (refit_config if refit else synthetic_config)(ns, target, seed, out)
     started = time.perf_counter()
     run_synthetic(config)
     wall = time.perf_counter() - started
     report = json.loads((out / "report.json").read_text())
     extra, evaluation = report["extra"], report["evaluation"]
-    row = {"method": "synthetic", "seed": seed, "budget": ns.budget,
-           "wall_seconds": round(wall, 1), "settings": _parse_sets(ns.set),
+    settings = _parse_sets(ns.set)
+    if refit:
+        source = json.loads((_source(ns, seed) / ROW_NAME).read_text()) \
+            if (_source(ns, seed) / ROW_NAME).is_file() else {}
+        settings = {**source.get("settings", {}), **settings}
+    row = {"method": "synthetic" if not refit else "synthetic, final pass " + " ".join(ns.set),
+           "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
+           "settings": settings, "refit_of": _source(ns, seed).name if refit else None,
+           "final_pass": extra.get("final_pass"),
            "first_flagged": first_flags(out, ns.detector) if ns.flags else None,
            "victim_acc": evaluation["victim_acc"], "surrogate_acc": evaluation["surrogate_acc"],
            "fidelity_test": evaluation["fidelity_test"],
@@ -150,6 +207,12 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
             + "/".join(str(r["classes_at_0"]) for r in mine) + f" | {never} | "
             + " | ".join("n/a" if np.isnan(v) else f"{v:.2f}" for v in split.values())
             + f" | {wall:.2f} |")
+    if any(r.get("refit_of") for r in rows):
+        lines += ["", "A row `synthetic, final pass ...` is a finished run's final pass trained "
+                  "again with those settings (`--refit-from`): no query sent, the same answers; "
+                  "its victim, render and search columns are the run's, its surrogate and "
+                  "whole-run columns this retraining session's (the journal's answers read "
+                  "back, the rounds re-rendered, the final pass)."]
     lines += runs.flag_lines(rows)
     lines += ["", "Curves (surrogate accuracy; synthetic: the online surrogate at each point, "
               "the final pass at the budget):", ""]
@@ -176,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-set", required=True, help="labelled test data of the victim's "
                         "task (any data-layer spec)")
     parser.add_argument("--test-limit", type=int, default=None)
-    parser.add_argument("--budget", type=int, default=100_000)
+    parser.add_argument("--budget", type=int, default=None,
+                        help="queries per run (default 100,000; with --refit-from, the runs')")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=["synthetic"], choices=METHODS)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -191,12 +255,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector", help="an exported OOD detector (detectors/<name>/<v>)")
     parser.add_argument("--reuse", action="store_true",
                         help=f"read back finished runs' {ROW_NAME} instead of running them")
+    parser.add_argument("--refit-from", metavar="DIR",
+                        help="retrain the final pass of the finished runs DIR/synthetic_s<seed> "
+                        "with --set's final-pass settings (epochs=N): each run is copied to "
+                        "--out first and resumed there; no query is sent")
     parser.add_argument("--out", default="runs/synthetic_bench")
     ns = parser.parse_args(argv)
     if runs.victims_error(parser, ns.victims):
         return 2
     if not Path(ns.test_set).exists():
         return _fail(parser, "--test-set", "an existing data set", ns.test_set)
+    if ns.refit_from is not None:
+        error = _refit_error(ns)
+        if error:
+            return _fail(parser, *error)
+    elif ns.budget is None:
+        ns.budget = 100_000
     if ns.budget < 1:
         return _fail(parser, "--budget", "at least 1", ns.budget)
     if ns.knockoff_split not in SPLITS:
@@ -210,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     from common.errors import UsageError
 
     try:
-        synthetic_config(ns, "localhost:8500", ns.seeds[0], Path(ns.out) / "check")
+        (refit_config if ns.refit_from else synthetic_config)(
+            ns, "localhost:8500", ns.seeds[0], Path(ns.out) / "check")
     except (UsageError, TypeError) as err:
         return _fail(parser, "--set", "fields of attack.synthetic.SyntheticConfig",
                      f"{ns.set} ({err})")

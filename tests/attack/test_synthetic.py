@@ -184,13 +184,14 @@ def _colour_test(model):
     return ImageDataset(images, labels, COLOUR_CLASSES, "colours-test")
 
 
-def _extract(victim, run_dir, *, resume=False, test=None, natural=None, **hyper):
+def _extract(victim, run_dir, *, resume=False, test=None, natural=None, epochs=2, **hyper):
     from attack import Surrogate
     from attack.synthetic import Synthetic
 
     hyper = {"curve_points": 1, "noise": 0, **hyper}
-    return Synthetic(**hyper).extract(victim, natural, surrogate=Surrogate(**SURROGATE),
-                                      run_dir=run_dir, resume=resume, test=test)
+    surrogate = Surrogate(**{**SURROGATE, "epochs": epochs})
+    return Synthetic(**hyper).extract(victim, natural, surrogate=surrogate, run_dir=run_dir,
+                                      resume=resume, test=test)
 
 
 @pytest.mark.slow  # ~20 s each: two runs, a surrogate trained and exported
@@ -327,6 +328,41 @@ def test_sent_queries_replays_the_stream_the_victim_received(colour_model, tmp_p
             next(sent_queries(run_dir))
     with pytest.raises(Exception, match="natural images the run drew from"):
         next(sent_queries(run_dir, natural=pool[::-1]))
+
+
+@pytest.mark.slow  # ~15 s: two final passes and exports
+def test_resume_with_other_epochs_retrains_the_final_pass_without_a_query(colour_model,
+                                                                         tmp_path):
+    from attack.journal import QueryJournal
+    from common.errors import UsageError
+
+    run_dir, test = tmp_path / "run", _colour_test(colour_model)
+    hyper = dict(budget=200, round_size=100, online_passes=0, curve_points=2, test=test)
+    first = killed_keras_victim(colour_model, calls=None)
+    _extract(first, run_dir, epochs=1, **hyper)
+    with QueryJournal.open(run_dir) as journal:
+        answers = journal.responses().copy()
+    assert json.loads((run_dir / "report.json").read_text())["extra"]["final_pass"] == {
+        "epochs": 1, "examples": 200, "retrained_on_resume": None}
+
+    second = killed_keras_victim(colour_model, calls=None)
+    result = _extract(second, run_dir, resume=True, epochs=3, **hyper)
+    assert second.queries == 0 and result.queries == 200  # every answer read back
+    with QueryJournal.open(run_dir) as journal:
+        np.testing.assert_array_equal(journal.responses(), answers)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["config"]["epochs"] == 3
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
+    assert report["extra"]["final_pass"]["retrained_on_resume"] == {
+        "from": {"epochs": 1}, "to": {"epochs": 3}}
+    history = json.loads((run_dir / "checkpoints" / "final" / "fit_state.json").read_text())
+    assert len(history["history"]["loss"]) == 3  # trained again from the start, 3 epochs
+    curve = json.loads((run_dir / "curve.json").read_text())
+    assert [p["queries"] for p in curve] == [100, 200]
+    prefix = run_dir / "checkpoints" / "prefix_100" / "fit_state.json"
+    assert len(json.loads(prefix.read_text())["history"]["loss"]) == 3  # trained again too
+    with pytest.raises(UsageError, match="round-size"):  # what decides the queries: refused
+        _extract(second, run_dir, resume=True, epochs=3, **{**hyper, "round_size": 50})
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""`benchmarks.synthetic_bench`: its refusals (one line, exit 2, nothing written) and its page.
+"""`benchmarks.synthetic_bench`: its refusals (one line, exit 2, nothing written; those of
+``--refit-from`` too) and its page.
 
 No server, no TensorFlow: the flags are checked before anything starts, and the Markdown page
 is built from hand-made rows (a synthetic variant under its own label keeps its renderer and
@@ -35,6 +36,28 @@ def test_bad_flags_are_one_line_exit_2_and_nothing_written(victims, tmp_path, ca
     folder, test = victims
     out = tmp_path / "out"
     code = main(["--victims", str(folder), "--test-set", str(test), "--out", str(out), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and named in err[0] and expected in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,named,expected", [
+    (["--set", "round_size=5"], "--set", "only the final pass's epochs"),
+    (["--set", "epochs=10", "--methods", "synthetic", "knockoff"], "--methods", "synthetic"),
+    (["--set", "epochs=10", "--seeds", "0", "1"], "--refit-from", "finished runs"),
+    (["--set", "epochs=10", "--budget", "500"], "--budget", "the runs' budget (1000)"),
+])
+def test_refit_refusals_name_the_argument_before_anything_is_copied(victims, tmp_path, capsys,
+                                                                    args, named, expected):
+    folder, test = victims
+    finished = tmp_path / "runs" / "synthetic_s0"  # seed 0 finished, seed 1 absent
+    finished.mkdir(parents=True)
+    (finished / "config.json").write_text('{"budget": 1000}')
+    (finished / "report.json").write_text("{}")
+    out = tmp_path / "out"
+    code = main(["--victims", str(folder), "--test-set", str(test), "--out", str(out),
+                 "--refit-from", str(tmp_path / "runs"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and named in err[0] and expected in err[0], err
