@@ -42,6 +42,9 @@ arrives (`attack.journal`), and the search state (elites, counts) with the surro
 is written atomically after every round (``RUN_DIR/synthetic_state.npz``). A resumed run
 re-renders the finished rounds from their theta (the renderer is deterministic) and continues
 the unfinished round from its stored theta, sending only the queries never answered.
+``--resume`` with another ``--epochs`` (`FINAL_PASS_FIELDS`: no query depends on them) trains
+the final pass again on the journaled answers, none sent again. `sent_queries` gives back a
+run's stream exactly as the victim received it (for the detectors' replay).
 
 This is a new combination, not a published attack: the prior plays the role of Truong et al.'s
 and Kariyappa et al.'s generators (DFME, MAZE: `attack.datafree`), the victim-guided elites that
