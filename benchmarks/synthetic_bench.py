@@ -210,9 +210,9 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
     if any(r.get("refit_of") for r in rows):
         lines += ["", "A row `synthetic, final pass ...` is a finished run's final pass trained "
                   "again with those settings (`--refit-from`): no query sent, the same answers; "
-                  "its victim, render and search columns are the run's, its surrogate and "
-                  "whole-run columns this retraining session's (the journal's answers read "
-                  "back, the rounds re-rendered, the final pass)."]
+                  "its seconds are the run's until its last round plus this retraining "
+                  "session's (the journal's answers read back, the rounds rendered again, the "
+                  "final pass), its whole-run column this session's alone."]
     lines += runs.flag_lines(rows)
     lines += ["", "Curves (surrogate accuracy; synthetic: the online surrogate at each point, "
               "the final pass at the budget):", ""]
