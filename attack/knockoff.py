@@ -337,6 +337,8 @@ example (steal the CIFAR-10 victim served by the embedded server or TF Serving):
       --weights ../shared/data/mobilenet_2_5_224_tf_no_top.h5 \\
       --test-set ../shared/data/cifar10_jpeg_q75.zip --out runs/knockoff_cifar10
   # interrupted? the same command with --resume continues without re-sending answered queries
+  # the surrogate's defaults: --ema 0.99 --learning-rate 0.002 --augment none (docs/attacks.md);
+  # --ema 0 --learning-rate 0.001 --augment crop+flip trains as before they changed
 """
 
 
