@@ -26,7 +26,7 @@ row counts the classes the surrogate copies poorly (test accuracy below 50%, and
 al.'s finding on GTSRB), and ``results.md`` puts the per-class accuracies of every method (mean
 over seeds) beside the victim's.
 
-``--final-epochs N`` (default: the attack's, 10; 0: off): the data-free runs' final pass, a
+``--final-epochs N`` (default: the attack's, 0: off): the data-free runs' final pass, a
 surrogate trained from its initial weights on every answered query after the budget; the row's
 accuracy is that surrogate's, the online one's (``online_acc``) beside it. With ``--reuse``, a
 finished run whose row was made with another final pass is resumed (its answers read back from
