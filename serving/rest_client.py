@@ -29,7 +29,7 @@ from common.constraints import check_url
 from common.errors import invalid
 from serving.signature import Signature, SignatureInfo
 from serving.status import HTTP_STATUS
-from serving.transport import BaseClient, adapt_images
+from serving.transport import BaseClient, _Stopped, adapt_images
 
 __all__ = ["RestClient"]
 
@@ -157,6 +157,8 @@ class RestClient(BaseClient):
             return {n: np.zeros((0,), sig.outputs[n].dtype) for n in names}
 
         def one(first: int, stop: threading.Event) -> dict[str, np.ndarray]:
+            if stop.is_set():  # an earlier batch failed: send nothing more
+                raise _Stopped()
             batch = adapt_images(images[first:first + self.batch_size], info)
             if on_send is not None:
                 on_send(first, len(batch))

@@ -206,10 +206,20 @@ class BaseClient:
         stop = threading.Event()
         results: list[Any] = [None] * len(starts)
         done = 0
+
+        def guarded(first: int) -> Any:
+            try:
+                return work(first, stop)
+            except BaseException:
+                # set by the failing worker itself: a free worker could otherwise take the
+                # next batch and send it before this thread sees the failure
+                stop.set()
+                raise
+
         executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=min(self.max_in_flight, len(starts)), thread_name_prefix=prefix)
         try:
-            futures = {executor.submit(work, s, stop): i for i, s in enumerate(starts)}
+            futures = {executor.submit(guarded, s): i for i, s in enumerate(starts)}
             for future in concurrent.futures.as_completed(futures):
                 index = futures[future]
                 results[index] = future.result()

@@ -361,6 +361,25 @@ def test_batches_in_flight_at_an_interruption_still_reach_on_result(serve):
     assert sorted(delivered) == sorted(sent) and 2 <= len(sent) < 10
 
 
+def test_a_failing_on_result_stops_the_next_batch_from_being_sent(serve):
+    # on_result runs in the worker thread: its failure must keep that same worker from taking
+    # the next batch (a journal callback failing means the answers are not being recorded)
+    fake, target = serve()
+    images = random_images(40)
+    sent = []
+
+    def on_result(first, answer):
+        raise RuntimeError("journal full")
+
+    for _ in range(5):  # before the fix the worker sent the next batch here every time
+        sent.clear()
+        with ServingClient(target, MODEL, batch_size=4, max_in_flight=1) as client:
+            with pytest.raises(RuntimeError, match="journal full"):
+                client.predict(images, on_send=lambda first, rows: sent.append(first),
+                               on_result=on_result)
+        assert sent == [0]
+
+
 def test_exact_row_count_and_several_outputs(serve):
     fake, target = serve()
     images = random_images(130)

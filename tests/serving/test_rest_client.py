@@ -44,6 +44,23 @@ def test_signature_and_answers_match_grpc(served):
         assert rest.queries == 7 and rest.requests == 1 + 3  # metadata + three batches
 
 
+def test_a_failing_on_result_stops_the_next_batch_from_being_sent(served):
+    url = f"http://127.0.0.1:{served.rest_port}"
+    with ServingClient(served.target, "tiny") as grpc_client:
+        info = grpc_client.metadata()
+    for _ in range(5):
+        sent = []
+
+        def on_result(first, decoded):
+            raise RuntimeError("journal full")
+
+        with RestClient(url, "tiny", batch_size=2, max_in_flight=1) as rest:
+            with pytest.raises(RuntimeError, match="journal full"):
+                rest.predict(images(8), info, ["probabilities"],
+                             on_send=lambda f, n: sent.append(f), on_result=on_result)
+        assert sent == [0]
+
+
 def test_errors_carry_the_status_code_and_name_the_argument(served):
     url = f"http://127.0.0.1:{served.rest_port}"
     with RestClient(url, "missing") as rest, pytest.raises(ServingError) as err:
