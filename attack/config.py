@@ -68,6 +68,7 @@ __all__ = [
     "keep_run_settings",
     "query_batch_field",
     "run_dir_field",
+    "saved_run_config",
     "validate_parts",
 ]
 
@@ -348,6 +349,20 @@ class TransferRecipePart(SurrogatePart):
     run_legacy: ClassVar[dict] = RUN_LEGACY  # the earlier defaults its older runs resume with
 
 
+def saved_run_config(config: Any) -> dict | None:
+    """On ``resume``, the settings RUN_DIR/config.json holds (its flat mapping); None without
+    ``resume``, without a readable mapping there (`attack.pipeline.prepare_run_dir` says what is
+    wrong with it)."""
+    path = Path(config.out) / "config.json"
+    if not getattr(config, "resume", False) or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def keep_run_settings(config: Any) -> Any:
     """`config`, or on ``resume`` the same with the run's own surrogate settings where the run
     was started under an earlier default (the config's ``run_legacy``: `RUN_LEGACY` for
@@ -356,14 +371,8 @@ def keep_run_settings(config: Any) -> Any:
     (its journal and checkpoints under the settings in its config.json) instead of being
     refused. A setting given on purpose, other than today's default, is compared as ever."""
 
-    path = Path(config.out) / "config.json"
-    if not getattr(config, "resume", False) or not path.is_file():
-        return config
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return config  # prepare_run_dir says what is wrong with it
-    if not isinstance(saved, dict):
+    saved = saved_run_config(config)
+    if saved is None:
         return config
     fields = {f.name: f for f in dataclasses.fields(config)}
     kept = {}

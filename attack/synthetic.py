@@ -65,7 +65,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from attack.config import AttackConfig
+from attack.config import AttackConfig, saved_run_config
 from attack.generated import GeneratedAttack, GeneratedRun, prefixed, run_generated
 from attack.pipeline import (
     ExtractionResult,
@@ -659,13 +659,9 @@ class _SyntheticRun(GeneratedRun):
     def _final_pass_change(self) -> dict | None:
         """On ``--resume``: the saved values of the `FINAL_PASS_FIELDS` this session changes
         (None when none changes or there is no run to resume)."""
-        path = Path(self.config.out) / "config.json"
-        if not self.config.resume or not path.is_file():
+        saved = saved_run_config(self.config)
+        if saved is None:
             return None
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return None  # begin_run says what is wrong with it
         default = SyntheticConfig()
         earlier = {k: saved.get(k, getattr(default, k)) for k in FINAL_PASS_FIELDS
                    if saved.get(k, getattr(default, k)) != getattr(self.config, k)}
