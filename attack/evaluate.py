@@ -5,9 +5,11 @@ accuracy next to the victim's and their ratio (the "performance recovery" the pa
 fidelity, the fraction of inputs on which surrogate and victim agree on the top-1 class, measured
 on the test set, on held-out transfer-set images (never queried) and on uniform noise images (far
 from any training distribution). Per-class accuracies show which classes the attack failed to
-copy; `prefix_curve` trains surrogates on prefixes of the query journal to show accuracy and
-fidelity against the number of queries. Everything here is numpy over callables: the lead wires
-the serving client, the journal and the surrogate trainer in.
+copy, and per-class agreement (fidelity on each class's test images) whether it failed to copy
+the victim or copied a victim that is itself wrong there (`poor_classes`); `prefix_curve`
+trains surrogates on prefixes of the query journal to show accuracy and fidelity against the
+number of queries. Everything here is numpy over callables: the lead wires the serving client,
+the journal and the surrogate trainer in.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = [
     "evaluate",
     "fidelity",
     "per_class_accuracy",
+    "per_class_agreement",
+    "poor_classes",
     "prefix_curve",
     "top1",
     "uniform_noise_images",
@@ -77,6 +81,24 @@ def fidelity(a_probs: Any, b_probs: Any) -> float | None:
     return float(np.mean(a == b)) if len(a) else None
 
 
+def _per_class_share(
+    hits: np.ndarray, labels: Any, class_names: Sequence[str]
+) -> dict[str, float | None]:
+    """The mean of boolean `hits` [N] over the rows of each true class, per class name in
+    class order; None for a class without rows."""
+    truth = top1(labels, "labels")
+    _same_length(hits, truth, ("pred", "labels"))
+    names = [str(name) for name in class_names]
+    if len(truth) and (truth.min() < 0 or truth.max() >= len(names)):
+        raise invalid("labels", f"labels in [{truth.min()}, {truth.max()}]",
+                      f"labels in [0, {len(names) - 1}] (one per class name)")
+    result: dict[str, float | None] = {}
+    for index, name in enumerate(names):
+        mask = truth == index
+        result[name] = float(hits[mask].mean()) if mask.any() else None
+    return result
+
+
 def per_class_accuracy(
     pred: Any, labels: Any, class_names: Sequence[str]
 ) -> dict[str, float | None]:
@@ -84,16 +106,45 @@ def per_class_accuracy(
     predicted = top1(pred, "pred")
     truth = top1(labels, "labels")
     _same_length(predicted, truth, ("pred", "labels"))
-    names = [str(name) for name in class_names]
-    if len(truth) and (truth.min() < 0 or truth.max() >= len(names)):
-        raise invalid("labels", f"labels in [{truth.min()}, {truth.max()}]",
-                      f"labels in [0, {len(names) - 1}] (one per class name)")
-    correct = predicted == truth
-    result: dict[str, float | None] = {}
-    for index, name in enumerate(names):
-        mask = truth == index
-        result[name] = float(correct[mask].mean()) if mask.any() else None
-    return result
+    return _per_class_share(predicted == truth, truth, class_names)
+
+
+def per_class_agreement(
+    a: Any, b: Any, labels: Any, class_names: Sequence[str]
+) -> dict[str, float | None]:
+    """Top-1 agreement of two models' answers (scores [N, K] or labels [N]) on the images of
+    each true class (`labels`), per class name in class order; None for a class without test
+    images. With a surrogate and its victim: the fidelity on each class's test images."""
+    first, second = top1(a, "a"), top1(b, "b")
+    _same_length(first, second, ("a", "b"))
+    truth = top1(labels, "labels")
+    _same_length(first, truth, ("a", "labels"))
+    return _per_class_share(first == second, truth, class_names)
+
+
+def poor_classes(
+    per_class_victim: Mapping[str, float | None],
+    per_class_surrogate: Mapping[str, float | None],
+    per_class_agreement: Mapping[str, float | None] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, list[str] | None]:
+    """The classes a surrogate copies poorly, by name in the tables' order: ``accuracy``, its
+    test accuracy below `threshold`; ``agreement``, its agreement with the victim below it
+    (None when no agreement was measured: a table made before it existed); ``victim_too``,
+    those of ``accuracy`` where the victim's own accuracy is below it too (a surrogate that
+    matched the victim perfectly would fail there by accuracy). A class without a value
+    (no test images) is in none."""
+    def below(table: Mapping[str, float | None], name: str) -> bool:
+        value = table.get(name)
+        return value is not None and value < threshold
+
+    accuracy = [name for name in per_class_surrogate if below(per_class_surrogate, name)]
+    return {
+        "accuracy": accuracy,
+        "agreement": None if not per_class_agreement else [
+            name for name in per_class_agreement if below(per_class_agreement, name)],
+        "victim_too": [name for name in accuracy if below(per_class_victim, name)],
+    }
 
 
 def uniform_noise_images(n: int, shape: Sequence[int], seed: int) -> np.ndarray:
@@ -111,7 +162,9 @@ class Evaluation:
     """The headline numbers of one surrogate against its victim (fractions in [0, 1]).
 
     ``ratio`` is surrogate / victim test accuracy; a fidelity is None when its images were not
-    given; ``n_queries`` is the number of answered queries the surrogate was trained on.
+    given; ``per_class_agreement`` is the fidelity on each class's test images (empty in an
+    evaluation made before it existed); ``n_queries`` is the number of answered queries the
+    surrogate was trained on.
     """
 
     victim_acc: float | None
@@ -122,6 +175,7 @@ class Evaluation:
     fidelity_noise: float | None = None
     per_class_victim: dict[str, float | None] = field(default_factory=dict)
     per_class_surrogate: dict[str, float | None] = field(default_factory=dict)
+    per_class_agreement: dict[str, float | None] = field(default_factory=dict)
     n_queries: int | None = None
     n_test: int = 0
     n_transfer_heldout: int = 0
@@ -134,8 +188,8 @@ class Evaluation:
     def headline(self) -> dict[str, Any]:
         """The scalar fields (no per-class tables): one point of an accuracy/fidelity curve."""
         data = self.to_dict()
-        data.pop("per_class_victim")
-        data.pop("per_class_surrogate")
+        for key in ("per_class_victim", "per_class_surrogate", "per_class_agreement"):
+            data.pop(key)
         return data
 
 
@@ -220,6 +274,7 @@ def evaluate(
         fidelity_noise=fidelities["noise"],
         per_class_victim=per_class_accuracy(victim, labels, class_names),
         per_class_surrogate=per_class_accuracy(surrogate, labels, class_names),
+        per_class_agreement=per_class_agreement(surrogate, victim, labels, class_names),
         n_queries=None if n_queries is None else int(n_queries),
         n_test=len(labels),
         n_transfer_heldout=sizes["transfer_heldout"],

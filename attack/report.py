@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from attack.evaluate import Evaluation
+from attack.evaluate import Evaluation, poor_classes
 from common.errors import invalid
 from common.fileio import write_atomic, write_json_atomic, write_text_atomic
 
@@ -132,14 +132,57 @@ def _curve_cell(key: str, value: Any) -> str:
 
 def _per_class_rows(
     evaluation: Evaluation | None,
-) -> list[tuple[str, float | None, float | None]]:
-    """(class, victim, surrogate) sorted by surrogate accuracy, worst first, unknown last."""
+) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(class, victim, surrogate, agreement) sorted by surrogate accuracy, worst first, unknown
+    last; agreement None where it was not measured."""
     if evaluation is None:
         return []
     names = list(evaluation.per_class_surrogate) or list(evaluation.per_class_victim)
-    rows = [(name, evaluation.per_class_victim.get(name), evaluation.per_class_surrogate.get(name))
-            for name in names]
+    rows = [(name, evaluation.per_class_victim.get(name), evaluation.per_class_surrogate.get(name),
+             evaluation.per_class_agreement.get(name)) for name in names]
     return sorted(rows, key=lambda r: (r[2] is None, r[2] if r[2] is not None else 0.0, r[0]))
+
+
+def _named(names: Sequence[str] | None) -> str:
+    """A count and the names: ``2 (dog, cat)``, ``0``; "not measured" for None."""
+    if names is None:
+        return "not measured"
+    return f"{len(names)}" + (f" ({', '.join(names)})" if names else "")
+
+
+def _per_class_section(evaluation: Evaluation | None, plots: Mapping[str, str]) -> list[str]:
+    """The per-class table (victim accuracy, surrogate accuracy, agreement with the victim on
+    the class's test images) and the line under it naming the classes below `LOW_ACCURACY`."""
+    rows = _per_class_rows(evaluation)
+    lines = ["## Per-class accuracy", ""]
+    if not rows:
+        return [*lines, "No per-class accuracy was computed.", ""]
+    measured = bool(evaluation.per_class_agreement)
+    low = poor_classes(evaluation.per_class_victim,
+                       {name: surrogate for name, _, surrogate, _ in rows},
+                       evaluation.per_class_agreement, LOW_ACCURACY)
+    lines += [f"Sorted by surrogate accuracy, worst first; {len(low['accuracy'])} of {len(rows)} "
+              f"classes are below {LOW_ACCURACY:.0%} (flagged). Agreement: the share of the "
+              "class's test images on which the surrogate's top-1 class is the victim's.", ""]
+
+    def flag(victim: float | None, surrogate: float | None) -> str:
+        if surrogate is None or surrogate >= LOW_ACCURACY:
+            return ""
+        too = victim is not None and victim < LOW_ACCURACY
+        return f"below {LOW_ACCURACY:.0%}" + (" (the victim too)" if too else "")
+
+    lines += _table(["class", "victim", "surrogate", "agreement", "flag"], [
+        [name, _pct(victim), _pct(surrogate), _pct(agreement) if measured else "-",
+         flag(victim, surrogate)]
+        for name, victim, surrogate, agreement in rows
+    ])
+    lines += ["", f"Below {LOW_ACCURACY:.0%}: surrogate accuracy {_named(low['accuracy'])}; "
+              f"agreement with the victim {_named(low['agreement'])}; surrogate accuracy where "
+              f"the victim's own accuracy is below {LOW_ACCURACY:.0%} too "
+              f"{_named(low['victim_too'])}."]
+    if "per_class" in plots:
+        lines += ["", f"![per-class accuracy]({plots['per_class']})"]
+    return [*lines, ""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,23 +303,7 @@ def _markdown(
         lines.append("No curve was computed for this run.")
     lines.append("")
 
-    rows = _per_class_rows(e)
-    lines += ["## Per-class accuracy", ""]
-    if rows:
-        low = [r for r in rows if r[2] is not None and r[2] < LOW_ACCURACY]
-        lines += [f"Sorted by surrogate accuracy, worst first; {len(low)} of {len(rows)} classes "
-                  f"are below {LOW_ACCURACY:.0%} (flagged).", ""]
-        lines += _table(["class", "victim", "surrogate", "flag"], [
-            [name, _pct(victim), _pct(surrogate),
-             f"below {LOW_ACCURACY:.0%}" if surrogate is not None and surrogate < LOW_ACCURACY
-             else ""]
-            for name, victim, surrogate in rows
-        ])
-        if "per_class" in plots:
-            lines += ["", f"![per-class accuracy]({plots['per_class']})"]
-    else:
-        lines.append("No per-class accuracy was computed.")
-    lines.append("")
+    lines += _per_class_section(e, plots)
 
     notes = {k: v for k, v in extra.items()
              if k not in ("anchors", "anchors_source", "title")
@@ -345,7 +372,8 @@ def plot_curve(curve: Sequence[Mapping[str, Any]], path: Path) -> Path:
 
 
 def plot_per_class(evaluation: Evaluation, path: Path) -> Path:
-    """Per-class accuracy of victim and surrogate as horizontal bars, worst surrogate first."""
+    """Per-class accuracy of victim and surrogate as horizontal bars, worst surrogate first,
+    and the surrogate's agreement with the victim per class as a marker on its bar."""
     from matplotlib.figure import Figure
 
     rows = _per_class_rows(evaluation)
@@ -358,14 +386,18 @@ def plot_per_class(evaluation: Evaluation, path: Path) -> Path:
               label="victim", color="tab:gray")
     axes.barh([p + height / 2 for p in positions], [_nan(r[2]) for r in rows], height=height,
               label="surrogate", color="tab:blue")
+    if evaluation.per_class_agreement:
+        axes.plot([_nan(r[3]) for r in rows], [p + height / 2 for p in positions],
+                  linestyle="none", marker="D", markersize=4, color="black",
+                  label="agreement with the victim")
     axes.axvline(LOW_ACCURACY, color="tab:red", linestyle="--", linewidth=1,
                  label=f"{LOW_ACCURACY:.0%} (flag)")
     axes.set_yticks(positions, [r[0] for r in rows], fontsize="small")
     axes.set_ylim(count - 0.5, -0.5)  # first row (worst surrogate class) on top
     axes.set_xlim(0, 1)
-    axes.set_xlabel("test accuracy")
+    axes.set_xlabel("test accuracy (agreement: share of the class's images)")
     axes.set_title("Per-class accuracy (worst surrogate classes first)")
-    figure.legend(loc="outside lower center", ncols=3, fontsize="small")
+    figure.legend(loc="outside lower center", ncols=2, fontsize="small")
     return _save_figure(figure, path)
 
 

@@ -47,11 +47,13 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from attack.datafree import DataFreeConfig
+from attack.evaluate import poor_classes
 from benchmarks.harness.runs import (
     detector_monitors,
     flag_lines,
@@ -171,6 +173,7 @@ def run_one(ns, method: str, target: str, seed: int, replay: int = 0,
             **class_counts(report["evaluation"]["per_class_surrogate"]),
             "per_class_victim": report["evaluation"]["per_class_victim"],
             "per_class_surrogate": report["evaluation"]["per_class_surrogate"],
+            "per_class_agreement": report["evaluation"].get("per_class_agreement"),
             "curve": [{k: p.get(k) for k in ("queries", "surrogate_acc", "fidelity_test",
                                              "seconds", "parts") if k in p}
                       for p in report["curve"]],
@@ -190,20 +193,56 @@ def class_counts(per_class: dict) -> dict:
 
 def per_class_table(rows: list[dict]) -> list[str]:
     """Markdown: per class, the victim's test accuracy and each method's surrogate accuracy
-    (mean over its seeds), sorted by the victim's class order; `*` marks a mean below `LOW`."""
+    (mean over its seeds), sorted by the victim's class order; `*` marks a mean below `LOW`.
+    When rows measured it (``per_class_agreement``), each method's agreement with the victim
+    on the class's test images (its fidelity there) beside its accuracy ("-" for a method with
+    a seed measured before it existed). Under the table, per method, the classes below `LOW`:
+    by accuracy, by agreement, and by accuracy where the victim itself is below `LOW` too
+    (`attack.evaluate.poor_classes`)."""
     methods = list(dict.fromkeys(r["method"] for r in rows))
     names = list(rows[0]["per_class_surrogate"])
-    victim = {name: np.nanmean([_nan(r["per_class_victim"].get(name)) for r in rows])
-              for name in names}
-    means = {m: {name: np.nanmean([_nan(r["per_class_surrogate"].get(name)) for r in rows
-                                   if r["method"] == m]) for name in names} for m in methods}
-    lines = ["| class | victim | " + " | ".join(methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
+
+    def mean(table: str, name: str, method: str | None = None) -> float:
+        return np.nanmean([_nan((r.get(table) or {}).get(name)) for r in rows
+                           if method is None or r["method"] == method])
+
+    def agreement_of(method: str) -> dict[str, float] | None:
+        if not all(r.get("per_class_agreement") for r in rows if r["method"] == method):
+            return None
+        return {name: mean("per_class_agreement", name, method) for name in names}
+
+    with warnings.catch_warnings():  # a class no seed drew a test image of: nan, skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        victim = {name: mean("per_class_victim", name) for name in names}
+        means = {m: {name: mean("per_class_surrogate", name, m) for name in names}
+                 for m in methods}
+        agreement = {m: agreement_of(m) for m in methods}
+    shown = any(r.get("per_class_agreement") for r in rows)
+
+    def cell(value: float) -> str:
+        return "n/a" if np.isnan(value) else f"{value:.2f}{'*' if value < LOW else ''}"
+
+    header = [f"{m} | {m} agreement" if shown else m for m in methods]
+    lines = ["| class | victim | " + " | ".join(header) + " |",
+             "|---|---|" + "---|" * len(methods) * (2 if shown else 1)]
     for name in names:
         if np.isnan(victim[name]):
             continue  # no test image of this class drawn
-        cells = [f"{means[m][name]:.2f}{'*' if means[m][name] < LOW else ''}" for m in methods]
+        cells = [cell(means[m][name]) + (
+            "" if not shown else " | -" if agreement[m] is None else
+            f" | {cell(agreement[m][name])}") for m in methods]
         lines.append(f"| {name} | {victim[name]:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", f"Classes below {LOW:.0%} (of the means): surrogate accuracy; agreement with "
+              f"the victim; surrogate accuracy where the victim itself is below {LOW:.0%}:", ""]
+    known = {name: _none(victim[name]) for name in names}
+    for m in methods:
+        poor = poor_classes(known, {name: _none(means[m][name]) for name in names},
+                            None if agreement[m] is None else
+                            {name: _none(agreement[m][name]) for name in names}, LOW)
+        lines.append(f"- {m}: " + "; ".join(
+            "-" if poor[key] is None else f"{len(poor[key])}"
+            + (f" ({', '.join(poor[key])})" if poor[key] else "")
+            for key in ("accuracy", "agreement", "victim_too")))
     return lines
 
 
@@ -238,6 +277,10 @@ def _final_seconds(row: dict) -> float:
 
 def _nan(value) -> float:
     return np.nan if value is None else float(value)
+
+
+def _none(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def first_flags(run_dir: Path, detector: str | None, batch: int = 64) -> dict:
@@ -328,7 +371,8 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
         lines += [f"- {r['method']} s{r['seed']}: " + ", ".join(
             f"{a:,}-{b:,}: {v:.2f}" for a, b, v in spans) for r, spans in paced]
     if rows and rows[0].get("per_class_surrogate"):
-        lines += ["", "Per class, test accuracy of the victim and of each method's surrogate "
+        lines += ["", "Per class, test accuracy of the victim and of each method's surrogate, "
+                  "and the surrogate's agreement with the victim on the class's test images "
                   f"(mean over seeds; * below {LOW:.0%}):", "", *per_class_table(rows)]
     return "\n".join(lines) + "\n"
 

@@ -14,6 +14,8 @@ from attack.evaluate import (
     evaluate,
     fidelity,
     per_class_accuracy,
+    per_class_agreement,
+    poor_classes,
     prefix_curve,
     top1,
     uniform_noise_images,
@@ -37,6 +39,33 @@ def test_accuracy_fidelity_and_per_class_on_hand_computed_cases():
     assert per_class_accuracy(pred, labels, ["a", "b", "c"]) == {"a": 1.0, "b": 0.5, "c": 0.5}
     assert per_class_accuracy([0], [0], ["a", "b"]) == {"a": 1.0, "b": None}
     assert accuracy([], []) is None and fidelity(np.zeros((0, 3)), np.zeros((0, 3))) is None
+
+
+def test_per_class_agreement_and_poor_classes_on_hand_made_predictions():
+    # class 0: the victim right, the surrogate wrong; class 1: the victim mostly wrong and the
+    # surrogate copying it exactly; class 2: both right; class 3: no test image
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    victim = np.array([0, 0, 0, 1, 2, 2, 2, 1, 2, 2])
+    surrogate = np.array([1, 1, 0, 1, 2, 2, 2, 1, 2, 0])
+    names = ["a", "b", "c", "d"]
+    agreement = per_class_agreement(surrogate, one_hot(victim, 4), labels, names)
+    assert agreement == {"a": 0.5, "b": 1.0, "c": 0.5, "d": None}
+    assert per_class_agreement(victim, victim, labels, names) == {"a": 1.0, "b": 1.0, "c": 1.0,
+                                                                  "d": None}
+    per_victim = per_class_accuracy(victim, labels, names)
+    per_surrogate = per_class_accuracy(surrogate, labels, names)
+    assert per_victim == {"a": 0.75, "b": 0.25, "c": 1.0, "d": None}
+    assert per_surrogate == {"a": 0.25, "b": 0.25, "c": 0.5, "d": None}
+    # b fails by accuracy only because the victim does: the surrogate agrees with it everywhere
+    assert poor_classes(per_victim, per_surrogate, agreement) == {
+        "accuracy": ["a", "b"], "agreement": [], "victim_too": ["b"]}
+    assert poor_classes(per_victim, per_surrogate, agreement, threshold=0.6) == {
+        "accuracy": ["a", "b", "c"], "agreement": ["a", "c"], "victim_too": ["b"]}
+    assert poor_classes(per_victim, per_surrogate, {})["agreement"] is None  # not measured
+    with pytest.raises(UsageError, match="`b`.*rows"):
+        per_class_agreement([0, 1], [0], [0, 1], names)
+    with pytest.raises(UsageError, match="`labels`.*one per class name"):
+        per_class_agreement([0, 1], [0, 1], [0, 4], names)
 
 
 def test_measures_reject_mismatched_or_malformed_inputs():
@@ -90,11 +119,13 @@ def test_evaluate_computes_every_number_and_serialises():
     assert result.fidelity_noise == pytest.approx(1.0)
     assert result.per_class_victim == {"r": 1.0, "g": 1.0, "b": 0.0}
     assert result.per_class_surrogate == {"r": 1.0, "g": 0.5, "b": 1.0}
+    assert result.per_class_agreement == {"r": 1.0, "g": 0.5, "b": 0.0}  # by true class
     assert (result.n_queries, result.n_test, result.n_transfer_heldout, result.n_noise) == \
         (123, 4, 2, 2)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["fidelity_noise"] == 1.0 and data["per_class_surrogate"]["g"] == 0.5
-    assert "per_class_victim" not in result.headline()
+    assert data["per_class_agreement"] == {"r": 1.0, "g": 0.5, "b": 0.0}
+    assert not {"per_class_victim", "per_class_agreement"} & set(result.headline())
     with pytest.raises(AttributeError):
         result.victim_acc = 0.0  # frozen
 

@@ -22,8 +22,9 @@ from common.errors import UsageError
 EVALUATION = Evaluation(
     victim_acc=0.9, surrogate_acc=0.72, ratio=0.8, fidelity_test=0.75,
     fidelity_transfer_heldout=0.6, fidelity_noise=0.3,
-    per_class_victim={"cat": 0.95, "dog": 0.85, "frog|toad": 0.9},
-    per_class_surrogate={"cat": 0.9, "dog": 0.4, "frog|toad": None},
+    per_class_victim={"cat": 0.95, "dog": 0.85, "frog|toad": 0.9, "owl": 0.4},
+    per_class_surrogate={"cat": 0.9, "dog": 0.4, "frog|toad": None, "owl": 0.35},
+    per_class_agreement={"cat": 0.92, "dog": 0.45, "frog|toad": None, "owl": 0.9},
     n_queries=1000, n_test=300, n_transfer_heldout=200, n_noise=100,
 )
 CURVE = [
@@ -84,9 +85,14 @@ def test_report_files_json_markdown_and_plots(tmp_path):
     assert f"]({CURVE_PLOT_NAME})" in curve
     per_class = section(md, "Per-class accuracy")
     rows = [line for line in per_class.splitlines() if line.startswith("| ")][1:]
-    assert rows == ["| dog | 85.0% | 40.0% | below 50% |", "| cat | 95.0% | 90.0% |  |",
-                    "| frog\\|toad | 90.0% | n/a |  |"]  # worst first, unknown last, escaped
-    assert "1 of 3 classes are below 50%" in per_class
+    assert rows == ["| owl | 40.0% | 35.0% | 90.0% | below 50% (the victim too) |",
+                    "| dog | 85.0% | 40.0% | 45.0% | below 50% |",
+                    "| cat | 95.0% | 90.0% | 92.0% |  |",
+                    "| frog\\|toad | 90.0% | n/a | n/a |  |"]  # worst first, unknown last
+    assert "2 of 4 classes are below 50%" in per_class
+    assert ("Below 50%: surrogate accuracy 2 (owl, dog); agreement with the victim 1 (dog); "
+            "surrogate accuracy where the victim's own accuracy is below 50% too 1 (owl)."
+            ) in per_class
     assert "| query_stats | " in section(md, "Notes")
     assert "| budget | 1000 |" in section(md, "Configuration")
 
@@ -95,6 +101,17 @@ def test_report_files_json_markdown_and_plots(tmp_path):
             image.verify()
         with Image.open(run_dir / name) as image:
             assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+def test_an_evaluation_without_per_class_agreement_shows_a_dash(tmp_path):
+    from dataclasses import replace
+
+    paths = write_report(tmp_path, config={}, evaluation=replace(EVALUATION,
+                                                                 per_class_agreement={}))
+    per_class = section(paths["markdown"].read_text(), "Per-class accuracy")
+    assert "| dog | 85.0% | 40.0% | - | below 50% |" in per_class
+    assert "agreement with the victim not measured;" in per_class
+    assert "per_class_plot" in paths
 
 
 def test_report_rewrites_atomically_and_accepts_dataclass_config(tmp_path):

@@ -53,12 +53,14 @@ def test_class_counts_skip_classes_without_test_images():
     assert counts == {"classes": 4, "classes_below_50": 2, "classes_at_0": 1}
 
 
-def _row(method, seed, surrogate, victim_acc=0.9, acc=0.5):
-    victim = {"stop": 1.0, "yield": 0.8, "rare": 0.5}
+def _row(method, seed, surrogate, victim_acc=0.9, acc=0.5, agreement=None,
+         victim=(1.0, 0.8, 0.5)):
+    victim = dict(zip(("stop", "yield", "rare"), victim, strict=True))
     return {"method": method, "seed": seed, "budget": 5000, "wall_seconds": 50.0,
             "victim_acc": victim_acc, "surrogate_acc": acc, "fidelity_test": acc,
             "first_flagged": None, **class_counts(surrogate),
             "per_class_victim": victim, "per_class_surrogate": surrogate,
+            **({} if agreement is None else {"per_class_agreement": agreement}),
             "curve": [{"queries": 5000, "surrogate_acc": acc, "fidelity_test": acc}],
             "seconds_per_1000": {}, "cpu_seconds_per_1000": {}}
 
@@ -72,6 +74,27 @@ def test_per_class_table_means_over_seeds_and_marks_poor_classes():
     assert lines[2] == "| stop | 1.00 | 0.80 | 0.10* |"
     assert lines[3] == "| yield | 0.80 | 0.40* | 0.00* |"
     assert lines[4] == "| rare | 0.50 | 0.00* | 0.00* |"  # seed 1 drew no image of it
+    assert lines[-2:] == ["- knockoff: 2 (yield, rare); -; 0",  # rows made before agreement
+                          "- dfme: 3 (stop, yield, rare); -; 0"]
+
+
+def test_per_class_table_puts_agreement_beside_accuracy_and_names_the_poor_classes():
+    victim = (1.0, 0.4, 0.3)  # the victim itself wrong on most yield and rare signs
+    rows = [_row("synthetic", 0, {"stop": 0.9, "yield": 0.3, "rare": 0.3},
+                 agreement={"stop": 0.9, "yield": 0.9, "rare": 0.4}, victim=victim),
+            _row("synthetic", 1, {"stop": 0.7, "yield": 0.5, "rare": 0.1},
+                 agreement={"stop": 0.7, "yield": 0.7, "rare": 0.2}, victim=victim),
+            _row("knockoff", 0, {"stop": 0.4, "yield": 0.6, "rare": None}, victim=victim)]
+    lines = per_class_table(rows)
+    assert lines[0] == ("| class | victim | synthetic | synthetic agreement | knockoff "
+                        "| knockoff agreement |")
+    assert lines[1] == "|---|---|---|---|---|---|"
+    assert lines[2] == "| stop | 1.00 | 0.80 | 0.80 | 0.40* | - |"  # knockoff: an old row
+    assert lines[3] == "| yield | 0.40 | 0.40* | 0.80 | 0.60 | - |"
+    assert lines[4] == "| rare | 0.30 | 0.20* | 0.30* | n/a | - |"  # knockoff drew none
+    # yield: below by accuracy only, the surrogate copies the victim (who is below too)
+    assert lines[-2:] == ["- synthetic: 2 (yield, rare); 1 (rare); 2 (yield, rare)",
+                          "- knockoff: 1 (stop); -; 0"]
 
 
 def test_markdown_states_ratio_and_poor_classes_per_seed():
