@@ -22,8 +22,9 @@ own fields; `attack.equation_solving` and `attack.fee` compose `ServerPart`, `Ev
 and `RunPart` with theirs. The field names stay flat (``--test-set``, not ``--evaluation.test-set``)
 and config.json is the same flat mapping as before the parts existed, so old run directories
 resume. Every field is validated before any side effect (no run directory created, no query
-sent). `--resume` refuses a config that differs from the saved one (apart from
-`RESUME_NEUTRAL_FIELDS`), so a journal is never continued under other settings; a run started
+sent). `--resume` refuses a config that differs from the saved one (apart from the fields
+`RESUME_CHANGES` declares, each with what the resume redoes: nothing, the final pass, or more
+queries), so a journal is never continued under other settings; a run started
 under an earlier default (`RUN_LEGACY`) keeps it on ``--resume`` (`keep_run_settings`).
 
 No TensorFlow here: `--help` and a wrong flag answer before the heavy imports.
@@ -35,8 +36,10 @@ import dataclasses
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from common.backbone_specs import get_backbone_spec, parse_arch_args
@@ -48,6 +51,10 @@ __all__ = [
     "INPUT_RANGES",
     "OUTPUT_KINDS",
     "RECIPE_LEGACY",
+    "REDO_EXTEND",
+    "REDO_FINAL_PASS",
+    "REDO_NOTHING",
+    "RESUME_CHANGES",
     "RESUME_NEUTRAL_FIELDS",
     "RUN_LEGACY",
     "SURROGATE_AUGMENTATIONS",
@@ -65,8 +72,10 @@ __all__ = [
     "SurrogatePart",
     "TransferPart",
     "TransferRecipePart",
+    "changed_on_resume",
     "keep_run_settings",
     "query_batch_field",
+    "resume_fields",
     "run_dir_field",
     "saved_run_config",
     "validate_parts",
@@ -81,12 +90,31 @@ OUTPUT_KINDS = ("auto", "probabilities", "logits", "labels", "topk")
 INPUT_RANGES = ("auto", "0,255", "0,1", "-1,1")
 """The value range a float input expects: ``auto`` decides with a few probe queries."""
 
-# Fields that may change between a run and its resumption: how to reach the victim (the same
-# model over gRPC or REST), credentials and pacing, and how its journaled answers are read
-# (`--resume --output-kind logits` re-reads the same raw answers the right way), and the
-# data-free attack's final pass (`--resume --final-epochs N` trains after the budget, pays nothing).
-RESUME_NEUTRAL_FIELDS = ("resume", "api_key", "timeout", "in_flight", "grpc", "rest",
-                         "output_kind", "distribute", "final_epochs")
+REDO_NOTHING, REDO_FINAL_PASS, REDO_EXTEND = "nothing", "final pass", "extend"
+"""What a resume that changes a field must redo (the values of `RESUME_CHANGES`): nothing (the
+same answers, read and trained on as before); the final pass (trained again from the journaled
+answers, no query sent); or extend (more queries continue the run's stream, then the final pass
+on every answer)."""
+
+RESUME_CHANGES: Mapping[str, str] = MappingProxyType({
+    # how to reach the victim (the same model over gRPC or REST), credentials and pacing
+    **dict.fromkeys(("resume", "api_key", "timeout", "in_flight", "grpc", "rest", "distribute"),
+                    REDO_NOTHING),
+    # how its journaled answers are read (`--resume --output-kind logits` re-reads the same raw
+    # answers the right way)
+    "output_kind": REDO_NOTHING,
+    # the data-free attack's final pass (`--resume --final-epochs N` trains after the budget)
+    "final_epochs": REDO_FINAL_PASS,
+})
+"""The one declaration of the fields ``--resume`` may change, each with what the resumed run
+must redo; `attack.pipeline.prepare_run_dir` compares every other field with the run's
+config.json and refuses a difference. A config class extends it with its own (``resume_changes``,
+a class attribute: `attack.synthetic.SyntheticConfig` adds ``epochs`` and ``budget``); the
+attack that declares a field other than ``nothing`` carries out the redo itself (`changed_on_resume`
+says what changes)."""
+
+RESUME_NEUTRAL_FIELDS = tuple(RESUME_CHANGES)
+"""The names of `RESUME_CHANGES` (the fields every config may change on ``--resume``)."""
 
 
 RECIPE_LEGACY = {"target_temperature": 1.0, "mixup": 0.0, "label_smoothing": 0.0,
@@ -289,6 +317,7 @@ class RunPart:
         "help": "continue the run in RUN_DIR without re-sending answered queries",
         "check": True})
     seed: int = field(default=0, metadata={"help": "random seed", "check": True})
+    resume_changes: ClassVar[Mapping[str, str]] = RESUME_CHANGES  # may change on --resume
 
 
 
@@ -361,6 +390,29 @@ def saved_run_config(config: Any) -> dict | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return saved if isinstance(saved, dict) else None
+
+
+def resume_fields(config: Any, redo: str) -> tuple[str, ...]:
+    """The fields of `config` (an instance or a config class) that ``--resume`` may change
+    with `redo` (`REDO_NOTHING`, `REDO_FINAL_PASS`, `REDO_EXTEND`) to do."""
+    names = {f.name for f in dataclasses.fields(config)}
+    changes = getattr(config, "resume_changes", RESUME_CHANGES)
+    return tuple(name for name, what in changes.items() if what == redo and name in names)
+
+
+def changed_on_resume(config: Any) -> dict[str, Any]:
+    """On ``resume``: {field: the run's saved value} of the fields of `config` that the run's
+    config.json holds otherwise and that a resume may change with a redo (final pass or
+    extend; a field the saved config lacks counts as its default); {} without ``resume`` or
+    without a readable config.json. Read only."""
+    saved = saved_run_config(config)
+    if saved is None:
+        return {}
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return {name: saved.get(name, defaults[name])
+            for name in resume_fields(config, REDO_FINAL_PASS) + resume_fields(config,
+                                                                              REDO_EXTEND)
+            if saved.get(name, defaults[name]) != getattr(config, name)}
 
 
 def keep_run_settings(config: Any) -> Any:

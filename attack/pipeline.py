@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from attack import victim as _victim
-from attack.config import RESUME_NEUTRAL_FIELDS
+from attack.config import RESUME_CHANGES
 from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
 from attack.journal import QueryJournal
 from attack.report import write_report
@@ -128,7 +128,9 @@ def prepare_run_dir(config: Any) -> Path:
     A field the saved config lacks (a run started before the field existed) counts as its
     default, so adding an option never locks older runs out of ``--resume``; a surrogate
     setting whose default changed since counts as what the run trained with (the config's
-    ``run_legacy``, `attack.config.RUN_LEGACY`). The run folder is
+    ``run_legacy``, `attack.config.RUN_LEGACY`). The fields the config's ``resume_changes``
+    declares (`attack.config.RESUME_CHANGES`) are not compared: the attack carries out what
+    their change needs (a final pass trained again, more queries). The run folder is
     the one that holds the config.json read (so ``runs/k``, ``runs/k/``, ``./runs/k``, its
     absolute path or a symlink to it are the same run), and path settings compare as the files
     they name. A refused resume says which flags to give back, never to start over.
@@ -147,7 +149,8 @@ def prepare_run_dir(config: Any) -> Path:
         current = config_to_dict(config)
         defaults = {**config_to_dict(_defaults_like(config)),
                     **getattr(config, "run_legacy", {})}
-        differing = sorted(k for k in current if k not in RESUME_NEUTRAL_FIELDS and k != "out"
+        may_change = getattr(config, "resume_changes", RESUME_CHANGES)  # the attack redoes them
+        differing = sorted(k for k in current if k not in may_change and k != "out"
                            and not _same_setting(saved.get(k, defaults.get(k)), current[k]))
         if differing:
             was = {k: saved.get(k, defaults.get(k)) for k in differing}

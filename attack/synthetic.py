@@ -43,8 +43,13 @@ is written atomically after every round (``RUN_DIR/synthetic_state.npz``). A res
 re-renders the finished rounds from their theta (the renderer is deterministic) and continues
 the unfinished round from its stored theta, sending only the queries never answered.
 ``--resume`` with another ``--epochs`` (`FINAL_PASS_FIELDS`: no query depends on them) trains
-the final pass again on the journaled answers, none sent again. `sent_queries` gives back a
-run's stream exactly as the victim received it (for the detectors' replay).
+the final pass again on the journaled answers, none sent again; ``--resume --budget N`` with N
+above the run's budget grows it (`check_resume`): every journaled answer is kept, the rounds
+continue to N as a fresh run of budget N would have sent them (the run's budget a multiple of
+``--round-size``: its stream's prefix does not depend on the budget), and the final pass trains
+again on all N answers; only the N - old new queries are paid. `SyntheticConfig.resume_changes`
+declares both (`attack.config.RESUME_CHANGES`). `sent_queries` gives back a run's stream exactly
+as the victim received it (for the detectors' replay).
 
 This is a new combination, not a published attack: the prior plays the role of Truong et al.'s
 and Kariyappa et al.'s generators (DFME, MAZE: `attack.datafree`), the victim-guided elites that
@@ -58,14 +63,23 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
+from typing import Any, ClassVar
 
 import numpy as np
 
-from attack.config import AttackConfig, saved_run_config
+from attack.config import (
+    REDO_EXTEND,
+    REDO_FINAL_PASS,
+    RESUME_CHANGES,
+    AttackConfig,
+    changed_on_resume,
+    resume_fields,
+    saved_run_config,
+)
 from attack.generated import GeneratedAttack, GeneratedRun, prefixed, run_generated
 from attack.pipeline import (
     ExtractionResult,
@@ -82,17 +96,14 @@ from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["FINAL_PASS_FIELDS", "Elites", "Synthetic", "SyntheticConfig", "plan_round",
-           "pool_digest", "run_prior", "run_synthetic", "select_screened", "sent_queries",
-           "shift_images"]
+__all__ = ["FINAL_PASS_FIELDS", "Elites", "Synthetic", "SyntheticConfig", "check_resume",
+           "plan_round", "pool_digest", "run_prior", "run_synthetic", "select_screened",
+           "sent_queries", "shift_images"]
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "synthetic_state.npz"
-FINAL_PASS_FIELDS = ("epochs",)
-"""Settings no query depends on (the online rounds never read them): ``--resume`` may change
-them, and the final pass (with ``--online-passes 0`` the curve's points too) is trained again
-from the run's answers."""
+GROWN_NAME = "budget_grown.json"  # {"from": the run's first budget, "to": its budget now}
 POOL_NAME = "natural_pool.json"  # the digest of the natural images a run draws from
 QUERIES_DIR = "queries"
 PARTS = ("victim", "render", "search", "surrogate", "storage", "evaluation")
@@ -172,6 +183,11 @@ class SyntheticConfig(AttackConfig):
     out: str = field(default="runs/synthetic", metadata={
         "help": "run directory (config, journal, query theta, state, surrogate, report)",
         "metavar": "RUN_DIR"})
+    resume_changes: ClassVar[Mapping[str, str]] = MappingProxyType({
+        **RESUME_CHANGES, "epochs": REDO_FINAL_PASS, "budget": REDO_EXTEND})
+    """Besides the shared ones: ``epochs`` (no query depends on it: the final pass, and with
+    ``--online-passes 0`` the curve's points, trained again) and a larger ``budget`` (the rounds
+    continue, then the final pass on every answer)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -185,6 +201,42 @@ class SyntheticConfig(AttackConfig):
         if self.screen > 1 and self.online_passes <= 0:
             raise invalid("screen", self.screen, "1 unless --online-passes > 0 (the online "
                           "surrogate screens the candidates)")
+
+
+FINAL_PASS_FIELDS = resume_fields(SyntheticConfig, REDO_FINAL_PASS)
+"""Settings no query depends on (the online rounds never read them): ``--resume`` may change
+them, and the final pass (with ``--online-passes 0`` the curve's points too) is trained again
+from the run's answers."""
+
+
+def check_resume(config: SyntheticConfig, *, budget_given: bool = True) -> dict[str, Any]:
+    """On ``--resume``: {field: the run's value} of the settings this session changes that a
+    resume may change (`SyntheticConfig.resume_changes`), or {}. Read only, so it runs before
+    anything is written or sent; `UsageError` for a budget the run cannot grow to: below the
+    run's (a run's budget grows, never shrinks), a run whose last round was cut at its budget
+    (its stream cannot continue as a fresh run of the new budget's would), or the default
+    budget while `budget_given` is false (a resume without ``--budget`` would pay for queries
+    nobody asked for)."""
+    earlier = changed_on_resume(config)
+    if "budget" not in earlier:
+        return earlier
+    old, new, run_dir = int(earlier["budget"]), config.budget, Path(config.out)
+    if new < old:
+        raise invalid("budget", new, f"at least {old}, the budget of the run in {run_dir} (a "
+                      "resume may grow a run's budget, never shrink it)")
+    default = SyntheticConfig.__dataclass_fields__["budget"].default
+    if new == default and not budget_given:
+        raise invalid("budget", new, f"{old}, the budget of the run in {run_dir}: a resume "
+                      f"without --budget gets the default {default}, which would pay for "
+                      f"{new - old} more queries (give --budget {new} to grow the run to it)")
+    size = int((saved_run_config(config) or {}).get("round_size", config.round_size))
+    last = old // size + 1
+    if old % size and _block_path(run_dir, last).is_file():
+        raise invalid("budget", new, f"{old}, the budget of the run in {run_dir}: its last round "
+                      f"({last}) was cut to {old % size} queries where a run of budget {new} "
+                      f"sends {size}, so its stream cannot continue as that run's (only a "
+                      "budget that is a multiple of --round-size grows)")
+    return earlier
 
 
 # -- the pure parts --------------------------------------------------------------------------------
@@ -410,11 +462,16 @@ class Synthetic(GeneratedAttack):
 
     def _run(self, victim, config: SyntheticConfig, data: dict, on_progress=None
              ) -> ExtractionResult:
-        return _SyntheticRun(victim, config, data["natural"], data["test"], on_progress).run()
+        return _SyntheticRun(victim, config, data["natural"], data["test"], on_progress,
+                             budget_given="budget" in self.params).run()
 
 
-def run_synthetic(config: SyntheticConfig, *, on_progress=None) -> ExtractionResult:
-    """The CLI's attack: load the data of `config`, open its victim, run `Synthetic`."""
+def run_synthetic(config: SyntheticConfig, *, on_progress=None,
+                  budget_given: bool = False) -> ExtractionResult:
+    """The CLI's attack: check a resume's changes (`check_resume`: `budget_given`, the budget
+    was asked for, not a default), load the data of `config`, open its victim, run
+    `Synthetic`."""
+    check_resume(config, budget_given=budget_given)
     return run_generated(Synthetic, config, transfer_limit=config.transfer_limit,
                          on_progress=on_progress)
 
@@ -426,8 +483,10 @@ class _SyntheticRun(GeneratedRun):
 
     parts, made, state_name = PARTS, "rendered", STATE_NAME
 
-    def __init__(self, victim, config: SyntheticConfig, natural, test, on_progress) -> None:
+    def __init__(self, victim, config: SyntheticConfig, natural, test, on_progress, *,
+                 budget_given: bool = True) -> None:
         super().__init__(victim, config, test, on_progress)
+        self.budget_given = budget_given
         if config.input_size is None:
             self.kwargs["input_size"] = self.size[0]
         self.kwargs["augment"] = "crop+flip" if config.flip else "crop"
@@ -595,11 +654,10 @@ class _SyntheticRun(GeneratedRun):
         probes = self.prior.render(self.prior.sample(64, np.random.default_rng([config.seed,
                                                                                 11])))
         self.retrained = None
-        earlier = self._final_pass_change()
-        self.run_dir, self.check = begin_run(  # the run's own settings apart from the pass's
-            self.victim, config if earlier is None else replace(config, **earlier), probes)
+        earlier = check_resume(config, budget_given=self.budget_given)
+        self.run_dir, self.check = begin_run(self.victim, config, probes)
         if earlier:
-            self._retrain_final_pass(earlier)
+            self._apply_resume_changes(earlier)
         self.trainer = surrogate_trainer(self.run_dir, self.kwargs, "final")
         self.elites = Elites(self.num_classes, config.elites, self.prior.dim)
         self.round, self.assigned, self.sent = 0, 0, 0
@@ -656,36 +714,48 @@ class _SyntheticRun(GeneratedRun):
                       train=train, test=self.test, extra=extra,
                       curve_budgets=points if config.online_passes > 0 else None)
 
-    def _final_pass_change(self) -> dict | None:
-        """On ``--resume``: the saved values of the `FINAL_PASS_FIELDS` this session changes
-        (None when none changes or there is no run to resume)."""
-        saved = saved_run_config(self.config)
-        if saved is None:
-            return None
-        default = SyntheticConfig()
-        earlier = {k: saved.get(k, getattr(default, k)) for k in FINAL_PASS_FIELDS
-                   if saved.get(k, getattr(default, k)) != getattr(self.config, k)}
-        return earlier or None
-
-    def _retrain_final_pass(self, earlier: dict) -> None:
-        """A resumed run whose final pass changes (`FINAL_PASS_FIELDS`): config.json takes the
-        new values, and with ``--online-passes 0`` the curve's points (surrogates trained like
-        the final pass) are dropped to be trained again. The answers are all kept: the final
-        pass is paid by no query."""
+    def _apply_resume_changes(self, earlier: dict) -> None:
+        """A resumed run whose settings change (`check_resume`'s `earlier`, the run's values):
+        config.json takes the new values. A final pass setting (`FINAL_PASS_FIELDS`): with
+        ``--online-passes 0`` the curve's points (surrogates trained like the final pass) are
+        dropped to be trained again. A larger budget: RUN_DIR/budget_grown.json says from
+        which budget (before config.json changes, so a kill in between loses nothing), and the
+        curve's point at the earlier budget (its final pass, with online updates) is dropped:
+        the curve stays the online surrogate's, the final pass's at the budget. Every answer
+        is kept; only the queries beyond the earlier budget are paid."""
         now = {k: getattr(self.config, k) for k in earlier}
-        log.info("final pass retrained with %s (the run's was %s); no answered query is sent "
-                 "again", now, earlier)
+        final = {k: v for k, v in earlier.items() if k in FINAL_PASS_FIELDS}
+        if final:
+            log.info("final pass retrained with %s (the run's was %s); no answered query is "
+                     "sent again", {k: now[k] for k in final}, final)
+            self.retrained = {"from": final, "to": {k: now[k] for k in final}}
+        curve = self.run_dir / "curve.json"
+        if "budget" in earlier:
+            old, grown = int(earlier["budget"]), self.run_dir / GROWN_NAME
+            first = json.loads(grown.read_text())["from"] if grown.is_file() else old
+            write_json_atomic(grown, {"from": first, "to": self.config.budget})
+            log.info("budget grown from %d to %d queries: every journaled answer kept, the "
+                     "rounds continue", old, self.config.budget)
+            if self.config.online_passes > 0 and curve.is_file():
+                write_json_atomic(curve, [p for p in json.loads(curve.read_text())
+                                          if p["queries"] < old])
         path = self.run_dir / "config.json"
         write_json_atomic(path, {**json.loads(path.read_text()), **now}, sort_keys=True)
-        if self.config.online_passes <= 0:
-            (self.run_dir / "curve.json").unlink(missing_ok=True)
-        self.retrained = {"from": earlier, "to": now}
+        if final and self.config.online_passes <= 0:
+            curve.unlink(missing_ok=True)
+
+    def _budget_grown(self) -> dict | None:
+        """{"from": the run's first budget, "to": this one} when a resume grew it."""
+        path = self.run_dir / GROWN_NAME
+        grown = json.loads(path.read_text()) if path.is_file() else None
+        return grown if grown and grown["to"] == self.config.budget else None
 
     def trainer_fitted(self) -> bool:
-        """Whether the final pass finished before (a resumed run after it: the online
-        surrogate of the budget is gone)."""
-        state = self.run_dir / "checkpoints" / "final" / "fit_state.json"
-        return state.is_file() and json.loads(state.read_text()).get("completed", False)
+        """Whether the final pass finished before on this budget's answers (a resumed run
+        after it: the online surrogate of the budget is not measured again)."""
+        path = self.run_dir / "checkpoints" / "final" / "fit_state.json"
+        state = json.loads(path.read_text()) if path.is_file() else {}
+        return bool(state.get("completed")) and state.get("examples") == self.config.budget
 
     def _extra(self, probs: np.ndarray, online_final: dict | None) -> dict:
         names = (self.test.class_names if self.test is not None
@@ -715,6 +785,7 @@ class _SyntheticRun(GeneratedRun):
             "natural_queries": hits.get("natural", 0),
             "online_surrogate_at_budget": online_final,
             "sent_this_session": self.sent,
+            "budget_grown": self._budget_grown(),
             "final_pass": {"epochs": self.config.epochs, "examples": budget,
                            "retrained_on_resume": self.retrained},
             "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
@@ -754,7 +825,13 @@ def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
     from attack.pipeline import attack_main
 
-    return attack_main(SyntheticConfig, run_synthetic, argv, prog=PROG, epilog=EPILOG)
+    typed = [a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv)]
+    given = any(len(a) > 2 and "--budget".startswith(a) for a in typed)  # argparse's prefixes
+
+    def run(config: SyntheticConfig, on_progress=None) -> ExtractionResult:
+        return run_synthetic(config, on_progress=on_progress, budget_given=given)
+
+    return attack_main(SyntheticConfig, run, argv, prog=PROG, epilog=EPILOG)
 
 
 if __name__ == "__main__":
