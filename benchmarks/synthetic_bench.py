@@ -24,7 +24,11 @@ over seeds, beside the victim's) go to ``--out``; ``--reuse`` reads back finishe
 ``--refit-from DIR --set epochs=N`` uses paid answers again: each seed's finished run
 ``DIR/synthetic_s<seed>`` is copied to ``--out`` and resumed there with another final pass
 (`attack.synthetic.FINAL_PASS_FIELDS`); every answer is read back from its journal, none is
-sent, and the row is labelled ``synthetic, final pass epochs=N``.
+sent, and the row is labelled ``synthetic, final pass epochs=N``. ``--refit-from DIR --budget
+N`` with N above the runs' budget grows each copy to N (`attack.synthetic.check_resume`, with
+``--set epochs=...`` too if given): the answers are read back, the rounds continue to N, the
+final pass trains on all N; only the new queries are paid (the row's ``sent_this_session``),
+and the row is labelled ``synthetic, grown from B``.
 """
 
 from __future__ import annotations
@@ -104,29 +108,43 @@ def refit_config(ns, target: str, seed: int, out: Path):
     from common.cli import load_config
 
     saved = load_config(SyntheticConfig, _source(ns, seed) / "config.json")
-    return replace(saved, grpc=target, rest=None, out=str(out), resume=True,
+    budget = {} if ns.budget is None else {"budget": ns.budget}
+    return replace(saved, grpc=target, rest=None, out=str(out), resume=True, **budget,
                    **_parse_sets(ns.set))
 
 
 def _refit_error(ns) -> tuple[str, str, object] | None:
-    """(argument, expected, received) when ``--refit-from`` cannot retrain every seed's run
-    with these flags; None when it can."""
-    from attack.synthetic import FINAL_PASS_FIELDS
+    """(argument, expected, received) when ``--refit-from`` cannot retrain (or grow) every
+    seed's run with these flags; None when it can. Read only: nothing is copied before."""
+    from attack.synthetic import FINAL_PASS_FIELDS, check_resume
+    from common.errors import UsageError
 
     if ns.methods != ["synthetic"]:
         return "--methods", "synthetic with --refit-from", " ".join(ns.methods)
-    if not ns.set or set(_parse_sets(ns.set)) - set(FINAL_PASS_FIELDS):
+    if set(_parse_sets(ns.set)) - set(FINAL_PASS_FIELDS):
         return ("--set", "with --refit-from, only the final pass's "
-                + ", ".join(FINAL_PASS_FIELDS), ns.set)
+                + ", ".join(FINAL_PASS_FIELDS) + " (a larger --budget grows the runs)", ns.set)
+    asked, grows = ns.budget, False
     for seed in ns.seeds:
         source = _source(ns, seed)
         if not (source / "report.json").is_file():
             return "--refit-from", "a folder with finished runs synthetic_s<seed>", str(source)
         budget = json.loads((source / "config.json").read_text())["budget"]
-        if ns.budget not in (None, budget):
-            return "--budget", f"the runs' budget ({budget}) or none with --refit-from", \
-                ns.budget
-        ns.budget = budget
+        if (asked is None and ns.budget not in (None, budget)) or (asked or budget) < budget:
+            return "--budget", f"the runs' budget ({budget}) or more (a larger one grows " \
+                "them; none: theirs, alike for every seed) with --refit-from", ns.budget
+        ns.budget, grows = asked or budget, grows or (asked or budget) > budget
+        try:
+            config = refit_config(ns, "localhost:8500", seed, source)
+        except (UsageError, TypeError):
+            return None  # a bad --set: main's check of the config names it
+        try:  # the growth's own rules (a run whose last round was cut cannot grow)
+            check_resume(config, budget_given=True)
+        except UsageError as err:
+            return "--budget", str(err.expected), ns.budget
+    if not ns.set and not grows:
+        return ("--set", "with --refit-from, the final pass's " + ", ".join(FINAL_PASS_FIELDS)
+                + "=N or a larger --budget", ns.set)
     return None
 
 
@@ -148,18 +166,24 @@ def run_synthetic_row(ns, target: str, seed: int) -> dict:
 
     config = (refit_config if refit else synthetic_config)(ns, target, seed, out)
     started = time.perf_counter()
-    run_synthetic(config)
+    run_synthetic(config, budget_given=True)
     wall = time.perf_counter() - started
     report = json.loads((out / "report.json").read_text())
     extra, evaluation = report["extra"], report["evaluation"]
     settings = _parse_sets(ns.set)
+    method = "synthetic"
     if refit:
         source = json.loads((_source(ns, seed) / ROW_NAME).read_text()) \
             if (_source(ns, seed) / ROW_NAME).is_file() else {}
         settings = {**source.get("settings", {}), **settings}
-    row = {"method": "synthetic" if not refit else "synthetic, final pass " + " ".join(ns.set),
+        grown = extra.get("budget_grown")
+        method = ", ".join(["synthetic"] + ([f"grown from {grown['from']:,}"] if grown else [])
+                           + (["final pass " + " ".join(ns.set)] if ns.set else []))
+    row = {"method": method,
            "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
            "settings": settings, "refit_of": _source(ns, seed).name if refit else None,
+           "sent_this_session": extra.get("sent_this_session"),
+           "budget_grown": extra.get("budget_grown"),
            "final_pass": extra.get("final_pass"),
            "first_flagged": first_flags(out, ns.detector) if ns.flags else None,
            "victim_acc": evaluation["victim_acc"], "surrogate_acc": evaluation["surrogate_acc"],
@@ -210,9 +234,14 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
     if any(r.get("refit_of") for r in rows):
         lines += ["", "A row `synthetic, final pass ...` is a finished run's final pass trained "
                   "again with those settings (`--refit-from`): no query sent, the same answers; "
-                  "its seconds are the run's until its last round plus this retraining "
-                  "session's (the journal's answers read back, the rounds rendered again, the "
-                  "final pass), its whole-run column this session's alone."]
+                  "a row `synthetic, grown from B` is a finished run of B queries resumed with "
+                  "the larger budget: its answers read back, the rounds continued to the "
+                  "budget (only the new queries sent), the final pass on every answer. Their "
+                  "seconds are the run's until its last round plus this session's (the "
+                  "journal's answers read back, the rounds rendered again, the final pass), "
+                  "their whole-run column this session's alone. Queries paid this session:", ""]
+        lines += [f"- {r['method']} s{r['seed']}: {r.get('sent_this_session', 0):,} of "
+                  f"{r['budget']:,}" for r in rows if r.get("refit_of")]
     lines += runs.flag_lines(rows)
     lines += ["", "Curves (surrogate accuracy; synthetic: the online surrogate at each point, "
               "the final pass at the budget):", ""]
@@ -257,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"read back finished runs' {ROW_NAME} instead of running them")
     parser.add_argument("--refit-from", metavar="DIR",
                         help="retrain the final pass of the finished runs DIR/synthetic_s<seed> "
-                        "with --set's final-pass settings (epochs=N): each run is copied to "
-                        "--out first and resumed there; no query is sent")
+                        "with --set's final-pass settings (epochs=N), or grow them to a larger "
+                        "--budget: each run is copied to --out first and resumed there; only "
+                        "the queries beyond its budget are sent")
     parser.add_argument("--out", default="runs/synthetic_bench")
     ns = parser.parse_args(argv)
     if runs.victims_error(parser, ns.victims):

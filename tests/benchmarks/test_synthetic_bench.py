@@ -47,14 +47,14 @@ def test_bad_flags_are_one_line_exit_2_and_nothing_written(victims, tmp_path, ca
     (["--set", "epochs=10", "--methods", "synthetic", "knockoff"], "--methods", "synthetic"),
     (["--set", "epochs=10", "--seeds", "0", "1"], "--refit-from", "finished runs"),
     (["--set", "epochs=10", "--budget", "500"], "--budget", "the runs' budget (1000)"),
+    ([], "--set", "epochs=N or a larger --budget"),  # nothing would change
+    (["--budget", "1000"], "--set", "epochs=N or a larger --budget"),
+    (["--budget", "2000", "--set", "epochs=0"], "--set", "SyntheticConfig"),
 ])
 def test_refit_refusals_name_the_argument_before_anything_is_copied(victims, tmp_path, capsys,
                                                                     args, named, expected):
     folder, test = victims
-    finished = tmp_path / "runs" / "synthetic_s0"  # seed 0 finished, seed 1 absent
-    finished.mkdir(parents=True)
-    (finished / "config.json").write_text('{"budget": 1000}')
-    (finished / "report.json").write_text("{}")
+    _finished(tmp_path, '{"budget": 1000}')  # seed 0 finished, seed 1 absent
     out = tmp_path / "out"
     code = main(["--victims", str(folder), "--test-set", str(test), "--out", str(out),
                  "--refit-from", str(tmp_path / "runs"), *args])
@@ -62,6 +62,33 @@ def test_refit_refusals_name_the_argument_before_anything_is_copied(victims, tmp
     assert code == 2
     assert len(err) == 1 and named in err[0] and expected in err[0], err
     assert not out.exists()
+
+
+def _finished(tmp_path, config: str):
+    finished = tmp_path / "runs" / "synthetic_s0"
+    finished.mkdir(parents=True)
+    (finished / "config.json").write_text(config)
+    (finished / "report.json").write_text("{}")
+    return finished
+
+
+def test_refit_grows_runs_to_a_larger_budget_unless_their_last_round_was_cut(victims,
+                                                                              tmp_path, capsys):
+    from benchmarks.synthetic_bench import _refit_error
+
+    finished = _finished(tmp_path, '{"budget": 1050, "round_size": 100}')
+    ns = SimpleNamespace(methods=["synthetic"], set=[], seeds=[0], budget=2000,
+                         refit_from=str(tmp_path / "runs"))
+    assert _refit_error(ns) is None and ns.budget == 2000  # round 11 (of 50) never planned
+    (finished / "queries").mkdir()
+    (finished / "queries" / "r000011.npz").write_bytes(b"")
+    folder, test = victims
+    out = tmp_path / "out"
+    code = main(["--victims", str(folder), "--test-set", str(test), "--out", str(out),
+                 "--refit-from", str(tmp_path / "runs"), "--budget", "2000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--budget" in err[0], err
+    assert "last round (11) was cut to 50" in err[0] and not out.exists()
 
 
 def _row(method, seed, acc, **extra):
@@ -88,3 +115,11 @@ def test_page_keeps_a_variants_renderer_columns_and_puts_methods_side_by_side():
     assert knockoff.count("n/a") == 5  # never answered; victim, renderer, search, surrogate
     assert "| class | victim | screen 4 | knockoff-mobilenet |" in lines
     assert "| 0 | 1.00 | 0.50 | 0.30* |" in lines
+
+
+def test_page_says_how_many_queries_a_grown_run_paid_this_session():
+    grown = _row("synthetic, grown from 500", 0, 0.7, classes_never_answered=[],
+                 seconds_per_1000={}, refit_of="synthetic_s0", sent_this_session=500)
+    ns = SimpleNamespace(budget=1000, model="m", test_limit=None, test_set="t.npz", set=[])
+    lines = _markdown([grown], ns, "load 1").splitlines()
+    assert "- synthetic, grown from 500 s0: 500 of 1,000" in lines
