@@ -4,15 +4,16 @@ What Knockoff Nets (Orekondy et al. 2019) and Atli et al. 2020 report for an att
 and the surrogate's test accuracy and their ratio, fidelity (top-1 agreement) on the test set, on
 held-out transfer images and on uniform noise, the number of queries paid, accuracy and fidelity
 against the number of queries, and per-class accuracy (classes the surrogate copies poorly, below
-50%, are flagged). ``extra["victim"]`` (what `attack.victim.Victim.describe` says, plus the
-victim accuracy measured through that path and `attack.victim.consistency`'s warnings) becomes
-the "Victim" section: how the victim was queried (interface, signature, input range and how it
-was decided, the output used and its kind, probe queries), so a report never states a victim
-accuracy without saying how it was measured. Reference numbers from the papers, when the caller
-passes them in ``extra["anchors"]``, are tabled beside ours. ``report.json`` holds everything;
-the Markdown file is for people; the plots are drawn with matplotlib's Agg canvas (no display,
-no global backend change). Every file is written atomically: a temp file in RUN_DIR, then
-`os.replace`.
+50%, are flagged) beside per-class agreement with the victim, so that a class the surrogate misses
+because the victim itself does is told from one it failed to copy. ``extra["victim"]`` (what
+`attack.victim.Victim.describe` says, plus the victim accuracy measured through that path and
+`attack.victim.consistency`'s warnings) becomes the "Victim" section: how the victim was queried
+(interface, signature, input range and how it was decided, the output used and its kind, probe
+queries), so a report never states a victim accuracy without saying how it was measured. Reference
+numbers from the papers, when the caller passes them in ``extra["anchors"]``, are tabled beside
+ours. ``report.json`` holds everything; the Markdown file is for people; the plots are drawn with
+matplotlib's Agg canvas (no display, no global backend change). Every file is written atomically: a
+temp file in RUN_DIR, then `os.replace`.
 """
 
 from __future__ import annotations
