@@ -191,6 +191,7 @@ def run_synthetic_row(ns, target: str, seed: int) -> dict:
            **class_counts(evaluation["per_class_surrogate"]),
            "per_class_victim": evaluation["per_class_victim"],
            "per_class_surrogate": evaluation["per_class_surrogate"],
+           "per_class_agreement": evaluation.get("per_class_agreement"),
            "classes_never_answered": extra["classes_never_answered"],
            "online_at_budget": (extra.get("online_surrogate_at_budget") or {}).get(
                "surrogate_acc"),
@@ -250,7 +251,8 @@ def _markdown(rows: list[dict], ns, load: str) -> str:
             f"{p['queries']:,}: {p['surrogate_acc']:.4f}" for p in r["curve"])
             + (f" (online at the budget {r['online_at_budget']:.4f})"
                if r.get("online_at_budget") is not None else ""))
-    lines += ["", f"Per class, test accuracy (mean over seeds; * below {LOW:.0%}):", "",
+    lines += ["", "Per class, test accuracy and (where measured) agreement with the victim on "
+              f"the class's test images (mean over seeds; * below {LOW:.0%}):", "",
               *per_class_table(rows)]
     return "\n".join(lines) + "\n"
 
