@@ -205,10 +205,11 @@ def run_synthetic_row(ns, target: str, seed: int) -> dict:
 
 
 def _markdown(rows: list[dict], ns, load: str) -> str:
+    settings = "the runs' own" if getattr(ns, "refit_from", None) else "defaults"
     lines = [f"# Procedural-prior thief, {ns.budget:,} queries per run", "",
              f"Victim `{ns.model}` served by the embedded server (own process), gRPC; test: "
              f"{ns.test_limit or 'all'} images of `{Path(ns.test_set).name}`; settings "
-             f"{_parse_sets(ns.set) or 'defaults'}. Load at the start: {load}.", "",
+             f"{_parse_sets(ns.set) or settings}. Load at the start: {load}.", "",
              "| method | seeds | surrogate acc (mean ± sd) | ratio | fidelity | classes < 50% "
              "| at 0% | never answered | victim s/1k | render s/1k | search s/1k "
              "| surrogate s/1k | whole run s/1k |", "|---" * 13 + "|"]
