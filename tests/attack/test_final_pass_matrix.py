@@ -12,7 +12,8 @@ labels only) over REST. The server itself records every image it runs and what i
 a refit sends nothing; the final pass trains on exactly the images the victim answered, each
 once, with exactly its answers (as probabilities, or one-hot top-1 for a label-only victim);
 the report's victim accuracy is the reference export's (the range and output were read
-right). All slow: a tiny matrix trained and exported once, 10-30 s a run on 2 shared cores.
+right). All slow: the matrix's five victims trained and exported once (12 s at load 4 on 2
+cores), then 15-25 s a case; the four cases took 5.5 min at load 11.
 """
 
 from __future__ import annotations
