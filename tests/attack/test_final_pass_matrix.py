@@ -13,7 +13,7 @@ a refit sends nothing; the final pass trains on exactly the images the victim an
 once, with exactly its answers (as probabilities, or one-hot top-1 for a label-only victim);
 the report's victim accuracy is the reference export's (the range and output were read
 right). All slow: the matrix's five victims trained and exported once (12 s at load 4 on 2
-cores), then 15-25 s a case; the four cases took 5.5 min at load 11.
+cores; the first case 24 s there); the whole file took 5.5 min at load 11.
 """
 
 from __future__ import annotations
