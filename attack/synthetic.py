@@ -818,6 +818,7 @@ example (the GTSRB victim, 100,000 rendered queries, no natural image):
       --test-set ../shared/data/gtsrb32_uint8_npy.tar.xz --out runs/synthetic_gtsrb
   # natural crops as one background kind: --transfer-set SPEC; a REST victim: --rest URL
   # interrupted? the same command with --resume continues without re-sending answered queries
+  # more queries? the same command with --resume --budget N pays only the N - budget new ones
 """
 
 
