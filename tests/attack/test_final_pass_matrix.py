@@ -10,10 +10,13 @@ gRPC and REST: `keras_export` (plain `model.export()`, float [0, 1] in, logits o
 labels only) over REST. The server itself records every image it runs and what it answered
 (`LoadedVersion.run`, under both transports), so the checks are the wire's, not the client's:
 a refit sends nothing; the final pass trains on exactly the images the victim answered, each
-once, with exactly its answers (as probabilities, or one-hot top-1 for a label-only victim);
-the report's victim accuracy is the reference export's (the range and output were read
-right). All slow: the matrix's five victims trained and exported once (12 s at load 4 on 2
-cores; the first case 24 s there); the whole file took 5.5 min at load 11.
+once, with exactly its answers (as probabilities, or one-hot top-1 for a label-only victim),
+and a finished run resumed with another ``--final-epochs`` trains it again from the start on
+the same images and targets, sending nothing; the report's victim accuracy is the reference
+export's (the range and output were read right). All slow: the matrix's five victims trained
+and exported once (12 s at load 4 on 2 cores; the first case 24 s there); on the shared
+machine the four cases took 5.5 min at load 11 (before the data-free resume was added), the
+two data-free cases with it 9.7 min at load 15-22.
 """
 
 from __future__ import annotations
@@ -230,3 +233,24 @@ def test_datafree_final_pass_on_a_foreign_export_learns_exactly_the_answered_que
     assert extra["online_surrogate_at_budget"]["victim_acc"] == head["victim_acc"]
     # measured 0.615 (float11) and 0.59 (labels); a constant answer gets 0.47
     assert head["fidelity_test"] > matrix.majority + 0.05, (head, matrix.majority)
+
+    # a finished run resumed with another final pass: the pass alone, nothing sent
+    served.clear()
+    fitted.clear()
+    assert main([*args, "--resume", "--final-epochs", "3"]) == 0, capsys.readouterr().err
+    assert _images_served(served, name) == 0
+    assert len(fitted) == 1  # the same images in the same order, the same targets
+    np.testing.assert_array_equal(fitted[0][0], images)
+    np.testing.assert_array_equal(fitted[0][1], targets)
+    again = _report(out)
+    assert again["extra"]["sent_this_session"] == 0
+    final_pass = again["extra"]["final_pass"]
+    assert (final_pass["epochs"], final_pass["examples"]) == (3, budget)
+    assert final_pass["first_epoch_this_session"] == 0  # another length: trained from the start
+    assert again["evaluation"]["victim_acc"] == head["victim_acc"]
+
+    def measured(point: dict) -> dict:
+        return {k: v for k, v in point.items() if k != "seconds"}
+
+    assert measured(again["extra"]["online_surrogate_at_budget"]) == measured(
+        extra["online_surrogate_at_budget"])  # the online surrogate restored, measured again
