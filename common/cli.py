@@ -36,6 +36,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -69,6 +70,9 @@ __all__ = [
 T = TypeVar("T")
 
 _NONE_WORDS = ("none", "null")
+# What argparse takes for a value, not a flag, after a flag: negative numbers, and
+# comma-separated lists of numbers that start with one (``-1,1``, ``-0.5,0.5``).
+_NEGATIVE_VALUES = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d*\.?\d+(,-?\d*\.?\d+)+$")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -79,8 +83,14 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error: ``prog: error: message (see prog --help)``, exit 2.
 
     Stock argparse prints the whole usage (25 lines for an attack) before the line that
-    matters; the usage is one ``--help`` away.
+    matters; the usage is one ``--help`` away. A value made of negative numbers, such as
+    ``--input-range -1,1``, is a value, not an unknown flag (stock argparse knows only ``-1``
+    and ``-.5`` and stops with "expected one argument"); no flag of ours starts with a digit.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_VALUES
 
     def error(self, message: str) -> typing.NoReturn:
         message = " ".join(str(message).split())

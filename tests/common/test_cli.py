@@ -319,3 +319,20 @@ def test_an_out_file_that_exists_may_be_overwritten(tmp_path):
     assert parse_config(FileJob, ["--out", str(tmp_path / "samples.npz")]).out.endswith("npz")
     with pytest.raises(UsageError, match="is a folder"):
         parse_config(FileJob, ["--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("value", ["-1,1", "-0.5,0.5", "-1", "-.5"])
+def test_a_value_of_negative_numbers_is_a_value_not_a_flag(value, capsys):
+    """``--input-range -1,1`` (the form every attack's help shows) reached argparse as an
+    unknown flag: "expected one argument", exit 2, on every attack command line."""
+    assert sample_main(["--dataset", "d", "--mode", value]) == 2  # a value, refused as a choice
+    assert f"invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_an_attack_takes_input_range_minus_one_one_as_typed():
+    from attack.knockoff import KnockoffConfig
+
+    config = parse_config(KnockoffConfig, ["--grpc", "localhost:8500", "--model", "m",
+                                           "--transfer-set", "x", "--input-range", "-1,1"],
+                          prog="python -m attack")
+    assert config.input_range == "-1,1"
