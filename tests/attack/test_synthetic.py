@@ -398,7 +398,9 @@ def test_matrix_victims_with_foreign_signatures(matrix, name, hyper, tmp_path):
     assert result.victim["input_range"] == entry.input_range
     assert result.victim["output_kind"] == entry.kind
     assert result.queries == 1200
-    assert result.headline["fidelity_test"] > 0.45, result.headline  # chance: 1/5
+    # The victim's most common answer is already 0.47 of these 200 images: a surrogate that
+    # answered one class would pass a bar at chance (1/5); measured 0.62-0.725.
+    assert result.headline["fidelity_test"] > 0.57, result.headline
     if hyper:  # 4 rounds of 300: 75 natural each; rounds 2-4 screen 2 x 225 rendered
         extra = json.loads((tmp_path / "run" / "report.json").read_text())["extra"]
         assert (extra["natural_queries"], extra["screened_candidates"]) == (300, 1350), extra
