@@ -63,11 +63,11 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -183,12 +183,6 @@ class SyntheticConfig(AttackConfig):
     out: str = field(default="runs/synthetic", metadata={
         "help": "run directory (config, journal, query theta, state, surrogate, report)",
         "metavar": "RUN_DIR"})
-    resume_changes: ClassVar[Mapping[str, str]] = MappingProxyType({
-        **RESUME_CHANGES, "epochs": REDO_FINAL_PASS, "budget": REDO_EXTEND})
-    """Besides the shared ones: ``epochs`` (no query depends on it: the final pass, and with
-    ``--online-passes 0`` the curve's points, trained again) and a larger ``budget`` (the rounds
-    continue, then the final pass on every answer)."""
-
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fields(self)
@@ -202,6 +196,15 @@ class SyntheticConfig(AttackConfig):
             raise invalid("screen", self.screen, "1 unless --online-passes > 0 (the online "
                           "surrogate screens the candidates)")
 
+
+# Set after the class, not annotated ``ClassVar`` in its body: run as ``__main__`` through runpy
+# without altering sys.modules (the startup tests), dataclasses cannot resolve the string
+# annotation and would take it for a field with a mutable default.
+SyntheticConfig.resume_changes = MappingProxyType({
+    **RESUME_CHANGES, "epochs": REDO_FINAL_PASS, "budget": REDO_EXTEND})
+"""What ``--resume`` may change besides the shared `RESUME_CHANGES`: ``epochs`` (no query
+depends on it: the final pass, and with ``--online-passes 0`` the curve's points, trained
+again) and a larger ``budget`` (the rounds continue, then the final pass on every answer)."""
 
 FINAL_PASS_FIELDS = resume_fields(SyntheticConfig, REDO_FINAL_PASS)
 """Settings no query depends on (the online rounds never read them): ``--resume`` may change
