@@ -82,12 +82,11 @@ def fidelity(a_probs: Any, b_probs: Any) -> float | None:
 
 
 def _per_class_share(
-    hits: np.ndarray, labels: Any, class_names: Sequence[str]
+    hits: np.ndarray, truth: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, float | None]:
-    """The mean of boolean `hits` [N] over the rows of each true class, per class name in
-    class order; None for a class without rows."""
-    truth = top1(labels, "labels")
-    _same_length(hits, truth, ("pred", "labels"))
+    """The mean of boolean `hits` [N] over the rows of each true class (`truth`: class indices
+    [N], as `top1` gives them, lengths checked by the caller), per class name in class order;
+    None for a class without rows."""
     names = [str(name) for name in class_names]
     if len(truth) and (truth.min() < 0 or truth.max() >= len(names)):
         raise invalid("labels", f"labels in [{truth.min()}, {truth.max()}]",
