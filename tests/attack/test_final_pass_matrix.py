@@ -12,7 +12,8 @@ labels only) over REST. The server itself records every image it runs and what i
 a refit sends nothing; the final pass trains on exactly the images the victim answered, each
 once, with exactly its answers (as probabilities, or one-hot top-1 for a label-only victim),
 and a finished run resumed with another ``--final-epochs`` trains it again from the start on
-the same images and targets, sending nothing; the report's victim accuracy is the reference
+the same images and targets, sending nothing; a run grown with ``--resume --budget N`` sends
+exactly the new queries; the report's victim accuracy is the reference
 export's (the range and output were read right). All slow: the matrix's five victims trained
 and exported once (12 s at load 4 on 2 cores; the first case 24 s there); on the shared
 machine the four cases took 5.5 min at load 11 (before the data-free resume was added), the
@@ -254,3 +255,30 @@ def test_datafree_final_pass_on_a_foreign_export_learns_exactly_the_answered_que
 
     assert measured(again["extra"]["online_surrogate_at_budget"]) == measured(
         extra["online_surrogate_at_budget"])  # the online surrogate restored, measured again
+
+
+# -- the synthetic thief's budget growth: --resume --budget N -------------------------------------
+def test_synthetic_budget_growth_on_a_foreign_export_pays_only_the_new_queries(
+        matrix, served, tmp_path, capsys):
+    """`keras_export` (plain `model.export()`, float [0, 1] in, logits out) over REST: a run of
+    600 queries grown to 900 sends exactly the 300 new ones (no probe, no test image again),
+    and reads the new answers as the logits they are."""
+    from attack.synthetic import main
+
+    name = "keras_export"
+    out = tmp_path / "run"
+    args = [*_endpoint(matrix, name, "rest"), *SURROGATE, "--round-size", "300",
+            "--epochs", "1", "--test-set", matrix.test_file, "--out", str(out)]
+    assert main([*args, "--budget", "600"]) == 0, capsys.readouterr().err
+    first = _report(out)
+
+    served.clear()
+    assert main([*args, "--budget", "900", "--resume"]) == 0, capsys.readouterr().err
+    assert _images_served(served, name) == 300
+    report = _report(out)
+    assert report["extra"]["sent_this_session"] == 300
+    assert report["extra"]["budget_grown"] == {"from": 600, "to": 900}
+    assert report["evaluation"]["n_queries"] == 900
+    assert report["extra"]["victim"]["output_kind"] == "logits"
+    assert report["evaluation"]["victim_acc"] == first["evaluation"]["victim_acc"]
+    assert json.loads((out / "config.json").read_text())["budget"] == 900
