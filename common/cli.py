@@ -23,6 +23,15 @@ values, and a field without a default is a required flag. `run_cli` gives every 
   with the command that continues the work: for a config with a ``resume`` flag whose ``out``
   folder holds a run, the same command with ``--resume``; otherwise the hint given to `run_cli`.
 
+Which flags the user typed, as against defaults, is recorded by the parser itself: each field's
+argparse action notes its field when argparse applies a value from the command line, whatever
+the spelling argparse accepted (``--budget 5``, ``--budget=5``, the abbreviation ``--bud 5``,
+``--no-augment``, a value of negative numbers). `typed_fields(cls, argv)` returns those field
+names, so a command can tell a typed ``--budget 100000`` from the default 100000 without
+scanning argv by hand; `typed_in(namespace)` reads the record of a namespace parsed by a parser
+that `add_dataclass_arguments` built (an ``@file`` argument, where a parser allows them, counts
+as typed).
+
 `save_config` / `load_config` write a config as JSON into the run or output directory and read
 it back.
 """
@@ -65,6 +74,8 @@ __all__ = [
     "report_usage_error",
     "run_cli",
     "save_config",
+    "typed_fields",
+    "typed_in",
 ]
 
 T = TypeVar("T")
@@ -95,6 +106,31 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         message = " ".join(str(message).split())
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# The namespace attribute in which the actions below note the fields typed on the command line.
+_TYPED = "_cli_typed_fields"
+
+
+def _note_typed(namespace: argparse.Namespace, dest: str) -> None:
+    vars(namespace).setdefault(_TYPED, set()).add(dest)
+
+
+class _Store(argparse.Action):
+    """argparse's ``store``, noting the field as typed. argparse calls an action only for an
+    argument found on the command line, never for a default, so the note is exactly "typed"."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        _note_typed(namespace, self.dest)
+
+
+class _BooleanOptional(argparse.BooleanOptionalAction):
+    """``--x/--no-x``, noting the field as typed (either spelling)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        _note_typed(namespace, self.dest)
 
 
 # What the command being run parsed: flags and values of its config, for messages and hints.
@@ -198,8 +234,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kwargs["default"] = default
         if ftype.base is bool and not ftype.sequence and not ftype.optional:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["action"] = _BooleanOptional
         else:
+            kwargs["action"] = _Store
             kwargs["type"] = _converter(ftype, flag)
             if ftype.sequence:
                 kwargs["nargs"] = "*"
@@ -270,6 +307,22 @@ def parse_config(
     config = config_from_args(cls, namespace)
     check_outputs(config)
     return config
+
+
+def typed_in(namespace: argparse.Namespace) -> frozenset[str]:
+    """The fields whose flags were typed in the command line `namespace` was parsed from (by a
+    parser built with `add_dataclass_arguments`); fields left at their defaults are not in it."""
+    return frozenset(vars(namespace).get(_TYPED, ()))
+
+
+def typed_fields(cls: type, argv: Sequence[str] | None = None) -> frozenset[str]:
+    """The fields of config dataclass `cls` that `argv` (sys.argv[1:] when None) sets on the
+    command line, in any spelling its parser accepts: ``{"budget"}`` for ``--budget 100000``,
+    ``--budget=100000`` or ``--bud 100000``, nothing for a budget left at its default of
+    100000. Parses `argv` with `cls`'s parser (`build_parser`), so a bad command line exits as
+    `parse_config` does: call it once the config is parsed (inside `run_cli`)."""
+    parser = build_parser(cls)
+    return typed_in(parser.parse_args(None if argv is None else list(argv)))
 
 
 def _remember(cls: type, namespace: argparse.Namespace) -> None:

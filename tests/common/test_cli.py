@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from common.cli import (
+    ArgumentParser,
+    add_dataclass_arguments,
     as_flags,
     build_parser,
     config_to_dict,
@@ -21,6 +24,8 @@ from common.cli import (
     report_usage_error,
     run_cli,
     save_config,
+    typed_fields,
+    typed_in,
 )
 from common.errors import UsageError, invalid
 
@@ -336,3 +341,60 @@ def test_an_attack_takes_input_range_minus_one_one_as_typed():
                                            "--transfer-set", "x", "--input-range", "-1,1"],
                           prog="python -m attack")
     assert config.input_range == "-1,1"
+
+
+# -- the parser's record of the flags typed (typed_fields / typed_in) --------------------------
+
+
+@dataclass(frozen=True)
+class TypedConfig:
+    """Every kind of field, each with a default the user may or may not type."""
+
+    budget: int = 100_000
+    input_range: str = "0,255"
+    step: float = field(default=0.1, metadata={"flag": "--lambda"})
+    augment: bool = True
+    limit: int | None = None
+    classes: tuple[str, ...] = ()
+    secret: str = field(default="hidden", metadata={"cli": False})
+
+
+@pytest.mark.parametrize("argv, typed", [
+    ([], set()),  # every field at its default: none typed
+    (["--budget", "100000"], {"budget"}),  # the default's value, typed: typed
+    (["--budget=100000"], {"budget"}),
+    (["--bud", "5"], {"budget"}),  # argparse's abbreviation
+    (["--bud=5", "--inp", "-1,1"], {"budget", "input_range"}),
+    (["--input-range", "-1,1"], {"input_range"}),  # negative numbers: a value, not a flag
+    (["--input-range=-1,1"], {"input_range"}),
+    (["--lambda", "-0.5"], {"step"}),  # a flag named in metadata, a negative number
+    (["--no-augment"], {"augment"}),
+    (["--augment"], {"augment"}),  # typed even where it repeats the default
+    (["--no-aug"], {"augment"}),
+    (["--augment", "--no-augment"], {"augment"}),
+    (["--limit", "none"], {"limit"}),  # typed although the value is None
+    (["--classes"], {"classes"}),  # no values: the empty tuple, typed
+    (["--classes", "cat", "dog", "--budget", "7"], {"classes", "budget"}),
+])
+def test_typed_fields_are_the_flags_on_the_command_line_in_any_spelling(argv, typed):
+    assert typed_fields(TypedConfig, argv) == typed
+
+
+def test_typed_fields_reads_sys_argv_by_default_and_exits_on_a_bad_command_line(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["prog", "--lam", "0.5"])
+    assert typed_fields(TypedConfig) == {"step"}
+    with pytest.raises(SystemExit) as exc:  # as parse_config does
+        typed_fields(TypedConfig, ["--secret", "x"])  # a field off the command line
+    assert exc.value.code == 2
+
+
+def test_the_record_is_kept_by_any_parser_of_the_fields_and_never_reaches_the_config(tmp_path):
+    parser = ArgumentParser(fromfile_prefix_chars="@")  # a parser that reads @file arguments
+    add_dataclass_arguments(parser, TypedConfig)
+    (tmp_path / "args.txt").write_text("--budget\n600\n--no-augment\n")
+    namespace = parser.parse_args([f"@{tmp_path / 'args.txt'}", "--input-range", "-1,1"])
+    assert typed_in(namespace) == {"budget", "augment", "input_range"}
+    assert (namespace.budget, namespace.augment, namespace.step) == (600, False, 0.1)
+    assert typed_in(argparse.Namespace(budget=5)) == frozenset()  # parsed by nobody's actions
+    config = parse_config(SampleConfig, ["--dataset", "d", "--batch-size", "8"])
+    assert config == SampleConfig(dataset="d", batch_size=8)  # parse_config is unchanged
