@@ -88,6 +88,8 @@ def attack_figures(ctx: Context, step: str) -> dict[str, Any]:
         out["curve"] = report["curve"]
     out["per_class_surrogate"] = e.get("per_class_surrogate")
     out["per_class_victim"] = e.get("per_class_victim")
+    # None in a report written before agreement was measured: the page shows "not measured"
+    out["per_class_agreement"] = e.get("per_class_agreement") or None
     return out
 
 

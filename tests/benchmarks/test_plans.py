@@ -4,6 +4,7 @@ command is its module's own config, and its command line parses back to an equal
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from attack.config import KnockoffConfig
 from benchmarks import reproduce
 from benchmarks.full_data import DATASETS
 from benchmarks.harness import SERVER, Command, Context
-from benchmarks.study import SCALES
+from benchmarks.study import SCALES, attack_figures
 from common.cli import build_parser, config_from_args
 from detector.ood import DetectorConfig
 
@@ -128,3 +129,23 @@ def test_a_command_resumes_its_run_and_skips_what_is_done(tmp_path):
     assert not command.skipped()
     done.write_bytes(b"")
     assert command.skipped()
+
+
+@pytest.mark.parametrize("agreement, read", [
+    ({"0": 0.75, "1": None}, {"0": 0.75, "1": None}),
+    ({}, None),  # an evaluation made before agreement existed: an empty table
+    (None, None),  # a report without the key
+])
+def test_attack_figures_read_the_per_class_tables_of_the_report(tmp_path, agreement, read):
+    evaluation = {"victim_acc": 0.9, "surrogate_acc": 0.6, "ratio": 0.667, "n_queries": 100,
+                  "per_class_victim": {"0": 1.0, "1": None},
+                  "per_class_surrogate": {"0": 0.5, "1": None}}
+    if agreement is not None:
+        evaluation["per_class_agreement"] = agreement
+    (tmp_path / "step" / "run").mkdir(parents=True)
+    (tmp_path / "step" / "run" / "report.json").write_text(json.dumps({"evaluation": evaluation}))
+    figures = attack_figures(Context(data=tmp_path, out=tmp_path), "step")
+    assert figures["per_class_surrogate"] == {"0": 0.5, "1": None}
+    assert figures["per_class_victim"] == {"0": 1.0, "1": None}
+    assert figures["per_class_agreement"] == read
+    assert figures["ratio"] == 0.667 and "curve" not in figures
