@@ -90,11 +90,13 @@ def _gtsrb_rows(results: dict[str, dict[str, Any]]) -> list[str]:
     rare = " and ".join(f"{_pct(per_class.get(name))}"
                         + (f" (agreement {_pct(agreement[name])})" if name in agreement else "")
                         for name in ("21", "39"))
+    by_agreement = ("agreement with the victim not measured (a run made before it was)"
+                    if poor["agreement"] is None else f"{len(poor['agreement'])} below {low:.0%}"
+                    " agreement with the victim on their test images")
     return [f"{len(poor['accuracy'])} of {known} GTSRB classes below {low:.0%} surrogate accuracy "
-            f"(Atli et al.: classes 21 and 39 at 0%), {_count(poor['agreement'])} below "
-            f"{low:.0%} agreement with the victim on their test images; of the first, "
-            f"{len(poor['victim_too'])} where the victim itself is below {low:.0%} too. "
-            f"Classes 21 and 39 here: {rare}.", "",
+            f"(Atli et al.: classes 21 and 39 at 0%), {len(poor['victim_too'])} of them where "
+            f"the victim itself is below {low:.0%} too; {by_agreement}. Classes 21 and 39 "
+            f"here: {rare}.", "",
             *per_class_table([{**f, "method": "surrogate"}])]
 
 
