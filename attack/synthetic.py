@@ -51,6 +51,20 @@ again on all N answers; only the N - old new queries are paid. `SyntheticConfig.
 declares both (`attack.config.RESUME_CHANGES`). `sent_queries` gives back a run's stream exactly
 as the victim received it (for the detectors' replay).
 
+``--granularity top1`` (or ``topk:K``) learns from what a label-only (top-k) API would have
+answered: each answer is cut to its top-1 (one-hot) or top-k (renormalised) by
+`attack.responses.apply_granularity`, the meaning Knockoff's flag has, as it arrives and
+before anything reads it: the elites (a theta's score for class c is then 1 when the victim
+answered c, 0 otherwise), the per-class counts, the screen, the online updates, the final
+pass and the curve. Against a victim that already answers top-1 the run sends the same
+queries with or without the flag; against one that answers probabilities the flag makes the
+run a top-1 thief's, query for query. As in Knockoff, the journal keeps the raw answers (what
+was paid for) and a resumed run applies the granularity again as it reads them back;
+``--granularity`` is not among the settings a resume may change (another one would have
+steered the search elsewhere: `prepare_run_dir` refuses it). ``topk:K`` with K above the
+victim's classes is refused once its signature is read, before any query. The report's
+``extra.granularity`` and ``extra.trained_on`` say what the surrogate learnt from.
+
 This is a new combination, not a published attack: the prior plays the role of Truong et al.'s
 and Kariyappa et al.'s generators (DFME, MAZE: `attack.datafree`), the victim-guided elites that
 of a quality-diversity search (one elite set per class, as MAP-Elites keeps one per niche).
@@ -81,6 +95,7 @@ from attack.config import (
     saved_run_config,
 )
 from attack.generated import GeneratedAttack, GeneratedRun, prefixed, run_generated
+from attack.knockoff import check_granularity
 from attack.pipeline import (
     ExtractionResult,
     answers_as_probabilities,
@@ -92,6 +107,7 @@ from attack.pipeline import (
     surrogate_trainer,
 )
 from attack.prior import PRIOR_VERSION, ImagePrior
+from attack.responses import apply_granularity, parse_granularity
 from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
@@ -180,12 +196,19 @@ class SyntheticConfig(AttackConfig):
         "metavar": "PX", "min": 8})
     epochs: int = field(default=10, metadata={
         "help": "epochs of the final pass over every answer", "min": 1})
+    granularity: str = field(default="probs", metadata={
+        "help": "learn from: probs (what the victim returns), top1 (its top-1 label, one-hot: "
+                "a label-only thief's run) or topk:K, applied to every answer before the "
+                "search or the surrogate reads it", "metavar": "probs|top1|topk:K",
+        "check": True})
     out: str = field(default="runs/synthetic", metadata={
         "help": "run directory (config, journal, query theta, state, surrogate, report)",
         "metavar": "RUN_DIR"})
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fields(self)
+        if str(parse_granularity(self.granularity)) != self.granularity:  # no other spelling
+            raise invalid("granularity", self.granularity, "probs, top1 or topk:K with K >= 1")
         if self.distribute != "none":
             raise invalid("distribute", self.distribute,
                           "none (the online rounds train on one device)")
@@ -489,6 +512,8 @@ class _SyntheticRun(GeneratedRun):
     def __init__(self, victim, config: SyntheticConfig, natural, test, on_progress, *,
                  budget_given: bool = True) -> None:
         super().__init__(victim, config, test, on_progress)
+        check_granularity(config.granularity, self.num_classes)  # before any query
+        self.granularity = parse_granularity(config.granularity)
         self.budget_given = budget_given
         if config.input_size is None:
             self.kwargs["input_size"] = self.size[0]
@@ -577,7 +602,7 @@ class _SyntheticRun(GeneratedRun):
             self._add("render", started)
         raw = self._ask(first, images)
         started = clock()
-        probs = answers_as_probabilities(self.victim, raw)
+        probs = self._as_learnt(answers_as_probabilities(self.victim, raw))
         if not replaying:
             self.elites.update(theta[natural < 0], probs[natural < 0])
             self.hits["natural"] = self.hits.get("natural", 0) + int((natural >= 0).sum())
@@ -595,6 +620,13 @@ class _SyntheticRun(GeneratedRun):
                      int((self.elites.seen > 0).sum()), self.num_classes)
         if not replaying:
             self._online(round_, count)
+
+    def _as_learnt(self, probs: np.ndarray) -> np.ndarray:
+        """The answers at ``--granularity`` (`apply_granularity`; probs: as received), what
+        every later step reads: the journal keeps them raw, a replay cuts them again."""
+        if self.granularity.kind == "probs":
+            return probs
+        return apply_granularity(probs, self.granularity)
 
     def _natural_indices(self, round_: int, count: int) -> np.ndarray:
         """Indices into the natural pool (`ImagePrior.backgrounds`) of round `round_`'s
@@ -795,10 +827,22 @@ class _SyntheticRun(GeneratedRun):
             "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
             "seconds_per_1000_queries": {k: round(1000 * v / budget, 3)
                                          for k, v in self.seconds.items()},
-            "trained_on": "the victim's answers as probabilities (sharpened at "
-                          f"T={self.config.target_temperature}), online after each round "
-                          "and in a final pass over every answer",
+            "granularity": str(self.granularity),
+            "trained_on": _trained_on(self.granularity, self.config.target_temperature),
         }
+
+
+def _trained_on(granularity, temperature: float) -> str:
+    """What the report says the surrogate learnt from (a truncated run's label first, so no
+    figure of it is read as a probability thief's)."""
+    when = "online after each round and in a final pass over every answer"
+    if granularity.kind == "top1":
+        return f"top1 (one-hot): the victim's top-1 labels only, {when}"
+    if granularity.kind == "topk":
+        return (f"{granularity} (the victim's {granularity.k} highest probabilities, the rest "
+                f"zeroed, renormalised; sharpened at T={temperature}), {when}")
+    return f"the victim's answers as probabilities (sharpened at T={temperature}), {when}"
+
 
 
 def _gather(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@
 The embedded model server runs as its own process over ``--victims`` (a folder with a
 ``models.config``); every run goes through gRPC, one image = one query. ``--methods``:
 ``synthetic`` (`attack.synthetic` with its defaults: the ``cnn`` surrogate from scratch at the
-victim's size; ``--set KEY=VALUE`` overrides a field of its config, e.g. ``round_size=10000``),
+victim's size; ``--set KEY=VALUE`` overrides a field of its config, e.g. ``round_size=10000``; with
+``granularity='"top1"'`` the row, labelled ``synthetic, top1 answers``, is a label-only thief's),
 and the Knockoff rows of `benchmarks.datafree_bench` (``knockoff-mobilenet``: random
 Tiny-ImageNet queries from the ``--knockoff-split`` of the zip, by default train+val: 20,000
 images, MobileNet alpha 0.25 at 96 px from the ImageNet weights in ``--data``,
@@ -179,7 +180,10 @@ def run_synthetic_row(ns, target: str, seed: int) -> dict:
         grown = extra.get("budget_grown")
         method = ", ".join(["synthetic"] + ([f"grown from {grown['from']:,}"] if grown else [])
                            + (["final pass " + " ".join(ns.set)] if ns.set else []))
-    row = {"method": method,
+    granularity = report["config"].get("granularity", "probs")
+    if granularity != "probs":  # a label-only (top-k) thief's row, never the probability row
+        method += f", {granularity} answers"
+    row = {"method": method, "granularity": granularity,
            "seed": seed, "budget": ns.budget, "wall_seconds": round(wall, 1),
            "settings": settings, "refit_of": _source(ns, seed).name if refit else None,
            "sent_this_session": extra.get("sent_this_session"),
