@@ -108,6 +108,7 @@ from attack.pipeline import (
 )
 from attack.prior import PRIOR_VERSION, ImagePrior
 from attack.responses import apply_granularity, parse_granularity
+from common.cli import typed_fields
 from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
@@ -873,10 +874,8 @@ def main(argv=None) -> int:
     """Run the attack with `argv` (default sys.argv[1:]); return the exit code (2: bad input)."""
     from attack.pipeline import attack_main
 
-    typed = [a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv)]
-    given = any(len(a) > 2 and "--budget".startswith(a) for a in typed)  # argparse's prefixes
-
     def run(config: SyntheticConfig, on_progress=None) -> ExtractionResult:
+        given = "budget" in typed_fields(SyntheticConfig, argv)  # in any spelling argparse takes
         return run_synthetic(config, on_progress=on_progress, budget_given=given)
 
     return attack_main(SyntheticConfig, run, argv, prog=PROG, epilog=EPILOG)
