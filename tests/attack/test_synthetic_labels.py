@@ -155,7 +155,7 @@ def test_the_command_line_refuses_topk_above_the_classes_in_one_line(served_vict
     assert_refused(capsys, code, "--granularity", "topk:9", "at most 3", unwritten=out)
 
 
-@pytest.mark.slow  # ~20 s: the pattern victim trained and exported, a run with its final pass
+@pytest.mark.slow  # ~15 s alone: the pattern victim trained and exported, a run with its final pass
 def test_a_keras_export_answering_logits_stolen_from_top1_answers(monkeypatch, tmp_path):
     from attack.surrogate import SurrogateTrainer
     from attack.victim import KerasVictim
@@ -183,4 +183,6 @@ def test_a_keras_export_answering_logits_stolen_from_top1_answers(monkeypatch, t
     assert set(extra["highest_probability_per_class"].values()) <= {0.0, 1.0}
     assert np.isin(_state(run_dir)["elite_score"], (0.0, 1.0)).all()
     assert len(online) == 3 and all(_one_hot(targets) for targets in online)  # one a round
-    assert result.headline["fidelity_test"] > 0.5, result.headline
+    # a surrogate answering one class agrees ~0.47 on these images (the victim's most common
+    # answer); measured 0.805 (accuracy 0.555 against the victim's 0.71)
+    assert result.headline["fidelity_test"] > 0.65, result.headline
