@@ -47,3 +47,9 @@ def served_victim(victim_dir):
     per-client state; tests that need a server of their own start one)."""
     with testing.model_server(config_file=victim_dir / "models.config") as server:
         yield server.target
+
+
+@pytest.fixture(scope="module")
+def colour_model():
+    """The colour victim as an in-process Keras model (0..255 input, logits)."""
+    return colour_victim()

@@ -71,3 +71,34 @@ def killed_keras_victim(model, calls: int | None):
             return super()._call(batch)
 
     return Victim(model, input_range="0,255", output_kind="logits", batch_size=16)
+
+
+SYNTHETIC_SURROGATE = dict(backbone="cnn", weights="none", input_size=16, batch_size=16, epochs=2,
+                           arch_args=("filters=[8,16]", "block_dropout=[0,0]",
+                                      "dense_units=32"))
+"""The tiny surrogate of the procedural-prior thief's tests (`extract_synthetic`)."""
+
+
+def colour_test(model):
+    """200 colour images labelled by `model` (the colour victim): a test set it gets right."""
+    import numpy as np
+
+    from common.data import ImageDataset
+    from serving.testing import COLOUR_CLASSES, colour_images
+
+    images = colour_images(200, seed=2)
+    labels = np.argmax(np.asarray(model(images.astype(np.float32))), axis=1)
+    return ImageDataset(images, labels, COLOUR_CLASSES, "colours-test")
+
+
+def extract_synthetic(victim, run_dir, *, resume=False, test=None, natural=None, epochs=2,
+                      **hyper):
+    """`attack.synthetic.Synthetic(**hyper).extract` against `victim` with the tiny surrogate
+    (`epochs` of final pass), one curve point, no noise."""
+    from attack import Surrogate
+    from attack.synthetic import Synthetic
+
+    hyper = {"curve_points": 1, "noise": 0, **hyper}
+    surrogate = Surrogate(**{**SYNTHETIC_SURROGATE, "epochs": epochs})
+    return Synthetic(**hyper).extract(victim, natural, surrogate=surrogate, run_dir=run_dir,
+                                      resume=resume, test=test)

@@ -25,10 +25,7 @@ from attack.synthetic import (
     shift_images,
 )
 from serving.testing import COLOUR_CLASSES, colour_images
-from tests.attack.helpers import killed_keras_victim
-
-SURROGATE = dict(backbone="cnn", weights="none", input_size=16, batch_size=16, epochs=2,
-                 arch_args=("filters=[8,16]", "block_dropout=[0,0]", "dense_units=32"))
+from tests.attack.helpers import colour_test, extract_synthetic, killed_keras_victim
 
 
 # -- the renderer ------------------------------------------------------------------------------
@@ -169,31 +166,6 @@ def test_shift_images_moves_whole_images():
 
 
 # -- the attack --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def colour_model():
-    from serving.testing import colour_victim
-
-    return colour_victim()
-
-
-def _colour_test(model):
-    from common.data import ImageDataset
-
-    images = colour_images(200, seed=2)
-    labels = np.argmax(np.asarray(model(images.astype(np.float32))), axis=1)
-    return ImageDataset(images, labels, COLOUR_CLASSES, "colours-test")
-
-
-def _extract(victim, run_dir, *, resume=False, test=None, natural=None, epochs=2, **hyper):
-    from attack import Surrogate
-    from attack.synthetic import Synthetic
-
-    hyper = {"curve_points": 1, "noise": 0, **hyper}
-    surrogate = Surrogate(**{**SURROGATE, "epochs": epochs})
-    return Synthetic(**hyper).extract(victim, natural, surrogate=surrogate, run_dir=run_dir,
-                                      resume=resume, test=test)
-
-
 @pytest.mark.slow  # ~20 s each: two runs, a surrogate trained and exported
 @pytest.mark.parametrize("screen,natural_share", [(1, 0.0), (3, 0.3)])
 def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_model, tmp_path,
@@ -205,7 +177,7 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
                  natural=colour_images(120, seed=5) if natural_share else None)
     first = killed_keras_victim(colour_model, calls=9)  # 16 per call: dies in round 2
     with pytest.raises(KeyboardInterrupt):
-        _extract(first, run_dir, **hyper)
+        extract_synthetic(first, run_dir, **hyper)
     if screen > 1:  # round 2's chosen theta were written before any was sent
         with np.load(run_dir / "queries" / "r000002.npz") as block:
             chosen = block["theta"].copy()
@@ -221,7 +193,7 @@ def test_killed_run_resumes_without_paying_and_spends_the_exact_budget(colour_mo
     assert (run_dir / "queries" / "r000002.npz").is_file()  # round 2's theta, kept
 
     second = killed_keras_victim(colour_model, calls=None)
-    result = _extract(second, run_dir, resume=True, **hyper)
+    result = extract_synthetic(second, run_dir, resume=True, **hyper)
     if screen > 1:  # the resumed run sent the stored choice, not a new screen's
         with np.load(run_dir / "queries" / "r000002.npz") as block:
             np.testing.assert_array_equal(block["theta"], chosen)
@@ -257,8 +229,8 @@ def test_agrees_with_the_colour_victim_well_above_chance(colour_model, tmp_path)
     from attack import KerasVictim
 
     victim = KerasVictim(colour_model, input_range="0,255", batch_size=64)
-    result = _extract(victim, tmp_path / "run", budget=600, round_size=200, curve_points=2,
-                      test=_colour_test(colour_model), seed=3)
+    result = extract_synthetic(victim, tmp_path / "run", budget=600, round_size=200, curve_points=2,
+                               test=colour_test(colour_model), seed=3)
     assert result.queries == 600
     assert result.headline["fidelity_test"] > 0.8  # chance: 1/3
     import json
@@ -307,8 +279,8 @@ def test_sent_queries_replays_the_stream_the_victim_received(colour_model, tmp_p
     run_dir = tmp_path / "run"
     victim = _recording_victim(colour_model, calls=16)  # 7 calls a round: dies in round 3
     with pytest.raises(KeyboardInterrupt):  # rendered shapes on natural crops, natural images
-        _extract(victim, run_dir, budget=300, round_size=100, natural_share=0.3,
-                 online_passes=0, natural=natural, seed=4)
+        extract_synthetic(victim, run_dir, budget=300, round_size=100, natural_share=0.3,
+                          online_passes=0, natural=natural, seed=4)
     received = np.concatenate(victim.received)
     with QueryJournal.open(run_dir) as journal:
         answered = np.sort(journal.answered_indices())
@@ -336,17 +308,17 @@ def test_resume_with_other_epochs_retrains_the_final_pass_without_a_query(colour
     from attack.journal import QueryJournal
     from common.errors import UsageError
 
-    run_dir, test = tmp_path / "run", _colour_test(colour_model)
+    run_dir, test = tmp_path / "run", colour_test(colour_model)
     hyper = dict(budget=200, round_size=100, online_passes=0, curve_points=2, test=test)
     first = killed_keras_victim(colour_model, calls=None)
-    _extract(first, run_dir, epochs=1, **hyper)
+    extract_synthetic(first, run_dir, epochs=1, **hyper)
     with QueryJournal.open(run_dir) as journal:
         answers = journal.responses().copy()
     assert json.loads((run_dir / "report.json").read_text())["extra"]["final_pass"] == {
         "epochs": 1, "examples": 200, "retrained_on_resume": None}
 
     second = killed_keras_victim(colour_model, calls=None)
-    result = _extract(second, run_dir, resume=True, epochs=3, **hyper)
+    result = extract_synthetic(second, run_dir, resume=True, epochs=3, **hyper)
     assert second.queries == 0 and result.queries == 200  # every answer read back
     with QueryJournal.open(run_dir) as journal:
         np.testing.assert_array_equal(journal.responses(), answers)
@@ -362,7 +334,7 @@ def test_resume_with_other_epochs_retrains_the_final_pass_without_a_query(colour
     prefix = run_dir / "checkpoints" / "prefix_100" / "fit_state.json"
     assert len(json.loads(prefix.read_text())["history"]["loss"]) == 3  # trained again too
     with pytest.raises(UsageError, match="round-size"):  # what decides the queries: refused
-        _extract(second, run_dir, resume=True, epochs=3, **{**hyper, "round_size": 50})
+        extract_synthetic(second, run_dir, resume=True, epochs=3, **{**hyper, "round_size": 50})
 
 
 @pytest.fixture(scope="module")
@@ -393,8 +365,8 @@ def test_matrix_victims_with_foreign_signatures(matrix, name, hyper, tmp_path):
     with ServingVictim(server.target, name, signature=entry.signature,
                        num_classes=entry.num_classes) as victim:
         natural = vm.pattern_images(600, seed=20)[0] if hyper.get("natural_share") else None
-        result = _extract(victim, tmp_path / "run", budget=1200, round_size=300, test=test,
-                          natural=natural, **hyper)
+        result = extract_synthetic(victim, tmp_path / "run", budget=1200, round_size=300, test=test,
+                                   natural=natural, **hyper)
     assert result.victim["input_range"] == entry.input_range
     assert result.victim["output_kind"] == entry.kind
     assert result.queries == 1200

@@ -31,8 +31,7 @@ from attack.synthetic import FINAL_PASS_FIELDS, SyntheticConfig, check_resume, m
 from common.cli import save_config
 from common.errors import UsageError
 from serving.testing import colour_images
-from tests.attack.helpers import assert_refused, killed_keras_victim
-from tests.attack.test_synthetic import _colour_test, _extract
+from tests.attack.helpers import assert_refused, colour_test, extract_synthetic, killed_keras_victim
 
 
 def _saved_run(tmp_path, **values):
@@ -126,15 +125,15 @@ def test_a_grown_run_pays_only_the_new_queries_and_equals_a_fresh_run(tmp_path):
     from serving.testing import colour_victim
 
     model = colour_victim()
-    test = _colour_test(model)
+    test = colour_test(model)
     hyper = dict(round_size=100, natural_share=0.3, natural=colour_images(150, seed=5),
                  curve_points=2, test=test, epochs=1, seed=1)
     grown = tmp_path / "grown"
-    _extract(killed_keras_victim(model, calls=None), grown, budget=200, **hyper)
+    extract_synthetic(killed_keras_victim(model, calls=None), grown, budget=200, **hyper)
     assert [p["queries"] for p in json.loads((grown / "curve.json").read_text())] == [100, 200]
 
     victim = killed_keras_victim(model, calls=None)
-    result = _extract(victim, grown, resume=True, budget=300, **hyper)
+    result = extract_synthetic(victim, grown, resume=True, budget=300, **hyper)
     assert victim.queries == 100 and result.queries == 300  # the 200 answers read back
     extra = json.loads((grown / "report.json").read_text())["extra"]
     assert extra["sent_this_session"] == 100 and extra["rounds"] == 3
@@ -147,23 +146,23 @@ def test_a_grown_run_pays_only_the_new_queries_and_equals_a_fresh_run(tmp_path):
 
     killed = killed_keras_victim(model, calls=3)  # 16 a call: dies early in round 4
     with pytest.raises(KeyboardInterrupt):
-        _extract(killed, grown, resume=True, budget=400, **hyper)
+        extract_synthetic(killed, grown, resume=True, budget=400, **hyper)
     with QueryJournal.open(grown) as journal:
         answered = journal.num_answered
     assert 300 < answered < 400
     assert json.loads((grown / "config.json").read_text())["budget"] == 400
     with pytest.raises(UsageError, match="at least 400"):  # the grown budget is the run's now
-        _extract(killed, grown, resume=True, budget=300, **hyper)
+        extract_synthetic(killed, grown, resume=True, budget=300, **hyper)
 
     victim = killed_keras_victim(model, calls=None)
-    result = _extract(victim, grown, resume=True, budget=400, **hyper)
+    result = extract_synthetic(victim, grown, resume=True, budget=400, **hyper)
     assert victim.queries == 400 - answered and result.queries == 400
     extra = json.loads((grown / "report.json").read_text())["extra"]
     assert extra["sent_this_session"] == 400 - answered
     assert extra["budget_grown"] == {"from": 200, "to": 400}
 
     fresh = tmp_path / "fresh"
-    _extract(killed_keras_victim(model, calls=None), fresh, budget=400, **hyper)
+    extract_synthetic(killed_keras_victim(model, calls=None), fresh, budget=400, **hyper)
     for r in (1, 2, 3, 4):
         with np.load(grown / "queries" / f"r{r:06d}.npz") as a, \
                 np.load(fresh / "queries" / f"r{r:06d}.npz") as b:

@@ -20,8 +20,7 @@ import pytest
 
 from attack.journal import QueryJournal
 from common.errors import UsageError
-from tests.attack.helpers import assert_refused, killed_keras_victim
-from tests.attack.test_synthetic import _extract, colour_model  # noqa: F401 (a fixture)
+from tests.attack.helpers import assert_refused, extract_synthetic, killed_keras_victim
 
 
 class _FinalPass(Exception):
@@ -65,12 +64,12 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def test_top1_learns_one_hot_everywhere_and_a_resume_cuts_the_journal_again(
-        colour_model, recorded, tmp_path):  # noqa: F811
+        colour_model, recorded, tmp_path):
     run_dir = tmp_path / "run"
     hyper = dict(budget=200, round_size=100, online_passes=0, granularity="top1")
     first = killed_keras_victim(colour_model, calls=9)  # 16 per call: dies in round 2
     with pytest.raises(KeyboardInterrupt):
-        _extract(first, run_dir, **hyper)
+        extract_synthetic(first, run_dir, **hyper)
     state = _state(run_dir)  # after round 1
     assert np.isin(state["elite_score"], (0.0, 1.0)).all() and state["elite_score"].any()
     assert state["elite_seen"].sum() == 100
@@ -81,12 +80,12 @@ def test_top1_learns_one_hot_everywhere_and_a_resume_cuts_the_journal_again(
     other = killed_keras_victim(colour_model, calls=None)
     with pytest.raises(UsageError, match=r"`--resume`.*--granularity top1 \(now "
                                          r"--granularity probs\)"):
-        _extract(other, run_dir, resume=True, **{**hyper, "granularity": "probs"})
+        extract_synthetic(other, run_dir, resume=True, **{**hyper, "granularity": "probs"})
     assert other.queries == 0
 
     second = killed_keras_victim(colour_model, calls=None)
     with pytest.raises(_FinalPass):
-        _extract(second, run_dir, resume=True, **hyper)
+        extract_synthetic(second, run_dir, resume=True, **hyper)
     assert second.queries == 200 - answered  # the answered queries were read back
     assert [kind for kind, _ in recorded] == ["final"]
     final = recorded[-1][1]
@@ -110,7 +109,7 @@ def _blocks(run_dir) -> list[bytes]:
 
 
 def test_a_top1_victim_and_top1_of_a_probability_victim_get_the_same_stream(
-        colour_model, recorded, tmp_path):  # noqa: F811
+        colour_model, recorded, tmp_path):
     import keras
 
     from attack.victim import KerasVictim
@@ -125,7 +124,7 @@ def test_a_top1_victim_and_top1_of_a_probability_victim_get_the_same_stream(
                                      ("probabilities", colour_model, "probs")):
         victim = KerasVictim(model, input_range="0,255", batch_size=50)
         with pytest.raises(_FinalPass):
-            _extract(victim, tmp_path / name, granularity=granularity, **hyper)
+            extract_synthetic(victim, tmp_path / name, granularity=granularity, **hyper)
         streams[name], finals[name] = _blocks(tmp_path / name), recorded[-1][1]
         assert len(streams[name]) == 3 and victim.queries - victim.probe_queries == 300
     assert streams["one-hot victim"] == streams["probabilities cut"]  # the simulation is faithful
@@ -136,11 +135,12 @@ def test_a_top1_victim_and_top1_of_a_probability_victim_get_the_same_stream(
     assert streams["probabilities"][1:] != streams["probabilities cut"][1:]
 
 
-def test_topk_above_the_victims_classes_is_refused_before_any_query(colour_model,  # noqa: F811
+def test_topk_above_the_victims_classes_is_refused_before_any_query(colour_model,
                                                                     tmp_path):
     victim = killed_keras_victim(colour_model, calls=None)
     with pytest.raises(UsageError, match=r"`granularity`.*'topk:4'.*K at most 3"):
-        _extract(victim, tmp_path / "run", budget=100, round_size=100, granularity="topk:4")
+        extract_synthetic(victim, tmp_path / "run", budget=100, round_size=100,
+                          granularity="topk:4")
     assert victim.queries == victim.probe_queries == 0
     assert not (tmp_path / "run").exists()
 
@@ -174,8 +174,8 @@ def test_a_keras_export_answering_logits_stolen_from_top1_answers(monkeypatch, t
     monkeypatch.setattr(SurrogateTrainer, "partial_fit", partial_fit)
     run_dir = tmp_path / "run"
     with KerasVictim(paths["keras_export"], input_range="0,1") as victim:
-        result = _extract(victim, run_dir, budget=900, round_size=300, test=test,
-                          granularity="top1", epochs=4)
+        result = extract_synthetic(victim, run_dir, budget=900, round_size=300, test=test,
+                                   granularity="top1", epochs=4)
     assert result.victim["output_kind"] == "logits" and result.queries == 900
     extra = json.loads((run_dir / "report.json").read_text())["extra"]
     assert extra["granularity"] == "top1"
