@@ -73,6 +73,7 @@ __all__ = [
     "TransferPart",
     "TransferRecipePart",
     "changed_on_resume",
+    "check_granularity_spelling",
     "keep_run_settings",
     "query_batch_field",
     "resume_fields",
@@ -84,6 +85,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _GRANULARITY = re.compile(r"^(probs|top1|topk:\d+)$")
+
+
+def check_granularity_spelling(value: Any) -> None:
+    """`UsageError` naming ``granularity`` unless `value` is written probs, top1 or topk:K
+    (K >= 1): the rule of every config with a ``--granularity`` (Knockoff's, the synthetic
+    thief's); whether K fits the victim is `attack.responses.check_granularity`'s, once its
+    classes are known."""
+    if not isinstance(value, str) or not _GRANULARITY.match(value) or value == "topk:0":
+        raise invalid("granularity", value, "probs, top1 or topk:K with K >= 1")
 
 OUTPUT_KINDS = ("auto", "probabilities", "logits", "labels", "topk")
 """How the victim's answers are read: ``auto`` decides from the signature and the first answers."""
@@ -535,9 +545,7 @@ class KnockoffConfig(TransferRecipePart, AttackConfig, TransferPart):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.granularity, str) or not _GRANULARITY.match(self.granularity) \
-                or self.granularity == "topk:0":
-            raise invalid("granularity", self.granularity, "probs, top1 or topk:K with K >= 1")
+        check_granularity_spelling(self.granularity)
         if self.semi_supervised and self.unlabelled < 1:
             raise invalid("unlabelled", self.unlabelled,
                           "a positive number of unqueried images with --semi-supervised")

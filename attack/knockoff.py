@@ -69,7 +69,12 @@ from attack.pipeline import (
     trainer_kwargs,
     victim_signature,
 )
-from attack.responses import apply_granularity, detect_granularity, parse_granularity
+from attack.responses import (
+    apply_granularity,
+    check_granularity,
+    detect_granularity,
+    parse_granularity,
+)
 from attack.strategies import ACTIVE, ActiveStrategy, AdaptiveStrategy, RandomStrategy
 from common.data import load_dataset
 from common.errors import invalid
@@ -201,16 +206,6 @@ def _unlabelled_indices(config: KnockoffConfig, pool_size: int,
     rng = np.random.default_rng([config.seed, 7])
     left = np.setdiff1d(np.arange(pool_size), answered)
     return np.sort(rng.permutation(left)[:config.unlabelled])
-
-
-def check_granularity(granularity: str, num_classes: int) -> None:
-    """`UsageError` naming ``--granularity`` when topk:K asks for more classes than the victim
-    has (checked after GetModelMetadata, before any query)."""
-    parsed = parse_granularity(granularity)
-    if parsed.kind == "topk" and parsed.k > num_classes:
-        raise invalid("granularity", granularity,
-                      f"probs, top1 or topk:K with K at most {num_classes}, the victim's "
-                      "number of classes")
 
 
 class Knockoff(Attack):

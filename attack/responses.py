@@ -19,7 +19,8 @@ import numpy as np
 from common.constraints import check_int
 from common.errors import invalid
 
-__all__ = ["Granularity", "apply_granularity", "detect_granularity", "parse_granularity"]
+__all__ = ["Granularity", "apply_granularity", "check_granularity", "detect_granularity",
+           "parse_granularity"]
 
 _EXPECTED = "probs, top1 or topk:K with an integer K >= 1"
 _TOPK = re.compile(r"topk:(\d+)")
@@ -91,6 +92,16 @@ def _check_probs(probs: np.ndarray, argument: str) -> np.ndarray:
                 "every row to have some probability mass",
             )
     return array
+
+
+def check_granularity(granularity: str, num_classes: int) -> None:
+    """`UsageError` naming ``--granularity`` when topk:K asks for more classes than the victim
+    has (checked after GetModelMetadata, before any query)."""
+    parsed = parse_granularity(granularity)
+    if parsed.kind == "topk" and parsed.k > num_classes:
+        raise invalid("granularity", granularity,
+                      f"probs, top1 or topk:K with K at most {num_classes}, the victim's "
+                      "number of classes")
 
 
 def apply_granularity(probs: np.ndarray, granularity: Granularity) -> np.ndarray:

@@ -91,11 +91,11 @@ from attack.config import (
     RESUME_CHANGES,
     AttackConfig,
     changed_on_resume,
+    check_granularity_spelling,
     resume_fields,
     saved_run_config,
 )
 from attack.generated import GeneratedAttack, GeneratedRun, prefixed, run_generated
-from attack.knockoff import check_granularity
 from attack.pipeline import (
     ExtractionResult,
     answers_as_probabilities,
@@ -107,7 +107,7 @@ from attack.pipeline import (
     surrogate_trainer,
 )
 from attack.prior import PRIOR_VERSION, ImagePrior
-from attack.responses import apply_granularity, parse_granularity
+from attack.responses import apply_granularity, check_granularity, parse_granularity
 from common.cli import typed_fields
 from common.constraints import check_fields
 from common.errors import invalid
@@ -208,8 +208,7 @@ class SyntheticConfig(AttackConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_fields(self)
-        if str(parse_granularity(self.granularity)) != self.granularity:  # no other spelling
-            raise invalid("granularity", self.granularity, "probs, top1 or topk:K with K >= 1")
+        check_granularity_spelling(self.granularity)
         if self.distribute != "none":
             raise invalid("distribute", self.distribute,
                           "none (the online rounds train on one device)")
@@ -843,7 +842,6 @@ def _trained_on(granularity, temperature: float) -> str:
         return (f"{granularity} (the victim's {granularity.k} highest probabilities, the rest "
                 f"zeroed, renormalised; sharpened at T={temperature}), {when}")
     return f"the victim's answers as probabilities (sharpened at T={temperature}), {when}"
-
 
 
 def _gather(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
