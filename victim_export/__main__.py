@@ -32,6 +32,9 @@ more:
       --test-split test --arch softmax --export-logits   (or --arch mlp --arch-args hidden=16)
 Each run writes the next free version (1, 2, ...) unless --version is given; an existing
 version is never overwritten.
+After a crash, Ctrl-C or kill, the same command resumes after the last finished epoch (the
+state is journaled in <out>/<name>/.training, removed once exported; a state written under
+other settings is refused, --fresh discards it). --distribute runs are not journaled.
 """
 
 
@@ -56,7 +59,9 @@ def _main(argv: Sequence[str] | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command with `argv` (default ``sys.argv[1:]``); return the exit code."""
     return run_cli(_main, argv, prog=PROG,
-                   resume_hint="nothing was exported; the same command trains from the start")
+                   resume_hint="nothing was exported; every finished epoch is kept in "
+                               "<out>/<name>/.training: the same command resumes after the last "
+                               "one (under --distribute it trains from the start)")
 
 
 if __name__ == "__main__":

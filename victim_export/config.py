@@ -154,6 +154,10 @@ class VictimConfig:
                 "gets base_path <this>/<name>. '' or 'local': the local absolute path",
         "metavar": "PATH"})
     distribute: str = distribute_field()
+    fresh: bool = field(default=False, metadata={
+        "help": "discard the training state an interrupted run of this model left in "
+                "<out>/<name>/.training and train from the start (without it, the same command "
+                "resumes after the last finished epoch)", "check": True})
 
     def __post_init__(self) -> None:
         check_fields(self)

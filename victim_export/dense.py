@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from common.constraints import check_int
 from common.data import ImageDataset
@@ -42,7 +43,14 @@ from victim_export.dense_archs import (
     dense_arch,
     is_dense_arch,
 )
-from victim_export.fitting import TrainedVictim, optimizer_for, split_validation
+from victim_export.fitting import (
+    TrainedVictim,
+    epoch_callbacks,
+    epoch_stream,
+    optimizer_for,
+    split_validation,
+)
+from victim_export.training_state import TrainingState, fit_resumably
 
 __all__ = [
     "DENSE_ARCHS",
@@ -147,10 +155,15 @@ def _unit_pixels(images: np.ndarray) -> np.ndarray:
     return np.asarray(images, dtype=np.float32) / np.float32(255.0)
 
 
-def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> Any:
+def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset, *,
+                       journal: Path | None = None, resume: TrainingState | None = None) -> Any:
     """Train the dense victim of `config` (a `VictimConfig`) on uint8 images scaled to [0, 1].
 
-    Returns a `victim_export.fitting.TrainedVictim` whose model computes in float32.
+    Epoch ``e`` visits the images in an order drawn from ``(seed, e)``
+    (`victim_export.fitting.epoch_stream`), so the training state journaled into `journal` after
+    every epoch and continued from `resume` (`victim_export.training_state`) gives the
+    uninterrupted run's weights, as for the image victims. Returns a
+    `victim_export.fitting.TrainedVictim` whose model computes in float32.
     """
     kwargs = config.arch_kwargs
     check_dense_args(config.arch, kwargs)
@@ -187,25 +200,24 @@ def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> 
     def arrays(ds: ImageDataset) -> tuple[np.ndarray, np.ndarray]:
         return _unit_pixels(ds.images), keras.utils.to_categorical(ds.labels, train.num_classes)
 
-    callbacks: list[keras.callbacks.Callback] = []
-    early = None
-    validation = None
-    if val_set is not None:
-        validation = arrays(val_set)
-        early = keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=config.patience or config.epochs,
-            restore_best_weights=True)
-        callbacks.append(early)
-    if config.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss" if validation is not None else "loss", factor=0.2,
-            patience=max(1, (config.patience or 4) // 2), min_lr=config.learning_rate * 1e-3))
-    started = time.monotonic()
+    validation = None if val_set is None else arrays(val_set)
+    callbacks, early, plateau = epoch_callbacks(config, val_set is not None)
     x_fit, y_fit = arrays(fit_set)
-    history = model.fit(x_fit, y_fit, validation_data=validation, epochs=config.epochs,
-                        batch_size=config.batch_size, callbacks=callbacks, shuffle=True,
-                        verbose=keras_verbose())
-    seconds = time.monotonic() - started
+
+    def fit(first_epoch: int, callbacks: list[keras.callbacks.Callback]):
+        x_source, y_source = tf.constant(x_fit), tf.constant(y_fit, tf.float32)
+        stream = epoch_stream(
+            len(x_fit), lambda i: (tf.gather(x_source, i), tf.gather(y_source, i)),
+            seed=config.seed, batch_size=config.batch_size, first_epoch=first_epoch,
+            epochs=config.epochs)
+        return model.fit(stream, validation_data=validation, epochs=config.epochs,
+                         steps_per_epoch=steps, initial_epoch=first_epoch, callbacks=callbacks,
+                         shuffle=False, verbose=keras_verbose())
+
+    history, seconds = fit_resumably(
+        model, fit, config=config, journal=journal, resume=resume,
+        size=shape[0], fit_set=fit_set, val_set=val_set, callbacks=callbacks, early=early,
+        plateau=plateau)
     logits = model.predict(_unit_pixels(test.images), verbose=0, batch_size=1024)
     correct = np.argmax(logits, axis=-1) == np.asarray(test.labels)
     per_class: dict[str, float | None] = {}
@@ -213,7 +225,7 @@ def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> 
         mask = np.asarray(test.labels) == index
         per_class[name] = float(correct[mask].mean()) if mask.any() else None
     accuracy = float(correct.mean()) if len(correct) else math.nan
-    epochs_run = len(history.epoch)
+    epochs_run = len(history.get("loss", ()))
     best_epoch = None if early is None or early.best_weights is None else early.best_epoch + 1
     logger.info("trained %d epochs in %.1fs; test accuracy %.4f", epochs_run, seconds, accuracy)
     if not np.isfinite(np.concatenate([np.ravel(w) for w in model.get_weights()])).all():
@@ -223,7 +235,7 @@ def train_dense_victim(config: Any, train: ImageDataset, test: ImageDataset) -> 
         model=model, class_names=train.class_names, input_size=int(shape[0]),
         test_accuracy=accuracy, per_class_accuracy=per_class, epochs_run=epochs_run,
         best_epoch=best_epoch, training_seconds=seconds,
-        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        history={k: [float(v) for v in vals] for k, vals in history.items()},
         train_examples=len(fit_set), val_examples=0 if val_set is None else len(val_set),
         test_examples=len(test),
     )

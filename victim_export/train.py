@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import math
 import tempfile
-import time
 from pathlib import Path
 
 import keras
@@ -44,8 +43,23 @@ from common.progress import keras_verbose
 from victim_export.config import VictimConfig, augmentation_parts
 from victim_export.dense import cast_dense_classifier, is_dense_arch, train_dense_victim
 from victim_export.export import export_classifier, next_version, read_card
-from victim_export.fitting import TrainedVictim, optimizer_for, split_off, split_validation
+from victim_export.fitting import (
+    TrainedVictim,
+    epoch_callbacks,
+    epoch_stream,
+    optimizer_for,
+    split_off,
+    split_validation,
+)
 from victim_export.models_config import MODELS_CONFIG_NAME, read_models_config, write_models_config
+from victim_export.training_state import (
+    TrainingState,
+    check_state,
+    discard_state,
+    fit_resumably,
+    load_state,
+    state_dir,
+)
 
 __all__ = [
     "TrainedVictim",
@@ -56,6 +70,7 @@ __all__ = [
     "save_trained_victim",
     "split_holdout",
     "train_victim",
+    "training_batches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,14 +121,30 @@ def make_dataset(
     if tuple(images.shape[1:3]) != (size, size):
 
         def resize(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            resized = tf.image.resize(image, (size, size), antialias=True)
-            return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), label
+            return _resize_uint8(image, size), label
 
         ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
         if len(images) * size * size * 3 <= _CACHE_LIMIT_BYTES:
             ds = ds.cache()
     if shuffle_seed is not None:
         ds = ds.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+    finish = _finisher(parts, size=size, num_classes=num_classes, soft=soft)
+    if parts:
+        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
+        seeds = seeds.batch(2, drop_remainder=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda pair, seed: finish(pair[0], pair[1], seed),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _finisher(parts: frozenset[str], *, size: int, num_classes: int, soft: bool):
+    """``finish(image, label, seed=None) -> (float32 pixels, target)``: one example augmented
+    by `parts` (in `AUGMENTATION_PARTS`' order, randomness from the stateless `seed`), cast to
+    float32, its label one-hot encoded unless `soft`."""
     pad = max(1, size // 8)
 
     def finish(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor | None = None):
@@ -133,16 +164,62 @@ def make_dataset(
         target = label if soft else tf.one_hot(label, num_classes)
         return tf.cast(image, tf.float32), target
 
-    if parts:
-        seeds = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
-        seeds = seeds.batch(2, drop_remainder=True)
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, seed: finish(pair[0], pair[1], seed),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+    return finish
+
+
+def _resize_uint8(images: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 images resized to `size` x `size` (bilinear, antialiased), rounded to uint8."""
+    resized = tf.image.resize(images, (size, size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def training_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    size: int,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    augment: str = "none",
+    first_epoch: int = 0,
+    epochs: int = 1,
+) -> tf.data.Dataset:
+    """The training batches of epochs `first_epoch` .. `epochs` - 1, one after the other, for
+    ``model.fit(..., steps_per_epoch=ceil(N / batch_size), initial_epoch=first_epoch)``.
+
+    Epoch ``e``'s order (a stateless shuffle) and augmentation (per-example stateless seeds, as
+    in `make_dataset`) are drawn from ``(seed, e)`` alone, so a run resumed at epoch ``e`` sees
+    exactly the batches the uninterrupted run saw (`make_dataset` reshuffles with the
+    iteration count of one dataset object: a new object starts again at epoch 0's order). Each
+    epoch ends with its own partial batch. Images of another size are resized once up front
+    when they fit in memory, otherwise as they are drawn.
+    """
+    parts = augmentation_parts(augment)
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise invalid("labels", f"shape {labels.shape}", "class indices [N]")
+    count = len(images)
+    resize_late = False
+    if tuple(images.shape[1:3]) == (size, size):
+        source = tf.constant(images)
+    elif count * size * size * 3 <= _CACHE_LIMIT_BYTES:
+        chunks = tf.data.Dataset.from_tensor_slices(images).batch(256).map(
+            lambda batch: _resize_uint8(batch, size))
+        source = tf.concat(list(chunks), axis=0)
     else:
-        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        source, resize_late = tf.constant(images), True
+    targets = tf.constant(labels)
+    finish = _finisher(parts, size=size, num_classes=num_classes, soft=False)
+
+    def example(index: tf.Tensor, seed: tf.Tensor | None = None):
+        image = tf.gather(source, index)
+        if resize_late:
+            image = _resize_uint8(image, size)
+        return finish(image, tf.gather(targets, index), seed)
+
+    return epoch_stream(count, example, seed=seed, batch_size=batch_size,
+                        first_epoch=first_epoch, epochs=epochs, seeded=bool(parts))
 
 
 def _random_rotate(image: tf.Tensor, seed: tf.Tensor, max_degrees: float) -> tf.Tensor:
@@ -244,8 +321,20 @@ def train_victim(
     *,
     train: ImageDataset | None = None,
     test: ImageDataset | None = None,
+    journal: Path | None = None,
+    resume: TrainingState | None = None,
 ) -> TrainedVictim:
-    """Train the victim described by `config`; `train`/`test` replace loading its dataset."""
+    """Train the victim described by `config`; `train`/`test` replace loading its dataset.
+
+    With `journal` (a folder, `victim_export.training_state`), the training state is written
+    there after every epoch; with `resume` (a state read from it and checked against `config`
+    by `check_state`), training continues after the state's epoch exactly as the uninterrupted
+    run would have (the data are checked against the state's fingerprint first). Neither is
+    supported under ``distribute`` (its data order is not a function of the epoch).
+    """
+    if (journal is not None or resume is not None) and config.distribute != "none":
+        raise invalid("distribute", config.distribute,
+                      "none when journaling or resuming the training state")
     if (train is None) != (test is None):
         raise UsageError("Pass both `train` and `test` datasets, or neither.")
     strategy = make_strategy(config.distribute)  # a multi-worker one before any TF operation
@@ -253,7 +342,7 @@ def train_victim(
     if train is None or test is None:
         train, test = load_splits(config)
     if is_dense_arch(config.arch):
-        return train_dense_victim(config, train, test)
+        return train_dense_victim(config, train, test, journal=journal, resume=resume)
     if train.image_shape[-1] != 3 or test.image_shape[-1] != 3:
         raise invalid("dataset", config.dataset, "RGB images (3 channels)")
     if train.class_names != test.class_names:
@@ -285,35 +374,38 @@ def train_victim(
                                                       label_smoothing=config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
-    fit_ds = make_dataset(fit_set.images, fit_set.labels, size=size,
-                          num_classes=train.num_classes, batch_size=config.batch_size,
-                          shuffle_seed=config.seed, augment=config.augment)
     val_ds = None
-    callbacks: list[keras.callbacks.Callback] = []
-    early: keras.callbacks.EarlyStopping | None = None
     if val_set is not None:
         val_ds = make_dataset(val_set.images, val_set.labels, size=size,
                               num_classes=train.num_classes, batch_size=config.batch_size)
-        early = keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=config.patience or config.epochs,
-            restore_best_weights=True,
-        )
-        callbacks.append(early)
-    if config.schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss" if val_ds is not None else "loss", factor=0.2,
-            patience=max(1, (config.patience or 4) // 2), min_lr=config.learning_rate * 1e-3,
-        ))
-    started = time.monotonic()
-    history = model.fit(shard_by_data(fit_ds, strategy),
-                        validation_data=shard_by_data(val_ds, strategy), epochs=config.epochs,
-                        callbacks=callbacks, shuffle=False, verbose=keras_verbose())
-    seconds = time.monotonic() - started
+    callbacks, early, plateau = epoch_callbacks(config, val_set is not None)
+
+    def fit(first_epoch: int, callbacks: list[keras.callbacks.Callback]):
+        if strategy is None:  # each epoch's order a function of (seed, epoch): resumable
+            fit_ds = training_batches(fit_set.images, fit_set.labels, size=size,
+                                      num_classes=train.num_classes,
+                                      batch_size=config.batch_size, seed=config.seed,
+                                      augment=config.augment, first_epoch=first_epoch,
+                                      epochs=config.epochs)
+            more = {"steps_per_epoch": steps, "initial_epoch": first_epoch}
+        else:
+            fit_ds = make_dataset(fit_set.images, fit_set.labels, size=size,
+                                  num_classes=train.num_classes, batch_size=config.batch_size,
+                                  shuffle_seed=config.seed, augment=config.augment)
+            more = {}
+        return model.fit(shard_by_data(fit_ds, strategy),
+                         validation_data=shard_by_data(val_ds, strategy), epochs=config.epochs,
+                         callbacks=callbacks, shuffle=False, verbose=keras_verbose(), **more)
+
+    history, seconds = fit_resumably(
+        model, fit, config=config, journal=journal, resume=resume,
+        size=size, fit_set=fit_set, val_set=val_set, callbacks=callbacks, early=early,
+        plateau=plateau)
     if strategy is not None:  # evaluate and export a plain single-device copy
         trained_weights = model.get_weights()
         model = build()
         model.set_weights(trained_weights)
-    epochs_run = len(history.epoch)
+    epochs_run = len(history.get("loss", ()))
     best_epoch = None if early is None or early.best_weights is None else early.best_epoch + 1
     accuracy, per_class = evaluate_classifier(model, test, size=size)
     logger.info("trained %d epochs in %.1fs (%.1fs/epoch); test accuracy %.4f",
@@ -327,7 +419,7 @@ def train_victim(
         epochs_run=epochs_run,
         best_epoch=best_epoch,
         training_seconds=seconds,
-        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        history={key: [float(v) for v in values] for key, values in history.items()},
         train_examples=len(fit_set),
         val_examples=0 if val_set is None else len(val_set),
         test_examples=len(test),
@@ -448,11 +540,40 @@ def run_victim_export(
 ) -> tuple[Path | None, TrainedVictim]:
     """Check the output location, train the victim, export it; return (version dir, result).
 
-    In a multi-worker run only the chief exports; another worker returns (None, result).
+    The same call resumes an interrupted one: its training state, journaled after every epoch
+    in ``<out>/<name>/.training`` (`victim_export.training_state`), is continued when it was
+    written under the same config (else `UsageError`, before anything is loaded), discarded
+    first with ``fresh``, and removed after the export. In a multi-worker run only the chief
+    exports; another worker returns (None, result); ``distribute`` runs journal nothing.
     """
     preflight(config)
-    trained = train_victim(config, train=train, test=test)
+    resume = resumable_state(config)
+    if config.fresh:
+        discard_state(config)
+    journal = None
+    if config.distribute == "none":
+        journal = state_dir(config)
+    else:
+        logger.info("--distribute %s: the training state is not journaled (a crash trains "
+                    "again from the start)", config.distribute)
+    trained = train_victim(config, train=train, test=test, journal=journal, resume=resume)
     if not is_chief(make_strategy(config.distribute)):
         logger.info("multi-worker: this worker trained; the chief exports the victim")
         return None, trained
-    return save_or_keep(config, trained), trained
+    path = save_or_keep(config, trained)  # on failure the state stays: the same command exports
+    discard_state(config)
+    return path, trained
+
+
+def resumable_state(config: VictimConfig) -> TrainingState | None:
+    """The training state an interrupted run of `config` left (None: none, or ``--fresh``);
+    `UsageError` when it was written under another config (`check_state`)."""
+    if config.fresh:
+        return None
+    state = load_state(state_dir(config))
+    if state is None:
+        return None
+    check_state(state, config)
+    logger.info("resuming %s after epoch %d of %d from the training state in %s",
+                config.model_name, state.epoch, config.epochs, state.path)
+    return state
