@@ -18,6 +18,13 @@ one render at the target size costs no supersampling. The renderer is determinis
 theta (and the same natural images) gives the same pixels; every source of randomness (noise
 fields, blobs) is a fixed bank drawn from a seeded generator when the prior is built, indexed
 by theta.
+
+Glyph styles (``glyphs``): ``default`` draws each text at a fixed font size (two-digit numbers
+at 0.6 of the atlas square, so they stay small inside their shape); ``fill`` scales each text
+(digit, letter, two-digit number) to fill the atlas square's longer side, as the glyph of a
+sign, logo or icon fills its shape. The symbols (arrows, bars, blobs) are the same in both. A
+theta means the same parameters in both; only the drawn glyph differs, so a run's style is part
+of what its theta mean (`attack.synthetic` records it and replays with it).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from common.errors import invalid
 
-__all__ = ["KINDS", "PRIOR_VERSION", "ImagePrior", "glyph_atlas", "hsv_to_rgb"]
+__all__ = ["GLYPH_STYLES", "KINDS", "PRIOR_VERSION", "ImagePrior", "glyph_atlas",
+           "hsv_to_rgb"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +51,11 @@ PRIOR_VERSION = 2
 stored theta are only replayed by the version that wrote them)."""
 
 BACKGROUNDS = ("flat", "gradient", "noise", "natural")
+
+GLYPH_STYLES = ("default", "fill")
+"""How the atlas draws its texts (`glyph_atlas`): at a fixed font size, or scaled to fill the
+square."""
+_FILL = 0.95  # the share of the atlas square a "fill" text's longer side takes
 
 _ATLAS = 32  # side of a glyph mask in the atlas
 _BANK = 32  # fixed noise fields per bank
@@ -89,15 +102,37 @@ def _colour(hsv: np.ndarray) -> np.ndarray:
     return hsv_to_rgb(np.stack([hsv[..., 0], s, v], axis=-1))
 
 
-def glyph_atlas(size: int = _ATLAS, seed: int = 0) -> np.ndarray:
+def _filled_text(text: str, size: int, font) -> np.ndarray:
+    """`text` drawn at 4x `font`'s size, cropped to its ink and scaled (Lanczos) so its longer
+    side is `_FILL` of a `size` square, centred: float32 [size, size] in [0, 1]."""
+    big = 4 * size
+    image = Image.new("L", (2 * big * max(1, len(text)), 2 * big), 0)
+    ImageDraw.Draw(image).text((big // 2, big // 2), text, fill=255, font=font)
+    ink = image.crop(image.getbbox())
+    scale = _FILL * size / max(ink.size)
+    ink = ink.resize((max(1, round(ink.size[0] * scale)), max(1, round(ink.size[1] * scale))),
+                     Image.LANCZOS)
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(ink, ((size - ink.size[0]) // 2, (size - ink.size[1]) // 2))
+    return np.asarray(canvas, np.float32) / 255.0
+
+
+def glyph_atlas(size: int = _ATLAS, seed: int = 0, style: str = "default") -> np.ndarray:
     """float32 [G, size, size] masks in [0, 1]: the digits, capital letters and two-digit
-    numbers 00-99 of PIL's default font, an arrow in 8 directions, bars, a cross, a plus, a bent
-    arrow and 4 seeded blobs."""
+    numbers 00-99 of PIL's default font (`style`: at a fixed size, or "fill": each scaled to
+    fill the square), an arrow in 8 directions, bars, a cross, a plus, a bent arrow and 4
+    seeded blobs."""
+    if style not in GLYPH_STYLES:
+        raise invalid("glyphs", style, " or ".join(GLYPH_STYLES))
     masks = []
     font = ImageFont.load_default(size=int(size * 0.85))
     narrow = ImageFont.load_default(size=int(size * 0.6))
     texts = list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") + [f"{k:02d}" for k in range(100)]
+    large = ImageFont.load_default(size=4 * size) if style == "fill" else None
     for text in texts:
+        if large is not None:
+            masks.append(_filled_text(text, size, large))
+            continue
         image = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(image)
         face = font if len(text) == 1 else narrow
@@ -177,10 +212,11 @@ class ImagePrior:
             background kind falls in the "natural" quarter takes one of them (flipped or not);
             without them that quarter is a gradient.
         seed: the seed of the fixed banks (noise fields, blobs); part of what a theta means.
+        glyphs: the atlas's style (`GLYPH_STYLES`); part of what a theta means.
     """
 
     def __init__(self, size: Sequence[int], backgrounds: np.ndarray | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, glyphs: str = "default") -> None:
         if len(size) != 2 or min(int(v) for v in size) < 8:
             raise invalid("size", tuple(size), "(height, width), each at least 8 pixels")
         self.size = (int(size[0]), int(size[1]))
@@ -193,7 +229,8 @@ class ImagePrior:
         self.backgrounds = backgrounds
         self.seed = int(seed)
         self.dim = DIM
-        self.atlas = glyph_atlas(_ATLAS, seed)
+        self.glyphs = glyphs
+        self.atlas = glyph_atlas(_ATLAS, seed, glyphs)
         rng = np.random.default_rng([self.seed, 5])
         self.texture = _smooth_noise(rng, _BANK, self.size, coarse=4)
         self.grain = np.clip(rng.standard_normal((_BANK, *self.size, 3)) / 2.5, -1, 1
@@ -206,7 +243,8 @@ class ImagePrior:
 
     def __repr__(self) -> str:
         natural = 0 if self.backgrounds is None else len(self.backgrounds)
-        return f"ImagePrior(size={self.size}, dim={self.dim}, natural={natural})"
+        style = "" if self.glyphs == "default" else f", glyphs={self.glyphs!r}"
+        return f"ImagePrior(size={self.size}, dim={self.dim}, natural={natural}{style})"
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """`n` fresh parameter vectors, uniform on [0, 1]^dim, float32."""

@@ -106,7 +106,7 @@ from attack.pipeline import (
     save_npz,
     surrogate_trainer,
 )
-from attack.prior import PRIOR_VERSION, ImagePrior
+from attack.prior import GLYPH_STYLES, PRIOR_VERSION, ImagePrior
 from attack.responses import apply_granularity, check_granularity, parse_granularity
 from common.cli import typed_fields
 from common.constraints import check_fields
@@ -182,6 +182,11 @@ class SyntheticConfig(AttackConfig):
     transfer_limit: int = field(default=2000, metadata={
         "help": "natural images kept from --transfer-set (backgrounds, and the pool of "
                 "--natural-share)", "min": 1})
+    glyphs: str = field(default="default", metadata={
+        "help": "how the prior draws its digits, letters and two-digit numbers: default (a "
+                "fixed font size: two-digit numbers stay small in their shape) or fill (each "
+                "scaled to fill its glyph's square, as a sign's or an icon's glyph fills it)",
+        "choices": GLYPH_STYLES})
     natural_share: float = field(default=0.0, metadata={
         "help": "share of each round sent as the thief's natural images (--transfer-set, "
                 "resized to the victim's input, in a seeded order): a mixed transfer set in one "
@@ -393,15 +398,15 @@ def _block_path(run_dir: Path, round_: int) -> Path:
 
 
 def run_prior(size: tuple[int, int], seed: int, natural=None,
-              limit: int | None = None) -> ImagePrior:
-    """The prior of a run at `size` with `seed`: its natural backgrounds (and the pool of
-    ``--natural-share``) are the first `limit` images of `natural` (a data set or uint8
-    images) as the victim receives them."""
+              limit: int | None = None, glyphs: str = "default") -> ImagePrior:
+    """The prior of a run at `size` with `seed` and glyph style `glyphs`: its natural
+    backgrounds (and the pool of ``--natural-share``) are the first `limit` images of `natural`
+    (a data set or uint8 images) as the victim receives them."""
     backgrounds = None
     if natural is not None:
         images = getattr(natural, "images", natural)[:limit]
         backgrounds = as_seen_by_victim(np.asarray(images), SimpleNamespace(image_size=size))
-    return ImagePrior(size, backgrounds, seed=seed)
+    return ImagePrior(size, backgrounds, seed=seed, glyphs=glyphs)
 
 
 def sent_queries(run_dir: str | Path, natural=None) -> Iterator[tuple[int, np.ndarray]]:
@@ -431,7 +436,7 @@ def sent_queries(run_dir: str | Path, natural=None) -> Iterator[tuple[int, np.nd
         natural = load_dataset(spec, split, seed=config["seed"],
                                limit=config["transfer_limit"])
     prior = run_prior(tuple(int(v) for v in size), int(config["seed"]), natural,
-                      config["transfer_limit"])
+                      config["transfer_limit"], config.get("glyphs", "default"))
     pool = run_dir / POOL_NAME
     if pool.is_file() and json.loads(pool.read_text()) != pool_digest(prior.backgrounds):
         raise invalid("natural", config.get("transfer_set"), "the natural images the run "
@@ -518,7 +523,8 @@ class _SyntheticRun(GeneratedRun):
         if config.input_size is None:
             self.kwargs["input_size"] = self.size[0]
         self.kwargs["augment"] = "crop+flip" if config.flip else "crop"
-        self.prior = run_prior(self.size, config.seed, natural, config.transfer_limit)
+        self.prior = run_prior(self.size, config.seed, natural, config.transfer_limit,
+                               config.glyphs)
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -806,7 +812,7 @@ class _SyntheticRun(GeneratedRun):
         hits = self.hits
         return {
             "method": "procedural prior + per-class elite search",
-            "prior_dim": self.prior.dim, "rounds": self.round,
+            "prior_dim": self.prior.dim, "glyphs": self.prior.glyphs, "rounds": self.round,
             "natural_backgrounds": 0 if self.prior.backgrounds is None
             else len(self.prior.backgrounds),
             "answers_per_class": {names[c]: int(top[c]) for c in range(self.num_classes)},
