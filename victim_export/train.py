@@ -204,9 +204,13 @@ def training_batches(
     if tuple(images.shape[1:3]) == (size, size):
         source = tf.constant(images)
     elif count * size * size * 3 <= _CACHE_LIMIT_BYTES:
+        resized = np.empty((count, size, size, images.shape[-1]), np.uint8)
         chunks = tf.data.Dataset.from_tensor_slices(images).batch(256).map(
-            lambda batch: _resize_uint8(batch, size))
-        source = tf.concat(list(chunks), axis=0)
+            lambda batch: _resize_uint8(batch, size), num_parallel_calls=tf.data.AUTOTUNE)
+        for start, chunk in zip(range(0, count, 256), chunks.prefetch(2)):
+            resized[start:start + len(chunk)] = chunk.numpy()
+        source = tf.constant(resized)
+        del resized
     else:
         source, resize_late = tf.constant(images), True
     targets = tf.constant(labels)

@@ -174,7 +174,7 @@ def discard_state(config: VictimConfig) -> None:
     """Remove `config`'s training-state folder (after an export, or on ``--fresh``)."""
     directory = state_dir(config)
     if directory.exists():
-        shutil.rmtree(directory)
+        shutil.rmtree(directory, ignore_errors=True)  # several workers may remove it at once
         logger.info("removed the training state in %s", directory)
 
 
