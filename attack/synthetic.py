@@ -113,9 +113,9 @@ from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["FINAL_PASS_FIELDS", "Elites", "Synthetic", "SyntheticConfig", "check_resume",
-           "plan_round", "pool_digest", "run_prior", "run_synthetic", "select_screened",
-           "sent_queries", "shift_images"]
+__all__ = ["FINAL_PASS_FIELDS", "Elites", "Synthetic", "SyntheticConfig", "balanced_rows",
+           "check_resume", "plan_round", "pool_digest", "run_prior", "run_synthetic",
+           "select_screened", "sent_queries", "shift_images"]
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,10 @@ class SyntheticConfig(AttackConfig):
         "metavar": "PX", "min": 8})
     epochs: int = field(default=10, metadata={
         "help": "epochs of the final pass over every answer", "min": 1})
+    final_balance: float = field(default=0.0, metadata={
+        "help": "final pass: the answers resampled (seeded, as many as there are) so each is "
+                "drawn with weight (answers of its top-1 class) ** -final_balance (0: every "
+                "answer once; 1: every answered class alike)", "min": 0, "max": 1})
     granularity: str = field(default="probs", metadata={
         "help": "learn from: probs (what the victim returns), top1 (its top-1 label, one-hot: "
                 "a label-only thief's run) or topk:K, applied to every answer before the "
@@ -229,7 +233,8 @@ class SyntheticConfig(AttackConfig):
 # without altering sys.modules (the startup tests), dataclasses cannot resolve the string
 # annotation and would take it for a field with a mutable default.
 SyntheticConfig.resume_changes = MappingProxyType({
-    **RESUME_CHANGES, "epochs": REDO_FINAL_PASS, "budget": REDO_EXTEND})
+    **RESUME_CHANGES, "epochs": REDO_FINAL_PASS, "final_balance": REDO_FINAL_PASS,
+    "budget": REDO_EXTEND})
 """What ``--resume`` may change besides the shared `RESUME_CHANGES`: ``epochs`` (no query
 depends on it: the final pass, and with ``--online-passes 0`` the curve's points, trained
 again) and a larger ``budget`` (the rounds continue, then the final pass on every answer)."""
@@ -354,6 +359,19 @@ def plan_round(count: int, elites: Elites, prior_dim: int, config: SyntheticConf
     order = rng.permutation(count)
     theta, target = theta[order], target[order]
     return theta.astype(np.float16).astype(np.float32), target
+
+
+def balanced_rows(probs: np.ndarray, power: float, seed: int) -> np.ndarray:
+    """Row indices (as many as `probs` has rows, sorted) of a class-balanced resampling of the
+    answers `probs` [n, K]: each row drawn with replacement with weight (answers whose top-1 is
+    its top-1) ** -`power`, by a generator seeded with `seed`; `power` 0: every row once."""
+    probs = np.asarray(probs)
+    if power <= 0:
+        return np.arange(len(probs))
+    top = probs.argmax(axis=1)
+    weight = np.bincount(top, minlength=probs.shape[1]).astype(np.float64)[top] ** -float(power)
+    rng = np.random.default_rng([seed, 13])
+    return np.sort(rng.choice(len(probs), size=len(probs), p=weight / weight.sum()))
 
 
 def select_screened(probs: np.ndarray, count: int, by: str, seen: np.ndarray) -> np.ndarray:
@@ -735,7 +753,7 @@ class _SyntheticRun(GeneratedRun):
         del self.images, self.probs
         points = [p["queries"] for p in self.curve]
         started = clock()
-        self.trainer.fit(images, probs)
+        self.trainer.fit(*_final_pass_data(images, probs, config))
         self._add("surrogate", started)
 
         def train(n: int, tag: str):
@@ -746,7 +764,7 @@ class _SyntheticRun(GeneratedRun):
                     raise RuntimeError(f"no curve point at {n} queries")
                 return self.trainer  # pragma: no cover - finish reads the point from curve.json
             refit = surrogate_trainer(self.run_dir, self.kwargs, tag)  # the final recipe
-            refit.fit(images[:n], probs[:n])
+            refit.fit(*_final_pass_data(images[:n], probs[:n], config))
             return refit
 
         extra = self._extra(probs, online_final)
@@ -828,6 +846,7 @@ class _SyntheticRun(GeneratedRun):
             "sent_this_session": self.sent,
             "budget_grown": self._budget_grown(),
             "final_pass": {"epochs": self.config.epochs, "examples": budget,
+                           "balance": self.config.final_balance,
                            "retrained_on_resume": self.retrained},
             "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
@@ -848,6 +867,16 @@ def _trained_on(granularity, temperature: float) -> str:
         return (f"{granularity} (the victim's {granularity.k} highest probabilities, the rest "
                 f"zeroed, renormalised; sharpened at T={temperature}), {when}")
     return f"the victim's answers as probabilities (sharpened at T={temperature}), {when}"
+
+
+def _final_pass_data(images: np.ndarray, probs: np.ndarray, config: SyntheticConfig
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """What the final pass trains on: the answers as they are, or with ``--final-balance`` their
+    class-balanced resampling (`balanced_rows`)."""
+    if config.final_balance <= 0:
+        return images, probs
+    rows = balanced_rows(probs, config.final_balance, config.seed)
+    return images[rows], probs[rows]
 
 
 def _gather(blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:

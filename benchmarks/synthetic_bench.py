@@ -144,8 +144,9 @@ def _refit_error(ns) -> tuple[str, str, object] | None:
         except UsageError as err:
             return "--budget", str(err.expected), ns.budget
     if not ns.set and not grows:
-        return ("--set", "with --refit-from, the final pass's " + ", ".join(FINAL_PASS_FIELDS)
-                + "=N or a larger --budget", ns.set)
+        return ("--set", "with --refit-from, the final pass's "
+                + ", ".join(f"{name}=VALUE" for name in FINAL_PASS_FIELDS)
+                + " or a larger --budget", ns.set)
     return None
 
 

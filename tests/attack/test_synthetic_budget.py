@@ -97,7 +97,8 @@ def test_one_declaration_of_what_a_resume_may_change(tmp_path):
     assert RESUME_CHANGES["final_epochs"] == REDO_FINAL_PASS  # datafree's final pass
     assert RESUME_CHANGES["grpc"] == RESUME_CHANGES["output_kind"] == REDO_NOTHING
     assert resume_fields(DataFreeConfig, REDO_FINAL_PASS) == ("final_epochs",)
-    assert FINAL_PASS_FIELDS == resume_fields(SyntheticConfig, REDO_FINAL_PASS) == ("epochs",)
+    assert FINAL_PASS_FIELDS == resume_fields(SyntheticConfig, REDO_FINAL_PASS) == (
+        "epochs", "final_balance")
     assert resume_fields(SyntheticConfig, REDO_EXTEND) == ("budget",)
     assert resume_fields(KnockoffConfig, REDO_FINAL_PASS) == ()  # Knockoff's are compared
     with pytest.raises(TypeError):
