@@ -8,6 +8,7 @@ lives where no server takes it for a model version and is gone after the export.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from common.cli import config_to_dict
 from common.data import ImageDataset
 from common.errors import UsageError
 from serving.status import aspired_versions
@@ -81,8 +83,6 @@ def _crash_after(monkeypatch, epochs: int) -> None:
 
 
 def _state(config: VictimConfig, epoch: int = 2) -> TrainingState:
-    from common.cli import config_to_dict
-
     return TrainingState(epoch=epoch, model_variables=[np.arange(3.0)],
                          optimizer_variables=[np.array(7)], history={"loss": [1.0] * epoch},
                          seconds=1.5, config=config_to_dict(config),
@@ -151,9 +151,7 @@ def test_a_state_of_other_settings_is_refused_naming_the_flag_before_training(
 
 
 def _fields(config: VictimConfig) -> dict:
-    from dataclasses import fields
-
-    return {f.name: getattr(config, f.name) for f in fields(config)}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
 
 
 def test_a_damaged_state_is_skipped_for_the_one_before(tmp_path, caplog):
@@ -228,8 +226,8 @@ def test_a_run_interrupted_after_its_best_epoch_resumes_to_the_same_victim(
     assert float((predicted == test.labels).mean()) == card["test_accuracy"]
 
 
-@pytest.mark.slow  # two dense trainings and an export: about 10 s
-def test_a_dense_victim_resumes_and_a_crash_before_the_export_trains_nothing_again(
+@pytest.mark.slow  # three dense trainings and two exports: about 12 s
+def test_a_dense_victim_resumes_a_crash_before_the_export_trains_nothing_again_and_fresh(
         tmp_path, monkeypatch, caplog):
     x, y = make_images(120, seed=3)
     x_test, y_test = make_images(30, seed=4)
@@ -262,6 +260,13 @@ def test_a_dense_victim_resumes_and_a_crash_before_the_export_trains_nothing_aga
     _assert_same_training(exported, whole)
     assert exported.training_seconds == kept.seconds > 0
     assert not state_dir(config).exists()
+    # --fresh: a state of other settings is discarded, the run trains from the start
+    write_state(state_dir(config), _state(dataclasses.replace(config, epochs=9)))
+    with pytest.raises(UsageError, match="`epochs`"):
+        run_victim_export(config, train=train, test=test)
+    _, fresh = run_victim_export(dataclasses.replace(config, fresh=True), train=train, test=test)
+    _assert_same_training(fresh, whole)
+    assert not state_dir(config).exists()
 
 
 def _npz(tmp_path: Path) -> Path:
@@ -274,7 +279,7 @@ def _npz(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow  # two processes and an in-process run, 8 epochs each: about 40 s
-def test_a_killed_process_resumes_with_the_same_command(tmp_path, monkeypatch):
+def test_a_killed_process_resumes_with_the_same_command_past_a_damaged_state(tmp_path, monkeypatch):
     monkeypatch.setenv("MEXT_CACHE_DIR", str(tmp_path / "cache"))
     data = _npz(tmp_path)
 
@@ -302,6 +307,9 @@ def test_a_killed_process_resumes_with_the_same_command(tmp_path, monkeypatch):
     assert not (out / "signs" / "1").exists()  # killed before the export
     killed_at = load_state(states).epoch
     assert 2 <= killed_at < 8
+    newest = states / f"state-{killed_at}.npz"  # as if the kill had cut its write short
+    newest.write_bytes(newest.read_bytes()[:newest.stat().st_size // 2])
+    assert load_state(states).epoch == killed_at - 1
 
     assert main(args(out)) == 0  # the same command
     assert not states.exists()
