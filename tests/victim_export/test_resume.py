@@ -27,7 +27,7 @@ from common.data import ImageDataset
 from common.errors import UsageError
 from serving.status import aspired_versions
 from tests.victim_export.tiny_data import make_images
-from victim_export import VictimConfig, next_version
+from victim_export import VictimConfig, next_version, train_victim
 from victim_export.__main__ import main
 from victim_export.train import run_victim_export, training_batches
 from victim_export.training_state import (
@@ -99,7 +99,7 @@ def _assert_same_training(resumed, uninterrupted) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# fast: the data order, the config rule, damaged files, where the state lives
+# the data order, the config rule, damaged files, where the state lives (fast)
 
 
 @pytest.mark.parametrize("augment", ["none", "crop+flip"])
@@ -189,6 +189,27 @@ def test_the_fingerprint_tells_other_data_apart():
     assert base != data_fingerprint(16, ("r", "g", "b"), [(flipped, labels), None])
     assert base != data_fingerprint(16, ("r", "g", "b"), [(images, labels[::-1].copy()), None])
     assert base != data_fingerprint(32, ("r", "g", "b"), [(images, labels), None])
+
+
+@pytest.mark.slow  # three tiny fits: 3-8 s on the shared machine
+def test_a_dense_victim_killed_after_an_epoch_resumes_bit_for_bit(tmp_path, monkeypatch):
+    x, y = make_images(60, seed=7, size=8)
+    x_test, y_test = make_images(12, seed=8, size=8)
+    train = ImageDataset(x, y, ("r", "g", "b"), "memory:train")
+    test = ImageDataset(x_test, y_test, ("r", "g", "b"), "memory:test")
+    config = _config(tmp_path, arch="softmax", arch_args=(), augment="none", epochs=3,
+                     batch_size=16, learning_rate=0.05, schedule="plateau", patience=0)
+    whole = train_victim(config, train=train, test=test)
+    journal = state_dir(config)
+    _crash_after(monkeypatch, 1)
+    with pytest.raises(_Crash):
+        train_victim(config, train=train, test=test, journal=journal)
+    monkeypatch.undo()
+    state = load_state(journal)
+    assert state.epoch == 1 and len(state.optimizer_variables) > 2  # step, rate, moments
+    resumed = train_victim(config, train=train, test=test, journal=journal, resume=state)
+    _assert_same_training(resumed, whole)
+    assert load_state(journal).epoch == 3
 
 
 # ---------------------------------------------------------------------------------------------
