@@ -34,9 +34,11 @@ equals the one that wrote it, except for `RESUME_NEUTRAL_FIELDS` (where the expo
 which form: they cannot change the trained weights), and whose data have the same fingerprint;
 anything else is refused with one line naming the differing field and how to continue
 (`UsageError`, exit code 2): the run's own value resumes, ``--fresh`` discards the state. A
-state is never mixed into another run, and never silently thrown away. ``--epochs`` cannot grow
-on resume (the cosine schedule spans the whole run). Runs under ``--distribute`` other than
-none journal nothing and cannot resume a single-device state.
+state is never mixed into another run, and never silently thrown away. ``--epochs`` may grow on
+resume when nothing else depends on it (``--schedule constant|plateau`` and ``--patience`` above
+0: the run then ends as one started with the larger count would have); the cosine schedule
+spans the whole run, so there it may not. Runs under ``--distribute`` other than none journal
+nothing and cannot resume a single-device state.
 """
 
 from __future__ import annotations
@@ -211,10 +213,16 @@ def check_state(state: TrainingState, config: VictimConfig,
         if name in RESUME_NEUTRAL_FIELDS:
             continue
         saved = state.config.get(name, current[name])
+        if name == "epochs" and _epochs_may_grow(config, saved):
+            continue
         if _comparable(saved) != _comparable(current[name]):
+            why = ""
+            if name == "epochs":
+                why = (" (more epochs only without the cosine schedule, which spans the whole "
+                       "run, and with --patience above 0, which is otherwise the epoch count)")
             raise invalid(name, current[name],
                           f"{saved!r}, the value of the interrupted run whose training state "
-                          f"is in {where} (after {state.epoch} epochs): resume with "
+                          f"is in {where} (after {state.epoch} epochs){why}: resume with "
                           f"{as_flags(config, {name: saved})}, {how}")
     if fingerprint is not None and state.fingerprint != fingerprint:
         raise UsageError(
@@ -223,6 +231,14 @@ def check_state(state: TrainingState, config: VictimConfig,
             f"expected the same images, labels, classes and input size; resume with the same "
             f"data, {how}.", argument="dataset", received=config.dataset,
             expected="the interrupted run's data")
+
+
+def _epochs_may_grow(config: VictimConfig, saved: Any) -> bool:
+    """Whether `config.epochs` may replace the interrupted run's `saved` count: more epochs,
+    and nothing else depends on the count (no cosine schedule; early stopping's patience its
+    own number), so the run ends as one started with the new count would have."""
+    return (isinstance(saved, int) and config.epochs > saved and config.schedule != "cosine"
+            and config.patience > 0)
 
 
 def _comparable(value: Any) -> Any:

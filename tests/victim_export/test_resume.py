@@ -142,8 +142,15 @@ def test_a_state_of_other_settings_is_refused_naming_the_flag_before_training(
     check_state(_state(saved), VictimConfig(**{**_fields(saved), "version": 4,
                                                "export_logits": True, "fresh": True,
                                                "container_base_path": "local"}))
-    with pytest.raises(UsageError, match="`epochs`.*resume with --epochs 3"):
+    with pytest.raises(UsageError, match="`epochs`.*cosine schedule.*resume with --epochs 3"):
         check_state(_state(saved), VictimConfig(**{**_fields(saved), "epochs": 5}))
+    # more epochs where nothing else depends on the count; never fewer
+    constant = VictimConfig(**{**_fields(saved), "schedule": "constant"})
+    check_state(_state(constant), dataclasses.replace(constant, epochs=5))
+    with pytest.raises(UsageError, match="`epochs`"):
+        check_state(_state(constant), dataclasses.replace(constant, epochs=2))
+    with pytest.raises(UsageError, match="`epochs`.*--patience above 0"):
+        check_state(_state(constant), dataclasses.replace(constant, epochs=5, patience=0))
     with pytest.raises(UsageError, match="`distribute`.*--fresh"):
         check_state(_state(saved), VictimConfig(**{**_fields(saved), "distribute": "mirrored"}))
     with pytest.raises(UsageError, match="`dataset`. The training data differ"):
@@ -210,6 +217,26 @@ def test_a_dense_victim_killed_after_an_epoch_resumes_bit_for_bit(tmp_path, monk
     resumed = train_victim(config, train=train, test=test, journal=journal, resume=state)
     _assert_same_training(resumed, whole)
     assert load_state(journal).epoch == 3
+
+
+@pytest.mark.slow  # three tiny fits: 3-8 s on the shared machine
+def test_more_epochs_on_resume_end_as_a_run_started_with_them(tmp_path, monkeypatch):
+    x, y = make_images(60, seed=9, size=8)
+    x_test, y_test = make_images(12, seed=10, size=8)
+    train = ImageDataset(x, y, ("r", "g", "b"), "memory:train")
+    test = ImageDataset(x_test, y_test, ("r", "g", "b"), "memory:test")
+    config = _config(tmp_path, arch="softmax", arch_args=(), augment="none", epochs=4,
+                     batch_size=16, learning_rate=0.05, schedule="constant", patience=3)
+    whole = train_victim(config, train=train, test=test)
+    journal = state_dir(config)
+    _crash_after(monkeypatch, 2)
+    with pytest.raises(_Crash):
+        train_victim(dataclasses.replace(config, epochs=3), train=train, test=test,
+                     journal=journal)
+    monkeypatch.undo()
+    resumed = train_victim(config, train=train, test=test, journal=journal,
+                           resume=load_state(journal))
+    _assert_same_training(resumed, whole)
 
 
 # ---------------------------------------------------------------------------------------------
