@@ -25,9 +25,14 @@ folders. TF Serving (``FileSystemStoragePathSource``), the embedded server
 named by an integer for versions; ``models.config`` lists model names, which cannot start with
 a dot (`victim_export.config.MODEL_NAME_RE`), so ``.training`` is never a model nor a version.
 Each state is one ``.npz`` written atomically (`common.fileio.write_atomic`: a synced temporary
-file renamed over the target); the previous epoch's file is removed only after the new one is
-in place, and a state that cannot be read (a truncated file) is skipped with a warning for the
-one before it. The folder is removed after a successful export.
+file renamed over the target); the two newest are kept (an older one is removed once the new
+one is in place), and a state that cannot be read (a truncated file) is skipped with a warning
+for the one before it. The folder is removed after a successful export and kept when the export
+fails (the same command then exports without training again). The removal starts with one
+atomic rename (to ``.training-removed-<pid>``, deleted next, or by the next removal should a
+crash interrupt it), so only a crash in the instant between the export's own rename and that
+one leaves a finished state behind (the same command would then export the same weights once
+more, as the next version).
 
 The rule (`check_state`): the same command resumes. A state is only used by a run whose config
 equals the one that wrote it, except for `RESUME_NEUTRAL_FIELDS` (where the export goes and in
@@ -44,9 +49,9 @@ nothing and cannot resume a single-device state.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -114,7 +119,8 @@ class TrainingState:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
-    def to_bytes(self) -> bytes:
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of the ``.npz`` file: ``meta`` (JSON as bytes) and the variables."""
         meta = {"format": _FORMAT, "epoch": self.epoch, "history": self.history,
                 "seconds": self.seconds, "stopped": self.stopped, "early": self.early,
                 "plateau": self.plateau, "config": self.config,
@@ -126,9 +132,7 @@ class TrainingState:
                                ("optimizer", self.optimizer_variables),
                                ("best", self.best_weights or [])):
             arrays.update({f"{prefix}_{i}": np.asarray(v) for i, v in enumerate(values)})
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return buffer.getvalue()
+        return arrays
 
     @classmethod
     def read(cls, path: Path) -> TrainingState:
@@ -175,9 +179,15 @@ def load_state(directory: Path) -> TrainingState | None:
 def discard_state(config: VictimConfig) -> None:
     """Remove `config`'s training-state folder (after an export, or on ``--fresh``)."""
     directory = state_dir(config)
-    if directory.exists():
-        shutil.rmtree(directory, ignore_errors=True)  # several workers may remove it at once
+    doomed = directory.with_name(f"{STATE_DIR_NAME}-removed-{os.getpid()}")
+    try:  # one atomic rename: from here on no run resumes it, whatever happens to the rmtree
+        os.replace(directory, doomed)
+    except FileNotFoundError:  # none, or another worker removed it first
+        pass
+    else:
         logger.info("removed the training state in %s", directory)
+    for leftover in directory.parent.glob(f"{STATE_DIR_NAME}-removed-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def data_fingerprint(size: int, class_names: Sequence[str],
@@ -339,8 +349,8 @@ def write_state(directory: Path, state: TrainingState) -> Path:
     states but the one before (kept as a fallback should the newest be unreadable)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"state-{state.epoch}.npz"
-    payload = state.to_bytes()
-    write_atomic(path, lambda handle: handle.write(payload))
+    arrays = state.to_arrays()
+    write_atomic(path, lambda handle: np.savez(handle, **arrays))
     for _, older in _state_files(directory)[2:]:
         older.unlink(missing_ok=True)
     logger.debug("training state after epoch %d written to %s", state.epoch, path)

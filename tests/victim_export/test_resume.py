@@ -36,6 +36,7 @@ from victim_export.training_state import (
     TrainingState,
     check_state,
     data_fingerprint,
+    discard_state,
     load_state,
     state_dir,
     write_state,
@@ -177,7 +178,7 @@ def test_a_damaged_state_is_skipped_for_the_one_before(tmp_path, caplog):
     assert load_state(directory) is None  # nothing usable: the run starts from epoch 1
 
 
-def test_the_state_folder_is_no_model_version(tmp_path):
+def test_the_state_folder_is_no_model_version_and_goes_without_a_trace(tmp_path):
     config = _config(tmp_path)
     write_state(state_dir(config), _state(config))
     (config.model_dir / "3").mkdir()
@@ -185,6 +186,10 @@ def test_the_state_folder_is_no_model_version(tmp_path):
     assert STATE_DIR_NAME in children
     assert aspired_versions(children, policy="all") == [3]
     assert next_version(config.model_dir) == 4
+    (config.model_dir / f"{STATE_DIR_NAME}-removed-99").mkdir()  # a removal cut short
+    discard_state(config)
+    assert [p.name for p in config.model_dir.iterdir()] == ["3"]
+    discard_state(config)  # nothing left to remove
 
 
 def test_the_fingerprint_tells_other_data_apart():
