@@ -308,6 +308,11 @@ class EpochJournal(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._started = time.monotonic()
         state = self.resumed
+        if self.directory is not None:  # files of later epochs: unreadable, or another run's
+            first_epoch = 0 if state is None else state.epoch
+            for epoch, path in _state_files(self.directory):
+                if epoch > first_epoch:
+                    path.unlink(missing_ok=True)
         if state is None:
             return
         restore_variables(self.model, state)

@@ -213,10 +213,13 @@ def test_a_dense_victim_killed_after_an_epoch_resumes_bit_for_bit(tmp_path, monk
                      batch_size=16, learning_rate=0.05, schedule="plateau", patience=0)
     whole = train_victim(config, train=train, test=test)
     journal = state_dir(config)
+    journal.mkdir(parents=True)
+    (journal / "state-7.npz").write_bytes(b"cut")  # an unreadable file of a later epoch
     _crash_after(monkeypatch, 1)
     with pytest.raises(_Crash):
         train_victim(config, train=train, test=test, journal=journal)
     monkeypatch.undo()
+    assert sorted(p.name for p in journal.iterdir()) == ["state-1.npz"]
     state = load_state(journal)
     assert state.epoch == 1 and len(state.optimizer_variables) > 2  # step, rate, moments
     resumed = train_victim(config, train=train, test=test, journal=journal, resume=state)
