@@ -91,10 +91,12 @@ _STATE_FILE = re.compile(r"^state-(\d+)\.npz$")
 _FORMAT = 1
 
 RESUME_NEUTRAL_FIELDS = ("out", "name", "version", "export_logits", "input_dtype", "flatten",
-                         "container_base_path", "data_dir", "fresh")
+                         "container_base_path", "dataset", "data_dir", "fresh")
 """Fields a resumed run may change: where and in which form the victim is exported (``out``
-and ``name`` locate the state itself), where tensorflow-datasets keeps its files (the data are
-compared by fingerprint), and ``fresh``. Every other field must be the interrupted run's."""
+and ``name`` locate the state itself), how the dataset is spelled and where tensorflow-datasets
+keeps its files (``../data/x.zip`` from one folder is ``data/x.zip`` from another: the images
+and labels trained and validated on are compared by their fingerprint instead), and ``fresh``.
+Every other field must be the interrupted run's."""
 
 
 def state_dir(config: VictimConfig) -> Path:
