@@ -206,14 +206,20 @@ def test_the_fingerprint_tells_other_data_apart():
     assert base != data_fingerprint(32, ("r", "g", "b"), [(images, labels), None])
 
 
+def _tiny_softmax(tmp_path, seed: int, **changes):
+    """(train, test, config): 60 + 12 images of 8x8 and a softmax victim's config."""
+    x, y = make_images(60, seed=seed, size=8)
+    x_test, y_test = make_images(12, seed=seed + 1, size=8)
+    names = ("r", "g", "b")
+    config = _config(tmp_path, arch="softmax", arch_args=(), augment="none", batch_size=16,
+                     learning_rate=0.05, **changes)
+    return (ImageDataset(x, y, names, "memory:train"),
+            ImageDataset(x_test, y_test, names, "memory:test"), config)
+
+
 @pytest.mark.slow  # three tiny fits: 3-8 s on the shared machine
 def test_a_dense_victim_killed_after_an_epoch_resumes_bit_for_bit(tmp_path, monkeypatch):
-    x, y = make_images(60, seed=7, size=8)
-    x_test, y_test = make_images(12, seed=8, size=8)
-    train = ImageDataset(x, y, ("r", "g", "b"), "memory:train")
-    test = ImageDataset(x_test, y_test, ("r", "g", "b"), "memory:test")
-    config = _config(tmp_path, arch="softmax", arch_args=(), augment="none", epochs=3,
-                     batch_size=16, learning_rate=0.05, schedule="plateau", patience=0)
+    train, test, config = _tiny_softmax(tmp_path, 7, epochs=3, schedule="plateau", patience=0)
     whole = train_victim(config, train=train, test=test)
     journal = state_dir(config)
     journal.mkdir(parents=True)
@@ -232,12 +238,7 @@ def test_a_dense_victim_killed_after_an_epoch_resumes_bit_for_bit(tmp_path, monk
 
 @pytest.mark.slow  # three tiny fits: 3-8 s on the shared machine
 def test_more_epochs_on_resume_end_as_a_run_started_with_them(tmp_path, monkeypatch):
-    x, y = make_images(60, seed=9, size=8)
-    x_test, y_test = make_images(12, seed=10, size=8)
-    train = ImageDataset(x, y, ("r", "g", "b"), "memory:train")
-    test = ImageDataset(x_test, y_test, ("r", "g", "b"), "memory:test")
-    config = _config(tmp_path, arch="softmax", arch_args=(), augment="none", epochs=4,
-                     batch_size=16, learning_rate=0.05, schedule="constant", patience=3)
+    train, test, config = _tiny_softmax(tmp_path, 9, epochs=4, schedule="constant", patience=3)
     whole = train_victim(config, train=train, test=test)
     journal = state_dir(config)
     _crash_after(monkeypatch, 2)
