@@ -846,8 +846,9 @@ class _SyntheticRun(GeneratedRun):
             "sent_this_session": self.sent,
             "budget_grown": self._budget_grown(),
             "final_pass": {"epochs": self.config.epochs, "examples": budget,
-                           "balance": self.config.final_balance,
-                           "retrained_on_resume": self.retrained},
+                           "retrained_on_resume": self.retrained,
+                           **({"balance": self.config.final_balance}
+                              if self.config.final_balance > 0 else {})},
             "time_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
             "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()},
             "seconds_per_1000_queries": {k: round(1000 * v / budget, 3)

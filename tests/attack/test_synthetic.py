@@ -318,15 +318,17 @@ def test_resume_with_other_epochs_retrains_the_final_pass_without_a_query(colour
         "epochs": 1, "examples": 200, "retrained_on_resume": None}
 
     second = killed_keras_victim(colour_model, calls=None)
-    result = extract_synthetic(second, run_dir, resume=True, epochs=3, **hyper)
+    result = extract_synthetic(second, run_dir, resume=True, epochs=3, final_balance=1.0,
+                               **hyper)
     assert second.queries == 0 and result.queries == 200  # every answer read back
     with QueryJournal.open(run_dir) as journal:
         np.testing.assert_array_equal(journal.responses(), answers)
     report = json.loads((run_dir / "report.json").read_text())
     assert report["config"]["epochs"] == 3
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
-    assert report["extra"]["final_pass"]["retrained_on_resume"] == {
-        "from": {"epochs": 1}, "to": {"epochs": 3}}
+    assert report["extra"]["final_pass"]["retrained_on_resume"] == {  # and class-balanced
+        "from": {"epochs": 1, "final_balance": 0.0}, "to": {"epochs": 3, "final_balance": 1.0}}
+    assert report["extra"]["final_pass"]["balance"] == 1.0
     history = json.loads((run_dir / "checkpoints" / "final" / "fit_state.json").read_text())
     assert len(history["history"]["loss"]) == 3  # trained again from the start, 3 epochs
     curve = json.loads((run_dir / "curve.json").read_text())
@@ -334,7 +336,8 @@ def test_resume_with_other_epochs_retrains_the_final_pass_without_a_query(colour
     prefix = run_dir / "checkpoints" / "prefix_100" / "fit_state.json"
     assert len(json.loads(prefix.read_text())["history"]["loss"]) == 3  # trained again too
     with pytest.raises(UsageError, match="round-size"):  # what decides the queries: refused
-        extract_synthetic(second, run_dir, resume=True, epochs=3, **{**hyper, "round_size": 50})
+        extract_synthetic(second, run_dir, resume=True, epochs=3, final_balance=1.0,
+                          **{**hyper, "round_size": 50})
 
 
 @pytest.fixture(scope="module")
