@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,7 @@ __all__ = [
     "query_batch_field",
     "resume_fields",
     "run_dir_field",
+    "same_setting",
     "saved_run_config",
     "validate_parts",
 ]
@@ -410,6 +412,25 @@ def resume_fields(config: Any, redo: str) -> tuple[str, ...]:
     return tuple(name for name, what in changes.items() if what == redo and name in names)
 
 
+def same_setting(saved: Any, current: Any) -> bool:
+    """Whether a saved config value and the current one are the same setting: equal, or paths
+    naming the same file or folder (relative or absolute, trailing slash, symlinks)."""
+
+    if saved == current:
+        return True
+    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
+        return len(saved) == len(current) and all(map(same_setting, saved, current))
+    if not isinstance(saved, str) or not isinstance(current, str) or not saved or not current:
+        return False
+    a, b = os.path.expanduser(saved), os.path.expanduser(current)
+    if os.path.normpath(a) == os.path.normpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them names nothing here: not a path, or not the same one
+        return False
+
+
 def changed_on_resume(config: Any) -> dict[str, Any]:
     """On ``resume``: {field: the run's saved value} of the fields of `config` that the run's
     config.json holds otherwise and that a resume may change with a redo (final pass or
@@ -422,7 +443,7 @@ def changed_on_resume(config: Any) -> dict[str, Any]:
     return {name: saved.get(name, defaults[name])
             for name in resume_fields(config, REDO_FINAL_PASS) + resume_fields(config,
                                                                               REDO_EXTEND)
-            if saved.get(name, defaults[name]) != getattr(config, name)}
+            if not same_setting(saved.get(name, defaults[name]), getattr(config, name))}
 
 
 def keep_run_settings(config: Any) -> Any:

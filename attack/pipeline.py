@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from attack import victim as _victim
-from attack.config import RESUME_CHANGES
+from attack.config import RESUME_CHANGES, same_setting
 from attack.evaluate import default_budgets, evaluate, prefix_curve, uniform_noise_images
 from attack.journal import QueryJournal
 from attack.report import write_report
@@ -151,7 +150,7 @@ def prepare_run_dir(config: Any) -> Path:
                     **getattr(config, "run_legacy", {})}
         may_change = getattr(config, "resume_changes", RESUME_CHANGES)  # the attack redoes them
         differing = sorted(k for k in current if k not in may_change and k != "out"
-                           and not _same_setting(saved.get(k, defaults.get(k)), current[k]))
+                           and not same_setting(saved.get(k, defaults.get(k)), current[k]))
         if differing:
             was = {k: saved.get(k, defaults.get(k)) for k in differing}
             detail = ", ".join(
@@ -174,25 +173,6 @@ def prepare_run_dir(config: Any) -> Path:
     except OSError as err:
         raise write_error(err, "out", run_dir) from None
     return run_dir
-
-
-def _same_setting(saved: Any, current: Any) -> bool:
-    """Whether a saved config value and the current one are the same setting: equal, or paths
-    naming the same file or folder (relative or absolute, trailing slash, symlinks)."""
-
-    if saved == current:
-        return True
-    if isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)):
-        return len(saved) == len(current) and all(map(_same_setting, saved, current))
-    if not isinstance(saved, str) or not isinstance(current, str) or not saved or not current:
-        return False
-    a, b = os.path.expanduser(saved), os.path.expanduser(current)
-    if os.path.normpath(a) == os.path.normpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them names nothing here: not a path, or not the same one
-        return False
 
 
 def _defaults_like(config: Any) -> Any:

@@ -42,7 +42,8 @@ arrives (`attack.journal`), and the search state (elites, counts) with the surro
 is written atomically after every round (``RUN_DIR/synthetic_state.npz``). A resumed run
 re-renders the finished rounds from their theta (the renderer is deterministic) and continues
 the unfinished round from its stored theta, sending only the queries never answered.
-``--resume`` with another ``--epochs`` (`FINAL_PASS_FIELDS`: no query depends on them) trains
+``--resume`` with another ``--epochs`` (`FINAL_PASS_FIELDS`: no query depends on them; with
+``--online-passes 0`` the surrogate's architecture and recipe too, `SURROGATE_FIELDS`) trains
 the final pass again on the journaled answers, none sent again; ``--resume --budget N`` with N
 above the run's budget grows it (`check_resume`): every journaled answer is kept, the rounds
 continue to N as a fresh run of budget N would have sent them (the run's budget a multiple of
@@ -113,9 +114,9 @@ from common.constraints import check_fields
 from common.errors import invalid
 from common.fileio import write_json_atomic
 
-__all__ = ["FINAL_PASS_FIELDS", "Elites", "Synthetic", "SyntheticConfig", "balanced_rows",
-           "check_resume", "plan_round", "pool_digest", "run_prior", "run_synthetic",
-           "select_screened", "sent_queries", "shift_images"]
+__all__ = ["FINAL_PASS_FIELDS", "SURROGATE_FIELDS", "Elites", "Synthetic", "SyntheticConfig",
+           "balanced_rows", "check_resume", "plan_round", "pool_digest", "run_prior",
+           "run_synthetic", "select_screened", "sent_queries", "shift_images"]
 
 log = logging.getLogger(__name__)
 
@@ -232,17 +233,28 @@ class SyntheticConfig(AttackConfig):
 # Set after the class, not annotated ``ClassVar`` in its body: run as ``__main__`` through runpy
 # without altering sys.modules (the startup tests), dataclasses cannot resolve the string
 # annotation and would take it for a field with a mutable default.
+SURROGATE_FIELDS = ("backbone", "weights", "arch_args", "input_size", "batch_size",
+                    "learning_rate", "target_temperature", "mixup", "label_smoothing", "warmup",
+                    "ema", "color_jitter", "fit_batch_size", "flip")
+"""The surrogate's architecture and training recipe. The online surrogate (``--online-passes``
+above 0) trains with them while the run chooses its queries (its screen, its curve), so a run
+with online updates keeps them on ``--resume`` (`check_resume` refuses another value); with
+``--online-passes 0`` no query depends on them (the surrogate is first trained after the
+budget): ``--resume`` may change them and the final pass is trained again from the answers,
+none paid twice (another architecture or recipe on the same paid answers)."""
+
 SyntheticConfig.resume_changes = MappingProxyType({
     **RESUME_CHANGES, "epochs": REDO_FINAL_PASS, "final_balance": REDO_FINAL_PASS,
-    "budget": REDO_EXTEND})
-"""What ``--resume`` may change besides the shared `RESUME_CHANGES`: ``epochs`` (no query
-depends on it: the final pass, and with ``--online-passes 0`` the curve's points, trained
-again) and a larger ``budget`` (the rounds continue, then the final pass on every answer)."""
+    **dict.fromkeys(SURROGATE_FIELDS, REDO_FINAL_PASS), "budget": REDO_EXTEND})
+"""What ``--resume`` may change besides the shared `RESUME_CHANGES`: ``epochs`` and
+``final_balance`` (no query depends on them: the final pass, and with ``--online-passes 0``
+the curve's points, trained again), `SURROGATE_FIELDS` likewise for a run without online
+updates, and a larger ``budget`` (the rounds continue, then the final pass on every answer)."""
 
 FINAL_PASS_FIELDS = resume_fields(SyntheticConfig, REDO_FINAL_PASS)
-"""Settings no query depends on (the online rounds never read them): ``--resume`` may change
-them, and the final pass (with ``--online-passes 0`` the curve's points too) is trained again
-from the run's answers."""
+"""Settings ``--resume`` may change by training the final pass (with ``--online-passes 0`` the
+curve's points too) again from the run's answers: ``epochs`` and ``final_balance`` always (the
+online rounds never read them), `SURROGATE_FIELDS` when the run has no online updates."""
 
 
 def check_resume(config: SyntheticConfig, *, budget_given: bool = True) -> dict[str, Any]:
@@ -254,6 +266,13 @@ def check_resume(config: SyntheticConfig, *, budget_given: bool = True) -> dict[
     budget while `budget_given` is false (a resume without ``--budget`` would pay for queries
     nobody asked for)."""
     earlier = changed_on_resume(config)
+    online = [name for name in SURROGATE_FIELDS if name in earlier]
+    if online and config.online_passes > 0:
+        name = online[0]
+        raise invalid(name, getattr(config, name), f"{earlier[name]!r}, the run's own: its "
+                      f"online surrogate (--online-passes {config.online_passes:g}) trained "
+                      "with it while the run chose its queries (only a run with --online-passes "
+                      "0 trains its surrogate again with other settings)")
     if "budget" not in earlier:
         return earlier
     old, new, run_dir = int(earlier["budget"]), config.budget, Path(config.out)

@@ -24,8 +24,10 @@ over seeds, beside the victim's) go to ``--out``; ``--reuse`` reads back finishe
 
 ``--refit-from DIR --set epochs=N`` uses paid answers again: each seed's finished run
 ``DIR/synthetic_s<seed>`` is copied to ``--out`` and resumed there with another final pass
-(`attack.synthetic.FINAL_PASS_FIELDS`); every answer is read back from its journal, none is
-sent, and the row is labelled ``synthetic, final pass epochs=N``. ``--refit-from DIR --budget
+(`attack.synthetic.FINAL_PASS_FIELDS`: epochs, final_balance, and for runs with
+``online_passes=0`` the surrogate's architecture and recipe, ``--set mixup=0.2`` or
+``backbone='"resnet50"'``); every answer is read back from its journal, none is sent, and the
+row is labelled ``synthetic, final pass epochs=N``. ``--refit-from DIR --budget
 N`` with N above the runs' budget grows each copy to N (`attack.synthetic.check_resume`, with
 ``--set epochs=...`` too if given): the answers are read back, the rounds continue to N, the
 final pass trains on all N; only the new queries are paid (the row's ``sent_this_session``),
@@ -117,14 +119,17 @@ def refit_config(ns, target: str, seed: int, out: Path):
 def _refit_error(ns) -> tuple[str, str, object] | None:
     """(argument, expected, received) when ``--refit-from`` cannot retrain (or grow) every
     seed's run with these flags; None when it can. Read only: nothing is copied before."""
-    from attack.synthetic import FINAL_PASS_FIELDS, check_resume
+    from attack.synthetic import FINAL_PASS_FIELDS, SURROGATE_FIELDS, check_resume
     from common.errors import UsageError
 
+    always = [name for name in FINAL_PASS_FIELDS if name not in SURROGATE_FIELDS]
+    settings = (", ".join(always) + " (and for runs with online_passes=0 the surrogate's: "
+                + ", ".join(SURROGATE_FIELDS) + ")")
     if ns.methods != ["synthetic"]:
         return "--methods", "synthetic with --refit-from", " ".join(ns.methods)
     if set(_parse_sets(ns.set)) - set(FINAL_PASS_FIELDS):
-        return ("--set", "with --refit-from, only the final pass's "
-                + ", ".join(FINAL_PASS_FIELDS) + " (a larger --budget grows the runs)", ns.set)
+        return ("--set", f"with --refit-from, only the final pass's {settings}; a larger "
+                "--budget grows the runs", ns.set)
     asked, grows = ns.budget, False
     for seed in ns.seeds:
         source = _source(ns, seed)
@@ -142,11 +147,12 @@ def _refit_error(ns) -> tuple[str, str, object] | None:
         try:  # the growth's own rules (a run whose last round was cut cannot grow)
             check_resume(config, budget_given=True)
         except UsageError as err:
-            return "--budget", str(err.expected), ns.budget
+            if err.argument == "budget":
+                return "--budget", str(err.expected), ns.budget
+            return "--set", f"{err.argument}={err.expected}", ns.set  # kept by online runs
     if not ns.set and not grows:
-        return ("--set", "with --refit-from, the final pass's "
-                + ", ".join(f"{name}=VALUE" for name in FINAL_PASS_FIELDS)
-                + " or a larger --budget", ns.set)
+        return ("--set", f"with --refit-from, NAME=VALUE of the final pass's {settings}, or "
+                "a larger --budget", ns.set)
     return None
 
 

@@ -94,11 +94,17 @@ def colour_test(model):
 def extract_synthetic(victim, run_dir, *, resume=False, test=None, natural=None, epochs=2,
                       **hyper):
     """`attack.synthetic.Synthetic(**hyper).extract` against `victim` with the tiny surrogate
-    (`epochs` of final pass), one curve point, no noise."""
+    (`epochs` of final pass; the surrogate's own settings in `hyper`, ``mixup=0.2``, go to it),
+    one curve point, no noise."""
+    import dataclasses
+
     from attack import Surrogate
     from attack.synthetic import Synthetic
 
-    hyper = {"curve_points": 1, "noise": 0, **hyper}
-    surrogate = Surrogate(**{**SYNTHETIC_SURROGATE, "epochs": epochs})
+    own = {f.name for f in dataclasses.fields(Surrogate)}
+    recipe = {k: v for k, v in hyper.items() if k in own}
+    hyper = {"curve_points": 1, "noise": 0,
+             **{k: v for k, v in hyper.items() if k not in own}}
+    surrogate = Surrogate(**{**SYNTHETIC_SURROGATE, "epochs": epochs, **recipe})
     return Synthetic(**hyper).extract(victim, natural, surrogate=surrogate, run_dir=run_dir,
                                       resume=resume, test=test)

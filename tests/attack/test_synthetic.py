@@ -302,7 +302,7 @@ def test_sent_queries_replays_the_stream_the_victim_received(colour_model, tmp_p
         next(sent_queries(run_dir, natural=pool[::-1]))
 
 
-@pytest.mark.slow  # ~15 s: two final passes and exports
+@pytest.mark.slow  # ~20 s: three final passes and exports
 def test_resume_with_other_epochs_retrains_the_final_pass_without_a_query(colour_model,
                                                                          tmp_path):
     from attack.journal import QueryJournal
@@ -338,6 +338,22 @@ def test_resume_with_other_epochs_retrains_the_final_pass_without_a_query(colour
     with pytest.raises(UsageError, match="round-size"):  # what decides the queries: refused
         extract_synthetic(second, run_dir, resume=True, epochs=3, final_balance=1.0,
                           **{**hyper, "round_size": 50})
+
+    # no online updates: the surrogate's recipe too is the final pass's, learnt again for free
+    fingerprint = history["fingerprint"]
+    third = killed_keras_victim(colour_model, calls=None)
+    extract_synthetic(third, run_dir, resume=True, epochs=3, final_balance=1.0,
+                      learning_rate=0.01, mixup=0.2, **hyper)
+    assert third.queries == 0
+    with QueryJournal.open(run_dir) as journal:
+        np.testing.assert_array_equal(journal.responses(), answers)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["extra"]["final_pass"]["retrained_on_resume"] == {
+        "from": {"learning_rate": 0.001, "mixup": 0.0},
+        "to": {"learning_rate": 0.01, "mixup": 0.2}}
+    assert (report["config"]["learning_rate"], report["config"]["mixup"]) == (0.01, 0.2)
+    state = json.loads((run_dir / "checkpoints" / "final" / "fit_state.json").read_text())
+    assert state["completed"] and state["fingerprint"] != fingerprint  # trained, not loaded
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,13 @@ from attack.config import (
     resume_fields,
 )
 from attack.datafree import DataFreeConfig
-from attack.synthetic import FINAL_PASS_FIELDS, SyntheticConfig, check_resume, main
+from attack.synthetic import (
+    FINAL_PASS_FIELDS,
+    SURROGATE_FIELDS,
+    SyntheticConfig,
+    check_resume,
+    main,
+)
 from common.cli import save_config
 from common.errors import UsageError
 from serving.testing import colour_images
@@ -98,7 +104,7 @@ def test_one_declaration_of_what_a_resume_may_change(tmp_path):
     assert RESUME_CHANGES["grpc"] == RESUME_CHANGES["output_kind"] == REDO_NOTHING
     assert resume_fields(DataFreeConfig, REDO_FINAL_PASS) == ("final_epochs",)
     assert FINAL_PASS_FIELDS == resume_fields(SyntheticConfig, REDO_FINAL_PASS) == (
-        "epochs", "final_balance")
+        "epochs", "final_balance", *SURROGATE_FIELDS)
     assert resume_fields(SyntheticConfig, REDO_EXTEND) == ("budget",)
     assert resume_fields(KnockoffConfig, REDO_FINAL_PASS) == ()  # Knockoff's are compared
     with pytest.raises(TypeError):
@@ -118,6 +124,39 @@ def test_one_declaration_of_what_a_resume_may_change(tmp_path):
     prepare_run_dir(dataclasses.replace(config, resume=True, final_epochs=4))
     with pytest.raises(UsageError, match="--budget 500"):
         prepare_run_dir(dataclasses.replace(config, resume=True, budget=900))
+
+
+def test_the_surrogate_changes_on_resume_only_where_no_query_depended_on_it(tmp_path, capsys,
+                                                                           monkeypatch):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"")
+    offline = _saved_run(tmp_path, budget=300, online_passes=0, backbone="mobilenet",
+                         weights=str(weights), arch_args=("alpha=0.25",))
+    resumed = SyntheticConfig(out=str(offline), round_size=100, budget=300, resume=True,
+                              online_passes=0, backbone="mobilenet", weights=str(weights),
+                              arch_args=("alpha=0.25",))
+    assert check_resume(resumed) == {}  # the saved list, the same tuple
+    monkeypatch.chdir(tmp_path)  # the same file spelled otherwise is the same setting
+    assert check_resume(dataclasses.replace(resumed, weights="./w.h5")) == {}
+    other = dataclasses.replace(resumed, mixup=0.2, backbone="resnet50",
+                                arch_args=(), ema=0.99)
+    assert check_resume(other) == {"mixup": 0.0, "backbone": "mobilenet",
+                                   "arch_args": ["alpha=0.25"], "ema": 0.0}
+
+    online = tmp_path / "online"
+    online.mkdir()
+    save_config(SyntheticConfig(out=str(online), round_size=100, budget=300),
+                online / "config.json")
+    again = SyntheticConfig(out=str(online), round_size=100, budget=300, resume=True)
+    assert check_resume(dataclasses.replace(again, epochs=3)) == {"epochs": 10}
+    before = _snapshot(online)
+    with pytest.raises(UsageError, match="online surrogate") as err:
+        check_resume(dataclasses.replace(again, mixup=0.2))
+    assert err.value.argument == "mixup" and "0.0, the run's own" in err.value.expected
+    code = main(["--out", str(online), "--resume", "--round-size", "100", "--budget", "300",
+                 "--learning-rate", "0.01"])
+    assert_refused(capsys, code, "--learning-rate=0.01", "Expected 0.001, the run's own")
+    assert _snapshot(online) == before
 
 
 @pytest.mark.slow  # ~30 s: five sessions, four final passes and exports

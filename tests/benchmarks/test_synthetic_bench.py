@@ -47,8 +47,10 @@ def test_bad_flags_are_one_line_exit_2_and_nothing_written(victims, tmp_path, ca
     (["--set", "epochs=10", "--methods", "synthetic", "knockoff"], "--methods", "synthetic"),
     (["--set", "epochs=10", "--seeds", "0", "1"], "--refit-from", "finished runs"),
     (["--set", "epochs=10", "--budget", "500"], "--budget", "the runs' budget (1000)"),
-    ([], "--set", "epochs=VALUE, final_balance=VALUE or a larger --budget"),  # no change
-    (["--budget", "1000"], "--set", "epochs=VALUE, final_balance=VALUE or a larger --budget"),
+    ([], "--set", "NAME=VALUE of the final pass's epochs, final_balance"),  # no change
+    (["--budget", "1000"], "--set", "NAME=VALUE of the final pass's epochs, final_balance"),
+    # the surrogate of a run with online updates chose its queries: kept
+    (["--set", "mixup=0.2"], "--set", "mixup=0.0, the run's own: its online surrogate"),
     (["--budget", "2000", "--set", "epochs=0"], "--set", "SyntheticConfig"),
 ])
 def test_refit_refusals_name_the_argument_before_anything_is_copied(victims, tmp_path, capsys,
