@@ -230,9 +230,6 @@ class SyntheticConfig(AttackConfig):
                           "surrogate screens the candidates)")
 
 
-# Set after the class, not annotated ``ClassVar`` in its body: run as ``__main__`` through runpy
-# without altering sys.modules (the startup tests), dataclasses cannot resolve the string
-# annotation and would take it for a field with a mutable default.
 SURROGATE_FIELDS = ("backbone", "weights", "arch_args", "input_size", "batch_size",
                     "learning_rate", "target_temperature", "mixup", "label_smoothing", "warmup",
                     "ema", "color_jitter", "fit_batch_size", "flip")
@@ -243,6 +240,9 @@ with online updates keeps them on ``--resume`` (`check_resume` refuses another v
 budget): ``--resume`` may change them and the final pass is trained again from the answers,
 none paid twice (another architecture or recipe on the same paid answers)."""
 
+# Set after the class, not annotated ``ClassVar`` in its body: run as ``__main__`` through runpy
+# without altering sys.modules (the startup tests), dataclasses cannot resolve the string
+# annotation and would take it for a field with a mutable default.
 SyntheticConfig.resume_changes = MappingProxyType({
     **RESUME_CHANGES, "epochs": REDO_FINAL_PASS, "final_balance": REDO_FINAL_PASS,
     **dict.fromkeys(SURROGATE_FIELDS, REDO_FINAL_PASS), "budget": REDO_EXTEND})
