@@ -73,6 +73,7 @@ of a quality-diversity search (one elite set per class, as MAP-Elites keeps one 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -91,6 +92,7 @@ from attack.config import (
     REDO_FINAL_PASS,
     RESUME_CHANGES,
     AttackConfig,
+    SurrogatePart,
     changed_on_resume,
     check_granularity_spelling,
     resume_fields,
@@ -230,10 +232,11 @@ class SyntheticConfig(AttackConfig):
                           "surrogate screens the candidates)")
 
 
-SURROGATE_FIELDS = ("backbone", "weights", "arch_args", "input_size", "batch_size",
-                    "learning_rate", "target_temperature", "mixup", "label_smoothing", "warmup",
-                    "ema", "color_jitter", "fit_batch_size", "flip")
-"""The surrogate's architecture and training recipe. The online surrogate (``--online-passes``
+SURROGATE_FIELDS = (*(f.name for f in dataclasses.fields(SurrogatePart)
+                      if f.name not in ("epochs", "augment", "distribute")), "flip")
+"""The surrogate's architecture and training recipe: `attack.config.SurrogatePart`'s fields but
+``epochs`` (always the final pass's), ``augment`` (this attack's is ``--flip``, added) and
+``distribute`` (where it trains, `RESUME_CHANGES`). The online surrogate (``--online-passes``
 above 0) trains with them while the run chooses its queries (its screen, its curve), so a run
 with online updates keeps them on ``--resume`` (`check_resume` refuses another value); with
 ``--online-passes 0`` no query depends on them (the surrogate is first trained after the
