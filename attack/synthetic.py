@@ -565,6 +565,17 @@ class _SyntheticRun(GeneratedRun):
         self.kwargs["augment"] = "crop+flip" if config.flip else "crop"
         self.prior = run_prior(self.size, config.seed, natural, config.transfer_limit,
                                config.glyphs)
+        if self.prior.backgrounds is None and not config.resume \
+                and getattr(victim, "input_range_flag", None) == "auto" \
+                and self.info.input_dtype != np.uint8:
+            # measured (benchmarks.victim_matrix --probe-source prior): the prior's renders chose
+            # the wrong range for 3 of 32 CIFAR-10-scale float victims and for the test matrix's
+            # [-1, 1] one; natural images chose right for 32 of 32. A resumed run keeps the
+            # decision in its victim.json.
+            raise invalid("input_range", "auto", f"the range of the float input "
+                          f"'{self.info.input_name}' ({np.dtype(self.info.input_dtype).name}): "
+                          "the prior's renders cannot tell it reliably; pass --input-range 0,1, "
+                          "-1,1 or 0,255, or natural images (--transfer-set) to probe with")
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -729,11 +740,22 @@ class _SyntheticRun(GeneratedRun):
     def _evaluate_point(self) -> dict:
         return self._measure("online surrogate")
 
+    def _probe_images(self) -> np.ndarray:
+        """What an ``auto`` input range is probed with (at most 63 queries, not journaled): 64
+        of the thief's natural images when it has some (the range is told by how the victim
+        answers natural pictures), else 64 of the prior's renders (then the input is uint8 or
+        the range was given, and only the output kind is probed)."""
+        seed = self.config.seed
+        if self.prior.backgrounds is not None:
+            pool = self.prior.backgrounds
+            order = np.random.default_rng([seed, 11]).permutation(len(pool))
+            return pool[np.sort(order[:64])]
+        return self.prior.render(self.prior.sample(64, np.random.default_rng([seed, 11])))
+
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> ExtractionResult:
         config = self.config
-        probes = self.prior.render(self.prior.sample(64, np.random.default_rng([config.seed,
-                                                                                11])))
+        probes = self._probe_images()
         self.retrained = None
         earlier = check_resume(config, budget_given=self.budget_given)
         self.run_dir, self.check = begin_run(self.victim, config, probes)

@@ -8,7 +8,10 @@ served by the embedded server over gRPC and REST. Then, per victim kind:
 
 * **understanding**: `--input-range auto` on probe images drawn from the transfer set
   (Tiny-ImageNet: the attacker's images, not the victim's task), `--repeats` disjoint draws:
-  queries spent and how often it chose the range the victim was exported with;
+  queries spent and how often it chose the range the victim was exported with
+  (`--probe-source prior`: 64 renders of the procedural prior, what `attack.synthetic` probes
+  with, a seed per draw; `noise`: 64 uniform-noise images, what `attack.datafree` without
+  natural images would have);
 * **victim accuracy through the victim path** against the truth (the Keras model on the
   CIFAR-10 test split at [0, 1]), with `attack.victim.consistency`'s notes; the same through a
   wrong range (0..255 to a [0, 1] model: the issue's 37.8%-for-47.9% report) for comparison;
@@ -50,6 +53,7 @@ from tests.victim_matrix import Entry
 log = logging.getLogger(__name__)
 
 PHASES = ("understand", "accuracy", "throughput", "attack", "targets")
+PROBE_SOURCES = ("transfer", "prior", "noise")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, default=1000, help="CIFAR-10 test images")
     p.add_argument("--transfer", type=int, default=5000, help="Tiny-ImageNet transfer images")
     p.add_argument("--repeats", type=int, default=5, help="probe draws / throughput repeats")
+    p.add_argument("--probe-source", choices=PROBE_SOURCES, default="transfer",
+                   help="what the understanding phase probes with: transfer images, renders "
+                        "of attack.prior's procedural prior, or uniform noise")
     p.add_argument("--budget", type=int, default=2000, help="Knockoff queries")
     p.add_argument("--surrogate-epochs", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
@@ -123,14 +130,29 @@ def victim_for(entry, server, interface: str = "grpc", **flags):
     return ServingVictim(server.target, entry.name, **kw)
 
 
-def phase_understand(entries, server, transfer, repeats: int) -> dict:
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(transfer.images))
-    out = {}
+def probe_draw(source: str, transfer, r: int) -> np.ndarray:
+    """The r-th draw of 64 uint8 probe images at the victims' size from `source`."""
+    size = transfer.images.shape[1:3]
+    if source == "prior":  # exactly what attack.synthetic probes with at --seed r
+        from attack.prior import ImagePrior
+
+        prior = ImagePrior(size)
+        return prior.render(prior.sample(64, np.random.default_rng([r, 11])))
+    if source == "noise":
+        from attack.evaluate import uniform_noise_images
+
+        return uniform_noise_images(64, (*size, 3), seed=r + 11)
+    order = np.random.default_rng(0).permutation(len(transfer.images))
+    return transfer.images[order[r * 64:(r + 1) * 64]]
+
+
+def phase_understand(entries, server, transfer, repeats: int, source: str = "transfer"
+                     ) -> dict:
+    out = {"probe_source": source}
     for entry in entries:
         runs = []
         for r in range(repeats):
-            probe_images = transfer.images[order[r * 64:(r + 1) * 64]]
+            probe_images = probe_draw(source, transfer, r)
             with victim_for(entry, server) as v:
                 evidence = v.understand(probe_images)
                 runs.append({"range": v.input_range, "kind": v.output_kind,
@@ -270,7 +292,10 @@ def serve_phases(phases: list[str], args, data_dir: Path, out: Path, vm) -> dict
     results = {}
     with testing.model_server(config_file=base / "models.config", rest=True) as server:
         if "understand" in phases:
-            results["understand"] = phase_understand(entries, server, transfer, args.repeats)
+            key = "understand" + ("" if args.probe_source == "transfer"
+                                  else f"_{args.probe_source}")
+            results[key] = phase_understand(entries, server, transfer, args.repeats,
+                                            args.probe_source)
         if "accuracy" in phases:
             results["accuracy"] = phase_accuracy(entries, server, core, test)
         if "throughput" in phases:

@@ -12,9 +12,14 @@ labels only) over REST. The server itself records every image it runs and what i
 a refit sends nothing; the final pass trains on exactly the images the victim answered, each
 once, with exactly its answers (as probabilities, or one-hot top-1 for a label-only victim),
 and a finished run resumed with another ``--final-epochs`` trains it again from the start on
-the same images and targets, sending nothing; a run grown with ``--resume --budget N`` sends
+the same images and targets, sending nothing; a synthetic run with ``--online-passes 0`` resumed
+with another surrogate recipe (``--target-temperature 1 --flip --learning-rate 0.005``) trains
+on exactly the first pass's images and answers under it, sending nothing (`named_topk` over
+REST, `float11` over gRPC); a run grown with ``--resume --budget N`` sends
 exactly the new queries; the report's victim accuracy is the reference
-export's (the range and output were read right). All slow: the matrix's five victims trained
+export's (the range and output were read right). The synthetic runs are given the thief's
+natural images (`--transfer-set`, pattern images of the task): a float input's range is probed
+with them (renders alone are refused for it). All slow: the matrix's five victims trained
 and exported once (12 s at load 4 on 2 cores; the first case 24 s there); on the shared
 machine the four cases took 5.5 min at load 11 (before the data-free resume was added), the
 two data-free cases with it 9.7 min at load 15-22.
@@ -53,6 +58,11 @@ def matrix(tmp_path_factory):
     images, labels = vm.pattern_images(200, seed=21)
     test_file = base / "patterns.npz"
     np.savez(test_file, x_test=images, y_test=labels)
+    # the thief's natural images: a float input's range is probed with them (the prior's
+    # renders are refused for it, attack.synthetic), and they become backgrounds of the prior
+    natural, natural_labels = vm.pattern_images(600, seed=20)
+    natural_file = base / "natural.npz"
+    np.savez(natural_file, x_train=natural, y_train=natural_labels)
     with testing.model_server(config_file=base / "models.config", rest=True) as server:
         from attack.victim import ServingVictim
 
@@ -60,6 +70,7 @@ def matrix(tmp_path_factory):
             top = reference.to_probabilities(reference.predict(images)).argmax(1)
         yield types.SimpleNamespace(
             server=server, paths=paths, test_file=str(test_file), images=images, labels=labels,
+            natural_file=str(natural_file),
             rest=f"http://127.0.0.1:{server.rest_port}",
             reference_acc=float((top == labels).mean()),
             majority=float(np.bincount(top, minlength=vm.K).max() / len(top)))
@@ -113,7 +124,8 @@ def test_synthetic_refit_on_a_foreign_export_sends_nothing_and_still_agrees(
     entry = next(e for e in vm.MATRIX if e.name == name)
     out = tmp_path / "run"
     args = [*_endpoint(matrix, name, interface), *SURROGATE, "--budget", "900",
-            "--round-size", "300", "--test-set", matrix.test_file, "--out", str(out)]
+            "--round-size", "300", "--transfer-set", matrix.natural_file,
+            "--test-set", matrix.test_file, "--out", str(out)]
     assert main([*args, "--epochs", "1"]) == 0, capsys.readouterr().err
     first = _report(out)
     victim = first["extra"]["victim"]
@@ -146,6 +158,71 @@ def test_synthetic_refit_on_a_foreign_export_sends_nothing_and_still_agrees(
     agreement = head["per_class_agreement"]
     assert sum(agreement[str(c)] * counts[c] for c in range(vm.K)) / counts.sum() == \
         pytest.approx(head["fidelity_test"])
+
+
+# -- the synthetic thief's surrogate refit: --resume with another recipe ------------------------
+# (victim, interface): a named signature answering top-2 pairs over REST; float [-1, 1] over gRPC
+RECIPE_REFIT_CASES = [("named_topk", "rest"), ("float11", "grpc")]
+
+
+@pytest.mark.parametrize("name,interface", RECIPE_REFIT_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in RECIPE_REFIT_CASES])
+def test_synthetic_recipe_refit_on_a_foreign_export_learns_the_same_answers_sending_nothing(
+        matrix, served, monkeypatch, name, interface, tmp_path, capsys):
+    """A run with `--online-passes 0` (no query depends on the surrogate) resumed with another
+    surrogate recipe (`--target-temperature 1 --flip --learning-rate 0.005`) against a foreign
+    export: nothing reaches the server, the new final pass gets exactly the first one's images
+    and raw answers (the victim's top-2 pairs or probabilities as read the first time) under the
+    new recipe, and the report and config.json say what changed."""
+    from attack.surrogate import SurrogateTrainer
+    from attack.synthetic import main
+
+    fitted, fit = [], SurrogateTrainer.fit
+
+    def recorded(self, images, targets, **kwargs):
+        recipe = (self.recipe["target_temperature"], self.augment, self.lr)
+        fitted.append((np.array(images, copy=True), np.array(targets, copy=True), recipe))
+        return fit(self, images, targets, **kwargs)
+
+    monkeypatch.setattr(SurrogateTrainer, "fit", recorded)
+    entry = next(e for e in vm.MATRIX if e.name == name)
+    out = tmp_path / "run"
+    args = [*_endpoint(matrix, name, interface), *SURROGATE, "--budget", "900",
+            "--round-size", "300", "--online-passes", "0", "--epochs", "2",
+            "--transfer-set", matrix.natural_file, "--test-set", matrix.test_file,
+            "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    first = _report(out)
+    victim = first["extra"]["victim"]
+    assert (victim["input_range"], victim["output_kind"]) == (entry.input_range, entry.kind)
+    assert len(fitted) == 1  # --online-passes 0, --curve-points 1: the final pass only
+    images, targets, recipe = fitted[0]
+    assert images.shape == (900, vm.SIZE, vm.SIZE, 3)
+    before = {key: first["config"][key] for key in ("flip", "learning_rate",
+                                                    "target_temperature")}
+    assert recipe == (0.5, "crop", before["learning_rate"]) and before["flip"] is False
+
+    served.clear()
+    fitted.clear()
+    new = ["--target-temperature", "1", "--flip", "--learning-rate", "0.005"]
+    assert main([*args, "--resume", *new]) == 0, capsys.readouterr().err
+    assert _images_served(served, name) == 0  # no query, no probe, no test image
+    assert len(fitted) == 1
+    np.testing.assert_array_equal(fitted[0][0], images)  # the same answered images, in order
+    np.testing.assert_array_equal(fitted[0][1], targets)  # the same answers, read back
+    assert fitted[0][2] == (1.0, "crop+flip", 0.005)  # under the new recipe
+    report = _report(out)
+    assert report["extra"]["sent_this_session"] == 0
+    assert report["extra"]["final_pass"]["retrained_on_resume"] == {
+        "from": before, "to": {"flip": True, "learning_rate": 0.005, "target_temperature": 1.0}}
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["target_temperature"], saved["flip"], saved["learning_rate"]) == (
+        1.0, True, 0.005)
+    head = report["evaluation"]
+    assert head["victim_acc"] == first["evaluation"]["victim_acc"]  # cached answers, same path
+    assert abs(head["victim_acc"] - matrix.reference_acc) < 1e-9
+    # a constant answer gets the majority share (0.47)
+    assert head["fidelity_test"] > matrix.majority + 0.05, (head, matrix.majority)
 
 
 # -- the data-free final pass -------------------------------------------------------------------
@@ -268,7 +345,8 @@ def test_synthetic_budget_growth_on_a_foreign_export_pays_only_the_new_queries(
     name = "keras_export"
     out = tmp_path / "run"
     args = [*_endpoint(matrix, name, "rest"), *SURROGATE, "--round-size", "300",
-            "--epochs", "1", "--test-set", matrix.test_file, "--out", str(out)]
+            "--epochs", "1", "--transfer-set", matrix.natural_file,
+            "--test-set", matrix.test_file, "--out", str(out)]
     assert main([*args, "--budget", "600"]) == 0, capsys.readouterr().err
     first = _report(out)
 

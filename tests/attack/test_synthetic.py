@@ -24,6 +24,7 @@ from attack.synthetic import (
     select_screened,
     shift_images,
 )
+from common.errors import UsageError
 from serving.testing import COLOUR_CLASSES, colour_images
 from tests.attack.helpers import colour_test, extract_synthetic, killed_keras_victim
 
@@ -383,7 +384,9 @@ def test_matrix_victims_with_foreign_signatures(matrix, name, hyper, tmp_path):
     test = ImageDataset(images, labels, tuple(str(i) for i in range(vm.K)), "patterns")
     with ServingVictim(server.target, name, signature=entry.signature,
                        num_classes=entry.num_classes) as victim:
-        natural = vm.pattern_images(600, seed=20)[0] if hyper.get("natural_share") else None
+        # a float input: its range is probed with the thief's natural images (backgrounds of
+        # the prior too; sent as queries only with --natural-share)
+        natural = vm.pattern_images(600, seed=20)[0]
         result = extract_synthetic(victim, tmp_path / "run", budget=1200, round_size=300, test=test,
                                    natural=natural, **hyper)
     assert result.victim["input_range"] == entry.input_range
@@ -395,6 +398,66 @@ def test_matrix_victims_with_foreign_signatures(matrix, name, hyper, tmp_path):
     if hyper:  # 4 rounds of 300: 75 natural each; rounds 2-4 screen 2 x 225 rendered
         extra = json.loads((tmp_path / "run" / "report.json").read_text())["extra"]
         assert (extra["natural_queries"], extra["screened_candidates"]) == (300, 1350), extra
+
+
+# -- the input range of a float victim --------------------------------------------------------
+@pytest.fixture(scope="module")
+def float_model():
+    """An untrained 8x8 softmax classifier in-process taking float32 pixels of unknown range."""
+    import keras
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 3), dtype="float32")
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+def test_a_float_input_of_unknown_range_is_refused_without_natural_images(float_model,
+                                                                          tmp_path):
+    """The prior's renders chose the wrong range for 3 of 32 float victims
+    (benchmarks.victim_matrix --probe-source prior): stop before any query instead."""
+    from attack import KerasVictim
+
+    victim = KerasVictim(float_model)
+    with pytest.raises(UsageError, match=r"`input_range`.*'auto'.*float input.*float32.*"
+                                         r"--input-range 0,1.*--transfer-set"):
+        extract_synthetic(victim, tmp_path / "run", budget=64, round_size=32)
+    assert victim.queries == 0 and not (tmp_path / "run").exists()
+
+
+def test_natural_images_probe_a_float_input_of_unknown_range(float_model, tmp_path,
+                                                             monkeypatch):
+    """Given natural images, the range probe sends 64 of them (natural images chose right for
+    32 of 32), not renders; the run goes on with the range decided."""
+    from attack import KerasVictim
+    from attack.victim import Victim
+
+    probed, understand = [], Victim.understand
+
+    def recorded(self, probe_images, *args, **kwargs):
+        probed.append(np.array(probe_images, copy=True))
+        return understand(self, probe_images, *args, **kwargs)
+
+    monkeypatch.setattr(Victim, "understand", recorded)
+    natural = np.random.default_rng(0).integers(0, 256, (100, 8, 8, 3), dtype=np.uint8)
+    victim = KerasVictim(float_model)
+    result = extract_synthetic(victim, tmp_path / "run", budget=64, round_size=32,
+                               natural=natural, epochs=1)
+    assert len(probed) == 1 and probed[0].shape == (64, 8, 8, 3)
+    pool = {image.tobytes() for image in natural}
+    assert all(image.tobytes() in pool for image in probed[0])
+    assert result.queries == 64 and victim.probe_queries == 63  # 21 images x 3 ranges
+    assert result.victim["input_range_decided_by"].startswith("auto: ")
+
+
+def test_a_float_input_of_a_given_range_needs_no_natural_images(float_model, tmp_path):
+    from attack import KerasVictim
+
+    victim = KerasVictim(float_model, input_range="-1,1")
+    result = extract_synthetic(victim, tmp_path / "run", budget=64, round_size=32, epochs=1)
+    assert result.queries == 64 and result.victim["input_range"] == "-1,1"
+    assert victim.probe_queries == 16  # the output kind only
 
 
 # -- the command line --------------------------------------------------------------------------
