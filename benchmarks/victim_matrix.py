@@ -133,10 +133,10 @@ def victim_for(entry, server, interface: str = "grpc", **flags):
 def probe_draw(source: str, transfer, r: int) -> np.ndarray:
     """The r-th draw of 64 uint8 probe images at the victims' size from `source`."""
     size = transfer.images.shape[1:3]
-    if source == "prior":  # exactly what attack.synthetic probes with at --seed r
-        from attack.prior import ImagePrior
+    if source == "prior":  # what attack.synthetic at --seed r renders (here at the transfer
+        from attack.prior import ImagePrior  # images' size; the victim path resizes)
 
-        prior = ImagePrior(size)
+        prior = ImagePrior(size, seed=r)
         return prior.render(prior.sample(64, np.random.default_rng([r, 11])))
     if source == "noise":
         from attack.evaluate import uniform_noise_images
