@@ -99,6 +99,7 @@ from attack.pipeline import (
     begin_run,
     clock,
     finish,
+    probe_images,
     save_npz,
     surrogate_trainer,
 )
@@ -423,15 +424,11 @@ class _DataFreeRun(GeneratedRun):
         # backgrounds only (no natural crop), its seeded banks from the run's seed
         self.prior = (ImagePrior(self.size, None, seed=config.seed)
                       if config.natural_source == "prior" and config.natural_share else None)
-        if natural is None and getattr(victim, "input_range_flag", None) == "auto" \
-                and self.info.input_dtype != np.uint8:
+        if natural is None:
             # measured: noise probes chose the wrong range for 28 of 32 float victims (CIFAR-10
             # and GTSRB CNNs taking [0, 1] or [-1, 1]); only natural images tell it reliably
-            raise invalid("input_range", "auto", f"the range of the float input "
-                          f"'{self.info.input_name}' ({np.dtype(self.info.input_dtype).name}): "
-                          "synthetic images cannot tell it; pass --input-range 0,1, -1,1 or "
-                          "0,255, or natural images (--natural-share with --transfer-set) to "
-                          "probe with")
+            self._refuse_unprobed_range("synthetic images cannot tell it",
+                                        "--natural-share with --transfer-set")
         _check_kind_fits(config.method, getattr(victim, "output_kind", None))
 
     # -- setup ---------------------------------------------------------------------------------
@@ -439,8 +436,7 @@ class _DataFreeRun(GeneratedRun):
         from attack.evaluate import uniform_noise_images
 
         if self.natural is not None:
-            order = np.random.default_rng([self.config.seed, 11]).permutation(len(self.natural))
-            return self.natural[np.sort(order[:64])]
+            return probe_images(self.natural, self.config.seed)
         return uniform_noise_images(64, (*self.size, 3), seed=self.config.seed + 11)
 
     def _build(self) -> None:

@@ -129,6 +129,19 @@ class GeneratedRun:
         self.sent = 0  # queries paid for in this session
         self.lock = threading.Lock()
 
+    def _refuse_unprobed_range(self, images: str, natural_flags: str) -> None:
+        """`UsageError` before any query when the victim's float input has ``--input-range
+        auto`` and the run has no natural image to probe it with: `images` (what the run makes,
+        "synthetic images cannot tell it") can not tell the range reliably (benchmarks.victim_matrix
+        --probe-source: noise 16 of 32 float victims right, the prior's renders 29 of 32,
+        natural images 32 of 32). A uint8 input needs no probe (0..255)."""
+        if getattr(self.victim, "input_range_flag", None) == "auto" \
+                and self.info.input_dtype != np.uint8:
+            raise invalid("input_range", "auto", f"the range of the float input "
+                          f"'{self.info.input_name}' ({np.dtype(self.info.input_dtype).name}): "
+                          f"{images}; pass --input-range 0,1, -1,1 or 0,255, or natural images "
+                          f"({natural_flags}) to probe with")
+
     def _add(self, part: str, started: tuple[float, float]) -> None:
         """Add the time since `started` (a `clock()`) to `part`."""
         wall, cpu = clock()

@@ -106,6 +106,7 @@ from attack.pipeline import (
     begin_run,
     clock,
     finish,
+    probe_images,
     save_npz,
     surrogate_trainer,
 )
@@ -565,17 +566,11 @@ class _SyntheticRun(GeneratedRun):
         self.kwargs["augment"] = "crop+flip" if config.flip else "crop"
         self.prior = run_prior(self.size, config.seed, natural, config.transfer_limit,
                                config.glyphs)
-        if self.prior.backgrounds is None and not config.resume \
-                and getattr(victim, "input_range_flag", None) == "auto" \
-                and self.info.input_dtype != np.uint8:
-            # measured (benchmarks.victim_matrix --probe-source prior): the prior's renders chose
-            # the wrong range for 3 of 32 CIFAR-10-scale float victims and for the test matrix's
-            # [-1, 1] one; natural images chose right for 32 of 32. A resumed run keeps the
-            # decision in its victim.json.
-            raise invalid("input_range", "auto", f"the range of the float input "
-                          f"'{self.info.input_name}' ({np.dtype(self.info.input_dtype).name}): "
-                          "the prior's renders cannot tell it reliably; pass --input-range 0,1, "
-                          "-1,1 or 0,255, or natural images (--transfer-set) to probe with")
+        if self.prior.backgrounds is None and not config.resume:
+            # the prior's renders chose the wrong range for 3 of 32 CIFAR-10-scale float victims
+            # and for the test matrix's [-1, 1] one; a resumed run keeps its victim.json's
+            self._refuse_unprobed_range("the prior's renders cannot tell it reliably",
+                                        "--transfer-set")
 
     # -- state ---------------------------------------------------------------------------------
     def _save_state(self) -> None:
@@ -747,9 +742,7 @@ class _SyntheticRun(GeneratedRun):
         the range was given, and only the output kind is probed)."""
         seed = self.config.seed
         if self.prior.backgrounds is not None:
-            pool = self.prior.backgrounds
-            order = np.random.default_rng([seed, 11]).permutation(len(pool))
-            return pool[np.sort(order[:64])]
+            return probe_images(self.prior.backgrounds, seed)
         return self.prior.render(self.prior.sample(64, np.random.default_rng([seed, 11])))
 
     # -- the whole run -------------------------------------------------------------------------
