@@ -149,10 +149,10 @@ def probe_draw(source: str, transfer, r: int) -> np.ndarray:
 def phase_understand(entries, server, transfer, repeats: int, source: str = "transfer"
                      ) -> dict:
     out = {"probe_source": source}
+    draws = [probe_draw(source, transfer, r) for r in range(repeats)]  # the same for every victim
     for entry in entries:
         runs = []
-        for r in range(repeats):
-            probe_images = probe_draw(source, transfer, r)
+        for probe_images in draws:
             with victim_for(entry, server) as v:
                 evidence = v.understand(probe_images)
                 runs.append({"range": v.input_range, "kind": v.output_kind,
