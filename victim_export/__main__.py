@@ -34,7 +34,8 @@ Each run writes the next free version (1, 2, ...) unless --version is given; an 
 version is never overwritten.
 After a crash, Ctrl-C or kill, the same command resumes after the last finished epoch (the
 state is journaled in <out>/<name>/.training, removed once exported; a state written under
-other settings is refused, --fresh discards it). --distribute runs are not journaled.
+other settings is refused, --fresh discards it). So do --distribute runs (the chief journals;
+multi-worker runs need one --out shared by every worker); --distribute may change on resume.
 """
 
 
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv, prog=PROG,
                    resume_hint="nothing was exported; every finished epoch is kept in "
                                "<out>/<name>/.training: the same command resumes after the last "
-                               "one (under --distribute it trains from the start)")
+                               "one")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ trains, and exports the model, its card and the ``models.config`` entry.
 
 ``distribute`` (`common.distribute`) builds and compiles the network under a mirrored or
 multi-worker strategy with ``batch_size`` as the global batch; the trained weights are copied
-into a plain model for evaluation and export, and in a multi-worker run only the chief exports.
+into a plain model for evaluation and export, and in a multi-worker run only the chief journals
+and exports. Every epoch's global batches come from ``(seed, epoch)`` on one device or many, so
+a distributed run resumes like a single-device one (`victim_export.training_state`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from victim_export.fitting import (
 from victim_export.models_config import MODELS_CONFIG_NAME, read_models_config, write_models_config
 from victim_export.training_state import (
     TrainingState,
+    agree_on_resume,
     check_state,
     discard_state,
     fit_resumably,
@@ -333,16 +336,16 @@ def train_victim(
     With `journal` (a folder, `victim_export.training_state`), the training state is written
     there after every epoch; with `resume` (a state read from it and checked against `config`
     by `check_state`), training continues after the state's epoch exactly as the uninterrupted
-    run would have (the data are checked against the state's fingerprint first). Neither is
-    supported under ``distribute`` (its data order is not a function of the epoch).
+    run would have (the data are checked against the state's fingerprint first). Under
+    ``distribute`` the global batches are the single-device run's (each epoch's order drawn
+    from ``(seed, epoch)``, split over the replicas), so a distributed run resumes too; in a
+    multi-worker run every worker must pass the same `resume` (`agree_on_resume`).
     """
-    if (journal is not None or resume is not None) and config.distribute != "none":
-        raise invalid("distribute", config.distribute,
-                      "none when journaling or resuming the training state")
     if (train is None) != (test is None):
         raise UsageError("Pass both `train` and `test` datasets, or neither.")
     strategy = make_strategy(config.distribute)  # a multi-worker one before any TF operation
     check_global_batch(config.batch_size, strategy)
+    agree_on_resume(strategy, resume, config)  # before any worker loads or builds anything
     if train is None or test is None:
         train, test = load_splits(config)
     if is_dense_arch(config.arch):
@@ -385,21 +388,16 @@ def train_victim(
     callbacks, early, plateau = epoch_callbacks(config, val_set is not None)
 
     def fit(first_epoch: int, callbacks: list[keras.callbacks.Callback]):
-        if strategy is None:  # each epoch's order a function of (seed, epoch): resumable
-            fit_ds = training_batches(fit_set.images, fit_set.labels, size=size,
-                                      num_classes=train.num_classes,
-                                      batch_size=config.batch_size, seed=config.seed,
-                                      augment=config.augment, first_epoch=first_epoch,
-                                      epochs=config.epochs)
-            more = {"steps_per_epoch": steps, "initial_epoch": first_epoch}
-        else:
-            fit_ds = make_dataset(fit_set.images, fit_set.labels, size=size,
+        # Each epoch's global batches a function of (seed, epoch), on one device or many:
+        # resumable, and the same batches whatever the strategy.
+        fit_ds = training_batches(fit_set.images, fit_set.labels, size=size,
                                   num_classes=train.num_classes, batch_size=config.batch_size,
-                                  shuffle_seed=config.seed, augment=config.augment)
-            more = {}
+                                  seed=config.seed, augment=config.augment,
+                                  first_epoch=first_epoch, epochs=config.epochs)
         return model.fit(shard_by_data(fit_ds, strategy),
                          validation_data=shard_by_data(val_ds, strategy), epochs=config.epochs,
-                         callbacks=callbacks, shuffle=False, verbose=keras_verbose(), **more)
+                         steps_per_epoch=steps, initial_epoch=first_epoch, callbacks=callbacks,
+                         shuffle=False, verbose=keras_verbose())
 
     history, seconds = fit_resumably(
         model, fit, config=config, journal=journal, resume=resume,
@@ -548,20 +546,17 @@ def run_victim_export(
     in ``<out>/<name>/.training`` (`victim_export.training_state`), is continued when it was
     written under the same config (else `UsageError`, before anything is loaded), discarded
     first with ``fresh``, and removed after the export. In a multi-worker run only the chief
-    exports; another worker returns (None, result); ``distribute`` runs journal nothing.
+    exports; another worker returns (None, result). Only the chief journals; every worker
+    reads the state from the same ``<out>`` (a folder they share, as for the export).
     """
     preflight(config)
     resume = resumable_state(config)
     if config.fresh:
         discard_state(config)
-    journal = None
-    if config.distribute == "none":
-        journal = state_dir(config)
-    else:
-        logger.info("--distribute %s: the training state is not journaled (a crash trains "
-                    "again from the start)", config.distribute)
-    trained = train_victim(config, train=train, test=test, journal=journal, resume=resume)
-    if not is_chief(make_strategy(config.distribute)):
+    chief = is_chief(make_strategy(config.distribute))
+    trained = train_victim(config, train=train, test=test,
+                           journal=state_dir(config) if chief else None, resume=resume)
+    if not chief:
         logger.info("multi-worker: this worker trained; the chief exports the victim")
         return None, trained
     path = save_or_keep(config, trained)  # on failure the state stays: the same command exports

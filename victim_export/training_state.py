@@ -42,8 +42,14 @@ anything else is refused with one line naming the differing field and how to con
 state is never mixed into another run, and never silently thrown away. ``--epochs`` may grow on
 resume when nothing else depends on it (``--schedule constant|plateau`` and ``--patience`` above
 0: the run then ends as one started with the larger count would have); the cosine schedule
-spans the whole run, so there it may not. Runs under ``--distribute`` other than none journal
-nothing and cannot resume a single-device state.
+spans the whole run, so there it may not.
+
+Under ``--distribute`` the run journals and resumes the same way: its global batches are the
+single-device run's, split over the replicas, so ``--distribute`` is resume-neutral (a run on
+two GPUs may continue on one, or the other way round; the figures then differ in the last bits,
+as the sums run in another order). In a multi-worker run only the chief writes; every worker
+reads the state from ``<out>``, which the workers share as they share the export, and
+`agree_on_resume` stops all of them, one line each, unless they found the same state.
 """
 
 from __future__ import annotations
@@ -75,6 +81,7 @@ __all__ = [
     "STATE_DIR_NAME",
     "EpochJournal",
     "TrainingState",
+    "agree_on_resume",
     "check_state",
     "data_fingerprint",
     "discard_state",
@@ -91,12 +98,13 @@ _STATE_FILE = re.compile(r"^state-(\d+)\.npz$")
 _FORMAT = 1
 
 RESUME_NEUTRAL_FIELDS = ("out", "name", "version", "export_logits", "input_dtype", "flatten",
-                         "container_base_path", "dataset", "data_dir", "fresh")
+                         "container_base_path", "dataset", "data_dir", "fresh", "distribute")
 """Fields a resumed run may change: where and in which form the victim is exported (``out``
 and ``name`` locate the state itself), how the dataset is spelled and where tensorflow-datasets
 keeps its files (``../data/x.zip`` from one folder is ``data/x.zip`` from another: the images
-and labels trained and validated on are compared by their fingerprint instead), and ``fresh``.
-Every other field must be the interrupted run's."""
+and labels trained and validated on are compared by their fingerprint instead), ``fresh``, and
+``distribute`` (the global batches do not depend on the devices). Every other field must be the
+interrupted run's."""
 
 
 def state_dir(config: VictimConfig) -> Path:
@@ -216,10 +224,6 @@ def check_state(state: TrainingState, config: VictimConfig,
     `RESUME_NEUTRAL_FIELDS`) on the same data; the message names the first differing field."""
     where = state.path.parent if state.path is not None else state_dir(config)
     how = "or pass --fresh to discard it and train from the start"
-    if config.distribute != "none":
-        raise invalid("distribute", config.distribute,
-                      f"none to resume the interrupted single-device run whose state is in "
-                      f"{where} ({how}; --distribute runs journal nothing)")
     current = config_to_dict(config)
     for name in sorted(current):
         if name in RESUME_NEUTRAL_FIELDS:
@@ -256,6 +260,39 @@ def _epochs_may_grow(config: VictimConfig, saved: Any) -> bool:
 def _comparable(value: Any) -> Any:
     """JSON values as compared by `check_state` (lists and tuples alike)."""
     return json.loads(json.dumps(value))
+
+
+def agree_on_resume(strategy: Any, state: TrainingState | None, config: VictimConfig) -> None:
+    """In a multi-worker run, check that every worker resumes from the same epoch (0: none)
+    before any of them trains; `UsageError` on every worker otherwise. Nothing to check for
+    one process (no strategy, or a mirrored one).
+
+    A worker that cannot see the chief's ``<out>`` (not a shared folder) would start from epoch
+    0 while the others resume, and the collective operations of training would wait forever.
+    One all-reduce of (1, e, e^2) over the replicas answers on every worker alike: the epochs
+    are all equal exactly when n * sum(e^2) == sum(e)^2.
+    """
+    if getattr(strategy, "cluster_resolver", None) is None:
+        return
+    import tensorflow as tf
+
+    epoch = 0 if state is None else state.epoch
+    local = tf.constant([1.0, epoch, epoch * epoch], tf.float64)
+
+    @tf.function
+    def total() -> Any:
+        per_replica = strategy.run(lambda: tf.identity(local))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    count, sum_epochs, sum_squares = (float(v) for v in total().numpy())
+    if count * sum_squares == sum_epochs * sum_epochs:
+        return
+    here = "none" if state is None else f"one after epoch {epoch}"
+    raise invalid("out", config.out,
+                  f"one folder shared by every worker, where the chief journals the training "
+                  f"state (the workers found different states: this one {here} in "
+                  f"{state_dir(config)}, the replicas' mean epoch {sum_epochs / count:g}); run "
+                  f"every worker with the same shared --out, or pass --fresh to all of them")
 
 
 def restore_variables(model: keras.Model, state: TrainingState) -> None:
@@ -393,20 +430,19 @@ def fit_resumably(
     state whose training had ended (all epochs, or stopped early) trains nothing: its weights
     come back, the best epoch's when early stopping keeps them.
     """
-    recorder = None
-    if journal is not None or resume is not None:
-        fingerprint = data_fingerprint(
-            size, fit_set.class_names,
-            [(fit_set.images, fit_set.labels),
-             None if val_set is None else (val_set.images, val_set.labels)])
-        if resume is not None:
-            check_state(resume, config, fingerprint)
-        recorder = EpochJournal(journal, config=config_to_dict(config), fingerprint=fingerprint,
-                                early=early, plateau=plateau, resumed=resume)
-        callbacks = [*callbacks, recorder]  # after early/plateau: restores, then records them
+    fingerprint = data_fingerprint(
+        size, fit_set.class_names,
+        [(fit_set.images, fit_set.labels),
+         None if val_set is None else (val_set.images, val_set.labels)])
+    if resume is not None:
+        check_state(resume, config, fingerprint)
+    # Also without `journal` (a multi-worker task other than the chief): restores `resume`
+    # and records the history, as the chief's does.
+    recorder = EpochJournal(journal, config=config_to_dict(config), fingerprint=fingerprint,
+                            early=early, plateau=plateau, resumed=resume)
+    callbacks = [*callbacks, recorder]  # after early/plateau: restores, then records them
     first_epoch = 0 if resume is None else resume.epoch
-    if recorder is not None and resume is not None and (resume.stopped
-                                                        or first_epoch >= config.epochs):
+    if resume is not None and (resume.stopped or first_epoch >= config.epochs):
         logger.info("the interrupted run had finished training (%d epochs): nothing to train",
                     first_epoch)
         recorder.set_model(model)
@@ -414,8 +450,5 @@ def fit_resumably(
         if early is not None and early.best_weights is not None:  # as its on_train_end does
             model.set_weights(early.best_weights)
         return recorder.history, resume.seconds
-    started = time.monotonic()
-    history = fit(first_epoch, callbacks)
-    if recorder is None:
-        return history.history, time.monotonic() - started
+    fit(first_epoch, callbacks)
     return recorder.history, recorder.seconds

@@ -6,10 +6,12 @@ training here, in a fresh interpreter, and read the JSON this writes:
 
     python tests/common/distribute_child.py mirrored OUT.json WORK_DIR
         the CPU split into 2 logical devices; surrogate (none against mirrored, resume under
-        mirrored, a batch that does not split), victim and detector training under mirrored
+        mirrored, a batch that does not split), victim and detector training under mirrored,
+        a victim killed and resumed (under mirrored, and on one device)
     python tests/common/distribute_child.py worker OUT.json WORK_DIR   (TF_CONFIG set)
         one task of a multi-worker run: surrogate, victim and detector training on WORK_DIR,
-        which all tasks share
+        which all tasks share; a victim killed and resumed, and one whose second worker
+        resumes from a folder of its own
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +94,75 @@ def victim_and_detector(distribute: str, work: Path, out: dict) -> None:
                        "auc": result.calibration["heldout_roc_auc"]}
 
 
+def victim_resume(distribute: str, work: Path, name: str, *, resume_with: str | None = None,
+                  resume_out: Path | None = None) -> dict:
+    """A tiny victim killed after its first epoch of 3 (the journal raises once it wrote the
+    state), then the same command (under `resume_with`, from `resume_out`) and, for
+    comparison, an uninterrupted run: the epochs each trained, the state files the kill left,
+    the weights' digests. The resumed run's `UsageError`, if any, is returned as text."""
+    import numpy as np
+
+    from common.data import ImageDataset
+    from common.errors import UsageError
+    from victim_export.config import VictimConfig
+    from victim_export.train import run_victim_export
+    from victim_export.training_state import EpochJournal
+
+    images, _, labels = colour_task(200, seed=2)
+    test_images, _, test_labels = colour_task(60, seed=3)
+    names = ("red", "green", "blue")
+    train = ImageDataset(images, labels.astype(np.int64), names, "train")
+    test = ImageDataset(test_images, test_labels.astype(np.int64), names, "test")
+
+    def config(out: Path, how: str, model: str) -> VictimConfig:
+        return VictimConfig(dataset="memory", arch="cnn", arch_args=TINY_ARGS, epochs=3,
+                            batch_size=32, val_split=0.1, augment="crop", out=str(out),
+                            name=model, container_base_path="local", distribute=how)
+
+    class Killed(Exception):
+        pass
+
+    original, trained_epochs = EpochJournal.on_epoch_end, []
+
+    def recording(self, epoch, logs=None):
+        original(self, epoch, logs)
+        trained_epochs.append(epoch)
+        if kill_after is not None and epoch + 1 == kill_after:
+            raise Killed
+
+    EpochJournal.on_epoch_end = recording
+    result: dict = {}
+    try:
+        kill_after = 1
+        try:
+            run_victim_export(config(work / "victims", distribute, name), train=train, test=test)
+        except Killed:
+            state = work / "victims" / name / ".training"
+            # As after a real crash, every worker restarts once the chief's last write is done
+            # (here the chief may still be writing when another worker's fit raises).
+            deadline = time.monotonic() + 120
+            while not (state / "state-1.npz").is_file() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            result["left"] = sorted(p.name for p in state.iterdir()) if state.is_dir() else []
+        kill_after, trained_epochs[:] = None, []
+        try:
+            path, resumed = run_victim_export(
+                config(resume_out or work / "victims", resume_with or distribute, name),
+                train=train, test=test)
+        except UsageError as err:
+            result["error"] = str(err)
+            return result
+        result.update(resumed_epochs=list(trained_epochs), resumed=digest(resumed.model),
+                      accuracy=resumed.test_accuracy, exported=path is not None)
+        trained_epochs[:] = []
+        _, whole = run_victim_export(config(work / "whole", distribute, name), train=train,
+                                     test=test)
+        result.update(whole_epochs=list(trained_epochs), whole=digest(whole.model))
+    finally:
+        EpochJournal.on_epoch_end = original
+    return result
+
+
 def mirrored(work: Path) -> dict:
     import tensorflow as tf
 
@@ -139,6 +211,8 @@ def mirrored(work: Path) -> dict:
                      "restored_final_on_none": again.restored_final,
                      "same_weights": digest(again.model) == digest(resumed.model)}
     victim_and_detector("mirrored", work, out)
+    out["victim_resume"] = victim_resume("mirrored", work, "resumed")
+    out["victim_resume_on_one"] = victim_resume("mirrored", work, "moved", resume_with="none")
     return out
 
 
@@ -155,6 +229,10 @@ def worker(work: Path) -> dict:
                         "agreement": float((t.predict_logits(held).argmax(1)
                                             == held_labels).mean())}
     victim_and_detector("multiworker", work, out)
+    out["victim_resume"] = victim_resume("multiworker", work, "resumed")
+    # the second worker resumes from a folder of its own, where the chief's state is not
+    own = None if out["chief"] else work / "private"
+    out["victim_unshared"] = victim_resume("multiworker", work, "unshared", resume_out=own)
     return out
 
 

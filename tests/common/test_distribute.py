@@ -222,6 +222,16 @@ def test_mirrored_over_two_logical_cpus(tmp_path):
                              "restored_final_on_none": True, "same_weights": True}
     assert out["victim"]["path"].endswith("victims/tiny/1") and out["victim"]["accuracy"] > 0.5
     assert out["detector"]["path"].endswith("detectors/ood/1") and out["detector"]["auc"] > 0.9
+    # A mirrored victim killed after epoch 1 of 3 resumes with the same command: it trains
+    # epochs 2 and 3 only and ends with the uninterrupted mirrored run's weights, bit for bit.
+    resumed = out["victim_resume"]
+    assert resumed["left"] == ["state-1.npz"] and resumed["exported"]
+    assert resumed["resumed_epochs"] == [1, 2] and resumed["whole_epochs"] == [0, 1, 2]
+    assert resumed["resumed"] == resumed["whole"]
+    # ... and on one device (--distribute none): the same global batches, so it may move.
+    moved = out["victim_resume_on_one"]
+    assert moved["left"] == ["state-1.npz"] and moved["resumed_epochs"] == [1, 2]
+    assert moved["exported"] and moved["accuracy"] > 0.5
 
 
 @pytest.mark.slow
@@ -248,3 +258,20 @@ def test_multiworker_with_two_local_workers(tmp_path):
     assert sorted(p.name for p in (work / "victims" / "tiny").iterdir()) == ["1", "card.json"]
     assert chief["detector"]["path"] and other["detector"]["path"] is None
     assert chief["victim"]["accuracy"] == other["victim"]["accuracy"] > 0.5
+    # Killed after epoch 1 of 3: only the chief journaled; both workers resume from its state
+    # in the shared folder, train epochs 2 and 3, and end where the uninterrupted run ends.
+    for worker in (chief, other):
+        resumed = worker["victim_resume"]
+        assert resumed["resumed_epochs"] == [1, 2] and resumed["whole_epochs"] == [0, 1, 2]
+        assert resumed["resumed"] == resumed["whole"] == chief["victim_resume"]["whole"]
+    assert chief["victim_resume"]["left"] == ["state-1.npz"] and chief["victim_resume"]["exported"]
+    assert not other["victim_resume"]["exported"]
+    # A worker whose --out is not the chief's finds no state: every worker stops, one line each,
+    # before training (none hangs in a collective), and the chief's state is kept.
+    for worker in (chief, other):
+        error = worker["victim_unshared"]["error"]
+        assert error.startswith("Invalid value for argument `out`.") and "--fresh" in error
+        assert "shared by every worker" in error and "\n" not in error
+    assert "one after epoch 1" in chief["victim_unshared"]["error"]
+    assert "this one none" in other["victim_unshared"]["error"]
+    assert (work / "victims" / "unshared" / ".training" / "state-1.npz").is_file()

@@ -152,8 +152,8 @@ def test_a_state_of_other_settings_is_refused_naming_the_flag_before_training(
         check_state(_state(constant), dataclasses.replace(constant, epochs=2))
     with pytest.raises(UsageError, match="`epochs`.*--patience above 0"):
         check_state(_state(constant), dataclasses.replace(constant, epochs=5, patience=0))
-    with pytest.raises(UsageError, match="`distribute`.*--fresh"):
-        check_state(_state(saved), VictimConfig(**{**_fields(saved), "distribute": "mirrored"}))
+    # the devices may change: the global batches are the same on one device or several
+    check_state(_state(saved), VictimConfig(**{**_fields(saved), "distribute": "mirrored"}))
     with pytest.raises(UsageError, match="`dataset`. The training data differ"):
         check_state(_state(saved), saved, {"input_size": 32})
     # the dataset's spelling may change: the data themselves are compared by fingerprint
