@@ -118,8 +118,8 @@ from common.errors import invalid
 from common.fileio import write_json_atomic
 
 __all__ = ["FINAL_PASS_FIELDS", "SURROGATE_FIELDS", "Elites", "Synthetic", "SyntheticConfig",
-           "balanced_rows", "check_resume", "plan_round", "pool_digest", "run_prior",
-           "run_synthetic", "select_screened", "sent_queries", "shift_images"]
+           "balanced_rows", "check_resume", "plan_round", "pool_digest", "prior_probes",
+           "run_prior", "run_synthetic", "select_screened", "sent_queries", "shift_images"]
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +450,12 @@ def run_prior(size: tuple[int, int], seed: int, natural=None,
     return ImagePrior(size, backgrounds, seed=seed, glyphs=glyphs)
 
 
+def prior_probes(prior: ImagePrior, seed: int) -> np.ndarray:
+    """The 64 renders a run at `seed` probes the victim with when it has no natural image
+    (`benchmarks.victim_matrix --probe-source prior` measures the range they choose)."""
+    return prior.render(prior.sample(64, np.random.default_rng([seed, 11])))
+
+
 def sent_queries(run_dir: str | Path, natural=None) -> Iterator[tuple[int, np.ndarray]]:
     """A run's query stream as the victim received it: (first query number, uint8 images) of
     each stored round, in the order sent, made one round at a time (lazily).
@@ -740,10 +746,9 @@ class _SyntheticRun(GeneratedRun):
         of the thief's natural images when it has some (the range is told by how the victim
         answers natural pictures), else 64 of the prior's renders (then the input is uint8 or
         the range was given, and only the output kind is probed)."""
-        seed = self.config.seed
         if self.prior.backgrounds is not None:
-            return probe_images(self.prior.backgrounds, seed)
-        return self.prior.render(self.prior.sample(64, np.random.default_rng([seed, 11])))
+            return probe_images(self.prior.backgrounds, self.config.seed)
+        return prior_probes(self.prior, self.config.seed)
 
     # -- the whole run -------------------------------------------------------------------------
     def run(self) -> ExtractionResult:

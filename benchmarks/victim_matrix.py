@@ -135,9 +135,9 @@ def probe_draw(source: str, transfer, r: int) -> np.ndarray:
     size = transfer.images.shape[1:3]
     if source == "prior":  # what attack.synthetic at --seed r renders (here at the transfer
         from attack.prior import ImagePrior  # images' size; the victim path resizes)
+        from attack.synthetic import prior_probes
 
-        prior = ImagePrior(size, seed=r)
-        return prior.render(prior.sample(64, np.random.default_rng([r, 11])))
+        return prior_probes(ImagePrior(size, seed=r), r)
     if source == "noise":
         from attack.evaluate import uniform_noise_images
 

@@ -430,10 +430,12 @@ def fit_resumably(
     state whose training had ended (all epochs, or stopped early) trains nothing: its weights
     come back, the best epoch's when early stopping keeps them.
     """
-    fingerprint = data_fingerprint(
-        size, fit_set.class_names,
-        [(fit_set.images, fit_set.labels),
-         None if val_set is None else (val_set.images, val_set.labels)])
+    fingerprint: dict[str, Any] = {}  # a digest of every image: only to write or check a state
+    if journal is not None or resume is not None:
+        fingerprint = data_fingerprint(
+            size, fit_set.class_names,
+            [(fit_set.images, fit_set.labels),
+             None if val_set is None else (val_set.images, val_set.labels)])
     if resume is not None:
         check_state(resume, config, fingerprint)
     # Also without `journal` (a multi-worker task other than the chief): restores `resume`

@@ -60,6 +60,19 @@ def surrogate(distribute: str, **kwargs):
     return SurrogateTrainer("cnn", "none", 16, 3, **settings)
 
 
+def victim_data():
+    """(train, test): the tiny colour task as `ImageDataset`s, for the victims trained here."""
+    import numpy as np
+
+    from common.data import ImageDataset
+
+    images, _, labels = colour_task(200, seed=2)
+    test_images, _, test_labels = colour_task(60, seed=3)
+    names = ("red", "green", "blue")
+    return (ImageDataset(images, labels.astype(np.int64), names, "train"),
+            ImageDataset(test_images, test_labels.astype(np.int64), names, "test"))
+
+
 def victim_and_detector(distribute: str, work: Path, out: dict) -> None:
     import numpy as np
 
@@ -68,15 +81,11 @@ def victim_and_detector(distribute: str, work: Path, out: dict) -> None:
     from victim_export.config import VictimConfig
     from victim_export.train import run_victim_export
 
-    images, _, labels = colour_task(200, seed=2)
-    test_images, _, test_labels = colour_task(60, seed=3)
-    names = ("red", "green", "blue")
     config = VictimConfig(dataset="memory", arch="cnn", arch_args=TINY_ARGS, epochs=2,
                           batch_size=32, val_split=0.1, augment="none", out=str(work / "victims"),
                           name="tiny", container_base_path="local", distribute=distribute)
-    path, trained = run_victim_export(
-        config, train=ImageDataset(images, labels.astype(np.int64), names, "train"),
-        test=ImageDataset(test_images, test_labels.astype(np.int64), names, "test"))
+    train, test = victim_data()
+    path, trained = run_victim_export(config, train=train, test=test)
     out["victim"] = {"path": None if path is None else str(path),
                      "accuracy": trained.test_accuracy, "epochs_run": trained.epochs_run}
 
@@ -100,19 +109,12 @@ def victim_resume(distribute: str, work: Path, name: str, *, resume_with: str | 
     state), then the same command (under `resume_with`, from `resume_out`) and, for
     comparison, an uninterrupted run: the epochs each trained, the state files the kill left,
     the weights' digests. The resumed run's `UsageError`, if any, is returned as text."""
-    import numpy as np
-
-    from common.data import ImageDataset
     from common.errors import UsageError
     from victim_export.config import VictimConfig
     from victim_export.train import run_victim_export
     from victim_export.training_state import EpochJournal
 
-    images, _, labels = colour_task(200, seed=2)
-    test_images, _, test_labels = colour_task(60, seed=3)
-    names = ("red", "green", "blue")
-    train = ImageDataset(images, labels.astype(np.int64), names, "train")
-    test = ImageDataset(test_images, test_labels.astype(np.int64), names, "test")
+    train, test = victim_data()
 
     def config(out: Path, how: str, model: str) -> VictimConfig:
         return VictimConfig(dataset="memory", arch="cnn", arch_args=TINY_ARGS, epochs=3,
